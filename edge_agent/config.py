@@ -1,0 +1,327 @@
+"""Configuration: a pydantic model of the YAML file technicians edit, and its loader.
+
+Errors must be actionable over a slow SSH session, so each one names the file,
+line and column, the dotted key, and what is allowed. Every key is marked live
+(applies on reload) or restart-only in its schema entry.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from . import const
+
+EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h; systemd's RestartPreventExitStatus=78 stops a restart loop
+
+
+def _live(description: str) -> dict[str, Any]:
+    return {"description": description, "json_schema_extra": {"reload": "live"}}
+
+
+def _restart(description: str) -> dict[str, Any]:
+    return {"description": description, "json_schema_extra": {"reload": "restart"}}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(_Section):
+    kind: Literal["file", "v4l2", "url", "pipe"] = Field("file", **_restart(
+        "Where video comes from: file (replay), v4l2 (USB camera), url (RTSP/HTTP camera), "
+        "pipe (a command writing video to stdout)."))
+    path: str | None = Field(None, **_restart(
+        "File path (file), device node such as /dev/video0 (v4l2), or stream URL (url)."))
+    command: str | None = Field(None, **_restart(
+        "pipe only: the command whose stdout is a video stream, e.g. 'rpicam-vid -t 0 --codec mjpeg -o -'."))
+    input_format: str | None = Field(None, **_restart(
+        "FFmpeg demuxer to force (e.g. h264, mjpeg, v4l2). Empty: probe."))
+    options: dict[str, str] = Field(default_factory=dict, **_restart(
+        "Extra FFmpeg demuxer options, e.g. {video_size: 1280x720, framerate: '30', input_format: mjpeg}."))
+    realtime: bool = Field(False, **_restart(
+        "file only: pace frames at their recorded speed instead of as fast as possible."))
+    loop: bool = Field(False, **_restart("file only: start again at the end instead of stopping."))
+    stall_s: float = Field(const.SOURCE_STALL_S, gt=0, le=3600, **_restart(
+        "Seconds without a frame before the source is reopened."))
+    open_timeout_s: float = Field(const.SOURCE_OPEN_TIMEOUT_S, gt=0, le=600, **_restart(
+        "Seconds to wait for a network or pipe source to open and for each read."))
+
+
+class RoiConfig(_Section):
+    left: float = Field(0.0, ge=0, lt=1, description="Left edge as a fraction of frame width.")
+    top: float = Field(0.0, ge=0, lt=1, description="Top edge as a fraction of frame height.")
+    right: float = Field(1.0, gt=0, le=1, description="Right edge as a fraction of frame width.")
+    bottom: float = Field(1.0, gt=0, le=1, description="Bottom edge as a fraction of frame height.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RoiConfig:
+        if self.right <= self.left or self.bottom <= self.top:
+            raise ValueError("region of interest is empty: need left < right and top < bottom")
+        return self
+
+
+class DetectorConfig(_Section):
+    decoder: Literal["auto", "zxing", "zbar"] = Field("auto", **_live(
+        "QR decoder: zxing (zxing-cpp, fastest and most robust), zbar (needs libzbar0), "
+        "auto (zxing, else zbar)."))
+    cid_pattern: str = Field(const.CID_PATTERN, **_live(
+        "Regular expression a QR payload must match in full to be accepted as a CID."))
+    cid_max_length: int = Field(const.CID_MAX_LENGTH, ge=1, le=4096, **_live(
+        "Longest accepted CID, in characters."))
+    cooldown_s: float = Field(const.COOLDOWN_S, ge=0, le=3600, **_live(
+        "The same CID seen again within this many seconds extends its clip instead of starting a new one."))
+    rate_hz: float = Field(const.DETECT_RATE_HZ, gt=0, le=120, **_live(
+        "Frames per second of video handed to the QR decoder; more finds fast-moving labels, costs CPU."))
+    max_width_px: int = Field(const.DETECT_MAX_WIDTH_PX, ge=0, le=8192, **_live(
+        "Downscale frames wider than this before decoding; 0 keeps full resolution."))
+    roi: RoiConfig | None = Field(None, **_live(
+        "Region of interest: only this part of the frame is searched. Empty: the whole frame."))
+
+    @field_validator("cid_pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return v
+
+
+class ClipConfig(_Section):
+    pre_roll_s: float = Field(const.PRE_ROLL_S, ge=0, le=60, **_live("Seconds of video kept before a detection."))
+    post_roll_s: float = Field(const.POST_ROLL_S, ge=0, le=60, **_live("Seconds of video kept after it."))
+    max_s: float = Field(const.CLIP_MAX_S, gt=0, le=300, **_live(
+        "Longest clip in seconds; a CID that stays in view extends its clip up to this."))
+    encoders: list[str] = Field(default_factory=lambda: list(const.ENCODERS), min_length=1, **_live(
+        "H.264 encoders tried in order when a clip must be re-encoded: hardware first, libx264 last."))
+    width: int | None = Field(None, ge=16, le=8192, **_live("Resize clips to this width (re-encodes). Empty: keep."))
+    height: int | None = Field(None, ge=16, le=8192, **_live("Resize clips to this height (re-encodes)."))
+    fps: float | None = Field(None, gt=0, le=240, **_live("Re-time clips to this frame rate (re-encodes)."))
+    crf: int = Field(const.CRF, ge=0, le=51, **_live("libx264 quality when re-encoding: lower is better, larger."))
+    preset: str = Field(const.X264_PRESET, **_live("libx264 preset when re-encoding (ultrafast..medium)."))
+    ring_max_bytes: int = Field(const.RING_MAX_BYTES, ge=1 << 20, **_restart(
+        "Hard cap on the memory the ring of recent video may hold; the oldest is dropped first."))
+
+    @property
+    def reencode(self) -> bool:
+        return self.width is not None or self.height is not None or self.fps is not None
+
+
+class UploadConfig(_Section):
+    url: str | None = Field(None, **_live(
+        "Edge server endpoint, e.g. http://edge-server:8000/cid. Empty: keep clips in the spool."))
+    token_file: str | None = Field(None, **_live(
+        "File holding a bearer token (or the name of a systemd credential in CREDENTIALS_DIRECTORY)."))
+    ca_file: str | None = Field(None, **_live("CA bundle used to verify the server's certificate."))
+    cert_file: str | None = Field(None, **_live("Client certificate for mutual TLS."))
+    key_file: str | None = Field(None, **_live("Client private key for mutual TLS."))
+    verify_tls: bool = Field(True, **_live("Verify the server's certificate. Turn off only on a lab bench."))
+    connect_timeout_s: float = Field(const.CONNECT_TIMEOUT_S, gt=0, le=300, **_live("TCP/TLS connect timeout."))
+    read_timeout_s: float = Field(const.READ_TIMEOUT_S, gt=0, le=3600, **_live(
+        "Base read timeout; grows with the clip's size at upload.min_rate_bytes_per_s."))
+    min_rate_bytes_per_s: int = Field(const.MIN_UPLOAD_RATE, gt=0, **_live(
+        "Slowest upload rate tolerated before a request times out."))
+    backoff_base_s: float = Field(const.BACKOFF_BASE_S, gt=0, le=3600, **_live("First retry delay ceiling."))
+    backoff_cap_s: float = Field(const.BACKOFF_CAP_S, gt=0, le=86400, **_live("Longest retry delay."))
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if v and not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("must start with http:// or https:// followed by a host")
+        return v or None
+
+
+class SpoolConfig(_Section):
+    dir: str = Field(default_factory=lambda: const.default_spool_dir(), **_restart(
+        "Folder where clips wait until the server has them."))
+    max_bytes: int = Field(const.SPOOL_MAX_BYTES, ge=1 << 20, **_live("Most bytes of clips kept waiting."))
+    min_free_bytes: int = Field(const.SPOOL_MIN_FREE_BYTES, ge=0, **_live(
+        "Keep at least this much of the disk free for the rest of the system."))
+    max_age_s: float = Field(const.SPOOL_MAX_AGE_S, gt=0, **_live("Clips older than this are dropped, logged."))
+    on_full: Literal["drop_oldest", "reject_new"] = Field("drop_oldest", **_live(
+        "When a bound is hit: drop the oldest waiting clip, or refuse the new one."))
+
+
+class MetricsConfig(_Section):
+    port: int | None = Field(None, ge=1, le=65535, **_restart("Prometheus /metrics port. Empty: off."))
+    host: str = Field("127.0.0.1", **_restart("Address the metrics server listens on."))
+
+
+class Config(_Section):
+    device_id: str = Field(default_factory=socket.gethostname, **_live(
+        "Name of this device in metadata; default: the host name."))
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", **_live("Log verbosity."))
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
+    clip: ClipConfig = Field(default_factory=ClipConfig)
+    upload: UploadConfig = Field(default_factory=UploadConfig)
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        if self.clip.pre_roll_s + self.clip.post_roll_s > self.clip.max_s:
+            raise ValueError(
+                f"clip.pre_roll_s + clip.post_roll_s ({self.clip.pre_roll_s + self.clip.post_roll_s:g} s) "
+                f"exceeds clip.max_s ({self.clip.max_s:g} s)")
+        return self
+
+
+class ConfigError(Exception):
+    """A config problem, already formatted as `file:line:column: key: problem (allowed: ...)` lines."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def _node_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[yaml.Node | None, bool]:
+    """Walk a composed YAML tree along a pydantic error location; return the deepest node
+    reached and whether it is the key node (for unknown keys) rather than the value."""
+    node = root
+    for i, part in enumerate(loc):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == str(part):
+                    if i == len(loc) - 1:
+                        return v, False
+                    node = v
+                    break
+            else:
+                return node, False
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            return node, False
+    return node, False
+
+
+def _key_node(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
+    parent, _ = _node_at(root, loc[:-1]) if len(loc) > 1 else (root, False)
+    if isinstance(parent, yaml.MappingNode):
+        for k, _v in parent.value:
+            if k.value == str(loc[-1]):
+                return k
+    return parent
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: Any = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part)) if isinstance(model, type) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        args = getattr(ann, "__args__", ()) or (ann,)
+        model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+def _allowed(err: dict[str, Any]) -> str:
+    ctx = err.get("ctx") or {}
+    t = err["type"]
+    if t == "literal_error":
+        return f" (allowed: {ctx.get('expected', '')})"
+    for k, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if k in ctx:
+            return f" (allowed: {sym} {ctx[k]})"
+    if t in ("bool_parsing", "bool_type"):
+        return " (allowed: true, false)"
+    if t.startswith(("int_", "float_")):
+        return " (allowed: a number)"
+    return ""
+
+
+def _format_errors(exc: ValidationError, root: yaml.Node | None, filename: str) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            node = _key_node(root, loc)
+            model = _model_at(loc[:-1])
+            names = list(model.model_fields) if model else []
+            close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else f"allowed: {', '.join(names)}"
+            msg = f"{key}: unknown key ({hint})"
+        else:
+            node, _ = _node_at(root, loc)
+            text = err["msg"].removeprefix("Value error, ")
+            got = f", got {err['input']!r}" if loc and not isinstance(err.get("input"), dict) else ""
+            msg = f"{key}: {text}{got}{_allowed(err)}"
+        if node is not None:
+            m = node.start_mark
+            lines.append(f"{filename}:{m.line + 1}:{m.column + 1}: {msg}")
+        else:
+            lines.append(f"{filename}: {msg}")
+    return lines
+
+
+def parse_config(text: str, filename: str = "<config>", *, strict_source: bool = True) -> Config:
+    """Parse and validate YAML text; raise ConfigError with located messages.
+
+    `strict_source=False` is for `replay`, which takes the video from the command line.
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        m = exc.problem_mark or exc.context_mark
+        where = f"{filename}:{m.line + 1}:{m.column + 1}" if m else filename
+        raise ConfigError([f"{where}: YAML syntax error: {exc.problem or exc.context}"]) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{filename}: YAML error: {exc}"]) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{filename}:1:1: (top level): expected a mapping of keys, got {type(data).__name__}"])
+    try:
+        cfg = Config.model_validate(data)
+        if strict_source:
+            _check_source(cfg)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, root, filename)) from exc
+    except ValueError as exc:
+        node, _ = _node_at(root, ("source",))
+        m = node.start_mark if node is not None else None
+        where = f"{filename}:{m.line + 1}:{m.column + 1}" if m else filename
+        raise ConfigError([f"{where}: {exc}"]) from exc
+    return cfg
+
+
+def _check_source(cfg: Config) -> None:
+    s = cfg.source
+    if s.kind in ("file", "v4l2", "url") and not s.path:
+        raise ValueError(f"source.path: required for source.kind {s.kind}")
+    if s.kind == "pipe" and not s.command:
+        raise ValueError("source.command: required for source.kind pipe")
+
+
+def load_config(path: str | os.PathLike[str] | None, *, strict_source: bool = True) -> Config:
+    """Load a config file; None gives the embedded defaults (replay into a local folder)."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read config: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{p}: not UTF-8 text: {exc}"]) from exc
+    return parse_config(text, str(p), strict_source=strict_source)

@@ -1,0 +1,62 @@
+"""Named defaults. Every magic number of the project lives here, with why it has its value."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# A CID is an opaque id printed as a QR code; it must be safe in logs, JSON and form fields.
+CID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+CID_MAX_LENGTH = 128
+# Log at most this much of a rejected payload (escaped): enough to identify a bad label.
+REJECTED_LOG_CHARS = 80
+
+COOLDOWN_S = 5.0
+# Frames of *video time* per second handed to the QR decoder. A label crossing a 1080p frame on a
+# conveyor is in view for >= 1 s, so 10 Hz gives several chances while costing a third of 30 fps.
+DETECT_RATE_HZ = 10.0
+# zxing-cpp finds labels of >= ~2 px/module; 1280 px keeps a 1080p frame's labels above that for
+# codes that fill >= 1/10 of the frame width while cutting decode time ~2x (see benchmarks/README).
+DETECT_MAX_WIDTH_PX = 1280
+
+PRE_ROLL_S = 2.5
+POST_ROLL_S = 2.5
+CLIP_MAX_S = 30.0
+# Hardware first: Pi 4 (V4L2 M2M), NVIDIA (NVENC), Intel/AMD (VA-API needs a device, so not listed).
+ENCODERS = ("h264_v4l2m2m", "h264_nvenc", "libx264")
+CRF = 23
+X264_PRESET = "veryfast"
+# 64 MiB holds ~25 s of 1080p H.264 at 20 Mbit/s: far beyond pre-roll + post-roll + a GOP.
+RING_MAX_BYTES = 64 << 20
+# Raw-frame fallback ring: 5 s of 720p YUV420 is ~200 MiB; cap lower and keep fewer seconds.
+RAW_RING_MAX_BYTES = 160 << 20
+# Keep pre-roll + post-roll + this much extra video so a clip can start on a keyframe one GOP back.
+RING_MARGIN_S = 4.0
+
+SOURCE_STALL_S = 10.0
+SOURCE_OPEN_TIMEOUT_S = 10.0
+REOPEN_BACKOFF_START_S = 1.0
+REOPEN_BACKOFF_CAP_S = 60.0
+
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 30.0
+# A factory uplink on a bad day: 50 kB/s. The read timeout grows by size / this rate.
+MIN_UPLOAD_RATE = 50_000
+BACKOFF_BASE_S = 2.0
+BACKOFF_CAP_S = 300.0
+
+SPOOL_MAX_BYTES = 2 << 30
+SPOOL_MIN_FREE_BYTES = 256 << 20
+SPOOL_MAX_AGE_S = 7 * 24 * 3600.0
+
+# sysexits.h EX_TEMPFAIL: clips remain queued, try again later.
+EXIT_QUEUED = 75
+
+
+def default_spool_dir() -> str:
+    """systemd's StateDirectory= sets STATE_DIRECTORY; otherwise a folder under the user's state dir."""
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return str(Path(state.split(":")[0]) / "spool")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "edge-agent" / "spool")

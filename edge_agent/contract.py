@@ -1,0 +1,87 @@
+"""The wire contract between the agent and an edge server (DESIGN.md section 5).
+
+This is the one module that both the agent (sender) and the reference receiver
+import, so that field names, header names and the metadata shape cannot drift
+apart. Integrators building their own server can read it as the specification.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+# multipart/form-data field names of POST /cid
+FIELD_CID = "cid"
+FIELD_METADATA = "metadata"
+FIELD_VIDEO = "video"
+
+VIDEO_CONTENT_TYPE = "video/mp4"
+
+HEADER_IDEMPOTENCY_KEY = "Idempotency-Key"
+HEADER_USER_AGENT = "User-Agent"
+HEADER_AUTHORIZATION = "Authorization"
+HEADER_RETRY_AFTER = "Retry-After"
+
+CID_PATH = "/cid"
+INGEST_LDO_PATH = "/ingest/ldo"
+INGEST_LIST_PATH = "/ingest/list"
+
+
+def user_agent(version: str) -> str:
+    return f"edge-agent/{version}"
+
+
+def video_filename(event_id: str) -> str:
+    """File names come from our own event ids, never from QR payloads."""
+    return f"{event_id}.mp4"
+
+
+def rfc3339(ts: float) -> str:
+    """Wall-clock seconds to RFC 3339 UTC with milliseconds, e.g. 2026-11-24T06:22:57.123Z."""
+    dt = datetime.fromtimestamp(ts, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+class _Model(BaseModel):
+    # Receivers must accept keys added by newer agents: forward compatible.
+    model_config = ConfigDict(extra="allow")
+
+
+class ClipInfo(_Model):
+    start_at: str | None = None
+    end_at: str | None = None
+    duration_s: float | None = None
+    frames: int | None = None
+    fps: float | None = None
+    width: int | None = None
+    height: int | None = None
+    codec: str | None = None
+    size_bytes: int | None = None
+    sha256: str | None = None
+    error: str | None = Field(None, description="Set, and video omitted, when no clip could be made.")
+
+
+class DetectionInfo(_Model):
+    decoder: str
+    polygon: list[tuple[int, int]] = Field(default_factory=list)
+    frame_width: int
+    frame_height: int
+    hits: int = 1
+
+
+class AgentInfo(_Model):
+    version: str
+
+
+class Metadata(_Model):
+    schema_version: int = SCHEMA_VERSION
+    event_id: str
+    device_id: str
+    cid: str
+    detected_at: str
+    clip: ClipInfo
+    detection: DetectionInfo
+    agent: AgentInfo

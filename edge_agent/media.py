@@ -1,0 +1,89 @@
+"""The small data types that flow between stages: a compressed packet with its capture time,
+a grayscale frame for the detector, and the stream parameters needed to mux packets later."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import av
+import numpy as np
+
+
+class StreamInfo:
+    """Codec parameters of one opened source, kept alive independently of the demuxer.
+
+    PyAV can only build an output stream for remuxing from another stream (which owns
+    the codec parameters, e.g. H.264's SPS/PPS). The source's own stream dies when the
+    source is closed or reopened, while clips cut from its packets may still be in flight,
+    so a copy lives in a never-written in-memory container held here.
+    """
+
+    def __init__(self, stream: av.video.stream.VideoStream):
+        self._holder = av.open(io.BytesIO(), "w", format="mp4")
+        self.template = self._holder.add_stream_from_template(stream)
+        cc = stream.codec_context
+        self.codec: str = cc.name
+        self.width: int = cc.width
+        self.height: int = cc.height
+        self.pix_fmt: str | None = cc.pix_fmt
+        self.time_base: Fraction = stream.time_base or Fraction(1, 90000)
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        self.fps: float | None = float(rate) if rate else None
+        self.extradata: bytes | None = bytes(cc.extradata) if cc.extradata else None
+
+    @property
+    def remuxable(self) -> bool:
+        """H.264 can be copied into MP4 as is; anything else (MJPEG, raw) must be encoded."""
+        return self.codec == "h264"
+
+
+@dataclass(slots=True)
+class Packet:
+    """One compressed (or raw) video packet with the capture time of its frame.
+
+    `t` is seconds on the source's capture clock (monotonic within a source session);
+    `wall` is the wall-clock time it maps to, used only for metadata.
+    """
+
+    data: bytes
+    pts: int
+    dts: int | None
+    keyframe: bool
+    t: float
+    wall: float
+    stream: StreamInfo = field(repr=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+@dataclass(slots=True)
+class GrayFrame:
+    """A decoded frame's luma plane, the detector's only input (no colour conversion needed)."""
+
+    gray: np.ndarray
+    t: float
+    wall: float
+
+
+# 8-bit formats whose plane 0 is the luma plane.
+_LUMA_FIRST_8BIT = frozenset(
+    {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv440p", "yuvj440p",
+     "yuv411p", "yuv410p", "nv12", "nv21", "nv16", "gray"})
+
+
+def luma(frame: av.VideoFrame) -> np.ndarray:
+    """The Y plane as a (height, width) uint8 view, without a colour conversion.
+
+    For planar YUV and NV12 formats plane 0 is luma; its rows may be padded
+    (line_size > width), so the view is cropped. Other formats go through swscale.
+    """
+    if frame.format.name in _LUMA_FIRST_8BIT:
+        plane = frame.planes[0]
+        buf = np.frombuffer(plane, dtype=np.uint8)
+        if plane.line_size * frame.height == buf.size:
+            return buf.reshape(frame.height, plane.line_size)[:, : frame.width]
+    return frame.to_ndarray(format="gray")
