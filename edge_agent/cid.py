@@ -32,10 +32,7 @@ class CidValidator:
 def escape_payload(payload: str | bytes, limit: int = const.REJECTED_LOG_CHARS) -> str:
     """A log-safe rendering: one line, ASCII only, control and non-ASCII characters escaped,
     truncated with the original length noted. Nothing a payload holds can forge a log line."""
-    if isinstance(payload, bytes):
-        text = payload.decode("utf-8", errors="backslashreplace")
-    else:
-        text = payload
+    text = payload.decode("utf-8", errors="backslashreplace") if isinstance(payload, bytes) else payload
     escaped = text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
     if len(escaped) > limit:
         return f'"{escaped[:limit]}"...({len(text)} chars)'

@@ -205,7 +205,7 @@ def validate(path: Path) -> contract.ClipInfo:
         raise ClipError(f"clip codec is {codec}, expected h264")
     if not pts or keyframes == 0:
         raise ClipError("clip has no decodable frames")
-    if any(b <= a for a, b in zip(pts, pts[1:])):
+    if any(b <= a for a, b in zip(pts, pts[1:], strict=False)):
         raise ClipError("clip presentation timestamps are not strictly increasing")
     frame_s = float((pts[-1] - pts[0]) * tb) / (len(pts) - 1) if len(pts) > 1 else 1 / 30
     duration = float((pts[-1] - pts[0]) * tb) + frame_s

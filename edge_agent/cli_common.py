@@ -1,0 +1,37 @@
+"""Helpers shared by the sub-command modules: the --config option and loading it or exiting 78."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .config import EXIT_CONFIG, Config, ConfigError, load_config
+
+# Where the systemd unit's ConfigurationDirectory= puts the file; used when --config is not given
+# and the file exists, so `edge-agent check` on a device needs no arguments.
+SYSTEM_CONFIG = "/etc/edge-agent/config.yaml"
+
+
+def add_config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c", "--config", metavar="FILE",
+        help=f"YAML config (default: $EDGE_AGENT_CONFIG, else {SYSTEM_CONFIG} if present, "
+        "else built-in defaults)")
+
+
+def config_path(args: argparse.Namespace) -> str | None:
+    path = getattr(args, "config", None) or os.environ.get("EDGE_AGENT_CONFIG")
+    if path:
+        return path
+    return SYSTEM_CONFIG if os.path.exists(SYSTEM_CONFIG) else None
+
+
+def load_config_or_exit(args: argparse.Namespace, *, strict_source: bool = True) -> Config:
+    """Load the config named by args, or print located errors to stderr and exit 78 (EX_CONFIG)."""
+    try:
+        return load_config(config_path(args), strict_source=strict_source)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None

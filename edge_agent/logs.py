@@ -1,0 +1,55 @@
+"""Logging set-up: one line per event, journald-aware.
+
+Under systemd (JOURNAL_STREAM set) journald adds its own timestamps and reads a
+`<N>` syslog priority prefix, so lines carry the prefix and no timestamp. On a
+terminal or in a file they carry an ISO timestamp instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+_PRIORITY = {
+    logging.DEBUG: 7,
+    logging.INFO: 6,
+    logging.WARNING: 4,
+    logging.ERROR: 3,
+    logging.CRITICAL: 2,
+}
+
+
+class JournalFormatter(logging.Formatter):
+    """`<6>edge_agent.pipeline: clip ready cid=... clip=...` as journald expects on stderr."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = super().format(record).replace("\n", " | ")
+        return f"<{_PRIORITY.get(record.levelno, 6)}>{record.name}: {msg}"
+
+
+def under_journald() -> bool:
+    """True when stderr is connected to the journal (systemd sets JOURNAL_STREAM=dev:inode)."""
+    stream = os.environ.get("JOURNAL_STREAM")
+    if not stream:
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return stream == f"{st.st_dev}:{st.st_ino}"
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Configure the root logger once; calling again only changes the level (live reload)."""
+    root = logging.getLogger()
+    if not any(getattr(h, "_edge_agent", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler._edge_agent = True  # type: ignore[attr-defined]
+        if under_journald():
+            handler.setFormatter(JournalFormatter("%(message)s"))
+        else:
+            handler.setFormatter(logging.Formatter(
+                "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"))
+        root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))

@@ -1,0 +1,182 @@
+"""`edge-agent replay`: run the whole pipeline on recorded videos, then report.
+
+The technician's and the test suite's way to see what the agent would do with a camera:
+same detector, same clips, same delivery, on a file instead of a live source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import av
+
+from . import const
+from .cli_common import add_config_arg, load_config_or_exit
+from .logs import setup_logging
+from .metrics import Metrics
+from .pipeline import Pipeline
+from .sinks import ClipSink, FolderSink, TeeSink
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUTPUT_DIR = "clips"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "replay", help="run the pipeline on recorded video files",
+        description="Detect CIDs in recorded videos, cut a clip around each and deliver them as the daemon "
+        "would. With no upload.url (or --no-upload) clips and their metadata go to --output-dir.")
+    add_config_arg(p)
+    p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files, played one after another")
+    p.add_argument("--realtime", action="store_true", help="pace frames at recorded speed (source.realtime)")
+    p.add_argument("--no-upload", action="store_true", help="do not upload; keep clips in --output-dir")
+    p.add_argument("--output-dir", metavar="DIR",
+                   help=f"keep clips and metadata here (default ./{DEFAULT_OUTPUT_DIR} when not uploading)")
+    p.add_argument("--report", metavar="FILE", help="write a JSON report of the run ('-' for stdout)")
+    p.add_argument("--drain-timeout", type=float, default=60.0, metavar="S",
+                   help="seconds to wait for the spool to deliver everything (0: don't wait; default 60)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary table")
+    p.set_defaults(func=run_replay)
+
+
+def _count_frames(paths: list[str]) -> int | None:
+    total = 0
+    for path in paths:
+        try:
+            with av.open(path) as c:
+                v = c.streams.video[0]
+                n = v.frames
+                if not n and v.duration and v.average_rate:
+                    n = int(float(v.duration * v.time_base) * float(v.average_rate))
+                if not n:
+                    return None
+                total += n
+        except (av.error.FFmpegError, IndexError, OSError):
+            return None
+    return total
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    cfg = load_config_or_exit(args, strict_source=False)
+    setup_logging(cfg.log_level)
+    missing = [v for v in args.videos if not Path(v).is_file()]
+    if missing:
+        for v in missing:
+            print(f"edge-agent replay: {v}: no such file", file=sys.stderr)
+        return 66  # EX_NOINPUT
+    source = cfg.source.model_copy(update={"kind": "file", "path": args.videos[0],
+                                           "realtime": args.realtime or cfg.source.realtime, "loop": False})
+    cfg = cfg.model_copy(update={"source": source})
+    metrics = Metrics()
+    upload = bool(cfg.upload.url) and not args.no_upload
+    spool = uploader = None
+    folder: FolderSink | None = None
+    if args.output_dir or not upload:
+        folder = FolderSink(args.output_dir or DEFAULT_OUTPUT_DIR)
+    sink: ClipSink
+    if upload:
+        from .spool import Spool
+        from .uploader import Uploader
+
+        spool = Spool(cfg.spool, metrics)
+        sink = TeeSink(spool, folder) if folder else spool
+    else:
+        assert folder is not None
+        sink = folder
+
+    pipeline = Pipeline(cfg, sink, videos=args.videos, metrics=metrics)
+    if upload:
+        from . import __version__
+
+        uploader = Uploader(spool, cfg.upload, metrics, __version__, on_result=pipeline.mark_upload)
+        uploader.start()
+    total = _count_frames(args.videos)
+    pipeline.start()
+    _progress(pipeline, metrics, total, quiet=args.quiet)
+    pipeline.wait()
+    elapsed = pipeline.stats.elapsed_s
+
+    exit_code = 0
+    if uploader is not None and spool is not None:
+        if args.drain_timeout > 0:
+            uploader.drain(args.drain_timeout)
+        uploader.stop()
+        remaining = spool.status().clips
+        spool.close()
+        if remaining:
+            print(f"edge-agent replay: {remaining} clip(s) still queued in {cfg.spool.dir}; "
+                  "they will be sent by `edge-agent run` or `edge-agent spool flush`", file=sys.stderr)
+            exit_code = const.EXIT_QUEUED
+    report = _report(pipeline, metrics, elapsed, folder)
+    if args.report:
+        text = json.dumps(report, indent=2) + "\n"
+        if args.report == "-":
+            sys.stdout.write(text)
+        else:
+            Path(args.report).write_text(text, encoding="utf-8")
+    if not args.quiet:
+        _summary(report, metrics, upload, folder)
+    if pipeline.source_error and metrics.get("edge_agent_frames_total") == 0:
+        return 65  # EX_DATAERR: no video could be read
+    return exit_code
+
+
+def _progress(pipeline: Pipeline, metrics: Metrics, total: int | None, quiet: bool) -> None:
+    """A progress bar on a terminal (tqdm switches itself off when stderr is not one)."""
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="frame", disable=True if quiet else None, leave=False,
+              dynamic_ncols=True) as bar:
+        while not pipeline.wait(0.25):
+            done = int(metrics.get("edge_agent_frames_total"))
+            bar.update(done - bar.n)
+            bar.set_postfix(cids=len(pipeline.events), refresh=False)
+        bar.update(int(metrics.get("edge_agent_frames_total")) - bar.n)
+
+
+def _report(pipeline: Pipeline, metrics: Metrics, elapsed: float, folder: FolderSink | None) -> dict[str, Any]:
+    events = []
+    for rec in sorted(pipeline.events.values(), key=lambda r: r.detected_t):
+        clip: dict[str, Any] | None = dict(rec.clip) if rec.clip else None
+        if clip is not None and folder is not None and not rec.clip_error:
+            clip["file"] = str(folder.clip_path(rec.event_id))
+        events.append({"event_id": rec.event_id, "cid": rec.cid, "detected_at": rec.detected_at,
+                       "clip": clip, "uploaded": rec.uploaded})
+    return {
+        "frames": int(metrics.get("edge_agent_frames_total")),
+        "elapsed_s": round(elapsed, 3),
+        "events": events,
+        "uploaded": sum(1 for e in events if e["uploaded"]),
+        "rejected": int(metrics.get("edge_agent_payloads_rejected_total")),
+    }
+
+
+def _summary(report: dict[str, Any], metrics: Metrics, upload: bool, folder: FolderSink | None) -> None:
+    frames, elapsed = report["frames"], report["elapsed_s"]
+    clips = sum(1 for e in report["events"] if e["clip"] and not e["clip"].get("error"))
+    rows = [
+        ("frames", f"{frames}"),
+        ("fps", f"{frames / elapsed:.1f}" if elapsed else "-"),
+        ("elapsed s", f"{elapsed:.2f}"),
+        ("frames analysed", f"{int(metrics.get('edge_agent_frames_analysed_total'))}"),
+        ("detections", f"{int(metrics.get('edge_agent_detections_total'))}"),
+        ("events (CIDs)", f"{len(report['events'])}"),
+        ("clips", f"{clips}"),
+        ("uploaded", f"{report['uploaded']}" if upload else "off"),
+        ("rejected payloads", f"{report['rejected']}"),
+    ]
+    if folder is not None:
+        rows.append(("clips folder", str(folder.folder)))
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    for e in report["events"]:
+        clip = e["clip"] or {}
+        state = "error: " + clip["error"] if clip.get("error") else f"{clip.get('duration_s', 0):.2f} s"
+        print(f"  {e['detected_at']}  {e['cid']:<24} {state:<10} {'uploaded' if e['uploaded'] else ''}")
+    sys.stdout.flush()
