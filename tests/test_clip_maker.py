@@ -1,0 +1,113 @@
+"""Clips start on a keyframe, have rebased strictly increasing timestamps, carry +faststart, are
+H.264 whatever the source, and are validated by decoding them back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import pytest
+
+from edge_agent.clip import ClipError, ClipMaker, validate
+from edge_agent.config import ClipConfig, SourceConfig
+from edge_agent.media import Packet
+from edge_agent.ring_buffer import Recording, RingBuffer
+from edge_agent.source import AvSource
+from tests.media_factory import make_video
+
+
+def record(video: Path, start_t: float, end_t: float) -> Recording:
+    """Read a real file through the real source into the ring and cut one recording."""
+    done: list[Recording] = []
+    ring = RingBuffer(60.0, 1 << 30, done.append)
+    src = AvSource(SourceConfig(kind="file", path=str(video)))
+    src.open()
+    packets: list[Packet] = list(src.packets())
+    src.close()
+    started = False
+    for p in packets:
+        if not started and p.t >= start_t + 0.5:
+            ring.start_recording("ev", start_t, end_t)
+            started = True
+        ring.append(p)
+    ring.flush()
+    assert done, "recording did not finish"
+    return done[0]
+
+
+def pts_of(path: Path) -> list[int]:
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        return [p.pts for p in c.demux(v) if p.size]
+
+
+@pytest.fixture(scope="module")
+def h264_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_video(tmp_path_factory.mktemp("v") / "in.mp4", seconds=8, bframes=2)
+
+
+def test_remuxed_clip_starts_on_keyframe_with_rebased_pts(h264_video: Path, tmp_path: Path) -> None:
+    rec = record(h264_video, start_t=2.3, end_t=6.0)
+    result = ClipMaker(ClipConfig()).make(rec, tmp_path / "clip.mp4")
+    assert result.remuxed
+    assert rec.packets[0].t == 2.0  # last keyframe at or before 2.3 with a 1 s GOP
+    with av.open(str(result.path)) as c:
+        v = c.streams.video[0]
+        first = next(p for p in c.demux(v) if p.size)
+        assert first.is_keyframe
+    pts = sorted(pts_of(result.path))
+    assert pts[0] == 0
+    assert all(b > a for a, b in zip(pts, pts[1:], strict=False))
+    assert result.info.codec == "h264"
+    assert 3.9 <= result.info.duration_s <= 4.1  # 2.0 .. 6.0
+    data = result.path.read_bytes()
+    assert data.find(b"moov") < data.find(b"mdat")  # +faststart
+
+
+def test_clip_frames_decode_back(h264_video: Path, tmp_path: Path) -> None:
+    rec = record(h264_video, start_t=1.0, end_t=4.0)
+    result = ClipMaker(ClipConfig()).make(rec, tmp_path / "clip.mp4")
+    with av.open(str(result.path)) as c:
+        frames = sum(1 for _ in c.decode(video=0))
+    assert frames == result.info.frames == 91  # 1.0 s .. 4.0 s inclusive
+
+
+def test_resize_reencodes_falling_back_to_libx264(h264_video: Path, tmp_path: Path) -> None:
+    cfg = ClipConfig(width=320, encoders=["no_such_encoder", "h264_v4l2m2m", "libx264"])
+    rec = record(h264_video, start_t=1.0, end_t=3.0)
+    maker = ClipMaker(cfg)
+    result = maker.make(rec, tmp_path / "clip.mp4")
+    assert not result.remuxed and result.encoder == "libx264"
+    assert (result.info.width, result.info.height) == (320, 180)
+    assert result.info.codec == "h264"
+    assert 1.9 <= result.info.duration_s <= 2.1
+
+
+def test_fps_cap_drops_frames(h264_video: Path, tmp_path: Path) -> None:
+    rec = record(h264_video, start_t=1.0, end_t=4.0)
+    result = ClipMaker(ClipConfig(fps=10)).make(rec, tmp_path / "clip.mp4")
+    assert 28 <= result.info.frames <= 31
+
+
+def test_mjpeg_source_is_encoded_to_h264(tmp_path: Path) -> None:
+    video = make_video(tmp_path / "in.avi", seconds=4, codec="mjpeg")
+    rec = record(video, start_t=0.5, end_t=3.0)
+    result = ClipMaker(ClipConfig(encoders=["libx264"])).make(rec, tmp_path / "clip.mp4")
+    assert result.info.codec == "h264" and not result.remuxed
+    assert 2.4 <= result.info.duration_s <= 2.6  # every MJPEG frame is a keyframe: exact start
+
+
+def test_no_working_encoder_is_a_clip_error(h264_video: Path, tmp_path: Path) -> None:
+    rec = record(h264_video, start_t=1.0, end_t=2.0)
+    with pytest.raises(ClipError, match="no H.264 encoder"):
+        ClipMaker(ClipConfig(width=320, encoders=["no_such_encoder"])).make(rec, tmp_path / "clip.mp4")
+    assert not (tmp_path / "clip.mp4").exists()
+
+
+def test_truncated_clip_fails_validation(h264_video: Path, tmp_path: Path) -> None:
+    rec = record(h264_video, start_t=1.0, end_t=4.0)
+    path = ClipMaker(ClipConfig()).make(rec, tmp_path / "clip.mp4").path
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(ClipError):
+        validate(path)

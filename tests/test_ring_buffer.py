@@ -1,0 +1,111 @@
+"""The ring holds recent compressed video bounded in seconds and bytes, and recordings cut from it
+start on a keyframe at or before the wanted start."""
+
+from __future__ import annotations
+
+from edge_agent.media import Packet
+from edge_agent.metrics import Metrics
+from edge_agent.ring_buffer import Recording, RingBuffer
+
+FPS = 30
+GOP = 30  # a keyframe every second
+
+
+def pkt(i: int, size: int = 1000) -> Packet:
+    return Packet(b"\0" * size, i, i, i % GOP == 0, i / FPS, 1000.0 + i / FPS, stream=None)  # type: ignore[arg-type]
+
+
+def make(keep_s: float = 9.0, max_bytes: int = 1 << 30) -> tuple[RingBuffer, list[Recording], Metrics]:
+    done: list[Recording] = []
+    m = Metrics()
+    return RingBuffer(keep_s, max_bytes, done.append, m), done, m
+
+
+def test_ring_is_bounded_in_seconds_by_whole_gops() -> None:
+    ring, _, _ = make(keep_s=3.0)
+    for i in range(30 * FPS):
+        ring.append(pkt(i))
+    assert 3.0 <= ring.span_s < 3.0 + 1.0 + 1 / FPS  # at most one extra GOP kept
+    first = ring._packets[0]
+    assert first.keyframe  # never starts mid-GOP
+
+
+def test_ring_is_bounded_in_bytes_and_counts_evictions() -> None:
+    ring, _, m = make(keep_s=1000.0, max_bytes=50_000)
+    for i in range(10 * FPS):
+        ring.append(pkt(i, size=1000))
+    assert ring.bytes <= 50_000
+    assert m.get("edge_agent_ring_evicted_over_cap_total") > 0
+
+
+def test_recording_starts_on_last_keyframe_at_or_before_start() -> None:
+    ring, done, _ = make()
+    for i in range(int(6.5 * FPS)):
+        ring.append(pkt(i))
+    rec = ring.start_recording("ev", start_t=4.2, end_t=7.0)
+    assert rec.packets[0].keyframe and rec.packets[0].t == 4.0
+    assert not rec.truncated_start
+    for i in range(int(6.5 * FPS), 9 * FPS):
+        ring.append(pkt(i))
+    assert done == [rec] and rec.done
+    assert rec.packets[-1].t <= 7.0 and rec.packets[-1].t > 7.0 - 2 / FPS
+
+
+def test_recording_exactly_on_a_keyframe_starts_there() -> None:
+    ring, _, _ = make()
+    for i in range(5 * FPS):
+        ring.append(pkt(i))
+    rec = ring.start_recording("ev", start_t=3.0, end_t=10.0)
+    assert rec.packets[0].t == 3.0
+
+
+def test_recording_older_than_the_ring_is_marked_truncated() -> None:
+    ring, _, _ = make(keep_s=2.0)
+    for i in range(10 * FPS):
+        ring.append(pkt(i))
+    rec = ring.start_recording("ev", start_t=1.0, end_t=12.0)
+    assert rec.truncated_start
+    assert rec.packets[0].keyframe
+
+
+def test_extend_pushes_the_end_back_until_the_recording_finishes() -> None:
+    ring, done, _ = make()
+    for i in range(3 * FPS):
+        ring.append(pkt(i))
+    rec = ring.start_recording("ev", start_t=0.5, end_t=4.0)
+    assert ring.extend("ev", 6.0)
+    for i in range(3 * FPS, 8 * FPS):
+        ring.append(pkt(i))
+    assert done == [rec]
+    assert 5.9 < rec.packets[-1].t <= 6.0
+    assert not ring.extend("ev", 9.0)  # already finished
+
+
+def test_detector_lag_past_the_end_cuts_immediately() -> None:
+    ring, done, _ = make()
+    for i in range(8 * FPS):
+        ring.append(pkt(i))
+    rec = ring.start_recording("ev", start_t=1.0, end_t=3.0)
+    assert rec.done and done == [rec]
+    assert rec.packets[-1].t <= 3.0
+
+
+def test_two_recordings_share_the_ring() -> None:
+    ring, done, _ = make()
+    for i in range(4 * FPS):
+        ring.append(pkt(i))
+    a = ring.start_recording("a", 1.0, 5.0)
+    b = ring.start_recording("b", 2.5, 6.0)
+    for i in range(4 * FPS, 7 * FPS):
+        ring.append(pkt(i))
+    assert {r.key for r in done} == {"a", "b"}
+    assert a.packets[0].t == 1.0 and b.packets[0].t == 2.0
+
+
+def test_flush_finishes_open_recordings_with_what_they_have() -> None:
+    ring, done, _ = make()
+    for i in range(4 * FPS):
+        ring.append(pkt(i))
+    rec = ring.start_recording("ev", 1.0, 100.0)
+    ring.flush()
+    assert done == [rec] and rec.packets[-1].t == (4 * FPS - 1) / FPS
