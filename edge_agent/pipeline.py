@@ -62,6 +62,7 @@ class EventRecord:
     detected_t: float
     clip: dict[str, Any] | None = None
     clip_error: str | None = None
+    clip_ms: float | None = None  # cut + remux/encode + validate
     queued: bool = False
     uploaded: bool = False
     upload_result: str | None = None
@@ -500,6 +501,7 @@ class Pipeline:
             result = self.clip_maker.make(rec, part)
             clip_info, video = result.info, result.path
             ms = (time.perf_counter() - started) * 1000
+            record.clip_ms = round(ms, 1)
             self.metrics.inc("edge_agent_clips_total")
             self.metrics.set("edge_agent_clip_ms", round(ms, 1))
             log.info("clip ready cid=%s clip=%s duration_s=%.2f frames=%s bytes=%s %s ms=%.0f%s", ev.cid,

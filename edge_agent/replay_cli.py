@@ -147,7 +147,7 @@ def _report(pipeline: Pipeline, metrics: Metrics, elapsed: float, folder: Folder
         if clip is not None and folder is not None and not rec.clip_error:
             clip["file"] = str(folder.clip_path(rec.event_id))
         events.append({"event_id": rec.event_id, "cid": rec.cid, "detected_at": rec.detected_at,
-                       "clip": clip, "uploaded": rec.uploaded})
+                       "clip": clip, "uploaded": rec.uploaded, "clip_ms": rec.clip_ms})
     return {
         "frames": int(metrics.get("edge_agent_frames_total")),
         "elapsed_s": round(elapsed, 3),
