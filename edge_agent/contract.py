@@ -70,6 +70,8 @@ class DetectionInfo(_Model):
     frame_width: int
     frame_height: int
     hits: int = 1
+    last_detected_at: str | None = Field(
+        None, description="Capture time of the last sighting folded into this event (its clip runs to it + post-roll).")
 
 
 class AgentInfo(_Model):

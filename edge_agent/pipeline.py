@@ -137,6 +137,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._restart_source = threading.Event()
         self._source: AvSource | None = None
+        self._source_cfg = cfg.source  # swapped by reconfigure() before the source restarts
         self._source_lock = threading.Lock()
         self.source_error: str | None = None
         self.ready = threading.Event()  # the source has delivered a frame
@@ -194,7 +195,8 @@ class Pipeline:
         source restarts the source inside the process. Called from any thread."""
         with self._cfg_lock:
             self._pending_cfg = new
-        if new.source != self.cfg.source:
+        if new.source != self._source_cfg:
+            self._source_cfg = new.source
             self._restart_source.set()
             with self._source_lock:
                 if self._source is not None:
@@ -228,11 +230,12 @@ class Pipeline:
         (reopened with backoff when it fails or stalls, looped when `source.loop`)."""
         if self.videos:
             for path in self.videos:
-                yield AvSource(self.cfg.source, path)
+                yield AvSource(self._source_cfg, path)
             return
         while not self._stop.is_set():
-            yield AvSource(self.cfg.source)
-            if self.cfg.source.kind == "file" and not self.cfg.source.loop and not self._restart_source.is_set():
+            cfg = self._source_cfg
+            yield AvSource(cfg)
+            if cfg.kind == "file" and not cfg.loop and not self._restart_source.is_set():
                 return
 
     def _capture_loop(self) -> None:
@@ -255,7 +258,7 @@ class Pipeline:
                         log.error("replay: %s", exc)
                         self.metrics.inc("edge_agent_source_errors_total")
                         continue
-                    if not src.live and not self.cfg.source.loop:
+                    if not src.live and not src.cfg.loop:
                         log.error("source: %s", exc)
                         break
                     log.warning("source unavailable, retrying in %.0f s: %s", backoff, exc)
@@ -265,11 +268,15 @@ class Pipeline:
                     backoff = min(backoff * 2, const.REOPEN_BACKOFF_CAP_S)
                     continue
                 sessions += 1
+                # a reload may have turned a fast replay into a live source, or back
+                self._live_queues = src.live or src.cfg.realtime
+                self._frames.blocking = not self._live_queues
+                self.stats.source_live = src.live
                 if sessions > 1:
                     self.ring.reset()  # packets of the old session cannot mix with the new stream
                 info = src.info
                 assert info is not None
-                log.info("source open kind=%s source=%s codec=%s size=%dx%d fps=%s", self.cfg.source.kind,
+                log.info("source open kind=%s source=%s codec=%s size=%dx%d fps=%s", src.cfg.kind,
                          src.describe, info.codec, info.width, info.height, f"{info.fps:.2f}" if info.fps else "?")
                 got = self._read_session(src)
                 if got:
@@ -333,7 +340,7 @@ class Pipeline:
 
     def _watch_stall(self, src: AvSource) -> None:
         """No frame for `source.stall_s`: interrupt the read so the capture loop reopens."""
-        stall_s = self.cfg.source.stall_s
+        stall_s = src.cfg.stall_s
         opened = time.monotonic()
         while self._session_alive and not self._stop.wait(min(1.0, stall_s / 4)):
             last = self.stats.last_frame_mono or opened
@@ -519,7 +526,8 @@ class Pipeline:
             clip=clip_info,
             detection=contract.DetectionInfo(
                 decoder=ev.first.decoder, polygon=list(ev.first.polygon), frame_width=ev.first.frame_width,
-                frame_height=ev.first.frame_height, hits=ev.hits),
+                frame_height=ev.first.frame_height, hits=ev.hits,
+                last_detected_at=contract.rfc3339(ev.first.wall + (ev.last_t - ev.first.t))),
             agent=contract.AgentInfo(version=__version__),
         ).model_dump(mode="json", exclude_none=True)
         record.clip = meta["clip"]

@@ -1,0 +1,192 @@
+"""`edge-agent run`: the long-running service around the pipeline.
+
+Owns what a daemon needs and the pipeline does not: the spool and uploader, signals (SIGTERM
+stops, SIGHUP reloads), config-file watching, systemd notification (READY once frames flow,
+WATCHDOG only while frames advance, STATUS, STOPPING) and the metrics endpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .cli_common import add_config_arg, config_path, load_config_or_exit
+from .config import Config, ConfigError, load_config
+from .logs import setup_logging
+from .metrics import Metrics
+from .pipeline import Pipeline
+from .sdnotify import Notifier
+
+log = logging.getLogger(__name__)
+
+# SIGTERM must end within systemd's stop timeout (TimeoutStopSec=20 in the unit): 15 s budget.
+STOP_BUDGET_S = 15.0
+TICK_S = 1.0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run the daemon (what the systemd service starts)",
+                       description="Capture, detect, cut clips and deliver them until stopped (SIGTERM). "
+                       "SIGHUP or an edit of the config file reloads it.")
+    add_config_arg(p)
+    p.set_defaults(func=run_daemon)
+
+
+def run_daemon(args: argparse.Namespace) -> int:
+    cfg = load_config_or_exit(args)
+    setup_logging(cfg.log_level)
+    return Daemon(cfg, config_path(args)).run()
+
+
+class Daemon:
+    def __init__(self, cfg: Config, path: str | None):
+        self.cfg = cfg
+        self.path = path
+        self.metrics = Metrics()
+        self.notifier = Notifier()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._watcher: Any = None
+        self._metrics_server: Any = None
+
+    # --- signals --------------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        def on_stop(signum: int, _frame: Any) -> None:
+            log.info("signal %s: stopping", signal.Signals(signum).name)
+            self._stop.set()
+
+        def on_hup(_signum: int, _frame: Any) -> None:
+            self._reload.set()
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    # --- reload ---------------------------------------------------------------------------------
+
+    def _reload_from_file(self) -> None:
+        if not self.path:
+            log.info("reload asked but no config file is in use")
+            return
+        self.notifier.reloading()
+        try:
+            new = load_config(self.path)
+        except ConfigError as exc:
+            for line in exc.lines:
+                log.error("reload refused, keeping the running config: %s", line)
+        else:
+            self.apply(new)
+        self.notifier.ready()
+
+    def _on_watch_error(self, lines: list[str]) -> None:
+        for line in lines:
+            log.error("reload refused, keeping the running config: %s", line)
+
+    def apply(self, new: Config) -> None:
+        """Live keys apply now; a changed source restarts inside the pipeline; the rest needs a restart."""
+        from .config_watch import classify_changes
+
+        live, restart = classify_changes(self.cfg, new)
+        if not live and not restart:
+            return
+        needs_process_restart = [k for k in restart if not k.startswith("source.")]
+        if needs_process_restart:
+            log.warning("reload: these keys apply only after a service restart: %s", ", ".join(needs_process_restart))
+        setup_logging(new.log_level)
+        self.pipeline.reconfigure(new)
+        self.uploader.update_config(new.upload)
+        self.spool.update_config(new.spool.model_copy(update={"dir": self.cfg.spool.dir}))
+        self.cfg = new
+        log.info("config reloaded live=%s restart_source=%s", ",".join(live) or "-",
+                 ",".join(k for k in restart if k.startswith("source.")) or "-")
+
+    # --- main loop ------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        from .spool import Spool
+        from .uploader import Uploader
+
+        self._install_signals()
+        cfg = self.cfg
+        self.spool = Spool(cfg.spool, self.metrics)  # recovery happens here, before READY
+        self.uploader = Uploader(self.spool, cfg.upload, self.metrics, __version__)
+        self.pipeline = Pipeline(cfg, self.spool, metrics=self.metrics,
+                                 on_event=lambda rec: self.uploader.wake())
+        if cfg.metrics.port:
+            from .metrics_server import MetricsServer
+
+            self._metrics_server = MetricsServer(self.metrics, cfg.metrics.host, cfg.metrics.port, self._health)
+            self._metrics_server.start()
+        if self.path:
+            from .config_watch import ConfigWatcher
+
+            self._watcher = ConfigWatcher(Path(self.path), self.apply, self._on_watch_error)
+            self._watcher.start()
+        self.uploader.start()
+        self.pipeline.start()
+        log.info("started version=%s device_id=%s source=%s upload=%s spool=%s", __version__, cfg.device_id,
+                 cfg.source.kind, cfg.upload.url or "-", cfg.spool.dir)
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _health(self) -> tuple[bool, dict[str, Any]]:
+        last = self.pipeline.stats.last_frame_mono
+        age = None if last is None else time.monotonic() - last
+        ok = age is not None and age < self.cfg.source.stall_s
+        return ok, {"last_frame_age_s": None if age is None else round(age, 2),
+                    "spool_clips": self.metrics.get("edge_agent_spool_clips"),
+                    "source_error": self.pipeline.source_error}
+
+    def _loop(self) -> None:
+        ready = False
+        last_frames = 0.0
+        last_tick = time.monotonic()
+        interval = min(TICK_S, (self.notifier.watchdog_interval_s() or 2 * TICK_S) / 2)
+        while not self._stop.wait(interval):
+            if self._reload.is_set():
+                self._reload.clear()
+                self._reload_from_file()
+            if not ready and self.pipeline.ready.is_set():
+                ready = True
+                self.notifier.ready()
+                log.info("ready: frames are flowing")
+            frames = self.metrics.get("edge_agent_frames_total")
+            now = time.monotonic()
+            fps = (frames - last_frames) / (now - last_tick) if now > last_tick else 0.0
+            if frames > last_frames:
+                self.notifier.watchdog()  # only while frames advance: a hung camera gets us restarted
+            last_frames, last_tick = frames, now
+            queued = self.spool.status().clips
+            dropped = int(self.metrics.get("edge_agent_frames_dropped_total"))
+            self.notifier.status(
+                f"fps={fps:.1f} queued={queued} dropped={dropped}"
+                + (f" source_error={self.pipeline.source_error}" if self.pipeline.source_error else ""))
+            self.metrics.set("edge_agent_fps", round(fps, 2))
+            if not self.pipeline.wait(0):
+                continue
+            log.info("source finished (file source without loop): stopping")
+            break
+
+    def _shutdown(self) -> None:
+        deadline = time.monotonic() + STOP_BUDGET_S
+        self.notifier.stopping()
+        if self._watcher is not None:
+            self._watcher.stop()
+        # capture stops; open recordings are cut short and spooled (not lost)
+        if not self.pipeline.stop(timeout=max(1.0, deadline - time.monotonic() - 3)):
+            log.warning("pipeline did not stop in time; unfinished clips are discarded")
+        self.uploader.stop(timeout=max(0.5, min(3.0, deadline - time.monotonic())))
+        self.spool.close()
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
+        log.info("stopped queued=%d", self.metrics.get("edge_agent_spool_clips"))
