@@ -1,0 +1,217 @@
+"""The receiver's HTTP API (DESIGN.md section 6), a FastAPI app.
+
+`POST /cid` accepts what the agent sends (cid, metadata, video) and, when USE_DATA_INGESTION is
+true, forwards the clip to the data-ingestion service's `POST /ingest/ldo` before answering: if
+that service is down the edge gets 503 with Retry-After and retries later, so nothing is lost and
+nothing is recorded twice (the idempotency key travels along).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+try:
+    from fastapi import FastAPI, File, Form, Header, Query, Request, UploadFile
+    from fastapi.responses import JSONResponse
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError("the reference receiver needs FastAPI: pip install 'edge-agent[receiver]'") from exc
+
+import requests
+
+from .. import const, contract
+from ..cid import escape_payload
+from .store import Store
+
+log = logging.getLogger("edge_agent.receiver")
+
+DEFAULT_MAX_BYTES = 200 << 20
+RETRY_AFTER_S = 5
+_CID = re.compile(const.CID_PATTERN)
+
+
+def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class _BodyLimit:
+    """ASGI middleware: refuse bodies over the cap before reading them (413), and bodies that
+    declare no length on the upload endpoints (411), so a client cannot fill the disk."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            headers = dict(scope.get("headers") or [])
+            length = headers.get(b"content-length")
+            if length is None:
+                await JSONResponse({"detail": "Content-Length required"}, status_code=411)(scope, receive, send)
+                return
+            try:
+                n = int(length)
+            except ValueError:
+                n = -1
+            if n < 0 or n > self.max_bytes:
+                body = {"detail": f"request body of {length.decode(errors='replace')} bytes is over the "
+                                  f"{self.max_bytes} byte limit"}
+                await JSONResponse(body, status_code=413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion: bool | None = None,
+               ingestion_url: str | None = None) -> Any:
+    store = Store(Path(data_dir))
+    if use_ingestion is None:
+        use_ingestion = _env_flag("USE_DATA_INGESTION")
+    ingestion_url = (ingestion_url or os.environ.get("DATA_INGESTION_URL") or "").rstrip("/") or None
+    if use_ingestion and not ingestion_url:
+        raise ValueError("USE_DATA_INGESTION is true but DATA_INGESTION_URL is not set")
+    app = FastAPI(title="edge-agent reference receiver", version="1")
+    app.add_middleware(_BodyLimit, max_bytes=max_bytes)
+    app.state.store = store
+    session = requests.Session()
+
+    def _parse_metadata(metadata: str | None) -> dict[str, Any] | JSONResponse | None:
+        if metadata is None:
+            return None
+        try:
+            meta = json.loads(metadata)
+        except ValueError:
+            return _error(422, "metadata is not JSON")
+        if not isinstance(meta, dict):
+            return _error(422, "metadata must be a JSON object")
+        return meta
+
+    def _forward(key: str | None, meta: dict[str, Any] | None, video_path: Path | None) -> str:
+        """Send to data-ingestion; return its LDO id. Raises on failure (the edge will retry)."""
+        files: dict[str, Any] = {contract.FIELD_METADATA: (None, json.dumps(meta or {}), "application/json")}
+        headers = {contract.HEADER_IDEMPOTENCY_KEY: key} if key else {}
+        fh = video_path.open("rb") if video_path else None
+        try:
+            if fh is not None:
+                files[contract.FIELD_VIDEO] = (video_path.name, fh, contract.VIDEO_CONTENT_TYPE)
+            resp = session.post(f"{ingestion_url}{contract.INGEST_LDO_PATH}", files=files, headers=headers,
+                                timeout=(5, 60))
+        finally:
+            if fh is not None:
+                fh.close()
+        if resp.status_code not in (200, 201):
+            raise RuntimeError(f"data-ingestion answered {resp.status_code}: {resp.text[:200]}")
+        return str(resp.json()["id"])
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post(contract.CID_PATH, status_code=201)
+    def post_cid(
+        cid: str | None = Form(None),
+        metadata: str | None = Form(None),
+        video: UploadFile | None = File(None),
+        idempotency_key: str | None = Header(None),
+    ) -> Any:
+        if not cid:
+            return _error(400, "missing form field 'cid'")
+        if not _CID.fullmatch(cid) or not cid.isprintable():
+            log.warning("refused cid=%s: not a valid CID", escape_payload(cid))
+            return _error(422, f"cid is not a valid CID (must match {const.CID_PATTERN})")
+        meta = _parse_metadata(metadata)
+        if isinstance(meta, JSONResponse):
+            return meta
+        if meta is not None and meta.get("cid") not in (None, cid):
+            return _error(422, "metadata.cid differs from the cid field")
+        key = idempotency_key or (str(meta.get("event_id")) if meta and meta.get("event_id") else None)
+        with store.key_lock("cid", key):
+            prior = store.reply_for("cid", key)
+            if prior is not None:
+                log.info("replay cid=%s clip=%s", cid, key)
+                return JSONResponse(prior[1], status_code=prior[0], headers={"Idempotent-Replay": "true"})
+            video_file = sha = None
+            size = 0
+            if video is not None and video.filename is not None:
+                video_file, size, sha = store.save_video("videos", video.file)
+            expected = ((meta or {}).get("clip") or {}).get("sha256")
+            sha_ok = None if sha is None or not expected else expected == sha
+            ldo_id = None
+            if use_ingestion:
+                try:
+                    ldo_id = _forward(key, meta, store.data_dir / video_file if video_file else None)
+                except (requests.RequestException, RuntimeError, ValueError, KeyError) as exc:
+                    if video_file:
+                        (store.data_dir / video_file).unlink(missing_ok=True)
+                    log.error("data-ingestion unavailable cid=%s clip=%s error=%s", cid, key, exc)
+                    return _error(503, "data-ingestion service unavailable, retry later",
+                                  {contract.HEADER_RETRY_AFTER: str(RETRY_AFTER_S)})
+            event_row = {
+                "id": uuid.uuid4().hex, "cid": cid, "event_id": (meta or {}).get("event_id"),
+                "idempotency_key": key, "metadata": json.dumps(meta) if meta is not None else None,
+                "video_file": video_file, "size_bytes": size, "sha256": sha,
+                "sha256_ok": None if sha_ok is None else int(sha_ok), "ldo_id": ldo_id, "received_at": time.time(),
+            }
+            store.add_event(event_row)
+            body = {"id": event_row["id"], "cid": cid, "event_id": event_row["event_id"], "size_bytes": size,
+                    "sha256": sha, "sha256_ok": sha_ok, "ldo_id": ldo_id}
+            store.remember("cid", key, 201, body)
+        log.info("stored cid=%s clip=%s bytes=%d sha256_ok=%s ldo=%s", cid, key, size, sha_ok, ldo_id or "-")
+        return JSONResponse(body, status_code=201)
+
+    @app.post(contract.INGEST_LDO_PATH, status_code=201)
+    def ingest_ldo(
+        metadata: str | None = Form(None),
+        video: UploadFile | None = File(None),
+        idempotency_key: str | None = Header(None),
+    ) -> Any:
+        meta = _parse_metadata(metadata)
+        if isinstance(meta, JSONResponse):
+            return meta
+        key = idempotency_key
+        with store.key_lock("ldo", key):
+            prior = store.reply_for("ldo", key)
+            if prior is not None:
+                return JSONResponse(prior[1], status_code=prior[0], headers={"Idempotent-Replay": "true"})
+            video_file = sha = None
+            size = 0
+            if video is not None and video.filename is not None:
+                video_file, size, sha = store.save_video("ldos", video.file)
+            now = time.time()
+            ldo_id = f"ldo_{uuid.uuid4().hex[:16]}_{int(now)}"
+            store.add_ldo({
+                "id": ldo_id, "idempotency_key": key, "status": "ingested",
+                "filename": Path(video_file).name if video_file else None, "video_file": video_file,
+                "metadata": json.dumps(meta) if meta is not None else None, "size_bytes": size, "sha256": sha,
+                "created_at": now,
+            })
+            body = {"id": ldo_id, "status": "ingested", "size_bytes": size}
+            store.remember("ldo", key, 201, body)
+        log.info("ingested ldo=%s key=%s bytes=%d", ldo_id, key or "-", size)
+        return JSONResponse(body, status_code=201)
+
+    @app.get(contract.INGEST_LIST_PATH)
+    def ingest_list(skip: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+        total, ldos = store.list_ldos(skip, limit)
+        return {"total": total, "ldos": ldos}
+
+    @app.get(contract.CID_PATH + "/list")
+    def cid_list(skip: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+        total, events = store.list_events(skip, limit)
+        return {"total": total, "events": events}
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("receiver error: %s", exc)
+        return _error(500, "internal error")
+
+    return app

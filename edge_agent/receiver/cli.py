@@ -1,0 +1,58 @@
+"""`edge-agent receiver` and `python -m edge_agent.receiver`: run the reference edge server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .app import DEFAULT_MAX_BYTES  # noqa: F401 - fails early with the install hint
+
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--data-dir", default="receiver-data", help="where videos and the database go")
+    p.add_argument("--max-bytes", type=int, default=200 << 20, help="largest request body accepted")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("receiver", help="run the reference edge server (POST /cid, /ingest/ldo, GET /ingest/list)",
+                       description="The reference edge server for tests and integrators. USE_DATA_INGESTION=true "
+                       "makes /cid forward each clip to DATA_INGESTION_URL/ingest/ldo.")
+    p.set_defaults(func=serve_args)
+    try:
+        add_arguments(p)
+    except ImportError:
+        p.set_defaults(func=_missing)
+
+
+def _missing(_args: argparse.Namespace) -> int:
+    print("edge-agent receiver needs FastAPI and uvicorn: pip install 'edge-agent[receiver]'", file=sys.stderr)
+    return 69  # EX_UNAVAILABLE
+
+
+def serve_args(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ..logs import setup_logging
+    from .app import create_app
+
+    setup_logging(args.log_level)
+    try:
+        app = create_app(Path(args.data_dir), max_bytes=args.max_bytes)
+    except ValueError as exc:
+        print(f"edge-agent receiver: {exc}", file=sys.stderr)
+        return 78
+    logging.getLogger(__name__).info("receiver listening host=%s port=%d data_dir=%s", args.host, args.port,
+                                     args.data_dir)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m edge_agent.receiver", description=__doc__)
+    add_arguments(p)
+    return serve_args(p.parse_args(argv))

@@ -1,0 +1,147 @@
+"""Where the receiver keeps what it accepted: videos as files, everything else in SQLite.
+
+Paths are always made from server-generated ids, never from anything a client sent. Every
+idempotency key is recorded with the reply it got, so a retry gets the same answer and no
+second record, across restarts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS replies (
+    scope TEXT NOT NULL, key TEXT NOT NULL, status INTEGER NOT NULL, body TEXT NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 1, created_at REAL NOT NULL, PRIMARY KEY (scope, key));
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY, cid TEXT NOT NULL, event_id TEXT, idempotency_key TEXT UNIQUE,
+    metadata TEXT, video_file TEXT, size_bytes INTEGER, sha256 TEXT, sha256_ok INTEGER,
+    ldo_id TEXT, received_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS ldos (
+    id TEXT PRIMARY KEY, idempotency_key TEXT UNIQUE, status TEXT NOT NULL, filename TEXT,
+    video_file TEXT, metadata TEXT, size_bytes INTEGER NOT NULL, sha256 TEXT, created_at REAL NOT NULL);
+"""
+
+
+class Store:
+    """Thread-safe (one connection, one lock): uvicorn runs sync endpoints in a thread pool."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = Path(data_dir)
+        (self.data_dir / "videos").mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "ldos").mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.data_dir / "receiver.sqlite3"), check_same_thread=False,
+                                   isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self._key_locks: dict[tuple[str, str], threading.Lock] = {}
+
+    @contextmanager
+    def key_lock(self, scope: str, key: str | None) -> Iterator[None]:
+        """Serialise requests carrying the same idempotency key: the second waits, then replays."""
+        if not key:
+            yield
+            return
+        with self._lock:
+            lock = self._key_locks.setdefault((scope, key), threading.Lock())
+        with lock:
+            yield
+
+    def _q(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # --- idempotency ----------------------------------------------------------------------------
+
+    def reply_for(self, scope: str, key: str | None) -> tuple[int, dict[str, Any]] | None:
+        """The stored reply for a key seen before (and count this replay), else None."""
+        if not key:
+            return None
+        rows = self._q("SELECT status, body FROM replies WHERE scope=? AND key=?", (scope, key))
+        if not rows:
+            return None
+        self._q("UPDATE replies SET requests = requests + 1 WHERE scope=? AND key=?", (scope, key))
+        return rows[0][0], json.loads(rows[0][1])
+
+    def remember(self, scope: str, key: str | None, status: int, body: dict[str, Any]) -> None:
+        if key:
+            self._q("INSERT OR IGNORE INTO replies (scope, key, status, body, created_at) VALUES (?,?,?,?,?)",
+                    (scope, key, status, json.dumps(body), time.time()))
+
+    # --- files ----------------------------------------------------------------------------------
+
+    def save_video(self, folder: str, src: IO[bytes]) -> tuple[str, int, str]:
+        """Copy an upload to `<folder>/<random id>.mp4`, fsynced; return (relative path, size, sha256)."""
+        name = f"{folder}/{uuid.uuid4().hex}.mp4"
+        path = self.data_dir / name
+        tmp = path.with_suffix(".part")
+        h = hashlib.sha256()
+        size = 0
+        with tmp.open("wb") as out:
+            while block := src.read(1 << 20):
+                h.update(block)
+                size += len(block)
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+        return name, size, h.hexdigest()
+
+    # --- records --------------------------------------------------------------------------------
+
+    def add_event(self, row: dict[str, Any]) -> None:
+        self._q("INSERT INTO events (id, cid, event_id, idempotency_key, metadata, video_file, size_bytes, sha256,"
+                " sha256_ok, ldo_id, received_at) VALUES (:id, :cid, :event_id, :idempotency_key, :metadata,"
+                " :video_file, :size_bytes, :sha256, :sha256_ok, :ldo_id, :received_at)", row)  # type: ignore[arg-type]
+
+    def add_ldo(self, row: dict[str, Any]) -> None:
+        self._q("INSERT INTO ldos (id, idempotency_key, status, filename, video_file, metadata, size_bytes, sha256,"
+                " created_at) VALUES (:id, :idempotency_key, :status, :filename, :video_file, :metadata,"
+                " :size_bytes, :sha256, :created_at)", row)  # type: ignore[arg-type]
+
+    def list_events(self, skip: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
+        total = self._q("SELECT COUNT(*) FROM events")[0][0]
+        rows = self._q(
+            "SELECT e.id, e.cid, e.event_id, e.idempotency_key, e.metadata, e.video_file, e.size_bytes, e.sha256,"
+            " e.sha256_ok, e.ldo_id, e.received_at, COALESCE(r.requests, 1) FROM events e LEFT JOIN replies r"
+            " ON r.scope='cid' AND r.key=e.idempotency_key ORDER BY e.received_at, e.id LIMIT ? OFFSET ?",
+            (limit, skip))
+        keys = ("id", "cid", "event_id", "idempotency_key", "metadata", "video_file", "size_bytes", "sha256",
+                "sha256_ok", "ldo_id", "received_at", "requests")
+        out = []
+        for r in rows:
+            d = dict(zip(keys, r, strict=True))
+            d["metadata"] = json.loads(d["metadata"]) if d["metadata"] else None
+            d["sha256_ok"] = None if d["sha256_ok"] is None else bool(d["sha256_ok"])
+            d["received_at"] = _iso(d["received_at"])
+            out.append(d)
+        return total, out
+
+    def list_ldos(self, skip: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
+        total = self._q("SELECT COUNT(*) FROM ldos")[0][0]
+        rows = self._q("SELECT id, status, filename, created_at, size_bytes FROM ldos ORDER BY created_at, id"
+                       " LIMIT ? OFFSET ?", (limit, skip))
+        return total, [{"id": r[0], "status": r[1], "filename": r[2], "created_at": _iso(r[3]), "size_bytes": r[4]}
+                       for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _iso(ts: float) -> str:
+    from edge_agent.contract import rfc3339
+
+    return rfc3339(ts)
