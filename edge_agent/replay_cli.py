@@ -11,16 +11,16 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
-
-import av
+from typing import TYPE_CHECKING, Any
 
 from . import const
 from .cli_common import add_config_arg, load_config_or_exit
 from .logs import setup_logging
 from .metrics import Metrics
-from .pipeline import Pipeline
 from .sinks import ClipSink, FolderSink, TeeSink
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _count_frames(paths: list[str]) -> int | None:
+    import av
+
     total = 0
     for path in paths:
         try:
@@ -63,6 +65,8 @@ def _count_frames(paths: list[str]) -> int | None:
 
 
 def run_replay(args: argparse.Namespace) -> int:
+    from .pipeline import Pipeline
+
     cfg = load_config_or_exit(args, strict_source=False)
     setup_logging(cfg.log_level)
     missing = [v for v in args.videos if not Path(v).is_file()]

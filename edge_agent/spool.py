@@ -85,6 +85,13 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _created_at(side: Path) -> float:
+    try:
+        return float(json.loads(side.read_text(encoding="utf-8"))["created_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+
+
 def _safe_id(event_id: str) -> bool:
     """Event ids are our own UUIDs; anything else never becomes a path."""
     return 0 < len(event_id) <= 64 and all(c.isalnum() or c == "-" for c in event_id)
@@ -142,7 +149,7 @@ class Spool:
                 part.unlink(missing_ok=True)
                 log.info("spool recovery: removed unfinished file %s", part.name)
             rows = {r[0]: r for r in self._db.execute("SELECT event_id, has_video, sha256, size_bytes FROM queue")}
-            # rows whose files are gone: delivered before a crash removed the row? No: rows go first.
+            # rows go before files on delivery, so a row without its files means the files were lost
             for event_id, has_video, sha, _size in rows.values():
                 side = self.clips / f"{event_id}.json"
                 mp4 = self.clips / f"{event_id}.mp4"
@@ -153,13 +160,9 @@ class Spool:
                 if has_video and sha and _sha256(mp4) != sha:
                     self._quarantine_files(event_id, "clip bytes do not match their sha256 (torn write?)")
                     self._db.execute("DELETE FROM queue WHERE event_id=?", (event_id,))
-            for side in sorted(self.clips.glob("*.json")):
-                event_id = side.stem
-                if event_id in rows and self._db.execute(
-                        "SELECT 1 FROM queue WHERE event_id=?", (event_id,)).fetchone():
-                    continue
-                if event_id in rows:
-                    continue  # quarantined above
+            known = {r[0] for r in self._db.execute("SELECT event_id FROM queue")}
+            orphans = [side for side in self.clips.glob("*.json") if side.stem not in known]
+            for side in sorted(orphans, key=_created_at):  # keep delivery in the order clips were made
                 self._reenqueue(side)
             for mp4 in self.clips.glob("*.mp4"):
                 if not (self.clips / f"{mp4.stem}.json").exists():

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
 from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .app import DEFAULT_MAX_BYTES  # noqa: F401 - fails early with the install hint
-
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--data-dir", default="receiver-data", help="where videos and the database go")
@@ -22,11 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("receiver", help="run the reference edge server (POST /cid, /ingest/ldo, GET /ingest/list)",
                        description="The reference edge server for tests and integrators. USE_DATA_INGESTION=true "
                        "makes /cid forward each clip to DATA_INGESTION_URL/ingest/ldo.")
-    p.set_defaults(func=serve_args)
-    try:
-        add_arguments(p)
-    except ImportError:
-        p.set_defaults(func=_missing)
+    add_arguments(p)
+    # checked without importing FastAPI: every other command should start fast on a Pi
+    p.set_defaults(func=serve_args if importlib.util.find_spec("fastapi") and importlib.util.find_spec("uvicorn")
+                   else _missing)
 
 
 def _missing(_args: argparse.Namespace) -> int:

@@ -1,0 +1,39 @@
+"""Filling a spool with clips for delivery tests (random bytes stand in for MP4: delivery never parses them)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from edge_agent.config import SpoolConfig, UploadConfig
+from edge_agent.spool import Spool
+
+
+def spool_config(path: Path, **kw: Any) -> SpoolConfig:
+    return SpoolConfig(**{"dir": str(path), "min_free_bytes": 0, **kw})
+
+
+def fast_upload(url: str, **kw: Any) -> UploadConfig:
+    """Short backoff and timeouts so retry tests run in seconds."""
+    base = {"url": url, "backoff_base_s": 0.05, "backoff_cap_s": 0.5, "read_timeout_s": 1.0,
+            "connect_timeout_s": 1.0, "min_rate_bytes_per_s": 10_000_000}
+    return UploadConfig(**{**base, **kw})
+
+
+def add_clip(spool: Spool, size: int = 50_000, cid: str | None = None) -> tuple[str, str, str]:
+    """Queue one clip; returns (event_id, cid, sha256)."""
+    event_id = str(uuid.uuid4())
+    cid = cid or f"CID-{event_id[:8].upper()}"
+    data = os.urandom(size)
+    sha = hashlib.sha256(data).hexdigest()
+    part = spool.part_path(event_id)
+    part.write_bytes(data)
+    meta = {"schema_version": 1, "event_id": event_id, "device_id": "test", "cid": cid,
+            "detected_at": "2026-11-24T00:00:00.000Z", "clip": {"size_bytes": size, "sha256": sha},
+            "detection": {"decoder": "zxing", "polygon": [], "frame_width": 1, "frame_height": 1, "hits": 1},
+            "agent": {"version": "test"}}
+    assert spool.put(event_id, cid, meta, part)
+    return event_id, cid, sha
