@@ -113,7 +113,8 @@ class Renderer:
             ox, oy = (bw - lw) // 2, (bh - lh) // 2
             box[oy : oy + lh, ox : ox + lw] = label
             # the rotated code's horizontal extent, for the visibility window
-            half = code.shape[1] / 2 * (abs(math.cos(math.radians(b.angle_deg))) + abs(math.sin(math.radians(b.angle_deg))))
+            a = math.radians(b.angle_deg)
+            half = code.shape[1] / 2 * (abs(math.cos(a)) + abs(math.sin(a)))
             code_size = int(math.ceil(2 * half))
             code_off = (ox + lw // 2 - code_size // 2, oy)
         return {"img": box, "code_x": code_off[0], "code_w": code_size}
