@@ -12,6 +12,7 @@ from . import __version__
 # Modules with a `register(subparsers)` function, in the order their commands appear in --help.
 COMMAND_MODULES = (
     "edge_agent.replay_cli",
+    "edge_agent.daemon",
     "edge_agent.spool_cli",
     "edge_agent.receiver.cli",
 )

@@ -20,13 +20,15 @@ from .cli_common import add_config_arg, config_path, load_config_or_exit
 from .config import Config, ConfigError, load_config
 from .logs import setup_logging
 from .metrics import Metrics
-from .pipeline import Pipeline
 from .sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 
 # SIGTERM must end within systemd's stop timeout (TimeoutStopSec=20 in the unit): 15 s budget.
 STOP_BUDGET_S = 15.0
+EXPORTED_COUNTERS = ("edge_agent_frames_total", "edge_agent_frames_dropped_total", "edge_agent_frames_skipped_total",
+                     "edge_agent_detections_total", "edge_agent_payloads_rejected_total", "edge_agent_clips_total",
+                     "edge_agent_source_restarts_total")
 TICK_S = 1.0
 
 
@@ -110,10 +112,13 @@ class Daemon:
     # --- main loop ------------------------------------------------------------------------------
 
     def run(self) -> int:
+        from .pipeline import Pipeline
         from .spool import Spool
         from .uploader import Uploader
 
         self._install_signals()
+        for name in EXPORTED_COUNTERS:  # exported from the start, at 0, so dashboards and alerts see them
+            self.metrics.inc(name, 0)
         cfg = self.cfg
         self.spool = Spool(cfg.spool, self.metrics)  # recovery happens here, before READY
         self.uploader = Uploader(self.spool, cfg.upload, self.metrics, __version__)

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 # When a live source's PTS drifts this far from the arrival clock (camera reboot, RTP
 # wrap), re-anchor to arrival: detection times must stay on the capture clock.
 _REANCHOR_S = 1.0
+_UNTIMED_FORMATS = frozenset({"h264", "hevc", "mjpeg", "rawvideo", "mpjpeg"})
 
 
 class SourceError(Exception):
@@ -144,12 +145,15 @@ class AvSource:
         info, stream = self.info, self._stream
         clock = Clock(info.time_base, live=self.live, t_offset=self.t_offset)
         pace = self.cfg.realtime and not self.live
+        # raw elementary streams (rpicam-vid's H.264, MJPEG from a pipe) carry no real timestamps:
+        # FFmpeg invents them from an assumed rate, so live ones are stamped on arrival instead
+        untimed = self.live and self._container.format.name in _UNTIMED_FORMATS
         frame_s = 1.0 / info.fps if info.fps else 1 / 30
         try:
             for pkt in self._container.demux(stream):
                 if pkt.size == 0:
                     continue
-                pts = pkt.pts if pkt.pts is not None else pkt.dts
+                pts = None if untimed else pkt.pts if pkt.pts is not None else pkt.dts
                 t = clock.stamp(pts)
                 if pts is None:  # raw elementary streams carry no timestamps: derive them
                     pts = round(t / info.time_base)

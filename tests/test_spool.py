@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -125,7 +126,8 @@ def test_old_clips_expire(tmp_path: Path) -> None:
     m = Metrics()
     spool = Spool(spool_config(tmp_path), m)
     add_clip(spool)
-    spool.update_config(spool_config(tmp_path, max_age_s=0.001))
+    spool.update_config(spool_config(tmp_path, max_age_s=0.05))
+    time.sleep(0.1)
     add_clip(spool)  # a put checks the bounds first
     assert len(spool.entries()) == 1
     assert m.get("edge_agent_spool_dropped_total", reason="max_age") == 1

@@ -1,0 +1,119 @@
+"""Reloading the config when its file changes, and telling live keys from restart-only ones.
+
+Editors save in different ways: in place, by writing a temporary file and renaming it over the
+original (vim, nano with backups, Ansible), or by deleting and recreating. Watching the file
+itself misses the rename; watching its folder (the watchdog library, inotify on Linux) sees all
+of them. Events come in bursts, so a reload waits until the folder has been quiet for
+`debounce_s`, and happens only when the content really changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from .config import Config, ConfigError, load_config
+
+log = logging.getLogger(__name__)
+
+
+def _leaves(model: BaseModel, prefix: str = "") -> dict[str, tuple[Any, str]]:
+    """Dotted key -> (value, 'live' | 'restart') for every field, from the schema's reload marks."""
+    out: dict[str, tuple[Any, str]] = {}
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        key = f"{prefix}{name}"
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if isinstance(value, BaseModel) and not extra:
+            out.update(_leaves(value, key + "."))
+        else:
+            out[key] = (value, str(extra.get("reload", "live")))
+    return out
+
+
+def classify_changes(old: Config, new: Config) -> tuple[list[str], list[str]]:
+    """Keys whose value changed: (live ones, restart-only ones)."""
+    a, b = _leaves(old), _leaves(new)
+    live, restart = [], []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key, (None,))[0] != b.get(key, (None,))[0]:
+            (restart if b.get(key, a.get(key))[1] == "restart" else live).append(key)
+    return live, restart
+
+
+class ConfigWatcher:
+    def __init__(self, path: Path, on_config: Callable[[Config], None], on_error: Callable[[list[str]], None],
+                 debounce_s: float = 0.5):
+        self.path = Path(path).resolve()
+        self.on_config = on_config
+        self.on_error = on_error
+        self.debounce_s = debounce_s
+        self._digest = self._hash()
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+        self._observer: Any = None
+
+    def _hash(self) -> bytes | None:
+        try:
+            return hashlib.sha256(self.path.read_bytes()).digest()
+        except OSError:
+            return None
+
+    def start(self) -> None:
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        watcher = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: Any) -> None:
+                paths = {getattr(event, "src_path", ""), getattr(event, "dest_path", "")}
+                if any(p and Path(str(p)).name == watcher.path.name for p in paths):
+                    watcher._schedule()
+
+        self._observer = Observer()
+        self._observer.schedule(Handler(), str(self.path.parent), recursive=False)
+        self._observer.daemon = True
+        self._observer.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(2)
+
+    def _schedule(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = threading.Timer(self.debounce_s, self._check)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def trigger(self) -> None:
+        """SIGHUP: reload now, even if the content looks unchanged."""
+        self._digest = None
+        self._check()
+
+    def _check(self) -> None:
+        digest = self._hash()
+        if digest is None:
+            return  # mid-rename, or deleted: the next event brings it back
+        if digest == self._digest:
+            return
+        self._digest = digest
+        try:
+            cfg = load_config(self.path)
+        except ConfigError as exc:
+            self.on_error(exc.lines)
+            return
+        log.info("config file changed: %s", self.path)
+        self.on_config(cfg)
