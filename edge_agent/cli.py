@@ -13,6 +13,7 @@ from . import __version__
 COMMAND_MODULES = (
     "edge_agent.replay_cli",
     "edge_agent.daemon",
+    "edge_agent.config_cli",
     "edge_agent.spool_cli",
     "edge_agent.receiver.cli",
 )
@@ -37,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `edge-agent ... | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import difflib
 import os
 import re
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +19,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import const
+
+# A conservative camera bitrate (1080p30 H.264 from an IP camera at high quality) for checking that
+# the ring can hold the configured pre- and post-roll.
+ASSUMED_BITRATE_BPS = 20_000_000
 
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h; systemd's RestartPreventExitStatus=78 stops a restart loop
 
@@ -173,6 +178,13 @@ class Config(_Section):
             raise ValueError(
                 f"clip.pre_roll_s + clip.post_roll_s ({self.clip.pre_roll_s + self.clip.post_roll_s:g} s) "
                 f"exceeds clip.max_s ({self.clip.max_s:g} s)")
+        need_s = self.clip.pre_roll_s + self.clip.post_roll_s + const.RING_MARGIN_S
+        holds_s = self.clip.ring_max_bytes / (ASSUMED_BITRATE_BPS / 8)
+        if need_s > holds_s:
+            raise ValueError(
+                f"clip.pre_roll_s + clip.post_roll_s need about {need_s:g} s of video in the ring, but "
+                f"clip.ring_max_bytes ({self.clip.ring_max_bytes} bytes) holds only about {holds_s:.0f} s at "
+                f"{ASSUMED_BITRATE_BPS // 1_000_000} Mbit/s: shorten the rolls or raise clip.ring_max_bytes")
         return self
 
 
@@ -248,11 +260,21 @@ def _allowed(err: dict[str, Any]) -> str:
     return ""
 
 
-def _format_errors(exc: ValidationError, root: yaml.Node | None, filename: str) -> list[str]:
+def _format_errors(exc: ValidationError, root: yaml.Node | None, filename: str,
+                   overrides: dict[tuple[str, ...], tuple[str, Any]] | None = None) -> list[str]:
     lines = []
+    overrides = overrides or {}
     for err in exc.errors():
         loc = tuple(p for p in err["loc"])
         key = ".".join(str(p) for p in loc) or "(top level)"
+        env_var = next((var for path, (var, _v) in overrides.items() if tuple(map(str, loc[:len(path)])) == path),
+                       None)
+        if env_var is not None:
+            text = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                text = "unknown key"
+            lines.append(f"environment {env_var}: {key}: {text}{_allowed(err)}")
+            continue
         if err["type"] == "extra_forbidden":
             node = _key_node(root, loc)
             model = _model_at(loc[:-1])
@@ -261,8 +283,14 @@ def _format_errors(exc: ValidationError, root: yaml.Node | None, filename: str) 
             hint = f"did you mean {close[0]}?" if close else f"allowed: {', '.join(names)}"
             msg = f"{key}: unknown key ({hint})"
         else:
-            node, _ = _node_at(root, loc)
             text = err["msg"].removeprefix("Value error, ")
+            if not loc:
+                # a cross-field conflict: point at the first key the message names
+                named = re.search(r"\b([a-z_]+)\.([a-z_]+)\b", text)
+                if named:
+                    loc = (named[1], named[2])
+                    key = f"{named[1]}.{named[2]}"
+            node, _ = _node_at(root, loc)
             got = f", got {err['input']!r}" if loc and not isinstance(err.get("input"), dict) else ""
             msg = f"{key}: {text}{got}{_allowed(err)}"
         if node is not None:
@@ -273,8 +301,45 @@ def _format_errors(exc: ValidationError, root: yaml.Node | None, filename: str) 
     return lines
 
 
-def parse_config(text: str, filename: str = "<config>", *, strict_source: bool = True) -> Config:
-    """Parse and validate YAML text; raise ConfigError with located messages.
+ENV_PREFIX = "EDGE_AGENT__"
+
+
+def env_overrides(env: Mapping[str, str] | None = None) -> dict[tuple[str, ...], tuple[str, Any]]:
+    """`EDGE_AGENT__UPLOAD__URL=http://...` -> {("upload", "url"): ("EDGE_AGENT__UPLOAD__URL", value)}.
+
+    Deployment knobs (server URL, device id, spool folder) differ per device while the YAML is
+    shared across a fleet; values are YAML scalars, so `true`, `2.5` and `[a, b]` keep their types.
+    """
+    env = os.environ if env is None else env
+    out: dict[tuple[str, ...], tuple[str, Any]] = {}
+    for var, raw in env.items():
+        if not var.startswith(ENV_PREFIX) or var == ENV_PREFIX:
+            continue
+        path = tuple(part.lower() for part in var[len(ENV_PREFIX):].split("__"))
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        out[path] = (var, value)
+    return out
+
+
+def _apply_env(data: dict[str, Any], overrides: dict[tuple[str, ...], tuple[str, Any]]) -> None:
+    for path, (_var, value) in overrides.items():
+        node = data
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[part] = nxt
+            node = nxt
+        node[path[-1]] = value
+
+
+def parse_config(text: str, filename: str = "<config>", *, strict_source: bool = True,
+                 env: Mapping[str, str] | None = None) -> Config:
+    """Parse and validate YAML text plus EDGE_AGENT__* environment overrides; raise ConfigError
+    with located messages (`file:line:column` for the file, the variable's name for the environment).
 
     `strict_source=False` is for `replay`, which takes the video from the command line.
     """
@@ -284,19 +349,24 @@ def parse_config(text: str, filename: str = "<config>", *, strict_source: bool =
     except yaml.MarkedYAMLError as exc:
         m = exc.problem_mark or exc.context_mark
         where = f"{filename}:{m.line + 1}:{m.column + 1}" if m else filename
-        raise ConfigError([f"{where}: YAML syntax error: {exc.problem or exc.context}"]) from exc
+        ctx = exc.context_mark
+        opened = (f" ({exc.context} at line {ctx.line + 1}, column {ctx.column + 1})"
+                  if exc.context and ctx is not None and exc.problem else "")
+        raise ConfigError([f"{where}: YAML syntax error: {exc.problem or exc.context}{opened}"]) from exc
     except yaml.YAMLError as exc:
         raise ConfigError([f"{filename}: YAML error: {exc}"]) from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{filename}:1:1: (top level): expected a mapping of keys, got {type(data).__name__}"])
+    overrides = env_overrides(env)
+    _apply_env(data, overrides)
     try:
         cfg = Config.model_validate(data)
         if strict_source:
             _check_source(cfg)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, root, filename)) from exc
+        raise ConfigError(_format_errors(exc, root, filename, overrides)) from exc
     except ValueError as exc:
         node, _ = _node_at(root, ("source",))
         m = node.start_mark if node is not None else None
@@ -313,10 +383,11 @@ def _check_source(cfg: Config) -> None:
         raise ValueError("source.command: required for source.kind pipe")
 
 
-def load_config(path: str | os.PathLike[str] | None, *, strict_source: bool = True) -> Config:
-    """Load a config file; None gives the embedded defaults (replay into a local folder)."""
+def load_config(path: str | os.PathLike[str] | None, *, strict_source: bool = True,
+                env: Mapping[str, str] | None = None) -> Config:
+    """Load a config file (plus environment overrides); None gives the embedded defaults."""
     if path is None:
-        return Config()
+        return parse_config("", "<defaults>", strict_source=False, env=env)
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -324,4 +395,29 @@ def load_config(path: str | os.PathLike[str] | None, *, strict_source: bool = Tr
         raise ConfigError([f"{p}: cannot read config: {exc.strerror or exc}"]) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{p}: not UTF-8 text: {exc}"]) from exc
-    return parse_config(text, str(p), strict_source=strict_source)
+    return parse_config(text, str(p), strict_source=strict_source, env=env)
+
+
+def provenance(text: str, filename: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Where each key set by the file or the environment came from: `file:line` or `env VAR`.
+    Keys absent from both are defaults."""
+    out: dict[str, str] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = f"{prefix}{k.value}"
+                if isinstance(v, yaml.MappingNode) and prefix.count(".") < 1:
+                    walk(v, key + ".")
+                else:
+                    out[key] = f"{filename}:{k.start_mark.line + 1}"
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        root = None
+    if root is not None:
+        walk(root, "")
+    for path, (var, _v) in env_overrides(env).items():
+        out[".".join(path)] = f"env {var}"
+    return out

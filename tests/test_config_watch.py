@@ -1,0 +1,105 @@
+"""Saving the config reloads it however the editor writes, once per burst; a bad edit keeps the old
+config; live and restart-only keys are told apart."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from edge_agent.config import Config, parse_config
+from edge_agent.config_watch import ConfigWatcher, classify_changes
+
+SRC = "source: {kind: file, path: x.mp4}\n"
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.configs: list[Config] = []
+        self.errors: list[list[str]] = []
+        self.event = threading.Event()
+
+    def ok(self, cfg: Config) -> None:
+        self.configs.append(cfg)
+        self.event.set()
+
+    def bad(self, lines: list[str]) -> None:
+        self.errors.append(lines)
+        self.event.set()
+
+    def wait(self, timeout: float = 5.0) -> None:
+        assert self.event.wait(timeout), "no reload"
+        time.sleep(0.3)  # any straggler reload would land now
+        self.event.clear()
+
+
+def watch(tmp_path: Path) -> tuple[Path, Collector, ConfigWatcher]:
+    path = tmp_path / "config.yaml"
+    path.write_text("clip:\n  pre_roll_s: 1\n" + SRC)
+    c = Collector()
+    w = ConfigWatcher(path, c.ok, c.bad, debounce_s=0.2)
+    w.start()
+    return path, c, w
+
+
+def test_in_place_write_reloads(tmp_path: Path) -> None:
+    path, c, w = watch(tmp_path)
+    try:
+        path.write_text("clip:\n  pre_roll_s: 2\n" + SRC)
+        c.wait()
+        assert [cfg.clip.pre_roll_s for cfg in c.configs] == [2]
+    finally:
+        w.stop()
+
+
+def test_atomic_rename_and_vim_style_saves_reload(tmp_path: Path) -> None:
+    path, c, w = watch(tmp_path)
+    try:
+        tmp = tmp_path / ".config.yaml.tmp"
+        tmp.write_text("clip:\n  pre_roll_s: 3\n" + SRC)
+        os.replace(tmp, path)
+        c.wait()
+        # vim: rename the original to a backup, write a new file, delete the backup
+        os.rename(path, tmp_path / "config.yaml~")
+        path.write_text("clip:\n  pre_roll_s: 4\n" + SRC)
+        (tmp_path / "config.yaml~").unlink()
+        c.wait()
+        assert [cfg.clip.pre_roll_s for cfg in c.configs] == [3, 4]
+    finally:
+        w.stop()
+
+
+def test_burst_of_writes_gives_one_reload_and_unchanged_content_none(tmp_path: Path) -> None:
+    path, c, w = watch(tmp_path)
+    try:
+        for i in range(10):
+            path.write_text(f"clip:\n  pre_roll_s: 1.{i}\n" + SRC)
+            time.sleep(0.01)
+        c.wait()
+        assert [cfg.clip.pre_roll_s for cfg in c.configs] == [1.9]
+        path.write_text("clip:\n  pre_roll_s: 1.9\n" + SRC)  # same content: no reload
+        time.sleep(0.6)
+        assert len(c.configs) == 1
+    finally:
+        w.stop()
+
+
+def test_bad_edit_reports_located_errors_and_does_not_apply(tmp_path: Path) -> None:
+    path, c, w = watch(tmp_path)
+    try:
+        path.write_text("clip:\n  pre_rol_s: 2\n" + SRC)
+        c.wait()
+        assert c.configs == []
+        assert c.errors[0][0].endswith("config.yaml:2:3: clip.pre_rol_s: unknown key (did you mean pre_roll_s?)")
+    finally:
+        w.stop()
+
+
+def test_changes_are_classified_live_or_restart() -> None:
+    old = parse_config("source:\n  kind: file\n  path: a.mp4\n", env={})
+    new = parse_config("source:\n  kind: file\n  path: b.mp4\nclip:\n  pre_roll_s: 3\ndetector:\n  decoder: zbar\n"
+                       "spool:\n  max_bytes: 10000000\n  dir: /elsewhere\n", env={})
+    live, restart = classify_changes(old, new)
+    assert live == ["clip.pre_roll_s", "detector.decoder", "spool.max_bytes"]
+    assert restart == ["source.path", "spool.dir"]
