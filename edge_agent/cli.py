@@ -13,6 +13,7 @@ from . import __version__
 COMMAND_MODULES = (
     "edge_agent.replay_cli",
     "edge_agent.daemon",
+    "edge_agent.check",
     "edge_agent.config_cli",
     "edge_agent.spool_cli",
     "edge_agent.receiver.cli",
