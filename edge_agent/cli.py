@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "edge_agent.replay_cli",
     "edge_agent.daemon",
     "edge_agent.check",
+    "edge_agent.snapshot",
     "edge_agent.config_cli",
     "edge_agent.spool_cli",
     "edge_agent.receiver.cli",

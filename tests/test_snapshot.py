@@ -1,0 +1,72 @@
+"""`snapshot` writes a picture showing the codes found (valid in green, rejected in red, the ROI in
+blue) and prints code size, sharpness, exposure and advice; `tune` repeats the figures."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.media_factory import qr_image
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_media"
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edge_agent.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, check=False, timeout=120)
+
+
+def colour_pixels(img: np.ndarray, bgr: tuple[int, int, int]) -> int:
+    return int(np.all(np.abs(img.astype(int) - np.array(bgr)) < 30, axis=2).sum())
+
+
+@pytest.mark.parametrize("video", ["conveyor_720p30.mp4", "conveyor_1080p30.mp4", "invalid_payload_720p30.mp4"])
+def test_snapshot_of_each_sample_shows_the_codes(video: str, tmp_path: Path) -> None:
+    out = tmp_path / "shot.jpg"
+    res = cli("snapshot", "--source", str(SAMPLES / video), "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    img = cv2.imread(str(out))
+    assert img is not None and colour_pixels(img, (40, 200, 40)) > 200  # a green outline
+    assert "px/module" in res.stdout and "sharpness" in res.stdout and "advice:" in res.stdout
+
+
+def test_snapshot_marks_a_rejected_payload_in_red(tmp_path: Path) -> None:
+    out = tmp_path / "bad.jpg"
+    res = cli("snapshot", "--source", str(SAMPLES / "invalid_payload_720p30.mp4"), "--at", "8", "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    assert 'REJECTED "../../etc/passwd"' in res.stdout
+    assert "is not a valid CID" in res.stdout
+    assert colour_pixels(cv2.imread(str(out)), (40, 40, 230)) > 200
+
+
+def test_snapshot_of_a_photo_with_a_small_code_advises_moving_closer(tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    img = np.full((720, 1280), 170, np.uint8)
+    q = qr_image("CID-SMALL-1", 2)  # 2 px per module: readable, but marginal
+    img[300 : 300 + q.shape[0], 600 : 600 + q.shape[1]] = q
+    cv2.imwrite(str(photo), img)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("detector:\n  roi: {left: 0.25, top: 0.25, right: 0.75, bottom: 0.75}\n")
+    res = cli("snapshot", "--config", str(cfg), "--source", str(photo), "-o", str(tmp_path / "s.jpg"))
+    assert res.returncode == 0, res.stderr
+    assert "2.0 px/module" in res.stdout and "move closer" in res.stdout
+    assert colour_pixels(cv2.imread(str(tmp_path / "s.jpg")), (230, 120, 30)) > 200  # the ROI
+
+
+def test_snapshot_of_a_dark_frame_without_codes_gives_advice(tmp_path: Path) -> None:
+    photo = tmp_path / "dark.png"
+    cv2.imwrite(str(photo), np.full((480, 640), 20, np.uint8))
+    res = cli("snapshot", "--source", str(photo), "-o", str(tmp_path / "d.jpg"))
+    assert "no code found" in res.stdout and "image is dark" in res.stdout
+
+
+def test_tune_prints_a_line_per_second_of_video() -> None:
+    res = cli("tune", "--source", str(SAMPLES / "conveyor_720p30.mp4"), "--count", "5")
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("t=")]
+    assert res.returncode == 0 and len(lines) == 5
+    assert any("CID-7F3A9C21" in ln for ln in lines[3:])
