@@ -1,0 +1,65 @@
+"""A config edit while `run` replays in real time: pre-roll and decoder change for the next events,
+and not a frame is dropped."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import requests
+
+from tests.receiver_fixture import ReceiverProcess, free_port
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_media" / "conveyor_720p30.mp4"
+
+
+def ts(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def config(url: str, spool: Path, port: int, pre_roll: float, decoder: str) -> str:
+    return (f"source:\n  kind: file\n  path: {SAMPLE}\n  realtime: true\n"
+            f"detector:\n  decoder: {decoder}\nclip:\n  pre_roll_s: {pre_roll}\n"
+            f"upload:\n  url: {url}\nspool:\n  dir: {spool}\n  min_free_bytes: 0\nmetrics:\n  port: {port}\n")
+
+
+def test_reload_during_realtime_replay_changes_pre_roll_and_decoder_without_drops(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = tmp_path / "config.yaml"
+    with ReceiverProcess(tmp_path / "receiver") as receiver:
+        cfg.write_text(config(receiver.cid_url, tmp_path / "spool", port, 2.5, "zxing"))
+        log = open(tmp_path / "run.log", "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(cfg)],
+                                stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        time.sleep(2.0)  # running, before the first label (3.2 s)
+        tmp = tmp_path / ".config.yaml.swp"
+        tmp.write_text(config(receiver.cid_url, tmp_path / "spool", port, 1.0, "zbar"))
+        os.replace(tmp, cfg)  # saved the way editors do
+        deadline = time.monotonic() + 8
+        text = ""
+        while time.monotonic() < deadline and "config reloaded" not in text:
+            time.sleep(0.2)
+            text = (tmp_path / "run.log").read_text()
+        metrics = ""
+        while proc.poll() is None:
+            try:
+                metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        assert proc.returncode == 0
+        events = receiver.events()
+    log_text = (tmp_path / "run.log").read_text()
+    assert "config reloaded live=clip.pre_roll_s,detector.decoder" in log_text, log_text[-2000:]
+    assert "edge_agent_frames_dropped_total 0" in metrics
+    assert [e["cid"] for e in events] == ["CID-7F3A9C21", "lot42.box:0007", "CID-00B15E88"]
+    for e in events:
+        meta = e["metadata"]
+        assert meta["detection"]["decoder"] == "zbar"
+        pre = ts(meta["detected_at"]) - ts(meta["clip"]["start_at"])
+        assert 1.0 - 0.05 <= pre <= 2.0 + 0.05, json.dumps(meta)  # 1 s pre-roll, within one GOP
