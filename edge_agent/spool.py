@@ -61,15 +61,8 @@ class SpoolStatus:
     quarantined: int
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(str(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """fsync a file's data, or a directory's entries (a rename is durable only once its directory is)."""
     fd = os.open(str(path), os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -217,15 +210,15 @@ class Spool:
                 return False
             mp4 = self.clips / f"{event_id}.mp4"
             if video_part is not None:
-                _fsync_file(video_part)
+                _fsync(video_part)
                 os.replace(video_part, mp4)
             created = time.time()
             side_tmp = self.tmp / f"{event_id}.json.part"
             side_tmp.write_text(json.dumps({"cid": cid, "metadata": metadata, "created_at": created,
                                             "has_video": video_part is not None, "sha256": sha}), encoding="utf-8")
-            _fsync_file(side_tmp)
+            _fsync(side_tmp)
             os.replace(side_tmp, self.clips / f"{event_id}.json")
-            _fsync_dir(self.clips)
+            _fsync(self.clips)
             self._insert(event_id, cid, created, size, video_part is not None, sha)
             self._update_gauges()
         log.info("queued cid=%s clip=%s bytes=%d", cid, event_id, size)
@@ -341,7 +334,7 @@ class Spool:
                 before = self._totals()[0]
                 self._reenqueue(self.clips / side.name)
                 n += self._totals()[0] - before
-            _fsync_dir(self.clips)
+            _fsync(self.clips)
             self._update_gauges()
         return n
 

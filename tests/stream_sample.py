@@ -22,6 +22,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=0.0, help="stop after this much video (0: the file once)")
     ap.add_argument("--loop", action="store_true")
     ap.add_argument("--stall-after", type=float, default=0.0)
+    ap.add_argument("--fast", action="store_true", help="no pacing: write as fast as possible (to make a file)")
     args = ap.parse_args()
     out = av.open(sys.stdout.buffer, "w", format="mpegts")
     start = time.monotonic()
@@ -46,7 +47,7 @@ def main() -> None:
                     sys.stdout.flush()
                     time.sleep(3600)
                 delay = start + t - time.monotonic()
-                if delay > 0:
+                if delay > 0 and not args.fast:
                     time.sleep(delay)
                 shift = round(offset / tb)
                 pkt.pts = pkt.pts + shift if pkt.pts is not None else None

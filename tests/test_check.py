@@ -37,3 +37,29 @@ def test_check_fails_with_hints(tmp_path: Path) -> None:
     assert r["source"]["status"] == "FAIL" and "v4l2-ctl" in r["source"]["hint"]
     assert r["spool"]["status"] == "FAIL" and r["spool"]["hint"]
     assert r["server"]["status"] == "FAIL" and "upload.url" in r["server"]["hint"]
+
+
+def test_url_source_over_http_is_read_and_measured(tmp_path: Path) -> None:
+    """An IP camera stand-in: MPEG-TS served over HTTP from 127.0.0.1 (RTSP needs a camera we lack;
+    both go through the same `url` source and FFmpeg's network demuxers)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    ts = tmp_path / "stream.ts"
+    with ts.open("wb") as out:
+        subprocess.run([sys.executable, str(Path(__file__).parent / "stream_sample.py"), str(SAMPLE), "--fast"],
+                       stdout=out, check=True, timeout=60)
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/stream.ts"
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f"source:\n  kind: url\n  path: {url}\nspool:\n  dir: {tmp_path / 'spool'}\n"
+                       "  min_free_bytes: 0\n")
+        rc, r = check(cfg)
+        assert r["source"]["status"] == "PASS", r
+        assert "h264 1280x720" in r["source"]["detail"]
+    finally:
+        httpd.shutdown()

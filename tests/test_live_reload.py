@@ -3,6 +3,7 @@ and not a frame is dropped."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -33,7 +34,7 @@ def test_reload_during_realtime_replay_changes_pre_roll_and_decoder_without_drop
     cfg = tmp_path / "config.yaml"
     with ReceiverProcess(tmp_path / "receiver") as receiver:
         cfg.write_text(config(receiver.cid_url, tmp_path / "spool", port, 2.5, "zxing"))
-        log = open(tmp_path / "run.log", "wb")
+        log = open(tmp_path / "run.log", "wb")  # noqa: SIM115 - the daemon writes to it until it exits
         proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(cfg)],
                                 stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         time.sleep(2.0)  # running, before the first label (3.2 s)
@@ -47,10 +48,8 @@ def test_reload_during_realtime_replay_changes_pre_roll_and_decoder_without_drop
             text = (tmp_path / "run.log").read_text()
         metrics = ""
         while proc.poll() is None:
-            try:
+            with contextlib.suppress(requests.RequestException):
                 metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-            except requests.RequestException:
-                pass
             time.sleep(0.5)
         assert proc.returncode == 0
         events = receiver.events()
