@@ -20,12 +20,18 @@ _PRIORITY = {
 }
 
 
-class JournalFormatter(logging.Formatter):
+class OneLineFormatter(logging.Formatter):
+    """One event, one line: a newline in a message (or a traceback) cannot forge a second entry."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\r", "").replace("\n", " | ")
+
+
+class JournalFormatter(OneLineFormatter):
     """`<6>edge_agent.pipeline: clip ready cid=... clip=...` as journald expects on stderr."""
 
     def format(self, record: logging.LogRecord) -> str:
-        msg = super().format(record).replace("\n", " | ")
-        return f"<{_PRIORITY.get(record.levelno, 6)}>{record.name}: {msg}"
+        return f"<{_PRIORITY.get(record.levelno, 6)}>{record.name}: {super().format(record)}"
 
 
 def under_journald() -> bool:
@@ -49,7 +55,7 @@ def setup_logging(level: str = "INFO") -> None:
         if under_journald():
             handler.setFormatter(JournalFormatter("%(message)s"))
         else:
-            handler.setFormatter(logging.Formatter(
+            handler.setFormatter(OneLineFormatter(
                 "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"))
         root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))

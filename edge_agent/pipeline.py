@@ -278,6 +278,13 @@ class Pipeline:
                 assert info is not None
                 log.info("source open kind=%s source=%s codec=%s size=%dx%d fps=%s", src.cfg.kind,
                          src.describe, info.codec, info.width, info.height, f"{info.fps:.2f}" if info.fps else "?")
+                if info.codec == "rawvideo" and info.width and info.fps:
+                    frame_bytes = info.width * info.height * 2
+                    held_s = self.ring.max_bytes / (frame_bytes * info.fps)
+                    if held_s < self._ring_keep_s(self.cfg) - const.RING_MARGIN_S:
+                        log.warning("raw video: the ring holds only %.1f s at %dx%d, so clips get a short "
+                                    "pre-roll; ask the camera for MJPEG or H.264 (source.options.input_format)",
+                                    held_s, info.width, info.height)
                 got = self._read_session(src)
                 if got:
                     backoff = const.REOPEN_BACKOFF_START_S

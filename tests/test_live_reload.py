@@ -62,3 +62,25 @@ def test_reload_during_realtime_replay_changes_pre_roll_and_decoder_without_drop
         assert meta["detection"]["decoder"] == "zbar"
         pre = ts(meta["detected_at"]) - ts(meta["clip"]["start_at"])
         assert 1.0 - 0.05 <= pre <= 2.0 + 0.05, json.dumps(meta)  # 1 s pre-roll, within one GOP
+
+
+def test_reload_of_a_restart_only_key_restarts_the_source_in_process(tmp_path: Path) -> None:
+    other = SAMPLE.parent / "invalid_payload_720p30.mp4"
+    port = free_port()
+    cfg = tmp_path / "config.yaml"
+    with ReceiverProcess(tmp_path / "receiver") as receiver:
+        cfg.write_text(config(receiver.cid_url, tmp_path / "spool", port, 2.5, "zxing"))
+        log = open(tmp_path / "run.log", "wb")  # noqa: SIM115 - the daemon writes to it until it exits
+        proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(cfg)],
+                                stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        time.sleep(1.5)
+        cfg.write_text(config(receiver.cid_url, tmp_path / "spool", port, 2.5, "zxing").replace(str(SAMPLE),
+                                                                                                 str(other)))
+        pid = proc.pid
+        assert proc.wait(60) == 0  # the new file ends: the daemon stops
+        events = receiver.events()
+    text = (tmp_path / "run.log").read_text()
+    assert "restart_source=source.path" in text, text[-2000:]
+    assert f"source={other}" in text
+    assert [e["cid"] for e in events] == ["CID-5A5A5A5A", "CID-C0FFEE01"]  # from the new video, same process
+    assert text.count("started version") == 1 and pid == proc.pid
