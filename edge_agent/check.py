@@ -39,7 +39,7 @@ def check_source(cfg: Config, seconds: float) -> tuple[Result, list]:
     """Open the source, read for `seconds`, measure the real frame rate; keep a few frames."""
     import av
 
-    from .media import GrayFrame, luma
+    from .media import GrayFrame, luma, to_av_packet
     from .source import AvSource, SourceError
 
     src = AvSource(cfg.source)
@@ -71,8 +71,7 @@ def check_source(cfg: Config, seconds: float) -> tuple[Result, list]:
             first_t = pkt.t if first_t is None else first_t
             last_t = pkt.t
             if len(frames) < 5 and (n % 10 == 1):
-                p = av.Packet(pkt.data)
-                p.pts, p.dts, p.time_base = pkt.pts, pkt.dts, info.time_base
+                p = to_av_packet(pkt, info.time_base)
                 try:
                     for f in decoder.decode(p):
                         frames.append(GrayFrame(luma(f).copy(), pkt.t, pkt.wall))

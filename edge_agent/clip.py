@@ -20,7 +20,7 @@ import av
 
 from . import contract
 from .config import ClipConfig
-from .media import Packet, StreamInfo
+from .media import Packet, StreamInfo, to_av_packet
 from .ring_buffer import Recording
 
 log = logging.getLogger(__name__)
@@ -75,11 +75,9 @@ class ClipMaker:
         with av.open(str(out_path), "w", format="mp4", options={"movflags": "+faststart"}) as out:
             stream = out.add_stream_from_template(info.template)
             for p in packets:
-                pkt = av.Packet(p.data)
+                pkt = to_av_packet(p, info.time_base)
                 pkt.pts = p.pts - offset
                 pkt.dts = (p.dts if p.dts is not None else p.pts) - offset
-                pkt.time_base = info.time_base
-                pkt.is_keyframe = p.keyframe
                 pkt.stream = stream
                 out.mux(pkt)
 
@@ -169,10 +167,8 @@ def _usable(packets: list[Packet]) -> list[Packet]:
 
 def _decode_all(decoder: av.CodecContext, packets: list[Packet], info: StreamInfo):
     for p in packets:
-        pkt = av.Packet(p.data)
-        pkt.pts, pkt.dts, pkt.time_base = p.pts, p.dts, info.time_base
         try:
-            yield from decoder.decode(pkt)
+            yield from decoder.decode(to_av_packet(p, info.time_base))
         except av.error.InvalidDataError:
             continue  # one corrupt packet costs a frame, not the clip
     yield from decoder.decode(None)

@@ -87,3 +87,18 @@ def luma(frame: av.VideoFrame) -> np.ndarray:
         if plane.line_size * frame.height == buf.size:
             return buf.reshape(frame.height, plane.line_size)[:, : frame.width]
     return frame.to_ndarray(format="gray")
+
+
+def to_av_packet(p: Packet, time_base: Fraction) -> av.Packet:
+    """An FFmpeg-owned copy of a packet, for decoders and muxers.
+
+    `av.Packet(bytes)` borrows the Python object's memory and releases it through a callback that
+    takes the GIL. A frame-threaded decoder frees packets on its own threads, so freeing that
+    decoder (a new source session, a finished clip) while holding the GIL deadlocked the process.
+    Copying into FFmpeg's own buffer (~0.1 ms a 1080p frame) makes every free GIL-free.
+    """
+    out = av.Packet(len(p.data))
+    memoryview(out)[:] = p.data
+    out.pts, out.dts, out.time_base = p.pts, p.dts, time_base
+    out.is_keyframe = p.keyframe
+    return out

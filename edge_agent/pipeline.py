@@ -35,7 +35,7 @@ from .clip import ClipError, ClipMaker
 from .config import Config
 from .detector import Detection, Detector
 from .events import Action, Event, EventTracker
-from .media import GrayFrame, Packet, StreamInfo, luma
+from .media import GrayFrame, Packet, StreamInfo, luma, to_av_packet
 from .metrics import Metrics
 from .ring_buffer import Recording, RingBuffer
 from .sinks import ClipSink
@@ -385,10 +385,8 @@ class Pipeline:
                 if len(times) > 512:  # packets that never produced a frame
                     for k in list(times)[:256]:
                         del times[k]
-                av_pkt = av.Packet(pkt.data)
-                av_pkt.pts, av_pkt.dts, av_pkt.time_base = pkt.pts, pkt.dts, info.time_base
                 try:
-                    frames = decoder.decode(av_pkt)
+                    frames = decoder.decode(to_av_packet(pkt, info.time_base))
                 except av.error.FFmpegError:
                     self.metrics.inc("edge_agent_decode_errors_total")
                     continue

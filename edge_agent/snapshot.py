@@ -148,7 +148,7 @@ def grab(cfg: Config, at: float | None, want_code: bool = True) -> tuple[Any, fl
     import av
     import zxingcpp
 
-    from .media import luma
+    from .media import luma, to_av_packet
     from .source import AvSource
 
     src = AvSource(cfg.source)
@@ -163,8 +163,7 @@ def grab(cfg: Config, at: float | None, want_code: bool = True) -> tuple[Any, fl
     n = 0
     try:
         for pkt in src.packets():
-            p = av.Packet(pkt.data)
-            p.pts, p.dts, p.time_base = pkt.pts, pkt.dts, info.time_base
+            p = to_av_packet(pkt, info.time_base)
             try:
                 frames = dec.decode(p)
             except av.error.FFmpegError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -50,7 +51,8 @@ def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, bytes], s
 
 
 class FlakyServer:
-    def __init__(self, script: list[Any] | None = None, stall_s: float = 3.0, reply_delay_s: float = 0.0):
+    def __init__(self, script: list[Any] | None = None, stall_s: float = 3.0, reply_delay_s: float = 0.0,
+                 tls: ssl.SSLContext | None = None):
         self.script = list(script or [])
         self.reply_delay_s = reply_delay_s  # a slow server: keeps a delivery in flight longer
         self.stall_s = stall_s
@@ -115,6 +117,10 @@ class FlakyServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.httpd.handle_error = lambda *_a: None  # clients killed mid-request are the point of the tests
+        self.scheme = "http"
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+            self.scheme = "https"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def _record(self, seen: Seen) -> None:
@@ -123,7 +129,7 @@ class FlakyServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/cid"
+        return f"{self.scheme}://127.0.0.1:{self.httpd.server_address[1]}/cid"
 
     def __enter__(self) -> FlakyServer:
         self.thread.start()

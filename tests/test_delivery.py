@@ -137,3 +137,27 @@ def test_no_secret_in_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> 
     with FlakyServer([401]) as server:
         drain(spool, server, token_file=str(token))
     assert "topsecret-123" not in caplog.text
+
+
+@pytest.mark.parametrize("token_file", [None, "edge-token"])
+def test_token_from_systemd_credentials_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  token_file: str | None) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / (token_file or "upload-token")).write_text("cred-token-9\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    spool = Spool(spool_config(tmp_path / "spool"))
+    add_clip(spool)
+    with FlakyServer() as server:
+        drain(spool, server, token_file=token_file)
+    assert server.seen[0].headers["Authorization"] == "Bearer cred-token-9"
+
+
+def test_unreadable_token_file_is_named_and_the_clip_waits(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    spool = Spool(spool_config(tmp_path / "spool"))
+    add_clip(spool)
+    with FlakyServer() as server:
+        up = Uploader(spool, fast_upload(server.url, token_file=str(tmp_path / "missing")), Metrics(), __version__)
+        assert not up.drain(0.5)
+    assert server.seen == [] and spool.head() is not None
+    assert f"cannot read upload token file {tmp_path / 'missing'}" in caplog.text
