@@ -36,8 +36,8 @@ demo() {
     local video=${1:-sample_media/conveyor_720p30.mp4}
     mkdir -p "$data"
     "$VENV/bin/edge-agent" receiver --host 127.0.0.1 --port "$port" --data-dir "$data/receiver" &
-    local receiver=$!
-    trap 'kill $receiver 2>/dev/null; wait $receiver 2>/dev/null || true' EXIT
+    RECEIVER_PID=$!
+    trap 'kill "$RECEIVER_PID" 2>/dev/null; wait "$RECEIVER_PID" 2>/dev/null || true' EXIT
     for _ in $(seq 50); do
         "$VENV/bin/python" -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/healthz')" \
             2>/dev/null && break
