@@ -38,11 +38,17 @@ demo() {
     "$VENV/bin/edge-agent" receiver --host 127.0.0.1 --port "$port" --data-dir "$data/receiver" &
     RECEIVER_PID=$!
     trap 'kill "$RECEIVER_PID" 2>/dev/null; wait "$RECEIVER_PID" 2>/dev/null || true' EXIT
+    local up=""
     for _ in $(seq 50); do
-        "$VENV/bin/python" -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/healthz')" \
-            2>/dev/null && break
+        kill -0 "$RECEIVER_PID" 2>/dev/null || break
+        if "$VENV/bin/python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/healthz')" \
+            2>/dev/null; then up=1; break; fi
         sleep 0.2
     done
+    if [ -z "$up" ] || ! kill -0 "$RECEIVER_PID" 2>/dev/null; then
+        echo "the local edge server did not start on 127.0.0.1:$port (port in use? set DEMO_PORT)" >&2
+        exit 1
+    fi
     # the embedded defaults, with the one knob a demo needs: where to deliver
     EDGE_AGENT__UPLOAD__URL="http://127.0.0.1:$port/cid" EDGE_AGENT__SPOOL__DIR="$data/spool" \
         "$VENV/bin/edge-agent" replay "$video" --report "$data/report.json"
