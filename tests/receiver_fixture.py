@@ -32,6 +32,7 @@ class ReceiverProcess:
         self.max_bytes = max_bytes
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.data_dir / "receiver.log"
+        self.extra_args: list[str] = []
 
     @property
     def url(self) -> str:
@@ -47,6 +48,7 @@ class ReceiverProcess:
                 str(self.data_dir), "--log-level", "WARNING"]
         if self.max_bytes:
             argv += ["--max-bytes", str(self.max_bytes)]
+        argv += self.extra_args
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env={**os.environ, **self.env})
         deadline = time.monotonic() + 20

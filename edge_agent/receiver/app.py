@@ -27,6 +27,7 @@ import requests
 
 from .. import const, contract
 from ..cid import escape_payload
+from .storage import FileLdoStorage, S3LdoStorage, StorageUnavailable
 from .store import Store
 
 log = logging.getLogger("edge_agent.receiver")
@@ -71,9 +72,22 @@ class _BodyLimit:
         await self.app(scope, receive, send)
 
 
+def make_storage(spec: str | None, store: Store, s3_endpoint: str | None = None, site: str | None = None) -> Any:
+    """`file:DIR` (or nothing: the data dir) or `s3://BUCKET/PREFIX`; raises ValueError with a clear message."""
+    if not spec or spec.startswith("file:"):
+        if spec and spec[5:] and Path(spec[5:]).resolve() != store.data_dir.resolve():
+            return FileLdoStorage(Store(Path(spec[5:])))
+        return FileLdoStorage(store)
+    if spec.startswith("s3://"):
+        return S3LdoStorage(spec, endpoint=s3_endpoint, site=site or os.environ.get("SITE", "default"))
+    raise ValueError(f"--storage {spec!r}: expected file:DIR or s3://BUCKET/PREFIX")
+
+
 def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion: bool | None = None,
-               ingestion_url: str | None = None) -> Any:
+               ingestion_url: str | None = None, storage: str | None = None, s3_endpoint: str | None = None,
+               site: str | None = None) -> Any:
     store = Store(Path(data_dir))
+    ldo_storage = make_storage(storage, store, s3_endpoint, site)
     if use_ingestion is None:
         use_ingestion = _env_flag("USE_DATA_INGESTION")
     ingestion_url = (ingestion_url or os.environ.get("DATA_INGESTION_URL") or "").rstrip("/") or None
@@ -178,30 +192,26 @@ def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion
         if isinstance(meta, JSONResponse):
             return meta
         key = idempotency_key
-        with store.key_lock("ldo", key):
-            prior = store.reply_for("ldo", key)
-            if prior is not None:
-                return JSONResponse(prior[1], status_code=prior[0], headers={"Idempotent-Replay": "true"})
-            video_file = sha = None
-            size = 0
-            if video is not None and video.filename is not None:
-                video_file, size, sha = store.save_video("ldos", video.file)
-            now = time.time()
-            ldo_id = f"ldo_{uuid.uuid4().hex[:16]}_{int(now)}"
-            store.add_ldo({
-                "id": ldo_id, "idempotency_key": key, "status": "ingested",
-                "filename": Path(video_file).name if video_file else None, "video_file": video_file,
-                "metadata": json.dumps(meta) if meta is not None else None, "size_bytes": size, "sha256": sha,
-                "created_at": now,
-            })
-            body = {"id": ldo_id, "status": "ingested", "size_bytes": size}
-            store.remember("ldo", key, 201, body)
-        log.info("ingested ldo=%s key=%s bytes=%d", ldo_id, key or "-", size)
+        try:
+            with store.key_lock("ldo", key):
+                prior = ldo_storage.replay(key)
+                if prior is not None:
+                    return JSONResponse(prior, status_code=201, headers={"Idempotent-Replay": "true"})
+                has_video = video is not None and video.filename is not None
+                body = ldo_storage.ingest(key, meta, video.file if has_video else None,
+                                          video.filename if has_video else None)
+        except StorageUnavailable as exc:
+            log.error("ingest failed key=%s error=%s", key or "-", exc)
+            return _error(503, "storage unavailable, retry later", {contract.HEADER_RETRY_AFTER: str(RETRY_AFTER_S)})
+        log.info("ingested ldo=%s key=%s bytes=%d", body["id"], key or "-", body["size_bytes"])
         return JSONResponse(body, status_code=201)
 
     @app.get(contract.INGEST_LIST_PATH)
-    def ingest_list(skip: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
-        total, ldos = store.list_ldos(skip, limit)
+    def ingest_list(skip: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> Any:
+        try:
+            total, ldos = ldo_storage.list(skip, limit)
+        except StorageUnavailable as exc:
+            return _error(503, str(exc), {contract.HEADER_RETRY_AFTER: str(RETRY_AFTER_S)})
         return {"total": total, "ldos": ldos}
 
     @app.get(contract.CID_PATH + "/list")

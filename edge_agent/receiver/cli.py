@@ -15,6 +15,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default="receiver-data", help="where videos and the database go")
     p.add_argument("--max-bytes", type=int, default=200 << 20, help="largest request body accepted")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--storage", metavar="file:DIR|s3://BUCKET/PREFIX",
+                   help="where data-ingestion keeps LDOs (default: file: the data dir)")
+    p.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible endpoint (MinIO, SeaweedFS); default AWS")
+    p.add_argument("--site", default=None, help="site name in object keys (default $SITE or 'default')")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,7 +44,8 @@ def serve_args(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level)
     try:
-        app = create_app(Path(args.data_dir), max_bytes=args.max_bytes)
+        app = create_app(Path(args.data_dir), max_bytes=args.max_bytes, storage=args.storage,
+                         s3_endpoint=args.s3_endpoint, site=args.site)
     except ValueError as exc:
         print(f"edge-agent receiver: {exc}", file=sys.stderr)
         return 78
