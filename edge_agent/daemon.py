@@ -78,6 +78,7 @@ class Daemon:
             log.info("reload asked but no config file is in use")
             return
         self.notifier.reloading()
+        log.info("reload requested (SIGHUP) path=%s", self.path)
         try:
             new = load_config(self.path)
         except ConfigError as exc:

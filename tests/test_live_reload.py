@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -84,3 +85,31 @@ def test_reload_of_a_restart_only_key_restarts_the_source_in_process(tmp_path: P
     assert f"source={other}" in text
     assert [e["cid"] for e in events] == ["CID-5A5A5A5A", "CID-C0FFEE01"]  # from the new video, same process
     assert text.count("started version") == 1 and pid == proc.pid
+
+
+def test_sighup_reloads_and_a_bad_config_keeps_the_running_one(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(config("http://127.0.0.1:9/cid", tmp_path / "spool", port, 2.5, "zxing"))
+    log = open(tmp_path / "run.log", "wb")  # noqa: SIM115 - the daemon writes to it until it exits
+    proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(cfg)], stderr=log,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        time.sleep(2.0)
+        cfg.write_text("clip:\n  pre_rol_s: 1\n")  # a bad edit: refused, the old config keeps running
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        cfg.write_text(config("http://127.0.0.1:9/cid", tmp_path / "spool", port, 1.5, "zxing"))
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "clip.pre_roll_s" not in (tmp_path / "run.log").read_text():
+            time.sleep(0.2)
+        assert proc.poll() is None  # still running through both
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    text = (tmp_path / "run.log").read_text()
+    assert "reload requested (SIGHUP)" in text
+    assert "reload refused, keeping the running config: " in text and "pre_rol_s: unknown key" in text
+    assert "config reloaded live=clip.pre_roll_s" in text
