@@ -30,14 +30,19 @@ def config(url: str, spool: Path, port: int, pre_roll: float, decoder: str) -> s
             f"upload:\n  url: {url}\nspool:\n  dir: {spool}\n  min_free_bytes: 0\nmetrics:\n  port: {port}\n")
 
 
+def start_run(cfg: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """`edge-agent run` with its stderr (the log) in a file."""
+    log = open(log_path, "wb")  # noqa: SIM115 - the daemon writes to it until it exits
+    return subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(cfg)], stderr=log,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
 def test_reload_during_realtime_replay_changes_pre_roll_and_decoder_without_drops(tmp_path: Path) -> None:
     port = free_port()
     cfg = tmp_path / "config.yaml"
     with ReceiverProcess(tmp_path / "receiver") as receiver:
         cfg.write_text(config(receiver.cid_url, tmp_path / "spool", port, 2.5, "zxing"))
-        log = open(tmp_path / "run.log", "wb")  # noqa: SIM115 - the daemon writes to it until it exits
-        proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(cfg)],
-                                stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = start_run(cfg, tmp_path / "run.log")
         time.sleep(2.0)  # running, before the first label (3.2 s)
         tmp = tmp_path / ".config.yaml.swp"
         tmp.write_text(config(receiver.cid_url, tmp_path / "spool", port, 1.0, "zbar"))
@@ -71,9 +76,7 @@ def test_reload_of_a_restart_only_key_restarts_the_source_in_process(tmp_path: P
     cfg = tmp_path / "config.yaml"
     with ReceiverProcess(tmp_path / "receiver") as receiver:
         cfg.write_text(config(receiver.cid_url, tmp_path / "spool", port, 2.5, "zxing"))
-        log = open(tmp_path / "run.log", "wb")  # noqa: SIM115 - the daemon writes to it until it exits
-        proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(cfg)],
-                                stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = start_run(cfg, tmp_path / "run.log")
         time.sleep(1.5)
         cfg.write_text(config(receiver.cid_url, tmp_path / "spool", port, 2.5, "zxing").replace(str(SAMPLE),
                                                                                                  str(other)))
@@ -91,9 +94,7 @@ def test_sighup_reloads_and_a_bad_config_keeps_the_running_one(tmp_path: Path) -
     port = free_port()
     cfg = tmp_path / "config.yaml"
     cfg.write_text(config("http://127.0.0.1:9/cid", tmp_path / "spool", port, 2.5, "zxing"))
-    log = open(tmp_path / "run.log", "wb")  # noqa: SIM115 - the daemon writes to it until it exits
-    proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(cfg)], stderr=log,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = start_run(cfg, tmp_path / "run.log")
     try:
         time.sleep(2.0)
         cfg.write_text("clip:\n  pre_rol_s: 1\n")  # a bad edit: refused, the old config keeps running
