@@ -1,22 +1,44 @@
-"""`edge-agent check`: is this device ready? One PASS/FAIL/SKIP line per part, with a hint a
-technician can act on for each failure, and a non-zero exit when anything failed."""
+"""`edge-agent check`: is this device ready? One PASS/FAIL/SKIP line per part (config, libraries,
+camera, QR decoding, spool, server, token), with a hint a field technician can act on for each
+failure, and exit 1 when anything failed.
+
+It reads the camera the way the daemon does (`AvSource`), but only demuxes while measuring, so
+the frame rate it reports is the camera's, not this machine's decoding speed; decoding and QR
+search run afterwards on the packets it kept. Every step has a deadline: a camera that never
+answers is a FAIL line, not a hung terminal.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
-from .cli_common import add_config_arg, load_config_or_exit
+from . import __version__
+from .cli_common import add_config_arg, config_path, load_config_or_exit
 from .config import Config
 from .logs import setup_logging
+
+PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
+
+DEFAULT_FRAMES = 90  # 3 s at 30 fps: enough for a stable rate and a keyframe interval of 1 s
+DEFAULT_SECONDS = 10.0
+DETECT_FRAMES = 10  # frames searched for QR codes, spread over what was read
+KEEP_MAX_BYTES = 64 << 20  # packets kept for decoding (raw 1080p YUYV is 4 MB a frame)
+# A frame gap this small (a fraction of the announced interval) is FFmpeg handing over what it
+# buffered while probing the stream, not the camera's pace: the rate is measured after it.
+BURST_GAP_FRACTION = 0.25
+SLOW_FPS_RATIO = 0.8
 
 
 @dataclass
@@ -25,145 +47,466 @@ class Result:
     status: str  # PASS | FAIL | SKIP
     detail: str
     hint: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("check", help="check the camera, decoder, spool and server; PASS/FAIL with hints")
+    p = sub.add_parser(
+        "check", help="check the camera, QR decoding, spool and server; PASS/FAIL lines with hints",
+        description="Open the configured source and measure its real frame rate, decode QR codes on a few "
+        "frames, check the spool is writable and the server answers. Exit 1 if anything fails. "
+        "Run it as the service user: sudo -u edge-agent edge-agent check")
     add_config_arg(p)
-    p.add_argument("--seconds", type=float, default=5.0, help="how long to read the source (default 5)")
+    p.add_argument("--frames", type=int, default=DEFAULT_FRAMES, metavar="N",
+                   help=f"frames to read from the source (default {DEFAULT_FRAMES})")
+    p.add_argument("--seconds", type=float, default=DEFAULT_SECONDS, metavar="S",
+                   help=f"give up reading the source after S seconds (default {DEFAULT_SECONDS:g})")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_check)
 
 
-def check_source(cfg: Config, seconds: float) -> tuple[Result, list]:
-    """Open the source, read for `seconds`, measure the real frame rate; keep a few frames."""
-    import av
+# --- config and libraries ------------------------------------------------------------------------
 
-    from .media import GrayFrame, luma, to_av_packet
+
+def check_config(cfg: Config, path: str | None) -> Result:
+    where = path or "built-in defaults"
+    return Result("config", PASS, f"{where}: valid; device_id={cfg.device_id} source.kind={cfg.source.kind}")
+
+
+def check_libraries(cfg: Config) -> Result:
+    """PyAV (FFmpeg) reads every source; the QR library is what detector.decoder asks for."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        import av
+    except ImportError as exc:
+        return Result("libraries", FAIL, f"PyAV cannot be imported: {exc}",
+                      "reinstall edge-agent into its venv: /opt/edge-agent/venv/bin/pip install av")
+    from .detector import DecoderUnavailable, make_decoder
+
+    try:
+        name, _ = make_decoder(cfg.detector.decoder)
+    except DecoderUnavailable as exc:
+        return Result("libraries", FAIL, str(exc),
+                      "install a QR library: pip install zxing-cpp (detector.decoder: zxing), "
+                      "or apt-get install libzbar0 (detector.decoder: zbar)")
+    dist = {"zxing": "zxing-cpp", "zbar": "pyzbar"}[name]
+    try:
+        qr_version = version(dist)
+    except PackageNotFoundError:
+        qr_version = "?"
+    ffmpeg = getattr(av, "ffmpeg_version_info", "?")
+    return Result("libraries", PASS, f"PyAV {av.__version__} (FFmpeg {ffmpeg}), QR decoder {dist} {qr_version}",
+                  data={"av": av.__version__, "ffmpeg": ffmpeg, "decoder": name, "decoder_version": qr_version})
+
+
+# --- source --------------------------------------------------------------------------------------
+
+
+@dataclass
+class SourceSample:
+    """What one bounded read of the source gave: arrival times, keyframe times, kept packets."""
+
+    describe: str
+    live: bool
+    info: Any = None  # StreamInfo once open
+    error: str | None = None
+    timed_out: bool = False
+    waited_s: float = 0.0
+    open_s: float = 0.0
+    read_s: float = 0.0
+    count: int = 0
+    arrivals: list[float] = field(default_factory=list)
+    media_t: list[float] = field(default_factory=list)
+    key_t: list[float] = field(default_factory=list)
+    kept: list[Any] = field(default_factory=list)  # Packets from the first keyframe on, for decoding
+    kept_bytes: int = 0
+
+
+def sample_source(cfg: Config, frames: int, seconds: float) -> SourceSample:
+    """Open the source and demux about `frames` packets (at most `seconds` of reading) on a helper
+    thread; if it hangs (a camera that never sends, a command that writes nothing) the source is
+    interrupted at the deadline and the result says so."""
     from .source import AvSource, SourceError
 
     src = AvSource(cfg.source)
-    frames: list[GrayFrame] = []
-    where = src.describe
-    try:
-        info = src.open()
-    except SourceError as exc:
-        text = str(exc)
-        hint = "check source.path / source.command and that the camera is connected"
-        if "Permission denied" in text:
-            hint = "the service user cannot open the device: add it to the video group (SupplementaryGroups=video)"
-        elif "No such file" in text:
-            hint = "the path does not exist: list cameras with `v4l2-ctl --list-devices`, files with ls"
-        elif "timed out" in text.lower() or "Connection" in text:
-            hint = "the camera does not answer: check its IP, port, credentials and the network"
-        return Result("source", "FAIL", text, hint), frames
-    decoder = av.CodecContext.create(info.codec, "r")
-    if info.extradata:
-        decoder.extradata = info.extradata
-    if info.codec == "rawvideo":
-        decoder.width, decoder.height, decoder.pix_fmt = info.width, info.height, info.pix_fmt
-    n = 0
-    first_t = last_t = None
-    started = time.monotonic()
-    try:
-        for pkt in src.packets():
-            n += 1
-            first_t = pkt.t if first_t is None else first_t
-            last_t = pkt.t
-            if len(frames) < 5 and (n % 10 == 1):
-                p = to_av_packet(pkt, info.time_base)
-                try:
-                    for f in decoder.decode(p):
-                        frames.append(GrayFrame(luma(f).copy(), pkt.t, pkt.wall))
-                except av.error.FFmpegError:
-                    pass
-            if time.monotonic() - started > seconds or (not src.live and n >= seconds * (info.fps or 30)):
-                break
-    except SourceError as exc:
-        return Result("source", "FAIL", str(exc), "the stream broke while reading: check cable and power"), frames
-    finally:
-        src.close()
-    if n == 0:
-        return Result("source", "FAIL", f"{where}: opened but no frames in {seconds:g} s",
-                      "the camera sends nothing: check the cable, the command's stderr, or source.stall_s"), frames
-    span = (last_t or 0) - (first_t or 0)
-    fps = (n - 1) / span if span > 0 else 0.0
-    detail = f"{where}: {info.codec} {info.width}x{info.height}, {fps:.1f} fps measured over {n} frames"
-    if src.live and info.fps and fps < 0.8 * info.fps:
-        return Result("source", "FAIL", detail + f" (camera announces {info.fps:.1f})",
-                      "frames arrive slower than announced: lower the resolution or check the USB bus/network"), frames
-    return Result("source", "PASS", detail), frames
+    sample = SourceSample(src.describe, src.live or cfg.source.realtime)
+    done = threading.Event()
+
+    def read() -> None:
+        started = time.monotonic()
+        try:
+            sample.info = src.open()
+            opened = time.monotonic()
+            sample.open_s = opened - started
+            nominal = 1.0 / sample.info.fps if sample.info.fps else 1 / 30
+            measured = 0  # packets after FFmpeg's probing burst
+            last = None
+            for pkt in src.packets():
+                now = time.monotonic()
+                sample.count += 1
+                if last is not None and (measured or now - last >= BURST_GAP_FRACTION * nominal):
+                    measured += 1
+                last = now
+                sample.arrivals.append(now)
+                sample.media_t.append(pkt.t)
+                if pkt.keyframe:
+                    sample.key_t.append(pkt.t)
+                if (pkt.keyframe or sample.kept) and len(sample.kept) < frames and \
+                        sample.kept_bytes + pkt.size <= KEEP_MAX_BYTES:
+                    sample.kept.append(pkt)
+                    sample.kept_bytes += pkt.size
+                enough = (measured if sample.live else sample.count) >= frames
+                kept_enough = len(sample.kept) >= min(frames, 3 * DETECT_FRAMES) or \
+                    sample.kept_bytes + pkt.size > KEEP_MAX_BYTES
+                if (enough and kept_enough) or now - opened > seconds:
+                    break
+            sample.read_s = time.monotonic() - opened
+        except SourceError as exc:
+            sample.error = str(exc)
+        except Exception as exc:  # any library surprise is a FAIL line, not a traceback for the technician
+            sample.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            src.close()
+            done.set()
+
+    began = time.monotonic()
+    threading.Thread(target=read, name="check-source", daemon=True).start()
+    budget = seconds + (cfg.source.open_timeout_s if src.live else 10.0) + 2.0
+    if not done.wait(budget):
+        sample.timed_out = True
+        src.interrupt()  # ends a pipe command; network reads end on their own timeout
+        done.wait(3.0)
+    sample.waited_s = time.monotonic() - began
+    return sample
 
 
-def check_decoder(cfg: Config, frames: list) -> Result:
+def source_hint(kind: str, path: str, error: str) -> str:
+    """The likeliest fix for a source error, in the words a technician searches for."""
+    e = error.lower()
+    if kind == "pipe" and "cannot start" in e:
+        return ("the command is not installed or not on PATH: install it (rpicam-apps on a Raspberry Pi, "
+                "gstreamer1.0-tools on a Jetson) or fix source.command")
+    if "permission denied" in e:
+        if kind == "v4l2":
+            return (f"{path}: permission denied -> add the user to the video group "
+                    "(sudo usermod -aG video $USER; the service has SupplementaryGroups=video)")
+        return "permission denied: make source.path readable by the service user"
+    if "no such device" in e:
+        return "the camera went away: check the USB cable and power, then `v4l2-ctl --list-devices`"
+    if "no such file" in e:
+        if kind == "v4l2":
+            return (f"no camera at {path}: list cameras with `v4l2-ctl --list-devices` and fix source.path "
+                    "(/dev/v4l/by-id/... keeps the name across re-plugging)")
+        return f"{path} does not exist: fix source.path"
+    if "busy" in e:
+        return f"another program holds the camera: find it with `fuser -v {path}` and stop it"
+    if "401" in e or "unauthorized" in e:
+        return "the camera refused the login: check user:password in source.path"
+    if "404" in e or "not found" in e:
+        return "the camera has no stream at that URL: check the stream path in the camera's manual"
+    if "connection refused" in e:
+        return "nothing listens at that address: check the camera's IP address and port (RTSP: 554)"
+    if "timed out" in e or "timeout" in e or "immediate exit" in e or "unreachable" in e:
+        return "the camera does not answer: check its power, the network cable, its IP address and the firewall"
+    if "invalid argument" in e and kind == "v4l2":
+        return (f"the camera does not offer this mode: list modes with `v4l2-ctl -d {path} --list-formats-ext` "
+                "and fix source.options (input_format, video_size, framerate)")
+    if "invalid data" in e:
+        return ("FFmpeg cannot read this stream: check source.input_format (h264, mjpeg) "
+                "against what the camera or command really sends")
+    return "check source.path / source.command and that the camera is connected and powered"
+
+
+def check_source(cfg: Config, sample: SourceSample, seconds: float) -> Result:
+    s = cfg.source
+    where = sample.describe
+    if sample.info is None or sample.count == 0:
+        if sample.timed_out or (sample.error is None and sample.count == 0):
+            waited = f"{sample.waited_s:.0f} s"
+            hint = (f"no frames in {waited} -> check the camera cable and run source.command by hand to see its errors"
+                    if s.kind == "pipe" else f"no frames in {waited} -> check the cable / source.path")
+            return Result("source", FAIL, f"{where}: no frames in {waited}", hint)
+        return Result("source", FAIL, sample.error or f"{where}: cannot open",
+                      source_hint(s.kind, str(s.path), sample.error or ""))
+    info = sample.info
+    data: dict[str, Any] = {"codec": info.codec, "width": info.width, "height": info.height,
+                            "announced_fps": info.fps, "frames": sample.count, "open_s": round(sample.open_s, 2)}
+    head = f"{where}: {info.codec} {info.width}x{info.height}"
+    fps = _measured_fps(sample)
+    data["fps"] = None if fps is None else round(fps, 2)
+    if sample.live:
+        rate = f"{fps:.1f} fps measured over {sample.count} frames" if fps else f"{sample.count} frame(s), rate unknown"
+    else:
+        span = max(sample.media_t) - min(sample.media_t)
+        speed = span / sample.read_s if sample.read_s > 0 else 0.0
+        rate = f"{fps:.1f} fps (file), read at {speed:.0f}x real time" if fps else f"{sample.count} frame(s)"
+    detail = f"{head}, {rate}, opened in {sample.open_s:.1f} s"
+    gop = _keyframe_interval(sample)
+    data["keyframe_interval_s"] = gop
+    if info.codec == "h264":
+        if gop is not None:
+            detail += f", a keyframe every {gop:.1f} s"
+            if gop > 2.0:
+                detail += " (set the camera's keyframe/I-frame interval to 1 s for predictable pre-roll)"
+        elif not sample.key_t:
+            detail += ", no keyframe seen (set the camera's keyframe/I-frame interval to 1 s)"
+    if sample.error:  # frames came, then the stream broke
+        return Result("source", FAIL, f"{detail}; then: {sample.error}",
+                      "the stream broke while reading: check the cable, power and network", data)
+    if sample.live and fps and info.fps and fps < SLOW_FPS_RATIO * info.fps:
+        return Result("source", FAIL, f"{detail}; the camera announces {info.fps:.1f} fps", (
+            "frames arrive slower than announced: in low light many webcams lower their rate (turn off "
+            "exposure_dynamic_framerate with v4l2-ctl), the USB bus may be shared, or the network is saturated"), data)
+    return Result("source", PASS, detail, data=data)
+
+
+def _measured_fps(sample: SourceSample) -> float | None:
+    """Live: packets per second of arrival after the probing burst. Files: the recorded rate."""
+    if sample.live:
+        nominal = 1.0 / sample.info.fps if sample.info.fps else 1 / 30
+        arr = sample.arrivals
+        start = next((i for i in range(1, len(arr)) if arr[i] - arr[i - 1] >= BURST_GAP_FRACTION * nominal), None)
+        if start is None or len(arr) - start < 2 or arr[-1] <= arr[start]:
+            return None
+        return (len(arr) - 1 - start) / (arr[-1] - arr[start])
+    if sample.info.fps:  # a file's rate is what it was recorded at
+        return float(sample.info.fps)
+    t = sorted(sample.media_t)  # decode order is not presentation order when there are B-frames
+    return (len(t) - 1) / (t[-1] - t[0]) if len(t) >= 2 and t[-1] > t[0] else None
+
+
+def _keyframe_interval(sample: SourceSample) -> float | None:
+    k = sample.key_t
+    if len(k) < 2 or len(k) == sample.count:  # intra-only (MJPEG, raw): no interval to speak of
+        return None
+    return round((k[-1] - k[0]) / (len(k) - 1), 2)
+
+
+# --- QR decoding ---------------------------------------------------------------------------------
+
+
+def check_detector(cfg: Config, sample: SourceSample) -> Result:
+    """Decode the kept packets, search a spread of them for QR codes, time both."""
+    import av
+
+    from .cid import CidValidator, escape_payload
     from .detector import DecoderUnavailable, Detector
+    from .media import GrayFrame, luma, to_av_packet
 
     try:
         det = Detector(cfg.detector)
     except DecoderUnavailable as exc:
-        return Result("decoder", "FAIL", str(exc), "install zxing-cpp (pip) or libzbar0 (apt)")
+        return Result("detector", SKIP, str(exc), "see the libraries line")
+    if sample.info is None or sample.count == 0:
+        return Result("detector", SKIP, f"{det.name} loads; no frames to try it on (see the source line)")
+    if not sample.kept:
+        return Result("detector", SKIP, f"no keyframe in {sample.count} frames: nothing decodable",
+                      "set the camera's keyframe (I-frame) interval to 1 s, or read longer with --seconds")
+    info = sample.info
+    dec = av.CodecContext.create(info.codec, "r")
+    if info.extradata:
+        dec.extradata = info.extradata
+    if info.codec == "rawvideo":
+        dec.width, dec.height, dec.pix_fmt = info.width, info.height, info.pix_fmt
+    n = len(sample.kept)
+    wanted = {round(i * (n - 1) / max(1, DETECT_FRAMES - 1)) for i in range(min(n, DETECT_FRAMES))}
+    frames: list[GrayFrame] = []
+    decoded = errors = 0
+    decode_s = 0.0
+    for pkt in [*sample.kept, None]:
+        started = time.perf_counter()
+        try:
+            out = dec.decode(to_av_packet(pkt, info.time_base) if pkt is not None else None)
+        except av.error.FFmpegError:
+            errors += 1
+            continue
+        finally:
+            decode_s += time.perf_counter() - started
+        for f in out:
+            if decoded in wanted:
+                t = pkt.t if pkt is not None else sample.kept[-1].t  # approximate: frames lag packets
+                frames.append(GrayFrame(luma(f).copy(), t, 0.0))
+            decoded += 1
     if not frames:
-        return Result("decoder", "SKIP", f"{det.name} loads; no frames to try it on")
-    found: set[str] = set()
-    times = []
+        return Result("detector", FAIL, f"{info.codec}: none of {n} frames could be decoded ({errors} errors)",
+                      "the stream is not what source.input_format says, or it is corrupt: check the camera's "
+                      "codec setting and source.input_format")
+    qr_ms: list[float] = []
+    found: dict[bytes, bool] = {}
+    validator = CidValidator(cfg.detector.cid_pattern, cfg.detector.cid_max_length)
     for f in frames:
         for d in det.detect(f):
-            found.add(d.payload.decode("utf-8", "replace"))
-        times.append(det.last_ms)
-    detail = f"{det.name}: {max(times):.1f} ms a frame, {len(found)} code(s) in {len(frames)} frames"
+            text = d.payload.decode("utf-8", "replace")
+            found[d.payload] = validator.check(text) is not None
+        qr_ms.append(det.last_ms)
+    qr_ms.sort()
+    video_ms = decode_s * 1000 / max(1, decoded)
+    median = qr_ms[len(qr_ms) // 2]
+    detail = (f"{det.name}: {len(frames)} frames searched, {median:.1f} ms a frame (max {qr_ms[-1]:.1f}); "
+              f"video decode {video_ms:.1f} ms a frame")
     if found:
-        detail += ": " + ", ".join(sorted(found)[:3])
-    return Result("decoder", "PASS", detail)
+        shown = [f"{escape_payload(p)}{'' if ok else ' (rejected: not a CID per detector.cid_pattern)'}"
+                 for p, ok in list(found.items())[:3]]
+        detail += "; found " + ", ".join(shown)
+    else:
+        detail += "; no QR code in view (hold a label in front of the camera to test reading)"
+    data = {"decoder": det.name, "frames": len(frames), "qr_ms_median": round(median, 2),
+            "qr_ms_max": round(qr_ms[-1], 2), "video_decode_ms": round(video_ms, 2),
+            "codes": [p.decode("utf-8", "replace") for p in found],
+            "cids": [p.decode("utf-8", "replace") for p, ok in found.items() if ok]}
+    return Result("detector", PASS, detail, data=data)
+
+
+# --- spool, server, token ------------------------------------------------------------------------
 
 
 def check_spool(cfg: Config) -> Result:
+    """Create, fsync and delete a file where clips will wait, and look at the free space."""
     d = Path(cfg.spool.dir)
     try:
         d.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=d, prefix=".check-") as f:
-            f.write(b"x" * 4096)
-            f.flush()
-            os.fsync(f.fileno())
-        free = shutil.disk_usage(d).free
+        fd, name = tempfile.mkstemp(dir=d, prefix=".check-", suffix=".part")
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(name)
+        usage = shutil.disk_usage(d)
     except OSError as exc:
-        return Result("spool", "FAIL", f"{d}: {exc.strerror or exc}",
-                      "the service user must own spool.dir (StateDirectory= does this under systemd)")
+        why = exc.strerror or str(exc)
+        if isinstance(exc, PermissionError):
+            hint = (f"the user running this cannot write {d}: run the check as the service user "
+                    "(sudo -u edge-agent edge-agent check); under systemd StateDirectory= makes "
+                    "/var/lib/edge-agent, and a spool.dir elsewhere needs ReadWritePaths= in a unit drop-in")
+        elif "read-only" in why.lower():
+            hint = f"{d} is on a read-only file system: point spool.dir at a writable disk"
+        else:
+            hint = f"{d} cannot be created or written: point spool.dir at a folder on a writable local disk"
+        return Result("spool", FAIL, f"{d}: {why}", hint)
+    free = usage.free
+    room = max(0, min(cfg.spool.max_bytes, free - cfg.spool.min_free_bytes))
+    data = {"dir": str(d), "free_bytes": free, "room_bytes": room}
     if free < cfg.spool.min_free_bytes:
-        return Result("spool", "FAIL", f"{d}: only {free >> 20} MiB free",
-                      "free disk space or lower spool.min_free_bytes")
-    return Result("spool", "PASS", f"{d}: writable, {free >> 20} MiB free")
+        return Result("spool", FAIL, f"{d}: only {free >> 20} MiB free, spool.min_free_bytes keeps "
+                      f"{cfg.spool.min_free_bytes >> 20} MiB for the system",
+                      "free disk space (old logs, images) or put spool.dir on a bigger disk", data)
+    return Result("spool", PASS, f"{d}: writable (fsync ok), {free >> 20} MiB free, room for "
+                  f"{room >> 20} MiB of clips", data=data)
 
 
 def check_server(cfg: Config) -> Result:
+    """Any HTTP answer from the server's origin means it is reachable; what it answers is its business."""
     import requests
 
-    if not cfg.upload.url:
-        return Result("server", "SKIP", "upload.url is not set: clips stay in the spool")
-    parts = urlsplit(cfg.upload.url)
-    verify: bool | str = (cfg.upload.ca_file or True) if cfg.upload.verify_tls else False
+    u = cfg.upload
+    if not u.url:
+        return Result("server", SKIP, "upload.url is not set: clips stay in the spool")
+    parts = urlsplit(u.url)
+    probe = f"{parts.scheme}://{parts.netloc}/healthz"
+    host = parts.hostname or parts.netloc
+    verify: bool | str = (u.ca_file or True) if u.verify_tls else False
+    cert = (u.cert_file, u.key_file) if u.cert_file and u.key_file else u.cert_file
+    started = time.monotonic()
     try:
-        r = requests.get(f"{parts.scheme}://{parts.netloc}/healthz", timeout=(cfg.upload.connect_timeout_s, 10),
-                         verify=verify)
+        r = requests.get(probe, timeout=(u.connect_timeout_s, min(u.read_timeout_s, 10.0)), verify=verify,
+                         cert=cert, headers={"User-Agent": f"edge-agent/{__version__} check"}, allow_redirects=False)
     except requests.exceptions.SSLError as exc:
-        return Result("server", "FAIL", f"{parts.netloc}: TLS error: {exc}",
-                      "set upload.ca_file to the CA that signed the server's certificate")
-    except requests.RequestException as exc:
-        return Result("server", "FAIL", f"{parts.netloc}: {type(exc).__name__}",
-                      "the server does not answer: check upload.url, the network and the firewall")
-    return Result("server", "PASS", f"{parts.netloc} answers (GET /healthz: HTTP {r.status_code})")
+        return Result("server", FAIL, f"{parts.netloc}: TLS error: {_reason(exc)}",
+                      "the server's certificate is not trusted: set upload.ca_file to the CA that signed it "
+                      "(and check the device's clock: `timedatectl`)")
+    except requests.exceptions.ConnectTimeout:
+        return Result("server", FAIL, f"{parts.netloc}: no answer to connect in {u.connect_timeout_s:g} s",
+                      "a firewall drops the traffic or the server is down: check the network route and the port")
+    except requests.exceptions.ReadTimeout:
+        return Result("server", FAIL, f"{parts.netloc}: connected but no HTTP reply",
+                      "something listens but does not speak HTTP: check the port in upload.url")
+    except requests.exceptions.ConnectionError as exc:
+        why = _reason(exc)
+        low = why.lower()
+        if "name resolution" in low or "not known" in low or "nodename" in low or "resolve" in low:
+            hint = f"the host name {host} does not resolve: check upload.url and the device's DNS"
+        elif "refused" in low:
+            hint = (f"nothing listens on {parts.netloc}: is the edge server running, "
+                    "and is the port in upload.url right?")
+        else:
+            hint = "the server does not answer: check upload.url, the network and the firewall"
+        return Result("server", FAIL, f"{parts.netloc}: {why}", hint)
+    except (requests.RequestException, OSError) as exc:  # e.g. a missing ca_file / cert_file
+        return Result("server", FAIL, f"{parts.netloc}: {_reason(exc)}",
+                      "check upload.url and the upload.ca_file / cert_file / key_file paths")
+    ms = (time.monotonic() - started) * 1000
+    return Result("server", PASS, f"{parts.netloc} answers (GET /healthz: HTTP {r.status_code}, {ms:.0f} ms)",
+                  data={"status_code": r.status_code, "ms": round(ms, 1)})
+
+
+def _reason(exc: BaseException) -> str:
+    """The useful part of a requests/urllib3 error (`Connection refused`, `Name or service not known`,
+    the TLS verification failure) instead of a line of nested reprs."""
+    text = str(exc)
+    for pattern in (r"\[Errno -?\d+\] ([^'\")\]]+)", r"\[SSL: [^\]]+\] ([^('\"]+)"):
+        m = re.search(pattern, text)
+        if m:
+            return m.group(1).strip()
+    return " ".join(text.split())[:200]
+
+
+def check_token(cfg: Config) -> Result:
+    from .credentials import CredentialError, load_token, token_path
+
+    if not cfg.upload.url:
+        return Result("token", SKIP, "no upload.url")
+    path = token_path(cfg.upload)
+    if path is None:
+        return Result("token", SKIP, "no bearer token configured (upload.token_file unset, no upload-token credential)")
+    try:
+        load_token(cfg.upload)
+    except CredentialError as exc:
+        return Result("token", FAIL, str(exc),
+                      "put the token on one line in the file, readable by the service user "
+                      "(or use LoadCredential=upload-token:/etc/edge-agent/upload-token in the unit)")
+    return Result("token", PASS, f"read from {path} (content not shown)")
+
+
+# --- command -------------------------------------------------------------------------------------
+
+
+def run_checks(cfg: Config, path: str | None, frames: int = DEFAULT_FRAMES,
+               seconds: float = DEFAULT_SECONDS) -> list[Result]:
+    libs = check_libraries(cfg)
+    results = [check_config(cfg, path), libs]
+    if libs.status == FAIL and "PyAV" in libs.detail:
+        results.append(Result("source", SKIP, "PyAV is missing", "see the libraries line"))
+    else:
+        sample = sample_source(cfg, frames, seconds)
+        results += [check_source(cfg, sample, seconds), check_detector(cfg, sample)]
+        sample.kept.clear()
+    results += [check_spool(cfg), check_server(cfg), check_token(cfg)]
+    return results
+
+
+def format_table(results: list[Result]) -> str:
+    lines = []
+    for r in results:
+        lines.append(f"{r.status:<4}  {r.name:<9} {r.detail}")
+        if r.hint and r.status != PASS:
+            lines.append(f"{'':16}-> {r.hint}")
+    failed = sum(r.status == FAIL for r in results)
+    counts = {s: sum(r.status == s for r in results) for s in (PASS, FAIL, SKIP)}
+    lines.append(f"{counts[PASS]} passed, {counts[FAIL]} failed, {counts[SKIP]} skipped"
+                 + (": fix the FAIL lines, then run `edge-agent check` again" if failed else ""))
+    return "\n".join(lines)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = load_config_or_exit(args)
-    setup_logging("ERROR")
-    source, frames = check_source(cfg, args.seconds)
-    results = [source, check_decoder(cfg, frames), check_spool(cfg), check_server(cfg)]
+    setup_logging("ERROR")  # the table is the output; library chatter would bury it
+    results = run_checks(cfg, config_path(args), max(2, args.frames), max(0.5, args.seconds))
+    ok = not any(r.status == FAIL for r in results)
     if args.json:
-        print(json.dumps([asdict(r) for r in results], indent=2))
+        print(json.dumps({"ok": ok, "results": [asdict(r) for r in results]}, indent=2, default=str))
     else:
-        for r in results:
-            print(f"{r.status:<4}  {r.name:<8} {r.detail}")
-            if r.hint:
-                print(f"{'':<15}hint: {r.hint}")
+        print(format_table(results))
     sys.stdout.flush()
-    return 1 if any(r.status == "FAIL" for r in results) else 0
+    return 0 if ok else 1

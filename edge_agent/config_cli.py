@@ -110,7 +110,8 @@ def _rows(model: type[BaseModel], prefix: str) -> list[tuple[str, ...]]:
         if name == "device_id":
             default = "(host name)"
         elif name == "dir" and prefix == "spool.":
-            default = "$STATE_DIRECTORY/spool or ~/.local/state/edge-agent/spool"
+            default = ("$STATE_DIRECTORY/spool, else /var/lib/edge-agent/spool if it exists, "
+                       "else ~/.local/state/edge-agent/spool")
         rng = ", ".join(f"{sym} {getattr(m, k)}" for m in f.metadata for k, sym in
                         (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if getattr(m, k, None) is not None)
         type_name = re.sub(r"typing\.|<class '|'>", "", str(ann)).replace("NoneType", "null")

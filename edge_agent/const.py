@@ -55,10 +55,16 @@ SPOOL_MAX_AGE_S = 7 * 24 * 3600.0
 EXIT_QUEUED = 75
 
 
+SERVICE_STATE_DIR = "/var/lib/edge-agent"  # systemd's StateDirectory=edge-agent
+
+
 def default_spool_dir() -> str:
     """systemd's StateDirectory= sets STATE_DIRECTORY; otherwise a folder under the user's state dir."""
     state = os.environ.get("STATE_DIRECTORY")
     if state:
         return str(Path(state.split(":")[0]) / "spool")
+    # outside the service (`sudo -u edge-agent edge-agent spool status`, `check`): the service's spool
+    if Path(SERVICE_STATE_DIR).is_dir():
+        return str(Path(SERVICE_STATE_DIR) / "spool")
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return str(Path(base) / "edge-agent" / "spool")

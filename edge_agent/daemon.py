@@ -128,8 +128,12 @@ class Daemon:
         if cfg.metrics.port:
             from .metrics_server import MetricsServer
 
-            self._metrics_server = MetricsServer(self.metrics, cfg.metrics.host, cfg.metrics.port, self._health)
-            self._metrics_server.start()
+            try:
+                self._metrics_server = MetricsServer(self.metrics, cfg.metrics.host, cfg.metrics.port, self._health)
+                self._metrics_server.start()
+            except OSError as exc:  # a port clash must not stop clip delivery (nor restart-loop the service)
+                log.error("metrics endpoint off: %s", exc)
+                self._metrics_server = None
         if self.path:
             from .config_watch import ConfigWatcher
 

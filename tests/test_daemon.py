@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 import requests
 
 from tests.receiver_fixture import ReceiverProcess, free_port
@@ -153,19 +152,3 @@ def _get(port: int, name: str) -> float:
         return metrics(port).get(name, 0.0)
     except requests.RequestException:
         return 0.0
-
-
-@pytest.mark.parametrize("path", ["@edge-agent-test-{pid}", "{tmp}/n.sock"])
-def test_notifier_speaks_to_path_and_abstract_sockets(tmp_path: Path, path: str) -> None:
-    from edge_agent.sdnotify import Notifier
-
-    addr = path.format(pid=os.getpid(), tmp=tmp_path)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.bind(b"\0" + addr[1:].encode() if addr.startswith("@") else addr)
-        s.settimeout(2)
-        n = Notifier({"NOTIFY_SOCKET": addr, "WATCHDOG_USEC": "30000000"})
-        assert n.ready() and n.status("fps=30.0 queued=0") and n.watchdog() and n.stopping()
-        got = [s.recv(1024).decode() for _ in range(4)]
-    assert got == ["READY=1", "STATUS=fps=30.0 queued=0", "WATCHDOG=1", "STOPPING=1"]
-    assert n.watchdog_interval_s() == 30.0
-    assert not Notifier({}).ready()  # outside systemd: a no-op
