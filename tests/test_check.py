@@ -14,10 +14,9 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import av
-import numpy as np
 import pytest
-import zxingcpp
+
+from tests.media_factory import make_video
 
 ROOT = Path(__file__).resolve().parent.parent
 CID = "CHECK-42"
@@ -26,25 +25,7 @@ CID = "CHECK-42"
 def make_qr_video(path: Path, payload: str = CID, seconds: float = 2.0, fps: int = 30,
                   size: tuple[int, int] = (320, 240)) -> Path:
     """A tiny H.264 MP4, a keyframe every second, with a QR code in view the whole time."""
-    w, h = size
-    qr = np.array(zxingcpp.write_barcode_to_image(zxingcpp.create_barcode(payload, zxingcpp.BarcodeFormat.QRCode),
-                                                  scale=4))
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.codec_context.gop_size = fps
-        stream.codec_context.options = {"preset": "ultrafast", "bf": "0"}
-        for i in range(round(seconds * fps)):
-            img = np.full((h, w), 90 + (i % 30), np.uint8)
-            x = 20 + i
-            img[30 : 30 + qr.shape[0], x : x + qr.shape[1]] = qr
-            frame = av.VideoFrame.from_ndarray(img, format="gray").reformat(format="yuv420p")
-            frame.pts = i
-            for p in stream.encode(frame):
-                out.mux(p)
-        for p in stream.encode(None):
-            out.mux(p)
-    return path
+    return make_video(path, seconds=seconds, fps=fps, size=size, codes=[(payload, 0.0, seconds)], scale=4)
 
 
 @pytest.fixture(scope="module")
