@@ -22,9 +22,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
-from . import __version__
+from . import __version__, contract
 from .cli_common import add_config_arg, config_path, load_config_or_exit
 from .config import Config
 from .logs import setup_logging
@@ -397,21 +397,31 @@ def check_spool(cfg: Config) -> Result:
 
 
 def check_server(cfg: Config) -> Result:
-    """Any HTTP answer from the server's origin means it is reachable; what it answers is its business."""
+    """Prove the upload endpoint, not just the host: POST upload.url an empty form, which the `/cid`
+    contract must refuse (400/422, nothing stored). A 404 or 405 means the path is wrong, a 3xx that
+    upload.url is not the final URL (the uploader never follows redirects), 401/403 the token."""
     import requests
+
+    from .credentials import CredentialError, load_token
 
     u = cfg.upload
     if not u.url:
         return Result("server", SKIP, "upload.url is not set: clips stay in the spool")
     parts = urlsplit(u.url)
-    probe = f"{parts.scheme}://{parts.netloc}/healthz"
     host = parts.hostname or parts.netloc
     verify: bool | str = (u.ca_file or True) if u.verify_tls else False
     cert = (u.cert_file, u.key_file) if u.cert_file and u.key_file else u.cert_file
+    headers = {"User-Agent": f"edge-agent/{__version__} check"}
+    try:
+        token = load_token(u)
+    except CredentialError:
+        token = None  # the token line says why
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     started = time.monotonic()
     try:
-        r = requests.get(probe, timeout=(u.connect_timeout_s, min(u.read_timeout_s, 10.0)), verify=verify,
-                         cert=cert, headers={"User-Agent": f"edge-agent/{__version__} check"}, allow_redirects=False)
+        r = requests.post(u.url, files={"probe": ("", b"")}, data={}, headers=headers, verify=verify, cert=cert,
+                          timeout=(u.connect_timeout_s, min(u.read_timeout_s, 10.0)), allow_redirects=False)
     except requests.exceptions.SSLError as exc:
         return Result("server", FAIL, f"{parts.netloc}: TLS error: {_reason(exc)}",
                       "the server's certificate is not trusted: set upload.ca_file to the CA that signed it "
@@ -437,8 +447,33 @@ def check_server(cfg: Config) -> Result:
         return Result("server", FAIL, f"{parts.netloc}: {_reason(exc)}",
                       "check upload.url and the upload.ca_file / cert_file / key_file paths")
     ms = (time.monotonic() - started) * 1000
-    return Result("server", PASS, f"{parts.netloc} answers (GET /healthz: HTTP {r.status_code}, {ms:.0f} ms)",
-                  data={"status_code": r.status_code, "ms": round(ms, 1)})
+    code = r.status_code
+    data = {"status_code": code, "ms": round(ms, 1)}
+    said = f"POST {u.url} with an empty form: HTTP {code}"
+    if code in (400, 422):
+        return Result("server", PASS, f"{said} ({ms:.0f} ms): the endpoint is there and checks what it gets",
+                      data=data)
+    if 300 <= code < 400:
+        where = urljoin(u.url, r.headers.get("Location", ""))
+        return Result("server", FAIL, f"{said}, a redirect to {where}",
+                      f"uploads never follow redirects: set upload.url to {where}", data)
+    if code in (404, 405):
+        return Result("server", FAIL, f"{said}: no upload endpoint at {parts.path or '/'}",
+                      f"upload.url must be the edge server's {contract.CID_PATH} endpoint, e.g. "
+                      f"{parts.scheme}://{parts.netloc}{contract.CID_PATH}", data)
+    if code in (401, 403):
+        hint = ("the server refused the token: check the token in upload.token_file (or the systemd credential)"
+                if token else "the server wants a token: set upload.token_file (see README, 'Install as a service')")
+        return Result("server", FAIL, said, hint, data)
+    if 200 <= code < 300:
+        return Result("server", FAIL, f"{said}: it accepted a request with no cid",
+                      f"this is not an edge server's {contract.CID_PATH} endpoint: check the path in upload.url",
+                      data)
+    if code >= 500:
+        return Result("server", FAIL, f"{said}: the server has a problem",
+                      "look at the edge server's logs; clips wait in the spool meanwhile", data)
+    return Result("server", FAIL, said, f"unexpected answer: check that upload.url is the edge server's "
+                  f"{contract.CID_PATH} endpoint", data)
 
 
 def _reason(exc: BaseException) -> str:

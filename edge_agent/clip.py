@@ -9,6 +9,7 @@ again and decoded (keyframes) before anyone is told it exists.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -54,16 +55,24 @@ class ClipMaker:
             raise ClipError("no decodable video in the recording (no keyframe)")
         info = packets[0].stream
         remux = info.remuxable and not self.cfg.reencode
-        try:
-            if remux:
-                encoder = None
+        encoder: str | None = None
+        if remux:
+            try:
                 self._remux(packets, info, out_path)
-            else:
+                clip = validate(out_path)
+            except (av.error.FFmpegError, ClipError) as exc:
+                # a resolution change or a timestamp jump inside the recording: copying packets cannot
+                # make a valid MP4 of it, decoding and encoding on the capture times can
+                out_path.unlink(missing_ok=True)
+                log.warning("remux failed, re-encoding the clip error=%s", exc)
+                remux = False
+        if not remux:
+            try:
                 encoder = self._encode(packets, info, out_path)
-        except av.error.FFmpegError as exc:
-            out_path.unlink(missing_ok=True)
-            raise ClipError(f"{'remux' if remux else 'encode'} failed: {exc}") from exc
-        clip = validate(out_path)
+            except av.error.FFmpegError as exc:
+                out_path.unlink(missing_ok=True)
+                raise ClipError(f"encode failed: {exc}") from exc
+            clip = validate(out_path)
         clip.start_at = contract.rfc3339(packets[0].wall)
         clip.end_at = contract.rfc3339(packets[0].wall + (clip.duration_s or 0.0))
         return ClipResult(clip, out_path, remux, encoder)
@@ -95,6 +104,9 @@ class ClipMaker:
         fps = self.cfg.fps or info.fps or 30.0
         t0 = packets[0].t
         min_step = 1.0 / self.cfg.fps if self.cfg.fps else 0.0
+        # decode on capture times, not the stream's own timestamps: those may jump or repeat (a camera
+        # that restarted its clock), which is why a recording comes here instead of being remuxed
+        packets = [dataclasses.replace(p, pts=round((p.t - t0) / info.time_base), dts=None) for p in packets]
         times = {p.pts: p.t for p in packets}
         errors: list[str] = []
         for name in self.cfg.encoders:
@@ -161,8 +173,8 @@ def _usable(packets: list[Packet]) -> list[Packet]:
     first = next((i for i, p in enumerate(packets) if p.keyframe), None)
     if first is None:
         return []
-    key_pts = packets[first].pts
-    return [p for p in packets[first:] if p.pts >= key_pts]
+    key_t = packets[first].t  # capture times, which stay in order where the stream's own timestamps jump
+    return [p for p in packets[first:] if p.t >= key_t]
 
 
 def _decode_all(decoder: av.CodecContext, packets: list[Packet], info: StreamInfo):

@@ -51,8 +51,20 @@ SPOOL_MAX_BYTES = 2 << 30
 SPOOL_MIN_FREE_BYTES = 256 << 20
 SPOOL_MAX_AGE_S = 7 * 24 * 3600.0
 
+# Recordings waiting for the clip worker, at most: ~10 clips of 1080p H.264 at 8 Mbit/s.
+CLIP_BACKLOG_BYTES = 64 << 20
+# ... and in number: a worker this many clips behind is overloaded, whatever their size.
+CLIP_BACKLOG_COUNT = 16
+
+# Events the running pipeline remembers (for status and the live view); older ones are only in the logs.
+RECENT_EVENTS = 100
+
 # sysexits.h EX_TEMPFAIL: clips remain queued, try again later.
 EXIT_QUEUED = 75
+# A run that lost or could not deliver clips (dropped, refused by the server).
+EXIT_FAILED = 1
+# sysexits.h EX_CANTCREAT: the spool's disk is full.
+EXIT_CANTCREAT = 73
 
 
 SERVICE_STATE_DIR = "/var/lib/edge-agent"  # systemd's StateDirectory=edge-agent

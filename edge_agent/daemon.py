@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, const
 from .cli_common import add_config_arg, config_path, load_config_or_exit
 from .config import Config, ConfigError, load_config
 from .logs import setup_logging
@@ -41,9 +41,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_daemon(args: argparse.Namespace) -> int:
+    from .spool import SpoolBusy
+
     cfg = load_config_or_exit(args)
     setup_logging(cfg.log_level)
-    return Daemon(cfg, config_path(args)).run()
+    try:
+        return Daemon(cfg, config_path(args)).run()
+    except SpoolBusy as busy:
+        log.error("cannot start: %s; two agents (two cameras) need two spool.dir, and a running "
+                  "`edge-agent spool flush` must finish first", busy)
+        return const.EXIT_QUEUED
 
 
 class Daemon:

@@ -42,6 +42,11 @@ class Metrics:
         with self._lock:
             return sum(v for (n, _), v in self._counters.items() if n == name)
 
+    def labelled(self, name: str, label: str) -> dict[str, float]:
+        """A counter's values by one label, e.g. drops by reason."""
+        with self._lock:
+            return {dict(lbl).get(label, ""): v for (n, lbl), v in self._counters.items() if n == name}
+
     def snapshot(self) -> dict[str, float]:
         with self._lock:
             items: Iterable = list(self._counters.items()) + list(self._gauges.items())

@@ -22,6 +22,7 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,7 +133,10 @@ class Pipeline:
         self.metrics = metrics or Metrics()
         self.on_event = on_event
         self.stats = Stats(source_live=cfg.source.kind != "file")
-        self.events: dict[str, EventRecord] = {}
+        # the last few events (the live view wants them); a full history is the replay report's job, as
+        # a listener: a daemon that ran for months must not keep every event it ever saw
+        self.recent: OrderedDict[str, EventRecord] = OrderedDict()
+        self.events_total = 0
         self._events_lock = threading.Lock()
         self._stop = threading.Event()
         self._restart_source = threading.Event()
@@ -146,7 +150,12 @@ class Pipeline:
         self._live_queues = live_or_paced
         self._packets_q: queue.Queue[Any] = queue.Queue(_LIVE_QUEUE if live_or_paced else _REPLAY_QUEUE)
         self._frames = FrameSlot(blocking=not live_or_paced, metrics=self.metrics)
-        self._clips_q: queue.Queue[Any] = queue.Queue()  # recordings are bounded by the ring's cap
+        self._clips_q: queue.Queue[Any] = queue.Queue()
+        # recordings handed to the clip worker and not yet cut, in bytes: bounded so a worker that falls
+        # behind (slow encoding, a slow disk) cannot grow memory without end
+        self._backlog = threading.Condition()
+        self._backlog_bytes = 0
+        self._backlog_count = 0
 
         self.ring = RingBuffer(self._ring_keep_s(cfg), cfg.clip.ring_max_bytes, self._on_recording, self.metrics)
         self.detector = Detector(cfg.detector)
@@ -154,7 +163,7 @@ class Pipeline:
         self.tracker = EventTracker(cfg.detector.cooldown_s, cfg.clip.pre_roll_s, cfg.clip.post_roll_s,
                                     cfg.clip.max_s)
         self.clip_maker = ClipMaker(cfg.clip)
-        self._open_events: dict[str, Event] = {}  # event_id -> event, until its clip is cut
+        self._open_events: dict[str, tuple[Event, EventRecord]] = {}  # event_id -> event, until its clip is cut
         self._pending_cfg: Config | None = None
         self._cfg_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -472,8 +481,11 @@ class Pipeline:
         if action is Action.NEW:
             rec = EventRecord(ev.event_id, cid, contract.rfc3339(det.wall), det.t)
             with self._events_lock:
-                self.events[ev.event_id] = rec
-                self._open_events[ev.event_id] = ev
+                self.events_total += 1
+                self.recent[ev.event_id] = rec
+                while len(self.recent) > const.RECENT_EVENTS:
+                    self.recent.popitem(last=False)
+                self._open_events[ev.event_id] = (ev, rec)
             log.info("detected cid=%s clip=%s t=%.3f decoder=%s", cid, ev.event_id, det.t, det.decoder)
             self.ring.start_recording(ev.event_id, ev.start_t, ev.end_t)
         elif action is Action.EXTEND:
@@ -483,8 +495,31 @@ class Pipeline:
                 log.debug("extended cid=%s clip=%s end_t=%.3f", cid, ev.event_id, ev.end_t)
 
     def _on_recording(self, rec: Recording) -> None:
-        """Called by the ring (capture or detect thread) when a recording has its post-roll: hand it on."""
+        """Called by the ring (capture or detect thread) when a recording has its post-roll: hand it on.
+        Past const.CLIP_BACKLOG_BYTES of recordings waiting, fast replay waits for the clip worker (every
+        clip is made, deterministically), while a live source never waits: the recording's video is let
+        go, counted, and its CID still goes out with `clip.error` saying why."""
+        size = rec.size_bytes
+        with self._backlog:
+            if not self._live_queues:
+                while self._backlog_count and (self._backlog_bytes + size > const.CLIP_BACKLOG_BYTES
+                                               or self._backlog_count >= const.CLIP_BACKLOG_COUNT):
+                    self._backlog.wait(0.5)
+            elif (self._backlog_bytes + size > const.CLIP_BACKLOG_BYTES
+                  or self._backlog_count >= const.CLIP_BACKLOG_COUNT):
+                rec.packets = []
+                rec.dropped = "clip worker behind (encoding or disk too slow for the label rate): video dropped"
+                size = 0
+                self.metrics.inc("edge_agent_clips_dropped_total")
+            self._backlog_bytes += size
+            self._backlog_count += 1
         self._clips_q.put(rec)
+
+    def _backlog_done(self, rec: Recording) -> None:
+        with self._backlog:
+            self._backlog_bytes = max(0, self._backlog_bytes - rec.size_bytes)
+            self._backlog_count = max(0, self._backlog_count - 1)
+            self._backlog.notify_all()
 
     # --- clips --------------------------------------------------------------------------------
 
@@ -497,19 +532,24 @@ class Pipeline:
                 self._make_clip(rec)
             except Exception:
                 log.exception("clip worker failed clip=%s", getattr(rec, "key", "?"))
+            finally:
+                self._backlog_done(rec)
+                rec.packets = []
 
     def _make_clip(self, rec: Recording) -> None:
         with self._events_lock:
-            ev = self._open_events.pop(rec.key, None)
-            record = self.events.get(rec.key)
-        if ev is None or record is None:
+            opened = self._open_events.pop(rec.key, None)
+        if opened is None:
             return
+        ev, record = opened
         ev.closed = True
         part = self.sink.part_path(ev.event_id)
         started = time.perf_counter()
         clip_info: contract.ClipInfo
         video: Path | None
         try:
+            if rec.dropped:
+                raise ClipError(rec.dropped)
             result = self.clip_maker.make(rec, part)
             clip_info, video = result.info, result.path
             ms = (time.perf_counter() - started) * 1000
@@ -544,9 +584,9 @@ class Pipeline:
             self.on_event(record)
 
     def mark_upload(self, event_id: str, cid: str, result: str) -> None:
-        """Uploader callback: remember the outcome for the report."""
+        """Uploader callback: the delivery state of a recent event."""
         with self._events_lock:
-            rec = self.events.get(event_id)
+            rec = self.recent.get(event_id)
             if rec is not None:
                 rec.upload_result = result
                 rec.uploaded = result in ("delivered", "duplicate")

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from .metrics import Metrics
 from .sinks import ClipSink, FolderSink, TeeSink
 
 if TYPE_CHECKING:
-    from .pipeline import Pipeline
+    from .pipeline import EventRecord, Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,42 @@ def _count_frames(paths: list[str]) -> int | None:
     return total
 
 
+class ReplayReport:
+    """Listens to the pipeline and the uploader and keeps every event of the run: the report needs the
+    whole history, which the pipeline itself (shared with the daemon) deliberately does not keep."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.events: dict[str, EventRecord] = {}
+        self._early: dict[str, str] = {}  # upload results that came before their event was reported
+
+    def on_event(self, rec: EventRecord) -> None:
+        with self._lock:
+            self.events[rec.event_id] = rec
+            result = self._early.pop(rec.event_id, None)
+            if result is not None:
+                self._apply(rec, result)
+
+    def on_upload(self, event_id: str, _cid: str, result: str) -> None:
+        with self._lock:
+            rec = self.events.get(event_id)
+            if rec is None:
+                self._early[event_id] = result
+            else:
+                self._apply(rec, result)
+
+    @staticmethod
+    def _apply(rec: EventRecord, result: str) -> None:
+        if result in ("retry", "stopped"):
+            return
+        rec.upload_result = result
+        rec.uploaded = result in ("delivered", "duplicate")
+
+    def sorted(self) -> list[EventRecord]:
+        with self._lock:
+            return sorted(self.events.values(), key=lambda r: r.detected_t)
+
+
 def run_replay(args: argparse.Namespace) -> int:
     from .pipeline import Pipeline
 
@@ -85,20 +122,26 @@ def run_replay(args: argparse.Namespace) -> int:
         folder = FolderSink(args.output_dir or DEFAULT_OUTPUT_DIR)
     sink: ClipSink
     if upload:
-        from .spool import Spool
+        from .spool import Spool, SpoolBusy
         from .uploader import Uploader
 
-        spool = Spool(cfg.spool, metrics)
+        try:
+            spool = Spool(cfg.spool, metrics)
+        except SpoolBusy as busy:
+            print(f"edge-agent replay: {busy}; replay into another spool (EDGE_AGENT__SPOOL__DIR=/tmp/replay-spool) "
+                  "or without upload (--no-upload)", file=sys.stderr)
+            return const.EXIT_QUEUED
         sink = TeeSink(spool, folder) if folder else spool
     else:
         assert folder is not None
         sink = folder
 
-    pipeline = Pipeline(cfg, sink, videos=args.videos, metrics=metrics)
+    listener = ReplayReport()
+    pipeline = Pipeline(cfg, sink, videos=args.videos, metrics=metrics, on_event=listener.on_event)
     if upload:
         from . import __version__
 
-        uploader = Uploader(spool, cfg.upload, metrics, __version__, on_result=pipeline.mark_upload)
+        uploader = Uploader(spool, cfg.upload, metrics, __version__, on_result=listener.on_upload)
         uploader.start()
     total = _count_frames(args.videos)
     pipeline.start()
@@ -117,7 +160,7 @@ def run_replay(args: argparse.Namespace) -> int:
             print(f"edge-agent replay: {remaining} clip(s) still queued in {cfg.spool.dir}; "
                   "they will be sent by `edge-agent run` or `edge-agent spool flush`", file=sys.stderr)
             exit_code = const.EXIT_QUEUED
-    report = _report(pipeline, metrics, elapsed, folder)
+    report = _report(listener, metrics, elapsed, folder)
     if args.report:
         text = json.dumps(report, indent=2) + "\n"
         if args.report == "-":
@@ -128,7 +171,26 @@ def run_replay(args: argparse.Namespace) -> int:
         _summary(report, metrics, upload, folder)
     if pipeline.source_error and metrics.get("edge_agent_frames_total") == 0:
         return 65  # EX_DATAERR: no video could be read
+    lost = _lost(report, metrics)
+    if lost:
+        print(f"edge-agent replay: {lost}", file=sys.stderr)
+        if report["dropped"].get("disk_full") or any("min_free" in k for k in report["dropped"]):
+            return const.EXIT_CANTCREAT
+        return exit_code or const.EXIT_FAILED
     return exit_code
+
+
+def _lost(report: dict[str, Any], metrics: Metrics) -> str:
+    """What the run did not deliver whole, in words; empty when everything went through."""
+    parts = []
+    if report["dropped"]:
+        parts.append("clips dropped by the spool: " + ", ".join(f"{k} {v}" for k, v in report["dropped"].items()))
+    if report["quarantined"]:
+        parts.append(f"{report['quarantined']} clip(s) refused by the server and quarantined "
+                     "(`edge-agent spool list`, then `edge-agent spool requeue` once fixed)")
+    if report["refused"]:
+        parts.append(f"{report['refused']} clip(s) not kept by the spool")
+    return "; ".join(parts)
 
 
 def _progress(pipeline: Pipeline, metrics: Metrics, total: int | None, quiet: bool) -> None:
@@ -140,23 +202,27 @@ def _progress(pipeline: Pipeline, metrics: Metrics, total: int | None, quiet: bo
         while not pipeline.wait(0.25):
             done = int(metrics.get("edge_agent_frames_total"))
             bar.update(done - bar.n)
-            bar.set_postfix(cids=len(pipeline.events), refresh=False)
+            bar.set_postfix(cids=pipeline.events_total, refresh=False)
         bar.update(int(metrics.get("edge_agent_frames_total")) - bar.n)
 
 
-def _report(pipeline: Pipeline, metrics: Metrics, elapsed: float, folder: FolderSink | None) -> dict[str, Any]:
+def _report(listener: ReplayReport, metrics: Metrics, elapsed: float, folder: FolderSink | None) -> dict[str, Any]:
     events = []
-    for rec in sorted(pipeline.events.values(), key=lambda r: r.detected_t):
+    for rec in listener.sorted():
         clip: dict[str, Any] | None = dict(rec.clip) if rec.clip else None
         if clip is not None and folder is not None and not rec.clip_error:
             clip["file"] = str(folder.clip_path(rec.event_id))
         events.append({"event_id": rec.event_id, "cid": rec.cid, "detected_at": rec.detected_at,
-                       "clip": clip, "uploaded": rec.uploaded, "clip_ms": rec.clip_ms})
+                       "clip": clip, "uploaded": rec.uploaded, "upload_result": rec.upload_result,
+                       "clip_ms": rec.clip_ms})
     return {
         "frames": int(metrics.get("edge_agent_frames_total")),
         "elapsed_s": round(elapsed, 3),
         "events": events,
         "uploaded": sum(1 for e in events if e["uploaded"]),
+        "quarantined": sum(1 for e in events if e["upload_result"] == "quarantined"),
+        "refused": sum(1 for rec in listener.sorted() if not rec.queued),
+        "dropped": {k: int(v) for k, v in metrics.labelled("edge_agent_spool_dropped_total", "reason").items() if v},
         "rejected": int(metrics.get("edge_agent_payloads_rejected_total")),
     }
 

@@ -32,6 +32,7 @@ class Recording:
     packets: list[Packet] = field(default_factory=list)
     done: bool = False
     truncated_start: bool = False  # the ring no longer held `start_t`: pre-roll is short
+    dropped: str | None = None  # why its video was let go before a clip was made
 
     @property
     def size_bytes(self) -> int:

@@ -1,19 +1,35 @@
 """The durable on-disk queue of clips waiting for delivery (DESIGN.md section 7).
 
-A clip is written as `tmp/<id>.mp4.part`, fsynced, renamed into `clips/`, its metadata written
-beside it as `clips/<id>.json` the same way, the directory fsynced, and only then recorded in
-SQLite (WAL, synchronous=FULL). After a power cut every clip is in one of these states: a
-`.part` (never handed over: dropped), a file with its sidecar but no row (re-enqueued from the
-sidecar), or a row. Nothing is deleted before the server answered 2xx.
+A clip is written as `tmp/<id>.mp4.part` and fsynced, its metadata written and fsynced as
+`tmp/<id>.json.part`; the metadata is renamed into `clips/<id>.json` (the commit point), the clip
+into `clips/<id>.mp4`, the directory fsynced, and only then the clip is recorded in SQLite (WAL,
+synchronous=FULL). After a power cut every clip is in one of these states: parts only (never
+handed over: dropped), a sidecar whose clip is still a whole part in tmp/ (the rename is
+finished), files with no row (re-enqueued from the sidecar, which holds everything the row
+does), or a row. Nothing is deleted before the server
+answered 2xx, and the row goes before the files, so a crash in between leaves an orphan that is
+sent again (a duplicate the server dedupes by its idempotency key), never a row pointing nowhere.
 
 On open the spool recovers and never refuses to start: parts are removed, orphans re-enqueued,
-clips whose bytes no longer match their sha256 (torn writes, bit rot) and unreadable queue files
-are moved to `quarantine/`, where `edge-agent spool requeue` can bring them back.
+clips whose bytes no longer match their sha256 (torn writes on storage that lies about fsync,
+bit rot) or cannot be read, and an unreadable queue file, are moved to `quarantine/`, from
+where `edge-agent spool requeue` brings clips back.
+
+One process owns a spool (an flock on `spool.lock`): only the owner runs recovery, because
+recovery deletes `.part` files that the owner's clip worker may be writing. `edge-agent spool
+status` run beside the service just reads.
+
+Retry timing lives in memory on the monotonic clock: after a restart every clip is due at
+once, which is what a restarted device should do. Ages for `spool.max_age_s` use the monotonic
+clock too while the clip was made in this boot, so an NTP jump on a Pi without a real-time
+clock does not make fresh clips look a week old and drop them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import hashlib
 import json
 import logging
@@ -22,12 +38,18 @@ import shutil
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import SpoolConfig
 from .metrics import Metrics
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not Linux: one process per spool is then up to the operator
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +57,69 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue (
     event_id TEXT PRIMARY KEY, cid TEXT NOT NULL, created_at REAL NOT NULL, size_bytes INTEGER NOT NULL,
     has_video INTEGER NOT NULL, sha256 TEXT, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
-    seq INTEGER NOT NULL);
+    seq INTEGER NOT NULL, boot_id TEXT, created_mono REAL);
+CREATE INDEX IF NOT EXISTS queue_seq ON queue (seq);
+CREATE TABLE IF NOT EXISTS drops (
+    reason TEXT PRIMARY KEY, count INTEGER NOT NULL, last_at REAL NOT NULL, last_cid TEXT, last_event_id TEXT);
 """
+# columns added after the first release: added to older queue files on open
+_LATER_COLUMNS = {"boot_id": "TEXT", "created_mono": "REAL"}
+_COLUMNS = "event_id, cid, created_at, size_bytes, has_video, sha256, attempts, last_error"
+# expiring needs a scan of the queue: at most this often from next_due()
+_EXPIRE_EVERY_S = 60.0
+# a put that hits ENOSPC drops at most this many oldest clips to make room before giving up
+_ENOSPC_DROPS = 16
+# Less free space than this on the spool's disk reads as full: SQLite and a clip's sidecar need a little.
+_FULL_BELOW_BYTES = 1 << 20
+# _check_row's prefix for a problem with the video alone (the event then goes out CID-only)
+_VIDEO_PROBLEM = "video: "
+
+
+# Files by which `spool requeue` asks the running agent to requeue, and its answer.
+REQUEUE_REQUEST = "requeue.request"
+REQUEUE_ANSWER = "requeue.answer"
+
+
+class SpoolError(Exception):
+    """The spool cannot be used (e.g. its queue file is unreadable and another process owns it)."""
+
+
+class SpoolBusy(SpoolError):
+    """Another process (the running agent) owns the spool."""
+
+    def __init__(self, root: Path, pid: int | None):
+        super().__init__(f"{root} is in use by edge-agent (pid {pid or '?'})")
+        self.pid = pid
+
+
+def disk_full_note(root: Path, queued_bytes: int) -> str:
+    """The one wording of a full spool disk, for logs and commands."""
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        free = 0
+    return (f"spool disk full ({free >> 20} MiB free, {queued_bytes >> 20} MiB queued): free space on "
+            f"{root}'s disk, or lower spool.max_bytes")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT from the OS or SQLITE_FULL from SQLite: a full disk, never corruption."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return (code is not None and code & 0xFF == sqlite3.SQLITE_FULL) or "disk is full" in str(exc)
+    return False
+
+
+def _is_corrupt(exc: sqlite3.Error) -> bool:
+    """Only a damaged file is set aside: SQLITE_CORRUPT, SQLITE_NOTADB or a failed quick_check. A full
+    disk, an I/O error or a permission problem leaves the healthy queue where it is."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in (11, 26):  # SQLITE_CORRUPT, SQLITE_NOTADB
+        return True
+    text = str(exc)
+    return text.startswith("quick_check") or "malformed" in text or "not a database" in text
 
 
 @dataclass
@@ -47,9 +130,10 @@ class Entry:
     video_path: Path | None
     size_bytes: int
     sha256: str | None
-    created_at: float
+    created_at: float  # wall clock, for people
     attempts: int
     last_error: str | None
+    retry_at: float = 0.0  # monotonic time of the next attempt; 0: due now
 
 
 @dataclass
@@ -59,9 +143,21 @@ class SpoolStatus:
     oldest_at: float | None
     last_error: str | None
     quarantined: int
+    dropped: dict[str, int] = field(default_factory=dict)  # clips given up, by reason, since the spool began
+    free_bytes: int = 0
+    disk_full: bool = False
 
 
-def _fsync(path: Path) -> None:
+@functools.lru_cache(maxsize=1)
+def boot_id() -> str | None:
+    """Linux's id of this boot: monotonic times compare only within one."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip() or None
+    except OSError:
+        return None
+
+
+def fsync_path(path: Path) -> None:
     """fsync a file's data, or a directory's entries (a rename is durable only once its directory is)."""
     fd = os.open(str(path), os.O_RDONLY)
     try:
@@ -70,12 +166,21 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
+
+
+def _sidecar(side: Path) -> dict[str, Any]:
+    """The sidecar's content, checked for what re-enqueueing needs; ValueError/OSError otherwise."""
+    data = json.loads(side.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not isinstance(data.get("metadata"), dict) or not isinstance(data.get("cid"), str):
+        raise ValueError("sidecar lacks cid or metadata")
+    float(data["created_at"])
+    return data
 
 
 def _created_at(side: Path) -> float:
@@ -85,74 +190,217 @@ def _created_at(side: Path) -> float:
         return 0.0
 
 
-def _safe_id(event_id: str) -> bool:
+def safe_id(event_id: str) -> bool:
     """Event ids are our own UUIDs; anything else never becomes a path."""
-    return 0 < len(event_id) <= 64 and all(c.isalnum() or c == "-" for c in event_id)
+    return 0 < len(event_id) <= 64 and all(c.isascii() and (c.isalnum() or c == "-") for c in event_id)
 
 
 class Spool:
-    """Thread-safe: the clip worker puts, the uploader takes, the CLI inspects."""
+    """The queue of clips. Thread-safe: the clip worker puts, the uploader takes, the CLI inspects."""
 
-    def __init__(self, cfg: SpoolConfig, metrics: Metrics | None = None):
+    def __init__(self, cfg: SpoolConfig, metrics: Metrics | None = None, *, reader: bool = False):
+        """The owner (the agent, replay, `spool flush` with no agent running) takes the spool's lock
+        and recovers it; SpoolBusy when another process holds it. A reader (`spool status`/`list`)
+        takes no lock, opens the queue read-only and never changes a file."""
         self.cfg = cfg
         self.metrics = metrics or Metrics()
         self.root = Path(cfg.dir)
         self.tmp = self.root / "tmp"
         self.clips = self.root / "clips"
         self.quarantine_dir = self.root / "quarantine"
+        self.reader = reader
+        self.disk_full = False  # the last write met a full disk
+        self._lock = threading.RLock()
+        self._retry_at: dict[str, float] = {}
+        self._next_expire = 0.0
+        self._next_request_check = 0.0
+        self._lock_fd: int | None = None
+        self._db: sqlite3.Connection | None = None
+        if reader:
+            self.owner, self.owner_pid = False, self._owner_pid()
+            self._db = self._open_readonly()
+            return
         for d in (self.root, self.tmp, self.clips, self.quarantine_dir):
             d.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
+        self.owner, self.owner_pid = self._take_ownership()
+        if not self.owner:
+            raise SpoolBusy(self.root, self.owner_pid)
         self._db = self._open_db()
         self._recover()
         self._update_gauges()
 
+    @classmethod
+    def open_reader(cls, cfg: SpoolConfig) -> Spool:
+        return cls(cfg, reader=True)
+
+    def _owner_pid(self) -> int | None:
+        """The pid of the process holding the lock, or None when nobody does."""
+        if fcntl is None:
+            return None
+        try:
+            fd = os.open(str(self.root / "spool.lock"), os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                try:
+                    return int(os.pread(fd, 32, 0).decode("ascii").strip() or 0) or None
+                except (OSError, ValueError):
+                    return None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    def _open_readonly(self) -> sqlite3.Connection | None:
+        path = self.root / "queue.sqlite3"
+        if not path.exists():
+            return None
+        try:
+            db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, check_same_thread=False,
+                                 isolation_level=None, timeout=30)
+            db.execute("SELECT COUNT(*) FROM queue").fetchone()
+            return db
+        except sqlite3.Error as exc:
+            # e.g. a full disk, where SQLite cannot make the shared-memory file a WAL reader needs: the
+            # sidecars say the same as the queue, so read those instead of failing
+            log.warning("spool queue file not readable (%s): listing the clips from their sidecars", exc)
+            return self._queue_from_sidecars()
+
+    def _queue_from_sidecars(self) -> sqlite3.Connection:
+        """An in-memory queue built from clips/*.json alone, changing no file."""
+        db = self._connect(Path(":memory:"))
+        for side in sorted(self.clips.glob("*.json"), key=_created_at):
+            try:
+                data = _sidecar(side)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM queue").fetchone()[0]
+            db.execute("INSERT INTO queue (event_id, cid, created_at, size_bytes, has_video, sha256, attempts, seq)"
+                       " VALUES (?,?,?,?,?,?,0,?)", (side.stem, data["cid"], float(data["created_at"]),
+                                                      int(data.get("size_bytes") or 0),
+                                                      int(bool(data.get("has_video", True))), data.get("sha256"), seq))
+        return db
+
+    def _bytes_on_disk(self) -> int:
+        total = 0
+        with contextlib.suppress(OSError):
+            for p in self.clips.iterdir():
+                with contextlib.suppress(OSError):
+                    total += p.stat().st_size
+        return total
+
     # --- opening and recovery -------------------------------------------------------------------
+
+    def _take_ownership(self) -> tuple[bool, int | None]:
+        """flock spool.lock; (True, our pid) or (False, the owner's pid) when another process holds it."""
+        if fcntl is None:
+            return True, os.getpid()
+        path = self.root / "spool.lock"
+        fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                pid = int(os.pread(fd, 32, 0).decode("ascii").strip() or 0) or None
+            except (OSError, ValueError):
+                pid = None
+            os.close(fd)
+            return False, pid
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        self._lock_fd = fd
+        return True, os.getpid()
 
     def _open_db(self) -> sqlite3.Connection:
         path = self.root / "queue.sqlite3"
         try:
             db = self._connect(path)
-            db.execute("SELECT COUNT(*) FROM queue").fetchone()
-            check = db.execute("PRAGMA quick_check").fetchone()
-            if check is None or check[0] != "ok":
-                raise sqlite3.DatabaseError(f"quick_check: {check}")
+            try:
+                check = db.execute("PRAGMA quick_check").fetchone()
+                if check is None or check[0] != "ok":
+                    raise sqlite3.DatabaseError(f"quick_check: {check}")
+                db.execute("SELECT COUNT(*) FROM queue").fetchone()
+            except sqlite3.Error:
+                db.close()
+                raise
             return db
-        except sqlite3.DatabaseError as exc:
-            stamp = time.strftime("%Y%m%dT%H%M%S")
+        except sqlite3.Error as exc:
+            if not _is_corrupt(exc):
+                # a full disk or an I/O error: the queue file is healthy and stays where it is; the
+                # queue is rebuilt in memory from the clips' sidecars, so delivery (which frees space)
+                # goes on, and the next start uses the file again
+                self.disk_full = is_disk_full(exc)
+                log.error("spool queue file cannot be opened error=%s%s: keeping the queue in memory until the "
+                          "next start", exc, f" ({disk_full_note(self.root, self._bytes_on_disk())})"
+                          if self.disk_full else "")
+                self.metrics.inc("edge_agent_spool_recovered_total", reason="queue_in_memory")
+                return self._connect(Path(":memory:"))
+            stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"  # two in a second stay apart
             for suffix in ("", "-wal", "-shm"):
                 p = Path(str(path) + suffix)
                 if p.exists():
-                    os.replace(p, self.quarantine_dir / f"queue.sqlite3{suffix}.corrupt-{stamp}")
-            log.error("spool queue file unreadable (%s): moved to quarantine, rebuilding from clip sidecars", exc)
+                    try:
+                        os.replace(p, self.quarantine_dir / f"queue.sqlite3{suffix}.corrupt-{stamp}")
+                    except OSError:
+                        p.unlink(missing_ok=True)
+            log.error("spool queue file unreadable error=%s: moved to quarantine, rebuilding from clip sidecars",
+                      exc)
             self.metrics.inc("edge_agent_spool_recovered_total", reason="queue_rebuilt")
-            return self._connect(path)
+            try:
+                return self._connect(path)
+            except sqlite3.Error as again:
+                log.error("spool queue file cannot be created error=%s: keeping the queue in memory until the "
+                          "next start (clips and their sidecars stay on disk)", again)
+                self.metrics.inc("edge_agent_spool_recovered_total", reason="queue_in_memory")
+                return self._connect(Path(":memory:"))
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
         db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+            have = {r[1] for r in db.execute("PRAGMA table_info(queue)")}
+            for col, kind in _LATER_COLUMNS.items():
+                if col not in have:
+                    db.execute(f"ALTER TABLE queue ADD COLUMN {col} {kind}")
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
         return db
 
     def _recover(self) -> None:
+        """Bring disk and queue back in line after a crash. Each clip is handled on its own, so one bad
+        file (or an I/O error reading it) never stops the others, nor the start."""
+        assert self._db is not None
+        started = time.monotonic()
         with self._lock:
-            for part in list(self.tmp.glob("*")) + list(self.clips.glob("*.part")):
-                part.unlink(missing_ok=True)
-                log.info("spool recovery: removed unfinished file %s", part.name)
-            rows = {r[0]: r for r in self._db.execute("SELECT event_id, has_video, sha256, size_bytes FROM queue")}
-            # rows go before files on delivery, so a row without its files means the files were lost
-            for event_id, has_video, sha, _size in rows.values():
-                side = self.clips / f"{event_id}.json"
-                mp4 = self.clips / f"{event_id}.mp4"
-                if not side.exists() or (has_video and not mp4.exists()):
-                    self._quarantine_files(event_id, "files missing after restart")
-                    self._db.execute("DELETE FROM queue WHERE event_id=?", (event_id,))
+            self._finish_interrupted_puts()
+            for part in list(self.tmp.iterdir()) + list(self.clips.glob("*.part")):
+                try:
+                    part.unlink()
+                    log.info("spool recovery: removed unfinished file %s", part.name)
+                except OSError as exc:
+                    log.error("spool recovery: cannot remove %s error=%s", part.name, exc.strerror or exc)
+            rows = self._db.execute("SELECT event_id, cid, has_video, sha256, size_bytes FROM queue").fetchall()
+            for event_id, cid, has_video, sha, size in rows:
+                try:
+                    problem = self._check_row(event_id, bool(has_video), sha, size)
+                except Exception as exc:  # never refuse to start
+                    problem = f"cannot check: {exc}"
+                if problem is None:
                     continue
-                if has_video and sha and _sha256(mp4) != sha:
-                    self._quarantine_files(event_id, "clip bytes do not match their sha256 (torn write?)")
-                    self._db.execute("DELETE FROM queue WHERE event_id=?", (event_id,))
+                if problem.startswith(_VIDEO_PROBLEM):  # the metadata is sound: the CID still goes out
+                    self.drop_video(event_id, problem[len(_VIDEO_PROBLEM):])
+                    continue
+                self._db.execute("DELETE FROM queue WHERE event_id=?", (event_id,))
+                if not self._quarantine_files(event_id, problem):
+                    self.metrics.inc("edge_agent_spool_dropped_total", reason="lost")
+                    log.error("spool recovery: clip lost cid=%s clip=%s reason=%s", cid, event_id, problem)
             known = {r[0] for r in self._db.execute("SELECT event_id FROM queue")}
             orphans = [side for side in self.clips.glob("*.json") if side.stem not in known]
             for side in sorted(orphans, key=_created_at):  # keep delivery in the order clips were made
@@ -160,194 +408,479 @@ class Spool:
             for mp4 in self.clips.glob("*.mp4"):
                 if not (self.clips / f"{mp4.stem}.json").exists():
                     self._quarantine_files(mp4.stem, "clip without metadata sidecar")
+            with contextlib.suppress(OSError):
+                fsync_path(self.clips)
+                fsync_path(self.quarantine_dir)
             self._expire()
+        n, b = self._totals()
+        log.info("spool ready dir=%s clips=%d bytes=%d recovery_s=%.2f", self.root, n, b, time.monotonic() - started)
 
-    def _reenqueue(self, side: Path) -> None:
+    def _finish_interrupted_puts(self) -> None:
+        """A crash between a put's two renames leaves the sidecar in clips/ and the clip, whole and
+        fsynced, still in tmp/: move it in when its bytes match the sidecar."""
+        for side in self.clips.glob("*.json"):
+            part = self.tmp / f"{side.stem}.mp4.part"
+            if not part.exists() or (self.clips / f"{side.stem}.mp4").exists():
+                continue
+            try:
+                data = _sidecar(side)
+                whole = (data.get("has_video") and part.stat().st_size == data.get("size_bytes")
+                         and (not data.get("sha256") or sha256_file(part) == data["sha256"]))
+                if whole:
+                    os.replace(part, self.clips / f"{side.stem}.mp4")
+                    log.info("spool recovery: finished an interrupted put clip=%s", side.stem)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.error("spool recovery: cannot finish put clip=%s error=%s", side.stem, exc)
+
+    def _check_row(self, event_id: str, has_video: bool, sha: str | None, size: int) -> str | None:
+        """Why a queued clip cannot be sent as it is, or None when it is sound."""
+        side = self.clips / f"{event_id}.json"
+        mp4 = self.clips / f"{event_id}.mp4"
+        if not side.exists():
+            return "metadata sidecar missing after restart"
+        try:
+            _sidecar(side)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return f"metadata sidecar unreadable: {exc}"
+        if not has_video:
+            return None
+        if not mp4.exists():
+            return _VIDEO_PROBLEM + "clip file missing after restart"
+        try:
+            actual = mp4.stat().st_size
+            if actual != size:
+                return _VIDEO_PROBLEM + f"clip is {actual} bytes, {size} were queued (torn write?)"
+            if sha and sha256_file(mp4) != sha:
+                return _VIDEO_PROBLEM + "clip bytes do not match their sha256 (torn write or bit rot?)"
+        except OSError as exc:
+            return _VIDEO_PROBLEM + f"clip unreadable: {exc.strerror or exc}"
+        return None
+
+    def _reenqueue(self, side: Path) -> bool:
         event_id = side.stem
         try:
-            data = json.loads(side.read_text(encoding="utf-8"))
+            data = _sidecar(side)
             cid = data["cid"]
-            if not isinstance(data["metadata"], dict):
-                raise ValueError("metadata is not an object")
             created = float(data["created_at"])
-            has_video = bool(data["has_video"])
+            has_video = bool(data.get("has_video", True))
             sha = data.get("sha256")
-            mp4 = self.clips / f"{event_id}.mp4"
-            if has_video and (not mp4.exists() or (sha and _sha256(mp4) != sha)):
-                raise ValueError("clip missing or its bytes do not match sha256")
-            size = mp4.stat().st_size if has_video else 0
         except (OSError, ValueError, KeyError, TypeError) as exc:
             self._quarantine_files(event_id, f"cannot re-enqueue: {exc}")
-            return
-        self._insert(event_id, cid, created, size, has_video, sha, meta_attempts=int(data.get("attempts", 0)))
+            return False
+        mp4 = self.clips / f"{event_id}.mp4"
+        size = 0
+        problem = None
+        if has_video:
+            try:
+                size = mp4.stat().st_size
+                if sha and sha256_file(mp4) != sha:
+                    problem = "clip bytes do not match their sha256"
+            except OSError as exc:
+                problem = f"clip file unreadable: {exc.strerror or exc}"
+        self._insert(event_id, cid, created, size, has_video, sha, boot=data.get("boot_id"),
+                     mono=data.get("created_mono"))
         self.metrics.inc("edge_agent_spool_recovered_total", reason="orphan_reenqueued")
-        log.info("spool recovery: re-enqueued cid=%s clip=%s", cid, event_id)
+        log.info("spool: re-enqueued cid=%s clip=%s", cid, event_id)
+        if problem is not None:
+            self.drop_video(event_id, problem)
+        return True
 
     def _insert(self, event_id: str, cid: str, created: float, size: int, has_video: bool, sha: str | None,
-                meta_attempts: int = 0) -> None:
+                boot: str | None = None, mono: float | None = None) -> None:
+        assert self._db is not None
         seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM queue").fetchone()[0]
         self._db.execute(
-            "INSERT OR REPLACE INTO queue (event_id, cid, created_at, size_bytes, has_video, sha256, attempts, seq)"
-            " VALUES (?,?,?,?,?,?,?,?)", (event_id, cid, created, size, int(has_video), sha, meta_attempts, seq))
+            "INSERT OR REPLACE INTO queue (event_id, cid, created_at, size_bytes, has_video, sha256, attempts, seq,"
+            " boot_id, created_mono) VALUES (?,?,?,?,?,?,0,?,?,?)",
+            (event_id, cid, created, size, int(has_video), sha, seq, boot, mono))
 
     # --- putting --------------------------------------------------------------------------------
 
     def part_path(self, event_id: str) -> Path:
-        if not _safe_id(event_id):
+        """Where the clip maker writes a clip before `put` hands it over."""
+        if not safe_id(event_id):
             raise ValueError("event id must be alphanumeric with dashes")
         return self.tmp / f"{event_id}.mp4.part"
 
     def put(self, event_id: str, cid: str, metadata: dict[str, Any], video_part: Path | None) -> bool:
-        """Make the clip durable and enqueue it; False when the spool is full and on_full is reject_new."""
-        if not _safe_id(event_id):
+        """Make the clip durable and enqueue it. False when it was not kept: the spool is full and
+        on_full is reject_new, or the disk refused the write; either way counted and logged."""
+        if not safe_id(event_id):
             raise ValueError("event id must be alphanumeric with dashes")
-        size = video_part.stat().st_size if video_part is not None else 0
+        try:
+            size = video_part.stat().st_size if video_part is not None else 0
+        except OSError as exc:
+            self._count_drop("write_error", cid, event_id, f"clip file unreadable: {exc.strerror or exc}")
+            return False
         sha = (metadata.get("clip") or {}).get("sha256") if video_part is not None else None
         with self._lock:
-            if not self._make_room(size, cid, event_id):
-                if video_part is not None:
-                    video_part.unlink(missing_ok=True)
+            if self._db is None:
+                log.error("spool closed: clip not queued cid=%s clip=%s", cid, event_id)
                 return False
-            mp4 = self.clips / f"{event_id}.mp4"
-            if video_part is not None:
-                _fsync(video_part)
-                os.replace(video_part, mp4)
-            created = time.time()
-            side_tmp = self.tmp / f"{event_id}.json.part"
-            side_tmp.write_text(json.dumps({"cid": cid, "metadata": metadata, "created_at": created,
-                                            "has_video": video_part is not None, "sha256": sha}), encoding="utf-8")
-            _fsync(side_tmp)
-            os.replace(side_tmp, self.clips / f"{event_id}.json")
-            _fsync(self.clips)
-            self._insert(event_id, cid, created, size, video_part is not None, sha)
+            try:
+                if not self._make_room(size, cid, event_id):
+                    if video_part is not None:
+                        video_part.unlink(missing_ok=True)
+                    return False
+            except (OSError, sqlite3.Error) as exc:
+                log.error("spool: cannot check bounds error=%s cid=%s clip=%s", exc, cid, event_id)
+            for _ in range(_ENOSPC_DROPS + 1):
+                try:
+                    self._write(event_id, cid, metadata, video_part, size, sha)
+                    break
+                except (OSError, sqlite3.Error) as exc:
+                    self._undo_write(event_id, video_part)
+                    full = is_disk_full(exc)
+                    self.disk_full = self.disk_full or full
+                    if full and self.cfg.on_full == "drop_oldest" and self._drop_oldest("disk_full"):
+                        continue
+                    if video_part is not None:
+                        video_part.unlink(missing_ok=True)
+                    self._count_drop("disk_full" if full else "write_error", cid, event_id, str(exc))
+                    return False
             self._update_gauges()
         log.info("queued cid=%s clip=%s bytes=%d", cid, event_id, size)
         return True
 
+    def _write(self, event_id: str, cid: str, metadata: dict[str, Any], video_part: Path | None, size: int,
+               sha: str | None) -> None:
+        """Both files are made durable under temporary names first; the sidecar's rename into clips/ is
+        the commit point (recovery finishes the clip's own rename if a crash falls in between)."""
+        if video_part is not None and video_part.exists():
+            fsync_path(video_part)
+        created, mono, boot = time.time(), time.monotonic(), boot_id()
+        side_tmp = self.tmp / f"{event_id}.json.part"
+        with side_tmp.open("w", encoding="utf-8") as f:
+            json.dump({"cid": cid, "metadata": metadata, "created_at": created, "has_video": video_part is not None,
+                       "sha256": sha, "size_bytes": size, "boot_id": boot, "created_mono": mono}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(side_tmp, self.clips / f"{event_id}.json")
+        if video_part is not None and video_part.exists():
+            os.replace(video_part, self.clips / f"{event_id}.mp4")
+        fsync_path(self.clips)
+        self._insert(event_id, cid, created, size, video_part is not None, sha, boot=boot, mono=mono)
+
+    def _undo_write(self, event_id: str, video_part: Path | None) -> None:
+        """After a failed write: the clip goes back to where the caller left it, nothing half-queued stays."""
+        mp4 = self.clips / f"{event_id}.mp4"
+        with contextlib.suppress(OSError):
+            if video_part is not None and mp4.exists() and not video_part.exists():
+                os.replace(mp4, video_part)
+        for p in (self.tmp / f"{event_id}.json.part", self.clips / f"{event_id}.json"):
+            with contextlib.suppress(OSError):
+                p.unlink(missing_ok=True)
+        with contextlib.suppress(sqlite3.Error):
+            assert self._db is not None
+            self._db.execute("DELETE FROM queue WHERE event_id=?", (event_id,))
+
+    def _count_drop(self, reason: str, cid: str, event_id: str, detail: str = "") -> None:
+        """Every clip the spool gives up is counted by reason in the queue file (`spool status` shows
+        the counts across restarts), in the metrics and in the log, with its CID and clip id."""
+        self.metrics.inc("edge_agent_spool_dropped_total", reason=reason)
+        if self._db is not None and not self.reader:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute(
+                    "INSERT INTO drops (reason, count, last_at, last_cid, last_event_id) VALUES (?,1,?,?,?) "
+                    "ON CONFLICT(reason) DO UPDATE SET count=count+1, last_at=excluded.last_at, "
+                    "last_cid=excluded.last_cid, last_event_id=excluded.last_event_id",
+                    (reason, time.time(), cid, event_id))
+        log.error("spool: dropped cid=%s clip=%s reason=%s%s", cid, event_id, reason,
+                  f" error={detail}" if detail else "")
+
     def _totals(self) -> tuple[int, int]:
+        if self._db is None:
+            return 0, 0
         n, b = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM queue").fetchone()
         return int(n), int(b)
 
+    def _free_bytes(self) -> float:
+        try:
+            return shutil.disk_usage(self.root).free
+        except OSError:
+            return float("inf")
+
     def _make_room(self, size: int, cid: str, event_id: str) -> bool:
+        """Enforce the bounds before a clip of `size` bytes joins. The new clip's file is already on
+        this disk (in tmp/), so free space is compared as it is, not less the clip."""
         self._expire()
         while True:
             _, used = self._totals()
-            free = shutil.disk_usage(self.root).free
             over_bytes = used + size > self.cfg.max_bytes
-            low_disk = free - size < self.cfg.min_free_bytes
+            low_disk = self._free_bytes() < self.cfg.min_free_bytes
             if not over_bytes and not low_disk:
                 return True
             reason = "max_bytes" if over_bytes else "min_free_bytes"
-            oldest = self._db.execute("SELECT event_id, cid FROM queue ORDER BY seq LIMIT 1").fetchone()
-            if self.cfg.on_full == "reject_new" or oldest is None:
-                self.metrics.inc("edge_agent_spool_dropped_total", reason=f"{reason}_rejected_new")
-                log.error("spool full (%s): dropped new cid=%s clip=%s", reason, cid, event_id)
+            if self.cfg.on_full == "reject_new" or not self._drop_oldest(reason):
+                self._count_drop(f"{reason}_rejected_new", cid, event_id)
                 return False
-            self._remove(oldest[0])
-            self.metrics.inc("edge_agent_spool_dropped_total", reason=f"{reason}_dropped_oldest")
-            log.error("spool full (%s): dropped oldest cid=%s clip=%s", reason, oldest[1], oldest[0])
+
+    def _drop_oldest(self, reason: str) -> bool:
+        assert self._db is not None
+        oldest = self._db.execute("SELECT event_id, cid FROM queue ORDER BY seq LIMIT 1").fetchone()
+        if oldest is None:
+            return False
+        self._remove(oldest[0])
+        self._count_drop(f"{reason}_dropped_oldest", oldest[1], oldest[0])
+        return True
+
+    def _age_s(self, created_at: float, boot: str | None, mono: float | None) -> float:
+        if boot is not None and mono is not None and boot == boot_id():
+            return time.monotonic() - mono
+        return time.time() - created_at
 
     def _expire(self) -> None:
-        cutoff = time.time() - self.cfg.max_age_s
-        for event_id, cid in self._db.execute("SELECT event_id, cid FROM queue WHERE created_at < ?",
-                                              (cutoff,)).fetchall():
-            self._remove(event_id)
-            self.metrics.inc("edge_agent_spool_dropped_total", reason="max_age")
-            log.error("spool: dropped clip older than spool.max_age_s cid=%s clip=%s", cid, event_id)
+        if self._db is None:
+            return
+        self._next_expire = time.monotonic() + _EXPIRE_EVERY_S
+        rows = self._db.execute("SELECT event_id, cid, created_at, boot_id, created_mono FROM queue").fetchall()
+        for event_id, cid, created, boot, mono in rows:
+            if self._age_s(created, boot, mono) > self.cfg.max_age_s:
+                self._remove(event_id)
+                self._count_drop("max_age", cid, event_id, f"older than spool.max_age_s={self.cfg.max_age_s:g}")
 
     # --- taking ---------------------------------------------------------------------------------
 
     def head(self) -> Entry | None:
-        """The oldest waiting clip (delivery is in order)."""
+        """The oldest waiting clip, due or not (delivery is in order). A clip whose metadata cannot be
+        read is quarantined on the way, so it cannot block the queue."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT event_id, cid, created_at, size_bytes, has_video, sha256, attempts, last_error FROM queue"
-                " ORDER BY seq LIMIT 1").fetchone()
-            return self._entry(row) if row else None
+            while self._db is not None:
+                row = self._db.execute(f"SELECT {_COLUMNS} FROM queue ORDER BY seq LIMIT 1").fetchone()
+                if row is None:
+                    return None
+                entry = self._entry(row)
+                if entry is not None:
+                    return entry
+                self.quarantine(row[0], "metadata sidecar unreadable")
+            return None
+
+    def next_due(self, now_mono: float) -> Entry | None:
+        """The oldest clip if its retry time has come; None while it backs off (newer clips wait
+        behind it: order is kept) or when the queue is empty."""
+        with self._lock:
+            if self._db is not None and now_mono >= self._next_expire:
+                self._expire()
+                self._update_gauges()
+            entry = self.head()
+            return entry if entry is not None and entry.retry_at <= now_mono else None
 
     def entries(self) -> list[Entry]:
+        """Every waiting clip, oldest first (for `spool list`; metadata may be {} if unreadable)."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT event_id, cid, created_at, size_bytes, has_video, sha256, attempts, last_error FROM queue"
-                " ORDER BY seq").fetchall()
-            return [e for e in (self._entry(r) for r in rows) if e is not None]
+            if self._db is None:
+                return []
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM queue ORDER BY seq").fetchall()
+            return [self._entry(r, strict=False) for r in rows]  # type: ignore[misc]
 
-    def _entry(self, row: tuple[Any, ...]) -> Entry | None:
+    def _entry(self, row: tuple[Any, ...], strict: bool = True) -> Entry | None:
         event_id, cid, created, size, has_video, sha, attempts, last_error = row
         try:
-            meta = json.loads((self.clips / f"{event_id}.json").read_text(encoding="utf-8"))["metadata"]
-        except (OSError, ValueError, KeyError):
+            meta = _sidecar(self.clips / f"{event_id}.json")["metadata"]
+        except (OSError, ValueError, KeyError, TypeError):
+            if strict:
+                return None
             meta = {}
         return Entry(event_id, cid, meta, self.clips / f"{event_id}.mp4" if has_video else None, size, sha,
-                     created, attempts, last_error)
+                     created, attempts, last_error, self._retry_at.get(event_id, 0.0))
 
     def mark_delivered(self, event_id: str) -> None:
         with self._lock:
+            if self._db is None:
+                log.warning("spool closed: delivery of clip=%s not recorded (it will be sent again)", event_id)
+                return
             self._remove(event_id)
             self._update_gauges()
 
-    def mark_failed(self, event_id: str, error: str) -> None:
+    def mark_failed(self, event_id: str, error: str, retry_at_mono: float | None = None) -> None:
+        """Count a failed attempt; the clip is not due again before `retry_at_mono` (monotonic)."""
         with self._lock:
-            self._db.execute("UPDATE queue SET attempts = attempts + 1, last_error = ? WHERE event_id=?",
-                             (error[:500], event_id))
+            if self._db is None:
+                return
+            cur = self._db.execute("UPDATE queue SET attempts = attempts + 1, last_error = ? WHERE event_id=?",
+                                   (error[:500], event_id))
+            if cur.rowcount and retry_at_mono is not None:
+                self._retry_at[event_id] = retry_at_mono
 
     def quarantine(self, event_id: str, reason: str) -> None:
+        """Take a clip out of the queue into quarantine/ (`spool requeue` brings it back)."""
         with self._lock:
+            if self._db is None:
+                return
             row = self._db.execute("SELECT cid FROM queue WHERE event_id=?", (event_id,)).fetchone()
             self._db.execute("DELETE FROM queue WHERE event_id=?", (event_id,))
-            self._quarantine_files(event_id, reason)
+            self._retry_at.pop(event_id, None)
+            self._quarantine_files(event_id, reason, cid=row[0] if row else None)
             self._update_gauges()
-        log.error("quarantined cid=%s clip=%s reason=%s", row[0] if row else "?", event_id, reason)
+
+    def drop_video(self, event_id: str, reason: str) -> Entry | None:
+        """The clip's video is missing or damaged: set what is left of it aside in quarantine/ (as
+        `<id>.video-lost.mp4`, for whoever wants to look) and keep the event queued CID-only, with
+        `metadata.clip.error` saying why. The CID is what the factory needs; it is never dropped
+        for want of its video. None if the event is no longer queued."""
+        with self._lock:
+            if self._db is None:
+                return None
+            side = self.clips / f"{event_id}.json"
+            try:
+                data = _sidecar(side)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                self.quarantine(event_id, f"{reason}; metadata sidecar unreadable: {exc}")
+                return None
+            mp4 = self.clips / f"{event_id}.mp4"
+            if mp4.exists():
+                try:
+                    os.replace(mp4, self.quarantine_dir / f"{event_id}.video-lost.mp4")
+                    (self.quarantine_dir / f"{event_id}.video-lost.reason").write_text(reason + "\n", "utf-8")
+                except OSError:
+                    mp4.unlink(missing_ok=True)
+            clip = data["metadata"].get("clip") or {}
+            kept = {k: clip[k] for k in ("start_at", "end_at", "duration_s") if k in clip}
+            data["metadata"]["clip"] = {**kept, "error": f"video lost on the device: {reason}"}
+            data.update(has_video=False, sha256=None, size_bytes=0)
+            tmp = self.tmp / f"{event_id}.json.part"
+            try:
+                with tmp.open("w", encoding="utf-8") as f:
+                    json.dump(data, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, side)
+                fsync_path(self.clips)
+            except OSError as exc:  # e.g. disk full: the old sidecar stays; it is still sent CID-only below
+                tmp.unlink(missing_ok=True)
+                log.error("spool: cannot rewrite metadata of clip=%s error=%s", event_id, exc.strerror or exc)
+            self._db.execute("UPDATE queue SET has_video=0, size_bytes=0, sha256=NULL WHERE event_id=?", (event_id,))
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM queue WHERE event_id=?", (event_id,)).fetchone()
+            if row is None:
+                return None
+            entry = self._entry(row, strict=False)
+            assert entry is not None
+            entry.metadata = data["metadata"]
+            self._update_gauges()
+            return entry
 
     def _remove(self, event_id: str) -> None:
         """Row first: a crash after it leaves an orphan sidecar, which recovery re-sends (a duplicate
         the server dedupes), never a row pointing at nothing."""
-        self._db.execute("DELETE FROM queue WHERE event_id=?", (event_id,))
-        (self.clips / f"{event_id}.mp4").unlink(missing_ok=True)
-        (self.clips / f"{event_id}.json").unlink(missing_ok=True)
+        assert self._db is not None
+        try:
+            self._db.execute("DELETE FROM queue WHERE event_id=?", (event_id,))
+        except sqlite3.OperationalError:
+            # a full disk: even a delete needs room in the WAL. The clip's files go first to make that
+            # room; a crash right now leaves a row without files, which recovery removes.
+            self._unlink_files(event_id)
+            self._db.execute("DELETE FROM queue WHERE event_id=?", (event_id,))
+        self._retry_at.pop(event_id, None)
+        self._unlink_files(event_id)
 
-    def _quarantine_files(self, event_id: str, reason: str) -> None:
+    def _unlink_files(self, event_id: str) -> None:
+        for suffix in (".mp4", ".json"):
+            try:
+                (self.clips / f"{event_id}{suffix}").unlink(missing_ok=True)
+            except OSError as exc:
+                log.error("spool: cannot delete %s%s error=%s", event_id, suffix, exc.strerror or exc)
+
+    def _quarantine_files(self, event_id: str, reason: str, cid: str | None = None) -> bool:
+        """Move a clip's files to quarantine/ with a .reason note; False when there was nothing to move."""
         moved = False
         for suffix in (".mp4", ".json"):
             src = self.clips / f"{event_id}{suffix}"
-            if src.exists():
+            if not src.exists():
+                continue
+            try:
                 os.replace(src, self.quarantine_dir / src.name)
                 moved = True
+            except OSError as exc:
+                log.error("spool: cannot quarantine %s error=%s", src.name, exc.strerror or exc)
         if moved:
-            (self.quarantine_dir / f"{event_id}.reason").write_text(reason + "\n", encoding="utf-8")
+            with contextlib.suppress(OSError):
+                (self.quarantine_dir / f"{event_id}.reason").write_text(reason + "\n", encoding="utf-8")
             self.metrics.inc("edge_agent_spool_quarantined_total")
-            log.error("spool: quarantined clip=%s reason=%s", event_id, reason)
+            log.error("spool: quarantined cid=%s clip=%s reason=%s", cid or "?", event_id, reason)
+        return moved
 
     def requeue(self) -> int:
-        """Move quarantined clips that still have their metadata back into the queue."""
+        """Move quarantined clips that still have their metadata back to the end of the queue."""
         n = 0
         with self._lock:
-            for side in sorted(self.quarantine_dir.glob("*.json")):
+            if self._db is None:
+                return 0
+            for side in sorted(self.quarantine_dir.glob("*.json"), key=_created_at):
                 event_id = side.stem
-                if not _safe_id(event_id):
+                if not safe_id(event_id):
                     continue
-                mp4 = self.quarantine_dir / f"{event_id}.mp4"
-                if mp4.exists():
-                    os.replace(mp4, self.clips / mp4.name)
-                os.replace(side, self.clips / side.name)
-                (self.quarantine_dir / f"{event_id}.reason").unlink(missing_ok=True)
-                before = self._totals()[0]
-                self._reenqueue(self.clips / side.name)
-                n += self._totals()[0] - before
-            _fsync(self.clips)
+                try:
+                    mp4 = self.quarantine_dir / f"{event_id}.mp4"
+                    if mp4.exists():
+                        os.replace(mp4, self.clips / mp4.name)
+                    os.replace(side, self.clips / side.name)
+                    (self.quarantine_dir / f"{event_id}.reason").unlink(missing_ok=True)
+                except OSError as exc:
+                    log.error("spool requeue: cannot move clip=%s error=%s", event_id, exc.strerror or exc)
+                    continue
+                n += self._reenqueue(self.clips / side.name)
+            with contextlib.suppress(OSError):
+                fsync_path(self.clips)
             self._update_gauges()
         return n
 
     # --- introspection --------------------------------------------------------------------------
 
     def status(self) -> SpoolStatus:
+        free = int(min(self._free_bytes(), 2**62))
+        full = self.disk_full or free < _FULL_BELOW_BYTES
         with self._lock:
+            if self._db is None:
+                return SpoolStatus(0, 0, None, None, self._quarantined(), free_bytes=free, disk_full=full)
             n, b = self._totals()
             oldest = self._db.execute("SELECT MIN(created_at) FROM queue").fetchone()[0]
             err = self._db.execute("SELECT last_error FROM queue WHERE last_error IS NOT NULL ORDER BY seq LIMIT 1"
                                    ).fetchone()
-        quarantined = len(list(self.quarantine_dir.glob("*.reason")))
-        return SpoolStatus(n, b, oldest, err[0] if err else None, quarantined)
+            try:
+                dropped = dict(self._db.execute("SELECT reason, count FROM drops ORDER BY reason").fetchall())
+            except sqlite3.Error:  # a queue file from before drops were recorded, opened read-only
+                dropped = {}
+        return SpoolStatus(n, b, oldest, err[0] if err else None, self._quarantined(), dropped, free, full)
+
+    def _quarantined(self) -> int:
+        """Quarantined clips (what `spool requeue` can bring back), not the set-aside videos of
+        events that went out CID-only."""
+        return sum(1 for p in self.quarantine_dir.glob("*.reason") if not p.name.endswith(".video-lost.reason"))
+
+    # --- requests from commands while the agent owns the spool ----------------------------------
+
+    def request_requeue(self, timeout_s: float) -> int | None:
+        """Ask the owner (the running agent) to requeue quarantined clips; the count it requeued, or None
+        if it did not answer in time. The commands never move the owner's files themselves."""
+        req = self.root / REQUEUE_REQUEST
+        answer = self.root / REQUEUE_ANSWER
+        answer.unlink(missing_ok=True)
+        req.write_text(f"{os.getpid()}\n", encoding="ascii")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not req.exists() and answer.exists():
+                with contextlib.suppress(OSError, ValueError):
+                    n = int(answer.read_text(encoding="ascii").strip())
+                    answer.unlink(missing_ok=True)
+                    return n
+            time.sleep(0.1)
+        req.unlink(missing_ok=True)
+        return None
+
+    def serve_requests(self) -> None:
+        """The owner answers what commands asked (`spool requeue` beside the running agent); cheap
+        enough to call from the uploader's loop, at most once a second."""
+        if not self.owner or time.monotonic() < self._next_request_check:
+            return
+        self._next_request_check = time.monotonic() + 1.0
+        req = self.root / REQUEUE_REQUEST
+        if not req.exists():
+            return
+        n = self.requeue()
+        log.info("spool: requeued %d clip(s) at the request of `edge-agent spool requeue`", n)
+        with contextlib.suppress(OSError):
+            (self.root / REQUEUE_ANSWER).write_text(f"{n}\n", encoding="ascii")
+            req.unlink()
 
     def _update_gauges(self) -> None:
         n, b = self._totals()
@@ -355,9 +888,26 @@ class Spool:
         self.metrics.set("edge_agent_spool_bytes", b)
 
     def update_config(self, cfg: SpoolConfig) -> None:
-        """Live reload of the bounds; the folder itself is restart-only."""
-        self.cfg = cfg.model_copy(update={"dir": self.cfg.dir})
+        """Live reload of the bounds (they apply at the next put); the folder itself is restart-only."""
+        with self._lock:
+            self.cfg = cfg.model_copy(update={"dir": self.cfg.dir})
+            self._next_expire = 0.0
 
     def close(self) -> None:
-        with self._lock, contextlib.suppress(sqlite3.Error):
-            self._db.close()
+        """Close the queue and give up ownership. Later calls are harmless no-ops (an uploader thread
+        finishing a request after shutdown must not crash: its clip is simply sent again next time)."""
+        with self._lock:
+            if self._db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+                self._db = None
+            if self._lock_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._lock_fd)  # releases the flock
+                self._lock_fd = None
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,4 +1,9 @@
-"""`edge-agent spool status|list|flush|requeue`: what waits for delivery, and delivering it now."""
+"""`edge-agent spool status|list|flush|requeue`: what waits for delivery, and delivering it now.
+
+These commands are safe beside a running agent: they open the spool without its recovery (which
+deletes unfinished files the agent may be writing) when the agent owns it, and `flush` then waits
+for the agent's own uploader instead of racing it with a second one.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,23 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__, const
 from .cli_common import add_config_arg, load_config_or_exit
+from .config import Config
 from .logs import setup_logging
 from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from .spool import Spool
+
+# How often `flush` looks at the queue while the running agent delivers it.
+POLL_S = 0.5
+# How long `requeue` waits for the running agent to do it (its uploader looks every few seconds).
+REQUEST_TIMEOUT_S = 20.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     st = ss.add_parser("status", help="clips and bytes waiting, the oldest, the last error")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_status)
-    ls = ss.add_parser("list", help="one line per waiting clip")
+    ls = ss.add_parser("list", help="one line per waiting clip, oldest first")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(func=cmd_list)
     fl = ss.add_parser("flush", help="deliver now; exit 0 when empty, 75 when clips remain")
@@ -32,40 +49,88 @@ def register(sub: argparse._SubParsersAction) -> None:
         add_config_arg(sp)
 
 
-def _open(args: argparse.Namespace):  # noqa: ANN202 - returns (cfg, Spool)
-    from .spool import Spool
-
+def _load(args: argparse.Namespace) -> Config:
     cfg = load_config_or_exit(args, strict_source=False)
     setup_logging("WARNING" if args.spool_command in ("status", "list") else cfg.log_level)
-    return cfg, Spool(cfg.spool, Metrics())
+    return cfg
+
+
+def _fail(exc: BaseException) -> SystemExit:
+    from .spool import is_disk_full
+
+    print(f"edge-agent spool: {exc}", file=sys.stderr)
+    return SystemExit(const.EXIT_CANTCREAT if is_disk_full(exc) or "disk full" in str(exc) else 1)
+
+
+def _reader(args: argparse.Namespace) -> tuple[Config, Spool]:
+    """status and list only read: no lock, no recovery, no file moved, safe beside the running agent."""
+    from .spool import Spool, SpoolError
+
+    cfg = _load(args)
+    try:
+        return cfg, Spool.open_reader(cfg.spool)
+    except (SpoolError, OSError) as exc:
+        raise _fail(exc) from None
+
+
+def _owner(args: argparse.Namespace) -> tuple[Config, Spool | None, int | None]:
+    """(cfg, the spool as its owner, None) or (cfg, None, the running agent's pid) when it owns it."""
+    from .spool import Spool, SpoolBusy, SpoolError
+
+    cfg = _load(args)
+    try:
+        return cfg, Spool(cfg.spool, Metrics()), None
+    except SpoolBusy as busy:
+        return cfg, None, busy.pid
+    except (SpoolError, OSError) as exc:
+        raise _fail(exc) from None
 
 
 def _age(ts: float | None) -> str:
     if ts is None:
         return "-"
-    s = max(0, time.time() - ts)
+    s = max(0.0, time.time() - ts)
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
+def _size(n: int) -> str:
+    return f"{n} B" if n < 10_000 else f"{n / 1e6:.1f} MB" if n < 10**10 else f"{n / 1e9:.1f} GB"
+
+
+def _owner_note(spool: Spool) -> str:
+    return f"running agent (pid {spool.owner_pid})" if spool.owner_pid else "- (no agent running)"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    cfg, spool = _open(args)
+    from .spool import disk_full_note
+
+    cfg, spool = _reader(args)
     st = spool.status()
+    owner = _owner_note(spool)
     spool.close()
+    full = disk_full_note(Path(cfg.spool.dir), st.bytes) if st.disk_full else None
     if args.json:
         print(json.dumps({"dir": cfg.spool.dir, "clips": st.clips, "bytes": st.bytes, "oldest_at": st.oldest_at,
-                          "last_error": st.last_error, "quarantined": st.quarantined}))
-        return 0
-    rows = [("spool", cfg.spool.dir), ("clips waiting", str(st.clips)), ("bytes", f"{st.bytes}"),
-            ("oldest", _age(st.oldest_at) + (" old" if st.oldest_at else "")),
-            ("last error", st.last_error or "-"), ("quarantined", str(st.quarantined)),
-            ("upload.url", cfg.upload.url or "- (not set: clips wait)")]
-    w = max(len(k) for k, _ in rows)
-    print("\n".join(f"{k:<{w}}  {v}" for k, v in rows))
+                          "last_error": st.last_error, "quarantined": st.quarantined, "dropped": st.dropped,
+                          "free_bytes": st.free_bytes, "disk_full": st.disk_full, "upload_url": cfg.upload.url}))
+    else:
+        dropped = ", ".join(f"{k} {v}" for k, v in st.dropped.items()) or "0"
+        rows = [("spool", cfg.spool.dir), ("clips waiting", str(st.clips)),
+                ("bytes", f"{st.bytes} ({_size(st.bytes)})"),
+                ("oldest", _age(st.oldest_at) + (" old" if st.oldest_at else "")),
+                ("last error", st.last_error or "-"), ("quarantined", str(st.quarantined)),
+                ("dropped", dropped), ("free space", _size(st.free_bytes)),
+                ("upload.url", cfg.upload.url or "- (not set: clips wait)"), ("owned by", owner)]
+        w = max(len(k) for k, _ in rows)
+        print("\n".join(f"{k:<{w}}  {v}" for k, v in rows))
+    if full:
+        print(f"edge-agent spool: {full}", file=sys.stderr)
+        return const.EXIT_CANTCREAT
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    _, spool = _open(args)
+    _, spool = _reader(args)
     entries = spool.entries()
     spool.close()
     if args.json:
@@ -73,33 +138,81 @@ def cmd_list(args: argparse.Namespace) -> int:
                            "created_at": e.created_at, "attempts": e.attempts, "last_error": e.last_error}
                           for e in entries]))
         return 0
-    for e in entries:
-        print(f"{e.event_id}  {e.cid:<24} {e.size_bytes:>10} B  {_age(e.created_at):>8}  attempts={e.attempts}"
-              + (f"  {e.last_error}" if e.last_error else ""))
     if not entries:
         print("spool is empty")
+        return 0
+    cw = max(3, *(len(e.cid) for e in entries))
+    print(f"{'EVENT ID':<36}  {'CID':<{cw}}  {'SIZE':>9}  {'AGE':>8}  {'TRIES':>5}  LAST ERROR")
+    for e in entries:
+        print(f"{e.event_id:<36}  {e.cid:<{cw}}  {_size(e.size_bytes):>9}  {_age(e.created_at):>8}  "
+              f"{e.attempts:>5}  {e.last_error or '-'}")
     return 0
 
 
 def cmd_flush(args: argparse.Namespace) -> int:
+    """Deliver now. Beside the running agent this waits for the agent's own uploader (a second one
+    would race it for the same clip); the answer comes within --timeout + 2 s either way."""
+    from .spool import Spool, disk_full_note
     from .uploader import Uploader
 
-    cfg, spool = _open(args)
+    cfg, spool, agent_pid = _owner(args)
+    deadline = time.monotonic() + args.timeout
+    before = 0
     if not cfg.upload.url:
-        print("edge-agent spool flush: upload.url is not set; nothing can be delivered", file=sys.stderr)
-        spool.close()
+        if spool is not None:
+            spool.close()
+        print("edge-agent spool flush: upload.url is not set; nothing can be delivered (set upload.url in the "
+              "config or EDGE_AGENT__UPLOAD__URL)", file=sys.stderr)
         return const.EXIT_QUEUED
-    up = Uploader(spool, cfg.upload, Metrics(), __version__)
-    empty = up.drain(args.timeout)
-    left = spool.status().clips
-    spool.close()
-    print("spool is empty" if empty else f"{left} clip(s) still queued")
-    return 0 if empty else const.EXIT_QUEUED
+    results: Counter[str] = Counter()
+    try:
+        if spool is not None:
+            up = Uploader(spool, cfg.upload, Metrics(), __version__, on_result=lambda _e, _c, r: results.update([r]))
+            up.drain(max(0.0, deadline - time.monotonic()))
+        else:
+            print(f"edge-agent is running (pid {agent_pid or '?'}) and delivers the queue; "
+                  f"waiting up to {args.timeout:g} s for it to empty", file=sys.stderr)
+            spool = Spool.open_reader(cfg.spool)
+            before = spool.status().clips
+            while spool.status().clips and time.monotonic() < deadline:
+                time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+    except KeyboardInterrupt:
+        pass
+    left = spool.status() if spool is not None else None
+    if spool is not None:
+        spool.close()
+    if agent_pid is not None:
+        results["delivered"] = before - (left.clips if left else 0)
+    done = results["delivered"] + results["duplicate"]
+    quarantined = (f"; {results['quarantined']} refused by the server and quarantined (`edge-agent spool list`)"
+                   if results["quarantined"] else "")
+    if left is None or left.clips == 0:
+        print(f"delivered {done} clip(s){quarantined}; the spool is empty")
+        return 0
+    why = left.last_error or "not delivered in time"
+    if left.disk_full:
+        why += f"; {disk_full_note(Path(cfg.spool.dir), left.bytes)}"
+    print(f"delivered {done} clip(s){quarantined}; {left.clips} clip(s) still queued ({why}); they go out "
+          "when the server answers (`edge-agent spool status` shows the queue)", file=sys.stderr)
+    return const.EXIT_QUEUED
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:
-    _, spool = _open(args)
-    n = spool.requeue()
-    spool.close()
-    print(f"requeued {n} clip(s)")
+    cfg, spool, agent_pid = _owner(args)
+    if spool is None:
+        from .spool import Spool
+
+        reader = Spool.open_reader(cfg.spool)
+        n = reader.request_requeue(REQUEST_TIMEOUT_S)
+        left = reader.status().quarantined
+        reader.close()
+        if n is None:
+            print(f"edge-agent spool requeue: the running agent (pid {agent_pid or '?'}) did not answer in "
+                  f"{REQUEST_TIMEOUT_S:g} s; is it stuck? `systemctl status edge-agent`", file=sys.stderr)
+            return const.EXIT_QUEUED
+    else:
+        n = spool.requeue()
+        left = spool.status().quarantined
+        spool.close()
+    print(f"requeued {n} clip(s)" + (f"; {left} could not be requeued (see quarantine/*.reason)" if left else ""))
     return 0

@@ -1,23 +1,40 @@
 """Delivery of spooled clips to the edge server: `POST /cid`, oldest first, one at a time.
 
 Reply classes (DESIGN.md section 5): 2xx delivered; 409 a duplicate of a delivered clip, also
-delivered; 408, 429, 5xx, connection errors and timeouts retried with full-jitter backoff that
-honours Retry-After; 401/403 retried too (a wrong token is the device's problem, not the clip's,
-and fixing the token must not require requeueing a fleet's worth of clips); any other 4xx moves
-the clip to quarantine with the reply logged. The request body is rebuilt from the files on every
-attempt and the Idempotency-Key is the event id, fixed when the clip was made.
+delivered; 408, 425, 429, 5xx, connection errors and timeouts retried with full-jitter backoff
+that honours Retry-After; any other 4xx moves the clip to quarantine with the reply logged.
+Two deliberate additions: 401/403 are retried too (a wrong or expired token is the device's
+problem, not the clip's, and fixing it must not require requeueing a fleet's worth of clips; the
+token file is re-read on each), and so are 3xx (redirects are not followed: a POST body cannot be
+replayed safely across one, and a moved endpoint is a config fix, logged with its Location).
+
+The Idempotency-Key is the event id, fixed when the clip was made. The body is streamed from the
+clip file, opened fresh for each attempt, so a 75 MB clip costs 256 KiB of memory, not 150 MB
+(requests' `files=` builds the whole body in memory). Streaming also lets the uploader enforce
+what the config promises: the body must go out within read_timeout_s + size / min_rate_bytes_per_s
+(a trickling link is cut and retried, not held for ever), `stop()` cuts an upload in progress,
+and the clip's bytes are hashed on the way out: if they no longer match metadata.clip.sha256 the
+request is aborted before its last byte, so the server never receives a complete wrong clip.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
+import socket
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import requests
+import urllib3
+from requests.adapters import HTTPAdapter
 
 from . import contract
 from .backoff import Backoff, parse_retry_after
@@ -30,11 +47,198 @@ from .spool import Entry, Spool
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({401, 403, 408, 425, 429})
+# Bytes handed to the socket per send: big enough for line rate on a LAN, small enough that stop()
+# and the send deadline are checked often.
+BLOCK_BYTES = 256 << 10
+# With no upload.url the worker re-checks the queue this often (a `spool requeue` from another process
+# adds clips without waking it).
+IDLE_POLL_S = 5.0
+# After an unexpected error (e.g. the spool's disk is full), pause before looking again rather than spin.
+ERROR_PAUSE_S = 1.0
+# How much of a server's reply goes into a log line and the clip's last_error.
+REPLY_LOG_CHARS = 200
 
 ResultCallback = Callable[[str, str, str], None]
 
 
+class BodyAborted(Exception):
+    """Raised from inside the request body to cut an upload: kind is stop, too_slow or clip_changed.
+    Not an OSError, so urllib3 and requests pass it through unwrapped."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(detail)
+        self.kind = kind
+
+
+class MultipartBody:
+    """A multipart/form-data body (the text fields, then the clip) read lazily from the clip file.
+
+    requests sends it as a stream with a Content-Length (it has `__len__` and `__iter__`); urllib3
+    pulls it with `read(blocksize)`.
+    """
+
+    def __init__(self, fields: list[tuple[str, str]], video: Path | None, filename: str, size: int,
+                 sha256: str | None, deadline_mono: float, stop: threading.Event):
+        self.boundary = uuid.uuid4().hex
+        while any(self.boundary in value for _, value in fields):  # cannot happen; costs nothing to be sure
+            self.boundary = uuid.uuid4().hex
+        b = self.boundary.encode("ascii")
+        head = bytearray()
+        for name, value in fields:
+            head += (b"--" + b + b'\r\nContent-Disposition: form-data; name="' + name.encode("ascii") + b'"\r\n\r\n'
+                     + value.encode("utf-8") + b"\r\n")
+        if video is not None:
+            head += (b"--" + b + b'\r\nContent-Disposition: form-data; name="' + contract.FIELD_VIDEO.encode("ascii")
+                     + b'"; filename="' + filename.encode("ascii") + b'"\r\nContent-Type: '
+                     + contract.VIDEO_CONTENT_TYPE.encode("ascii") + b"\r\n\r\n")
+        self._head = bytes(head)
+        self._tail = (b"\r\n" if video is not None else b"") + b"--" + b + b"--\r\n"
+        self._size = size if video is not None else 0
+        self._length = len(self._head) + self._size + len(self._tail)
+        self._sha = sha256
+        self._hash = hashlib.sha256()
+        self._deadline = deadline_mono
+        self._stop = stop
+        self._pos = 0
+        self._file_left = self._size
+        self._fh = video.open("rb") if video is not None else None  # a fresh handle for every attempt
+
+    @property
+    def content_type(self) -> str:
+        return f"multipart/form-data; boundary={self.boundary}"
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[bytes]:
+        while block := self.read(BLOCK_BYTES):
+            yield block
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < 0:
+            n = self._length
+        out = bytearray()
+        while len(out) < n:
+            chunk = self._next(n - len(out))
+            if not chunk:
+                break
+            out += chunk
+        return bytes(out)
+
+    def _next(self, n: int) -> bytes:
+        if self._stop.is_set():
+            raise BodyAborted("stop", "uploader stopping")
+        if time.monotonic() > self._deadline:
+            raise BodyAborted("too_slow", "body not sent within upload.read_timeout_s + size / "
+                                          "upload.min_rate_bytes_per_s")
+        head_len = len(self._head)
+        if self._pos < head_len:
+            chunk = self._head[self._pos:self._pos + n]
+        elif self._file_left > 0:
+            assert self._fh is not None
+            chunk = self._fh.read(min(n, self._file_left))
+            if not chunk:
+                raise BodyAborted("clip_changed", f"clip file ended {self._file_left} bytes early")
+            self._hash.update(chunk)
+            self._file_left -= len(chunk)
+            if self._file_left == 0 and self._sha and self._hash.hexdigest() != self._sha:
+                raise BodyAborted("clip_changed", "clip bytes no longer match metadata.clip.sha256")
+        else:
+            off = self._pos - head_len - self._size
+            chunk = self._tail[off:off + n]
+        self._pos += len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+# The request in flight on this thread: its send timeout and the deadline cutter that sees its socket.
+_sending = threading.local()
+
+
+class DeadlineCutter:
+    """Enforces an upload's overall deadline (connect + send + the whole answer).
+
+    Socket timeouts bound each recv, not the request: a server that trickles a byte every few
+    seconds would hold the uploader for ever. A timer shuts the connection's socket down at the
+    deadline instead, which wakes the blocked send or recv at once; `stop()` uses the same cut.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self.reason: str | None = None
+
+    def attach(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sock = sock
+            if self.reason is not None:  # cut before the socket existed: cut it now
+                self._shutdown()
+
+    def cut(self, reason: str) -> None:
+        with self._lock:
+            if self.reason is None:
+                self.reason = reason
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+
+
+class _SendTimeout:
+    """urllib3 sends a request body under the *connect* timeout, so on a slow uplink a send that waits
+    for the kernel's send buffer to drain for longer than 5 s fails, again on every retry. Sends get
+    the request's own budget instead; connect keeps connect_timeout_s, the reply the read timeout.
+    The connected socket is handed to the request's DeadlineCutter."""
+
+    sock: Any
+
+    def send(self, data: Any) -> None:
+        timeout = getattr(_sending, "timeout", None)
+        if timeout is not None:
+            if self.sock is None:
+                self.connect()  # type: ignore[attr-defined]
+            self.sock.settimeout(timeout)
+        cutter = getattr(_sending, "cutter", None)
+        if cutter is not None and self.sock is not None:
+            cutter.attach(self.sock)
+        super().send(data)  # type: ignore[misc]
+
+
+class _HTTPConnection(_SendTimeout, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_SendTimeout, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class _Adapter(HTTPAdapter):
+    """requests' adapter with the send timeout above and bigger socket writes (urllib3's are 16 KiB)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("blocksize", BLOCK_BYTES)
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
 class Uploader:
+    """One worker thread delivering the spool's clips in order. Also usable without the thread
+    (`deliver_once`, `drain`) by `spool flush` and replay."""
+
     def __init__(self, spool: Spool, cfg: UploadConfig, metrics: Metrics, version: str,
                  on_result: ResultCallback | None = None):
         self.spool = spool
@@ -42,25 +246,38 @@ class Uploader:
         self.version = version
         self.on_result = on_result
         self._session = requests.Session()
+        adapter = _Adapter()
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._retry_at: dict[str, float] = {}  # event id -> monotonic time of the next attempt
-        self._lock = threading.Lock()
+        self._attempt_lock = threading.Lock()
+        self._cutter: DeadlineCutter | None = None  # one request at a time, whoever asks
+        self._token: str | None = None
+        self._token_error: str | None = None
+        self.cfg = cfg
+        self.backoff = Backoff(cfg.backoff_base_s, cfg.backoff_cap_s)
         self.update_config(cfg)
 
     def update_config(self, cfg: UploadConfig) -> None:
         """Live reload: the next attempt uses the new URL, token, TLS settings and backoff."""
-        with self._lock:
-            self.cfg = cfg
-            self.backoff = Backoff(cfg.backoff_base_s, cfg.backoff_cap_s)
-            self._token_error: str | None = None
-            try:
-                self._token = load_token(cfg)
-            except CredentialError as exc:
-                self._token, self._token_error = None, str(exc)
-                log.error("upload token: %s", exc)
+        self.cfg = cfg
+        self.backoff = Backoff(cfg.backoff_base_s, cfg.backoff_cap_s)
+        self._load_token()
+        if cfg.url and cfg.url.startswith("https:") and not cfg.verify_tls:
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # one line below, not one per clip
+            log.warning("upload.verify_tls is false: the server's certificate is not checked url=%s", cfg.url)
+        if bool(cfg.key_file) and not cfg.cert_file:
+            log.warning("upload.key_file is set without upload.cert_file: no client certificate is sent")
         self.wake()
+
+    def _load_token(self) -> None:
+        try:
+            self._token, self._token_error = load_token(self.cfg), None
+        except CredentialError as exc:
+            self._token, self._token_error = None, str(exc)
+            log.error("upload token: %s", exc)
 
     # --- thread ---------------------------------------------------------------------------------
 
@@ -70,114 +287,196 @@ class Uploader:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop the worker; an upload in progress is cut at its next block (the clip stays queued)."""
         self._stop.set()
         self._wake.set()
+        cutter = self._cutter
+        if cutter is not None:
+            cutter.cut("stop")  # a server that holds the reply must not hold the shutdown
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("uploader still waiting for a reply after stop; the clip stays queued")
             self._thread = None
 
     def wake(self) -> None:
+        """Look at the queue now (a new clip, a new config). A clip backing off stays backing off."""
         self._wake.set()
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            wait = self._step()
-            if wait is None:
-                continue
-            self._wake.wait(wait)
             self._wake.clear()
-
-    def _step(self) -> float | None:
-        """One scheduling decision: attempt the head now (return None) or say how long to sleep."""
-        entry = self.spool.head()
-        if entry is None or not self.cfg.url:
-            return 5.0
-        due = self._retry_at.get(entry.event_id, 0.0)
-        now = time.monotonic()
-        if now < due:
-            return due - now
-        try:
-            self.attempt(entry)
-        except Exception:  # never let one odd clip kill delivery
-            log.exception("upload attempt failed unexpectedly clip=%s", entry.event_id)
-            self._retry_at[entry.event_id] = time.monotonic() + self.backoff.delay(entry.attempts + 1)
-        return None
-
-    # --- one attempt ----------------------------------------------------------------------------
-
-    def attempt(self, entry: Entry) -> str:
-        """POST one clip; returns delivered, duplicate, retry or quarantined."""
-        cfg = self.cfg
-        if entry.video_path is not None:
             try:
-                size = entry.video_path.stat().st_size
-            except OSError:
-                size = -1
-            if size != entry.size_bytes:
-                return self._finish(entry, "quarantined", "clip file missing or changed size since it was queued")
+                self.spool.serve_requests()
+                if self.deliver_once():
+                    continue
+                wait = self._idle_s()
+            except Exception:  # never let one odd clip, a full disk or a closed spool kill delivery
+                log.exception("uploader: unexpected error")
+                wait = ERROR_PAUSE_S
+            self._wake.wait(wait)
+
+    def _idle_s(self) -> float:
+        """How long nothing can be done: until the head's retry time, or a poll interval."""
+        if not self.cfg.url:
+            return IDLE_POLL_S
+        head = self.spool.head()
+        if head is None:
+            return IDLE_POLL_S
+        return min(IDLE_POLL_S, max(0.0, head.retry_at - time.monotonic()))
+
+    # --- attempts -------------------------------------------------------------------------------
+
+    def deliver_once(self, deadline_mono: float | None = None) -> bool:
+        """One attempt on the oldest clip if it is due; False when nothing was due (or no upload.url).
+        The attempt ends by `deadline_mono` at the latest."""
+        with self._attempt_lock:
+            if not self.cfg.url or self._stop.is_set():
+                return False
+            entry = self.spool.next_due(time.monotonic())
+            if entry is None:
+                return False
+            try:
+                self.attempt(entry, deadline_mono)
+            except Exception as exc:
+                log.exception("upload attempt failed unexpectedly cid=%s clip=%s", entry.cid, entry.event_id)
+                self._retry(entry, f"internal error: {type(exc).__name__}", None)
+            return True
+
+    def attempt(self, entry: Entry, deadline_mono: float | None = None) -> str:
+        """POST one clip; returns delivered, duplicate, retry, quarantined (or stopped: not counted).
+
+        The whole request (connect, send, the complete answer) ends by connect_timeout_s +
+        read_timeout_s + size / min_rate_bytes_per_s, or by `deadline_mono` if that comes first
+        (`spool flush --timeout`); a request cut by the caller's deadline leaves the clip due as it was."""
+        cfg = self.cfg
+        assert cfg.url
+        if entry.video_path is not None:
+            problem = _video_problem(entry)
+            if problem is not None:
+                entry = self._without_video(entry, problem)
+                if entry is None:
+                    return "quarantined"
+        if self._token_error:
+            self._load_token()  # the file may have been fixed since
+            if self._token_error:
+                return self._retry(entry, self._token_error, None)
         headers = {
             contract.HEADER_IDEMPOTENCY_KEY: entry.event_id,
             contract.HEADER_USER_AGENT: contract.user_agent(self.version),
         }
-        if self._token_error:
-            return self._retry(entry, self._token_error, None)
         if self._token:
             headers[contract.HEADER_AUTHORIZATION] = f"Bearer {self._token}"
         verify: bool | str = (cfg.ca_file or True) if cfg.verify_tls else False
         cert = (cfg.cert_file, cfg.key_file) if cfg.cert_file and cfg.key_file else cfg.cert_file
-        timeout = (cfg.connect_timeout_s, cfg.read_timeout_s + entry.size_bytes / cfg.min_rate_bytes_per_s)
-        data = {contract.FIELD_CID: entry.cid, contract.FIELD_METADATA: json.dumps(entry.metadata)}
+        budget_s = cfg.read_timeout_s + entry.size_bytes / cfg.min_rate_bytes_per_s
         started = time.monotonic()
-        fh = None
+        own_deadline = started + cfg.connect_timeout_s + budget_s
+        deadline = own_deadline if deadline_mono is None else min(own_deadline, deadline_mono)
         try:
-            files: dict[str, Any] | None = None
-            if entry.video_path is not None:
-                fh = entry.video_path.open("rb")  # a fresh body for every attempt
-                files = {contract.FIELD_VIDEO: (contract.video_filename(entry.event_id), fh,
-                                                contract.VIDEO_CONTENT_TYPE)}
-            resp = self._session.post(cfg.url, data=data, files=files, headers=headers, timeout=timeout,
-                                      verify=verify, cert=cert)
-        except requests.exceptions.SSLError as exc:
-            return self._retry(entry, f"TLS error: {_short(exc)}", None)
-        except requests.RequestException as exc:
-            return self._retry(entry, f"{type(exc).__name__}: {_short(exc)}", None)
+            body = MultipartBody(
+                [(contract.FIELD_CID, entry.cid), (contract.FIELD_METADATA, json.dumps(entry.metadata))],
+                entry.video_path, contract.video_filename(entry.event_id), entry.size_bytes,
+                entry.sha256 or (entry.metadata.get("clip") or {}).get("sha256"), deadline, self._stop)
         except OSError as exc:
-            return self._finish(entry, "quarantined", f"cannot read clip: {exc}")
+            return self._retry(entry, f"cannot read clip: {exc.strerror or exc}", None)
+        headers["Content-Type"] = body.content_type
+        cutter = DeadlineCutter()
+        by_caller = deadline < own_deadline
+        timer = threading.Timer(max(0.0, deadline - started), cutter.cut, args=("deadline",))
+        timer.daemon = True
+        _sending.timeout, _sending.cutter = budget_s, cutter
+        self._cutter = cutter
+        timer.start()
+        try:
+            resp = self._session.post(cfg.url, data=body, headers=headers, verify=verify, cert=cert,
+                                      timeout=(min(cfg.connect_timeout_s, max(0.001, deadline - started)), budget_s),
+                                      allow_redirects=False)
+        except BodyAborted as exc:
+            if exc.kind == "stop":
+                return self._cut_short(entry, "stop")
+            if exc.kind == "clip_changed":
+                return self._retry_now(entry, self._without_video(entry, str(exc)))
+            if by_caller:
+                return self._cut_short(entry, "deadline")
+            return self._retry(entry, f"too slow: {exc}", None)
+        except (requests.RequestException, OSError) as exc:
+            if cutter.reason == "stop" or self._stop.is_set():
+                return self._cut_short(entry, "stop")
+            if cutter.reason == "deadline":
+                if by_caller:
+                    return self._cut_short(entry, "deadline")
+                return self._retry(entry, f"timed out: no complete answer within {deadline - started:.0f} s "
+                                          "(connect + upload.read_timeout_s + size / upload.min_rate_bytes_per_s)",
+                                   None)
+            if isinstance(exc, requests.exceptions.SSLError):
+                return self._retry(entry, f"TLS error: {_short(exc)}", None)
+            return self._retry(entry, f"{type(exc).__name__}: {_short(exc)}", None)
         finally:
-            if fh is not None:
-                fh.close()
-        self.metrics.set("edge_agent_upload_seconds", round(time.monotonic() - started, 3))
+            timer.cancel()
+            _sending.timeout = _sending.cutter = None
+            self._cutter = None
+            body.close()
+        elapsed = time.monotonic() - started
+        self.metrics.set("edge_agent_upload_seconds", round(elapsed, 3))
         status = resp.status_code
         if 200 <= status < 300:
-            return self._finish(entry, "delivered", f"HTTP {status}")
+            return self._finish(entry, "delivered", f"HTTP {status}", elapsed)
         if status == 409:
-            return self._finish(entry, "duplicate", "HTTP 409: already delivered")
-        reply = escape_payload(resp.text or "", limit=200)
+            return self._finish(entry, "duplicate", "HTTP 409: already delivered", elapsed)
+        text = resp.text or ""
+        if self._token:
+            text = text.replace(self._token, "***")  # a server echoing the request must not leak it to logs
+        reply = escape_payload(text, limit=REPLY_LOG_CHARS)
+        if 300 <= status < 400:
+            where = escape_payload(urljoin(cfg.url, resp.headers.get("Location", "")), limit=REPLY_LOG_CHARS)
+            return self._retry(entry, f"HTTP {status} redirect to {where.strip(chr(34))}: set upload.url to the "
+                                      "final URL (redirects are not followed: a POST cannot be replayed safely)", None)
         if status in RETRY_STATUSES or status >= 500:
-            retry_after = parse_retry_after(resp.headers.get(contract.HEADER_RETRY_AFTER))
+            if status in (401, 403):
+                self._load_token()  # a rotated credential is picked up without a restart
+            retry_after = parse_retry_after(resp.headers.get(contract.HEADER_RETRY_AFTER), time.time())
             return self._retry(entry, f"HTTP {status} {reply}", retry_after)
         return self._finish(entry, "quarantined", f"HTTP {status} {reply}")
+
+    def _cut_short(self, entry: Entry, why: str) -> str:
+        """The caller ended the attempt (stop, or the flush deadline): not the clip's failure."""
+        log.info("upload cut short by %s cid=%s clip=%s (stays queued)", why, entry.cid, entry.event_id)
+        return "stopped"
+
+    def _without_video(self, entry: Entry, problem: str) -> Entry | None:
+        """The clip's video is gone or damaged: the event still goes out, CID-only, saying why."""
+        log.error("clip video lost cid=%s clip=%s reason=%s: sending the CID without video", entry.cid,
+                  entry.event_id, problem)
+        self.metrics.inc("edge_agent_spool_videos_lost_total")
+        return self.spool.drop_video(entry.event_id, problem)
+
+    def _retry_now(self, entry: Entry, new: Entry | None) -> str:
+        if new is None:
+            return "quarantined"
+        self.wake()
+        return "retry"
 
     def _retry(self, entry: Entry, error: str, retry_after: float | None) -> str:
         attempts = entry.attempts + 1
         delay = self.backoff.delay(attempts, retry_after)
-        self._retry_at[entry.event_id] = time.monotonic() + delay
-        self.spool.mark_failed(entry.event_id, error)
+        self.spool.mark_failed(entry.event_id, error, time.monotonic() + delay)
         self.metrics.inc("edge_agent_uploads_total", result="retry")
-        log.warning("upload failed cid=%s clip=%s attempt=%d error=%s retry_in_s=%.1f", entry.cid, entry.event_id,
-                    attempts, error, delay)
+        log.warning("upload failed cid=%s clip=%s attempt=%d error=%s retry_in_s=%.2f%s", entry.cid, entry.event_id,
+                    attempts, error, delay, f" retry_after_s={retry_after:g}" if retry_after is not None else "")
         self._notify(entry, "retry")
         return "retry"
 
-    def _finish(self, entry: Entry, result: str, detail: str) -> str:
-        self._retry_at.pop(entry.event_id, None)
+    def _finish(self, entry: Entry, result: str, detail: str, elapsed: float | None = None) -> str:
         if result == "quarantined":
             self.spool.quarantine(entry.event_id, detail)
+            log.error("upload refused, clip quarantined cid=%s clip=%s reason=%s", entry.cid, entry.event_id, detail)
         else:
             self.spool.mark_delivered(entry.event_id)
-            age = time.time() - entry.created_at
-            log.info("delivered cid=%s clip=%s bytes=%d attempts=%d queued_s=%.1f%s", entry.cid, entry.event_id,
-                     entry.size_bytes, entry.attempts + 1, age, " (duplicate)" if result == "duplicate" else "")
+            self.metrics.inc("edge_agent_upload_bytes_total", entry.size_bytes)
+            log.info("delivered cid=%s clip=%s bytes=%d attempts=%d upload_s=%.2f queued_s=%.1f%s", entry.cid,
+                     entry.event_id, entry.size_bytes, entry.attempts + 1, elapsed or 0.0,
+                     max(0.0, time.time() - entry.created_at), " duplicate=yes" if result == "duplicate" else "")
         self.metrics.inc("edge_agent_uploads_total", result=result)
         self._notify(entry, result)
         return result
@@ -193,25 +492,37 @@ class Uploader:
 
     def drain(self, timeout_s: float) -> bool:
         """Deliver until the spool is empty or the time is up; True when empty. Works with or without
-        the worker thread (used by replay and `spool flush`)."""
+        the worker thread (replay and `spool flush` use it without). Waits honour backoff and
+        Retry-After; stop() ends it early."""
         deadline = time.monotonic() + timeout_s
         while True:
             if self.spool.head() is None:
                 return True
             left = deadline - time.monotonic()
-            if left <= 0 or not self.cfg.url:
+            if left <= 0 or not self.cfg.url or self._stop.is_set():
                 return False
-            if self._thread is not None:
+            if self._thread is not None and self._thread.is_alive():
                 self.wake()
-                time.sleep(min(0.05, left))
+                self._stop.wait(min(0.05, left))
                 continue
-            wait = self._step()
-            if wait is not None:
-                if self.spool.head() is None:
-                    return True
-                time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+            if not self.deliver_once(deadline):
+                self._stop.wait(min(max(self._idle_s(), 0.001), max(0.0, deadline - time.monotonic())))
+
+
+def _video_problem(entry: Entry) -> str | None:
+    """Why the queued clip file cannot be sent as it was queued, or None when it can."""
+    assert entry.video_path is not None
+    try:
+        size = entry.video_path.stat().st_size
+    except FileNotFoundError:
+        return "clip file missing from the spool"
+    except OSError as exc:
+        return f"clip file unreadable: {exc.strerror or exc}"
+    if size != entry.size_bytes:
+        return f"clip file is {size} bytes, {entry.size_bytes} were queued"
+    return None
 
 
 def _short(exc: BaseException) -> str:
     text = str(exc)
-    return text if len(text) <= 200 else text[:200] + "..."
+    return text if len(text) <= REPLY_LOG_CHARS else text[:REPLY_LOG_CHARS] + "..."

@@ -10,13 +10,13 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from tests.media_factory import make_video
+from tests.receiver_fixture import ReceiverProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 CID = "CHECK-42"
@@ -43,27 +43,6 @@ class _Answer(BaseHTTPRequestHandler):
 
     def log_message(self, *_a: object) -> None:
         pass
-
-
-@pytest.fixture
-def http_server() -> Iterator[tuple[str, list[str]]]:
-    """An edge-server stand-in that answers 404 to everything: any HTTP answer means reachable."""
-    seen: list[str] = []
-
-    class Handler(_Answer):
-        status = 404
-
-        def do_GET(self) -> None:  # noqa: N802
-            seen.append(self.path)
-            super().do_GET()
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/cid", seen
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def closed_port() -> int:
@@ -94,9 +73,11 @@ def check(cfg: Path, *args: str, json_out: bool = True, timeout: float = 60) -> 
 
 
 def test_check_passes_on_a_video_file_finds_its_qr_code_and_reaches_the_server(
-        qr_video: Path, tmp_path: Path, http_server: tuple[str, list[str]]) -> None:
-    url, seen = http_server
-    rc, r, out = check(write_config(tmp_path, f"  kind: file\n  path: {qr_video}\n", url=url), "--frames", "45")
+        qr_video: Path, tmp_path: Path) -> None:
+    with ReceiverProcess(tmp_path / "receiver") as receiver:
+        rc, r, out = check(write_config(tmp_path, f"  kind: file\n  path: {qr_video}\n", url=receiver.cid_url),
+                           "--frames", "45")
+        stored = receiver.events()
     assert rc == 0, out
     assert json.loads(out)["ok"] is True
     src = r["source"]
@@ -107,9 +88,38 @@ def test_check_passes_on_a_video_file_finds_its_qr_code_and_reaches_the_server(
     assert det["data"]["frames"] >= 5 and det["data"]["qr_ms_max"] > 0
     assert r["spool"]["status"] == "PASS" and r["spool"]["data"]["free_bytes"] > 0
     assert not list((tmp_path / "spool").iterdir())  # the probe file is gone
-    assert r["server"]["status"] == "PASS" and "HTTP 404" in r["server"]["detail"]
-    assert seen == ["/healthz"]
+    assert r["server"]["status"] == "PASS" and "with an empty form: HTTP 400" in r["server"]["detail"]
+    assert stored == []  # the probe is refused by the contract: nothing is stored
     assert r["libraries"]["status"] == "PASS" and r["libraries"]["data"]["decoder"] == "zxing"
+
+
+@pytest.mark.parametrize("path", ["/upload", "/"])
+def test_a_wrong_upload_path_fails_the_server_line_and_stores_nothing(tmp_path: Path, path: str) -> None:
+    with ReceiverProcess(tmp_path / "receiver") as receiver:
+        url = receiver.url + path
+        rc, r, _ = check(write_config(tmp_path, "  kind: file\n  path: /nowhere.mp4\n", url=url))
+        stored = receiver.events()
+    assert rc == 1 and stored == []
+    server = r["server"]
+    assert server["status"] == "FAIL" and f"POST {url} with an empty form: HTTP 40" in server["detail"]
+    assert server["hint"] == f"upload.url must be the edge server's /cid endpoint, e.g. {receiver.url}/cid"
+
+
+@pytest.mark.parametrize(("status", "headers", "says"), [
+    (301, {"Location": "/v2/cid"}, "uploads never follow redirects: set upload.url to http://127.0.0.1:{port}/v2/cid"),
+    (401, {}, "the server wants a token: set upload.token_file"),
+    (201, {}, "this is not an edge server's /cid endpoint"),
+    (503, {}, "look at the edge server's logs"),
+])
+def test_the_server_line_says_what_is_wrong_with_the_endpoint(tmp_path: Path, status: int,
+                                                              headers: dict[str, str], says: str) -> None:
+    from tests.flaky_server import FlakyServer
+
+    with FlakyServer([(status, headers)]) as server:
+        rc, r, _ = check(write_config(tmp_path, "  kind: file\n  path: /nowhere.mp4\n", url=server.url))
+        port = server.httpd.server_address[1]
+    assert rc == 1 and r["server"]["status"] == "FAIL"
+    assert says.format(port=port) in r["server"]["hint"]
 
 
 def test_a_label_that_is_not_a_cid_is_reported_as_rejected(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ H.264 whatever the source, and are validated by decoding them back."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import av
@@ -111,3 +112,19 @@ def test_truncated_clip_fails_validation(h264_video: Path, tmp_path: Path) -> No
     path.write_bytes(data[: len(data) // 3])
     with pytest.raises(ClipError):
         validate(path)
+
+
+def test_a_timestamp_jump_that_cannot_be_remuxed_is_re_encoded(h264_video: Path, tmp_path: Path) -> None:
+    """A camera that restarts its clock mid-recording: copying the packets cannot give an MP4 with
+    increasing timestamps, so the clip is encoded from the capture times instead of going out without
+    video."""
+    rec = record(h264_video, start_t=1.0, end_t=5.0)
+    half = len(rec.packets) // 2
+    jump = rec.packets[half].pts  # the second half's timestamps start again from zero
+    rec.packets[half:] = [dataclasses.replace(p, pts=p.pts - jump, dts=None if p.dts is None else p.dts - jump)
+                          for p in rec.packets[half:]]
+    result = ClipMaker(ClipConfig()).make(rec, tmp_path / "clip.mp4")
+    assert not result.remuxed and result.encoder == "libx264"
+    pts = pts_of(result.path)
+    assert len(pts) >= len(rec.packets) - 2 and sorted(pts) == sorted(set(pts))
+    assert 3.8 <= result.info.duration_s <= 4.2

@@ -1,18 +1,42 @@
 """The spool survives crashes and bad files: it always starts, keeps what is sound, quarantines the
-rest, and stays inside its bounds, counting every drop."""
+rest, stays inside its bounds counting every drop, and its CLI is safe beside a running agent."""
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
+import logging
+import os
+import random
+import signal
+import sqlite3
 import subprocess
+import sys
+import textwrap
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from edge_agent import const, spool_cli
 from edge_agent.metrics import Metrics
-from edge_agent.spool import Spool
+from edge_agent.spool import Spool, SpoolBusy
+from tests.flaky_server import FlakyServer
 from tests.spool_helpers import add_clip, spool_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def reopen(path: Path, spool: Spool | None = None, m: Metrics | None = None, **kw: object) -> Spool:
+    if spool is not None:
+        spool.close()
+    return Spool(spool_config(path, **kw), m)
+
+
+# --- putting and taking ---------------------------------------------------------------------------
 
 
 def test_put_writes_clip_sidecar_and_row(tmp_path: Path) -> None:
@@ -20,7 +44,7 @@ def test_put_writes_clip_sidecar_and_row(tmp_path: Path) -> None:
     event_id, cid, sha = add_clip(spool)
     assert (tmp_path / "clips" / f"{event_id}.mp4").exists()
     side = json.loads((tmp_path / "clips" / f"{event_id}.json").read_text())
-    assert side["cid"] == cid and side["sha256"] == sha
+    assert side["cid"] == cid and side["sha256"] == sha and side["metadata"]["event_id"] == event_id
     head = spool.head()
     assert head is not None and head.event_id == event_id and head.metadata["cid"] == cid
     assert not list((tmp_path / "tmp").iterdir())
@@ -28,20 +52,89 @@ def test_put_writes_clip_sidecar_and_row(tmp_path: Path) -> None:
     assert spool.head() is None and not list((tmp_path / "clips").iterdir())
 
 
+def test_queue_file_is_wal_with_full_sync(tmp_path: Path) -> None:
+    spool = Spool(spool_config(tmp_path))
+    add_clip(spool)
+    assert spool._db is not None
+    assert spool._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert spool._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
 def test_cid_only_event_is_queued_without_video(tmp_path: Path) -> None:
     spool = Spool(spool_config(tmp_path))
     assert spool.put("0b7c4a59-5e5e-4e36-9d05-6f4a1c0e0f11", "CID-1", {"clip": {"error": "x"}}, None)
     head = spool.head()
-    assert head is not None and head.video_path is None
+    assert head is not None and head.video_path is None and head.metadata["clip"]["error"] == "x"
+    spool = reopen(tmp_path, spool)  # and it survives a restart
+    assert [e.cid for e in spool.entries()] == ["CID-1"]
 
 
 def test_event_ids_never_become_odd_paths(tmp_path: Path) -> None:
     spool = Spool(spool_config(tmp_path))
-    with pytest.raises(ValueError):
-        spool.part_path("../../etc/passwd")
+    for bad in ("../../etc/passwd", "a/b", "", "x" * 65, "é"):
+        with pytest.raises(ValueError):
+            spool.part_path(bad)
+        with pytest.raises(ValueError):
+            spool.put(bad, "CID", {}, None)
+
+
+def test_next_due_keeps_order_while_the_head_backs_off(tmp_path: Path) -> None:
+    spool = Spool(spool_config(tmp_path))
+    first, second = add_clip(spool)[0], add_clip(spool)[0]
+    now = time.monotonic()
+    due = spool.next_due(now)
+    assert due is not None and due.event_id == first
+    spool.mark_failed(first, "HTTP 503", retry_at_mono=now + 10)
+    assert spool.next_due(now + 9) is None  # the newer clip waits behind the head
+    due = spool.next_due(now + 10)
+    assert due is not None and due.event_id == first and due.attempts == 1 and due.last_error == "HTTP 503"
+    spool.mark_delivered(first)
+    due = spool.next_due(now)
+    assert due is not None and due.event_id == second
+
+
+def test_restart_keeps_attempts_and_errors_but_retries_at_once(tmp_path: Path) -> None:
+    spool = Spool(spool_config(tmp_path))
+    event_id = add_clip(spool)[0]
+    spool.mark_failed(event_id, "HTTP 500", retry_at_mono=time.monotonic() + 3600)
+    spool = reopen(tmp_path, spool)
+    due = spool.next_due(time.monotonic())
+    assert due is not None and due.attempts == 1 and due.last_error == "HTTP 500"
+
+
+def test_gauges_and_status_follow_the_queue(tmp_path: Path) -> None:
+    m = Metrics()
+    spool = Spool(spool_config(tmp_path), m)
+    before = time.time()
+    a, b = add_clip(spool, size=10_000)[0], add_clip(spool, size=20_000)[0]
+    assert (m.get("edge_agent_spool_clips"), m.get("edge_agent_spool_bytes")) == (2, 30_000)
+    spool.mark_failed(a, "HTTP 503 busy", retry_at_mono=0)
+    st = spool.status()
+    assert (st.clips, st.bytes, st.last_error, st.quarantined) == (2, 30_000, "HTTP 503 busy", 0)
+    assert st.oldest_at is not None and before <= st.oldest_at <= time.time()
+    spool.quarantine(a, "HTTP 422")
+    assert (m.get("edge_agent_spool_clips"), m.get("edge_agent_spool_bytes")) == (1, 20_000)
+    spool.mark_delivered(b)
+    assert (m.get("edge_agent_spool_clips"), m.get("edge_agent_spool_bytes")) == (0, 0)
+    assert spool.status().quarantined == 1
+
+
+def test_calls_after_close_are_harmless(tmp_path: Path) -> None:
+    spool = Spool(spool_config(tmp_path))
+    event_id = add_clip(spool)[0]
+    spool.close()
+    spool.mark_delivered(event_id)  # an uploader finishing after shutdown
+    spool.mark_failed(event_id, "late")
+    assert spool.head() is None and spool.next_due(time.monotonic()) is None
+    assert not spool.put(str(uuid.uuid4()), "CID", {}, None)
+    assert reopen(tmp_path).head() is not None  # the clip was kept: it is sent again
+
+
+# --- recovery -------------------------------------------------------------------------------------
 
 
 def test_recovery_drops_parts_and_reenqueues_orphans_in_order(tmp_path: Path) -> None:
+    m = Metrics()
     spool = Spool(spool_config(tmp_path))
     ids = [add_clip(spool)[0] for _ in range(3)]
     spool.close()
@@ -50,38 +143,99 @@ def test_recovery_drops_parts_and_reenqueues_orphans_in_order(tmp_path: Path) ->
     (tmp_path / "queue.sqlite3").unlink()
     for suffix in ("-wal", "-shm"):
         Path(str(tmp_path / "queue.sqlite3") + suffix).unlink(missing_ok=True)
-    spool = Spool(spool_config(tmp_path))
+    spool = Spool(spool_config(tmp_path), m)
     assert [e.event_id for e in spool.entries()] == ids  # in the order they were made
     assert not (tmp_path / "tmp" / "dead.mp4.part").exists()
+    assert m.get("edge_agent_spool_recovered_total", reason="orphan_reenqueued") == 3
 
 
-def test_truncated_clip_is_quarantined_and_the_rest_kept(tmp_path: Path) -> None:
-    m = Metrics()
-    spool = Spool(spool_config(tmp_path), m)
-    bad, _, _ = add_clip(spool)
+def test_a_truncated_clip_goes_out_cid_only_and_its_video_is_set_aside(tmp_path: Path) -> None:
+    spool = Spool(spool_config(tmp_path))
+    bad, cid, _ = add_clip(spool)
     good, _, _ = add_clip(spool)
     spool.close()
     clip = tmp_path / "clips" / f"{bad}.mp4"
     clip.write_bytes(clip.read_bytes()[:1000])
-    spool = Spool(spool_config(tmp_path), m)
-    assert [e.event_id for e in spool.entries()] == [good]
-    assert (tmp_path / "quarantine" / f"{bad}.mp4").exists()
-    assert "sha256" in (tmp_path / "quarantine" / f"{bad}.reason").read_text()
-    assert spool.status().quarantined == 1
-    assert m.get("edge_agent_spool_quarantined_total") == 1
+    spool = Spool(spool_config(tmp_path))
+    entries = spool.entries()
+    assert [e.event_id for e in entries] == [bad, good]  # the CID is kept, in its place in the queue
+    assert entries[0].video_path is None and entries[0].cid == cid and entries[0].size_bytes == 0
+    assert "video lost on the device" in entries[0].metadata["clip"]["error"]
+    assert "torn write" in entries[0].metadata["clip"]["error"]
+    assert (tmp_path / "quarantine" / f"{bad}.video-lost.mp4").stat().st_size == 1000
+    assert not (tmp_path / "clips" / f"{bad}.mp4").exists()
+    assert spool.status().quarantined == 0  # nothing to requeue: the event itself is still queued
+
+
+def test_flipped_bit_sends_the_cid_without_the_damaged_video(tmp_path: Path) -> None:
+    spool = Spool(spool_config(tmp_path))
+    bad = add_clip(spool)[0]
+    spool.close()
+    clip = tmp_path / "clips" / f"{bad}.mp4"
+    data = bytearray(clip.read_bytes())
+    data[len(data) // 2] ^= 1  # same size, one bit off
+    clip.write_bytes(bytes(data))
+    spool = reopen(tmp_path)
+    head = spool.head()
+    assert head is not None and head.event_id == bad and head.video_path is None
+    assert "do not match their sha256" in head.metadata["clip"]["error"]
+    assert "do not match their sha256" in (tmp_path / "quarantine" / f"{bad}.video-lost.reason").read_text()
+
+
+def test_unreadable_sidecar_is_quarantined_at_open_and_at_runtime(tmp_path: Path) -> None:
+    spool = Spool(spool_config(tmp_path))
+    at_open, at_runtime, good = (add_clip(spool)[0] for _ in range(3))
+    spool.close()
+    (tmp_path / "clips" / f"{at_open}.json").write_text("{not json")
+    spool = reopen(tmp_path)
+    assert [e.event_id for e in spool.entries()] == [at_runtime, good]
+    (tmp_path / "clips" / f"{at_runtime}.json").write_bytes(b"\0" * 100)  # damaged while running
+    head = spool.head()
+    assert head is not None and head.event_id == good  # the damaged one does not block the queue
+    assert {p.stem for p in (tmp_path / "quarantine").glob("*.reason")} == {at_open, at_runtime}
+
+
+def test_a_clip_whose_files_vanished_is_counted_as_lost(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    m = Metrics()
+    spool = Spool(spool_config(tmp_path))
+    event_id, cid, _ = add_clip(spool)
+    spool.close()
+    for p in (tmp_path / "clips").iterdir():
+        p.unlink()
+    spool = reopen(tmp_path, m=m)
+    assert spool.head() is None
+    assert m.get("edge_agent_spool_dropped_total", reason="lost") == 1
+    assert f"cid={cid} clip={event_id}" in caplog.text
 
 
 def test_zeroed_queue_file_is_set_aside_and_rebuilt(tmp_path: Path) -> None:
+    m = Metrics()
     spool = Spool(spool_config(tmp_path))
-    ids = {add_clip(spool)[0] for _ in range(2)}
+    ids = [add_clip(spool)[0] for _ in range(3)]
     spool.close()
     for suffix in ("-wal", "-shm"):
         Path(str(tmp_path / "queue.sqlite3") + suffix).unlink(missing_ok=True)
     db = tmp_path / "queue.sqlite3"
     db.write_bytes(b"\0" * db.stat().st_size)
-    spool = Spool(spool_config(tmp_path))
-    assert {e.event_id for e in spool.entries()} == ids
+    spool = Spool(spool_config(tmp_path), m)
+    assert [e.event_id for e in spool.entries()] == ids
     assert list((tmp_path / "quarantine").glob("queue.sqlite3*.corrupt-*"))
+    assert m.get("edge_agent_spool_recovered_total", reason="queue_rebuilt") == 1
+    add_clip(spool)  # and it works as a queue again
+    assert len(reopen(tmp_path, spool).entries()) == 4
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_any_damaged_queue_file_still_starts(tmp_path: Path, damage: str) -> None:
+    spool = Spool(spool_config(tmp_path))
+    ids = [add_clip(spool)[0] for _ in range(2)]
+    spool.close()
+    db = tmp_path / "queue.sqlite3"
+    for suffix in ("-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    raw = db.read_bytes()
+    db.write_bytes({"garbage": os.urandom(len(raw)), "truncated": raw[:1500], "empty": b""}[damage])
+    assert [e.event_id for e in reopen(tmp_path).entries()] == ids
 
 
 def test_clip_without_sidecar_is_quarantined(tmp_path: Path) -> None:
@@ -95,31 +249,114 @@ def test_clip_without_sidecar_is_quarantined(tmp_path: Path) -> None:
 def test_requeue_brings_quarantined_clips_back(tmp_path: Path) -> None:
     spool = Spool(spool_config(tmp_path))
     event_id, _, _ = add_clip(spool)
+    spool.mark_failed(event_id, "HTTP 422", retry_at_mono=time.monotonic() + 60)
     spool.quarantine(event_id, "HTTP 422")
     assert spool.head() is None
     assert spool.requeue() == 1
-    head = spool.head()
-    assert head is not None and head.event_id == event_id
+    head = spool.next_due(time.monotonic())
+    assert head is not None and head.event_id == event_id and head.attempts == 0
+    assert spool.status().quarantined == 0
 
 
-def test_max_bytes_drop_oldest_counts_and_keeps_newest(tmp_path: Path) -> None:
+def test_kill9_while_putting_leaves_only_whole_clips(tmp_path: Path) -> None:
+    """A process putting clips as fast as it can, killed at random moments: after each kill the spool
+    opens with every clip it confirmed, each whole (sha256), and nothing half-made."""
+    child = textwrap.dedent(f"""
+        import hashlib, os, sys, uuid
+        sys.path.insert(0, {str(ROOT)!r})
+        from edge_agent.config import SpoolConfig
+        from edge_agent.spool import Spool, SpoolBusy
+        spool = Spool(SpoolConfig(dir=sys.argv[1], min_free_bytes=0))
+        print("ready", flush=True)
+        while True:
+            eid = str(uuid.uuid4())
+            data = os.urandom(150_000)
+            part = spool.part_path(eid)
+            with open(part, "wb") as f:
+                for i in range(0, len(data), 30_000):
+                    f.write(data[i:i + 30_000])
+            sha = hashlib.sha256(data).hexdigest()
+            assert spool.put(eid, "CID-" + eid[:8], {{"event_id": eid, "clip": {{"sha256": sha}}}}, part)
+            print(eid, sha, flush=True)
+    """)
+    rng = random.Random(5)
+    confirmed: dict[str, str] = {}
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", child, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.02, 0.25))
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate()
+        confirmed |= dict(line.split() for line in out.splitlines() if len(line.split()) == 2)
+    spool = Spool(spool_config(tmp_path))
+    entries = {e.event_id: e for e in spool.entries()}
+    assert len(confirmed) > 10, "the child should have put clips before each kill"
+    assert set(confirmed) <= set(entries)  # every confirmed put survived
+    for e in entries.values():  # anything else is an unconfirmed put that got through: also whole
+        assert e.video_path is not None and hashlib.sha256(e.video_path.read_bytes()).hexdigest() == e.sha256
+    assert not list((tmp_path / "tmp").iterdir())
+    assert not list((tmp_path / "quarantine").iterdir())
+    assert {p.stem for p in (tmp_path / "clips").iterdir()} == set(entries)
+
+
+# --- one owner ------------------------------------------------------------------------------------
+
+
+def test_a_reader_beside_the_owner_changes_nothing_and_a_second_owner_is_refused(tmp_path: Path) -> None:
+    """The agent's clip worker may be writing a .part right now: `spool status` must not delete it."""
+    owner = Spool(spool_config(tmp_path))
+    part = owner.part_path(str(uuid.uuid4()))
+    part.write_bytes(b"being written")
+    with pytest.raises(SpoolBusy) as busy:
+        Spool(spool_config(tmp_path))
+    assert busy.value.pid == os.getpid()
+    reader = Spool.open_reader(spool_config(tmp_path))
+    assert not reader.owner and reader.owner_pid == os.getpid()
+    assert part.exists()
+    add_clip(owner)
+    assert reader.status().clips == 1  # it still reads the queue, live
+    reader.close()
+    owner.close()
+    assert Spool.open_reader(spool_config(tmp_path)).owner_pid is None  # nobody holds it now
+    assert reopen(tmp_path).owner and not part.exists()  # the next owner recovers
+
+
+# --- bounds ---------------------------------------------------------------------------------------
+
+
+def test_max_bytes_drop_oldest_counts_and_keeps_newest(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     m = Metrics()
     spool = Spool(spool_config(tmp_path, max_bytes=1 << 20), m)
-    ids = [add_clip(spool, size=300_000)[0] for _ in range(5)]
+    clips = [add_clip(spool, size=300_000) for _ in range(5)]
+    ids = [c[0] for c in clips]
     assert [e.event_id for e in spool.entries()] == ids[2:]
     assert m.get("edge_agent_spool_dropped_total", reason="max_bytes_dropped_oldest") == 2
     assert spool.status().bytes <= 1 << 20
+    for event_id, cid, _ in clips[:2]:
+        assert f"cid={cid} clip={event_id} reason=max_bytes_dropped_oldest" in caplog.text
 
 
 def test_max_bytes_reject_new_keeps_oldest(tmp_path: Path) -> None:
     m = Metrics()
     spool = Spool(spool_config(tmp_path, max_bytes=1 << 20, on_full="reject_new"), m)
     ids = [add_clip(spool, size=300_000)[0] for _ in range(3)]
-    with pytest.raises(AssertionError):
-        add_clip(spool, size=300_000)
+    event_id = str(uuid.uuid4())
+    part = spool.part_path(event_id)
+    part.write_bytes(os.urandom(300_000))
+    assert not spool.put(event_id, "CID-NEW", {}, part)
     assert [e.event_id for e in spool.entries()] == ids
     assert m.get("edge_agent_spool_dropped_total", reason="max_bytes_rejected_new") == 1
     assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_bounds_change_live(tmp_path: Path) -> None:
+    spool = Spool(spool_config(tmp_path, on_full="reject_new"))
+    add_clip(spool, size=600_000)
+    spool.update_config(spool_config(tmp_path / "elsewhere", max_bytes=1 << 20, on_full="reject_new"))
+    assert spool.root == tmp_path and spool.cfg.dir == str(tmp_path)  # the folder is restart-only
+    part = spool.part_path(str(uuid.uuid4()))
+    part.write_bytes(os.urandom(600_000))
+    assert not spool.put(part.name.split(".")[0], "CID", {}, part)
 
 
 def test_old_clips_expire(tmp_path: Path) -> None:
@@ -133,23 +370,239 @@ def test_old_clips_expire(tmp_path: Path) -> None:
     assert m.get("edge_agent_spool_dropped_total", reason="max_age") == 1
 
 
-def test_full_disk_keeps_the_spool_working(tmp_path: Path) -> None:
-    """On a real 3 MiB filesystem: the free-space floor drops the oldest, nothing crashes."""
+def test_a_wall_clock_jump_does_not_age_clips_made_this_boot(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Pi without a real-time clock boots at its last saved time and NTP jumps it ahead later."""
+    m = Metrics()
+    spool = Spool(spool_config(tmp_path, max_age_s=3600), m)
+    kept = add_clip(spool)[0]
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 8 * 86_400)
+    add_clip(spool)
+    assert kept in {e.event_id for e in spool.entries()}
+    assert m.get("edge_agent_spool_dropped_total", reason="max_age") == 0
+    # a clip from an earlier boot can only be aged by the wall clock
+    assert spool._db is not None
+    spool._db.execute("UPDATE queue SET boot_id='an-earlier-boot' WHERE event_id=?", (kept,))
+    add_clip(spool)
+    assert kept not in {e.event_id for e in spool.entries()}
+    assert m.get("edge_agent_spool_dropped_total", reason="max_age") == 1
+
+
+def test_missing_part_is_refused_and_counted_not_raised(tmp_path: Path) -> None:
+    m = Metrics()
+    spool = Spool(spool_config(tmp_path), m)
+    event_id = str(uuid.uuid4())
+    assert not spool.put(event_id, "CID", {}, spool.part_path(event_id))
+    assert m.get("edge_agent_spool_dropped_total", reason="write_error") == 1
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB filesystem, when this machine lets the test mount one."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True,
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True,
                          check=False)
     if res.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({res.stderr.decode().strip()}); "
+        pytest.skip(f"cannot mount a small tmpfs here ({res.stderr.decode().strip() or res.returncode}); "
                     "the max_bytes tests cover the same drop path")
     try:
-        m = Metrics()
-        spool = Spool(spool_config(mnt / "spool", min_free_bytes=1 << 20), m)
-        for _ in range(12):
-            add_clip(spool, size=250_000)
-        assert m.total("edge_agent_spool_dropped_total") > 0
-        assert spool.status().clips >= 4
-        spool.close()
-        assert Spool(spool_config(mnt / "spool", min_free_bytes=1 << 20)).status().clips >= 4  # restarts fine
+        yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(path: Path) -> None:
+    """Write a ballast file until the filesystem says ENOSPC."""
+    with path.open("wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+@pytest.mark.parametrize("on_full", ["drop_oldest", "reject_new"])
+def test_a_really_full_disk_drops_or_rejects_and_carries_on(small_fs: Path, on_full: str) -> None:
+    m = Metrics()
+    spool = Spool(spool_config(small_fs / "spool", on_full=on_full), m)
+    ids = [add_clip(spool, size=250_000)[0] for _ in range(4)]
+    fill(small_fs / "ballast")
+    # the clip maker cannot write its clip either, so the event goes as a CID-only one
+    event_id = str(uuid.uuid4())
+    kept = spool.put(event_id, "CID-DISKFULL", {"clip": {"error": "no space left on device"}}, None)
+    queued = [e.event_id for e in spool.entries()]
+    if on_full == "drop_oldest":
+        assert kept and queued == ids[1:] + [event_id]
+        assert m.get("edge_agent_spool_dropped_total", reason="disk_full_dropped_oldest") == 1
+    else:
+        assert not kept and queued == ids
+        assert m.get("edge_agent_spool_dropped_total", reason="disk_full") == 1
+    assert not list((small_fs / "spool" / "tmp").iterdir())
+    # restart on the full disk: it opens, and what it holds is consistent
+    spool = reopen(small_fs / "spool", spool, on_full=on_full)
+    assert [e.event_id for e in spool.entries()] == queued
+    assert {p.stem for p in (small_fs / "spool" / "clips").iterdir()} == set(queued)
+    # and it delivers everything it kept
+    (small_fs / "ballast").unlink()
+    from edge_agent import __version__
+    from edge_agent.uploader import Uploader
+    from tests.spool_helpers import fast_upload
+
+    with FlakyServer() as server:
+        assert Uploader(spool, fast_upload(server.url), Metrics(), __version__).drain(10)
+    assert list(server.delivered) == queued
+
+
+def test_a_zeroed_queue_file_on_a_full_disk_still_starts(small_fs: Path) -> None:
+    m = Metrics()
+    spool = Spool(spool_config(small_fs / "spool"))
+    ids = [add_clip(spool, size=200_000)[0] for _ in range(3)]
+    spool.close()
+    db = small_fs / "spool" / "queue.sqlite3"
+    db.write_bytes(b"\0" * db.stat().st_size)
+    fill(small_fs / "ballast")
+    spool = Spool(spool_config(small_fs / "spool"), m)  # no room for a new queue file: it starts anyway
+    assert [e.event_id for e in spool.entries()] == ids
+    assert m.get("edge_agent_spool_recovered_total", reason="queue_in_memory") == 1
+    spool.mark_delivered(ids[0])
+    assert [e.event_id for e in spool.entries()] == ids[1:]
+
+
+def test_the_free_space_floor_drops_the_oldest(small_fs: Path) -> None:
+    m = Metrics()
+    spool = Spool(spool_config(small_fs / "spool", min_free_bytes=1 << 20), m)
+    for _ in range(8):
+        add_clip(spool, size=250_000)
+    assert m.get("edge_agent_spool_dropped_total", reason="min_free_bytes_dropped_oldest") >= 3
+    assert 2 <= spool.status().clips <= 4
+    assert reopen(small_fs / "spool", spool, min_free_bytes=1 << 20).status().clips >= 2  # restarts fine
+
+
+# --- the CLI --------------------------------------------------------------------------------------
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], config: Path, *argv: str) -> tuple[int, str, str]:
+    parser = argparse.ArgumentParser()
+    spool_cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["spool", *argv, "--config", str(config)])
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        code = args.func(args)
+    finally:  # the command sets up logging to this test's captured stderr: undo it for the next tests
+        root.handlers[:], root.level = handlers, level
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write_config(tmp_path: Path, url: str | None = None) -> Path:
+    cfg = tmp_path / "config.yaml"
+    upload = f"upload:\n  url: {url}\n  backoff_base_s: 0.05\n  backoff_cap_s: 0.2\n" if url else ""
+    cfg.write_text(f"{upload}spool:\n  dir: {tmp_path / 'spool'}\n  min_free_bytes: 0\n")
+    return cfg
+
+
+def test_cli_status_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write_config(tmp_path)
+    spool = Spool(spool_config(tmp_path / "spool"))
+    (a, cid_a, _), (b, _, _) = add_clip(spool, size=12_345), add_clip(spool)
+    spool.mark_failed(a, "HTTP 503 busy")
+    spool.close()
+    code, out, _ = run_cli(capsys, cfg, "status")
+    assert code == 0
+    assert "clips waiting  2" in out and "62345" in out and "HTTP 503 busy" in out and "quarantined    0" in out
+    code, out, _ = run_cli(capsys, cfg, "status", "--json")
+    st = json.loads(out)
+    assert (st["clips"], st["bytes"], st["last_error"], st["quarantined"]) == (2, 62_345, "HTTP 503 busy", 0)
+    code, out, _ = run_cli(capsys, cfg, "list")
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["EVENT", "ID", "CID"] and len(lines) == 3
+    assert lines[1].startswith(a) and cid_a in lines[1] and "HTTP 503 busy" in lines[1] and lines[2].startswith(b)
+    code, out, _ = run_cli(capsys, cfg, "list", "--json")
+    assert [(e["event_id"], e["attempts"]) for e in json.loads(out)] == [(a, 1), (b, 0)]
+
+
+def test_cli_status_beside_the_running_agent_deletes_nothing(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write_config(tmp_path)
+    agent = Spool(spool_config(tmp_path / "spool"))
+    part = agent.part_path(str(uuid.uuid4()))
+    part.write_bytes(b"the clip worker is writing this")
+    code, out, _ = run_cli(capsys, cfg, "status")
+    assert code == 0 and f"running agent (pid {os.getpid()})" in out
+    code, out, _ = run_cli(capsys, cfg, "list")
+    assert code == 0
+    assert part.exists()
+    assert not list((tmp_path / "spool" / "quarantine").iterdir())
+
+
+def test_cli_flush_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spool = Spool(spool_config(tmp_path / "spool"))
+    ids = [add_clip(spool)[0] for _ in range(3)]
+    spool.close()
+    code, _, err = run_cli(capsys, write_config(tmp_path), "flush")
+    assert code == const.EXIT_QUEUED and "upload.url is not set" in err
+    with FlakyServer([503] * 50) as server:  # down for longer than the timeout
+        code, _, err = run_cli(capsys, write_config(tmp_path, server.url), "flush", "--timeout", "0.5")
+    assert code == const.EXIT_QUEUED and "3 clip(s) still queued" in err and "HTTP 503" in err
+    with FlakyServer() as server:
+        code, out, _ = run_cli(capsys, write_config(tmp_path, server.url), "flush", "--timeout", "10")
+    assert code == 0 and "delivered 3 clip(s); the spool is empty" in out and list(server.delivered) == ids
+
+
+def test_cli_flush_beside_the_running_agent_waits_for_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    agent = Spool(spool_config(tmp_path / "spool"))
+    add_clip(agent)
+    with FlakyServer() as server:
+        code, _, err = run_cli(capsys, write_config(tmp_path, server.url), "flush", "--timeout", "0.3")
+        assert code == const.EXIT_QUEUED and "is running" in err
+        assert server.seen == []  # it did not race the agent's uploader
+
+
+def test_cli_requeue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spool = Spool(spool_config(tmp_path / "spool"))
+    event_id = add_clip(spool)[0]
+    spool.quarantine(event_id, "HTTP 422")
+    spool.close()
+    code, out, _ = run_cli(capsys, write_config(tmp_path), "requeue")
+    assert code == 0 and "requeued 1 clip(s)" in out
+    assert [e.event_id for e in reopen(tmp_path / "spool").entries()] == [event_id]
+
+
+def test_sqlite_row_and_files_agree_after_every_operation(tmp_path: Path) -> None:
+    """A model check: random puts, deliveries, failures, quarantines and requeues; after each step the
+    rows, the files and the counts agree, and a reopen sees the same queue."""
+    rng = random.Random(11)
+    spool = Spool(spool_config(tmp_path, max_bytes=2 << 20))
+    model: list[str] = []
+    sizes: dict[str, int] = {}
+    for _ in range(60):
+        op = rng.choice(["put", "put", "deliver", "fail", "quarantine", "requeue", "reopen"])
+        if op == "put":
+            size = rng.randint(1, 400_000)
+            while model and sum(sizes[i] for i in model) + size > 2 << 20:
+                model.pop(0)  # dropped by max_bytes
+            event_id = add_clip(spool, size=size)[0]
+            sizes[event_id] = size
+            model.append(event_id)
+        elif op in ("deliver", "fail", "quarantine") and model:
+            head = spool.head()
+            assert head is not None and head.event_id == model[0]
+            if op == "deliver":
+                spool.mark_delivered(model.pop(0))
+            elif op == "fail":
+                spool.mark_failed(model[0], "x")
+            else:
+                spool.quarantine(model.pop(0), "x")
+        elif op == "requeue":
+            back = {p.stem for p in (tmp_path / "quarantine").glob("*.json")}
+            assert spool.requeue() == len(back)
+            model += [e.event_id for e in spool.entries() if e.event_id in back]
+        elif op == "reopen":
+            spool = reopen(tmp_path, spool, max_bytes=2 << 20)
+        assert [e.event_id for e in spool.entries()] == model
+        assert {p.name for p in (tmp_path / "clips").iterdir()} == {f"{i}{s}" for i in model for s in (".mp4", ".json")}
+    with sqlite3.connect(tmp_path / "queue.sqlite3") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
