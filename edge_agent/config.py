@@ -386,7 +386,7 @@ def _syntax_error(exc: yaml.MarkedYAMLError, text: str, filename: str) -> str:
     # ':'" at the key; followed by more keys, it reads the key and the next lines as one multi-line
     # text and stumbles on the next ':' a line too late.
     key_mark = None
-    indented = None
+    hint = ""
     if exc.context == "while scanning a simple key" and exc.context_mark is not None:
         key_mark = exc.context_mark
     elif m is not None and (problem.startswith("mapping values are not allowed")
@@ -396,7 +396,7 @@ def _syntax_error(exc: yaml.MarkedYAMLError, text: str, filename: str) -> str:
             if _starts_its_line(text, scalar.start_mark):
                 key_mark = scalar.start_mark
             else:
-                indented = scalar.start_mark.line + 1
+                hint = _indent_hint(text, m.line, scalar.start_mark.line)
     if key_mark is not None and _first_word(text, key_mark):
         n = key_mark.line + 1
         return f"{at(key_mark)}: line {n} has no ':' after '{_first_word(text, key_mark)}' (a key needs 'key: value')"
@@ -404,10 +404,22 @@ def _syntax_error(exc: yaml.MarkedYAMLError, text: str, filename: str) -> str:
     ctx = exc.context_mark
     opened = (f" ({exc.context} at line {ctx.line + 1}, column {ctx.column + 1})"
               if exc.context and ctx is not None and exc.problem else "")
-    if indented is not None and m is not None:
-        opened += (f" (line {m.line + 1} is indented deeper than line {indented} and reads as part of its value:"
-                   " keys of one section must line up)")
-    return f"{where}: YAML syntax error: {exc.problem or exc.context}{opened}"
+    return f"{where}: YAML syntax error: {exc.problem or exc.context}{opened}{hint}"
+
+
+def _indent_hint(text: str, line: int, above: int) -> str:
+    """Two keys of one section at different indents (0-based line numbers): say which way it is off."""
+    lines = text.splitlines()
+
+    def indent(n: int) -> int:
+        return len(lines[n]) - len(lines[n].lstrip(" "))
+
+    if line >= len(lines) or indent(line) == indent(above):
+        return ""
+    if indent(line) > indent(above):
+        return (f" (line {line + 1} is indented deeper than line {above + 1}, so it reads as part of line "
+                f"{above + 1}'s value: keys of one section must line up)")
+    return f" (line {line + 1} is indented less than line {above + 1}: keys of one section must line up)"
 
 
 def _env_suggestion(path: tuple[str, ...], loc: tuple[Any, ...]) -> str:
