@@ -114,8 +114,9 @@ def _same_socket(a: Instance, b: Instance) -> bool:
     return a.metrics_host == b.metrics_host or {a.metrics_host, b.metrics_host} & WILDCARD_HOSTS != set()
 
 
-def clashes(path: Path, state_root: Path = STATE_ROOT) -> list[str]:
-    """What the config at `path` shares with the other configs in its folder, one phrase each."""
+def clashes(path: Path, state_root: Path = STATE_ROOT) -> list[tuple[str, str, str]]:
+    """What the config at `path` shares with the other configs in its folder:
+    (what, value, other file) with what one of "spool", "metrics port", "device_id"."""
     found = siblings(path, state_root)
     if not found or found[0].path != Path(path):
         return []  # the checked file itself does not load: `check` has said so already
@@ -123,22 +124,31 @@ def clashes(path: Path, state_root: Path = STATE_ROOT) -> list[str]:
     out = []
     for o in others:
         if o.spool_dir == me.spool_dir:
-            out.append(f"spool {me.spool_dir} with {o.path.name}")
+            out.append(("spool", str(me.spool_dir), o.path.name))
         if _same_socket(me, o):
-            out.append(f"metrics port {me.metrics_port} with {o.path.name}")
+            out.append(("metrics port", str(me.metrics_port), o.path.name))
         if o.device_id == me.device_id:
-            out.append(f"device_id {me.device_id} with {o.path.name}")
+            out.append(("device_id", me.device_id, o.path.name))
     return out
+
+
+FIXES = {
+    "spool": "no spool.dir (the unit gives each /var/lib/edge-agent/NAME/spool) or one of its own",
+    "metrics port": "a metrics.port of its own (or none)",
+    "device_id": "a device_id of its own (the server tells cameras apart by it)",
+}
 
 
 def clash_warning(path: str | os.PathLike[str] | None) -> tuple[str, str] | None:
     """(detail, hint) for `edge-agent check`, or None when nothing is shared."""
     if path is None:
         return None
-    p = Path(path)
+    p = Path(path).absolute()
     found = clashes(p)
     if not found:
         return None
-    return (f"{p.name} ({unit_name(p)}) shares " + "; ".join(found),
-            f"each camera's config in {p.parent} needs its own spool.dir (or none: the unit gives "
-            "/var/lib/edge-agent/NAME/spool), its own metrics.port (or none) and its own device_id")
+    detail = f"{p.name} ({unit_name(p)}) shares " + "; ".join(f"{what} {value} with {other}"
+                                                            for what, value, other in found)
+    fixes = [fix for what, fix in FIXES.items() if any(w == what for w, _v, _o in found)]
+    return detail, f"two cameras on one device cannot share these: give each config in {p.parent} " + \
+        "; ".join(fixes)

@@ -103,14 +103,15 @@ def test_a_shared_spool_dir_port_and_device_id_are_named(tmp_path: Path) -> None
     write(tmp_path, "line1.yaml", f"device_id: cam\nspool:\n  dir: {spool}\nmetrics:\n  port: 9101\n")
     write(tmp_path, "line2.yaml", f"device_id: cam\nspool:\n  dir: {spool}/\nmetrics:\n  port: 9101\n")
     assert clashes(tmp_path / "line1.yaml", tmp_path) == [
-        f"spool {spool} with line2.yaml", "metrics port 9101 with line2.yaml", "device_id cam with line2.yaml"]
+        ("spool", str(spool), "line2.yaml"), ("metrics port", "9101", "line2.yaml"), ("device_id", "cam", "line2.yaml")]
 
 
 def test_a_spool_dir_inside_another_instances_state_directory_clashes(tmp_path: Path) -> None:
     # the single unit's config points its spool where edge-agent@line1 keeps its own
     write(tmp_path, "config.yaml", f"device_id: a\nspool:\n  dir: {tmp_path}/edge-agent/line1/spool\n")
     write(tmp_path, "line1.yaml", "device_id: b\n")
-    assert clashes(tmp_path / "line1.yaml", tmp_path) == [f"spool {tmp_path}/edge-agent/line1/spool with config.yaml"]
+    spool = f"{tmp_path}/edge-agent/line1/spool"
+    assert clashes(tmp_path / "line1.yaml", tmp_path) == [("spool", spool, "config.yaml")]
 
 
 def test_the_per_instance_env_file_counts(tmp_path: Path) -> None:
@@ -118,12 +119,12 @@ def test_the_per_instance_env_file_counts(tmp_path: Path) -> None:
     write(tmp_path, "line2.yaml", "device_id: b\nmetrics:\n  port: 9102\n")
     assert clashes(tmp_path / "line1.yaml", tmp_path) == []
     write(tmp_path, "line2.env", "# per camera\nEDGE_AGENT__METRICS__PORT=9101\nEDGE_AGENT__DEVICE_ID='a'\n")
-    assert clashes(tmp_path / "line1.yaml", tmp_path) == ["metrics port 9101 with line2.yaml",
-                                                          "device_id a with line2.yaml"]
+    assert clashes(tmp_path / "line1.yaml", tmp_path) == [("metrics port", "9101", "line2.yaml"),
+                                                          ("device_id", "a", "line2.yaml")]
     # and for the single unit, its edge-agent.env
     write(tmp_path, "config.yaml", "device_id: c\n")
     write(tmp_path, "edge-agent.env", f'EDGE_AGENT__SPOOL__DIR="{tmp_path}/edge-agent/line1/spool"\n')
-    assert f"spool {tmp_path}/edge-agent/line1/spool with config.yaml" in clashes(tmp_path / "line1.yaml", tmp_path)
+    assert ("spool", f"{tmp_path}/edge-agent/line1/spool", "config.yaml") in clashes(tmp_path / "line1.yaml", tmp_path)
 
 
 def test_the_shells_environment_is_not_the_services(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -209,6 +210,7 @@ def test_check_warns_about_a_shared_port_and_passes_without(tmp_path: Path) -> N
     warn = [ln for ln in out.splitlines() if ln.startswith("WARN")]
     assert warn == ["WARN  instances line1.yaml (edge-agent@line1.service) shares metrics port 9101 with line2.yaml"]
     hint = out.splitlines()[out.splitlines().index(warn[0]) + 1]
-    assert hint.strip().startswith("-> each camera's config") and "metrics.port" in hint
+    assert hint.strip() == f"-> two cameras on one device cannot share these: give each config in {tmp_path} " \
+        "a metrics.port of its own (or none)"
     (res,) = [r for r in js["results"] if r["name"] == "instances"]
     assert res["status"] == "WARN" and js["ok"] is True
