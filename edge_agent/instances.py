@@ -2,11 +2,11 @@
 /etc/edge-agent/NAME.yaml (`/etc/edge-agent/config.yaml` belongs to the single `edge-agent.service`).
 
 Instances run side by side, so they must not share what only one process may own: the spool
-(two processes recovering one queue delete each other's half-written clips and deliver clips
-twice), the metrics port (the second one runs without metrics) and the device_id (the server
-could not tell the cameras apart). This module works out what each config in a folder would get
-*as its service would run it* (the unit's StateDirectory=, its EnvironmentFile=) and names the
-clashes, for the WARN line of `edge-agent check`.
+(a starting instance's recovery removes the other's half-written clips, and two uploaders on
+one queue can send a clip twice), the metrics port (the second one runs without metrics) and
+the device_id (the server could not tell the cameras apart). This module works out what each
+config in a folder would get *as its service would run it* (the unit's StateDirectory=, its
+EnvironmentFile=) and names the clashes, for the WARN line of `edge-agent check`.
 """
 
 from __future__ import annotations
