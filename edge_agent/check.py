@@ -27,6 +27,7 @@ from urllib.parse import urljoin, urlsplit
 from . import __version__, contract
 from .cli_common import add_config_arg, config_path, load_config_or_exit
 from .config import Config
+from .instances import clash_warning
 from .logs import setup_logging
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
@@ -518,6 +519,8 @@ def run_checks(cfg: Config, path: str | None, frames: int = DEFAULT_FRAMES,
         results += [check_source(cfg, sample, seconds), check_detector(cfg, sample)]
         sample.kept.clear()
     results += [check_spool(cfg), check_server(cfg), check_token(cfg)]
+    if (shared := clash_warning(path)) is not None:  # several cameras on one device: edge-agent@.service
+        results.append(Result("instances", "WARN", *shared))
     return results
 
 

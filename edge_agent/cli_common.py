@@ -7,6 +7,7 @@ import os
 import sys
 
 from .config import EXIT_CONFIG, Config, ConfigError, load_config
+from .instances import instance_state_dir
 
 # Where the systemd unit's ConfigurationDirectory= puts the file; used when --config is not given
 # and the file exists, so `edge-agent check` on a device needs no arguments.
@@ -29,8 +30,12 @@ def config_path(args: argparse.Namespace) -> str | None:
 
 def load_config_or_exit(args: argparse.Namespace, *, strict_source: bool = True) -> Config:
     """Load the config named by args, or print located errors to stderr and exit 78 (EX_CONFIG)."""
+    path = config_path(args)
+    state = instance_state_dir(path)
+    if state is not None and "STATE_DIRECTORY" not in os.environ:  # run by hand, not by edge-agent@NAME
+        os.environ["STATE_DIRECTORY"] = str(state)  # so spool.dir's default is that camera's spool
     try:
-        return load_config(config_path(args), strict_source=strict_source)
+        return load_config(path, strict_source=strict_source)
     except ConfigError as exc:
         for line in exc.lines:
             print(line, file=sys.stderr)

@@ -1,6 +1,8 @@
-"""The systemd unit carries the service contract (Type=notify, watchdog, restart policy, user,
-directories, hardening that keeps cameras and the network), agrees with the code it starts, and
-passes systemd's own checks: `systemd-analyze verify`, `security --offline`, `systemd-sysusers`."""
+"""The systemd units: edge-agent.service (one camera) and edge-agent@.service (one instance per
+camera). systemd itself judges them (`systemd-analyze verify`, `security --offline`,
+`systemd-sysusers`); the few keys whose values the code depends on are checked against the code;
+and the template is the single unit line for line apart from the instance-specific lines, so
+hardening added to one and forgotten in the other fails here."""
 
 from __future__ import annotations
 
@@ -11,25 +13,41 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent import const
+from edge_agent import const, instances
 from edge_agent.cli import build_parser
 from edge_agent.config import EXIT_CONFIG
 from edge_agent.credentials import CREDENTIAL_NAME
 from edge_agent.daemon import STOP_BUDGET_S
 
 ROOT = Path(__file__).resolve().parent.parent
-UNIT = ROOT / "systemd" / "edge-agent.service"
-JETSON = ROOT / "systemd" / "jetson.conf"
-SYSUSERS = ROOT / "systemd" / "edge-agent.sysusers"
+SYSTEMD = ROOT / "systemd"
+SINGLE = SYSTEMD / "edge-agent.service"
+TEMPLATE = SYSTEMD / "edge-agent@.service"
+JETSON = SYSTEMD / "jetson.conf"
+SYSUSERS = SYSTEMD / "edge-agent.sysusers"
 EXEC = "/opt/edge-agent/venv/bin/edge-agent"
+INSTANCE = "line1"
+# (unit file, the name it is installed and verified under, the instance name or "")
+UNITS = {"single": (SINGLE, "edge-agent.service", ""),
+         "template": (TEMPLATE, f"edge-agent@{INSTANCE}.service", INSTANCE)}
+# The only lines in which the template may differ from the single unit: (section, key) -> (single, template)
+INSTANCE_LINES = {
+    ("Unit", "Description"): ("edge-agent: ", "edge-agent %i: "),
+    ("Service", "ExecStart"): ("--config /etc/edge-agent/config.yaml", "--config /etc/edge-agent/%i.yaml"),
+    ("Service", "EnvironmentFile"): ("/etc/edge-agent/edge-agent.env", "/etc/edge-agent/%i.env"),
+    ("Service", "StateDirectory"): ("edge-agent", "edge-agent/%i"),
+}
+CEILING = 2.5  # `systemd-analyze security` exposure: 10 is an unsandboxed root service; both units score 1.9
 
 needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                                    reason="systemd-analyze is not installed (apt-get install systemd)")
 
+Unit = dict[str, dict[str, list[str]]]
 
-def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
+
+def parse_unit(text: str) -> Unit:
     """systemd's INI dialect: sections, repeated keys kept in order, # and ; comments, `\\` continuations."""
-    sections: dict[str, dict[str, list[str]]] = {}
+    sections: Unit = {}
     current: dict[str, list[str]] | None = None
     pending = ""
     for raw in text.splitlines():
@@ -49,57 +67,95 @@ def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
     return sections
 
 
-@pytest.fixture(scope="module")
-def unit() -> dict[str, dict[str, list[str]]]:
-    return parse_unit(UNIT.read_text())
+def expand(value: str, instance: str) -> str:
+    """The specifiers the units use: %i (the instance name) and %% (a literal %)."""
+    unknown = set(re.findall(r"%(.)", value.replace("%%", ""))) - {"i"}
+    assert not unknown, f"specifier %{unknown.pop()} in {value!r}: teach this test what systemd makes of it"
+    return value.replace("%i", instance).replace("%%", "%")
 
 
-SERVICE = {
-    "Type": "notify", "NotifyAccess": "main", "WatchdogSec": "30", "Restart": "on-failure", "RestartSec": "5",
-    "RestartPreventExitStatus": str(EXIT_CONFIG), "ExecReload": "/bin/kill -HUP $MAINPID",
-    "User": "edge-agent", "Group": "edge-agent", "SupplementaryGroups": "video",
-    "StateDirectory": "edge-agent", "ConfigurationDirectory": "edge-agent",
-    "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes", "NoNewPrivileges": "yes",
-    "ProtectKernelTunables": "yes", "ProtectControlGroups": "yes", "LockPersonality": "yes",
-    "RestrictRealtime": "yes", "SystemCallArchitectures": "native", "DevicePolicy": "closed",
-    "KillSignal": "SIGTERM", "TimeoutStopSec": "20", "Environment": "PYTHONUNBUFFERED=1",
-}
+def one(unit: Unit, section: str, key: str, instance: str = "") -> str:
+    (value,) = unit[section][key]
+    return expand(value, instance)
 
 
-@pytest.mark.parametrize(("key", "value"), SERVICE.items(), ids=list(SERVICE))
-def test_service_directive(unit: dict[str, dict[str, list[str]]], key: str, value: str) -> None:
-    assert unit["Service"].get(key) == [value]
+@pytest.fixture(scope="module", params=list(UNITS))
+def unit(request: pytest.FixtureRequest) -> tuple[Unit, str]:
+    """Each unit, parsed, with the instance name it is checked as."""
+    path, _name, instance = UNITS[request.param]
+    return parse_unit(path.read_text()), instance
 
 
-def test_restart_for_ever_is_set_in_the_unit_section(unit: dict[str, dict[str, list[str]]]) -> None:
+# --- the template is the single unit, per instance -----------------------------------------------
+
+
+def test_the_template_differs_from_the_single_unit_only_in_the_instance_lines() -> None:
+    single, template = parse_unit(SINGLE.read_text()), parse_unit(TEMPLATE.read_text())
+    rendered = {section: {key: list(values) for key, values in keys.items()} for section, keys in single.items()}
+    for (section, key), (old, new) in INSTANCE_LINES.items():
+        values = rendered[section][key]
+        assert any(old in v for v in values), f"{section}/{key}: {old!r} is no longer in the single unit"
+        rendered[section][key] = [v.replace(old, new) for v in values]
+    assert rendered == template  # a key added, dropped or changed in one unit only shows up here
+
+
+def test_every_instance_line_names_the_instance() -> None:
+    template = parse_unit(TEMPLATE.read_text())
+    for section, key in INSTANCE_LINES:
+        assert all("%i" in v for v in template[section][key]), (section, key)
+    lines = [(s, k) for s, keys in template.items() for k, vs in keys.items() if any("%i" in v for v in vs)]
+    assert set(lines) == set(INSTANCE_LINES)
+
+
+# --- keys the code depends on, in both units -----------------------------------------------------
+
+
+def test_notify_and_watchdog(unit: tuple[Unit, str]) -> None:
+    u, _ = unit
+    assert one(u, "Service", "Type") == "notify"  # READY=1 comes once frames flow
+    assert one(u, "Service", "NotifyAccess") == "main"  # not the camera command the agent starts
+    # the watchdog is fed only while frames advance: it must leave the agent time to reopen a
+    # stalled camera itself (stall_s, then open_timeout_s) before systemd kills the process
+    watchdog = float(one(u, "Service", "WatchdogSec"))
+    assert watchdog > const.SOURCE_STALL_S + const.SOURCE_OPEN_TIMEOUT_S
+    assert float(one(u, "Service", "TimeoutStartSec")) > const.SOURCE_OPEN_TIMEOUT_S
+
+
+def test_restart_policy(unit: tuple[Unit, str]) -> None:
+    u, _ = unit
+    assert one(u, "Service", "Restart") == "on-failure"
+    assert one(u, "Service", "RestartPreventExitStatus") == str(EXIT_CONFIG) == "78"  # a bad config: no loop
     # StartLimitIntervalSec= in [Service] is ignored by current systemd: it must be in [Unit]
-    assert unit["Unit"]["StartLimitIntervalSec"] == ["0"]
-    assert "StartLimitIntervalSec" not in unit["Service"]
-    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+    assert one(u, "Unit", "StartLimitIntervalSec") == "0" and "StartLimitIntervalSec" not in u["Service"]
+    assert float(one(u, "Service", "TimeoutStopSec")) >= STOP_BUDGET_S + 3  # room for the shutdown budget
 
 
-def test_exec_start_is_a_command_the_cli_accepts(unit: dict[str, dict[str, list[str]]]) -> None:
-    (cmd,) = unit["Service"]["ExecStart"]
-    binary, *argv = cmd.split()
+def test_exec_start_and_reload_are_what_the_cli_accepts(unit: tuple[Unit, str]) -> None:
+    u, instance = unit
+    binary, *argv = one(u, "Service", "ExecStart", instance).split()
     assert binary == EXEC
-    assert argv == ["run", "--config", "/etc/edge-agent/config.yaml"]
     args = build_parser().parse_args(argv)
-    assert args.command == "run" and args.config == "/etc/edge-agent/config.yaml" and callable(args.func)
+    assert args.command == "run" and callable(args.func)
+    expected = instances.CONFIG_DIR / (f"{instance}.yaml" if instance else "config.yaml")
+    assert Path(args.config) == expected
+    assert one(u, "Service", "ExecReload") == "/bin/kill -HUP $MAINPID"  # the daemon reloads on SIGHUP
+    # the environment file is the one `edge-agent check` reads for this config's clash warning
+    assert one(u, "Service", "EnvironmentFile", instance) == f"-{instances.env_file(expected)}"
 
 
-def test_stop_timeout_leaves_room_for_the_daemons_shutdown_budget(unit: dict[str, dict[str, list[str]]]) -> None:
-    assert float(unit["Service"]["TimeoutStopSec"][0]) >= STOP_BUDGET_S + 3
+def test_state_directory_is_where_the_spool_goes(unit: tuple[Unit, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    u, instance = unit
+    state = Path("/var/lib") / one(u, "Service", "StateDirectory", instance)  # what systemd sets for it
+    monkeypatch.setenv("STATE_DIRECTORY", str(state))
+    assert const.default_spool_dir() == str(state / "spool")
+    config = instances.CONFIG_DIR / (f"{instance}.yaml" if instance else "config.yaml")
+    assert instances.state_dir(config, Path("/var/lib")) == state  # what `check` assumes of the unit
+    assert instances.instance_state_dir(config) == (state if instance else None)  # what hand-run commands use
 
 
-def test_state_directory_is_where_the_spool_goes(unit: dict[str, dict[str, list[str]]],
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    (state,) = unit["Service"]["StateDirectory"]
-    monkeypatch.setenv("STATE_DIRECTORY", f"/var/lib/{state}")  # what systemd sets for StateDirectory=
-    assert const.default_spool_dir() == "/var/lib/edge-agent/spool"
-
-
-def test_cameras_and_network_stay_reachable(unit: dict[str, dict[str, list[str]]]) -> None:
-    s = unit["Service"]
+def test_cameras_and_network_stay_reachable(unit: tuple[Unit, str]) -> None:
+    s = unit[0]["Service"]
+    assert one(unit[0], "Service", "SupplementaryGroups") == "video"
     assert "char-video4linux rw" in s["DeviceAllow"]
     assert {"char-media rw", "char-dma_heap rw", "char-vchiq rw"} <= set(s["DeviceAllow"])  # Pi camera stack
     assert set(s["RestrictAddressFamilies"][0].split()) == {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}
@@ -108,8 +164,9 @@ def test_cameras_and_network_stay_reachable(unit: dict[str, dict[str, list[str]]
         assert breaking not in s, breaking
 
 
-def test_the_upload_token_credential_is_documented_with_the_name_the_agent_reads() -> None:
-    text = UNIT.read_text()
+@pytest.mark.parametrize("path", [SINGLE, TEMPLATE], ids=["single", "template"])
+def test_the_upload_token_credential_is_documented_with_the_name_the_agent_reads(path: Path) -> None:
+    text = path.read_text()
     assert re.search(rf"^#\s*LoadCredential={CREDENTIAL_NAME}:/etc/edge-agent/{CREDENTIAL_NAME}$", text, re.M)
 
 
@@ -119,45 +176,70 @@ def test_jetson_drop_in_relaxes_only_what_nvargus_needs() -> None:
     assert d["Unit"]["After"] == ["nvargus-daemon.service"]
 
 
-def _verify_copy(tmp_path: Path, with_drop_in: bool) -> subprocess.CompletedProcess[str]:
-    unit = tmp_path / "edge-agent.service"
-    # verify checks that ExecStart's binary exists: point it at one every machine has
-    unit.write_text(UNIT.read_text().replace(EXEC, "/bin/true"))
-    if with_drop_in:
-        (tmp_path / "edge-agent.service.d").mkdir()
-        shutil.copy(JETSON, tmp_path / "edge-agent.service.d" / "jetson.conf")
-    return subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False,
-                          timeout=60)
+# --- systemd's own checks ------------------------------------------------------------------------
+
+
+def install(tmp_path: Path, which: str, *, jetson: bool = False, edits: tuple[tuple[str, str], ...] = ()) -> Path:
+    """Copy a unit into a folder under the name systemd would load it by (an instance for the
+    template), pointing ExecStart at a binary every machine has: verify checks that it exists."""
+    src, name, _instance = UNITS[which]
+    text = src.read_text().replace(EXEC, "/bin/true")
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new)
+    unit = tmp_path / name
+    unit.write_text(text)
+    if jetson:
+        (tmp_path / f"{name}.d").mkdir()
+        shutil.copy(JETSON, tmp_path / f"{name}.d" / "jetson.conf")
+    return unit
+
+
+def analyze(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["systemd-analyze", *args], capture_output=True, text=True, check=False, timeout=60)
 
 
 @needs_analyze
-@pytest.mark.parametrize("with_drop_in", [False, True], ids=["unit", "unit+jetson"])
-def test_systemd_analyze_verify_finds_nothing(tmp_path: Path, with_drop_in: bool) -> None:
-    res = _verify_copy(tmp_path, with_drop_in)
+@pytest.mark.parametrize("jetson", [False, True], ids=["plain", "jetson"])
+@pytest.mark.parametrize("which", list(UNITS))
+def test_systemd_analyze_verify_finds_nothing(tmp_path: Path, which: str, jetson: bool) -> None:
+    unit = install(tmp_path, which, jetson=jetson)
+    res = analyze("verify", str(unit))
     ours = [ln for ln in res.stderr.splitlines() if str(tmp_path) in ln or "edge-agent" in ln]
     assert res.returncode == 0 and not ours, res.stderr
 
 
 @needs_analyze
-def test_verify_would_catch_a_typo(tmp_path: Path) -> None:
-    """The check above can fail: a misspelt directive is reported."""
-    unit = tmp_path / "edge-agent.service"
-    unit.write_text(UNIT.read_text().replace(EXEC, "/bin/true").replace("WatchdogSec=", "WatchDogSec="))
-    res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False,
-                         timeout=60)
-    assert "WatchDogSec" in res.stderr
+@pytest.mark.parametrize("which", list(UNITS))
+def test_verify_would_catch_a_typo(tmp_path: Path, which: str) -> None:
+    """The check above can fail: a misspelt directive is reported (as a warning, exit status 0)."""
+    res = analyze("verify", str(install(tmp_path, which, edits=(("WatchdogSec=", "WatchDogSec="),))))
+    assert "Unknown key 'WatchDogSec'" in res.stderr
+
+
+def exposure(tmp_path: Path, which: str, edits: tuple[tuple[str, str], ...] = ()) -> float:
+    """`systemd-analyze security --offline=true`: the overall exposure, 0 (locked down) to 10."""
+    unit = install(tmp_path, which, edits=edits)
+    res = analyze("security", "--offline=true", str(unit))
+    m = re.search(rf"Overall exposure level for {re.escape(unit.name)}: ([\d.]+)", res.stdout + res.stderr)
+    if m is None:
+        pytest.skip(f"this systemd-analyze cannot score a unit offline: {res.stderr.strip()[:200]}")
+    return float(m[1])
 
 
 @needs_analyze
-def test_sandbox_exposure_stays_low(tmp_path: Path) -> None:
-    unit = tmp_path / "edge-agent.service"
-    unit.write_text(UNIT.read_text().replace(EXEC, "/bin/true"))
-    res = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True,
-                         text=True, check=False, timeout=60)
-    m = re.search(r"Overall exposure level for edge-agent.service: ([\d.]+)", res.stdout + res.stderr)
-    if m is None:
-        pytest.skip(f"this systemd-analyze cannot score a unit offline: {res.stderr.strip()[:200]}")
-    assert float(m[1]) <= 3.0, res.stdout  # 10 is an unsandboxed root service; this unit scores ~1.9
+@pytest.mark.parametrize("which", list(UNITS))
+def test_sandbox_exposure_stays_low(tmp_path: Path, which: str) -> None:
+    assert exposure(tmp_path, which) <= CEILING
+
+
+@needs_analyze
+def test_the_exposure_ceiling_can_be_crossed(tmp_path: Path) -> None:
+    """The ceiling means something: without its system-call filter, capability limits, namespace
+    restrictions and read-only file system the same unit scores above it."""
+    loosened = tuple((line, "") for line in ("SystemCallFilter=@system-service\n", "CapabilityBoundingSet=\n",
+                                             "RestrictNamespaces=yes\n", "ProtectSystem=strict\n"))
+    assert exposure(tmp_path, "single", loosened) > CEILING
 
 
 @pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="systemd-sysusers is not installed")
