@@ -30,9 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 from edge_agent import __version__  # noqa: E402
 from edge_agent.config import SpoolConfig, UploadConfig  # noqa: E402
+from edge_agent.delivery.spool import Spool  # noqa: E402
+from edge_agent.delivery.uploader import Uploader  # noqa: E402
 from edge_agent.metrics import Metrics  # noqa: E402
-from edge_agent.spool import Spool  # noqa: E402
-from edge_agent.uploader import Uploader  # noqa: E402
 
 
 def parse_multipart(content_type: str, body: bytes) -> dict[str, bytes]:

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 BASELINE = r"""
 import sys, time, av, numpy as np
-from edge_agent.media import luma
+from edge_agent.capture.media import luma
 mode = sys.argv[2]
 t0 = time.perf_counter()
 n = 0

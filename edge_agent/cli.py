@@ -9,16 +9,16 @@ import importlib
 import os
 import sys
 
-from . import __version__
+from edge_agent import __version__
 
 # Modules with a `register(subparsers)` function, in the order their commands appear in --help.
 COMMAND_MODULES = (
-    "edge_agent.replay_cli",
-    "edge_agent.daemon",
-    "edge_agent.check",
-    "edge_agent.snapshot",
-    "edge_agent.config_cli",
-    "edge_agent.spool_cli",
+    "edge_agent.commands.replay",
+    "edge_agent.commands.run",
+    "edge_agent.commands.check",
+    "edge_agent.commands.snapshot",
+    "edge_agent.commands.config",
+    "edge_agent.commands.spool",
     "edge_agent.receiver.cli",
 )
 

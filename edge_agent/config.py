@@ -19,7 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from . import const
+from edge_agent import const
 
 # A conservative camera bitrate (1080p30 H.264 from an IP camera at high quality) for checking that
 # the ring can hold the configured pre- and post-roll.

@@ -28,7 +28,7 @@ class OneLineFormatter(logging.Formatter):
 
 
 class JournalFormatter(OneLineFormatter):
-    """`<6>edge_agent.pipeline: clip ready cid=... clip=...` as journald expects on stderr."""
+    """`<6>edge_agent.pipeline.wiring: clip ready cid=... clip=...` as journald expects on stderr."""
 
     def format(self, record: logging.LogRecord) -> str:
         return f"<{_PRIORITY.get(record.levelno, 6)}>{record.name}: {super().format(record)}"

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.config import SpoolConfig, UploadConfig
-from edge_agent.spool import Spool
+from edge_agent.delivery.spool import Spool
 
 
 def spool_config(path: Path, **kw: Any) -> SpoolConfig:

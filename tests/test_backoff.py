@@ -9,7 +9,7 @@ from email.utils import formatdate
 
 import pytest
 
-from edge_agent.backoff import Backoff, parse_retry_after
+from edge_agent.delivery.backoff import Backoff, parse_retry_after
 
 
 def test_ceiling_doubles_from_base_to_cap() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge_agent.cid import CidValidator, escape_payload
+from edge_agent.delivery.cid import CidValidator, escape_payload
 
 
 @pytest.mark.parametrize("payload", ["CID-7F3A9C21", "lot42.box:0007", "a", "A" * 128, "x_y-z.1:2"])

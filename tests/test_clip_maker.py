@@ -9,11 +9,11 @@ from pathlib import Path
 import av
 import pytest
 
-from edge_agent.clip import ClipError, ClipMaker, validate
+from edge_agent.capture.media import Packet
+from edge_agent.capture.source import AvSource
 from edge_agent.config import ClipConfig, SourceConfig
-from edge_agent.media import Packet
-from edge_agent.ring_buffer import Recording, RingBuffer
-from edge_agent.source import AvSource
+from edge_agent.pipeline.clip import ClipError, ClipMaker, validate
+from edge_agent.pipeline.ring import Recording, RingBuffer
 from tests.media_factory import make_video
 
 

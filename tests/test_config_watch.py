@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from edge_agent.config import Config, parse_config
-from edge_agent.config_watch import ConfigWatcher, classify_changes
+from edge_agent.service.reload import ConfigWatcher, classify_changes
 
 SRC = "source: {kind: file, path: x.mp4}\n"
 

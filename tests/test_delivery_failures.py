@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from edge_agent import __version__
+from edge_agent.delivery.spool import Spool
+from edge_agent.delivery.uploader import Uploader
 from edge_agent.metrics import Metrics
-from edge_agent.spool import Spool
-from edge_agent.uploader import Uploader
 from tests.flaky_server import FlakyServer
 from tests.spool_helpers import add_clip, fast_upload, spool_config
 
@@ -173,8 +173,8 @@ CHILD = textwrap.dedent("""
     sys.path.insert(0, sys.argv[3])
     from edge_agent.config import SpoolConfig, UploadConfig
     from edge_agent.metrics import Metrics
-    from edge_agent.spool import Spool
-    from edge_agent.uploader import Uploader
+    from edge_agent.delivery.spool import Spool
+    from edge_agent.delivery.uploader import Uploader
     spool = Spool(SpoolConfig(dir=sys.argv[1], min_free_bytes=0))
     up = Uploader(spool, UploadConfig(url=sys.argv[2], backoff_base_s=0.05, backoff_cap_s=0.2), Metrics(), "kill9")
     print("ready", flush=True)

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from edge_agent.spool import Spool
+from edge_agent.delivery.spool import Spool
 from tests.flaky_server import FlakyServer
 from tests.spool_helpers import add_clip, spool_config
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from edge_agent import __version__
+from edge_agent.delivery.spool import Spool
+from edge_agent.delivery.uploader import Uploader
 from edge_agent.metrics import Metrics
-from edge_agent.spool import Spool
-from edge_agent.uploader import Uploader
 from tests.flaky_server import FlakyServer
 from tests.receiver_fixture import ReceiverProcess
 from tests.spool_helpers import add_clip, fast_upload, spool_config

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edge_agent.capture.media import GrayFrame
 from edge_agent.config import DetectorConfig, RoiConfig
-from edge_agent.detector import Detector
-from edge_agent.media import GrayFrame
+from edge_agent.pipeline.detector import Detector
 from tests.media_factory import qr_image
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edge_agent.config_cli import reference_markdown, schema
+from edge_agent.commands.config import reference_markdown, schema
 
 ROOT = Path(__file__).resolve().parent.parent
 REGENERATE = "run `edge-agent config reference` and commit docs/"

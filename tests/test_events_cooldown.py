@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from edge_agent.detector import Detection
-from edge_agent.events import Action, EventTracker
+from edge_agent.pipeline.detector import Detection
+from edge_agent.pipeline.events import Action, EventTracker
 
 
 def det(t: float) -> Detection:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.capture.source import AvSource
 from edge_agent.config import Config, load_config, parse_config
-from edge_agent.source import AvSource
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

@@ -13,9 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent import instances
 from edge_agent.cli import main
-from edge_agent.instances import clash_warning, clashes, instance_state_dir, load_instance, read_env_file, state_dir
+from edge_agent.service import instances
+from edge_agent.service.instances import (
+    clash_warning,
+    clashes,
+    instance_state_dir,
+    load_instance,
+    read_env_file,
+    state_dir,
+)
 from tests.receiver_fixture import ReceiverProcess, free_port
 from tests.test_daemon import NotifySocket
 

@@ -10,8 +10,8 @@ SCRIPT = """
 import logging, sys
 from edge_agent.logs import setup_logging
 setup_logging("INFO")
-logging.getLogger("edge_agent.pipeline").warning("payload rejected payload=%s", '"a\\\\nb"')
-logging.getLogger("edge_agent.pipeline").info("clip ready cid=CID-1 clip=abc\\nsecond line")
+logging.getLogger("edge_agent.pipeline.wiring").warning("payload rejected payload=%s", '"a\\\\nb"')
+logging.getLogger("edge_agent.pipeline.wiring").info("clip ready cid=CID-1 clip=abc\\nsecond line")
 """
 
 
@@ -29,8 +29,8 @@ def run(env: dict[str, str]) -> list[str]:
 
 def test_journald_lines_have_priority_and_no_timestamp() -> None:
     lines = run({"JOURNAL_STREAM": "auto"})
-    assert lines[0] == '<4>edge_agent.pipeline: payload rejected payload="a\\nb"'
-    assert lines[1] == "<6>edge_agent.pipeline: clip ready cid=CID-1 clip=abc | second line"
+    assert lines[0] == '<4>edge_agent.pipeline.wiring: payload rejected payload="a\\nb"'
+    assert lines[1] == "<6>edge_agent.pipeline.wiring: clip ready cid=CID-1 clip=abc | second line"
 
 
 def test_terminal_lines_have_a_timestamp() -> None:

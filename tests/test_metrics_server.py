@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from edge_agent.metrics import Metrics
-from edge_agent.metrics_server import MetricsServer
+from edge_agent.service.http import MetricsServer
 
 # The text exposition format 0.0.4: https://prometheus.io/docs/instrumenting/exposition_formats/
 NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"

@@ -10,8 +10,8 @@ import pytest
 
 from edge_agent import const
 from edge_agent.config import parse_config
-from edge_agent.pipeline import EventRecord, Pipeline
-from edge_agent.sinks import FolderSink
+from edge_agent.delivery.sinks import FolderSink
+from edge_agent.pipeline.wiring import EventRecord, Pipeline
 from tests.media_factory import make_video
 
 

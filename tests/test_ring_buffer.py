@@ -3,9 +3,9 @@ start on a keyframe at or before the wanted start."""
 
 from __future__ import annotations
 
-from edge_agent.media import Packet
+from edge_agent.capture.media import Packet
 from edge_agent.metrics import Metrics
-from edge_agent.ring_buffer import Recording, RingBuffer
+from edge_agent.pipeline.ring import Recording, RingBuffer
 
 FPS = 30
 GOP = 30  # a keyframe every second

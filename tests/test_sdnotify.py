@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.sdnotify import Notifier
+from edge_agent.service.sdnotify import Notifier
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,7 +65,7 @@ def test_several_fields_go_in_one_datagram_and_a_newline_cannot_forge_a_field(
 
 def test_a_real_process_reads_notify_socket_from_its_environment(listener: tuple[str, socket.socket]) -> None:
     value, s = listener
-    code = "from edge_agent.sdnotify import Notifier; n = Notifier(); assert n.ready() and n.watchdog()"
+    code = "from edge_agent.service.sdnotify import Notifier; n = Notifier(); assert n.ready() and n.watchdog()"
     env = {**os.environ, "NOTIFY_SOCKET": value}
     subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True, timeout=30)
     assert received(s, 2) == ["READY=1", "WATCHDOG=1"]
@@ -80,7 +80,7 @@ def test_outside_systemd_every_call_is_a_silent_no_op() -> None:
 
 def test_a_dead_socket_never_raises_and_is_logged_once_at_debug(tmp_path: Path,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="edge_agent.sdnotify")
+    caplog.set_level(logging.DEBUG, logger="edge_agent.service.sdnotify")
     n = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
     assert n.enabled
     assert not n.ready() and not n.watchdog() and not n.stopping()

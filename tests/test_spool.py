@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent import const, spool_cli
+from edge_agent import const
+from edge_agent.commands import spool as spool_cli
+from edge_agent.delivery.spool import Spool, SpoolBusy
 from edge_agent.metrics import Metrics
-from edge_agent.spool import Spool, SpoolBusy
 from tests.flaky_server import FlakyServer
 from tests.spool_helpers import add_clip, spool_config
 
@@ -265,7 +266,7 @@ def test_kill9_while_putting_leaves_only_whole_clips(tmp_path: Path) -> None:
         import hashlib, os, sys, uuid
         sys.path.insert(0, {str(ROOT)!r})
         from edge_agent.config import SpoolConfig
-        from edge_agent.spool import Spool, SpoolBusy
+        from edge_agent.delivery.spool import Spool, SpoolBusy
         spool = Spool(SpoolConfig(dir=sys.argv[1], min_free_bytes=0))
         print("ready", flush=True)
         while True:
@@ -447,7 +448,7 @@ def test_a_really_full_disk_drops_or_rejects_and_carries_on(small_fs: Path, on_f
     # and it delivers everything it kept
     (small_fs / "ballast").unlink()
     from edge_agent import __version__
-    from edge_agent.uploader import Uploader
+    from edge_agent.delivery.uploader import Uploader
     from tests.spool_helpers import fast_upload
 
     with FlakyServer() as server:

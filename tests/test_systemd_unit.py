@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent import const, instances
+from edge_agent import const
 from edge_agent.cli import build_parser
 from edge_agent.config import EXIT_CONFIG
-from edge_agent.credentials import CREDENTIAL_NAME
-from edge_agent.daemon import STOP_BUDGET_S
+from edge_agent.delivery.credentials import CREDENTIAL_NAME
+from edge_agent.service import instances
+from edge_agent.service.daemon import STOP_BUDGET_S
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMD = ROOT / "systemd"

@@ -25,8 +25,9 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 import requests
 
-from .. import const, contract
-from ..cid import escape_payload
+from .. import const
+from ..delivery import contract
+from ..delivery.cid import escape_payload
 from .storage import FileLdoStorage, S3LdoStorage, StorageUnavailable
 from .store import Store
 

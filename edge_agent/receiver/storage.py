@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from ..contract import rfc3339
+from ..delivery.contract import rfc3339
 
 log = logging.getLogger("edge_agent.receiver")
 

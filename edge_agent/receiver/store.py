@@ -142,6 +142,6 @@ class Store:
 
 
 def _iso(ts: float) -> str:
-    from edge_agent.contract import rfc3339
+    from edge_agent.delivery.contract import rfc3339
 
     return rfc3339(ts)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .config import DetectorConfig
-from .media import GrayFrame
+from edge_agent.capture.media import GrayFrame
+from edge_agent.config import DetectorConfig
 
 log = logging.getLogger(__name__)
 

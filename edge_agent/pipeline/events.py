@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .detector import Detection
+from edge_agent.pipeline.detector import Detection
 
 
 class Action(Enum):

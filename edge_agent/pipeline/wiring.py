@@ -30,17 +30,18 @@ from typing import Any
 
 import av
 
-from . import __version__, const, contract
-from .cid import CidValidator, escape_payload
-from .clip import ClipError, ClipMaker
-from .config import Config
-from .detector import Detection, Detector
-from .events import Action, Event, EventTracker
-from .media import GrayFrame, Packet, StreamInfo, luma, to_av_packet
-from .metrics import Metrics
-from .ring_buffer import Recording, RingBuffer
-from .sinks import ClipSink
-from .source import AvSource, SourceError
+from edge_agent import __version__, const
+from edge_agent.capture.media import GrayFrame, Packet, StreamInfo, luma, to_av_packet
+from edge_agent.capture.source import AvSource, SourceError
+from edge_agent.config import Config
+from edge_agent.delivery import contract
+from edge_agent.delivery.cid import CidValidator, escape_payload
+from edge_agent.delivery.sinks import ClipSink
+from edge_agent.metrics import Metrics
+from edge_agent.pipeline.clip import ClipError, ClipMaker
+from edge_agent.pipeline.detector import Detection, Detector
+from edge_agent.pipeline.events import Action, Event, EventTracker
+from edge_agent.pipeline.ring import Recording, RingBuffer
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .metrics import Metrics
+from edge_agent.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -14,14 +14,14 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import const
-from .cli_common import add_config_arg, load_config_or_exit
-from .logs import setup_logging
-from .metrics import Metrics
-from .sinks import ClipSink, FolderSink, TeeSink
+from edge_agent import const
+from edge_agent.commands.common import add_config_arg, load_config_or_exit
+from edge_agent.delivery.sinks import ClipSink, FolderSink, TeeSink
+from edge_agent.logs import setup_logging
+from edge_agent.metrics import Metrics
 
 if TYPE_CHECKING:
-    from .pipeline import EventRecord, Pipeline
+    from edge_agent.pipeline.wiring import EventRecord, Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class ReplayReport:
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    from .pipeline import Pipeline
+    from edge_agent.pipeline.wiring import Pipeline
 
     cfg = load_config_or_exit(args, strict_source=False)
     setup_logging(cfg.log_level)
@@ -122,8 +122,8 @@ def run_replay(args: argparse.Namespace) -> int:
         folder = FolderSink(args.output_dir or DEFAULT_OUTPUT_DIR)
     sink: ClipSink
     if upload:
-        from .spool import Spool, SpoolBusy
-        from .uploader import Uploader
+        from edge_agent.delivery.spool import Spool, SpoolBusy
+        from edge_agent.delivery.uploader import Uploader
 
         try:
             spool = Spool(cfg.spool, metrics)
@@ -139,7 +139,7 @@ def run_replay(args: argparse.Namespace) -> int:
     listener = ReplayReport()
     pipeline = Pipeline(cfg, sink, videos=args.videos, metrics=metrics, on_event=listener.on_event)
     if upload:
-        from . import __version__
+        from edge_agent import __version__
 
         uploader = Uploader(spool, cfg.upload, metrics, __version__, on_result=listener.on_upload)
         uploader.start()

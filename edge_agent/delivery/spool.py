@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import SpoolConfig
-from .metrics import Metrics
+from edge_agent.config import SpoolConfig
+from edge_agent.metrics import Metrics
 
 try:
     import fcntl

@@ -20,10 +20,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .cid import CidValidator, escape_payload
-from .cli_common import add_config_arg, load_config_or_exit
-from .config import Config
-from .logs import setup_logging
+from edge_agent.commands.common import add_config_arg, load_config_or_exit
+from edge_agent.config import Config
+from edge_agent.delivery.cid import CidValidator, escape_payload
+from edge_agent.logs import setup_logging
 
 GREEN, RED, BLUE = (40, 200, 40), (40, 40, 230), (230, 120, 30)
 # zxing-cpp reads QR codes reliably from about 2 px a module; below 3 it starts to miss blurred ones
@@ -148,8 +148,8 @@ def grab(cfg: Config, at: float | None, want_code: bool = True) -> tuple[Any, fl
     import av
     import zxingcpp
 
-    from .media import luma, to_av_packet
-    from .source import AvSource
+    from edge_agent.capture.media import luma, to_av_packet
+    from edge_agent.capture.source import AvSource
 
     src = AvSource(cfg.source)
     info = src.open()
@@ -230,7 +230,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    from .media import luma
+    from edge_agent.capture.media import luma
 
     cfg = _config(args)
     frame, t = grab(cfg, args.at)
@@ -244,7 +244,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .media import luma
+    from edge_agent.capture.media import luma
 
     cfg = _config(args)
     at = 0.0

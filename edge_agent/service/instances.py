@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError, load_config, provenance
+from edge_agent.config import ConfigError, load_config, provenance
 
 # ConfigurationDirectory=edge-agent and StateDirectory=edge-agent[/%i] of the units in systemd/
 CONFIG_DIR = Path("/etc/edge-agent")

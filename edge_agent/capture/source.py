@@ -18,8 +18,8 @@ from typing import Any
 
 import av
 
-from .config import SourceConfig
-from .media import Packet, StreamInfo
+from edge_agent.capture.media import Packet, StreamInfo
+from edge_agent.config import SourceConfig
 
 log = logging.getLogger(__name__)
 

@@ -15,14 +15,14 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__, const
-from .cli_common import add_config_arg, load_config_or_exit
-from .config import Config
-from .logs import setup_logging
-from .metrics import Metrics
+from edge_agent import __version__, const
+from edge_agent.commands.common import add_config_arg, load_config_or_exit
+from edge_agent.config import Config
+from edge_agent.logs import setup_logging
+from edge_agent.metrics import Metrics
 
 if TYPE_CHECKING:
-    from .spool import Spool
+    from edge_agent.delivery.spool import Spool
 
 # How often `flush` looks at the queue while the running agent delivers it.
 POLL_S = 0.5
@@ -56,7 +56,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _fail(exc: BaseException) -> SystemExit:
-    from .spool import is_disk_full
+    from edge_agent.delivery.spool import is_disk_full
 
     print(f"edge-agent spool: {exc}", file=sys.stderr)
     return SystemExit(const.EXIT_CANTCREAT if is_disk_full(exc) or "disk full" in str(exc) else 1)
@@ -64,7 +64,7 @@ def _fail(exc: BaseException) -> SystemExit:
 
 def _reader(args: argparse.Namespace) -> tuple[Config, Spool]:
     """status and list only read: no lock, no recovery, no file moved, safe beside the running agent."""
-    from .spool import Spool, SpoolError
+    from edge_agent.delivery.spool import Spool, SpoolError
 
     cfg = _load(args)
     try:
@@ -75,7 +75,7 @@ def _reader(args: argparse.Namespace) -> tuple[Config, Spool]:
 
 def _owner(args: argparse.Namespace) -> tuple[Config, Spool | None, int | None]:
     """(cfg, the spool as its owner, None) or (cfg, None, the running agent's pid) when it owns it."""
-    from .spool import Spool, SpoolBusy, SpoolError
+    from edge_agent.delivery.spool import Spool, SpoolBusy, SpoolError
 
     cfg = _load(args)
     try:
@@ -102,7 +102,7 @@ def _owner_note(spool: Spool) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .spool import disk_full_note
+    from edge_agent.delivery.spool import disk_full_note
 
     cfg, spool = _reader(args)
     st = spool.status()
@@ -152,8 +152,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_flush(args: argparse.Namespace) -> int:
     """Deliver now. Beside the running agent this waits for the agent's own uploader (a second one
     would race it for the same clip); the answer comes within --timeout + 2 s either way."""
-    from .spool import Spool, disk_full_note
-    from .uploader import Uploader
+    from edge_agent.delivery.spool import Spool, disk_full_note
+    from edge_agent.delivery.uploader import Uploader
 
     cfg, spool, agent_pid = _owner(args)
     deadline = time.monotonic() + args.timeout
@@ -200,7 +200,7 @@ def cmd_flush(args: argparse.Namespace) -> int:
 def cmd_requeue(args: argparse.Namespace) -> int:
     cfg, spool, agent_pid = _owner(args)
     if spool is None:
-        from .spool import Spool
+        from edge_agent.delivery.spool import Spool
 
         reader = Spool.open_reader(cfg.spool)
         n = reader.request_requeue(REQUEST_TIMEOUT_S)

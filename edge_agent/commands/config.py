@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .cli_common import add_config_arg, config_path, load_config_or_exit
-from .config import ENV_PREFIX, EXIT_CONFIG, Config, ConfigError, load_config, provenance
+from edge_agent.commands.common import add_config_arg, config_path, load_config_or_exit
+from edge_agent.config import ENV_PREFIX, EXIT_CONFIG, Config, ConfigError, load_config, provenance
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

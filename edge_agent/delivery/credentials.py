@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .config import UploadConfig
+from edge_agent.config import UploadConfig
 
 CREDENTIAL_NAME = "upload-token"
 

@@ -6,8 +6,8 @@ import argparse
 import os
 import sys
 
-from .config import EXIT_CONFIG, Config, ConfigError, load_config
-from .instances import instance_state_dir
+from edge_agent.config import EXIT_CONFIG, Config, ConfigError, load_config
+from edge_agent.service.instances import instance_state_dir
 
 # Where the systemd unit's ConfigurationDirectory= puts the file; used when --config is not given
 # and the file exists, so `edge-agent check` on a device needs no arguments.

@@ -1,4 +1,4 @@
-"""`edge-agent run`: the long-running service around the pipeline.
+"""The long-running service around the pipeline (what `edge-agent run` starts).
 
 Owns what a daemon needs and the pipeline does not: the spool and uploader, signals (SIGTERM
 stops, SIGHUP reloads), config-file watching, systemd notification (READY once frames flow,
@@ -7,7 +7,6 @@ WATCHDOG only while frames advance, STATUS, STOPPING) and the metrics endpoint.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import threading
@@ -15,12 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__, const
-from .cli_common import add_config_arg, config_path, load_config_or_exit
-from .config import Config, ConfigError, load_config
-from .logs import setup_logging
-from .metrics import Metrics
-from .sdnotify import Notifier
+from edge_agent import __version__
+from edge_agent.config import Config, ConfigError, load_config
+from edge_agent.logs import setup_logging
+from edge_agent.metrics import Metrics
+from edge_agent.service.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -30,27 +28,6 @@ EXPORTED_COUNTERS = ("edge_agent_frames_total", "edge_agent_frames_dropped_total
                      "edge_agent_detections_total", "edge_agent_payloads_rejected_total", "edge_agent_clips_total",
                      "edge_agent_source_restarts_total")
 TICK_S = 1.0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run the daemon (what the systemd service starts)",
-                       description="Capture, detect, cut clips and deliver them until stopped (SIGTERM). "
-                       "SIGHUP or an edit of the config file reloads it.")
-    add_config_arg(p)
-    p.set_defaults(func=run_daemon)
-
-
-def run_daemon(args: argparse.Namespace) -> int:
-    from .spool import SpoolBusy
-
-    cfg = load_config_or_exit(args)
-    setup_logging(cfg.log_level)
-    try:
-        return Daemon(cfg, config_path(args)).run()
-    except SpoolBusy as busy:
-        log.error("cannot start: %s; two agents (two cameras) need two spool.dir, and a running "
-                  "`edge-agent spool flush` must finish first", busy)
-        return const.EXIT_QUEUED
 
 
 class Daemon:
@@ -101,7 +78,7 @@ class Daemon:
 
     def apply(self, new: Config) -> None:
         """Live keys apply now; a changed source restarts inside the pipeline; the rest needs a restart."""
-        from .config_watch import classify_changes
+        from edge_agent.service.reload import classify_changes
 
         live, restart = classify_changes(self.cfg, new)
         if not live and not restart:
@@ -120,9 +97,9 @@ class Daemon:
     # --- main loop ------------------------------------------------------------------------------
 
     def run(self) -> int:
-        from .pipeline import Pipeline
-        from .spool import Spool
-        from .uploader import Uploader
+        from edge_agent.delivery.spool import Spool
+        from edge_agent.delivery.uploader import Uploader
+        from edge_agent.pipeline.wiring import Pipeline
 
         self._install_signals()
         for name in EXPORTED_COUNTERS:  # exported from the start, at 0, so dashboards and alerts see them
@@ -133,7 +110,7 @@ class Daemon:
         self.pipeline = Pipeline(cfg, self.spool, metrics=self.metrics,
                                  on_event=lambda rec: self.uploader.wake())
         if cfg.metrics.port:
-            from .metrics_server import MetricsServer
+            from edge_agent.service.http import MetricsServer
 
             try:
                 self._metrics_server = MetricsServer(self.metrics, cfg.metrics.host, cfg.metrics.port, self._health)
@@ -142,7 +119,7 @@ class Daemon:
                 log.error("metrics endpoint off: %s", exc)
                 self._metrics_server = None
         if self.path:
-            from .config_watch import ConfigWatcher
+            from edge_agent.service.reload import ConfigWatcher
 
             self._watcher = ConfigWatcher(Path(self.path), self.apply, self._on_watch_error)
             self._watcher.start()

@@ -18,8 +18,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .media import Packet
-from .metrics import Metrics
+from edge_agent.capture.media import Packet
+from edge_agent.metrics import Metrics
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from . import const
+from edge_agent import const
 
 
 class CidValidator:

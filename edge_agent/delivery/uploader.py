@@ -36,13 +36,13 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from . import contract
-from .backoff import Backoff, parse_retry_after
-from .cid import escape_payload
-from .config import UploadConfig
-from .credentials import CredentialError, load_token
-from .metrics import Metrics
-from .spool import Entry, Spool
+from edge_agent.config import UploadConfig
+from edge_agent.delivery import contract
+from edge_agent.delivery.backoff import Backoff, parse_retry_after
+from edge_agent.delivery.cid import escape_payload
+from edge_agent.delivery.credentials import CredentialError, load_token
+from edge_agent.delivery.spool import Entry, Spool
+from edge_agent.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from . import __version__, contract
-from .cli_common import add_config_arg, config_path, load_config_or_exit
-from .config import Config
-from .instances import clash_warning
-from .logs import setup_logging
+from edge_agent import __version__
+from edge_agent.commands.common import add_config_arg, config_path, load_config_or_exit
+from edge_agent.config import Config
+from edge_agent.delivery import contract
+from edge_agent.logs import setup_logging
+from edge_agent.service.instances import clash_warning
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 
@@ -83,7 +84,7 @@ def check_libraries(cfg: Config) -> Result:
     except ImportError as exc:
         return Result("libraries", FAIL, f"PyAV cannot be imported: {exc}",
                       "reinstall edge-agent into its venv: /opt/edge-agent/venv/bin/pip install av")
-    from .detector import DecoderUnavailable, make_decoder
+    from edge_agent.pipeline.detector import DecoderUnavailable, make_decoder
 
     try:
         name, _ = make_decoder(cfg.detector.decoder)
@@ -128,7 +129,7 @@ def sample_source(cfg: Config, frames: int, seconds: float) -> SourceSample:
     """Open the source and demux about `frames` packets (at most `seconds` of reading) on a helper
     thread; if it hangs (a camera that never sends, a command that writes nothing) the source is
     interrupted at the deadline and the result says so."""
-    from .source import AvSource, SourceError
+    from edge_agent.capture.source import AvSource, SourceError
 
     src = AvSource(cfg.source)
     sample = SourceSample(src.describe, src.live or cfg.source.realtime)
@@ -291,9 +292,9 @@ def check_detector(cfg: Config, sample: SourceSample) -> Result:
     """Decode the kept packets, search a spread of them for QR codes, time both."""
     import av
 
-    from .cid import CidValidator, escape_payload
-    from .detector import DecoderUnavailable, Detector
-    from .media import GrayFrame, luma, to_av_packet
+    from edge_agent.capture.media import GrayFrame, luma, to_av_packet
+    from edge_agent.delivery.cid import CidValidator, escape_payload
+    from edge_agent.pipeline.detector import DecoderUnavailable, Detector
 
     try:
         det = Detector(cfg.detector)
@@ -403,7 +404,7 @@ def check_server(cfg: Config) -> Result:
     upload.url is not the final URL (the uploader never follows redirects), 401/403 the token."""
     import requests
 
-    from .credentials import CredentialError, load_token
+    from edge_agent.delivery.credentials import CredentialError, load_token
 
     u = cfg.upload
     if not u.url:
@@ -489,7 +490,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def check_token(cfg: Config) -> Result:
-    from .credentials import CredentialError, load_token, token_path
+    from edge_agent.delivery.credentials import CredentialError, load_token, token_path
 
     if not cfg.upload.url:
         return Result("token", SKIP, "no upload.url")

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .config import Config, ConfigError, load_config
+from edge_agent.config import Config, ConfigError, load_config
 
 log = logging.getLogger(__name__)
 
