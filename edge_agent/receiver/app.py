@@ -27,6 +27,8 @@ import requests
 
 from .. import const, contract
 from ..cid import escape_payload
+from .limits import BodyLimit, key_error
+from .metadata import parse_metadata
 from .storage import FileLdoStorage, S3LdoStorage, StorageUnavailable
 from .store import Store
 
@@ -43,33 +45,6 @@ def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> J
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-class _BodyLimit:
-    """ASGI middleware: refuse bodies over the cap before reading them (413), and bodies that
-    declare no length on the upload endpoints (411), so a client cannot fill the disk."""
-
-    def __init__(self, app: Any, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            headers = dict(scope.get("headers") or [])
-            length = headers.get(b"content-length")
-            if length is None:
-                await JSONResponse({"detail": "Content-Length required"}, status_code=411)(scope, receive, send)
-                return
-            try:
-                n = int(length)
-            except ValueError:
-                n = -1
-            if n < 0 or n > self.max_bytes:
-                body = {"detail": f"request body of {length.decode(errors='replace')} bytes is over the "
-                                  f"{self.max_bytes} byte limit"}
-                await JSONResponse(body, status_code=413)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def make_storage(spec: str | None, store: Store, s3_endpoint: str | None = None, site: str | None = None) -> Any:
@@ -94,20 +69,15 @@ def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion
     if use_ingestion and not ingestion_url:
         raise ValueError("USE_DATA_INGESTION is true but DATA_INGESTION_URL is not set")
     app = FastAPI(title="edge-agent reference receiver", version="1")
-    app.add_middleware(_BodyLimit, max_bytes=max_bytes)
+    app.add_middleware(BodyLimit, max_bytes=max_bytes)
     app.state.store = store
     session = requests.Session()
 
     def _parse_metadata(metadata: str | None) -> dict[str, Any] | JSONResponse | None:
-        if metadata is None:
-            return None
         try:
-            meta = json.loads(metadata)
-        except ValueError:
-            return _error(422, "metadata is not JSON")
-        if not isinstance(meta, dict):
-            return _error(422, "metadata must be a JSON object")
-        return meta
+            return parse_metadata(metadata)
+        except ValueError as exc:
+            return _error(422, str(exc))
 
     def _forward(key: str | None, meta: dict[str, Any] | None, video_path: Path | None) -> str:
         """Send to data-ingestion; return its LDO id. Raises on failure (the edge will retry)."""
@@ -127,8 +97,8 @@ def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion
         return str(resp.json()["id"])
 
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "locked_keys": store.locked_keys()}
 
     @app.post(contract.CID_PATH, status_code=201)
     def post_cid(
@@ -139,6 +109,8 @@ def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion
     ) -> Any:
         if not cid:
             return _error(400, "missing form field 'cid'")
+        if err := key_error(idempotency_key):
+            return _error(400, err)
         if not _CID.fullmatch(cid) or not cid.isprintable():
             log.warning("refused cid=%s: not a valid CID", escape_payload(cid))
             return _error(422, f"cid is not a valid CID (must match {const.CID_PATTERN})")
@@ -188,6 +160,8 @@ def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion
         video: UploadFile | None = File(None),
         idempotency_key: str | None = Header(None),
     ) -> Any:
+        if err := key_error(idempotency_key):
+            return _error(400, err)
         meta = _parse_metadata(metadata)
         if isinstance(meta, JSONResponse):
             return meta

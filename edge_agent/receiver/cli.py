@@ -14,6 +14,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--data-dir", default="receiver-data", help="where videos and the database go")
     p.add_argument("--max-bytes", type=int, default=200 << 20, help="largest request body accepted")
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="close connections that send no complete request header within this time (default 10)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--storage", metavar="file:DIR|s3://BUCKET/PREFIX",
                    help="where data-ingestion keeps LDOs (default: file: the data dir)")
@@ -41,7 +43,11 @@ def serve_args(args: argparse.Namespace) -> int:
 
     from ..logs import setup_logging
     from .app import create_app
+    from .limits import header_timeout_protocol
 
+    if args.header_timeout <= 0:
+        print("edge-agent receiver: --header-timeout must be > 0 seconds", file=sys.stderr)
+        return 64
     setup_logging(args.log_level)
     try:
         app = create_app(Path(args.data_dir), max_bytes=args.max_bytes, storage=args.storage,
@@ -51,7 +57,8 @@ def serve_args(args: argparse.Namespace) -> int:
         return 78
     logging.getLogger(__name__).info("receiver listening host=%s port=%d data_dir=%s", args.host, args.port,
                                      args.data_dir)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False,
+                http=header_timeout_protocol(args.header_timeout))
     return 0
 
 

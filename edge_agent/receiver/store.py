@@ -46,7 +46,9 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
-        self._key_locks: dict[tuple[str, str], threading.Lock] = {}
+        # (scope, key) -> [lock, requests holding or waiting for it]; an entry lives only while a
+        # request with that key is in flight, so the table is bounded by concurrent requests
+        self._key_locks: dict[tuple[str, str], list[Any]] = {}
 
     @contextmanager
     def key_lock(self, scope: str, key: str | None) -> Iterator[None]:
@@ -55,9 +57,21 @@ class Store:
             yield
             return
         with self._lock:
-            lock = self._key_locks.setdefault((scope, key), threading.Lock())
-        with lock:
-            yield
+            entry = self._key_locks.setdefault((scope, key), [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._key_locks[(scope, key)]
+
+    def locked_keys(self) -> int:
+        """Idempotency keys with a request in flight (the size of the lock table)."""
+        with self._lock:
+            return len(self._key_locks)
 
     def _q(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
