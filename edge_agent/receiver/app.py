@@ -29,7 +29,7 @@ from .. import const, contract
 from ..cid import escape_payload
 from .limits import BodyLimit, key_error
 from .metadata import parse_metadata
-from .storage import FileLdoStorage, S3LdoStorage, StorageUnavailable
+from .storage import StorageUnavailable, make_storage, parse_time_us
 from .store import Store
 
 log = logging.getLogger("edge_agent.receiver")
@@ -47,22 +47,15 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def make_storage(spec: str | None, store: Store, s3_endpoint: str | None = None, site: str | None = None) -> Any:
-    """`file:DIR` (or nothing: the data dir) or `s3://BUCKET/PREFIX`; raises ValueError with a clear message."""
-    if not spec or spec.startswith("file:"):
-        if spec and spec[5:] and Path(spec[5:]).resolve() != store.data_dir.resolve():
-            return FileLdoStorage(Store(Path(spec[5:])))
-        return FileLdoStorage(store)
-    if spec.startswith("s3://"):
-        return S3LdoStorage(spec, endpoint=s3_endpoint, site=site or os.environ.get("SITE", "default"))
-    raise ValueError(f"--storage {spec!r}: expected file:DIR or s3://BUCKET/PREFIX")
-
-
 def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion: bool | None = None,
                ingestion_url: str | None = None, storage: str | None = None, s3_endpoint: str | None = None,
-               site: str | None = None) -> Any:
+               site: str | None = None, index: str | None = None) -> Any:
     store = Store(Path(data_dir))
-    ldo_storage = make_storage(storage, store, s3_endpoint, site)
+    ldo_storage = make_storage(storage, Path(data_dir), s3_endpoint, site, index)
+    try:
+        ldo_storage.prepare()
+    except StorageUnavailable as exc:
+        log.error("could not check the LDO index against the store at start-up (will retry on restart): %s", exc)
     if use_ingestion is None:
         use_ingestion = _env_flag("USE_DATA_INGESTION")
     ingestion_url = (ingestion_url or os.environ.get("DATA_INGESTION_URL") or "").rstrip("/") or None
@@ -168,7 +161,7 @@ def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion
         key = idempotency_key
         try:
             with store.key_lock("ldo", key):
-                prior = ldo_storage.replay(key)
+                prior = ldo_storage.replay(key, meta)
                 if prior is not None:
                     return JSONResponse(prior, status_code=201, headers={"Idempotent-Replay": "true"})
                 has_video = video is not None and video.filename is not None
@@ -181,9 +174,20 @@ def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion
         return JSONResponse(body, status_code=201)
 
     @app.get(contract.INGEST_LIST_PATH)
-    def ingest_list(skip: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> Any:
+    def ingest_list(skip: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
+                    device_id: str | None = Query(None, max_length=200), site: str | None = Query(None, max_length=200),
+                    since: str | None = Query(None, description="RFC 3339, inclusive, on the ingest time"),
+                    until: str | None = Query(None, description="RFC 3339, exclusive, on the ingest time")) -> Any:
+        """Newest first (ingest time, then id, both descending), with the exact total of the filter."""
+        bounds: dict[str, int | None] = {}
+        for name, value in (("since", since), ("until", until)):
+            try:
+                bounds[name] = parse_time_us(value) if value else None
+            except ValueError:
+                return _error(422, f"{name}={value!r} is not an RFC 3339 time such as 2026-11-24T08:00:00Z")
         try:
-            total, ldos = ldo_storage.list(skip, limit)
+            total, ldos = ldo_storage.list(skip, limit, device_id=device_id, site=site, since_us=bounds["since"],
+                                           until_us=bounds["until"])
         except StorageUnavailable as exc:
             return _error(503, str(exc), {contract.HEADER_RETRY_AFTER: str(RETRY_AFTER_S)})
         return {"total": total, "ldos": ldos}

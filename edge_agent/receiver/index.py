@@ -1,0 +1,315 @@
+"""The index of LDOs kept beside the objects, so `GET /ingest/list` reads a few index pages instead
+of listing the store: SQLite in the data dir for one receiver, PostgreSQL for several receivers on
+one store. The objects stay the truth; the index can always be rebuilt from them (storage.py).
+
+Why listing stays fast at a million rows with an exact `total` and `skip`: beside the rows, the
+index keeps per-hour counts (all LDOs, per site, per site and device), updated in the same
+transaction as each row. The total is a sum over those counts (at most a few thousand hours a
+year), and a `skip` deep in the list is located by walking the counts to the right hour, so the
+database only steps over the rows of that one hour, never over the hundreds of thousands before
+it. Newest first: `ORDER BY created_at DESC, id DESC` (see README for why).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..contract import rfc3339
+from .objects import StorageUnavailable
+
+log = logging.getLogger("edge_agent.receiver")
+
+HOUR_US = 3_600_000_000
+COLUMNS = ("id", "base", "key_hash", "site", "device_id", "created_us", "size_bytes", "has_video", "status")
+
+_DDL = [
+    "CREATE TABLE IF NOT EXISTS ldo_index (id TEXT PRIMARY KEY, base TEXT NOT NULL, key_hash TEXT,"
+    " site TEXT NOT NULL, device_id TEXT NOT NULL, created_us BIGINT NOT NULL, size_bytes BIGINT NOT NULL,"
+    " has_video BIGINT NOT NULL, status TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS ldo_index_created ON ldo_index (created_us DESC, id DESC)",
+    "CREATE INDEX IF NOT EXISTS ldo_index_site ON ldo_index (site, created_us DESC, id DESC)",
+    "CREATE INDEX IF NOT EXISTS ldo_index_device ON ldo_index (device_id, created_us DESC, id DESC)",
+    "CREATE INDEX IF NOT EXISTS ldo_index_key ON ldo_index (key_hash)",
+    "CREATE TABLE IF NOT EXISTS ldo_hours (hour BIGINT PRIMARY KEY, n BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS ldo_site_hours (site TEXT NOT NULL, hour BIGINT NOT NULL, n BIGINT NOT NULL,"
+    " PRIMARY KEY (site, hour))",
+    "CREATE TABLE IF NOT EXISTS ldo_device_hours (site TEXT NOT NULL, device_id TEXT NOT NULL, hour BIGINT NOT NULL,"
+    " n BIGINT NOT NULL, PRIMARY KEY (site, device_id, hour))",
+    "CREATE INDEX IF NOT EXISTS ldo_device_hours_device ON ldo_device_hours (device_id, hour)",
+    # an object write in progress: if the receiver dies before the row is written, start-up repairs it
+    "CREATE TABLE IF NOT EXISTS ldo_pending (base TEXT PRIMARY KEY, since DOUBLE PRECISION NOT NULL)",
+]
+
+Query = Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]]
+
+
+class IndexUnavailable(StorageUnavailable):
+    """The index database cannot be reached; 503, the client retries."""
+
+
+def listing_row(r: tuple[Any, ...]) -> dict[str, Any]:
+    """(id, status, has_video, created_us, size_bytes) as `GET /ingest/list` shows it."""
+    return {"id": r[0], "status": r[1], "filename": f"{r[0]}.mp4" if r[2] else None,
+            "created_at": rfc3339(r[3] / 1e6), "size_bytes": int(r[4])}
+
+
+class LdoIndex:
+    """The SQL both databases share; subclasses provide transactions and the bulk insert."""
+
+    description = "index"
+
+    # --- transactions, per database -------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self, read_only: bool = False) -> Iterator[Query]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def _insert_rows(self, q: Query, rows: list[tuple[Any, ...]]) -> list[tuple[str, str, int]]:
+        """Insert rows not yet there; return (site, device_id, hour) of each row actually inserted."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    # --- writes ---------------------------------------------------------------------------------
+
+    def add(self, rows: Iterable[dict[str, Any]], done_base: str | None = None) -> int:
+        """Add rows (those already present are left alone) and their hour counts in one transaction;
+        also clear the pending mark of `done_base`. Returns how many were new."""
+        tuples = [tuple(int(bool(r[c])) if c == "has_video" else r[c] for c in COLUMNS) for r in rows]
+        with self._tx() as q:
+            inserted = self._insert_rows(q, tuples) if tuples else []
+            self._count(q, inserted)
+            if done_base is not None:
+                q("DELETE FROM ldo_pending WHERE base = ?", (done_base,))
+        return len(inserted)
+
+    @staticmethod
+    def _count(q: Query, inserted: list[tuple[str, str, int]]) -> None:
+        for table, keys, counts in (
+            ("ldo_hours", ("hour",), Counter((h,) for _, _, h in inserted)),
+            ("ldo_site_hours", ("site", "hour"), Counter((s, h) for s, _, h in inserted)),
+            ("ldo_device_hours", ("site", "device_id", "hour"), Counter(inserted)),
+        ):
+            cols = ", ".join(keys)
+            marks = ", ".join("?" for _ in keys)
+            for key, n in sorted(counts.items()):
+                q(f"INSERT INTO {table} ({cols}, n) VALUES ({marks}, ?) ON CONFLICT ({cols})"
+                  f" DO UPDATE SET n = {table}.n + excluded.n", (*key, n))
+
+    def clear(self) -> None:
+        """Forget every row and count (before a rebuild from the store)."""
+        with self._tx() as q:
+            for table in ("ldo_index", "ldo_hours", "ldo_site_hours", "ldo_device_hours"):
+                q(f"DELETE FROM {table}", ())
+
+    def pending_add(self, base: str) -> None:
+        with self._tx() as q:
+            q("INSERT INTO ldo_pending (base, since) VALUES (?, ?) ON CONFLICT (base) DO UPDATE SET since ="
+              " excluded.since", (base, time.time()))
+
+    def pending(self) -> list[tuple[str, float]]:
+        with self._tx(read_only=True) as q:
+            return [(r[0], float(r[1])) for r in q("SELECT base, since FROM ldo_pending ORDER BY base", ())]
+
+    def pending_drop(self, base: str) -> None:
+        with self._tx() as q:
+            q("DELETE FROM ldo_pending WHERE base = ?", (base,))
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    def is_empty(self) -> bool:
+        with self._tx(read_only=True) as q:
+            return not q("SELECT 1 FROM ldo_index LIMIT 1", ())
+
+    def reply_for_key(self, key_hash: str) -> dict[str, Any] | None:
+        """The reply an earlier request with this key got, from its row."""
+        with self._tx(read_only=True) as q:
+            rows = q("SELECT id, status, size_bytes FROM ldo_index WHERE key_hash = ? ORDER BY created_us LIMIT 1",
+                     (key_hash,))
+        return {"id": rows[0][0], "status": rows[0][1], "size_bytes": int(rows[0][2])} if rows else None
+
+    def has(self, ldo_id: str) -> bool:
+        with self._tx(read_only=True) as q:
+            return bool(q("SELECT 1 FROM ldo_index WHERE id = ?", (ldo_id,)))
+
+    def list(self, skip: int, limit: int, device_id: str | None = None, site: str | None = None,
+             since_us: int | None = None, until_us: int | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """One page, newest first, and the exact number of LDOs matching the filters (`since`
+        inclusive, `until` exclusive, on the ingest time)."""
+        dims, dargs = [], []
+        if site is not None:
+            dims.append("site = ?")
+            dargs.append(site)
+        if device_id is not None:
+            dims.append("device_id = ?")
+            dargs.append(device_id)
+        if device_id is not None:
+            table = "ldo_device_hours"
+        elif site is not None:
+            table = "ldo_site_hours"
+        else:
+            table = "ldo_hours"
+        lo = since_us // HOUR_US if since_us is not None else None
+        hi = (until_us - 1) // HOUR_US if until_us is not None else None
+        bconds, bargs = list(dims), list(dargs)
+        if lo is not None:
+            bconds.append("hour >= ?")
+            bargs.append(lo)
+        if hi is not None:
+            bconds.append("hour <= ?")
+            bargs.append(hi)
+        where_b = (" WHERE " + " AND ".join(bconds)) if bconds else ""
+        with self._tx(read_only=True) as q:
+            if table == "ldo_device_hours":  # a device seen at several sites has one count per site
+                buckets = [(int(h), int(n)) for h, n in q(f"SELECT hour, SUM(n) FROM {table}{where_b} GROUP BY hour"
+                                                          " ORDER BY hour DESC", tuple(bargs))]
+            else:
+                buckets = [(int(h), int(n)) for h, n in q(f"SELECT hour, n FROM {table}{where_b} ORDER BY hour DESC",
+                                                          tuple(bargs))]
+            if lo is not None or hi is not None:  # hours cut by the range: count their rows exactly
+                for i, (h, _) in enumerate(buckets):
+                    if h in (lo, hi):
+                        start = max(h * HOUR_US, since_us if since_us is not None else 0)
+                        end = min((h + 1) * HOUR_US, until_us if until_us is not None else (h + 1) * HOUR_US)
+                        conds = " AND ".join([*dims, "created_us >= ?", "created_us < ?"])
+                        n = q(f"SELECT COUNT(*) FROM ldo_index WHERE {conds}", (*dargs, start, end))[0][0]
+                        buckets[i] = (h, int(n))
+            total = sum(n for _, n in buckets)
+            before, start = 0, None
+            for h, n in buckets:
+                if skip < before + n:
+                    start = h
+                    break
+                before += n
+            if start is None:
+                return total, []
+            end = (start + 1) * HOUR_US
+            upper = end if until_us is None else min(until_us, end)
+            conds, args = [*dims, "created_us < ?"], [*dargs, upper]
+            if since_us is not None:
+                conds.append("created_us >= ?")
+                args.append(since_us)
+            rows = q(f"SELECT id, status, has_video, created_us, size_bytes FROM ldo_index WHERE {' AND '.join(conds)}"
+                     " ORDER BY created_us DESC, id DESC LIMIT ? OFFSET ?", (*args, limit, skip - before))
+        return total, [listing_row(r) for r in rows]
+
+
+class SqliteLdoIndex(LdoIndex):
+    """The embedded default: one file in the data dir, one connection behind a lock."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.description = f"sqlite:{self.path}"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        for stmt in _DDL:
+            self._db.execute(stmt)
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def _tx(self, read_only: bool = False) -> Iterator[Query]:
+        with self._lock:
+            self._db.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")
+            try:
+                yield lambda sql, args: self._db.execute(sql, args).fetchall()
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _insert_rows(self, q: Query, rows: list[tuple[Any, ...]]) -> list[tuple[str, str, int]]:
+        sql = (f"INSERT INTO ldo_index ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+               " ON CONFLICT (id) DO NOTHING RETURNING site, device_id, created_us / 3600000000")
+        out: list[tuple[str, str, int]] = []
+        for row in rows:
+            out += [(s, d, int(h)) for s, d, h in q(sql, row)]
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class PostgresLdoIndex(LdoIndex):
+    """Shared by several receivers: a small connection pool, rows and counts in one transaction,
+    lists in one REPEATABLE READ snapshot so the total and the page agree."""
+
+    def __init__(self, url: str, pool_size: int = 8):
+        try:
+            import psycopg
+            from psycopg_pool import ConnectionPool
+        except ImportError as exc:
+            raise ValueError("--index postgresql:// needs psycopg: pip install 'edge-agent[postgres]'") from exc
+        self._errors: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
+        self.description = "postgresql://" + url.split("@")[-1].split("://")[-1]  # no password in logs
+        try:
+            with psycopg.connect(url, connect_timeout=10, autocommit=True) as conn:
+                conn.execute("SELECT pg_advisory_lock(7353201)")  # one schema creation at a time
+                for stmt in _DDL:
+                    conn.execute(stmt)
+                conn.execute("SELECT pg_advisory_unlock(7353201)")
+        except psycopg.Error as exc:
+            raise ValueError(f"--index {self.description}: {str(exc).strip().splitlines()[0]}") from exc
+        self.pool = ConnectionPool(url, min_size=1, max_size=pool_size, kwargs={"autocommit": True},
+                                   timeout=15, open=True)
+
+    @contextmanager
+    def _tx(self, read_only: bool = False) -> Iterator[Query]:
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                if read_only:
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+
+                def q(sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+                    cur = conn.execute(sql.replace("?", "%s"), args)
+                    return cur.fetchall() if cur.description else []
+
+                q.conn = conn  # type: ignore[attr-defined]  # for COPY in _insert_rows
+                yield q
+        except self._errors as exc:
+            raise IndexUnavailable(f"index database: {str(exc).strip().splitlines()[0]}") from exc
+        except Exception as exc:
+            if type(exc).__name__ == "PoolTimeout":
+                raise IndexUnavailable(f"index database: {exc}") from exc
+            raise
+
+    def _insert_rows(self, q: Query, rows: list[tuple[Any, ...]]) -> list[tuple[str, str, int]]:
+        if len(rows) == 1:
+            sql = (f"INSERT INTO ldo_index ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+                   " ON CONFLICT (id) DO NOTHING RETURNING site, device_id, created_us / 3600000000")
+            return [(s, d, int(h)) for s, d, h in q(sql, rows[0])]
+        # many rows (reindex, bulk load): COPY into a scratch table, then one INSERT ... SELECT
+        conn = q.conn  # type: ignore[attr-defined]
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS ldo_load (LIKE ldo_index) ON COMMIT DELETE ROWS")
+        with conn.cursor().copy(f"COPY ldo_load ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cur = conn.execute("INSERT INTO ldo_index SELECT DISTINCT ON (id) * FROM ldo_load ORDER BY id"
+                           " ON CONFLICT (id) DO NOTHING RETURNING site, device_id, created_us / 3600000000")
+        return [(s, d, int(h)) for s, d, h in cur.fetchall()]
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def open_index(spec: str | None, data_dir: Path) -> LdoIndex:
+    """`postgresql://...` (shared), `sqlite:PATH`, or nothing: `<data dir>/ldo-index.sqlite3`."""
+    if not spec:
+        return SqliteLdoIndex(Path(data_dir) / "ldo-index.sqlite3")
+    if spec.startswith(("postgresql://", "postgres://")):
+        return PostgresLdoIndex(spec)
+    if spec.startswith("sqlite:") and spec[7:]:
+        return SqliteLdoIndex(Path(spec[7:]))
+    raise ValueError(f"--index {spec!r}: expected postgresql://USER@HOST/DB or sqlite:PATH")
