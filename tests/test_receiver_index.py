@@ -23,7 +23,7 @@ from edge_agent.receiver.storage import LdoStorage
 from tests.postgres_fixture import Postgres
 from tests.receiver_fixture import ReceiverProcess
 
-T0 = 1_795_000_000 * 1_000_000  # microseconds, on an hour boundary
+T0 = 1_795_000_123 * 1_000_000  # microseconds, not on an hour boundary
 
 
 def synthetic_rows(n: int, seed: int) -> list[dict[str, Any]]:
@@ -31,7 +31,7 @@ def synthetic_rows(n: int, seed: int) -> list[dict[str, Any]]:
     rows = []
     for i in range(n):
         burst = rnd.random() < 0.3  # a busy hour with many LDOs, and ties on the same microsecond
-        created = T0 + 7 * HOUR_US + rnd.randrange(0, 1000) if burst else T0 + rnd.randrange(0, 60 * HOUR_US)
+        created = T0 + 7 * HOUR_US + rnd.randrange(0, 1000) if burst else T0 + rnd.randrange(0, 100 * HOUR_US)
         site = rnd.choice(["plant-a", "plant-b"])
         device = "cam-shared" if i % 17 == 0 else f"cam-{rnd.randrange(4)}"
         rows.append({"id": f"ldo_{i:016x}_{created // 1_000_000}", "base": f"{site}/{device}/d/x{i}", "key_hash": None,
@@ -64,10 +64,10 @@ def test_pages_and_totals_equal_a_plain_sort_under_any_filter(index: LdoIndex) -
             f["device_id"] = rnd.choice(["cam-0", "cam-1", "cam-shared", "cam-9"])
         if rnd.random() < 0.4:
             f["site"] = rnd.choice(["plant-a", "plant-b"])
-        if rnd.random() < 0.4:
-            f["since_us"] = T0 + rnd.randrange(-HOUR_US, 61 * HOUR_US)
-        if rnd.random() < 0.4:
-            f["until_us"] = T0 + rnd.randrange(-HOUR_US, 61 * HOUR_US)
+        for bound in ("since_us", "until_us"):
+            if rnd.random() < 0.4:
+                t = T0 + rnd.randrange(-HOUR_US, 101 * HOUR_US)
+                f[bound] = t - t % rnd.choice([1, HOUR_US, 24 * HOUR_US])  # also on hour and day boundaries
         match = [r for r in rows
                  if f.get("device_id", r["device_id"]) == r["device_id"] and f.get("site", r["site"]) == r["site"]
                  and r["created_us"] >= f.get("since_us", r["created_us"])

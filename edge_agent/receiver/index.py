@@ -3,11 +3,12 @@ of listing the store: SQLite in the data dir for one receiver, PostgreSQL for se
 one store. The objects stay the truth; the index can always be rebuilt from them (storage.py).
 
 Why listing stays fast at a million rows with an exact `total` and `skip`: beside the rows, the
-index keeps per-hour counts (all LDOs, per site, per site and device), updated in the same
-transaction as each row. The total is a sum over those counts (at most a few thousand hours a
-year), and a `skip` deep in the list is located by walking the counts to the right hour, so the
-database only steps over the rows of that one hour, never over the hundreds of thousands before
-it. Newest first: `ORDER BY created_at DESC, id DESC` (see README for why).
+index keeps per-day and per-hour counts (all LDOs, per site, per site and device), updated in the
+same transaction as each row. The total is a sum over a few hundred day counts a year, and a
+`skip` deep in the list is located by walking the day counts, then that day's 24 hour counts, so
+the database only steps over the rows of one hour, never over the hundreds of thousands before it
+(SQL OFFSET over a million rows alone takes ~50 ms). Newest first: `ORDER BY created_at DESC, id
+DESC` (see README for why).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .objects import StorageUnavailable
 log = logging.getLogger("edge_agent.receiver")
 
 HOUR_US = 3_600_000_000
+COUNT_TABLES = [f"ldo_n_{g}{d}" for g in ("hour", "day") for d in ("", "_site", "_device")]
 COLUMNS = ("id", "base", "key_hash", "site", "device_id", "created_us", "size_bytes", "has_video", "status")
 
 _DDL = [
@@ -38,12 +40,13 @@ _DDL = [
     "CREATE INDEX IF NOT EXISTS ldo_index_site ON ldo_index (site, created_us DESC, id DESC)",
     "CREATE INDEX IF NOT EXISTS ldo_index_device ON ldo_index (device_id, created_us DESC, id DESC)",
     "CREATE INDEX IF NOT EXISTS ldo_index_key ON ldo_index (key_hash)",
-    "CREATE TABLE IF NOT EXISTS ldo_hours (hour BIGINT PRIMARY KEY, n BIGINT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS ldo_site_hours (site TEXT NOT NULL, hour BIGINT NOT NULL, n BIGINT NOT NULL,"
-    " PRIMARY KEY (site, hour))",
-    "CREATE TABLE IF NOT EXISTS ldo_device_hours (site TEXT NOT NULL, device_id TEXT NOT NULL, hour BIGINT NOT NULL,"
-    " n BIGINT NOT NULL, PRIMARY KEY (site, device_id, hour))",
-    "CREATE INDEX IF NOT EXISTS ldo_device_hours_device ON ldo_device_hours (device_id, hour)",
+    *[stmt for g in ("hour", "day") for stmt in (
+        f"CREATE TABLE IF NOT EXISTS ldo_n_{g} (b BIGINT PRIMARY KEY, n BIGINT NOT NULL)",
+        f"CREATE TABLE IF NOT EXISTS ldo_n_{g}_site (site TEXT NOT NULL, b BIGINT NOT NULL, n BIGINT NOT NULL,"
+        " PRIMARY KEY (site, b))",
+        f"CREATE TABLE IF NOT EXISTS ldo_n_{g}_device (site TEXT NOT NULL, device_id TEXT NOT NULL, b BIGINT NOT NULL,"
+        " n BIGINT NOT NULL, PRIMARY KEY (site, device_id, b))",
+        f"CREATE INDEX IF NOT EXISTS ldo_n_{g}_device_b ON ldo_n_{g}_device (device_id, b)")],
     # an object write in progress: if the receiver dies before the row is written, start-up repairs it
     "CREATE TABLE IF NOT EXISTS ldo_pending (base TEXT PRIMARY KEY, since DOUBLE PRECISION NOT NULL)",
 ]
@@ -95,21 +98,22 @@ class LdoIndex:
 
     @staticmethod
     def _count(q: Query, inserted: list[tuple[str, str, int]]) -> None:
-        for table, keys, counts in (
-            ("ldo_hours", ("hour",), Counter((h,) for _, _, h in inserted)),
-            ("ldo_site_hours", ("site", "hour"), Counter((s, h) for s, _, h in inserted)),
-            ("ldo_device_hours", ("site", "device_id", "hour"), Counter(inserted)),
-        ):
-            cols = ", ".join(keys)
-            marks = ", ".join("?" for _ in keys)
-            for key, n in sorted(counts.items()):
-                q(f"INSERT INTO {table} ({cols}, n) VALUES ({marks}, ?) ON CONFLICT ({cols})"
-                  f" DO UPDATE SET n = {table}.n + excluded.n", (*key, n))
+        for g, div in (("hour", 1), ("day", 24)):
+            for table, keys, counts in (
+                (f"ldo_n_{g}", ("b",), Counter((h // div,) for _, _, h in inserted)),
+                (f"ldo_n_{g}_site", ("site", "b"), Counter((s, h // div) for s, _, h in inserted)),
+                (f"ldo_n_{g}_device", ("site", "device_id", "b"), Counter((s, d, h // div) for s, d, h in inserted)),
+            ):
+                cols = ", ".join(keys)
+                marks = ", ".join("?" for _ in keys)
+                for key, n in sorted(counts.items()):
+                    q(f"INSERT INTO {table} ({cols}, n) VALUES ({marks}, ?) ON CONFLICT ({cols})"
+                      f" DO UPDATE SET n = {table}.n + excluded.n", (*key, n))
 
     def clear(self) -> None:
         """Forget every row and count (before a rebuild from the store)."""
         with self._tx() as q:
-            for table in ("ldo_index", "ldo_hours", "ldo_site_hours", "ldo_device_hours"):
+            for table in ("ldo_index", *COUNT_TABLES):
                 q(f"DELETE FROM {table}", ())
 
     def pending_add(self, base: str) -> None:
@@ -145,7 +149,13 @@ class LdoIndex:
     def list(self, skip: int, limit: int, device_id: str | None = None, site: str | None = None,
              since_us: int | None = None, until_us: int | None = None) -> tuple[int, list[dict[str, Any]]]:
         """One page, newest first, and the exact number of LDOs matching the filters (`since`
-        inclusive, `until` exclusive, on the ingest time)."""
+        inclusive, `until` exclusive, on the ingest time).
+
+        The matching rows fall into spans, newest first: the hour `until` cuts (its rows counted
+        one by one), the whole hours up to a day boundary, whole days, whole hours after the last
+        whole day, and the hour `since` cuts. Whole spans are counted from the hour and day
+        counts; the span holding row `skip` is narrowed to its hour (a day to its 24 hours), and
+        only that hour's rows are stepped over."""
         dims, dargs = [], []
         if site is not None:
             dims.append("site = ?")
@@ -153,49 +163,79 @@ class LdoIndex:
         if device_id is not None:
             dims.append("device_id = ?")
             dargs.append(device_id)
-        if device_id is not None:
-            table = "ldo_device_hours"
-        elif site is not None:
-            table = "ldo_site_hours"
-        else:
-            table = "ldo_hours"
+
+        def source(g: str) -> str:
+            if device_id is not None:  # a device seen at several sites has one count per site
+                return f"SELECT b, SUM(n) AS n FROM ldo_n_{g}_device WHERE {' AND '.join(dims)} GROUP BY b"
+            if site is not None:
+                return f"SELECT b, n FROM ldo_n_{g}_site WHERE site = ?"
+            return f"SELECT b, n FROM ldo_n_{g}"
+
         lo = since_us // HOUR_US if since_us is not None else None
         hi = (until_us - 1) // HOUR_US if until_us is not None else None
-        bconds, bargs = list(dims), list(dargs)
-        if lo is not None:
-            bconds.append("hour >= ?")
-            bargs.append(lo)
-        if hi is not None:
-            bconds.append("hour <= ?")
-            bargs.append(hi)
-        where_b = (" WHERE " + " AND ".join(bconds)) if bconds else ""
+        if lo is not None and hi is not None and hi < lo:
+            return 0, []
         with self._tx(read_only=True) as q:
-            if table == "ldo_device_hours":  # a device seen at several sites has one count per site
-                buckets = [(int(h), int(n)) for h, n in q(f"SELECT hour, SUM(n) FROM {table}{where_b} GROUP BY hour"
-                                                          " ORDER BY hour DESC", tuple(bargs))]
-            else:
-                buckets = [(int(h), int(n)) for h, n in q(f"SELECT hour, n FROM {table}{where_b} ORDER BY hour DESC",
-                                                          tuple(bargs))]
-            if lo is not None or hi is not None:  # hours cut by the range: count their rows exactly
-                for i, (h, _) in enumerate(buckets):
-                    if h in (lo, hi):
-                        start = max(h * HOUR_US, since_us if since_us is not None else 0)
-                        end = min((h + 1) * HOUR_US, until_us if until_us is not None else (h + 1) * HOUR_US)
-                        conds = " AND ".join([*dims, "created_us >= ?", "created_us < ?"])
-                        n = q(f"SELECT COUNT(*) FROM ldo_index WHERE {conds}", (*dargs, start, end))[0][0]
-                        buckets[i] = (h, int(n))
-            total = sum(n for _, n in buckets)
-            before, start = 0, None
-            for h, n in buckets:
-                if skip < before + n:
-                    start = h
-                    break
-                before += n
-            if start is None:
+
+            def counts(g: str, first: int | None, last: int | None) -> list[tuple[str, int, int]]:
+                """(g, bucket, n) for buckets first..last (None: unbounded), newest first."""
+                conds, args = [], list(dargs)
+                if first is not None:
+                    conds.append("b >= ?")
+                    args.append(first)
+                if last is not None:
+                    conds.append("b <= ?")
+                    args.append(last)
+                if first is not None and last is not None and last < first:
+                    return []
+                where = (" WHERE " + " AND ".join(conds)) if conds else ""
+                return [(g, int(b), int(n)) for b, n in q(f"SELECT b, n FROM ({source(g)}) s{where} ORDER BY b DESC",
+                                                          tuple(args))]
+
+            def exact(hour: int) -> list[tuple[str, int, int]]:
+                start = max(hour * HOUR_US, since_us if since_us is not None else hour * HOUR_US)
+                end = min((hour + 1) * HOUR_US, until_us if until_us is not None else (hour + 1) * HOUR_US)
+                conds = " AND ".join([*dims, "created_us >= ?", "created_us < ?"])
+                n = q(f"SELECT COUNT(*) FROM ldo_index WHERE {conds}", (*dargs, start, end))[0][0]
+                return [("hour", hour, int(n))]
+
+            spans: list[tuple[str, int, int]] = []
+            if hi is not None:
+                spans += exact(hi)
+            tail = exact(lo) if lo is not None and lo != hi else []
+            # whole hours strictly inside (lo, hi)
+            w_lo = lo + 1 if lo is not None else None
+            w_hi = hi - 1 if hi is not None else None
+            if w_lo is None or w_hi is None or w_lo <= w_hi:
+                d_first = None if w_lo is None else (w_lo + 23) // 24  # first day wholly inside
+                d_last = None if w_hi is None else (w_hi + 1) // 24 - 1  # last day wholly inside
+                if d_first is not None and d_last is not None and d_last < d_first:
+                    spans += counts("hour", w_lo, w_hi)
+                else:
+                    if w_hi is not None:
+                        spans += counts("hour", (d_last + 1) * 24, w_hi)  # type: ignore[operator]
+                    spans += counts("day", d_first, d_last)
+                    if w_lo is not None:
+                        spans += counts("hour", w_lo, d_first * 24 - 1)  # type: ignore[operator]
+            spans += tail
+            total = sum(n for _, _, n in spans)
+            if skip >= total:
                 return total, []
-            end = (start + 1) * HOUR_US
-            upper = end if until_us is None else min(until_us, end)
-            conds, args = [*dims, "created_us < ?"], [*dargs, upper]
+            before, found = 0, spans[-1]
+            for span in spans:
+                if skip < before + span[2]:
+                    found = span
+                    break
+                before += span[2]
+            hour = found[1]
+            if found[0] == "day":  # narrow the day to its hour
+                for _, h, n in counts("hour", found[1] * 24, found[1] * 24 + 23):
+                    if skip < before + n:
+                        hour = h
+                        break
+                    before += n
+            end = (hour + 1) * HOUR_US
+            conds, args = [*dims, "created_us < ?"], [*dargs, end if until_us is None else min(until_us, end)]
             if since_us is not None:
                 conds.append("created_us >= ?")
                 args.append(since_us)
