@@ -9,7 +9,8 @@ cd "$(dirname "$0")"
 
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
-SYSTEM_PACKAGES=(python3-venv python3-pip libzbar0)
+# postgresql: the tests start a throwaway PostgreSQL for the shared LDO index
+SYSTEM_PACKAGES=(python3-venv python3-pip libzbar0 postgresql)
 
 bootstrap() {
     local missing=()

@@ -1,1 +1,22 @@
+from collections.abc import Iterator
+
+import pytest
+
+from tests.postgres_fixture import Postgres, pg_binary
 from tests.receiver_fixture import receiver  # noqa: F401  (a real edge server on 127.0.0.1)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A throwaway PostgreSQL, started once per test session (tests take a database each)."""
+    pytest.importorskip("psycopg", reason="psycopg is the receiver's optional PostgreSQL extra")
+    if pg_binary("initdb") is None or pg_binary("pg_ctl") is None:
+        pytest.skip("PostgreSQL is not installed (initdb/pg_ctl; apt-get install postgresql)")
+    pg = Postgres()
+    try:
+        pg.start()
+    except (RuntimeError, OSError) as exc:
+        pg.stop()
+        pytest.skip(f"PostgreSQL cannot run here: {exc}")
+    yield pg
+    pg.stop()

@@ -63,7 +63,8 @@ class SeaweedFS:
                 f"-s3.port={self.s3_port}", f"-s3.port.grpc={_port(65000)}", "-s3.port.iceberg=0", "-s3.port.lance=0",
                 "-master.telemetry=false",
                 f"-s3.config={cfg}", f"-master.port={_port()}", f"-volume.port={_port()}",
-                f"-filer.port={_port()}", "-master.volumeSizeLimitMB=64", "-volume.max=30"]
+                f"-filer.port={_port()}", "-master.volumeSizeLimitMB=64",
+                "-volume.max=200"]  # every bucket is a collection that grows 7 volumes at first write
         with (self.data_dir / "weed.log").open("ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log)
         deadline = time.monotonic() + timeout

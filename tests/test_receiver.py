@@ -130,7 +130,13 @@ def test_ingest_ldo_reply_shape_and_list_pagination(receiver: ReceiverProcess) -
         prefix, hexpart, epoch = body["id"].split("_")
         assert prefix == "ldo" and int(hexpart, 16) >= 0 and epoch.isdigit()
         ids.append(body["id"])
+    listing = receiver.ldos()
+    assert sorted(x["id"] for x in listing) == sorted(ids)
+    newest_first = sorted(listing, key=lambda x: (x["created_at"], x["id"]), reverse=True)
+    assert listing == newest_first
+    if len({x["created_at"] for x in listing}) == 5:  # distinct milliseconds: exactly the reverse order
+        assert [x["id"] for x in listing] == ids[::-1]
     page = requests.get(f"{receiver.url}/ingest/list", params={"skip": 1, "limit": 2}, timeout=10).json()
-    assert page["total"] == 5 and [x["id"] for x in page["ldos"]] == ids[1:3]
+    assert page["total"] == 5 and page["ldos"] == listing[1:3]
     assert set(page["ldos"][0]) == {"id", "status", "filename", "created_at", "size_bytes"}
     assert requests.get(f"{receiver.url}/ingest/list", params={"limit": 0}, timeout=10).status_code == 422

@@ -10,11 +10,13 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
 
+from tests.postgres_fixture import Postgres
 from tests.receiver_fixture import ReceiverProcess, free_port
 from tests.seaweed_fixture import SeaweedFS, deliver_clips, weed_binary
 
@@ -34,12 +36,14 @@ def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
 
 
 def s3_receiver(weed: SeaweedFS, data_dir: Path, bucket: str, port: int | None = None,
-                extra_env: dict[str, str] | None = None) -> ReceiverProcess:
+                extra_env: dict[str, str] | None = None, index: str | None = None) -> ReceiverProcess:
     port = port or free_port()
     env = {**weed.env(), "USE_DATA_INGESTION": "true", "DATA_INGESTION_URL": f"http://127.0.0.1:{port}",
            "SITE": "plant-a", **(extra_env or {})}
     r = ReceiverProcess(data_dir, env=env, port=port)
     r.extra_args = ["--storage", f"s3://{bucket}/ldo", "--s3-endpoint", weed.endpoint]
+    if index:
+        r.extra_args += ["--index", index]
     return r
 
 
@@ -102,6 +106,49 @@ def test_two_receivers_racing_on_one_key_make_one_ldo(weed: SeaweedFS, tmp_path:
         assert {x.status_code for x in replies} == {201}
         assert len({x.json()["id"] for x in replies}) == 1
         assert len(a.ldos()) == 1 and len(b.ldos()) == 1
+
+
+def test_an_empty_data_dir_rebuilds_the_index_from_the_store(weed: SeaweedFS, tmp_path: Path) -> None:
+    bucket = new_bucket(weed)
+    with s3_receiver(weed, tmp_path / "r", bucket) as r:
+        deliver_clips(r.cid_url, 40, clients=4, size=2000)
+        before = r.ldos()
+    assert len(before) == 40
+    with s3_receiver(weed, tmp_path / "empty", bucket) as r2:  # a new --data-dir: no index at all
+        assert r2.ldos() == before
+        again = deliver_clips(r2.cid_url, 0)  # nothing new, yet the index already held all 40 at start
+        assert again[0] == [] and (tmp_path / "empty" / "ldo-index.sqlite3").exists()
+
+
+def test_two_receivers_on_one_store_and_one_postgres_index(weed: SeaweedFS, postgres: Postgres,
+                                                           tmp_path: Path) -> None:
+    bucket, index = new_bucket(weed), postgres.new_database()
+    with s3_receiver(weed, tmp_path / "a", bucket, index=index) as a, \
+            s3_receiver(weed, tmp_path / "b", bucket, index=index) as b:
+        keys = [str(uuid.uuid4()) for _ in range(24)]
+
+        def post(url: str, key: str) -> requests.Response:
+            meta = json.dumps({"event_id": key, "device_id": f"cam-{keys.index(key) % 3}",
+                               "detected_at": "2026-11-24T08:00:00Z"})
+            return requests.post(f"{url}/ingest/ldo", data={"metadata": meta},
+                                 files={"video": ("v.mp4", key.encode() * 100, "video/mp4")},
+                                 headers={"Idempotency-Key": key}, timeout=30)
+
+        with ThreadPoolExecutor(8) as pool:  # every key to both receivers at once
+            replies = list(pool.map(lambda job: post(*job), [(u, k) for k in keys for u in (a.url, b.url)]))
+        assert {x.status_code for x in replies} == {201}
+        ids = {k: {x.json()["id"] for x in replies[2 * i : 2 * i + 2]} for i, k in enumerate(keys)}
+        assert all(len(v) == 1 for v in ids.values())
+        listed_a, listed_b = a.ldos(), b.ldos()
+        assert listed_a == listed_b and len(listed_a) == 24
+        assert sorted(x["id"] for x in listed_a) == sorted(v.pop() for v in ids.values())
+        for params in ({"device_id": "cam-1"}, {"site": "plant-a", "skip": 3, "limit": 5}):
+            pa = requests.get(f"{a.url}/ingest/list", params=params, timeout=10).json()
+            assert pa == requests.get(f"{b.url}/ingest/list", params=params, timeout=10).json()
+        assert requests.get(f"{a.url}/ingest/list", params={"device_id": "cam-1"}, timeout=10).json()["total"] == 8
+    objs = [o["Key"] for o in weed.client().list_objects_v2(Bucket=bucket, Prefix="ldo/")["Contents"]]
+    assert len([k for k in objs if k.endswith(".mp4")]) == 24  # one object per key
+    assert len([k for k in objs if "/_keys/" not in k and k.endswith(".json")]) == 24
 
 
 def test_missing_bucket_and_refused_credentials_stop_the_receiver_with_a_clear_error(weed: SeaweedFS,

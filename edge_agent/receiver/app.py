@@ -28,7 +28,9 @@ import requests
 from .. import const
 from ..delivery import contract
 from ..delivery.cid import escape_payload
-from .storage import FileLdoStorage, S3LdoStorage, StorageUnavailable
+from .limits import BodyLimit, key_error
+from .metadata import parse_metadata
+from .storage import StorageUnavailable, make_storage, parse_time_us
 from .store import Store
 
 log = logging.getLogger("edge_agent.receiver")
@@ -46,69 +48,30 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-class _BodyLimit:
-    """ASGI middleware: refuse bodies over the cap before reading them (413), and bodies that
-    declare no length on the upload endpoints (411), so a client cannot fill the disk."""
-
-    def __init__(self, app: Any, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            headers = dict(scope.get("headers") or [])
-            length = headers.get(b"content-length")
-            if length is None:
-                await JSONResponse({"detail": "Content-Length required"}, status_code=411)(scope, receive, send)
-                return
-            try:
-                n = int(length)
-            except ValueError:
-                n = -1
-            if n < 0 or n > self.max_bytes:
-                body = {"detail": f"request body of {length.decode(errors='replace')} bytes is over the "
-                                  f"{self.max_bytes} byte limit"}
-                await JSONResponse(body, status_code=413)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-def make_storage(spec: str | None, store: Store, s3_endpoint: str | None = None, site: str | None = None) -> Any:
-    """`file:DIR` (or nothing: the data dir) or `s3://BUCKET/PREFIX`; raises ValueError with a clear message."""
-    if not spec or spec.startswith("file:"):
-        if spec and spec[5:] and Path(spec[5:]).resolve() != store.data_dir.resolve():
-            return FileLdoStorage(Store(Path(spec[5:])))
-        return FileLdoStorage(store)
-    if spec.startswith("s3://"):
-        return S3LdoStorage(spec, endpoint=s3_endpoint, site=site or os.environ.get("SITE", "default"))
-    raise ValueError(f"--storage {spec!r}: expected file:DIR or s3://BUCKET/PREFIX")
-
-
 def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion: bool | None = None,
                ingestion_url: str | None = None, storage: str | None = None, s3_endpoint: str | None = None,
-               site: str | None = None) -> Any:
+               site: str | None = None, index: str | None = None) -> Any:
     store = Store(Path(data_dir))
-    ldo_storage = make_storage(storage, store, s3_endpoint, site)
+    ldo_storage = make_storage(storage, Path(data_dir), s3_endpoint, site, index)
+    try:
+        ldo_storage.prepare()
+    except StorageUnavailable as exc:
+        log.error("could not check the LDO index against the store at start-up (will retry on restart): %s", exc)
     if use_ingestion is None:
         use_ingestion = _env_flag("USE_DATA_INGESTION")
     ingestion_url = (ingestion_url or os.environ.get("DATA_INGESTION_URL") or "").rstrip("/") or None
     if use_ingestion and not ingestion_url:
         raise ValueError("USE_DATA_INGESTION is true but DATA_INGESTION_URL is not set")
     app = FastAPI(title="edge-agent reference receiver", version="1")
-    app.add_middleware(_BodyLimit, max_bytes=max_bytes)
+    app.add_middleware(BodyLimit, max_bytes=max_bytes)
     app.state.store = store
     session = requests.Session()
 
     def _parse_metadata(metadata: str | None) -> dict[str, Any] | JSONResponse | None:
-        if metadata is None:
-            return None
         try:
-            meta = json.loads(metadata)
-        except ValueError:
-            return _error(422, "metadata is not JSON")
-        if not isinstance(meta, dict):
-            return _error(422, "metadata must be a JSON object")
-        return meta
+            return parse_metadata(metadata)
+        except ValueError as exc:
+            return _error(422, str(exc))
 
     def _forward(key: str | None, meta: dict[str, Any] | None, video_path: Path | None) -> str:
         """Send to data-ingestion; return its LDO id. Raises on failure (the edge will retry)."""
@@ -128,8 +91,8 @@ def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion
         return str(resp.json()["id"])
 
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "locked_keys": store.locked_keys()}
 
     @app.post(contract.CID_PATH, status_code=201)
     def post_cid(
@@ -140,6 +103,8 @@ def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion
     ) -> Any:
         if not cid:
             return _error(400, "missing form field 'cid'")
+        if err := key_error(idempotency_key):
+            return _error(400, err)
         if not _CID.fullmatch(cid) or not cid.isprintable():
             log.warning("refused cid=%s: not a valid CID", escape_payload(cid))
             return _error(422, f"cid is not a valid CID (must match {const.CID_PATTERN})")
@@ -189,13 +154,15 @@ def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion
         video: UploadFile | None = File(None),
         idempotency_key: str | None = Header(None),
     ) -> Any:
+        if err := key_error(idempotency_key):
+            return _error(400, err)
         meta = _parse_metadata(metadata)
         if isinstance(meta, JSONResponse):
             return meta
         key = idempotency_key
         try:
             with store.key_lock("ldo", key):
-                prior = ldo_storage.replay(key)
+                prior = ldo_storage.replay(key, meta)
                 if prior is not None:
                     return JSONResponse(prior, status_code=201, headers={"Idempotent-Replay": "true"})
                 has_video = video is not None and video.filename is not None
@@ -208,9 +175,20 @@ def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion
         return JSONResponse(body, status_code=201)
 
     @app.get(contract.INGEST_LIST_PATH)
-    def ingest_list(skip: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> Any:
+    def ingest_list(skip: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
+                    device_id: str | None = Query(None, max_length=200), site: str | None = Query(None, max_length=200),
+                    since: str | None = Query(None, description="RFC 3339, inclusive, on the ingest time"),
+                    until: str | None = Query(None, description="RFC 3339, exclusive, on the ingest time")) -> Any:
+        """Newest first (ingest time, then id, both descending), with the exact total of the filter."""
+        bounds: dict[str, int | None] = {}
+        for name, value in (("since", since), ("until", until)):
+            try:
+                bounds[name] = parse_time_us(value) if value else None
+            except ValueError:
+                return _error(422, f"{name}={value!r} is not an RFC 3339 time such as 2026-11-24T08:00:00Z")
         try:
-            total, ldos = ldo_storage.list(skip, limit)
+            total, ldos = ldo_storage.list(skip, limit, device_id=device_id, site=site, since_us=bounds["since"],
+                                           until_us=bounds["until"])
         except StorageUnavailable as exc:
             return _error(503, str(exc), {contract.HEADER_RETRY_AFTER: str(RETRY_AFTER_S)})
         return {"total": total, "ldos": ldos}

@@ -10,15 +10,23 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", nargs="?", choices=("serve", "reindex"), default="serve",
+                   help="serve (default), or reindex: add every LDO in --storage missing from --index, then exit")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--data-dir", default="receiver-data", help="where videos and the database go")
     p.add_argument("--max-bytes", type=int, default=200 << 20, help="largest request body accepted")
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="close connections that send no complete request header within this time (default 10)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--storage", metavar="file:DIR|s3://BUCKET/PREFIX",
                    help="where data-ingestion keeps LDOs (default: file: the data dir)")
     p.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible endpoint (MinIO, SeaweedFS); default AWS")
     p.add_argument("--site", default=None, help="site name in object keys (default $SITE or 'default')")
+    p.add_argument("--index", metavar="postgresql://...|sqlite:PATH",
+                   help="the LDO index behind GET /ingest/list: PostgreSQL, shared by several receivers on one "
+                   "store (extra postgres), or SQLite (default: ldo-index.sqlite3 in the data dir)")
+    p.add_argument("--fresh", action="store_true", help="with reindex: empty the index first (stop receivers first)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,17 +49,47 @@ def serve_args(args: argparse.Namespace) -> int:
 
     from ..logs import setup_logging
     from .app import create_app
+    from .limits import header_timeout_protocol
 
+    if args.header_timeout <= 0:
+        print("edge-agent receiver: --header-timeout must be > 0 seconds", file=sys.stderr)
+        return 64
     setup_logging(args.log_level)
+    if args.action == "reindex":
+        return reindex(args)
     try:
         app = create_app(Path(args.data_dir), max_bytes=args.max_bytes, storage=args.storage,
-                         s3_endpoint=args.s3_endpoint, site=args.site)
+                         s3_endpoint=args.s3_endpoint, site=args.site, index=args.index)
     except ValueError as exc:
         print(f"edge-agent receiver: {exc}", file=sys.stderr)
         return 78
     logging.getLogger(__name__).info("receiver listening host=%s port=%d data_dir=%s", args.host, args.port,
                                      args.data_dir)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False,
+                http=header_timeout_protocol(args.header_timeout))
+    return 0
+
+
+def reindex(args: argparse.Namespace) -> int:
+    """Rebuild the index from the store, with a progress bar on a terminal."""
+    from .storage import StorageUnavailable, make_storage
+
+    try:
+        storage = make_storage(args.storage, Path(args.data_dir), args.s3_endpoint, args.site, args.index)
+    except ValueError as exc:
+        print(f"edge-agent receiver reindex: {exc}", file=sys.stderr)
+        return 78
+    try:
+        if args.fresh:
+            storage.index.clear()
+        found, added, secs = storage.reindex(progress=sys.stderr.isatty())
+    except StorageUnavailable as exc:
+        print(f"edge-agent receiver reindex: {exc} (is the store reachable?)", file=sys.stderr)
+        return 69
+    finally:
+        storage.index.close()
+    print(f"reindexed {found} LDOs from {storage.objects.describe()} into {storage.index.description}: "
+          f"{added} added, {secs:.1f} s")
     return 0
 
 

@@ -1,17 +1,19 @@
-"""Where data-ingestion puts LDOs (clip + metadata): a local folder, or S3-compatible object storage.
+"""Where data-ingestion puts LDOs (clip + metadata), and the index that lists them.
 
-Both back `POST /ingest/ldo` and `GET /ingest/list` through one small interface, so the HTTP layer
-does not know which is in use.
+Objects (objects.py: a local folder or an S3-compatible bucket), laid out for training jobs that
+read by site, device and day:
+    <site>/<device_id>/<YYYY-MM-DD>/<ldo_id>.mp4
+    <site>/<device_id>/<YYYY-MM-DD>/<ldo_id>.json   (metadata, size_bytes, sha256, created_at, ...)
+    _keys/<sha256(idempotency key)>.json          (the reply given for that key)
+An LDO's id and object names derive from its idempotency key and its detection time, so a retry,
+or two receivers racing on one key, write the same objects, never a second LDO; different keys
+never share a name.
 
-S3 layout, for training jobs that read by site, device and day:
-    PREFIX/<site>/<device_id>/<YYYY-MM-DD>/<ldo_id>.mp4
-    PREFIX/<site>/<device_id>/<YYYY-MM-DD>/<ldo_id>.json   (metadata, size_bytes, sha256, ...)
-    PREFIX/_keys/<sha256(idempotency key)>.json           (the reply given for that key)
-Idempotency lives in the store, not in a receiver's memory, so it survives restarts and holds
-across several receivers: an LDO's id and object names are derived from its idempotency key and
-its detection time, so a retry, or two receivers racing on one key, write the same objects with
-the same bytes, never a second LDO; different keys never share a name, so two sites writing at
-the same moment never overwrite each other.
+The index (index.py) holds one row per LDO and answers `GET /ingest/list`. It is written after
+the objects, in the same request: objects first, so there is never a row without its objects. A
+crash between the two is repaired: a pending mark written before the objects is resolved at
+start-up, a retry with the same key finds its objects and writes the missing row, and `reindex`
+(also run at start-up when the index is empty) rebuilds every row from the `.json` records.
 """
 
 from __future__ import annotations
@@ -19,32 +21,27 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
-import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 from ..delivery.contract import rfc3339
+from .index import LdoIndex, open_index
+from .objects import LocalObjects, S3Objects, StorageUnavailable
+
+__all__ = ["LdoStorage", "StorageUnavailable", "make_storage", "safe_segment", "ldo_identity"]
 
 log = logging.getLogger("edge_agent.receiver")
 
 _SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-class StorageUnavailable(Exception):
-    """The store cannot be reached or refused us; the client should retry later (503)."""
-
-
-class LdoStorage(Protocol):
-    def replay(self, key: str | None) -> dict[str, Any] | None: ...
-
-    def ingest(self, key: str | None, meta: dict[str, Any] | None, video: IO[bytes] | None,
-               filename: str | None) -> dict[str, Any]: ...
-
-    def list(self, skip: int, limit: int) -> tuple[int, list[dict[str, Any]]]: ...
+PENDING_GIVE_UP_S = 3600  # a pending mark without objects this old is a request that died before writing
 
 
 def safe_segment(value: object, fallback: str) -> str:
@@ -67,174 +64,172 @@ def ldo_identity(key: str | None, meta: dict[str, Any] | None) -> tuple[str, flo
     return f"ldo_{hexpart}_{int(epoch)}", epoch
 
 
-class FileLdoStorage:
-    """The local folder + SQLite store (the default); see store.py."""
-
-    def __init__(self, store: Any):
-        self.store = store
-
-    def replay(self, key: str | None) -> dict[str, Any] | None:
-        prior = self.store.reply_for("ldo", key)
-        return prior[1] if prior else None
-
-    def ingest(self, key: str | None, meta: dict[str, Any] | None, video: IO[bytes] | None,
-               filename: str | None) -> dict[str, Any]:
-        video_file = sha = None
-        size = 0
-        if video is not None:
-            video_file, size, sha = self.store.save_video("ldos", video)
-        ldo_id, _ = ldo_identity(key, meta)
-        if not key:
-            ldo_id = f"ldo_{uuid.uuid4().hex[:16]}_{int(time.time())}"
-        self.store.add_ldo({
-            "id": ldo_id, "idempotency_key": key, "status": "ingested",
-            "filename": Path(video_file).name if video_file else None, "video_file": video_file,
-            "metadata": json.dumps(meta) if meta is not None else None, "size_bytes": size, "sha256": sha,
-            "created_at": time.time(),
-        })
-        body = {"id": ldo_id, "status": "ingested", "size_bytes": size}
-        self.store.remember("ldo", key, 201, body)
-        return body
-
-    def list(self, skip: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
-        return self.store.list_ldos(skip, limit)
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
-class S3LdoStorage:
-    """AWS S3, MinIO, SeaweedFS or any S3-compatible store, through boto3 (credentials the usual
-    boto3 way: environment, shared credentials file, instance role)."""
+def parse_time_us(text: str) -> int:
+    """RFC 3339 to integer microseconds (integers, so hour boundaries are exact)."""
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp()) * 1_000_000 + dt.microsecond
 
-    def __init__(self, url: str, endpoint: str | None = None, site: str = "default"):
-        try:
-            import boto3
-            from botocore.config import Config as BotoConfig
-        except ImportError as exc:
-            raise ValueError("--storage s3:// needs boto3: pip install 'edge-agent[s3]'") from exc
-        m = re.fullmatch(r"s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(.*))?", url)
-        if not m:
-            raise ValueError(f"--storage {url!r}: expected s3://BUCKET/PREFIX")
-        self.bucket = m[1]
-        self.prefix = (m[2] or "").strip("/")
+
+def row_from_record(base: str, record: dict[str, Any]) -> dict[str, Any]:
+    """An index row from an LDO's `.json` record: the same row whether written live or rebuilt."""
+    key = record.get("idempotency_key")
+    parts = base.split("/")
+    return {"id": record["id"], "base": base, "key_hash": key_hash(key) if key else None,
+            "site": str(record.get("site") or (parts[-4] if len(parts) >= 4 else "default")),
+            "device_id": str(record.get("device_id") or (parts[-3] if len(parts) >= 3 else "unknown-device")),
+            "created_us": parse_time_us(record["created_at"]), "size_bytes": int(record.get("size_bytes") or 0),
+            "has_video": 1 if record.get("filename") else 0, "status": str(record.get("status") or "ingested")}
+
+
+class LdoStorage:
+    """Objects + index behind `POST /ingest/ldo` and `GET /ingest/list`."""
+
+    def __init__(self, objects: Any, index: LdoIndex, site: str = "default"):
+        self.objects = objects
+        self.index = index
         self.site = safe_segment(site, "default")
-        self.s3 = boto3.client("s3", endpoint_url=endpoint, config=BotoConfig(
-            retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30))
-        self._check_bucket()
+        self._prepared = False
+        self._prepare_lock = threading.Lock()
 
-    def _key(self, *parts: str) -> str:
-        return "/".join(p for p in (self.prefix, *parts) if p)
-
-    def _errors(self) -> tuple[type[BaseException], ...]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        return (BotoCoreError, ClientError)
-
-    def _check_bucket(self) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
-
-        try:
-            self.s3.head_bucket(Bucket=self.bucket)
-        except EndpointConnectionError as exc:
-            log.error("object store unreachable at start-up (will answer 503 until it is back): %s", exc)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("404", "NoSuchBucket", "NotFound"):
-                raise ValueError(f"bucket {self.bucket!r} does not exist: create it first") from exc
-            if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                raise ValueError(f"the object store refused our credentials for bucket {self.bucket!r} "
-                                 f"({code}): check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the profile") from exc
-            raise ValueError(f"bucket {self.bucket!r}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise ValueError(f"object store: {exc}") from exc
-
-    def _marker(self, key: str) -> str:
-        return self._key("_keys", hashlib.sha256(key.encode()).hexdigest() + ".json")
-
-    def replay(self, key: str | None) -> dict[str, Any] | None:
-        if not key:
-            return None
-        from botocore.exceptions import ClientError
-
-        try:
-            obj = self.s3.get_object(Bucket=self.bucket, Key=self._marker(key))
-            return json.loads(obj["Body"].read())
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return None
-            raise StorageUnavailable(f"object store: {exc}") from exc
-        except self._errors() as exc:
-            raise StorageUnavailable(f"object store unreachable: {exc}") from exc
-
-    def ingest(self, key: str | None, meta: dict[str, Any] | None, video: IO[bytes] | None,
-               filename: str | None) -> dict[str, Any]:
+    def _place(self, key: str | None, meta: dict[str, Any] | None) -> tuple[str, str]:
         ldo_id, epoch = ldo_identity(key, meta)
         device = safe_segment((meta or {}).get("device_id"), "unknown-device")
         day = datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%d")
-        base = self._key(self.site, device, day, ldo_id)
-        size = 0
-        sha = None
-        try:
-            if video is not None:
-                # hash and size first (the upload may be streamed from a spooled temporary file)
-                h = hashlib.sha256()
-                with tempfile.TemporaryFile() as tmp:
-                    while block := video.read(1 << 20):
-                        h.update(block)
-                        size += len(block)
-                        tmp.write(block)
-                    tmp.seek(0)
-                    sha = h.hexdigest()
-                    self.s3.upload_fileobj(tmp, self.bucket, base + ".mp4",
-                                           ExtraArgs={"ContentType": "video/mp4"})
-            record = {"id": ldo_id, "status": "ingested", "filename": f"{ldo_id}.mp4" if video is not None else None,
-                      "size_bytes": size, "sha256": sha, "created_at": rfc3339(time.time()),
-                      "idempotency_key": key, "site": self.site, "device_id": device, "metadata": meta}
-            self.s3.put_object(Bucket=self.bucket, Key=base + ".json", Body=json.dumps(record).encode(),
-                               ContentType="application/json")
-            body = {"id": ldo_id, "status": "ingested", "size_bytes": size}
-            if key:
-                self._commit(key, body)
-        except self._errors() as exc:
-            raise StorageUnavailable(f"object store: {exc}") from exc
+        return ldo_id, f"{self.site}/{device}/{day}/{ldo_id}"
+
+    @staticmethod
+    def _marker(key: str) -> str:
+        return f"_keys/{key_hash(key)}.json"
+
+    def replay(self, key: str | None, meta: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The reply an earlier request with this key got: from the index, else from the key's
+        marker in the store (then the row is missing, and written now from the objects)."""
+        self.prepare()
+        if not key:
+            return None
+        body = self.index.reply_for_key(key_hash(key))
+        if body is not None:
+            return body
+        raw = self.objects.get(self._marker(key))
+        if raw is None:
+            return None
+        body = json.loads(raw)
+        ldo_id, base = self._place(key, meta)
+        if body.get("id") == ldo_id and self._index_from_store(base):
+            log.warning("repaired index row ldo=%s (objects were stored, the row was not)", ldo_id)
         return body
 
-    def _commit(self, key: str, body: dict[str, Any]) -> None:
-        """Record the reply for the key; a racing receiver that got there first wrote the same."""
-        from botocore.exceptions import ClientError
+    def _index_from_store(self, base: str) -> bool:
+        raw = self.objects.get(base + ".json")
+        if raw is None:
+            return False
+        return self.index.add([row_from_record(base, json.loads(raw))], done_base=base) > 0
 
-        try:
-            self.s3.put_object(Bucket=self.bucket, Key=self._marker(key), Body=json.dumps(body).encode(),
-                               ContentType="application/json", IfNoneMatch="*")
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412",
-                                                                  "ConditionalRequestConflict"):
-                raise
+    def ingest(self, key: str | None, meta: dict[str, Any] | None, video: IO[bytes] | None,
+               filename: str | None) -> dict[str, Any]:
+        self.prepare()
+        ldo_id, base = self._place(key, meta)
+        self.index.pending_add(base)
+        size, sha = self.objects.put_stream(base + ".mp4", video, "video/mp4") if video is not None else (0, None)
+        record = {"id": ldo_id, "status": "ingested", "filename": f"{ldo_id}.mp4" if video is not None else None,
+                  "size_bytes": size, "sha256": sha, "created_at": rfc3339(time.time()),
+                  "idempotency_key": key, "site": self.site, "device_id": base.split("/")[1], "metadata": meta}
+        self.objects.put_bytes(base + ".json", json.dumps(record).encode(), "application/json")
+        body = {"id": ldo_id, "status": "ingested", "size_bytes": size}
+        if key:
+            self.objects.put_if_absent(self._marker(key), json.dumps(body).encode())
+        self.index.add([row_from_record(base, record)], done_base=base)
+        return body
 
-    def list(self, skip: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
-        """From the store itself: every `<ldo_id>.json` under the prefix (not `_keys/`), sizes and times
-        from the listing, in key order (site, device, day, id), no per-object reads."""
-        keys_prefix = self._key("_keys") + "/"
-        objs: dict[str, dict[str, Any]] = {}
-        try:
-            pages = self.s3.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=(self.prefix + "/") if self.prefix else "")
-            for page in pages:
-                for o in page.get("Contents", []):
-                    k = o["Key"]
-                    if k.startswith(keys_prefix) or not k.endswith((".json", ".mp4")):
-                        continue
-                    base, ext = k.rsplit(".", 1)
-                    e = objs.setdefault(base, {"json": None, "mp4": None})
-                    e[ext] = o
-        except self._errors() as exc:
-            raise StorageUnavailable(f"object store unreachable: {exc}") from exc
-        rows = []
-        for base in sorted(objs):
-            e = objs[base]
-            if e["json"] is None:
-                continue  # a video whose record is not written yet
-            ldo_id = base.rsplit("/", 1)[-1]
-            rows.append({"id": ldo_id, "status": "ingested",
-                         "filename": f"{ldo_id}.mp4" if e["mp4"] is not None else None,
-                         "created_at": rfc3339(e["json"]["LastModified"].timestamp()),
-                         "size_bytes": int(e["mp4"]["Size"]) if e["mp4"] is not None else 0})
-        return len(rows), rows[skip : skip + limit]
+    def list(self, skip: int, limit: int, **filters: Any) -> tuple[int, list[dict[str, Any]]]:
+        self.prepare()
+        return self.index.list(skip, limit, **filters)
+
+    # --- start-up and rebuild -------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """At start-up: rebuild an empty index from the store, else finish what a crash left pending.
+        Until that has succeeded once (the store may be away at start-up), every request tries it
+        again first and gets 503 while it fails, so an empty index is never served as the truth."""
+        with self._prepare_lock:
+            if self._prepared:
+                return
+            if self.index.is_empty():
+                found, added, secs = self.reindex()
+                log.info("index rebuilt from the store: %d LDOs found, %d added, %.1f s", found, added, secs)
+            else:
+                self.repair()
+            self._prepared = True
+
+    def repair(self) -> int:
+        repaired = 0
+        for base, since in self.index.pending():
+            raw = self.objects.get(base + ".json")
+            if raw is not None:
+                if self.index.add([row_from_record(base, json.loads(raw))], done_base=base):
+                    repaired += 1
+                    log.warning("repaired index row %s (objects were stored, the row was not)", base)
+            elif time.time() - since > PENDING_GIVE_UP_S:
+                self.index.pending_drop(base)  # that request died before writing anything
+        return repaired
+
+    def _records(self) -> Iterator[str]:
+        for key, _size in self.objects.list(""):
+            if key.endswith(".json") and not key.startswith("_keys/") and key.count("/") >= 3:
+                yield key[:-5]
+
+    def reindex(self, progress: bool | None = None, batch: int = 2000, workers: int = 16) -> tuple[int, int, float]:
+        """Add a row for every LDO record in the store that the index lacks; (found, added, seconds).
+        Records are read in parallel (each is one GET on S3); progress on a terminal via tqdm."""
+        from tqdm import tqdm
+
+        t0 = time.perf_counter()
+        log.info("reindex: reading LDO records from %s into %s", self.objects.describe(), self.index.description)
+        found = added = 0
+        disable = None if progress is None else not progress
+
+        def read(base: str) -> dict[str, Any] | None:
+            raw = self.objects.get(base + ".json")
+            try:
+                return row_from_record(base, json.loads(raw)) if raw is not None else None
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("reindex: skipped %s.json: unreadable record (%s)", base, exc)
+                return None
+
+        with ThreadPoolExecutor(workers) as pool, tqdm(desc="reindex", unit=" LDO", disable=disable) as bar:
+            pending: list[str] = []
+
+            def flush() -> None:
+                nonlocal found, added
+                rows = [r for r in pool.map(read, pending) if r is not None]
+                found += len(rows)
+                added += self.index.add(rows)
+                bar.update(len(pending))
+                pending.clear()
+
+            for base in self._records():
+                pending.append(base)
+                if len(pending) >= batch:
+                    flush()
+            flush()
+        return found, added, time.perf_counter() - t0
+
+
+def make_storage(spec: str | None, data_dir: Path, s3_endpoint: str | None = None, site: str | None = None,
+                 index: str | None = None) -> LdoStorage:
+    """`file:DIR` (or nothing: `<data dir>/ldos`) or `s3://BUCKET/PREFIX`, with the index of `--index`;
+    raises ValueError with a clear message."""
+    site = site or os.environ.get("SITE", "default")
+    if not spec or spec.startswith("file:"):
+        objects: Any = LocalObjects(Path(spec[5:]) if spec and spec[5:] else Path(data_dir) / "ldos")
+    elif spec.startswith("s3://"):
+        objects = S3Objects(spec, endpoint=s3_endpoint)
+    else:
+        raise ValueError(f"--storage {spec!r}: expected file:DIR or s3://BUCKET/PREFIX")
+    return LdoStorage(objects, open_index(index, Path(data_dir)), site=site)

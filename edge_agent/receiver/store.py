@@ -1,4 +1,5 @@
-"""Where the receiver keeps what it accepted: videos as files, everything else in SQLite.
+"""Where the receiver keeps what `POST /cid` accepted: videos as files, everything else in SQLite
+(LDOs of data-ingestion are in storage.py).
 
 Paths are always made from server-generated ids, never from anything a client sent. Every
 idempotency key is recorded with the reply it got, so a retry gets the same answer and no
@@ -27,9 +28,6 @@ CREATE TABLE IF NOT EXISTS events (
     id TEXT PRIMARY KEY, cid TEXT NOT NULL, event_id TEXT, idempotency_key TEXT UNIQUE,
     metadata TEXT, video_file TEXT, size_bytes INTEGER, sha256 TEXT, sha256_ok INTEGER,
     ldo_id TEXT, received_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS ldos (
-    id TEXT PRIMARY KEY, idempotency_key TEXT UNIQUE, status TEXT NOT NULL, filename TEXT,
-    video_file TEXT, metadata TEXT, size_bytes INTEGER NOT NULL, sha256 TEXT, created_at REAL NOT NULL);
 """
 
 
@@ -39,14 +37,15 @@ class Store:
     def __init__(self, data_dir: Path):
         self.data_dir = Path(data_dir)
         (self.data_dir / "videos").mkdir(parents=True, exist_ok=True)
-        (self.data_dir / "ldos").mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.data_dir / "receiver.sqlite3"), check_same_thread=False,
                                    isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
-        self._key_locks: dict[tuple[str, str], threading.Lock] = {}
+        # (scope, key) -> [lock, requests holding or waiting for it]; an entry lives only while a
+        # request with that key is in flight, so the table is bounded by concurrent requests
+        self._key_locks: dict[tuple[str, str], list[Any]] = {}
 
     @contextmanager
     def key_lock(self, scope: str, key: str | None) -> Iterator[None]:
@@ -55,9 +54,21 @@ class Store:
             yield
             return
         with self._lock:
-            lock = self._key_locks.setdefault((scope, key), threading.Lock())
-        with lock:
-            yield
+            entry = self._key_locks.setdefault((scope, key), [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._key_locks[(scope, key)]
+
+    def locked_keys(self) -> int:
+        """Idempotency keys with a request in flight (the size of the lock table)."""
+        with self._lock:
+            return len(self._key_locks)
 
     def _q(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -106,11 +117,6 @@ class Store:
                 " sha256_ok, ldo_id, received_at) VALUES (:id, :cid, :event_id, :idempotency_key, :metadata,"
                 " :video_file, :size_bytes, :sha256, :sha256_ok, :ldo_id, :received_at)", row)  # type: ignore[arg-type]
 
-    def add_ldo(self, row: dict[str, Any]) -> None:
-        self._q("INSERT INTO ldos (id, idempotency_key, status, filename, video_file, metadata, size_bytes, sha256,"
-                " created_at) VALUES (:id, :idempotency_key, :status, :filename, :video_file, :metadata,"
-                " :size_bytes, :sha256, :created_at)", row)  # type: ignore[arg-type]
-
     def list_events(self, skip: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
         total = self._q("SELECT COUNT(*) FROM events")[0][0]
         rows = self._q(
@@ -128,13 +134,6 @@ class Store:
             d["received_at"] = _iso(d["received_at"])
             out.append(d)
         return total, out
-
-    def list_ldos(self, skip: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
-        total = self._q("SELECT COUNT(*) FROM ldos")[0][0]
-        rows = self._q("SELECT id, status, filename, created_at, size_bytes FROM ldos ORDER BY created_at, id"
-                       " LIMIT ? OFFSET ?", (limit, skip))
-        return total, [{"id": r[0], "status": r[1], "filename": r[2], "created_at": _iso(r[3]), "size_bytes": r[4]}
-                       for r in rows]
 
     def close(self) -> None:
         with self._lock:
