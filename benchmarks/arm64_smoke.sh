@@ -210,6 +210,7 @@ main() {
     local dirs=("$CACHE/wheels/cp$PYTAG")
     if [ "$JETSON_PYTHON" != "$PYVER" ]; then dirs+=("$CACHE/wheels/cp${JETSON_PYTHON/./}"); fi
     "$PYTHON" "$HELPER_SRC" wheels "${dirs[@]}" | tee "$CACHE/wheels.md" || failed=1
+    "$PYTHON" "$HELPER_SRC" wheel-encoders "${dirs[@]}" >&2 || failed=1
     if [ "$failed" -ne 0 ]; then
         die "FAILED after $((SECONDS - T0)) s (logs in $CACHE)"
     fi

@@ -8,6 +8,7 @@ qemu-aarch64-static, where only the installed aarch64 wheels exist.
     resolve DIR PYVER GLIBC WHEEL      pip download the aarch64 wheel set of WHEEL for CPython PYVER, glibc GLIBC
     wheels DIR [DIR...]                markdown table of the wheels in each DIR; non-zero if one is not aarch64
     check-replay REPORT MANIFEST NAME  non-zero unless the replay report holds exactly the manifest's CIDs
+    wheel-encoders DIR [DIR...]        the H.264 encoders built into each PyAV wheel, read from its libavcodec
     probe VIDEO                        (inside the arm64 root) versions, H.264 encoders, zxing and zbar on a frame
 """
 
@@ -172,6 +173,29 @@ def cmd_wheels(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def cmd_wheel_encoders(args: argparse.Namespace) -> int:
+    """For a wheel set no interpreter here can run (cp310): the encoder names compiled into its libavcodec.
+
+    FFmpeg registers each codec by a string literal, so a name present in the library is a codec built in;
+    on the cp311 wheel this scan gives the same answer as the probe run under emulation.
+    """
+    import zipfile
+
+    for d in args.dirs:
+        for wheel in sorted(Path(d).glob("av-*.whl")):
+            with zipfile.ZipFile(wheel) as zf:
+                lib = next((n for n in zf.namelist() if re.search(r"/libavcodec[^/]*\.so", n)), None)
+                if lib is None:
+                    log(f"{wheel.name}: no bundled libavcodec")
+                    continue
+                data = zf.read(lib)
+            have = [n for n in ENCODER_CANDIDATES if re.search(rb"(?<![\w])" + n.encode() + rb"(?![\w])", data)]
+            absent = [n for n in ENCODER_CANDIDATES if n not in have]
+            print(f"{Path(d).name} {wheel.name}: built in {', '.join(have) or 'none'}; "
+                  f"not built in {', '.join(absent)}")
+    return 0
+
+
 def cmd_check_replay(args: argparse.Namespace) -> int:
     manifest = json.loads(Path(args.manifest).read_text())
     expected = next(v["cids"] for v in manifest["videos"] if v["file"] == args.name)
@@ -307,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("wheels")
     s.add_argument("dirs", nargs="+")
     s.set_defaults(func=cmd_wheels)
+    s = sub.add_parser("wheel-encoders")
+    s.add_argument("dirs", nargs="+")
+    s.set_defaults(func=cmd_wheel_encoders)
     s = sub.add_parser("check-replay")
     s.add_argument("report")
     s.add_argument("manifest")
