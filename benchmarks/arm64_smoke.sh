@@ -81,8 +81,9 @@ build_root() {
     debootstrap --foreign --arch=arm64 --variant=minbase --include=python3,libzbar0 \
         "$SUITE" "$ROOT" ${mirror:+"$mirror"} >"$CACHE/debootstrap.log" 2>&1 \
         || { tail -20 "$CACHE/debootstrap.log" >&2; die "debootstrap failed (log: $CACHE/debootstrap.log)"; }
-    local pkg deb n=0
-    for pkg in $(cat "$ROOT/debootstrap/base"); do
+    local pkg deb n=0 base
+    read -r -a base <"$ROOT/debootstrap/base"  # one line, space-separated package names
+    for pkg in "${base[@]}"; do
         deb=$(awk -v p="$pkg" '$1 == p { print $2 }' "$ROOT/debootstrap/debpaths")
         [ -n "$deb" ] || die "debootstrap listed $pkg but did not download it"
         dpkg-deb --fsys-tarfile "$ROOT$deb" | tar -x --keep-directory-symlink -C "$ROOT"
@@ -123,7 +124,7 @@ install_into_root() {
     mkdir -p "$ROOT/usr/local/bin" "$(dirname "$site")"
     sed '1s|^#!.*|#!/usr/bin/python3|' "$stage/bin/edge-agent" >"$ROOT/usr/local/bin/edge-agent"
     chmod 755 "$ROOT/usr/local/bin/edge-agent"
-    rm -rf "$stage/bin"
+    rm -rf "${stage:?}/bin"
     mv "$stage" "$site"
 }
 
