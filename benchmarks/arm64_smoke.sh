@@ -17,7 +17,7 @@
 #   EDGE_AGENT_ARM64_SUITE   Debian suite of the root (default bookworm)
 #   EDGE_AGENT_ARM64_MIRROR  Debian mirror for debootstrap (default: the host's apt source for that suite)
 #   EDGE_AGENT_ARM64_REENCODE  1 (default): also replay with a resize, so clips go through clip.encoders
-#                            (~70 s under emulation); 0: only the default remux replay
+#                            (70-110 s under emulation on 2 cores); 0: only the default remux replay
 #   JETSON_PYTHON, JETSON_GLIBC   the second wheel set to resolve (default 3.10 and 2.35: JetPack 6)
 #   PYTHON                   host interpreter whose pip builds and downloads the wheels (default python3)
 #
