@@ -8,8 +8,9 @@ import ctypes
 import importlib
 import os
 import sys
+from typing import NoReturn
 
-from edge_agent import __version__
+from edge_agent import __version__, const
 
 # Modules with a `register(subparsers)` function, in the order their commands appear in --help.
 COMMAND_MODULES = (
@@ -23,12 +24,22 @@ COMMAND_MODULES = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a usage error; sysexits (and the README's table) say 64."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(const.EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edge-agent",
         description="Read QR-coded CIDs from a camera, cut a video clip around each, deliver both.")
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an unexpected error (default: one line)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
@@ -60,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `edge-agent ... | head`
         sys.stderr.close()
         return 0
+    except Exception as exc:  # an expected fault is handled where it happens; this is a bug
+        if args.debug:
+            raise
+        print(f"edge-agent {args.command}: internal error: {type(exc).__name__}: {exc} "
+              "(run again with --debug for the traceback, and report it)", file=sys.stderr)
+        return const.EXIT_SOFTWARE
 
 
 if __name__ == "__main__":

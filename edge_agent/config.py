@@ -25,7 +25,7 @@ from edge_agent import const
 # the ring can hold the configured pre- and post-roll.
 ASSUMED_BITRATE_BPS = 20_000_000
 
-EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h; systemd's RestartPreventExitStatus=78 stops a restart loop
+EXIT_CONFIG = const.EXIT_CONFIG  # systemd's RestartPreventExitStatus=78 stops a restart loop
 
 
 def _live(description: str) -> dict[str, Any]:

@@ -59,13 +59,17 @@ CLIP_BACKLOG_COUNT = 16
 # Events the running pipeline remembers (for status and the live view); older ones are only in the logs.
 RECENT_EVENTS = 100
 
-# sysexits.h EX_TEMPFAIL: clips remain queued, try again later.
-EXIT_QUEUED = 75
-# A run that lost or could not deliver clips (dropped, refused by the server).
-EXIT_FAILED = 1
-# sysexits.h EX_CANTCREAT: the spool's disk is full.
-EXIT_CANTCREAT = 73
-
+# Exit codes (sysexits.h where one fits). Only a requested stop, or a job finished (replay, a file
+# source without loop, flush), exits 0; systemd's Restart=on-failure sees every other end.
+EXIT_OK = 0
+EXIT_FAILED = 1  # a run that lost or could not deliver clips (dropped, refused by the server); check FAILs
+EXIT_USAGE = 64  # EX_USAGE: wrong command-line arguments
+EXIT_DATAERR = 65  # EX_DATAERR: no video could be read from the input
+EXIT_NOINPUT = 66  # EX_NOINPUT: an input file is missing
+EXIT_SOFTWARE = 70  # EX_SOFTWARE: a stage thread died (open clips are spooled first)
+EXIT_CANTCREAT = 73  # EX_CANTCREAT: the spool's disk is full
+EXIT_QUEUED = 75  # EX_TEMPFAIL: clips remain queued, try again later
+EXIT_CONFIG = 78  # EX_CONFIG: bad configuration
 
 SERVICE_STATE_DIR = "/var/lib/edge-agent"  # systemd's StateDirectory=edge-agent
 

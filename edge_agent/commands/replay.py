@@ -21,7 +21,8 @@ from edge_agent.logs import setup_logging
 from edge_agent.metrics import Metrics
 
 if TYPE_CHECKING:
-    from edge_agent.pipeline.wiring import EventRecord, Pipeline
+    from edge_agent.pipeline.events import Event
+    from edge_agent.pipeline.wiring import Pipeline, PipelineStatus
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,10 @@ class ReplayReport:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.events: dict[str, EventRecord] = {}
+        self.events: dict[str, Event] = {}
         self._early: dict[str, str] = {}  # upload results that came before their event was reported
 
-    def on_event(self, rec: EventRecord) -> None:
+    def on_event(self, rec: Event) -> None:
         with self._lock:
             self.events[rec.event_id] = rec
             result = self._early.pop(rec.event_id, None)
@@ -90,19 +91,18 @@ class ReplayReport:
                 self._apply(rec, result)
 
     @staticmethod
-    def _apply(rec: EventRecord, result: str) -> None:
-        if result in ("retry", "stopped"):
-            return
-        rec.upload_result = result
-        rec.uploaded = result in ("delivered", "duplicate")
+    def _apply(rec: Event, result: str) -> None:
+        if result not in ("retry", "stopped"):
+            rec.upload_result = result
 
-    def sorted(self) -> list[EventRecord]:
+    def sorted(self) -> list[Event]:
         with self._lock:
             return sorted(self.events.values(), key=lambda r: r.detected_t)
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    from edge_agent.pipeline.wiring import Pipeline
+    from edge_agent.app import Agent
+    from edge_agent.delivery.spool import SpoolBusy, SpoolError
 
     cfg = load_config_or_exit(args, strict_source=False)
     setup_logging(cfg.log_level)
@@ -110,57 +110,49 @@ def run_replay(args: argparse.Namespace) -> int:
     if missing:
         for v in missing:
             print(f"edge-agent replay: {v}: no such file", file=sys.stderr)
-        return 66  # EX_NOINPUT
+        return const.EXIT_NOINPUT
     source = cfg.source.model_copy(update={"kind": "file", "path": args.videos[0],
                                            "realtime": args.realtime or cfg.source.realtime, "loop": False})
     cfg = cfg.model_copy(update={"source": source})
-    metrics = Metrics()
     upload = bool(cfg.upload.url) and not args.no_upload
-    spool = uploader = None
-    folder: FolderSink | None = None
-    if args.output_dir or not upload:
-        folder = FolderSink(args.output_dir or DEFAULT_OUTPUT_DIR)
-    sink: ClipSink
-    if upload:
-        from edge_agent.delivery.spool import Spool, SpoolBusy
-        from edge_agent.delivery.uploader import Uploader
-
-        try:
-            spool = Spool(cfg.spool, metrics)
-        except SpoolBusy as busy:
-            print(f"edge-agent replay: {busy}; replay into another spool (EDGE_AGENT__SPOOL__DIR=/tmp/replay-spool) "
-                  "or without upload (--no-upload)", file=sys.stderr)
-            return const.EXIT_QUEUED
-        sink = TeeSink(spool, folder) if folder else spool
-    else:
-        assert folder is not None
-        sink = folder
-
+    folder = FolderSink(args.output_dir or DEFAULT_OUTPUT_DIR) if args.output_dir or not upload else None
     listener = ReplayReport()
-    pipeline = Pipeline(cfg, sink, videos=args.videos, metrics=metrics, on_event=listener.on_event)
-    if upload:
-        from edge_agent import __version__
-
-        uploader = Uploader(spool, cfg.upload, metrics, __version__, on_result=listener.on_upload)
-        uploader.start()
-    total = _count_frames(args.videos)
-    pipeline.start()
-    _progress(pipeline, metrics, total, quiet=args.quiet)
-    pipeline.wait()
-    elapsed = pipeline.stats.elapsed_s
-
-    exit_code = 0
-    if uploader is not None and spool is not None:
-        if args.drain_timeout > 0:
-            uploader.drain(args.drain_timeout)
-        uploader.stop()
-        remaining = spool.status().clips
-        spool.close()
-        if remaining:
-            print(f"edge-agent replay: {remaining} clip(s) still queued in {cfg.spool.dir}; "
-                  "they will be sent by `edge-agent run` or `edge-agent spool flush`", file=sys.stderr)
-            exit_code = const.EXIT_QUEUED
-    report = _report(listener, metrics, elapsed, folder)
+    exit_code = const.EXIT_OK
+    with Agent(cfg) as agent:
+        metrics = agent.metrics
+        uploader = None
+        sink: ClipSink
+        if upload:
+            try:
+                spool = agent.spool()
+            except SpoolBusy as busy:
+                print(f"edge-agent replay: {busy}; replay into another spool "
+                      "(EDGE_AGENT__SPOOL__DIR=/tmp/replay-spool) or without upload (--no-upload)", file=sys.stderr)
+                return const.EXIT_QUEUED
+            except (SpoolError, OSError) as exc:
+                print(f"edge-agent replay: spool {cfg.spool.dir}: {exc} (point spool.dir at a writable folder, "
+                      "or use --no-upload)", file=sys.stderr)
+                return const.EXIT_CANTCREAT
+            uploader = agent.uploader(on_result=listener.on_upload)
+            sink = TeeSink(spool, folder) if folder else spool
+        else:
+            assert folder is not None
+            sink = folder
+        pipeline = agent.pipeline(sink, videos=args.videos, on_event=listener.on_event)
+        total = _count_frames(args.videos)
+        pipeline.start()
+        _progress(pipeline, total, quiet=args.quiet)
+        pipeline.wait()
+        status = pipeline.status()
+        if uploader is not None:
+            if args.drain_timeout > 0:
+                uploader.drain(args.drain_timeout)
+            remaining = agent.spool().status().clips
+            if remaining:
+                print(f"edge-agent replay: {remaining} clip(s) still queued in {cfg.spool.dir}; "
+                      "they will be sent by `edge-agent run` or `edge-agent spool flush`", file=sys.stderr)
+                exit_code = const.EXIT_QUEUED
+    report = _report(listener, status, metrics, folder)
     if args.report:
         text = json.dumps(report, indent=2) + "\n"
         if args.report == "-":
@@ -168,10 +160,14 @@ def run_replay(args: argparse.Namespace) -> int:
         else:
             Path(args.report).write_text(text, encoding="utf-8")
     if not args.quiet:
-        _summary(report, metrics, upload, folder)
-    if pipeline.source_error and metrics.get("edge_agent_frames_total") == 0:
-        return 65  # EX_DATAERR: no video could be read
-    lost = _lost(report, metrics)
+        _summary(report, status, upload, folder)
+    if status.failure is not None:
+        print(f"edge-agent replay: the {status.failure.stage} stage failed: {status.failure.reason}", file=sys.stderr)
+        return status.failure.exit_code
+    if status.capture.source_error and status.capture.frames == 0:
+        print(f"edge-agent replay: no video could be read: {status.capture.source_error}", file=sys.stderr)
+        return const.EXIT_DATAERR
+    lost = _lost(report)
     if lost:
         print(f"edge-agent replay: {lost}", file=sys.stderr)
         if report["dropped"].get("disk_full") or any("min_free" in k for k in report["dropped"]):
@@ -180,7 +176,7 @@ def run_replay(args: argparse.Namespace) -> int:
     return exit_code
 
 
-def _lost(report: dict[str, Any], metrics: Metrics) -> str:
+def _lost(report: dict[str, Any]) -> str:
     """What the run did not deliver whole, in words; empty when everything went through."""
     parts = []
     if report["dropped"]:
@@ -193,20 +189,21 @@ def _lost(report: dict[str, Any], metrics: Metrics) -> str:
     return "; ".join(parts)
 
 
-def _progress(pipeline: Pipeline, metrics: Metrics, total: int | None, quiet: bool) -> None:
+def _progress(pipeline: Pipeline, total: int | None, quiet: bool) -> None:
     """A progress bar on a terminal (tqdm switches itself off when stderr is not one)."""
     from tqdm import tqdm
 
     with tqdm(total=total, unit="frame", disable=True if quiet else None, leave=False,
               dynamic_ncols=True) as bar:
         while not pipeline.wait(0.25):
-            done = int(metrics.get("edge_agent_frames_total"))
-            bar.update(done - bar.n)
-            bar.set_postfix(cids=pipeline.events_total, refresh=False)
-        bar.update(int(metrics.get("edge_agent_frames_total")) - bar.n)
+            st = pipeline.status()
+            bar.update(st.capture.frames - bar.n)
+            bar.set_postfix(cids=st.detect.events, refresh=False)
+        bar.update(pipeline.status().capture.frames - bar.n)
 
 
-def _report(listener: ReplayReport, metrics: Metrics, elapsed: float, folder: FolderSink | None) -> dict[str, Any]:
+def _report(listener: ReplayReport, status: PipelineStatus, metrics: Metrics,
+            folder: FolderSink | None) -> dict[str, Any]:
     events = []
     for rec in listener.sorted():
         clip: dict[str, Any] | None = dict(rec.clip) if rec.clip else None
@@ -216,26 +213,28 @@ def _report(listener: ReplayReport, metrics: Metrics, elapsed: float, folder: Fo
                        "clip": clip, "uploaded": rec.uploaded, "upload_result": rec.upload_result,
                        "clip_ms": rec.clip_ms})
     return {
-        "frames": int(metrics.get("edge_agent_frames_total")),
-        "elapsed_s": round(elapsed, 3),
+        "frames": status.capture.frames,
+        "elapsed_s": round(status.elapsed_s, 3),
+        "frames_analysed": status.detect.frames_analysed,
+        "sightings": status.detect.sightings,
         "events": events,
         "uploaded": sum(1 for e in events if e["uploaded"]),
         "quarantined": sum(1 for e in events if e["upload_result"] == "quarantined"),
         "refused": sum(1 for rec in listener.sorted() if not rec.queued),
         "dropped": {k: int(v) for k, v in metrics.labelled("edge_agent_spool_dropped_total", "reason").items() if v},
-        "rejected": int(metrics.get("edge_agent_payloads_rejected_total")),
+        "rejected": status.detect.rejected,
     }
 
 
-def _summary(report: dict[str, Any], metrics: Metrics, upload: bool, folder: FolderSink | None) -> None:
+def _summary(report: dict[str, Any], status: PipelineStatus, upload: bool, folder: FolderSink | None) -> None:
     frames, elapsed = report["frames"], report["elapsed_s"]
     clips = sum(1 for e in report["events"] if e["clip"] and not e["clip"].get("error"))
     rows = [
         ("frames", f"{frames}"),
         ("fps", f"{frames / elapsed:.1f}" if elapsed else "-"),
         ("elapsed s", f"{elapsed:.2f}"),
-        ("frames analysed", f"{int(metrics.get('edge_agent_frames_analysed_total'))}"),
-        ("detections", f"{int(metrics.get('edge_agent_detections_total'))}"),
+        ("frames analysed", f"{status.detect.frames_analysed}"),
+        ("sightings", f"{status.detect.sightings}"),
         ("events (CIDs)", f"{len(report['events'])}"),
         ("clips", f"{clips}"),
         ("uploaded", f"{report['uploaded']}" if upload else "off"),

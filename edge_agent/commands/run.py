@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_daemon(args: argparse.Namespace) -> int:
-    from edge_agent.delivery.spool import SpoolBusy
+    from edge_agent.delivery.spool import SpoolBusy, SpoolError
 
     cfg = load_config_or_exit(args)
     setup_logging(cfg.log_level)
@@ -32,5 +32,8 @@ def run_daemon(args: argparse.Namespace) -> int:
         log.error("cannot start: %s; two agents (two cameras) need two spool.dir, and a running "
                   "`edge-agent spool flush` must finish first", busy)
         return const.EXIT_QUEUED
+    except SpoolError as exc:
+        log.error("cannot start: %s", exc)
+        return const.EXIT_CANTCREAT
 
 

@@ -11,19 +11,27 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
+from edge_agent import const
 from edge_agent.commands.common import add_config_arg, load_config_or_exit
 from edge_agent.config import Config
-from edge_agent.delivery.cid import CidValidator, escape_payload
+from edge_agent.delivery.cid import escape_payload
 from edge_agent.logs import setup_logging
+
+if TYPE_CHECKING:
+    from edge_agent.app import Agent
+    from edge_agent.pipeline.detector import Detector
 
 GREEN, RED, BLUE = (40, 200, 40), (40, 40, 230), (230, 120, 30)
 # zxing-cpp reads QR codes reliably from about 2 px a module; below 3 it starts to miss blurred ones
@@ -83,37 +91,26 @@ def sharpness(gray: np.ndarray) -> float:
     return float(cv2.Laplacian(gray, cv2.CV_64F).var()) if gray.size else 0.0
 
 
-def analyse(gray: np.ndarray, cfg: Config, source: str, t: float) -> Report:
-    """The detector's view of one frame, with the figures a technician needs."""
-    import zxingcpp
+def analyse(gray: np.ndarray, agent: Agent, detector: Detector, source: str, t: float) -> Report:
+    """The daemon's view of one frame, with the figures a technician needs: the daemon's own detector
+    (decoder, options, region of interest, downscale) and its one CID rule, so what this shows is what
+    the daemon reads."""
+    from edge_agent.capture.media import GrayFrame
+    from edge_agent.delivery.cid import payload_text
 
     h, w = gray.shape
-    x0 = y0 = 0
-    region = gray
-    roi = cfg.detector.roi
-    if roi is not None:
-        x0, y0 = int(roi.left * w), int(roi.top * h)
-        region = gray[y0 : int(roi.bottom * h), x0 : int(roi.right * w)]
-    started = time.perf_counter()
-    found = zxingcpp.read_barcodes(np.ascontiguousarray(region), formats=zxingcpp.BarcodeFormat.QRCode)
-    ms = (time.perf_counter() - started) * 1000
-    validator = CidValidator(cfg.detector.cid_pattern, cfg.detector.cid_max_length)
+    validator = agent.validator()
+    found = detector.detect(GrayFrame(np.ascontiguousarray(gray), t, 0.0))
     rep = Report(source, t, w, h, float(gray.mean()), float((gray < 5).mean()), float((gray > 250).mean()),
-                 sharpness(gray), ms)
-    for bc in found:
-        p = bc.position
-        poly = [(pt.x + x0, pt.y + y0) for pt in (p.top_left, p.top_right, p.bottom_right, p.bottom_left)]
-        version = (bc.extra or {}).get("Version") if isinstance(bc.extra, dict) else None
-        modules = 17 + 4 * int(version) if version and str(version).isdigit() else None
-        side = np.mean([math.dist(poly[i], poly[(i + 1) % 4]) for i in range(4)])
+                 sharpness(gray), detector.last_ms)
+    for det in found:
+        poly = list(det.polygon)
+        side = np.mean([math.dist(poly[i], poly[(i + 1) % len(poly)]) for i in range(len(poly))])
         xs, ys = [q[0] for q in poly], [q[1] for q in poly]
         crop = gray[max(0, min(ys)) : max(ys), max(0, min(xs)) : max(xs)]
-        try:
-            text = bytes(bc.bytes).decode("utf-8")
-        except UnicodeDecodeError:
-            text = bytes(bc.bytes).decode("latin-1")
-        rep.codes.append(CodeReport(text, validator.check(text) is not None, poly, modules,
-                                    round(side / modules, 2) if modules else None, sharpness(crop)))
+        rep.codes.append(CodeReport(payload_text(det.payload), validator.from_payload(det.payload) is not None, poly,
+                                    det.modules, round(side / det.modules, 2) if det.modules else None,
+                                    sharpness(crop)))
     return rep
 
 
@@ -142,51 +139,80 @@ def annotate(bgr: np.ndarray, rep: Report, cfg: Config) -> np.ndarray:
     return img
 
 
-def grab(cfg: Config, at: float | None, want_code: bool = True) -> tuple[Any, float]:
-    """A decoded frame from the source: for a file, at `at` seconds, else the first one with a code
-    in the first ~15 s (else the middle); for a live source, the newest after ~1 s of reading."""
-    import av
-    import zxingcpp
+class FrameReader:
+    """Holds the source open and hands out decoded frames: a camera is opened once for a whole `tune`
+    session (re-opening a Pi camera takes seconds), and its stream is read continuously so what is
+    shown is the newest picture, never a stale buffered one."""
 
-    from edge_agent.capture.media import luma, to_av_packet
-    from edge_agent.capture.source import AvSource
+    def __init__(self, agent: Agent):
+        from edge_agent.capture.media import open_decoder
 
-    src = AvSource(cfg.source)
-    info = src.open()
-    dec = av.CodecContext.create(info.codec, "r")
-    if info.extradata:
-        dec.extradata = info.extradata
-    if info.codec == "rawvideo":
-        dec.width, dec.height, dec.pix_fmt = info.width, info.height, info.pix_fmt
-    best = None
-    started = time.monotonic()
-    n = 0
-    try:
-        for pkt in src.packets():
-            p = to_av_packet(pkt, info.time_base)
+        self.src = agent.source()
+        info = self.src.open()
+        self.info = info
+        self._dec = open_decoder(info)
+        self._packets = self.src.packets()
+
+    @property
+    def live(self) -> bool:
+        return self.src.live
+
+    def frames(self) -> Iterator[tuple[Any, float]]:
+        import av
+
+        from edge_agent.capture.media import to_av_packet
+
+        t = 0.0
+        for pkt in self._packets:
+            t = pkt.t
             try:
-                frames = dec.decode(p)
+                decoded = self._dec.decode(to_av_packet(pkt, self.info.time_base))
             except av.error.FFmpegError:
                 continue
-            for f in frames:
-                n += 1
-                best = (f, pkt.t)
-                if src.live:
-                    continue
-                if at is not None:
-                    if pkt.t >= at:
-                        return best
-                elif want_code and n % 5 == 0 and zxingcpp.read_barcodes(
-                        np.ascontiguousarray(luma(f)), formats=zxingcpp.BarcodeFormat.QRCode):
-                    return best
-            if src.live and time.monotonic() - started > 1.0 and best is not None:
-                return best
-            if not src.live and at is None and pkt.t > 15:
+            for f in decoded:
+                yield f, pkt.t
+        try:  # the decoder's threads still hold the last frames (all of a single picture)
+            for f in self._dec.decode(None):
+                yield f, t
+        except av.error.FFmpegError:
+            return
+
+    def every(self, period_s: float) -> Iterator[tuple[Any, float]]:
+        """One frame per `period_s`: of media time for a file, of wall time for a camera (reading all the
+        frames in between, so the pipe never backs up)."""
+        next_at = time.monotonic() if self.live else 0.0
+        for f, t in self.frames():
+            now = time.monotonic() if self.live else t
+            if now >= next_at:
+                next_at = now + period_s
+                yield f, t
+
+    def close(self) -> None:
+        self.src.close()
+
+
+def pick(reader: FrameReader, agent: Agent, detector: Detector, at: float | None) -> tuple[Any, float]:
+    """A frame for `snapshot`: for a file, the one at `at` seconds, else the first where the daemon's
+    detector finds a code in the first ~15 s (else the middle); for a camera, the newest after ~1 s."""
+    from edge_agent.capture.media import GrayFrame, luma
+
+    best = None
+    started = time.monotonic()
+    for n, (f, t) in enumerate(reader.frames()):
+        best = (f, t)
+        if reader.live:
+            if time.monotonic() - started > 1.0:
                 break
-    finally:
-        src.close()
+            continue
+        if at is not None:
+            if t >= at:
+                break
+        elif n % 5 == 0 and detector.detect(GrayFrame(np.ascontiguousarray(luma(f)), t, 0.0)):
+            break
+        if at is None and t > 15:
+            break
     if best is None:
-        raise SystemExit(f"edge-agent snapshot: no frame from {src.describe}")
+        raise SourceProblem(f"no frame could be decoded from {reader.src.describe}")
     return best
 
 
@@ -220,6 +246,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=cmd_tune)
 
 
+class SourceProblem(Exception):
+    """The source gave no usable frame; the message says what to check."""
+
+
 def _config(args: argparse.Namespace) -> Config:
     cfg = load_config_or_exit(args, strict_source=args.source is None)
     if args.source:
@@ -229,39 +259,86 @@ def _config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def _open(agent: Agent, command: str) -> FrameReader:
+    """The source opened the daemon's way; a fault is one line with its cause and check's hint."""
+    from edge_agent.capture.source import SourceError
+    from edge_agent.commands.check import source_hint
+
+    cfg = agent.cfg.source
+    where = cfg.command if cfg.kind == "pipe" else str(cfg.path)
+    try:
+        return FrameReader(agent)
+    except SourceError as exc:
+        missing = cfg.kind in ("file", "v4l2") and not Path(where).exists()
+        print(f"edge-agent {command}: {exc}", file=sys.stderr)
+        print(f"  -> {source_hint(cfg.kind, where, str(exc))}", file=sys.stderr)
+        raise SystemExit(const.EXIT_NOINPUT if missing else const.EXIT_DATAERR) from None
+
+
 def cmd_snapshot(args: argparse.Namespace) -> int:
+    from edge_agent.app import Agent
     from edge_agent.capture.media import luma
 
     cfg = _config(args)
-    frame, t = grab(cfg, args.at)
-    rep = analyse(np.ascontiguousarray(luma(frame)), cfg, cfg.source.path or cfg.source.command or "?", t)
+    agent = Agent(cfg)
+    detector = agent.detector()
+    reader = _open(agent, "snapshot")
+    try:
+        if args.at is not None and reader.live:
+            print(f"edge-agent snapshot: --at applies to files; {cfg.source.kind} sources give the newest frame",
+                  file=sys.stderr)
+        frame, t = pick(reader, agent, detector, None if reader.live else args.at)
+    except SourceProblem as exc:
+        print(f"edge-agent snapshot: {exc}", file=sys.stderr)
+        return const.EXIT_DATAERR
+    finally:
+        reader.close()
+    rep = analyse(luma(frame), agent, detector, reader.src.describe, t)
     out = Path(args.output)
     if not cv2.imwrite(str(out), annotate(frame.to_ndarray(format="bgr24"), rep, cfg)):
-        print(f"edge-agent snapshot: cannot write {out}", file=sys.stderr)
-        return 73
+        print(f"edge-agent snapshot: cannot write {out} (is the folder there and writable?)", file=sys.stderr)
+        return const.EXIT_CANTCREAT
     print_report(rep, out)
     return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    """One reading a second from the source held open; Ctrl-C (or --count) ends it with exit 0."""
+    from edge_agent.app import Agent
     from edge_agent.capture.media import luma
 
     cfg = _config(args)
-    at = 0.0
+    agent = Agent(cfg)
+    detector = agent.detector()
+    reader = _open(agent, "tune")
+    stop = threading.Event()
+
+    def on_stop(_signum: int, _frame: object) -> None:
+        # not a KeyboardInterrupt: raised inside PyAV's read of a pipe, it is swallowed there. Ending
+        # the source ends the read; set even where SIGINT was ignored at start (a background job).
+        stop.set()
+        reader.src.interrupt()
+
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGTERM, on_stop)
     n = 0
     try:
-        while True:
-            frame, t = grab(cfg, at if cfg.source.kind == "file" else None, want_code=False)
-            rep = analyse(np.ascontiguousarray(luma(frame)), cfg, cfg.source.path or "?", t)
+        for frame, t in reader.every(1.0):
+            if stop.is_set():
+                break
+            rep = analyse(luma(frame), agent, detector, reader.src.describe, t)
             codes = "; ".join(f"{escape_payload(c.text, 24)} {c.px_per_module or 0:.1f}px/mod sharp {c.sharpness:.0f}"
                               for c in rep.codes) or "no code"
             print(f"t={t:6.2f}  mean {rep.mean:3.0f}  sharp {rep.sharpness:6.0f}  decode {rep.decode_ms:5.1f} ms  "
                   f"{codes}  | {rep.advice()[0]}", flush=True)
             n += 1
             if args.count and n >= args.count:
-                return 0
-            at += 1.0
-            if cfg.source.kind != "file":
-                time.sleep(1.0)
+                break
     except KeyboardInterrupt:
-        return 0
+        pass
+    finally:
+        reader.close()
+    if n == 0:
+        print(f"edge-agent tune: no frame could be decoded from {reader.src.describe}", file=sys.stderr)
+        return const.EXIT_DATAERR
+    return 0

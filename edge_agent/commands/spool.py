@@ -59,7 +59,8 @@ def _fail(exc: BaseException) -> SystemExit:
     from edge_agent.delivery.spool import is_disk_full
 
     print(f"edge-agent spool: {exc}", file=sys.stderr)
-    return SystemExit(const.EXIT_CANTCREAT if is_disk_full(exc) or "disk full" in str(exc) else 1)
+    return SystemExit(const.EXIT_CANTCREAT if is_disk_full(exc) or "disk full" in str(exc)
+                      or "cannot use spool.dir" in str(exc) else const.EXIT_FAILED)
 
 
 def _reader(args: argparse.Namespace) -> tuple[Config, Spool]:

@@ -28,6 +28,22 @@ class CidValidator:
             return None
         return payload if self.pattern.fullmatch(payload) else None
 
+    def from_payload(self, payload: bytes) -> str | None:
+        """The one rule from a QR code's bytes to a CID, for the daemon and every command: strict
+        UTF-8 (bytes that are not UTF-8 are rejected, never guessed at), then `check`."""
+        if len(payload) > 4 * self.max_length:  # no decoding a megabyte of junk
+            return None
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        return self.check(text)
+
+
+def payload_text(payload: bytes) -> str:
+    """A payload as text for people (snapshot, check): invalid UTF-8 shown escaped, never guessed."""
+    return payload.decode("utf-8", errors="backslashreplace")
+
 
 def escape_payload(payload: str | bytes, limit: int = const.REJECTED_LOG_CHARS) -> str:
     """A log-safe rendering: one line, ASCII only, control and non-ASCII characters escaped,

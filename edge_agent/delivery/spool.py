@@ -220,9 +220,13 @@ class Spool:
             self.owner, self.owner_pid = False, self._owner_pid()
             self._db = self._open_readonly()
             return
-        for d in (self.root, self.tmp, self.clips, self.quarantine_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        self.owner, self.owner_pid = self._take_ownership()
+        try:
+            for d in (self.root, self.tmp, self.clips, self.quarantine_dir):
+                d.mkdir(parents=True, exist_ok=True)
+            self.owner, self.owner_pid = self._take_ownership()
+        except OSError as exc:
+            raise SpoolError(f"cannot use spool.dir {self.root}: {exc.strerror or exc} (point spool.dir at a "
+                             "writable folder on a local disk; the service's is /var/lib/edge-agent/spool)") from exc
         if not self.owner:
             raise SpoolBusy(self.root, self.owner_pid)
         self._db = self._open_db()

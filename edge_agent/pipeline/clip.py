@@ -19,7 +19,7 @@ from pathlib import Path
 
 import av
 
-from edge_agent.capture.media import Packet, StreamInfo, to_av_packet
+from edge_agent.capture.media import Packet, StreamInfo, open_decoder, to_av_packet
 from edge_agent.config import ClipConfig
 from edge_agent.delivery import contract
 from edge_agent.pipeline.ring import Recording
@@ -93,13 +93,7 @@ class ClipMaker:
     # --- encode -------------------------------------------------------------------------------
 
     def _encode(self, packets: list[Packet], info: StreamInfo, out_path: Path) -> str:
-        decoder = av.CodecContext.create(info.codec, "r")
-        if info.extradata:
-            decoder.extradata = info.extradata
-        if info.codec == "rawvideo":
-            decoder.width, decoder.height = info.width, info.height
-            decoder.pix_fmt = info.pix_fmt
-        decoder.thread_type = "AUTO"
+        decoder = open_decoder(info)
         width, height = self._size(info)
         fps = self.cfg.fps or info.fps or 30.0
         t0 = packets[0].t
@@ -136,9 +130,7 @@ class ClipMaker:
                 with self._lock:
                     self._broken_encoders.add(name)
                 log.warning("encoder unavailable encoder=%s error=%s (trying the next in clip.encoders)", name, exc)
-                decoder = av.CodecContext.create(info.codec, "r")
-                if info.extradata:
-                    decoder.extradata = info.extradata
+                decoder = open_decoder(info)
         raise ClipError("no H.264 encoder in clip.encoders could be opened: " + "; ".join(errors))
 
     def _open_encoder(self, out: av.container.OutputContainer, name: str, width: int, height: int,

@@ -28,6 +28,7 @@ class Code:
 
     payload: bytes
     polygon: tuple[tuple[int, int], ...]
+    modules: int | None = None  # symbol width in modules (from the QR version), when the decoder says
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,7 @@ class Detection:
     frame_width: int
     frame_height: int
     decoder: str
+    modules: int | None = None
 
 
 DecodeFn = Callable[[np.ndarray], list[Code]]
@@ -58,10 +60,17 @@ def _zxing() -> DecodeFn:
         for bc in found:
             pos = bc.position
             pts = (pos.top_left, pos.top_right, pos.bottom_right, pos.bottom_left)
-            out.append(Code(bytes(bc.bytes), tuple((p.x, p.y) for p in pts)))
+            out.append(Code(bytes(bc.bytes), tuple((p.x, p.y) for p in pts), _modules(bc)))
         return out
 
     return decode
+
+
+def _modules(bc: object) -> int | None:
+    """A QR symbol's width in modules, 17 + 4 x version, when zxing-cpp reports the version."""
+    extra = getattr(bc, "extra", None)
+    version = extra.get("Version") if isinstance(extra, dict) else None
+    return 17 + 4 * int(version) if version is not None and str(version).isdigit() else None
 
 
 def _zbar() -> DecodeFn:
@@ -126,7 +135,7 @@ class Detector:
             Detection(
                 c.payload,
                 tuple((round(x / scale) + x0, round(y / scale) + y0) for x, y in c.polygon),
-                frame.t, frame.wall, w, h, self.name,
+                frame.t, frame.wall, w, h, self.name, c.modules,
             )
             for c in codes
         ]

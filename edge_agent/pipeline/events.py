@@ -10,9 +10,11 @@ Pure logic on capture times, so it is tested without video.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
+from edge_agent.delivery.contract import rfc3339
 from edge_agent.pipeline.detector import Detection
 
 
@@ -24,6 +26,9 @@ class Action(Enum):
 
 @dataclass
 class Event:
+    """One passing product, from its first sighting to its delivery: the tracker, the clip stage, the
+    uploader's listeners and the replay report all hold this one object."""
+
     event_id: str
     cid: str
     first: Detection
@@ -31,8 +36,25 @@ class Event:
     end_t: float  # clip end: last sighting + post-roll, capped
     last_t: float
     hits: int = 1
-    closed: bool = False
-    extra: dict = field(default_factory=dict)
+    closed: bool = False  # its recording is cut: later sightings are suppressed
+    # what became of it (set by the clip stage, then by delivery listeners)
+    clip: dict[str, Any] | None = None  # metadata.clip as sent
+    clip_error: str | None = None
+    clip_ms: float | None = None  # cut + remux/encode + validate
+    queued: bool = False
+    upload_result: str | None = None  # delivered, duplicate, quarantined
+
+    @property
+    def detected_t(self) -> float:
+        return self.first.t
+
+    @property
+    def detected_at(self) -> str:
+        return rfc3339(self.first.wall)
+
+    @property
+    def uploaded(self) -> bool:
+        return self.upload_result in ("delivered", "duplicate")
 
 
 class EventTracker:

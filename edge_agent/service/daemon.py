@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_agent import __version__
+from edge_agent import __version__, const
 from edge_agent.config import Config, ConfigError, load_config
 from edge_agent.logs import setup_logging
 from edge_agent.metrics import Metrics
@@ -97,90 +97,98 @@ class Daemon:
     # --- main loop ------------------------------------------------------------------------------
 
     def run(self) -> int:
-        from edge_agent.delivery.spool import Spool
-        from edge_agent.delivery.uploader import Uploader
-        from edge_agent.pipeline.wiring import Pipeline
+        """Build the parts through the composition root, run until asked to stop (exit 0), until a
+        finite file source ends (0), or until a stage dies (its exit code, after open clips are
+        spooled)."""
+        from edge_agent.app import Agent
 
         self._install_signals()
         for name in EXPORTED_COUNTERS:  # exported from the start, at 0, so dashboards and alerts see them
             self.metrics.inc(name, 0)
         cfg = self.cfg
-        self.spool = Spool(cfg.spool, self.metrics)  # recovery happens here, before READY
-        self.uploader = Uploader(self.spool, cfg.upload, self.metrics, __version__)
-        self.pipeline = Pipeline(cfg, self.spool, metrics=self.metrics,
-                                 on_event=lambda rec: self.uploader.wake())
-        if cfg.metrics.port:
-            from edge_agent.service.http import MetricsServer
-
-            try:
-                self._metrics_server = MetricsServer(self.metrics, cfg.metrics.host, cfg.metrics.port, self._health)
-                self._metrics_server.start()
-            except OSError as exc:  # a port clash must not stop clip delivery (nor restart-loop the service)
-                log.error("metrics endpoint off: %s", exc)
-                self._metrics_server = None
-        if self.path:
-            from edge_agent.service.reload import ConfigWatcher
-
-            self._watcher = ConfigWatcher(Path(self.path), self.apply, self._on_watch_error)
-            self._watcher.start()
-        self.uploader.start()
-        self.pipeline.start()
-        log.info("started version=%s device_id=%s source=%s upload=%s spool=%s", __version__, cfg.device_id,
-                 cfg.source.kind, cfg.upload.url or "-", cfg.spool.dir)
+        self.agent = Agent(cfg, self.metrics)
         try:
-            self._loop()
+            self.spool = self.agent.spool()  # recovery happens here, before READY
+            self.uploader = self.agent.uploader(thread=False)
+            self.pipeline = self.agent.pipeline(on_event=lambda _ev: self.uploader.wake())
+            if cfg.metrics.port:
+                self._start_http()
+            if self.path:
+                from edge_agent.service.reload import ConfigWatcher
+
+                self._watcher = ConfigWatcher(Path(self.path), self.apply, self._on_watch_error)
+                self._watcher.start()
+                self.agent.add_part("config watcher", lambda _s: self._watcher.stop())
+            self.uploader.start()
+            self.pipeline.start()
+            log.info("started version=%s device_id=%s source=%s upload=%s spool=%s", __version__, cfg.device_id,
+                     cfg.source.kind, cfg.upload.url or "-", cfg.spool.dir)
+            code = self._loop()
         finally:
             self._shutdown()
-        return 0
+        return code
+
+    def _start_http(self) -> None:
+        from edge_agent.service.http import MetricsServer
+
+        cfg = self.cfg
+        try:
+            self._metrics_server = MetricsServer(self.metrics, cfg.metrics.host, cfg.metrics.port, self._health)
+            self._metrics_server.start()
+        except OSError as exc:  # a port clash must not stop clip delivery (nor restart-loop the service)
+            log.error("metrics endpoint off: %s", exc)
+            self._metrics_server = None
+            return
+        self.agent.add_part("http", lambda _s: self._metrics_server.stop() if self._metrics_server else None)
 
     def _health(self) -> tuple[bool, dict[str, Any]]:
-        last = self.pipeline.stats.last_frame_mono
-        age = None if last is None else time.monotonic() - last
+        cap = self.pipeline.status().capture
+        age = cap.last_frame_age_s
         ok = age is not None and age < self.cfg.source.stall_s
         return ok, {"last_frame_age_s": None if age is None else round(age, 2),
-                    "spool_clips": self.metrics.get("edge_agent_spool_clips"),
-                    "source_error": self.pipeline.source_error}
+                    "spool_clips": self.spool.status().clips, "source_error": cap.source_error}
 
-    def _loop(self) -> None:
+    def _loop(self) -> int:
         ready = False
-        last_frames = 0.0
+        last_frames = 0
         last_tick = time.monotonic()
         interval = min(TICK_S, (self.notifier.watchdog_interval_s() or 2 * TICK_S) / 2)
-        while not self._stop.wait(interval):
+        failures = self.pipeline.failures
+        while not self._stop.is_set():
+            failures.event.wait(interval)
+            if failures.failure is not None:
+                f = failures.failure
+                log.error("stopping: the %s stage failed: %s (exit %d)", f.stage, f.reason, f.exit_code)
+                return f.exit_code
+            if self._stop.is_set():
+                break
             if self._reload.is_set():
                 self._reload.clear()
                 self._reload_from_file()
+            st = self.pipeline.status()
             if not ready and self.pipeline.ready.is_set():
                 ready = True
                 self.notifier.ready()
                 log.info("ready: frames are flowing")
-            frames = self.metrics.get("edge_agent_frames_total")
             now = time.monotonic()
+            frames = st.capture.frames
             fps = (frames - last_frames) / (now - last_tick) if now > last_tick else 0.0
             if frames > last_frames:
                 self.notifier.watchdog()  # only while frames advance: a hung camera gets us restarted
             last_frames, last_tick = frames, now
-            queued = self.spool.status().clips
-            dropped = int(self.metrics.get("edge_agent_frames_dropped_total"))
             self.notifier.status(
-                f"fps={fps:.1f} queued={queued} dropped={dropped}"
-                + (f" source_error={self.pipeline.source_error}" if self.pipeline.source_error else ""))
+                f"fps={fps:.1f} queued={self.spool.status().clips} dropped={st.decode.dropped}"
+                + (f" source_error={st.capture.source_error}" if st.capture.source_error else ""))
             self.metrics.set("edge_agent_fps", round(fps, 2))
-            if not self.pipeline.wait(0):
-                continue
-            log.info("source finished (file source without loop): stopping")
-            break
+            if self.pipeline.wait(0):
+                log.info("source finished (file source without loop): stopping")
+                break
+        return const.EXIT_OK
 
     def _shutdown(self) -> None:
-        deadline = time.monotonic() + STOP_BUDGET_S
+        """Parts stop in the reverse of the order they were built: the watcher and HTTP first, then
+        capture (open recordings are cut short and spooled, not lost), the uploader, the spool."""
         self.notifier.stopping()
-        if self._watcher is not None:
-            self._watcher.stop()
-        # capture stops; open recordings are cut short and spooled (not lost)
-        if not self.pipeline.stop(timeout=max(1.0, deadline - time.monotonic() - 3)):
-            log.warning("pipeline did not stop in time; unfinished clips are discarded")
-        self.uploader.stop(timeout=max(0.5, min(3.0, deadline - time.monotonic())))
-        self.spool.close()
-        if self._metrics_server is not None:
-            self._metrics_server.stop()
-        log.info("stopped queued=%d", self.metrics.get("edge_agent_spool_clips"))
+        self.agent.close(STOP_BUDGET_S)
+        queued = self.metrics.get("edge_agent_spool_clips")
+        log.info("stopped queued=%d%s", queued, "; queued clips are sent at the next start" if queued else "")

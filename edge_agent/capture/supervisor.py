@@ -1,0 +1,209 @@
+"""The capture stage: opens the source, reads it, reopens it.
+
+It owns everything about keeping video coming: the sessions (replay files in turn, or the
+configured source for ever), reopening with backoff when a camera fails or stalls, the stall
+watch, and the capture clock's offset between sessions. Each packet goes to `on_packet` (the
+ring and the decoder's queue): that call must never block on anything slow for a live source.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_agent import const
+from edge_agent.capture.media import Packet
+from edge_agent.capture.source import AvSource, SourceError
+from edge_agent.config import SourceConfig
+from edge_agent.metrics import Metrics
+from edge_agent.pipeline.base import Failure, FailureBox
+
+log = logging.getLogger("edge_agent.pipeline")
+
+CHECK_HINT = "run `edge-agent check` to test the camera"
+
+
+@dataclass(frozen=True)
+class CaptureStatus:
+    live: bool
+    frames: int
+    sessions: int
+    source_error: str | None
+    last_frame_age_s: float | None  # None before the first frame
+    fps: float | None  # the source's own frame rate
+    describe: str | None
+
+
+class CaptureSupervisor:
+    """Runs in the capture thread (`run`); `interrupt`, `restart` and `stop` come from other threads."""
+
+    def __init__(self, cfg: SourceConfig, metrics: Metrics, failures: FailureBox,
+                 on_packet: Callable[[Packet, bool], None], on_session: Callable[[AvSource, int], None],
+                 videos: Sequence[str] = (), cooldown_s: Callable[[], float] = lambda: const.COOLDOWN_S):
+        self.cfg = cfg
+        self.metrics = metrics
+        self.failures = failures
+        self.videos = list(videos)
+        self._on_packet = on_packet
+        self._on_session = on_session
+        self._cooldown_s = cooldown_s
+        self._stop = threading.Event()
+        self._restart = threading.Event()
+        self._lock = threading.Lock()
+        self._source: AvSource | None = None
+        self._alive = False
+        self.ready = threading.Event()  # the source has delivered a frame
+        self.frames = 0
+        self.sessions = 0
+        self.source_error: str | None = None
+        self.last_frame_mono: float | None = None
+        self._fps: float | None = None
+        self._describe: str | None = None
+
+    # --- control (any thread) -----------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._interrupt()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def restart(self, cfg: SourceConfig) -> None:
+        """A reloaded source config: the current session ends and the next opens with `cfg`; a change
+        of `stall_s` alone applies to the running session (no reopen, no clip cut short)."""
+        old, self.cfg = self.cfg, cfg
+        if old.model_copy(update={"stall_s": cfg.stall_s}) == cfg:
+            with self._lock:
+                if self._source is not None:
+                    self._source.cfg = cfg
+            return
+        self._restart.set()
+        self._interrupt()
+
+    def _interrupt(self) -> None:
+        with self._lock:
+            if self._source is not None:
+                self._source.interrupt()
+
+    def status(self) -> CaptureStatus:
+        last = self.last_frame_mono
+        return CaptureStatus(
+            live=self.cfg.kind != "file" and not self.videos, frames=self.frames, sessions=self.sessions,
+            source_error=self.source_error, last_frame_age_s=None if last is None else time.monotonic() - last,
+            fps=self._fps, describe=self._describe)
+
+    # --- the thread ---------------------------------------------------------------------------
+
+    def _sessions(self) -> Iterator[AvSource]:
+        if self.videos:
+            for path in self.videos:
+                yield AvSource(self.cfg, path)
+            return
+        while not self._stop.is_set():
+            cfg = self.cfg
+            yield AvSource(cfg)
+            if cfg.kind == "file" and not cfg.loop and not self._restart.is_set():
+                return
+
+    def run(self) -> None:
+        backoff = const.REOPEN_BACKOFF_START_S
+        t_offset = 0.0
+        for src in self._sessions():
+            if self._stop.is_set():
+                break
+            self._restart.clear()
+            src.t_offset = t_offset
+            with self._lock:
+                self._source = src
+            try:
+                src.open()
+            except SourceError as exc:
+                with self._lock:
+                    self._source = None
+                self.source_error = str(exc)
+                self.metrics.inc("edge_agent_source_errors_total")
+                if self.videos:
+                    log.error("replay: %s", exc)
+                    continue
+                if not src.live:
+                    missing = not Path(str(src.path)).exists()
+                    self.failures.set(Failure("capture", str(exc), const.EXIT_NOINPUT if missing
+                                              else const.EXIT_DATAERR))
+                    log.error("source: %s (source.path)", exc)
+                    break
+                log.warning("source unavailable, retrying in %.0f s: %s; %s", backoff, exc, CHECK_HINT)
+                self.metrics.inc("edge_agent_source_restarts_total")
+                if self._stop.wait(backoff):
+                    break
+                backoff = min(backoff * 2, const.REOPEN_BACKOFF_CAP_S)
+                continue
+            self.sessions += 1
+            info = src.info
+            assert info is not None
+            self._fps, self._describe = info.fps, src.describe
+            self._on_session(src, self.sessions)
+            log.info("source open kind=%s source=%s codec=%s size=%dx%d fps=%s", src.cfg.kind, src.describe,
+                     info.codec, info.width, info.height, f"{info.fps:.2f}" if info.fps else "?")
+            got = self._read(src)
+            if got:
+                backoff = const.REOPEN_BACKOFF_START_S
+                self.source_error = None
+            # files played back to back: a gap longer than the cooldown between them, so a CID in two
+            # recordings makes two events
+            t_offset = src.t_offset + (self._cooldown_s() + 1 if not src.live else 0)
+            with self._lock:
+                self._source = None
+            src.close()
+            if not src.live or self._stop.is_set():
+                continue
+            if self._restart.is_set():
+                log.info("source restarting with the reloaded settings source=%s", src.describe)
+                continue
+            self.metrics.inc("edge_agent_source_restarts_total")
+            log.warning("source ended or stalled, reopening in %.0f s source=%s", backoff, src.describe)
+            if self._stop.wait(backoff):
+                break
+            if not got:
+                backoff = min(backoff * 2, const.REOPEN_BACKOFF_CAP_S)
+
+    def _read(self, src: AvSource) -> bool:
+        got = False
+        live = src.live or src.cfg.realtime
+        self._alive = True
+        if src.live:
+            threading.Thread(target=self._watch_stall, args=(src,), daemon=True, name="stall-watch").start()
+        try:
+            for pkt in src.packets():
+                got = True
+                self.frames += 1
+                self.last_frame_mono = time.monotonic()
+                self.metrics.inc("edge_agent_frames_total")
+                self._on_packet(pkt, live)
+                if not self.ready.is_set():
+                    self.ready.set()
+                if self._stop.is_set() or self._restart.is_set():
+                    break
+        except SourceError as exc:
+            self.source_error = str(exc)
+            log.warning("source read failed: %s", exc)
+        finally:
+            self._alive = False
+        return got
+
+    def _watch_stall(self, src: AvSource) -> None:
+        """No frame for `source.stall_s`: interrupt the read so the session ends and is reopened."""
+        stall_s = src.cfg.stall_s
+        opened = time.monotonic()
+        while self._alive and not self._stop.wait(min(1.0, stall_s / 4)):
+            last = max(self.last_frame_mono or opened, opened)
+            if time.monotonic() - last > src.cfg.stall_s:  # read live: a reload may change it
+                log.warning("source stalled: no frame for %.0f s source=%s", src.cfg.stall_s, src.describe)
+                self.metrics.inc("edge_agent_source_stalls_total")
+                src.interrupt()
+                return

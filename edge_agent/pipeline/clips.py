@@ -1,0 +1,152 @@
+"""The clip stage: a finished recording becomes a validated MP4 and its metadata, handed to the sink.
+
+Recordings waiting here are bounded (count and bytes): fast replay waits for this stage, so every
+clip is made; a live source never waits: past the bound a recording's video is let go, counted,
+and its CID still goes out with `clip.error` saying why. No clip that fails is lost either: the
+event goes to the sink without video, with the reason in its metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_agent import __version__, const
+from edge_agent.config import Config
+from edge_agent.delivery import contract
+from edge_agent.delivery.sinks import ClipSink
+from edge_agent.metrics import Metrics
+from edge_agent.pipeline.base import END
+from edge_agent.pipeline.clip import ClipError, ClipMaker
+from edge_agent.pipeline.events import Event
+from edge_agent.pipeline.ring import Recording
+
+log = logging.getLogger("edge_agent.pipeline")
+
+
+@dataclass(frozen=True)
+class ClipStatus:
+    made: int
+    failed: int
+    dropped: int  # recordings let go because this stage fell behind a live source
+    waiting: int
+
+
+class ClipStage:
+    name = "clip"
+
+    def __init__(self, cfg: Config, sink: ClipSink, metrics: Metrics, event_of: Callable[[str], Event | None],
+                 on_event: Callable[[Event], None] | None, live: Callable[[], bool]):
+        self.cfg = cfg
+        self.sink = sink
+        self.metrics = metrics
+        self.maker = ClipMaker(cfg.clip)
+        self._event_of = event_of
+        self._on_event = on_event
+        self._live = live
+        self.inbox: queue.Queue[Any] = queue.Queue()
+        self._backlog = threading.Condition()
+        self._bytes = 0
+        self._count = 0
+        self.made = self.failed = self.dropped = 0
+
+    def configure(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.maker.cfg = cfg.clip
+
+    def status(self) -> ClipStatus:
+        return ClipStatus(self.made, self.failed, self.dropped, self._count)
+
+    def offer(self, rec: Recording) -> None:
+        """Called by the ring (capture or detect thread) when a recording has its post-roll."""
+        size = rec.size_bytes
+        with self._backlog:
+            full = self._bytes + size > const.CLIP_BACKLOG_BYTES or self._count >= const.CLIP_BACKLOG_COUNT
+            if not self._live():
+                while self._count and full:
+                    self._backlog.wait(0.5)
+                    full = (self._bytes + size > const.CLIP_BACKLOG_BYTES
+                            or self._count >= const.CLIP_BACKLOG_COUNT)
+            elif full:
+                rec.packets = []
+                rec.dropped = "clip worker behind (encoding or disk too slow for the label rate): video dropped"
+                size = 0
+                self.dropped += 1
+                self.metrics.inc("edge_agent_clips_dropped_total")
+            self._bytes += size
+            self._count += 1
+        self.inbox.put(rec)
+
+    def end(self) -> None:
+        self.inbox.put(END)
+
+    def run(self) -> None:
+        while True:
+            rec = self.inbox.get()
+            if rec is END:
+                break
+            try:
+                self._make(rec)
+            except Exception:  # one odd recording must not stop the others
+                log.exception("clip worker failed clip=%s", getattr(rec, "key", "?"))
+            finally:
+                with self._backlog:
+                    self._bytes = max(0, self._bytes - rec.size_bytes)
+                    self._count = max(0, self._count - 1)
+                    self._backlog.notify_all()
+                rec.packets = []
+
+    def finish(self) -> None:
+        """Nothing to pass on: the sink is the end of the pipeline."""
+
+    def _make(self, rec: Recording) -> None:
+        ev = self._event_of(rec.key)
+        if ev is None:
+            return
+        ev.closed = True
+        part = self.sink.part_path(ev.event_id)
+        started = time.perf_counter()
+        video: Path | None
+        try:
+            if rec.dropped:
+                raise ClipError(rec.dropped)
+            result = self.maker.make(rec, part)
+            clip_info, video = result.info, result.path
+            ms = (time.perf_counter() - started) * 1000
+            ev.clip_ms = round(ms, 1)
+            self.made += 1
+            self.metrics.inc("edge_agent_clips_total")
+            self.metrics.set("edge_agent_clip_ms", round(ms, 1))
+            log.info("clip ready cid=%s clip=%s duration_s=%.2f frames=%s bytes=%s %s ms=%.0f%s", ev.cid,
+                     ev.event_id, clip_info.duration_s or 0, clip_info.frames, clip_info.size_bytes,
+                     "remux" if result.remuxed else f"encoder={result.encoder}", ms,
+                     " pre_roll_short" if rec.truncated_start else "")
+        except ClipError as exc:
+            part.unlink(missing_ok=True)
+            clip_info, video = contract.ClipInfo(error=str(exc)), None
+            self.failed += 1
+            self.metrics.inc("edge_agent_clip_errors_total")
+            log.error("clip failed cid=%s clip=%s error=%s (sending the CID without video)", ev.cid,
+                      ev.event_id, exc)
+        meta = contract.Metadata(
+            event_id=ev.event_id, device_id=self.cfg.device_id, cid=ev.cid, detected_at=ev.detected_at,
+            clip=clip_info,
+            detection=contract.DetectionInfo(
+                decoder=ev.first.decoder, polygon=list(ev.first.polygon), frame_width=ev.first.frame_width,
+                frame_height=ev.first.frame_height, hits=ev.hits,
+                last_detected_at=contract.rfc3339(ev.first.wall + (ev.last_t - ev.first.t))),
+            agent=contract.AgentInfo(version=__version__),
+        ).model_dump(mode="json", exclude_none=True)
+        ev.clip = meta["clip"]
+        ev.clip_error = clip_info.error
+        ev.queued = self.sink.put(ev.event_id, ev.cid, meta, video)
+        if not ev.queued:
+            log.error("clip refused by the spool cid=%s clip=%s", ev.cid, ev.event_id)
+        if self._on_event is not None:
+            self._on_event(ev)

@@ -1,0 +1,142 @@
+"""The detect stage: QR codes in the newest frame become CIDs, and CIDs become events.
+
+Payloads are untrusted bytes: each goes through the one CID rule (`CidValidator.from_payload`);
+a rejected one is counted and logged escaped, at most once per cooldown. A valid CID either opens
+an event (and its recording in the ring) or is folded into the open one. A reloaded config is
+swapped in here, between two frames, so detector and event settings change at a frame boundary.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edge_agent.capture.media import GrayFrame
+from edge_agent.config import Config
+from edge_agent.delivery.cid import CidValidator, escape_payload
+from edge_agent.metrics import Metrics
+from edge_agent.pipeline.base import END, FrameSlot
+from edge_agent.pipeline.detector import Detection, Detector
+from edge_agent.pipeline.events import Action, Event, EventTracker
+from edge_agent.pipeline.ring import RingBuffer
+
+log = logging.getLogger("edge_agent.pipeline")
+
+# Rejected payloads remembered for log throttling; forgotten all at once past this.
+MAX_REJECTED_REMEMBERED = 1024
+
+
+@dataclass(frozen=True)
+class DetectStatus:
+    decoder: str
+    frames_analysed: int
+    sightings: int  # frames x codes read as valid CIDs
+    events: int
+    rejected: int
+    last_detect_ms: float
+
+
+class DetectStage:
+    name = "detect"
+
+    def __init__(self, cfg: Config, frames: FrameSlot, ring: RingBuffer, metrics: Metrics,
+                 on_new_event: Callable[[Event], None], apply_config: Callable[[Config], None]):
+        self.cfg = cfg
+        self.frames = frames
+        self.ring = ring
+        self.metrics = metrics
+        self._on_new_event = on_new_event
+        self._apply_config = apply_config
+        self.detector = Detector(cfg.detector)
+        self.validator = CidValidator(cfg.detector.cid_pattern, cfg.detector.cid_max_length)
+        self.tracker = EventTracker(cfg.detector.cooldown_s, cfg.clip.pre_roll_s, cfg.clip.post_roll_s,
+                                    cfg.clip.max_s)
+        self._pending: Config | None = None
+        self._lock = threading.Lock()
+        self._rejected_last: OrderedDict[bytes, float] = OrderedDict()
+        self.analysed = self.sightings = self.events = self.rejected = 0
+
+    def reconfigure(self, new: Config) -> None:
+        """Any thread: the new config applies before the next frame."""
+        with self._lock:
+            self._pending = new
+
+    def _swap_config(self) -> None:
+        with self._lock:
+            new, self._pending = self._pending, None
+        if new is None:
+            return
+        old = self.cfg
+        if new.detector != old.detector:
+            try:
+                self.detector = Detector(new.detector)
+            except Exception as exc:  # a decoder that cannot load keeps the old one running
+                log.error("reload: detector not changed: %s", exc)
+                new = new.model_copy(update={"detector": old.detector})
+            self.validator = CidValidator(new.detector.cid_pattern, new.detector.cid_max_length)
+        self.tracker.configure(new.detector.cooldown_s, new.clip.pre_roll_s, new.clip.post_roll_s, new.clip.max_s)
+        self.cfg = new
+        self._apply_config(new)
+        log.info("config applied decoder=%s pre_roll_s=%g post_roll_s=%g", self.detector.name,
+                 new.clip.pre_roll_s, new.clip.post_roll_s)
+
+    def status(self) -> DetectStatus:
+        return DetectStatus(self.detector.name, self.analysed, self.sightings, self.events, self.rejected,
+                            round(self.detector.last_ms, 2))
+
+    def run(self) -> None:
+        while True:
+            item = self.frames.get()
+            if item is END:
+                break
+            self._swap_config()
+            frame: GrayFrame = item
+            try:
+                found = self.detector.detect(frame)
+            except Exception:  # one odd frame must not stop detection
+                log.exception("QR decoder failed on a frame t=%.3f", frame.t)
+                self.metrics.inc("edge_agent_detector_errors_total")
+                continue
+            self.analysed += 1
+            self.metrics.inc("edge_agent_frames_analysed_total")
+            self.metrics.set("edge_agent_detect_ms", round(self.detector.last_ms, 2))
+            for det in found:
+                self._handle(det)
+
+    def _handle(self, det: Detection) -> None:
+        cid = self.validator.from_payload(det.payload)
+        if cid is None:
+            self._reject(det)
+            return
+        self.sightings += 1
+        self.metrics.inc("edge_agent_detections_total")
+        action, ev = self.tracker.observe(cid, det)
+        if action is Action.NEW:
+            self.events += 1
+            log.info("detected cid=%s clip=%s t=%.3f decoder=%s", cid, ev.event_id, det.t, det.decoder)
+            self._on_new_event(ev)
+            self.ring.start_recording(ev.event_id, ev.start_t, ev.end_t)
+        elif action is Action.EXTEND:
+            if not self.ring.extend(ev.event_id, ev.end_t):
+                self.tracker.close(ev)  # already cut: later sightings are suppressed
+            else:
+                log.debug("extended cid=%s clip=%s end_t=%.3f", cid, ev.event_id, ev.end_t)
+
+    def _reject(self, det: Detection) -> None:
+        self.rejected += 1
+        self.metrics.inc("edge_agent_payloads_rejected_total")
+        last = self._rejected_last.get(det.payload)
+        if last is None or det.t - last > self.cfg.detector.cooldown_s:
+            log.warning("payload rejected: not a valid CID payload=%s t=%.3f", escape_payload(det.payload), det.t)
+        self._rejected_last[det.payload] = det.t
+        if len(self._rejected_last) > MAX_REJECTED_REMEMBERED:
+            self._rejected_last.clear()
+
+    def finish(self, flush_ring: bool) -> None:
+        """Every detection has opened its recording: now the end of the video may close them."""
+        if flush_ring:
+            self.ring.flush()
+

@@ -1,0 +1,163 @@
+"""Failures reach systemd: every command ends with the sysexits code the README's table gives, as a
+real process, and an expected fault is one line with its cause and a hint, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from edge_agent import const
+from tests.receiver_fixture import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "sample_media" / "conveyor_720p30.mp4"
+CAMERA = f"{sys.executable} {ROOT / 'tests' / 'stream_sample.py'} {SAMPLE} --loop"
+
+
+def cli(*argv: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edge_agent.cli", *argv], capture_output=True, text=True,
+                          timeout=timeout, check=False, env={**os.environ, **(env or {})})
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def raw_video(path: Path) -> Path:
+    """Raw YUYV frames in NUT, as some USB cameras give them."""
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("rawvideo", rate=30)
+        s.width, s.height, s.pix_fmt = 320, 240, "yuyv422"
+        for i in range(30):
+            f = av.VideoFrame.from_ndarray(np.full((240, 320), 100, np.uint8), format="gray").reformat(format="yuyv422")
+            f.pts = i
+            for p in s.encode(f):
+                out.mux(p)
+    return path
+
+
+# --- one process per code -------------------------------------------------------------------------
+
+
+def test_usage_error_is_64() -> None:
+    res = cli("replay", "--no-such-option", str(SAMPLE))
+    assert res.returncode == const.EXIT_USAGE and "unrecognized arguments" in res.stderr
+
+
+def test_run_with_a_missing_file_source_is_66_with_the_cause(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "c.yaml", f"source:\n  kind: file\n  path: {tmp_path / 'gone.mp4'}\n"
+                f"spool:\n  dir: {tmp_path / 'spool'}\n")
+    res = cli("run", "--config", str(cfg))
+    assert res.returncode == const.EXIT_NOINPUT, res.stderr
+    assert "No such file or directory" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_replay_of_a_missing_file_is_66_and_of_garbage_is_65(tmp_path: Path) -> None:
+    res = cli("replay", str(tmp_path / "gone.mp4"), "--no-upload")
+    assert res.returncode == const.EXIT_NOINPUT and "no such file" in res.stderr
+    bad = write(tmp_path / "bad.mp4", "not a video")
+    res = cli("replay", str(bad), "--no-upload", "-q", "--output-dir", str(tmp_path / "clips"))
+    assert res.returncode == const.EXIT_DATAERR and "no video could be read" in res.stderr
+
+
+def test_a_stage_that_dies_ends_run_with_70_not_0(tmp_path: Path) -> None:
+    """A stage thread dying used to leave `run` exiting 0 (or running headless); now the process ends
+    with 70 within seconds, so systemd restarts it. A raw-video file source trips the capture stage."""
+    cfg = write(tmp_path / "c.yaml", f"source:\n  kind: file\n  path: {raw_video(tmp_path / 'raw.nut')}\n"
+                f"  loop: true\nspool:\n  dir: {tmp_path / 'spool'}\n")
+    started = time.monotonic()
+    res = cli("run", "--config", str(cfg), timeout=30)
+    if res.returncode == 0:
+        pytest.skip("raw video is captured now: this source no longer makes a stage die")
+    assert res.returncode == const.EXIT_SOFTWARE, res.stderr
+    assert "the capture stage failed" in res.stderr and time.monotonic() - started < 15
+
+
+def test_an_unusable_spool_is_73_with_a_hint(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    cfg = write(tmp_path / "c.yaml",
+                f"source:\n  kind: file\n  path: {SAMPLE}\nspool:\n  dir: {tmp_path / 'file' / 's'}\n")
+    res = cli("run", "--config", str(cfg))
+    assert res.returncode == const.EXIT_CANTCREAT and "point spool.dir at a writable folder" in res.stderr
+
+
+def test_bad_config_is_78(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "c.yaml", "source:\n  kind: fiel\n")
+    res = cli("run", "--config", str(cfg))
+    assert res.returncode == const.EXIT_CONFIG and "c.yaml:2:9: source.kind" in res.stderr
+
+
+def test_a_requested_stop_is_0_and_a_live_camera_that_is_absent_is_retried(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "c.yaml", f"source:\n  kind: v4l2\n  path: {tmp_path / 'video9'}\n"
+                f"spool:\n  dir: {tmp_path / 'spool'}\n")
+    log = tmp_path / "run.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(cfg)],
+                                stderr=err, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while "source unavailable" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    text = log.read_text()
+    assert "source unavailable, retrying" in text and "run `edge-agent check`" in text
+
+
+# --- no traceback for an expected fault, in any command --------------------------------------------
+
+
+FAULTS = {
+    "no camera": "source:\n  kind: v4l2\n  path: {tmp}/video9\n",
+    "missing file": "source:\n  kind: file\n  path: {tmp}/gone.mp4\n",
+    "unreachable server": f"source:\n  kind: file\n  path: {SAMPLE}\n"
+                          "upload:\n  url: http://127.0.0.1:{port}/cid\n  connect_timeout_s: 1\n",
+    "unwritable spool": f"source:\n  kind: file\n  path: {SAMPLE}\n",
+    "bad config": "source:\n  kind: fiel\n",
+}
+COMMANDS = [("check", "--seconds", "3"), ("snapshot", "-o", "{tmp}/s.jpg"), ("tune", "--count", "1"),
+            ("spool", "status"), ("spool", "list"), ("spool", "flush", "--timeout", "2"), ("spool", "requeue"),
+            ("config", "show")]
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_no_command_prints_a_traceback_for_an_expected_fault(tmp_path: Path, fault: str) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    spool = tmp_path / "file" / "spool" if fault == "unwritable spool" else tmp_path / "spool"
+    text = FAULTS[fault].format(tmp=tmp_path, port=free_port()) + f"spool:\n  dir: {spool}\n"
+    cfg = write(tmp_path / "c.yaml", text if fault != "bad config" else FAULTS[fault])
+    for command in COMMANDS:
+        argv = [a.format(tmp=tmp_path) for a in command]
+        res = cli(*argv, "--config", str(cfg), timeout=60)
+        assert "Traceback" not in res.stderr, (argv, res.stderr)
+        if res.returncode not in (0, 75):
+            assert res.stderr.strip() or "FAIL" in res.stdout, (argv, res.returncode)
+        if fault == "bad config":
+            assert res.returncode == const.EXIT_CONFIG, argv
+
+
+def test_an_internal_error_is_one_line_and_70_and_debug_shows_the_traceback(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Expected faults are handled where they happen; anything else is a bug: one line saying so (exit
+    70), and --debug shows where it came from."""
+    from edge_agent import cli as cli_module
+    from edge_agent.commands import spool as spool_command
+
+    def broken(_args: object) -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(spool_command, "cmd_status", broken)
+    assert cli_module.main(["spool", "status"]) == const.EXIT_SOFTWARE
+    err = capsys.readouterr().err
+    assert err.strip() == ("edge-agent spool: internal error: RuntimeError: a bug (run again with --debug for the "
+                           "traceback, and report it)")
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli_module.main(["--debug", "spool", "status"])
