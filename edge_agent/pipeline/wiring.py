@@ -396,7 +396,8 @@ class Pipeline:
                     for k in list(times)[:256]:
                         del times[k]
                 try:
-                    frames = decoder.decode(to_av_packet(pkt, info.time_base))
+                    frames = self.metrics.timed("edge_agent_decode_seconds", decoder.decode,
+                                                to_av_packet(pkt, info.time_base))
                 except av.error.FFmpegError:
                     self.metrics.inc("edge_agent_decode_errors_total")
                     continue
@@ -451,7 +452,7 @@ class Pipeline:
                     self.metrics.inc("edge_agent_detector_errors_total")
                     continue
                 self.metrics.inc("edge_agent_frames_analysed_total")
-                self.metrics.set("edge_agent_detect_ms", round(self.detector.last_ms, 2))
+                self.metrics.observe("edge_agent_detect_seconds", self.detector.last_ms / 1000)
                 for det in found:
                     self._handle(det, rejected_last)
         except Exception:
@@ -488,6 +489,7 @@ class Pipeline:
                     self.recent.popitem(last=False)
                 self._open_events[ev.event_id] = (ev, rec)
             log.info("detected cid=%s clip=%s t=%.3f decoder=%s", cid, ev.event_id, det.t, det.decoder)
+            self.metrics.inc("edge_agent_events_total")
             self.ring.start_recording(ev.event_id, ev.start_t, ev.end_t)
         elif action is Action.EXTEND:
             if not self.ring.extend(ev.event_id, ev.end_t):
@@ -556,7 +558,7 @@ class Pipeline:
             ms = (time.perf_counter() - started) * 1000
             record.clip_ms = round(ms, 1)
             self.metrics.inc("edge_agent_clips_total")
-            self.metrics.set("edge_agent_clip_ms", round(ms, 1))
+            self.metrics.observe("edge_agent_clip_seconds", ms / 1000)
             log.info("clip ready cid=%s clip=%s duration_s=%.2f frames=%s bytes=%s %s ms=%.0f%s", ev.cid,
                      ev.event_id, clip_info.duration_s or 0, clip_info.frames, clip_info.size_bytes,
                      "remux" if result.remuxed else f"encoder={result.encoder}", ms,
