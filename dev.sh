@@ -10,7 +10,8 @@ cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 # postgresql: the tests start a throwaway PostgreSQL for the shared LDO index
-SYSTEM_PACKAGES=(python3-venv python3-pip libzbar0 postgresql)
+# prometheus: its promtool checks /metrics and monitoring/alerts.yml in the tests
+SYSTEM_PACKAGES=(python3-venv python3-pip libzbar0 postgresql prometheus)
 
 bootstrap() {
     local missing=()

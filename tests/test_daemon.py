@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import requests
 
+from tests import promtool
 from tests.receiver_fixture import ReceiverProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,6 +106,7 @@ def test_run_on_a_live_pipe_notifies_systemd_delivers_clips_and_stops_on_sigterm
             notify.wait_for("STATUS=fps=", 5)
             wait_until(lambda: len(receiver.events()) >= 2, 40, "two clips delivered")
             m = metrics(port)
+            exposition = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
             assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
         finally:
             started = time.monotonic()
@@ -116,6 +118,13 @@ def test_run_on_a_live_pipe_notifies_systemd_delivers_clips_and_stops_on_sigterm
     assert m["edge_agent_frames_total"] > 300
     assert m['edge_agent_uploads_total{result="delivered"}'] >= 2
     assert cids[:2] == ["CID-7F3A9C21", "lot42.box:0007"]
+    # the running agent's histograms saw the work, and Prometheus' linter accepts what it serves
+    for name in ("decode", "detect", "clip", "upload", "detection_to_delivery"):
+        assert m[f"edge_agent_{name}_seconds_count"] > 0, name
+    assert m["edge_agent_events_total"] >= 2 and m["edge_agent_detections_total"] >= m["edge_agent_events_total"]
+    assert m["process_resident_memory_bytes"] > 0
+    if promtool.PROMTOOL:
+        promtool.check_metrics(exposition)
 
 
 def test_killed_or_stalled_camera_process_is_reopened(tmp_path: Path) -> None:

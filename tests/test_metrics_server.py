@@ -15,6 +15,7 @@ import requests
 
 from edge_agent.metrics import Metrics
 from edge_agent.service.http import MetricsServer
+from tests import promtool
 
 # The text exposition format 0.0.4: https://prometheus.io/docs/instrumenting/exposition_formats/
 NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
@@ -97,13 +98,23 @@ def test_metrics_are_served_as_prometheus_text(served: tuple[MetricsServer, Metr
     assert samples[("edge_agent_uploads_total", (("result", "retry"),))] == 2
     assert samples[("edge_agent_spool_clips", ())] == 3
     assert "# TYPE edge_agent_frames_total counter" in r.text and "# TYPE edge_agent_spool_clips gauge" in r.text
+    assert "# HELP edge_agent_frames_total " in r.text
+
+
+@promtool.needs_promtool
+def test_served_metrics_pass_promtool(served: tuple[MetricsServer, Metrics, dict[str, Any]]) -> None:
+    server, metrics, _ = served
+    metrics.inc("edge_agent_uploads_total", result="delivered")
+    metrics.observe("edge_agent_upload_seconds", 0.2)
+    promtool.check_metrics(requests.get(f"{server.url}/metrics", timeout=5).text)
 
 
 def test_label_values_are_escaped_so_any_value_round_trips() -> None:
     metrics = Metrics()
     nasty = 'a "quoted" back\\slash\nnew line'
     metrics.inc("edge_agent_uploads_total", result=nasty)
-    assert parse_exposition(metrics.prometheus_text()) == {("edge_agent_uploads_total", (("result", nasty),)): 1}
+    samples = parse_exposition(metrics.prometheus_text())
+    assert samples[("edge_agent_uploads_total", (("result", nasty),))] == 1
 
 
 def test_large_counters_are_exported_exactly() -> None:

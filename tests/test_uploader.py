@@ -346,7 +346,9 @@ def test_results_and_metrics(tmp_path: Path) -> None:
     assert results == [(a, "retry"), (a, "delivered"), (b, "quarantined"), (c, "retry"), (c, "duplicate")]
     assert {r: m.get("edge_agent_uploads_total", result=r) for r in ("retry", "delivered", "quarantined", "duplicate")
             } == {"retry": 2, "delivered": 1, "quarantined": 1, "duplicate": 1}
-    assert m.get("edge_agent_upload_seconds") > 0
+    count, seconds = m.observations("edge_agent_upload_seconds")
+    assert count == 4 and seconds > 0  # the answered requests: 503, 201, 422, 409 (the reset one had no answer)
+    assert m.observations("edge_agent_detection_to_delivery_seconds")[0] == 2  # delivered and duplicate
     assert m.get("edge_agent_upload_bytes_total") == 2000
 
 

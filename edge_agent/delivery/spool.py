@@ -833,6 +833,7 @@ class Spool:
     def status(self) -> SpoolStatus:
         free = int(min(self._free_bytes(), 2**62))
         full = self.disk_full or free < _FULL_BELOW_BYTES
+        self.metrics.set("edge_agent_spool_disk_free_bytes", free)
         with self._lock:
             if self._db is None:
                 return SpoolStatus(0, 0, None, None, self._quarantined(), free_bytes=free, disk_full=full)

@@ -28,6 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
@@ -418,7 +419,7 @@ class Uploader:
             self._cutter = None
             body.close()
         elapsed = time.monotonic() - started
-        self.metrics.set("edge_agent_upload_seconds", round(elapsed, 3))
+        self.metrics.observe("edge_agent_upload_seconds", elapsed)
         status = resp.status_code
         if 200 <= status < 300:
             return self._finish(entry, "delivered", f"HTTP {status}", elapsed)
@@ -474,6 +475,7 @@ class Uploader:
         else:
             self.spool.mark_delivered(entry.event_id)
             self.metrics.inc("edge_agent_upload_bytes_total", entry.size_bytes)
+            self.metrics.observe("edge_agent_detection_to_delivery_seconds", _since_detection(entry))
             log.info("delivered cid=%s clip=%s bytes=%d attempts=%d upload_s=%.2f queued_s=%.1f%s", entry.cid,
                      entry.event_id, entry.size_bytes, entry.attempts + 1, elapsed or 0.0,
                      max(0.0, time.time() - entry.created_at), " duplicate=yes" if result == "duplicate" else "")
@@ -521,6 +523,15 @@ def _video_problem(entry: Entry) -> str | None:
     if size != entry.size_bytes:
         return f"clip file is {size} bytes, {entry.size_bytes} were queued"
     return None
+
+
+def _since_detection(entry: Entry) -> float:
+    """Seconds since the CID was seen (metadata `detected_at`); since it was queued if that is unreadable."""
+    try:
+        detected = datetime.fromisoformat(str(entry.metadata["detected_at"]).replace("Z", "+00:00")).timestamp()
+    except (KeyError, ValueError):
+        detected = entry.created_at
+    return max(0.0, time.time() - detected)
 
 
 def _short(exc: BaseException) -> str:

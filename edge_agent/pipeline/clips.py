@@ -122,7 +122,7 @@ class ClipStage:
             ev.clip_ms = round(ms, 1)
             self.made += 1
             self.metrics.inc("edge_agent_clips_total")
-            self.metrics.set("edge_agent_clip_ms", round(ms, 1))
+            self.metrics.observe("edge_agent_clip_seconds", ms / 1000)
             log.info("clip ready cid=%s clip=%s duration_s=%.2f frames=%s bytes=%s %s ms=%.0f%s", ev.cid,
                      ev.event_id, clip_info.duration_s or 0, clip_info.frames, clip_info.size_bytes,
                      "remux" if result.remuxed else f"encoder={result.encoder}", ms,

@@ -103,7 +103,8 @@ class DecodeStage:
                 for k in list(times)[: MAX_PENDING // 2]:
                     del times[k]
             try:
-                frames = decoder.decode(to_av_packet(pkt, info.time_base))
+                frames = self.metrics.timed("edge_agent_decode_seconds", decoder.decode,
+                                            to_av_packet(pkt, info.time_base))
             except av.error.FFmpegError:
                 self.errors += 1
                 self.metrics.inc("edge_agent_decode_errors_total")

@@ -102,7 +102,7 @@ class DetectStage:
                 continue
             self.analysed += 1
             self.metrics.inc("edge_agent_frames_analysed_total")
-            self.metrics.set("edge_agent_detect_ms", round(self.detector.last_ms, 2))
+            self.metrics.observe("edge_agent_detect_seconds", self.detector.last_ms / 1000)
             for det in found:
                 self._handle(det)
 
@@ -116,6 +116,7 @@ class DetectStage:
         action, ev = self.tracker.observe(cid, det)
         if action is Action.NEW:
             self.events += 1
+            self.metrics.inc("edge_agent_events_total")
             log.info("detected cid=%s clip=%s t=%.3f decoder=%s", cid, ev.event_id, det.t, det.decoder)
             self._on_new_event(ev)
             self.ring.start_recording(ev.event_id, ev.start_t, ev.end_t)
