@@ -117,7 +117,8 @@ def describe_error(exc: BaseException, url: str | None = None, timeout_s: float 
 
 
 def reply_text(body: str) -> str:
-    """A server's reply in words: FastAPI's {"detail": "..."} unwrapped, whitespace folded, capped."""
+    """A server's reply in words: FastAPI's {"detail": "..."} unwrapped; line breaks folded and control
+    characters escaped (nothing a server says can forge a log line); capped, with the length noted."""
     text = body.strip()
     try:
         data = json.loads(text)
@@ -126,7 +127,7 @@ def reply_text(body: str) -> str:
     if isinstance(data, dict) and isinstance(data.get("detail"), str):
         text = data["detail"]
     text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in " ".join(text.split()))  # one log line
-    return text if len(text) <= MAX_CHARS else text[:MAX_CHARS] + "..."
+    return text if len(text) <= MAX_CHARS else f"{text[:MAX_CHARS]}...({len(body)} chars)"
 
 
 def describe_reply(status: int, body: str, size_bytes: int | None = None) -> str:
