@@ -58,7 +58,12 @@ def _shown(value: Any) -> str:
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
     value = mask(value)
-    text = (value or '""') if isinstance(value, str) else json.dumps(value, default=str)
+    if isinstance(value, str):
+        text = value or '""'
+    elif isinstance(value, float) and value.is_integer():
+        text = str(int(value))  # 5.0 -> 5, as it is usually written in the file
+    else:
+        text = json.dumps(value, default=str)
     text = " ".join(text.split())
     return text if len(text) <= VALUE_CHARS else text[:VALUE_CHARS] + "..."
 
