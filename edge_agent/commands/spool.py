@@ -34,16 +34,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("spool", help="inspect and deliver the queue of clips",
                        description="The spool holds clips until the edge server has acknowledged them.")
     ss = p.add_subparsers(dest="spool_command", required=True, metavar="ACTION")
-    st = ss.add_parser("status", help="clips and bytes waiting, the oldest, the last error")
+    st = ss.add_parser("status", help="clips and bytes waiting, the oldest, the last error",
+                       description="Clips and bytes waiting, the oldest, the last delivery error, quarantined "
+                       "clips and why, free space. Safe beside the running agent.")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_status)
-    ls = ss.add_parser("list", help="one line per waiting clip, oldest first, then the quarantined ones")
+    ls = ss.add_parser("list", help="one line per waiting clip, oldest first, then the quarantined ones",
+                       description="One line per waiting clip, oldest first (event id, CID, size, age, tries, "
+                       "last error), then the quarantined clips with the reason each was set aside.")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(func=cmd_list)
-    fl = ss.add_parser("flush", help="deliver now; exit 0 when empty, 75 when clips remain")
+    fl = ss.add_parser("flush", help="deliver now; exit 0 when empty, 75 when clips remain",
+                       description="Deliver the waiting clips now and say what happened: exit 0 when the spool "
+                       "is empty, 75 when clips remain (with the last error). Beside a running agent, waits for "
+                       "its uploader instead.")
     fl.add_argument("--timeout", type=float, default=60.0, metavar="S", help="give up after S seconds (default 60)")
     fl.set_defaults(func=cmd_flush)
-    rq = ss.add_parser("requeue", help="move quarantined clips back into the queue")
+    rq = ss.add_parser("requeue", help="move quarantined clips back into the queue",
+                       description="Move quarantined clips back to the end of the queue, once the cause (the "
+                       "URL, the server) is fixed.")
     rq.set_defaults(func=cmd_requeue)
     for sp in (st, ls, fl, rq):
         add_config_arg(sp)

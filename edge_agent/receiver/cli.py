@@ -14,11 +14,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="serve (default), or reindex: add every LDO in --storage missing from --index, then exit")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--data-dir", default="receiver-data", help="where videos and the database go")
-    p.add_argument("--max-bytes", type=int, default=200 << 20, help="largest request body accepted")
+    p.add_argument("--data-dir", default="receiver-data", help="where videos and the database go "
+                   "(default receiver-data)")
+    p.add_argument("--max-bytes", type=int, default=200 << 20, help="largest request body accepted, larger ones "
+                   "get 413 (default 209715200, 200 MiB)")
     p.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="close connections that send no complete request header within this time (default 10)")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="(default INFO)")
     p.add_argument("--storage", metavar="file:DIR|s3://BUCKET/PREFIX",
                    help="where data-ingestion keeps LDOs (default: file: the data dir)")
     p.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible endpoint (MinIO, SeaweedFS); default AWS")
