@@ -66,8 +66,15 @@ def serve_args(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"edge-agent receiver: {exc}", file=sys.stderr)
         return 78
-    logging.getLogger(__name__).info("receiver listening host=%s port=%d data_dir=%s", args.host, args.port,
-                                     args.data_dir)
+    log = logging.getLogger(__name__)
+    log.info("receiver listening host=%s port=%d data_dir=%s", args.host, args.port, args.data_dir)
+    if app.state.use_ingestion:
+        log.info("data ingestion on: POST /cid forwards each clip to %s/ingest/ldo, listed by GET /ingest/list",
+                 app.state.ingestion_url)
+    else:
+        log.info("data ingestion off: POST /cid keeps clips in %s only and GET /ingest/list stays empty (it lists "
+                 "what POST /ingest/ldo receives); set USE_DATA_INGESTION=true and DATA_INGESTION_URL to forward "
+                 "clips there", args.data_dir)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False,
                 http=header_timeout_protocol(args.header_timeout))
     return 0
