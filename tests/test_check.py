@@ -141,7 +141,7 @@ def test_check_fails_with_an_actionable_hint_for_each_broken_part(tmp_path: Path
     assert r["source"]["status"] == "FAIL" and "v4l2-ctl --list-devices" in r["source"]["hint"]
     assert r["detector"]["status"] == "SKIP"
     assert r["spool"]["status"] == "FAIL" and "spool.dir" in r["spool"]["hint"]
-    assert r["server"]["status"] == "FAIL" and "Connection refused" in r["server"]["detail"]
+    assert r["server"]["status"] == "FAIL" and "connection refused by 127.0.0.1:" in r["server"]["detail"]
     assert "upload.url" in r["server"]["hint"]
     assert r["token"]["status"] == "FAIL" and "missing-token" in r["token"]["detail"]
 

@@ -130,7 +130,8 @@ def test_hopeless_replies_quarantine_with_the_reply_logged_and_the_queue_moves_o
     line = next(r.getMessage() for r in caplog.records if f"clip={bad}" in r.getMessage() and "quarantined" in
                 r.getMessage())
     assert f"cid={bad_cid}" in line and f"HTTP {status}" in line
-    assert "\n" not in line and "\x1b" not in line and "\\r\\nX-Forged" in line  # escaped, one line
+    assert "\n" not in line and "\x1b" not in line  # one line, no terminal escapes
+    assert '"nope"} X-Forged: log line\\x1b[31mzzz' in line  # line breaks folded, control characters escaped
     assert "z" * 201 not in line and f"({len(reply)} chars)" in line  # the first 200 characters only
 
 

@@ -60,7 +60,8 @@ def test_reload_during_realtime_replay_changes_pre_roll_and_decoder_without_drop
         assert proc.returncode == 0
         events = receiver.events()
     log_text = (tmp_path / "run.log").read_text()
-    assert "config reloaded live=clip.pre_roll_s,detector.decoder" in log_text, log_text[-2000:]
+    assert ("config reloaded live: clip.pre_roll_s 2.5 -> 1, detector.decoder zxing -> zbar; source restarted: -"
+            in log_text), log_text[-2000:]
     assert "edge_agent_frames_dropped_total 0" in metrics
     assert [e["cid"] for e in events] == ["CID-7F3A9C21", "lot42.box:0007", "CID-00B15E88"]
     for e in events:
@@ -84,7 +85,7 @@ def test_reload_of_a_restart_only_key_restarts_the_source_in_process(tmp_path: P
         assert proc.wait(60) == 0  # the new file ends: the daemon stops
         events = receiver.events()
     text = (tmp_path / "run.log").read_text()
-    assert "restart_source=source.path" in text, text[-2000:]
+    assert f"source restarted: source.path {SAMPLE} -> {other}" in text, text[-2000:]
     assert f"source={other}" in text
     assert [e["cid"] for e in events] == ["CID-5A5A5A5A", "CID-C0FFEE01"]  # from the new video, same process
     assert text.count("started version") == 1 and pid == proc.pid
@@ -113,4 +114,4 @@ def test_sighup_reloads_and_a_bad_config_keeps_the_running_one(tmp_path: Path) -
     text = (tmp_path / "run.log").read_text()
     assert "reload requested (SIGHUP)" in text
     assert "reload refused, keeping the running config: " in text and "pre_rol_s: unknown key" in text
-    assert "config reloaded live=clip.pre_roll_s" in text
+    assert "config reloaded live: clip.pre_roll_s 2.5 -> 1.5; source restarted: -" in text

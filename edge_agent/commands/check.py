@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -405,6 +404,7 @@ def check_server(cfg: Config) -> Result:
     import requests
 
     from edge_agent.delivery.credentials import CredentialError, load_token
+    from edge_agent.delivery.errors import describe_error
 
     u = cfg.upload
     if not u.url:
@@ -425,7 +425,7 @@ def check_server(cfg: Config) -> Result:
         r = requests.post(u.url, files={"probe": ("", b"")}, data={}, headers=headers, verify=verify, cert=cert,
                           timeout=(u.connect_timeout_s, min(u.read_timeout_s, 10.0)), allow_redirects=False)
     except requests.exceptions.SSLError as exc:
-        return Result("server", FAIL, f"{parts.netloc}: TLS error: {_reason(exc)}",
+        return Result("server", FAIL, f"{parts.netloc}: {describe_error(exc, u.url)}",
                       "the server's certificate is not trusted: set upload.ca_file to the CA that signed it "
                       "(and check the device's clock: `timedatectl`)")
     except requests.exceptions.ConnectTimeout:
@@ -435,7 +435,7 @@ def check_server(cfg: Config) -> Result:
         return Result("server", FAIL, f"{parts.netloc}: connected but no HTTP reply",
                       "something listens but does not speak HTTP: check the port in upload.url")
     except requests.exceptions.ConnectionError as exc:
-        why = _reason(exc)
+        why = describe_error(exc, u.url)
         low = why.lower()
         if "name resolution" in low or "not known" in low or "nodename" in low or "resolve" in low:
             hint = f"the host name {host} does not resolve: check upload.url and the device's DNS"
@@ -446,7 +446,7 @@ def check_server(cfg: Config) -> Result:
             hint = "the server does not answer: check upload.url, the network and the firewall"
         return Result("server", FAIL, f"{parts.netloc}: {why}", hint)
     except (requests.RequestException, OSError) as exc:  # e.g. a missing ca_file / cert_file
-        return Result("server", FAIL, f"{parts.netloc}: {_reason(exc)}",
+        return Result("server", FAIL, f"{parts.netloc}: {describe_error(exc, u.url)}",
                       "check upload.url and the upload.ca_file / cert_file / key_file paths")
     ms = (time.monotonic() - started) * 1000
     code = r.status_code
@@ -476,17 +476,6 @@ def check_server(cfg: Config) -> Result:
                       "look at the edge server's logs; clips wait in the spool meanwhile", data)
     return Result("server", FAIL, said, f"unexpected answer: check that upload.url is the edge server's "
                   f"{contract.CID_PATH} endpoint", data)
-
-
-def _reason(exc: BaseException) -> str:
-    """The useful part of a requests/urllib3 error (`Connection refused`, `Name or service not known`,
-    the TLS verification failure) instead of a line of nested reprs."""
-    text = str(exc)
-    for pattern in (r"\[Errno -?\d+\] ([^'\")\]]+)", r"\[SSL: [^\]]+\] ([^('\"]+)"):
-        m = re.search(pattern, text)
-        if m:
-            return m.group(1).strip()
-    return " ".join(text.split())[:200]
 
 
 def check_token(cfg: Config) -> Result:

@@ -18,19 +18,28 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("config", help="validate, show or describe the configuration")
+    p = sub.add_parser("config", help="validate, show or describe the configuration",
+                       description="Check a config file, show the effective config and where each value came "
+                       "from, or print its schema and reference.")
     ss = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    v = ss.add_parser("validate", help="check a config file: exit 0, or 78 with file:line:column errors")
+    v = ss.add_parser("validate", help="check a config file: exit 0, or 78 with file:line:column errors",
+                      description="Check a config file without starting anything: exit 0, or 78 with one "
+                      "`file:line:column: key: problem` line per error.")
     v.add_argument("file", nargs="?", help="the YAML file (or --config)")
     add_config_arg(v)
     v.set_defaults(func=cmd_validate)
-    s = ss.add_parser("show", help="the effective config, with where each value came from")
+    s = ss.add_parser("show", help="the effective config, with where each value came from",
+                      description="Print the config the agent would run with (file, environment, defaults "
+                      "merged), each value with where it came from; passwords in URLs are masked.")
     add_config_arg(s)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_show)
-    sc = ss.add_parser("schema", help="JSON Schema of the config (for editors)")
+    sc = ss.add_parser("schema", help="JSON Schema of the config (for editors)",
+                       description="Print the JSON Schema of the config file, for editors that check YAML.")
     sc.set_defaults(func=lambda _a: print(json.dumps(schema(), indent=2)) or 0)
-    r = ss.add_parser("reference", help="write docs/config-reference.md and docs/config.schema.json")
+    r = ss.add_parser("reference", help="write docs/config-reference.md and docs/config.schema.json",
+                      description="Regenerate the key reference (docs/config-reference.md) and the schema "
+                      "(docs/config.schema.json) from the code.")
     r.add_argument("--out", default=str(DOCS), help="folder (default: docs/ of the source tree)")
     r.set_defaults(func=cmd_reference)
 

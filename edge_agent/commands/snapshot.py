@@ -232,17 +232,23 @@ def print_report(rep: Report, out: Path | None = None, stream: Any = sys.stdout)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("snapshot", help="one annotated frame and advice on code size, focus and exposure")
+    s = sub.add_parser("snapshot", help="one annotated frame and advice on code size, focus and exposure",
+                       description="Take one frame from the source, outline each code (green: a valid CID, red: "
+                       "a rejected payload, blue: the region of interest), save it as a JPEG and print pixels per QR "
+                       "module, sharpness, exposure, decode time and what to change. For aiming and focusing.")
     add_config_arg(s)
     s.add_argument("--source", metavar="PATH_OR_URL", help="a file or URL instead of the configured source")
     s.add_argument("--at", type=float, metavar="S", help="files: the frame at S seconds (default: the first "
                    "frame showing a code)")
     s.add_argument("-o", "--output", default="snapshot.jpg", help="annotated JPEG (default snapshot.jpg)")
     s.set_defaults(func=cmd_snapshot)
-    t = sub.add_parser("tune", help="the snapshot figures refreshed every second (Ctrl-C to stop)")
+    t = sub.add_parser("tune", help="the snapshot figures refreshed every second (Ctrl-C to stop)",
+                       description="Print the snapshot figures and advice every second while you turn the lens "
+                       "or move the camera; Ctrl-C stops.")
     add_config_arg(t)
-    t.add_argument("--source", metavar="PATH_OR_URL")
-    t.add_argument("--count", type=int, default=0, help="stop after N readings (default: run until Ctrl-C)")
+    t.add_argument("--source", metavar="PATH_OR_URL", help="a file or URL instead of the configured source")
+    t.add_argument("--count", type=int, default=0, metavar="N",
+                   help="stop after N readings (default 0: run until Ctrl-C)")
     t.set_defaults(func=cmd_tune)
 
 

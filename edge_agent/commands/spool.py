@@ -34,16 +34,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("spool", help="inspect and deliver the queue of clips",
                        description="The spool holds clips until the edge server has acknowledged them.")
     ss = p.add_subparsers(dest="spool_command", required=True, metavar="ACTION")
-    st = ss.add_parser("status", help="clips and bytes waiting, the oldest, the last error")
+    st = ss.add_parser("status", help="clips and bytes waiting, the oldest, the last error",
+                       description="Clips and bytes waiting, the oldest, the last delivery error, quarantined "
+                       "clips and why, free space. Safe beside the running agent.")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_status)
-    ls = ss.add_parser("list", help="one line per waiting clip, oldest first")
+    ls = ss.add_parser("list", help="one line per waiting clip, oldest first, then the quarantined ones",
+                       description="One line per waiting clip, oldest first (event id, CID, size, age, tries, "
+                       "last error), then the quarantined clips with the reason each was set aside.")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(func=cmd_list)
-    fl = ss.add_parser("flush", help="deliver now; exit 0 when empty, 75 when clips remain")
+    fl = ss.add_parser("flush", help="deliver now; exit 0 when empty, 75 when clips remain",
+                       description="Deliver the waiting clips now and say what happened: exit 0 when the spool "
+                       "is empty, 75 when clips remain (with the last error). Beside a running agent, waits for "
+                       "its uploader instead.")
     fl.add_argument("--timeout", type=float, default=60.0, metavar="S", help="give up after S seconds (default 60)")
     fl.set_defaults(func=cmd_flush)
-    rq = ss.add_parser("requeue", help="move quarantined clips back into the queue")
+    rq = ss.add_parser("requeue", help="move quarantined clips back into the queue",
+                       description="Move quarantined clips back to the end of the queue, once the cause (the "
+                       "URL, the server) is fixed.")
     rq.set_defaults(func=cmd_requeue)
     for sp in (st, ls, fl, rq):
         add_config_arg(sp)
@@ -112,14 +121,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     full = disk_full_note(Path(cfg.spool.dir), st.bytes) if st.disk_full else None
     if args.json:
         print(json.dumps({"dir": cfg.spool.dir, "clips": st.clips, "bytes": st.bytes, "oldest_at": st.oldest_at,
-                          "last_error": st.last_error, "quarantined": st.quarantined, "dropped": st.dropped,
+                          "last_error": st.last_error, "quarantined": st.quarantined,
+                          "quarantine_reason": st.quarantine_reason, "dropped": st.dropped,
                           "free_bytes": st.free_bytes, "disk_full": st.disk_full, "upload_url": cfg.upload.url}))
     else:
         dropped = ", ".join(f"{k} {v}" for k, v in st.dropped.items()) or "0"
         rows = [("spool", cfg.spool.dir), ("clips waiting", str(st.clips)),
                 ("bytes", f"{st.bytes} ({_size(st.bytes)})"),
                 ("oldest", _age(st.oldest_at) + (" old" if st.oldest_at else "")),
-                ("last error", st.last_error or "-"), ("quarantined", str(st.quarantined)),
+                ("last error", st.last_error or "-"), ("quarantined", _quarantine_note(st.quarantined,
+                                                                                       st.quarantine_reason)),
                 ("dropped", dropped), ("free space", _size(st.free_bytes)),
                 ("upload.url", cfg.upload.url or "- (not set: clips wait)"), ("owned by", owner)]
         w = max(len(k) for k, _ in rows)
@@ -130,23 +141,38 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quarantine_note(n: int, reason: str | None) -> str:
+    if not n:
+        return "0"
+    return f"{n} (newest: {reason or '-'}) -> fix the cause, then `edge-agent spool requeue`"
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     _, spool = _reader(args)
     entries = spool.entries()
+    held = spool.quarantine_list()
     spool.close()
     if args.json:
         print(json.dumps([{"event_id": e.event_id, "cid": e.cid, "size_bytes": e.size_bytes,
-                           "created_at": e.created_at, "attempts": e.attempts, "last_error": e.last_error}
-                          for e in entries]))
+                           "created_at": e.created_at, "attempts": e.attempts, "last_error": e.last_error,
+                           "quarantined": False} for e in entries]
+                         + [{"event_id": q.event_id, "cid": q.cid, "size_bytes": q.size_bytes,
+                             "created_at": q.created_at, "attempts": None, "last_error": q.reason,
+                             "quarantined": True, "quarantined_at": q.quarantined_at} for q in held]))
         return 0
-    if not entries:
+    if not entries and not held:
         print("spool is empty")
         return 0
-    cw = max(3, *(len(e.cid) for e in entries))
+    cw = max(3, *(len(e.cid) for e in entries), *(len(q.cid) for q in held))
     print(f"{'EVENT ID':<36}  {'CID':<{cw}}  {'SIZE':>9}  {'AGE':>8}  {'TRIES':>5}  LAST ERROR")
     for e in entries:
         print(f"{e.event_id:<36}  {e.cid:<{cw}}  {_size(e.size_bytes):>9}  {_age(e.created_at):>8}  "
               f"{e.attempts:>5}  {e.last_error or '-'}")
+    for q in held:
+        print(f"{q.event_id:<36}  {q.cid:<{cw}}  {_size(q.size_bytes):>9}  {_age(q.created_at):>8}  "
+              f"{'-':>5}  QUARANTINED: {q.reason}")
+    if held:
+        print(f"{len(held)} quarantined clip(s) are not sent: fix the cause, then `edge-agent spool requeue`")
     return 0
 
 
@@ -185,15 +211,17 @@ def cmd_flush(args: argparse.Namespace) -> int:
     if agent_pid is not None:
         results["delivered"] = before - (left.clips if left else 0)
     done = results["delivered"] + results["duplicate"]
-    quarantined = (f"; {results['quarantined']} refused by the server and quarantined (`edge-agent spool list`)"
+    quarantined = (f"; {results['quarantined']} refused by the server and quarantined "
+                   f"({left.quarantine_reason if left else '-'}: fix the cause, then `edge-agent spool requeue`)"
                    if results["quarantined"] else "")
     if left is None or left.clips == 0:
-        print(f"delivered {done} clip(s){quarantined}; the spool is empty")
+        print(f"delivered {done} clip(s){quarantined}; "
+              + ("no clip left waiting" if quarantined else "the spool is empty"))
         return 0
-    why = left.last_error or "not delivered in time"
+    why = f"last error: {left.last_error}" if left.last_error else "not delivered in time"
     if left.disk_full:
         why += f"; {disk_full_note(Path(cfg.spool.dir), left.bytes)}"
-    print(f"delivered {done} clip(s){quarantined}; {left.clips} clip(s) still queued ({why}); they go out "
+    print(f"delivered {done} clip(s){quarantined}; {left.clips} clip(s) still queued, {why}; they go out "
           "when the server answers (`edge-agent spool status` shows the queue)", file=sys.stderr)
     return const.EXIT_QUEUED
 

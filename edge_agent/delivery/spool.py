@@ -146,6 +146,19 @@ class SpoolStatus:
     dropped: dict[str, int] = field(default_factory=dict)  # clips given up, by reason, since the spool began
     free_bytes: int = 0
     disk_full: bool = False
+    quarantine_reason: str | None = None  # why the newest quarantined clip was set aside
+
+
+@dataclass
+class Quarantined:
+    """A clip set aside in quarantine/, for `spool list`: what `spool requeue` would bring back."""
+
+    event_id: str
+    cid: str
+    size_bytes: int
+    created_at: float | None
+    quarantined_at: float
+    reason: str
 
 
 @functools.lru_cache(maxsize=1)
@@ -706,15 +719,16 @@ class Spool:
             if cur.rowcount and retry_at_mono is not None:
                 self._retry_at[event_id] = retry_at_mono
 
-    def quarantine(self, event_id: str, reason: str) -> None:
-        """Take a clip out of the queue into quarantine/ (`spool requeue` brings it back)."""
+    def quarantine(self, event_id: str, reason: str, hint: str = "") -> None:
+        """Take a clip out of the queue into quarantine/ (`spool requeue` brings it back). `hint`, what to
+        fix before requeueing, ends the one log line."""
         with self._lock:
             if self._db is None:
                 return
             row = self._db.execute("SELECT cid FROM queue WHERE event_id=?", (event_id,)).fetchone()
             self._db.execute("DELETE FROM queue WHERE event_id=?", (event_id,))
             self._retry_at.pop(event_id, None)
-            self._quarantine_files(event_id, reason, cid=row[0] if row else None)
+            self._quarantine_files(event_id, reason, cid=row[0] if row else None, hint=hint)
             self._update_gauges()
 
     def drop_video(self, event_id: str, reason: str) -> Entry | None:
@@ -784,7 +798,7 @@ class Spool:
             except OSError as exc:
                 log.error("spool: cannot delete %s%s error=%s", event_id, suffix, exc.strerror or exc)
 
-    def _quarantine_files(self, event_id: str, reason: str, cid: str | None = None) -> bool:
+    def _quarantine_files(self, event_id: str, reason: str, cid: str | None = None, hint: str = "") -> bool:
         """Move a clip's files to quarantine/ with a .reason note; False when there was nothing to move."""
         moved = False
         for suffix in (".mp4", ".json"):
@@ -800,7 +814,8 @@ class Spool:
             with contextlib.suppress(OSError):
                 (self.quarantine_dir / f"{event_id}.reason").write_text(reason + "\n", encoding="utf-8")
             self.metrics.inc("edge_agent_spool_quarantined_total")
-            log.error("spool: quarantined cid=%s clip=%s reason=%s", cid or "?", event_id, reason)
+            log.error("spool: quarantined cid=%s clip=%s reason=%s%s", cid or "?", event_id, reason,
+                      f" -> {hint}" if hint else "")
         return moved
 
     def requeue(self) -> int:
@@ -836,7 +851,8 @@ class Spool:
         self.metrics.set("edge_agent_spool_disk_free_bytes", free)
         with self._lock:
             if self._db is None:
-                return SpoolStatus(0, 0, None, None, self._quarantined(), free_bytes=free, disk_full=full)
+                return SpoolStatus(0, 0, None, None, self._quarantined(), free_bytes=free, disk_full=full,
+                                   quarantine_reason=self._newest_quarantine_reason())
             n, b = self._totals()
             oldest = self._db.execute("SELECT MIN(created_at) FROM queue").fetchone()[0]
             err = self._db.execute("SELECT last_error FROM queue WHERE last_error IS NOT NULL ORDER BY seq LIMIT 1"
@@ -845,12 +861,40 @@ class Spool:
                 dropped = dict(self._db.execute("SELECT reason, count FROM drops ORDER BY reason").fetchall())
             except sqlite3.Error:  # a queue file from before drops were recorded, opened read-only
                 dropped = {}
-        return SpoolStatus(n, b, oldest, err[0] if err else None, self._quarantined(), dropped, free, full)
+        return SpoolStatus(n, b, oldest, err[0] if err else None, self._quarantined(), dropped, free, full,
+                           self._newest_quarantine_reason())
 
     def _quarantined(self) -> int:
         """Quarantined clips (what `spool requeue` can bring back), not the set-aside videos of
         events that went out CID-only."""
         return sum(1 for p in self.quarantine_dir.glob("*.reason") if not p.name.endswith(".video-lost.reason"))
+
+    def _newest_quarantine_reason(self) -> str | None:
+        items = self.quarantine_list()
+        return items[-1].reason if items else None
+
+    def quarantine_list(self) -> list[Quarantined]:
+        """Quarantined clips, oldest quarantine first, with the reason each was set aside (read-only:
+        safe beside the running agent)."""
+        out = []
+        for note in self.quarantine_dir.glob("*.reason"):
+            event_id = note.name[:-len(".reason")]
+            if event_id.endswith(".video-lost") or not safe_id(event_id):
+                continue
+            try:
+                reason = note.read_text(encoding="utf-8").strip()
+                at = note.stat().st_mtime
+            except OSError:
+                continue  # requeued meanwhile
+            cid, size, created = "?", 0, None
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                data = _sidecar(self.quarantine_dir / f"{event_id}.json")
+                cid, size, created = data["cid"], int(data.get("size_bytes") or 0), float(data["created_at"])
+            if size == 0:
+                with contextlib.suppress(OSError):
+                    size = (self.quarantine_dir / f"{event_id}.mp4").stat().st_size
+            out.append(Quarantined(event_id, cid, size, created, at, reason or "-"))
+        return sorted(out, key=lambda q: (q.quarantined_at, q.event_id))
 
     # --- requests from commands while the agent owns the spool ----------------------------------
 

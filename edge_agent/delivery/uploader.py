@@ -42,6 +42,7 @@ from edge_agent.delivery import contract
 from edge_agent.delivery.backoff import Backoff, parse_retry_after
 from edge_agent.delivery.cid import escape_payload
 from edge_agent.delivery.credentials import CredentialError, load_token
+from edge_agent.delivery.errors import describe_error, describe_reply
 from edge_agent.delivery.spool import Entry, Spool
 from edge_agent.metrics import Metrics
 
@@ -410,9 +411,8 @@ class Uploader:
                 return self._retry(entry, f"timed out: no complete answer within {deadline - started:.0f} s "
                                           "(connect + upload.read_timeout_s + size / upload.min_rate_bytes_per_s)",
                                    None)
-            if isinstance(exc, requests.exceptions.SSLError):
-                return self._retry(entry, f"TLS error: {_short(exc)}", None)
-            return self._retry(entry, f"{type(exc).__name__}: {_short(exc)}", None)
+            return self._retry(entry, describe_error(exc, cfg.url, budget_s if isinstance(
+                exc, requests.exceptions.ReadTimeout) else None), None)
         finally:
             timer.cancel()
             _sending.timeout = _sending.cutter = None
@@ -428,7 +428,7 @@ class Uploader:
         text = resp.text or ""
         if self._token:
             text = text.replace(self._token, "***")  # a server echoing the request must not leak it to logs
-        reply = escape_payload(text, limit=REPLY_LOG_CHARS)
+        reply = describe_reply(status, text, entry.size_bytes)
         if 300 <= status < 400:
             where = escape_payload(urljoin(cfg.url, resp.headers.get("Location", "")), limit=REPLY_LOG_CHARS)
             return self._retry(entry, f"HTTP {status} redirect to {where.strip(chr(34))}: set upload.url to the "
@@ -437,8 +437,8 @@ class Uploader:
             if status in (401, 403):
                 self._load_token()  # a rotated credential is picked up without a restart
             retry_after = parse_retry_after(resp.headers.get(contract.HEADER_RETRY_AFTER), time.time())
-            return self._retry(entry, f"HTTP {status} {reply}", retry_after)
-        return self._finish(entry, "quarantined", f"HTTP {status} {reply}")
+            return self._retry(entry, reply, retry_after)
+        return self._finish(entry, "quarantined", reply, hint=_quarantine_hint(status, cfg.url))
 
     def _cut_short(self, entry: Entry, why: str) -> str:
         """The caller ended the attempt (stop, or the flush deadline): not the clip's failure."""
@@ -468,10 +468,9 @@ class Uploader:
         self._notify(entry, "retry")
         return "retry"
 
-    def _finish(self, entry: Entry, result: str, detail: str, elapsed: float | None = None) -> str:
+    def _finish(self, entry: Entry, result: str, detail: str, elapsed: float | None = None, hint: str = "") -> str:
         if result == "quarantined":
-            self.spool.quarantine(entry.event_id, detail)
-            log.error("upload refused, clip quarantined cid=%s clip=%s reason=%s", entry.cid, entry.event_id, detail)
+            self.spool.quarantine(entry.event_id, detail, hint)  # the spool logs it, once
         else:
             self.spool.mark_delivered(entry.event_id)
             self.metrics.inc("edge_agent_upload_bytes_total", entry.size_bytes)
@@ -534,6 +533,13 @@ def _since_detection(entry: Entry) -> float:
     return max(0.0, time.time() - detected)
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc)
-    return text if len(text) <= REPLY_LOG_CHARS else text[:REPLY_LOG_CHARS] + "..."
+
+
+def _quarantine_hint(status: int, url: str) -> str:
+    """What to fix before `edge-agent spool requeue` sends a refused clip again."""
+    requeue = "then run `edge-agent spool requeue`"
+    if status in (404, 405):
+        return f"upload.url ({url}) must be the edge server's {contract.CID_PATH} endpoint: fix it, {requeue}"
+    if status == 413:
+        return f"raise the server's body limit (receiver --max-bytes) or shorten clips (clip.max_s), {requeue}"
+    return f"check upload.url ({url}) and the edge server's log, {requeue}"

@@ -65,6 +65,7 @@ def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion
     app = FastAPI(title="edge-agent reference receiver", version="1")
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
     app.state.store = store
+    app.state.use_ingestion, app.state.ingestion_url = use_ingestion, ingestion_url  # for the start-up log
     session = requests.Session()
 
     def _parse_metadata(metadata: str | None) -> dict[str, Any] | JSONResponse | None:

@@ -14,11 +14,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="serve (default), or reindex: add every LDO in --storage missing from --index, then exit")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--data-dir", default="receiver-data", help="where videos and the database go")
-    p.add_argument("--max-bytes", type=int, default=200 << 20, help="largest request body accepted")
+    p.add_argument("--data-dir", default="receiver-data", help="where videos and the database go "
+                   "(default receiver-data)")
+    p.add_argument("--max-bytes", type=int, default=200 << 20, help="largest request body accepted, larger ones "
+                   "get 413 (default 209715200, 200 MiB)")
     p.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="close connections that send no complete request header within this time (default 10)")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="(default INFO)")
     p.add_argument("--storage", metavar="file:DIR|s3://BUCKET/PREFIX",
                    help="where data-ingestion keeps LDOs (default: file: the data dir)")
     p.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible endpoint (MinIO, SeaweedFS); default AWS")
@@ -63,8 +66,15 @@ def serve_args(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"edge-agent receiver: {exc}", file=sys.stderr)
         return 78
-    logging.getLogger(__name__).info("receiver listening host=%s port=%d data_dir=%s", args.host, args.port,
-                                     args.data_dir)
+    log = logging.getLogger(__name__)
+    log.info("receiver listening host=%s port=%d data_dir=%s", args.host, args.port, args.data_dir)
+    if app.state.use_ingestion:
+        log.info("data ingestion on: POST /cid forwards each clip to %s/ingest/ldo, listed by GET /ingest/list",
+                 app.state.ingestion_url)
+    else:
+        log.info("data ingestion off: POST /cid keeps clips in %s only and GET /ingest/list stays empty (it lists "
+                 "what POST /ingest/ldo receives); set USE_DATA_INGESTION=true and DATA_INGESTION_URL to forward "
+                 "clips there", args.data_dir)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False,
                 http=header_timeout_protocol(args.header_timeout))
     return 0

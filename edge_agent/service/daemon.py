@@ -78,21 +78,22 @@ class Daemon:
 
     def apply(self, new: Config) -> None:
         """Live keys apply now; a changed source restarts inside the pipeline; the rest needs a restart."""
-        from edge_agent.service.reload import classify_changes
+        from edge_agent.service.reload import classify_changes, describe_changes
 
         live, restart = classify_changes(self.cfg, new)
         if not live and not restart:
             return
         needs_process_restart = [k for k in restart if not k.startswith("source.")]
         if needs_process_restart:
-            log.warning("reload: these keys apply only after a service restart: %s", ", ".join(needs_process_restart))
+            log.warning("reload: these keys apply only after a service restart: %s",
+                        describe_changes(self.cfg, new, needs_process_restart))
         setup_logging(new.log_level)
         self.pipeline.reconfigure(new)
         self.uploader.update_config(new.upload)
         self.spool.update_config(new.spool.model_copy(update={"dir": self.cfg.spool.dir}))
+        log.info("config reloaded live: %s; source restarted: %s", describe_changes(self.cfg, new, live) or "-",
+                 describe_changes(self.cfg, new, [k for k in restart if k.startswith("source.")]) or "-")
         self.cfg = new
-        log.info("config reloaded live=%s restart_source=%s", ",".join(live) or "-",
-                 ",".join(k for k in restart if k.startswith("source.")) or "-")
 
     # --- main loop ------------------------------------------------------------------------------
 
@@ -190,5 +191,7 @@ class Daemon:
         capture (open recordings are cut short and spooled, not lost), the uploader, the spool."""
         self.notifier.stopping()
         self.agent.close(STOP_BUDGET_S)
-        queued = self.metrics.get("edge_agent_spool_clips")
-        log.info("stopped queued=%d%s", queued, "; queued clips are sent at the next start" if queued else "")
+        n = int(self.metrics.get("edge_agent_spool_clips"))
+        when = "at the next start" if self.cfg.upload.url else "once upload.url is set"
+        log.info("stopped queued=%d%s", n, f": {n} clip{'s' if n > 1 else ''} queued; "
+                 f"{'it is' if n == 1 else 'they are'} sent {when}" if n else "")

@@ -10,6 +10,7 @@ of them. Events come in bursts, so a reload waits until the folder has been quie
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -47,6 +48,47 @@ def classify_changes(old: Config, new: Config) -> tuple[list[str], list[str]]:
     return live, restart
 
 
+# Longest value shown in a reload log line (a pipe command can be long).
+VALUE_CHARS = 80
+
+
+def _shown(value: Any) -> str:
+    from edge_agent.commands.config import mask
+
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    value = mask(value)
+    if isinstance(value, str):
+        text = value or '""'
+    elif isinstance(value, float) and value.is_integer():
+        text = str(int(value))  # 5.0 -> 5, as it is usually written in the file
+    else:
+        text = json.dumps(value, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= VALUE_CHARS else text[:VALUE_CHARS] + "..."
+
+
+def describe_changes(old: Config, new: Config, keys: list[str]) -> str:
+    """`detector.cooldown_s 5 -> 2, clip.pre_roll_s 2.5 -> 1` for the keys classify_changes gave, so
+    the log says what the reload did (passwords in URLs masked)."""
+    a, b = _leaves(old), _leaves(new)
+    return ", ".join(f"{k} {_shown(a.get(k, (None,))[0])} -> {_shown(b.get(k, (None,))[0])}" for k in keys)
+
+
+class _ShutdownRaceFilter(logging.Filter):
+    """watchdog's inotify emitter logs `queue_events() called when the thread is inactive` at ERROR when
+    stop() lands while its thread is between two reads (the stop removes the watch, which wakes the read
+    with an event for a watch that is gone). Nothing is lost: the observer is stopping on purpose. That
+    one message is dropped so a clean stop does not leave an ERROR in the journal; others pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.ERROR and record.msg == _INACTIVE_MSG)
+
+
+_INACTIVE_MSG = "InotifyEmitter.queue_events() called when the thread is inactive"
+_RACE_FILTER = _ShutdownRaceFilter()
+
+
 class ConfigWatcher:
     def __init__(self, path: Path, on_config: Callable[[Config], None], on_error: Callable[[list[str]], None],
                  debounce_s: float = 0.5):
@@ -70,6 +112,9 @@ class ConfigWatcher:
         from watchdog.observers import Observer
 
         watcher = self
+        inotify_log = logging.getLogger("watchdog.observers.inotify")
+        if _RACE_FILTER not in inotify_log.filters:
+            inotify_log.addFilter(_RACE_FILTER)
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: Any) -> None:
