@@ -203,7 +203,7 @@ class NoReadStore:
             return None
         img = cv2.cvtColor(nr.image, cv2.COLOR_GRAY2BGR)
         pts = np.array([(x - nr.origin[0], y - nr.origin[1]) for x, y in nr.polygon], np.int32)
-        cv2.polylines(img, [pts], True, (0, 0, 255), max(1, min(img.shape[:2]) // 150))
+        cv2.polylines(img, [pts], True, (0, 0, 255), max(2, min(img.shape[:2]) // 120))
         ok, jpeg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             return None
