@@ -37,7 +37,7 @@ import zxingcpp
 FPS = 30
 WIDTH, HEIGHT = 1280, 720
 SHOW_S = 1.2  # each label in view
-GAP_S = 0.5  # empty frames between labels
+GAP_S = 1.0  # empty frames between labels (parts come one by one)
 LEAD_S = 0.5  # empty frames before the first label
 DRIFT_PX_S = 40.0
 SS = 4  # supersampling of the label rendering

@@ -70,6 +70,15 @@ def test_a_read_near_it_within_the_cooldown_clears_it_before_and_after() -> None
     assert tracker.flush() == []
 
 
+def test_the_next_label_read_in_the_same_spot_does_not_hide_a_noread() -> None:
+    tracker = NoReadTracker(cooldown_s=5.0)
+    steps = [result(i / 10, unread=[(300, 100)]) for i in range(10)]  # a torn label, then it leaves
+    steps += [result(1.0 + i / 10) for i in range(4)]  # a gap with nothing located
+    steps += [result(1.4 + i / 10, reads=[(305, 100)]) for i in range(10)]  # the next part's label, read
+    out = run(tracker, steps) + tracker.flush()
+    assert len(out) == 1 and out[0].polygon == square(300, 100)
+
+
 def test_read_of_another_code_far_away_does_not_hide_a_noread() -> None:
     tracker = NoReadTracker(cooldown_s=0.5)
     steps = [result(i / 10, reads=[(20, 20)], unread=[(450, 250)]) for i in range(8)]

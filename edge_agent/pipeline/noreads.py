@@ -6,8 +6,9 @@ missing delivery. Two parts with one job each:
 
 - `NoReadTracker` follows located symbols from frame to frame and decides. A symbol is a no-read
   when it was seen unread and no code was read near it within the cooldown: sightings are chained
-  into tracks (a label moving on a belt stays one track), a read anywhere on a track clears it, and a
-  track unread for `cooldown_s` is reported once, with its best view.
+  into tracks (a label moving on a belt stays one track; one not located for a few analysed frames
+  has left), a read anywhere on a track within the cooldown clears it, and a track unread for
+  `cooldown_s` is reported once, with its best view.
 - `NoReadStore` keeps those views as JPEG files (the crop with the symbol's outline drawn) and a
   JSON sidecar each, in a folder bounded in count and bytes: the oldest go first.
 """
@@ -19,6 +20,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ import numpy as np
 
 from edge_agent.capture.media import GrayFrame
 from edge_agent.config import Config
+from edge_agent.metrics import Metrics
 from edge_agent.pipeline.detector import DetectResult, Polygon
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,9 @@ log = logging.getLogger(__name__)
 # A sighting joins a track whose last sighting lies within this many symbol sizes (centre to centre):
 # a label on a belt moves well under one symbol size between two analysed frames.
 NEAR_SIZES = 2.0
+# ... and was seen at most this many analysed frames before: a symbol not located for longer has left
+# (the next label on a line often turns up in the same spot a moment later, and must not clear it).
+MAX_MISSED_FRAMES = 2
 # Tracks followed at once; past this the one seen longest ago is decided early (bounded memory).
 MAX_TRACKS = 64
 # Context kept around the symbol in the saved view, as a fraction of its size on each side.
@@ -68,6 +74,7 @@ class _Track:
     y: float
     size: float
     last_t: float
+    last_frame: int
     read_t: float | None = None
     unread_since: float | None = None  # first unread sighting with no read since
     sightings: int = 0
@@ -83,10 +90,17 @@ class NoReadTracker:
         self.cooldown_s = cooldown_s
         self.max_tracks = max_tracks
         self._tracks: list[_Track] = []
+        self._frame_no = 0
+
+    @property
+    def pending(self) -> bool:
+        """Tracks are being followed (a frame with only reads still matters to them)."""
+        return bool(self._tracks)
 
     def observe(self, frame: GrayFrame, result: DetectResult) -> list[NoRead]:
         """Take one analysed frame; return the no-reads decided by it (usually none)."""
         t = result.t
+        self._frame_no += 1
         for det in result.reads:
             tr = self._track(det.polygon, t)
             tr.read_t = t
@@ -116,12 +130,13 @@ class NoReadTracker:
         best, best_d = None, float("inf")
         for tr in self._tracks:
             d = ((tr.x - x) ** 2 + (tr.y - y) ** 2) ** 0.5
-            if d <= NEAR_SIZES * max(size, tr.size) and t - tr.last_t <= self.cooldown_s and d < best_d:
+            if (d <= NEAR_SIZES * max(size, tr.size) and d < best_d and t - tr.last_t <= self.cooldown_s
+                    and self._frame_no - tr.last_frame <= MAX_MISSED_FRAMES + 1):
                 best, best_d = tr, d
         if best is None:
-            best = _Track(x, y, size, t)
+            best = _Track(x, y, size, t, self._frame_no)
             self._tracks.append(best)
-        best.x, best.y, best.size, best.last_t = x, y, size, t
+        best.x, best.y, best.size, best.last_t, best.last_frame = x, y, size, t, self._frame_no
         return best
 
     def _decide(self, now: float) -> list[NoRead]:
@@ -284,3 +299,39 @@ def noreads_dir(cfg: Config) -> Path:
 
 def store_for(cfg: Config) -> NoReadStore:
     return NoReadStore(noreads_dir(cfg), cfg.noreads.max_files, cfg.noreads.max_bytes)
+
+
+class NoReads:
+    """The detect stage's one handle on no-reads: decide, count, keep the view, log, tell a listener
+    (the replay report). Keeps the stage's own change to two calls."""
+
+    def __init__(self, cfg: Config, metrics: Metrics, on_noread: Callable[[NoReadEntry | NoRead], None] | None = None):
+        self.tracker = NoReadTracker(cfg.detector.cooldown_s)
+        self.store = store_for(cfg)
+        self.metrics = metrics
+        self.on_noread = on_noread
+
+    def configure(self, cfg: Config) -> None:
+        """Live reload: the cooldown and the folder's bounds (the folder itself is restart-only)."""
+        self.tracker.cooldown_s = cfg.detector.cooldown_s
+        self.store.max_files, self.store.max_bytes = cfg.noreads.max_files, cfg.noreads.max_bytes
+
+    def observe(self, frame: GrayFrame, result: DetectResult) -> None:
+        # reads matter too: one just before or after an unread sighting clears it; a frame with nothing
+        # still matters while tracks are followed (it is how their time runs out)
+        if result.reads or result.unread or self.tracker.pending:
+            self._emit(self.tracker.observe(frame, result))
+
+    def flush(self) -> None:
+        self._emit(self.tracker.flush())
+
+    def _emit(self, found: list[NoRead]) -> None:
+        for nr in found:
+            self.metrics.inc("edge_agent_noreads_total")
+            entry = self.store.save(nr)
+            xs, ys = [p[0] for p in nr.polygon], [p[1] for p in nr.polygon]
+            log.warning("no-read: QR code seen but not read t=%.3f at=%d,%d error=%s sightings=%d image=%s", nr.t,
+                        (min(xs) + max(xs)) // 2, (min(ys) + max(ys)) // 2, nr.error, nr.sightings,
+                        entry.image if entry else "-")
+            if self.on_noread is not None:
+                self.on_noread(entry or nr)

@@ -41,6 +41,7 @@ from edge_agent.metrics import Metrics
 from edge_agent.pipeline.clip import ClipError, ClipMaker
 from edge_agent.pipeline.detector import Detection, Detector
 from edge_agent.pipeline.events import Action, Event, EventTracker
+from edge_agent.pipeline.noreads import NoReads
 from edge_agent.pipeline.ring import Recording, RingBuffer
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ class Pipeline:
         videos: Sequence[str] | None = None,
         metrics: Metrics | None = None,
         on_event: Callable[[EventRecord], None] | None = None,
+        on_noread: Callable[[Any], None] | None = None,
     ):
         self.cfg = cfg
         self.sink = sink
@@ -164,6 +166,7 @@ class Pipeline:
         self.tracker = EventTracker(cfg.detector.cooldown_s, cfg.clip.pre_roll_s, cfg.clip.post_roll_s,
                                     cfg.clip.max_s)
         self.clip_maker = ClipMaker(cfg.clip)
+        self.noreads = NoReads(cfg, self.metrics, on_noread)
         self._open_events: dict[str, tuple[Event, EventRecord]] = {}  # event_id -> event, until its clip is cut
         self._pending_cfg: Config | None = None
         self._cfg_lock = threading.Lock()
@@ -228,6 +231,7 @@ class Pipeline:
             self.validator = CidValidator(new.detector.cid_pattern, new.detector.cid_max_length)
         self.tracker.configure(new.detector.cooldown_s, new.clip.pre_roll_s, new.clip.post_roll_s, new.clip.max_s)
         self.clip_maker.cfg = new.clip
+        self.noreads.configure(new)
         self.ring.keep_s = self._ring_keep_s(new)
         self.cfg = new
         log.info("config applied decoder=%s pre_roll_s=%g post_roll_s=%g", self.detector.name,
@@ -454,9 +458,11 @@ class Pipeline:
                 self.metrics.set("edge_agent_detect_ms", round(self.detector.last_ms, 2))
                 for det in found:
                     self._handle(det, rejected_last)
+                self.noreads.observe(frame, found)
         except Exception:
             log.exception("detect thread failed")
         finally:
+            self.noreads.flush()
             # every detection has opened its recording: now the end of the video may close them
             if not self.stats.source_live or self._stop.is_set():
                 self.ring.flush()
