@@ -74,12 +74,13 @@ class Agent:
         return self._uploader
 
     def pipeline(self, sink: ClipSink | None = None, *, videos: Sequence[str] | None = None,
-                 on_event: Callable[[Event], None] | None = None) -> Pipeline:
+                 on_event: Callable[[Event], None] | None = None,
+                 on_noread: Callable[[Any], None] | None = None) -> Pipeline:
         """The pipeline into `sink` (default: the spool). Stopping it cuts open recordings short and
         hands them to the sink, so it stops before the uploader and the spool."""
         if self._pipeline is None:
             self._pipeline = Pipeline(self.cfg, sink if sink is not None else self.spool(), videos=videos,
-                                      metrics=self.metrics, on_event=on_event)
+                                      metrics=self.metrics, on_event=on_event, on_noread=on_noread)
             self.add_part("pipeline", self._stop_pipeline)
         return self._pipeline
 

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "edge_agent.commands.snapshot",
     "edge_agent.commands.config",
     "edge_agent.commands.spool",
+    "edge_agent.commands.noreads",
     "edge_agent.receiver.cli",
 )
 

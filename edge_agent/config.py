@@ -180,6 +180,14 @@ class SpoolConfig(_Section):
         "When a bound is hit: drop the oldest waiting clip, or refuse the new one."))
 
 
+class NoReadsConfig(_Section):
+    dir: str | None = Field(None, **_restart(
+        "Folder for the images of codes seen but not read (no-reads). Empty: 'noreads' beside spool.dir."))
+    max_files: int = Field(const.NOREADS_MAX_FILES, ge=0, le=100_000, **_live(
+        "Most no-read images kept; the oldest are dropped first. 0: count no-reads, keep no image."))
+    max_bytes: int = Field(const.NOREADS_MAX_BYTES, ge=0, **_live("Most bytes of no-read images kept."))
+
+
 class MetricsConfig(_Section):
     port: int | None = Field(None, ge=1, le=65535, **_restart("Prometheus /metrics port. Empty: off."))
     host: str = Field("127.0.0.1", **_restart("Address the metrics server listens on."))
@@ -194,6 +202,7 @@ class Config(_Section):
     clip: ClipConfig = Field(default_factory=ClipConfig)
     upload: UploadConfig = Field(default_factory=UploadConfig)
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    noreads: NoReadsConfig = Field(default_factory=NoReadsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @model_validator(mode="before")

@@ -21,6 +21,10 @@ DETECT_RATE_HZ = 10.0
 # wider than 1080p (4K cameras) are scaled by default.
 DETECT_MAX_WIDTH_PX = 1920
 
+# No-read images (codes located but not read): a few hundred crops of ~20-60 kB each.
+NOREADS_MAX_FILES = 200
+NOREADS_MAX_BYTES = 20 * 1024 * 1024
+
 PRE_ROLL_S = 2.5
 POST_ROLL_S = 2.5
 CLIP_MAX_S = 30.0

@@ -37,4 +37,5 @@ def test_code_found_with_full_frame_outline(decoder: str, roi: RoiConfig | None)
 def test_code_outside_the_roi_is_ignored() -> None:
     frame, _ = frame_with_code(100, 100)
     det = Detector(DetectorConfig(roi=RoiConfig(left=0.5, top=0.5, right=1.0, bottom=1.0)))
-    assert det.detect(frame) == []
+    result = det.detect(frame)
+    assert list(result) == [] and result.unread == ()

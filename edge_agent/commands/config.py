@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from edge_agent.commands.common import add_config_arg, config_path, load_config_or_exit
 from edge_agent.config import ENV_PREFIX, EXIT_CONFIG, Config, ConfigError, load_config, provenance
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"  # the source tree: edge_agent/commands/ -> root
 
 
 def register(sub: argparse._SubParsersAction) -> None:

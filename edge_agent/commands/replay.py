@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent import const
 from edge_agent.commands.common import add_config_arg, load_config_or_exit
+from edge_agent.delivery import contract
 from edge_agent.delivery.sinks import ClipSink, FolderSink, TeeSink
 from edge_agent.logs import setup_logging
 from edge_agent.metrics import Metrics
@@ -74,6 +75,7 @@ class ReplayReport:
         self._lock = threading.Lock()
         self.events: dict[str, Event] = {}
         self._early: dict[str, str] = {}  # upload results that came before their event was reported
+        self.noreads: list[dict[str, Any]] = []
 
     def on_event(self, rec: Event) -> None:
         with self._lock:
@@ -81,6 +83,13 @@ class ReplayReport:
             result = self._early.pop(rec.event_id, None)
             if result is not None:
                 self._apply(rec, result)
+
+    def on_noread(self, nr: Any) -> None:
+        """A code seen but not read: when, where in the frame, and the image kept of it (None: not kept)."""
+        image = nr.image if isinstance(nr.image, str) else None  # a kept entry names its file
+        with self._lock:
+            self.noreads.append({"t": round(nr.t, 3), "at": contract.rfc3339(nr.wall),
+                                 "position": [list(p) for p in nr.polygon], "error": nr.error, "image": image})
 
     def on_upload(self, event_id: str, _cid: str, result: str) -> None:
         with self._lock:
@@ -138,7 +147,8 @@ def run_replay(args: argparse.Namespace) -> int:
         else:
             assert folder is not None
             sink = folder
-        pipeline = agent.pipeline(sink, videos=args.videos, on_event=listener.on_event)
+        pipeline = agent.pipeline(sink, videos=args.videos, on_event=listener.on_event,
+                                  on_noread=listener.on_noread)
         total = _count_frames(args.videos)
         pipeline.start()
         _progress(pipeline, total, quiet=args.quiet)
@@ -223,6 +233,7 @@ def _report(listener: ReplayReport, status: PipelineStatus, metrics: Metrics,
         "refused": sum(1 for rec in listener.sorted() if not rec.queued),
         "dropped": {k: int(v) for k, v in metrics.labelled("edge_agent_spool_dropped_total", "reason").items() if v},
         "rejected": status.detect.rejected,
+        "noreads": list(listener.noreads),
     }
 
 
@@ -239,6 +250,7 @@ def _summary(report: dict[str, Any], status: PipelineStatus, upload: bool, folde
         ("clips", f"{clips}"),
         ("uploaded", f"{report['uploaded']}" if upload else "off"),
         ("rejected payloads", f"{report['rejected']}"),
+        ("no-reads", f"{len(report['noreads'])}"),
     ]
     if folder is not None:
         rows.append(("clips folder", str(folder.folder)))

@@ -21,6 +21,7 @@ from edge_agent.metrics import Metrics
 from edge_agent.pipeline.base import END, FrameSlot
 from edge_agent.pipeline.detector import Detection, Detector
 from edge_agent.pipeline.events import Action, Event, EventTracker
+from edge_agent.pipeline.noreads import NoReads
 from edge_agent.pipeline.ring import RingBuffer
 
 log = logging.getLogger("edge_agent.pipeline")
@@ -43,13 +44,15 @@ class DetectStage:
     name = "detect"
 
     def __init__(self, cfg: Config, frames: FrameSlot, ring: RingBuffer, metrics: Metrics,
-                 on_new_event: Callable[[Event], None], apply_config: Callable[[Config], None]):
+                 on_new_event: Callable[[Event], None], apply_config: Callable[[Config], None],
+                 noreads: NoReads):
         self.cfg = cfg
         self.frames = frames
         self.ring = ring
         self.metrics = metrics
         self._on_new_event = on_new_event
         self._apply_config = apply_config
+        self.noreads = noreads  # located symbols nothing read: counted, kept as pictures
         self.detector = Detector(cfg.detector)
         self.validator = CidValidator(cfg.detector.cid_pattern, cfg.detector.cid_max_length)
         self.tracker = EventTracker(cfg.detector.cooldown_s, cfg.clip.pre_roll_s, cfg.clip.post_roll_s,
@@ -78,6 +81,7 @@ class DetectStage:
                 new = new.model_copy(update={"detector": old.detector})
             self.validator = CidValidator(new.detector.cid_pattern, new.detector.cid_max_length)
         self.tracker.configure(new.detector.cooldown_s, new.clip.pre_roll_s, new.clip.post_roll_s, new.clip.max_s)
+        self.noreads.configure(new)
         self.cfg = new
         self._apply_config(new)
         log.info("config applied decoder=%s pre_roll_s=%g post_roll_s=%g", self.detector.name,
@@ -105,6 +109,7 @@ class DetectStage:
             self.metrics.observe("edge_agent_detect_seconds", self.detector.last_ms / 1000)
             for det in found:
                 self._handle(det)
+            self.noreads.observe(frame, found)
 
     def _handle(self, det: Detection) -> None:
         cid = self.validator.from_payload(det.payload)
@@ -138,6 +143,7 @@ class DetectStage:
 
     def finish(self, flush_ring: bool) -> None:
         """Every detection has opened its recording: now the end of the video may close them."""
+        self.noreads.flush()
         if flush_ring:
             self.ring.flush()
 

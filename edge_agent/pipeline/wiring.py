@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from edge_agent import const
 from edge_agent.capture.media import Packet
@@ -28,6 +29,7 @@ from edge_agent.pipeline.clips import ClipStage, ClipStatus
 from edge_agent.pipeline.decode import DecodeStage, DecodeStatus
 from edge_agent.pipeline.detect import DetectStage, DetectStatus
 from edge_agent.pipeline.events import Event
+from edge_agent.pipeline.noreads import NoReads
 from edge_agent.pipeline.ring import Recording, RingBuffer
 
 
@@ -46,7 +48,8 @@ class Pipeline:
     clips are handed over) or `stop()` (shutdown: open recordings are cut short, not lost)."""
 
     def __init__(self, cfg: Config, sink: ClipSink, *, videos: Sequence[str] | None = None,
-                 metrics: Metrics | None = None, on_event: Callable[[Event], None] | None = None):
+                 metrics: Metrics | None = None, on_event: Callable[[Event], None] | None = None,
+                 on_noread: Callable[[Any], None] | None = None):
         self.cfg = cfg
         self.metrics = metrics or Metrics()
         self.failures = FailureBox()
@@ -61,7 +64,8 @@ class Pipeline:
         self.ring = RingBuffer(self._ring_keep_s(cfg), cfg.clip.ring_max_bytes, self._on_recording, self.metrics)
         self.frames = FrameSlot(blocking=not live, metrics=self.metrics)
         self.decode = DecodeStage(self.frames, self.metrics, lambda: self.cfg.detector.rate_hz, live)
-        self.detect = DetectStage(cfg, self.frames, self.ring, self.metrics, self._on_new_event, self._applied)
+        self.detect = DetectStage(cfg, self.frames, self.ring, self.metrics, self._on_new_event, self._applied,
+                                  NoReads(cfg, self.metrics, on_noread))
         self.clips = ClipStage(cfg, sink, self.metrics, self._take_event, on_event, lambda: self.decode.live)
         self.capture = CaptureSupervisor(cfg.source, self.metrics, self.failures, self._on_packet,
                                          self._on_session, videos or (),

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 STOP_BUDGET_S = 15.0
 EXPORTED_COUNTERS = ("edge_agent_frames_total", "edge_agent_frames_dropped_total", "edge_agent_frames_skipped_total",
                      "edge_agent_detections_total", "edge_agent_payloads_rejected_total", "edge_agent_clips_total",
-                     "edge_agent_source_restarts_total")
+                     "edge_agent_source_restarts_total", "edge_agent_noreads_total")
 TICK_S = 1.0
 
 
