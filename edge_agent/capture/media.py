@@ -17,13 +17,17 @@ class StreamInfo:
     PyAV can only build an output stream for remuxing from another stream (which owns
     the codec parameters, e.g. H.264's SPS/PPS). The source's own stream dies when the
     source is closed or reopened, while clips cut from its packets may still be in flight,
-    so a copy lives in a never-written in-memory container held here.
+    so a copy lives in a never-written in-memory container held here. Only H.264 is ever
+    remuxed, so only H.264 gets one (MP4 refuses some codecs, raw video among them).
     """
 
     def __init__(self, stream: av.video.stream.VideoStream):
-        self._holder = av.open(io.BytesIO(), "w", format="mp4")
-        self.template = self._holder.add_stream_from_template(stream)
         cc = stream.codec_context
+        self._holder = None
+        self.template = None
+        if cc.name == "h264":
+            self._holder = av.open(io.BytesIO(), "w", format="mp4")
+            self.template = self._holder.add_stream_from_template(stream)
         self.codec: str = cc.name
         self.width: int = cc.width
         self.height: int = cc.height
