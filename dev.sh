@@ -10,7 +10,8 @@ cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 # postgresql: the tests start a throwaway PostgreSQL for the shared LDO index
-SYSTEM_PACKAGES=(python3-venv python3-pip libzbar0 postgresql)
+# ffmpeg: the tests check with ffprobe that clips show what their metadata says (the agent uses PyAV only)
+SYSTEM_PACKAGES=(python3-venv python3-pip libzbar0 postgresql ffmpeg)
 
 bootstrap() {
     local missing=()

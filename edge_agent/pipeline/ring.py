@@ -22,6 +22,18 @@ from dataclasses import dataclass, field
 from edge_agent.capture.media import Packet
 from edge_agent.metrics import Metrics
 
+# A recording takes packets this long past its end before it is finished: with B-frames, frames
+# shown just before the end come after a later reference frame in decode order.
+REORDER_S = 0.25
+
+
+def _trim_end(rec: Recording) -> None:
+    """Drop the trailing packets no frame before `end_t` needs: those after the last one shown in
+    time, in decode order (references come before the frames that use them)."""
+    last = next((j for j in range(len(rec.packets) - 1, -1, -1) if rec.packets[j].t < rec.end_t), None)
+    if last is not None:
+        del rec.packets[last + 1:]
+
 
 @dataclass
 class Recording:
@@ -82,8 +94,9 @@ class RingBuffer:
             self._packets.append(pkt)
             self._bytes += pkt.size
             for rec in list(self._recordings.values()):
-                if pkt.t >= rec.end_t and rec.packets:
+                if pkt.t >= rec.end_t + REORDER_S and rec.packets:
                     rec.done = True
+                    _trim_end(rec)
                     finished.append(rec)
                     del self._recordings[rec.key]
                 else:
@@ -121,7 +134,10 @@ class RingBuffer:
         for rec in recs:
             rec.done = True
             if rec.packets:
-                rec.truncated_end = reason
+                fps = getattr(rec.packets[-1].stream, "fps", None) or 30.0
+                if max(p.t for p in rec.packets) + 1.5 / fps < rec.end_t:  # a frame or more is missing
+                    rec.truncated_end = reason
+                _trim_end(rec)
                 self._on_finished(rec)
 
     def reset(self) -> None:
@@ -144,14 +160,15 @@ class RingBuffer:
             i = next((j for j in range(len(pkts) - 1, -1, -1) if pkts[j].keyframe and pkts[j].t <= start_t), -1)
             if i < 0:
                 i = next((j for j, p in enumerate(pkts) if p.keyframe), len(pkts))
-                rec.truncated_start = True
+                rec.truncated_start = bool(pkts)  # an empty ring: the video has not begun, nothing is lost yet
                 before_video = self._first_t is None or start_t < self._first_t
                 rec.truncated_start_reason = "start_of_video" if before_video else "ring"
             rec.packets = pkts[i:]
-            # detector lag may already have carried the ring past end_t: cut at the first packet at or past it
-            past = next((j for j, p in enumerate(rec.packets) if j and p.t >= end_t), None)
+            # detector lag may already have carried the ring past end_t: finish it now
+            past = next((j for j, p in enumerate(rec.packets) if j and p.t >= end_t + REORDER_S), None)
             if past is not None:
                 rec.packets = rec.packets[:past]
+                _trim_end(rec)
                 rec.done = True
             else:
                 self._recordings[key] = rec
