@@ -10,6 +10,8 @@ from fractions import Fraction
 import av
 import numpy as np
 
+_H264_ID = av.codec.Codec("h264", "r").id
+
 
 class StreamInfo:
     """Codec parameters of one opened source, kept alive independently of the demuxer.
@@ -25,7 +27,7 @@ class StreamInfo:
         cc = stream.codec_context
         self._holder = None
         self.template = None
-        if cc.name == "h264":
+        if cc.codec.id == _H264_ID:  # the demuxer's h264, or an H.264 encoder's stream (raw cameras)
             self._holder = av.open(io.BytesIO(), "w", format="mp4")
             self.template = self._holder.add_stream_from_template(stream)
         self.codec: str = cc.name

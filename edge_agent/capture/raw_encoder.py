@@ -40,6 +40,7 @@ class RawEncoder:
         self.fps = fps
         self.name, self._holder, self._stream = self._open(names)
         self.info = StreamInfo(self._stream)
+        self.info.codec = "h264"  # the format, not the encoder's name (libx264): decoders and remux go by it
         self.info.time_base = _TIME_BASE
         self.info.fps = fps
         self._times: dict[int, tuple[float, float]] = {}
@@ -56,10 +57,13 @@ class RawEncoder:
             try:
                 stream = holder.add_stream(name, rate=Fraction(self.fps).limit_denominator(1001))
                 stream.width, stream.height, stream.pix_fmt = self.width, self.height, _PIX_FMT
-                stream.time_base = _TIME_BASE
+                stream.time_base = stream.codec_context.time_base = _TIME_BASE
                 enc.configure(stream.codec_context, name, self.width, self.height, self.fps,
                               preset="ultrafast", crf=None)
                 stream.codec_context.open()
+                # writes the (never-used) header: that fills the stream's codec parameters (size, SPS/PPS),
+                # which the clip muxer copies; an unwritten output stream has none
+                holder.start_encoding()
                 return name, holder, stream
             except (av.error.FFmpegError, ValueError) as exc:
                 errors.append(f"{name}: {exc}")
@@ -81,6 +85,7 @@ class RawEncoder:
             if frame.format.name != _PIX_FMT or frame.width != self.width or frame.height != self.height:
                 frame = frame.reformat(width=self.width, height=self.height, format=_PIX_FMT)
             frame.pts, frame.time_base = pts, _TIME_BASE
+            frame.pict_type = av.video.frame.PictureType.NONE  # a raw frame says "I": the GOP is the encoder's
             self._times[pts] = (t, wall)
             yield from self._packets(frame)
 

@@ -97,6 +97,7 @@ class ClipMaker:
         frame = round(1 / info.fps / info.time_base) if info.fps else 0
         with av.open(str(out_path), "w", format="mp4", options={"movflags": "+faststart"}) as out:
             stream = out.add_stream_from_template(info.template)
+            stream.time_base = info.time_base  # the packets' own: no rounding of their timestamps
             for p in packets:
                 pkt = to_av_packet(p, info.time_base)
                 pkt.pts = p.pts - shown_pts
