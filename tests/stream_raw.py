@@ -31,7 +31,6 @@ def main() -> None:
         ins = src.streams.video[0]
         fps = float(ins.average_rate or 30)
         w, h = (int(x) for x in args.size.split("x")) if args.size else (ins.width, ins.height)
-        frames = [f.reformat(width=w, height=h, format=args.pix_fmt) for f in src.decode(ins)]
     out = av.open(sys.stdout.buffer, "w", format="matroska")
     st = out.add_stream("rawvideo", rate=round(fps))
     st.width, st.height, st.pix_fmt = w, h, args.pix_fmt
@@ -40,16 +39,18 @@ def main() -> None:
     n = 0
     try:
         while True:
-            for frame in frames:
-                if args.seconds and n >= args.seconds * fps:
-                    return
-                delay = start + n / fps - time.monotonic()
-                if delay > 0 and not args.fast:
-                    time.sleep(delay)
-                frame.pts, frame.time_base = n, st.codec_context.time_base
-                for p in st.encode(frame):
-                    out.mux(p)
-                n += 1
+            with av.open(args.video) as src:  # decoded as it goes: a long 1080p video does not fit in memory raw
+                for frame in src.decode(video=0):
+                    if args.seconds and n >= args.seconds * fps:
+                        return
+                    raw = frame.reformat(width=w, height=h, format=args.pix_fmt)
+                    delay = start + n / fps - time.monotonic()
+                    if delay > 0 and not args.fast:
+                        time.sleep(delay)
+                    raw.pts, raw.time_base = n, st.codec_context.time_base
+                    for p in st.encode(raw):
+                        out.mux(p)
+                    n += 1
             if not (args.loop or args.seconds):
                 break
     except (BrokenPipeError, OSError):
