@@ -80,3 +80,17 @@ def test_a_label_passing_gives_exactly_five_seconds(gop: int, tmp_path: Path) ->
         assert int(probe["streams"][0]["nb_read_frames"]) == frames
         assert abs(float(probe["streams"][0]["duration"]) - WANT_S) <= 0.05
         assert abs(float(probe["format"]["duration"]) - WANT_S) <= 0.05
+
+
+def test_extension_while_in_view_is_opt_in(tmp_path: Path) -> None:
+    video = make_video(tmp_path / "conveyor.mp4", seconds=12, fps=FPS, size=(640, 360), gop=30,
+                       codes=[("CID-EXTEND-1", 4.2, 7.2)])
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"clip:\n  extend_while_in_view: true\nspool:\n  dir: {tmp_path / 'spool'}\n", encoding="utf-8")
+    res = subprocess.run([sys.executable, "-m", "edge_agent.cli", "replay", "--config", str(cfg), "--report",
+                          str(tmp_path / "report.json"), str(video)], capture_output=True, text=True, timeout=300,
+                         check=False, env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")})
+    assert res.returncode == 0, res.stderr[-3000:]
+    (event,) = json.loads((tmp_path / "report.json").read_text())["events"]
+    # in view 3 s: the clip runs from 2.5 s before the first sighting to 2.5 s after the last
+    assert 7.5 <= event["clip"]["duration_s"] <= 8.1, event["clip"]

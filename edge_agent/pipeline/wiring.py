@@ -162,7 +162,7 @@ class Pipeline:
         self.detector = Detector(cfg.detector)
         self.validator = CidValidator(cfg.detector.cid_pattern, cfg.detector.cid_max_length)
         self.tracker = EventTracker(cfg.detector.cooldown_s, cfg.clip.pre_roll_s, cfg.clip.post_roll_s,
-                                    cfg.clip.max_s)
+                                    cfg.clip.max_s, cfg.clip.extend_while_in_view)
         self.clip_maker = ClipMaker(cfg.clip)
         self._open_events: dict[str, tuple[Event, EventRecord]] = {}  # event_id -> event, until its clip is cut
         self._pending_cfg: Config | None = None
@@ -226,7 +226,8 @@ class Pipeline:
                 log.error("reload: detector not changed: %s", exc)
                 new = new.model_copy(update={"detector": old.detector})
             self.validator = CidValidator(new.detector.cid_pattern, new.detector.cid_max_length)
-        self.tracker.configure(new.detector.cooldown_s, new.clip.pre_roll_s, new.clip.post_roll_s, new.clip.max_s)
+        self.tracker.configure(new.detector.cooldown_s, new.clip.pre_roll_s, new.clip.post_roll_s, new.clip.max_s,
+                               new.clip.extend_while_in_view)
         self.clip_maker.cfg = new.clip
         self.ring.keep_s = self._ring_keep_s(new)
         self.cfg = new
@@ -240,11 +241,11 @@ class Pipeline:
         (reopened with backoff when it fails or stalls, looped when `source.loop`)."""
         if self.videos:
             for path in self.videos:
-                yield AvSource(self._source_cfg, path)
+                yield AvSource(self._source_cfg, path, encoders=self.cfg.clip.encoders)
             return
         while not self._stop.is_set():
             cfg = self._source_cfg
-            yield AvSource(cfg)
+            yield AvSource(cfg, encoders=self.cfg.clip.encoders)
             if cfg.kind == "file" and not cfg.loop and not self._restart_source.is_set():
                 return
 
