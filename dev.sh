@@ -11,7 +11,8 @@ VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 # postgresql: the tests start a throwaway PostgreSQL for the shared LDO index
 # prometheus: its promtool checks /metrics and monitoring/alerts.yml in the tests
-SYSTEM_PACKAGES=(python3-venv python3-pip libzbar0 postgresql prometheus)
+# ffmpeg: the tests check with ffprobe that clips show what their metadata says (the agent uses PyAV only)
+SYSTEM_PACKAGES=(python3-venv python3-pip libzbar0 postgresql prometheus ffmpeg)
 
 bootstrap() {
     local missing=()

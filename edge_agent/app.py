@@ -101,9 +101,10 @@ class Agent:
 
     def source(self, path: str | None = None) -> AvSource:
         """The configured source (not opened), or a file in its place."""
+        encoders = self.cfg.clip.encoders  # raw cameras are encoded as they arrive
         if path is None:
-            return AvSource(self.cfg.source)
-        return AvSource(self.cfg.source.model_copy(update={"kind": "file", "path": path}), path)
+            return AvSource(self.cfg.source, encoders=encoders)
+        return AvSource(self.cfg.source.model_copy(update={"kind": "file", "path": path}), path, encoders=encoders)
 
     # --- stopping -------------------------------------------------------------------------------
 

@@ -66,6 +66,9 @@ class SourceConfig(_Section):
         # editors following the schema must not flag `framerate: 30`, which the loader takes as "30"
         json_schema_extra={"reload": "restart",
                            "additionalProperties": {"type": ["string", "number", "boolean"]}})
+    fps: float | None = Field(None, gt=0, le=240, **_restart(
+        "Frame rate of a stream that carries no timestamps (raw H.264 or MJPEG on a pipe) when the stream "
+        "does not say it (H.264 timing info wins). Empty: measured on the first seconds."))
     realtime: bool = Field(False, **_restart(
         "file only: pace frames at their recorded speed instead of as fast as possible."))
     loop: bool = Field(False, **_restart("file only: start again at the end instead of stopping."))
@@ -106,7 +109,8 @@ class DetectorConfig(_Section):
     cid_max_length: int = Field(const.CID_MAX_LENGTH, ge=1, le=4096, **_live(
         "Longest accepted CID, in characters."))
     cooldown_s: float = Field(const.COOLDOWN_S, ge=0, le=3600, **_live(
-        "The same CID seen again within this many seconds extends its clip instead of starting a new one."))
+        "The same CID seen again within this many seconds of its last sighting is the same event, not a new "
+        "clip (it extends the clip only with clip.extend_while_in_view)."))
     rate_hz: float = Field(const.DETECT_RATE_HZ, gt=0, le=120, **_live(
         "Frames per second of video handed to the QR decoder; more finds fast-moving labels, costs CPU."))
     max_width_px: int = Field(const.DETECT_MAX_WIDTH_PX, ge=0, le=8192, **_live(
@@ -127,8 +131,11 @@ class DetectorConfig(_Section):
 class ClipConfig(_Section):
     pre_roll_s: float = Field(const.PRE_ROLL_S, ge=0, le=60, **_live("Seconds of video kept before a detection."))
     post_roll_s: float = Field(const.POST_ROLL_S, ge=0, le=60, **_live("Seconds of video kept after it."))
+    extend_while_in_view: bool = Field(False, **_live(
+        "A CID seen again while its clip records pushes the clip's end back (up to clip.max_s). Off: every clip "
+        "is exactly pre_roll_s + post_roll_s long, and a CID still in view within the cooldown is the same event."))
     max_s: float = Field(const.CLIP_MAX_S, gt=0, le=300, **_live(
-        "Longest clip in seconds; a CID that stays in view extends its clip up to this."))
+        "Longest clip in seconds when clip.extend_while_in_view is on."))
     encoders: list[str] = Field(default_factory=lambda: list(const.ENCODERS), min_length=1, **_live(
         "H.264 encoders tried in order when a clip must be re-encoded: hardware first, libx264 last."))
     width: int | None = Field(None, ge=16, le=8192, **_live("Resize clips to this width (re-encodes). Empty: keep."))

@@ -158,14 +158,30 @@ def test_text_output_is_a_table_with_hints_under_failures(tmp_path: Path) -> Non
 
 
 def test_a_live_pipe_camera_is_measured_at_its_real_rate(qr_video: Path, tmp_path: Path) -> None:
-    """A subprocess streaming MPEG-TS in real time at 30 fps: the rate comes from arrival times,
-    after the burst FFmpeg buffered while probing, so it is the camera's pace, not the read speed."""
+    """A subprocess streaming MPEG-TS in real time at 30 fps: the rate comes from the stream's own
+    timestamps (stamped capture times), so it is the camera's pace, not the read speed."""
     cmd = f"{sys.executable} {ROOT / 'tests' / 'stream_sample.py'} {qr_video} --loop"
     rc, r, out = check(write_config(tmp_path, f"  kind: pipe\n  command: {cmd}\n"), "--frames", "45")
     assert rc == 0, out
     assert r["source"]["data"]["fps"] == pytest.approx(30, rel=0.1), r["source"]
     assert "measured over" in r["source"]["detail"]
     assert r["detector"]["data"]["cids"] == [CID]
+
+
+@pytest.mark.parametrize("burst", [10, 1], ids=["bursty", "steady"])
+def test_a_raw_h264_pipe_is_measured_from_capture_times(burst: int, tmp_path: Path) -> None:
+    """rpicam-vid's raw H.264 has no timestamps and a loaded Pi hands it over ten frames at a time:
+    check still reports 30 fps and a keyframe every second (the camera's settings), within 5%."""
+    video = make_video(tmp_path / "cam.mp4", seconds=4, fps=30, size=(320, 240), gop=30,
+                       codes=[(CID, 0.0, 4.0)], scale=4)
+    cmd = f"{sys.executable} {ROOT / 'tests' / 'bursty_h264.py'} {video} --loop --burst {burst}"
+    cfg = write_config(tmp_path, f"  kind: pipe\n  command: {cmd}\n  input_format: h264\n")
+    rc, r, out = check(cfg, "--frames", "120")
+    assert rc == 0, out
+    data = r["source"]["data"]
+    assert data["fps"] == pytest.approx(30, rel=0.05), r["source"]
+    assert data["keyframe_interval_s"] == pytest.approx(1.0, rel=0.05), r["source"]
+    assert "stamped at 30 fps from sps" in r["source"]["detail"]
 
 
 def test_a_camera_that_sends_nothing_fails_within_the_deadline(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
-"""Clips start on a keyframe, have rebased strictly increasing timestamps, carry +faststart, are
-H.264 whatever the source, and are validated by decoding them back."""
+"""Clips start on a keyframe, show exactly their recording's [start_t, end_t) (the lead-in before
+start_t hidden by an edit list), have strictly increasing timestamps, carry +faststart, are H.264
+whatever the source, and are validated by decoding them back."""
 
 from __future__ import annotations
 
@@ -37,9 +38,10 @@ def record(video: Path, start_t: float, end_t: float) -> Recording:
 
 
 def pts_of(path: Path) -> list[int]:
+    """Presented timestamps: the lead-in an edit list hides left out."""
     with av.open(str(path)) as c:
         v = c.streams.video[0]
-        return [p.pts for p in c.demux(v) if p.size]
+        return [p.pts for p in c.demux(v) if p.size and not p.is_discard]
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +57,13 @@ def test_remuxed_clip_starts_on_keyframe_with_rebased_pts(h264_video: Path, tmp_
     with av.open(str(result.path)) as c:
         v = c.streams.video[0]
         first = next(p for p in c.demux(v) if p.size)
-        assert first.is_keyframe
+        assert first.is_keyframe and first.is_discard and first.pts < 0  # the lead-in, hidden
     pts = sorted(pts_of(result.path))
     assert pts[0] == 0
     assert all(b > a for a, b in zip(pts, pts[1:], strict=False))
     assert result.info.codec == "h264"
-    assert 3.9 <= result.info.duration_s <= 4.1  # 2.0 .. 6.0
+    assert abs(result.info.duration_s - 3.7) < 0.02 and result.info.frames == 111  # [2.3, 6.0)
+    assert abs(result.info.lead_in_s - 0.3) < 0.02
     data = result.path.read_bytes()
     assert data.find(b"moov") < data.find(b"mdat")  # +faststart
 
@@ -70,7 +73,7 @@ def test_clip_frames_decode_back(h264_video: Path, tmp_path: Path) -> None:
     result = ClipMaker(ClipConfig()).make(rec, tmp_path / "clip.mp4")
     with av.open(str(result.path)) as c:
         frames = sum(1 for _ in c.decode(video=0))
-    assert frames == result.info.frames == 91  # 1.0 s .. 4.0 s inclusive
+    assert frames == result.info.frames == 90  # [1.0 s, 4.0 s)
 
 
 def test_resize_reencodes_falling_back_to_libx264(h264_video: Path, tmp_path: Path) -> None:

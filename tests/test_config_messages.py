@@ -225,7 +225,8 @@ ENV = [
     ("EDGE_AGENT__DEVICEID", "environment EDGE_AGENT__DEVICEID: deviceid: unknown key "
                              "(did you mean EDGE_AGENT__DEVICE_ID?)"),
     ("EDGE_AGENT__CLIP__ZZZ", "environment EDGE_AGENT__CLIP__ZZZ: clip.zzz: unknown key (allowed: pre_roll_s, "
-                              "post_roll_s, max_s, encoders, width, height, fps, crf, preset, ring_max_bytes)"),
+                              "post_roll_s, extend_while_in_view, max_s, encoders, width, height, fps, crf, preset, "
+                              "ring_max_bytes)"),
 ]
 
 

@@ -1,5 +1,6 @@
-"""One clip per passing product: sightings within the cooldown extend the open clip's post-roll
-(capped by max_s), later ones after the clip is cut are suppressed, different CIDs are separate."""
+"""One clip per passing product: sightings within the cooldown are the same event and leave its clip
+exactly pre + post long (with `extend` they push the post-roll back, capped by max_s); different CIDs
+are separate."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ def det(t: float) -> Detection:
     return Detection(b"x", ((0, 0), (1, 0), (1, 1), (0, 1)), t, 1000.0 + t, 1280, 720, "zxing")
 
 
-def tracker(cooldown: float = 5.0, max_s: float = 30.0) -> EventTracker:
-    return EventTracker(cooldown_s=cooldown, pre_roll_s=2.5, post_roll_s=2.5, max_s=max_s)
+def tracker(cooldown: float = 5.0, max_s: float = 30.0, extend: bool = False) -> EventTracker:
+    return EventTracker(cooldown_s=cooldown, pre_roll_s=2.5, post_roll_s=2.5, max_s=max_s, extend=extend)
 
 
 def test_first_sighting_opens_an_event_with_pre_and_post_roll() -> None:
@@ -21,8 +22,17 @@ def test_first_sighting_opens_an_event_with_pre_and_post_roll() -> None:
     assert (ev.start_t, ev.end_t) == (7.5, 12.5)
 
 
-def test_sighting_within_cooldown_extends_post_roll() -> None:
+def test_sighting_within_cooldown_is_the_same_event_and_the_clip_does_not_grow() -> None:
     tr = tracker()
+    _, ev = tr.observe("CID-1", det(10.0))
+    for t in (10.5, 11.0, 12.0, 14.0):  # still in view
+        action, same = tr.observe("CID-1", det(t))
+        assert action is Action.SUPPRESSED and same is ev
+    assert (ev.start_t, ev.end_t) == (7.5, 12.5) and ev.hits == 5 and ev.last_t == 14.0
+
+
+def test_sighting_within_cooldown_extends_post_roll_when_asked() -> None:
+    tr = tracker(extend=True)
     _, ev = tr.observe("CID-1", det(10.0))
     action, same = tr.observe("CID-1", det(11.0))
     assert action is Action.EXTEND and same is ev
@@ -30,7 +40,7 @@ def test_sighting_within_cooldown_extends_post_roll() -> None:
 
 
 def test_extension_is_capped_by_max_clip_length() -> None:
-    tr = tracker(cooldown=5.0, max_s=8.0)
+    tr = tracker(cooldown=5.0, max_s=8.0, extend=True)
     _, ev = tr.observe("CID-1", det(10.0))
     for t in (12.0, 14.0, 16.0, 18.0):
         tr.observe("CID-1", det(t))

@@ -109,3 +109,53 @@ def test_flush_finishes_open_recordings_with_what_they_have() -> None:
     rec = ring.start_recording("ev", 1.0, 100.0)
     ring.flush()
     assert done == [rec] and rec.packets[-1].t == (4 * FPS - 1) / FPS
+
+
+def test_a_recording_holds_what_is_shown_in_its_time_range_and_no_more() -> None:
+    ring, done, _ = make()
+    for i in range(4 * FPS):
+        ring.append(pkt(i))
+    ring.start_recording("ev", 2.5, 7.5)
+    for i in range(4 * FPS, 10 * FPS):
+        ring.append(pkt(i))
+    (rec,) = done
+    assert rec.packets[0].t == 2.0  # the keyframe before the wanted start: the clip's hidden lead-in
+    assert [p for p in rec.packets if p.t >= 2.5][0].t == 75 / FPS
+    assert abs(rec.packets[-1].t - (7.5 - 1 / FPS)) < 1e-9  # the last frame shown before the end
+    assert sum(1 for p in rec.packets if p.t >= 2.5) == 150 and rec.truncated is None
+
+
+def test_a_reference_frame_shown_after_the_end_waits_for_the_b_frames_before_it() -> None:
+    """Decode order P(9) B(7) B(8): frame 7, shown before the end, arrives after frame 9, which it needs."""
+    ring, done, _ = make()
+    order = [0, 3, 1, 2, 6, 4, 5, 9, 7, 8, 12, 10, 11, 15, 13, 14, 18, 16, 17]
+    ring.start_recording("ev", 0.0, 8 / FPS)
+    for i in order:
+        ring.append(Packet(b"\0", i, None, i == 0, i / FPS, 1000.0 + i / FPS, stream=None))  # type: ignore[arg-type]
+    (rec,) = done
+    assert sorted(p.pts for p in rec.packets) == [0, 1, 2, 3, 4, 5, 6, 7, 9]  # 9: a reference of 7
+    assert {p.pts for p in rec.packets if p.t < 8 / FPS} == set(range(8))
+
+
+def test_truncated_clips_say_why() -> None:
+    ring, done, _ = make()
+    for i in range(2 * FPS):  # the video began at 0: a start wanted at -1 s cannot be had
+        ring.append(pkt(i))
+    ring.start_recording("early", -1.0, 4.0)
+    ring.start_recording("late", 1.0, 6.0)
+    for i in range(2 * FPS, 3 * FPS):
+        ring.append(pkt(i))
+    ring.flush("shutdown")  # stopped at 3 s: both end early
+    by_key = {r.key: r for r in done}
+    assert by_key["early"].truncated == "start_of_video"
+    assert by_key["late"].truncated == "shutdown"
+
+
+def test_a_recording_complete_when_flushed_is_not_truncated() -> None:
+    ring, done, _ = make()
+    ring.start_recording("ev", 0.0, 1.0)
+    for i in range(FPS + 2):  # up to 1.033 s: complete, but not yet REORDER_S past its end
+        ring.append(pkt(i))
+    ring.flush()
+    (rec,) = done
+    assert rec.truncated is None and len(rec.packets) == FPS

@@ -10,6 +10,8 @@ from fractions import Fraction
 import av
 import numpy as np
 
+_H264_ID = av.codec.Codec("h264", "r").id
+
 
 class StreamInfo:
     """Codec parameters of one opened source, kept alive independently of the demuxer.
@@ -17,13 +19,17 @@ class StreamInfo:
     PyAV can only build an output stream for remuxing from another stream (which owns
     the codec parameters, e.g. H.264's SPS/PPS). The source's own stream dies when the
     source is closed or reopened, while clips cut from its packets may still be in flight,
-    so a copy lives in a never-written in-memory container held here.
+    so a copy lives in a never-written in-memory container held here. Only H.264 is ever
+    remuxed, so only H.264 gets one (MP4 refuses some codecs, raw video among them).
     """
 
     def __init__(self, stream: av.video.stream.VideoStream):
-        self._holder = av.open(io.BytesIO(), "w", format="mp4")
-        self.template = self._holder.add_stream_from_template(stream)
         cc = stream.codec_context
+        self._holder = None
+        self.template = None
+        if cc.codec.id == _H264_ID:  # the demuxer's h264, or an H.264 encoder's stream (raw cameras)
+            self._holder = av.open(io.BytesIO(), "w", format="mp4")
+            self.template = self._holder.add_stream_from_template(stream)
         self.codec: str = cc.name
         self.width: int = cc.width
         self.height: int = cc.height

@@ -12,76 +12,55 @@ import shlex
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from fractions import Fraction
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import av
 
+from edge_agent import const
+from edge_agent.capture import h264
+from edge_agent.capture.clock import FrameClock, PtsClock, measure_fps
 from edge_agent.capture.media import Packet, StreamInfo
+from edge_agent.capture.raw_encoder import RawEncoder, RawEncoderError
 from edge_agent.config import SourceConfig
 
 log = logging.getLogger(__name__)
 
-# When a live source's PTS drifts this far from the arrival clock (camera reboot, RTP
-# wrap), re-anchor to arrival: detection times must stay on the capture clock.
-_REANCHOR_S = 1.0
+# Demuxers of elementary streams: no timestamps of their own (FFmpeg invents them at 25 fps).
 _UNTIMED_FORMATS = frozenset({"h264", "hevc", "mjpeg", "rawvideo", "mpjpeg"})
+# Untimed live streams are read this long before the first packet is handed on, so the clock
+# starts on the pipe's real rhythm (and FFmpeg's probing backlog is stamped back in its own time);
+# longer when the frame rate itself must be measured.
+_PRIME_S = 1.0
+_MEASURE_S = 2.0
+_ASSUMED_FPS = 30.0
 
 
 class SourceError(Exception):
     """The source cannot be opened or read; the message says what a technician can check."""
 
 
-class Clock:
-    """Maps a stream's PTS to capture seconds `t` and wall-clock time.
-
-    Files: `t` is media time from the first PTS, so replay is reproducible at any speed.
-    Live sources: `t` follows PTS (smooth, immune to network bursts) but is anchored to
-    the monotonic clock and re-anchored on jumps, so the ring's seconds are real seconds.
-    """
-
-    def __init__(self, time_base: Fraction, live: bool, t_offset: float = 0.0):
-        self.time_base = time_base
-        self.live = live
-        self.t_offset = t_offset
-        self.mono0 = time.monotonic()
-        self.wall0 = time.time()
-        self._anchor_pts: int | None = None
-        self._anchor_t = 0.0
-        self.last_t = t_offset
-
-    def stamp(self, pts: int | None) -> float:
-        arrival = time.monotonic() - self.mono0 + self.t_offset
-        if pts is None:
-            t = arrival if self.live else self.last_t
-        else:
-            if self._anchor_pts is None:
-                self._anchor_pts, self._anchor_t = pts, (arrival if self.live else self.t_offset)
-            t = self._anchor_t + float((pts - self._anchor_pts) * self.time_base)
-            if self.live and abs(t - arrival) > _REANCHOR_S:
-                self._anchor_pts, self._anchor_t, t = pts, arrival, arrival
-        self.last_t = max(self.last_t, t)
-        return t
-
-    def wall(self, t: float) -> float:
-        return self.wall0 + (t - self.t_offset)
-
-
 class AvSource:
     """One source session per `open()`; iterate `packets()` until it ends or fails.
 
     Reopening (watchdog, loop) belongs to the caller: a session is simple to reason about,
-    and the caller owns the backoff and the counters.
+    and the caller owns the backoff and the counters. Raw frames are encoded to H.264 here
+    (`encoders`: tried in order, as clip.encoders), so everything downstream holds compressed video.
     """
 
-    def __init__(self, cfg: SourceConfig, path: str | None = None):
+    def __init__(self, cfg: SourceConfig, path: str | None = None, encoders: Sequence[str] | None = None):
         self.cfg = cfg
         self.path = path or cfg.path
+        self.encoders = list(encoders or const.ENCODERS)
         self.info: StreamInfo | None = None
+        self.fps_from: str | None = None  # where info.fps came from: stream, sps, config, measured, assumed
         self._container: Any = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._closed = threading.Event()
+        self._raw: RawEncoder | None = None
+        self._untimed = False
+        self._prefetched: list[tuple[Any, float]] = []
+        self._mono0 = time.monotonic()
         self.t_offset = 0.0
 
     @property
@@ -94,9 +73,11 @@ class AvSource:
 
     def open(self) -> StreamInfo:
         self._closed.clear()
+        self._prefetched = []
         options = dict(self.cfg.options)
         fmt = self.cfg.input_format
         timeout = (self.cfg.open_timeout_s, self.cfg.open_timeout_s)
+        self._mono0 = time.monotonic()
         try:
             if self.cfg.kind == "pipe":
                 target: Any = self._spawn()
@@ -119,9 +100,70 @@ class AvSource:
         if not stream.codec_context.width:
             self.close()
             raise SourceError(f"{self.describe}: video stream has no frame size (corrupt or unsupported)")
-        self.info = StreamInfo(stream)
         self._stream = stream
-        return self.info
+        self._untimed = bool(set(self._container.format.name.split(",")) & _UNTIMED_FORMATS)
+        try:
+            info = StreamInfo(stream)
+            fps = self._frame_rate(info)
+            if stream.codec_context.name == "rawvideo":
+                self._raw = RawEncoder(stream, fps or _ASSUMED_FPS, self.encoders)
+                info = self._raw.info
+            info.fps = fps
+        except (RawEncoderError, av.error.FFmpegError, ValueError) as exc:
+            self.close()
+            raise SourceError(f"{self.describe}: {exc}") from exc
+        except SourceError:
+            self.close()
+            raise
+        self.info = info
+        return info
+
+    def _frame_rate(self, info: StreamInfo) -> float | None:
+        """The stream's true rate. Timed streams: what the container says. Elementary streams: the
+        H.264 SPS timing info, else source.fps, else (live) measured on the first seconds of arrivals,
+        which are kept to be handed on (file: FFmpeg's guess)."""
+        if not self._untimed:
+            self.fps_from = "stream"
+            return info.fps
+        fps = h264.stream_fps(info.extradata) if info.codec == "h264" else None
+        self.fps_from = "sps"
+        if fps is None and self.cfg.fps:
+            fps, self.fps_from = self.cfg.fps, "config"
+        if not self.live:
+            if fps is None:
+                fps, self.fps_from = info.fps, "stream"
+            return fps
+        arrivals = self._prefetch(_PRIME_S if fps else _MEASURE_S)
+        if fps is None and info.codec == "h264" and self._prefetched:  # SPS in-band only
+            fps = h264.stream_fps(None, bytes(self._prefetched[0][0]))
+        if fps is None:
+            measured = measure_fps(arrivals)
+            if measured:
+                fps, self.fps_from = measured, "measured"
+                log.info("source frame rate measured fps=%.3f over %d frames (set source.fps to fix it)",
+                         fps, len(arrivals))
+            else:
+                fps, self.fps_from = _ASSUMED_FPS, "assumed"
+                log.warning("source frame rate unknown: assuming %g fps (set source.fps)", fps)
+        return fps
+
+    def _prefetch(self, seconds: float) -> list[float]:
+        """Read packets for `seconds` after the first, keeping each with its arrival time."""
+        first: float | None = None
+        try:
+            for pkt in self._container.demux(self._stream):
+                if pkt.size == 0:
+                    continue
+                now = time.monotonic() - self._mono0 + self.t_offset
+                self._prefetched.append((pkt, now))
+                first = now if first is None else first
+                if now - first >= seconds or self._closed.is_set():
+                    break
+        except av.error.EOFError:
+            pass
+        except av.error.FFmpegError as exc:
+            raise SourceError(f"{self.describe}: read failed: {exc}") from exc
+        return [a for _, a in self._prefetched]
 
     def _spawn(self) -> Any:
         """A configured command (trusted: it comes from the technician's config, never from video)."""
@@ -134,6 +176,14 @@ class AvSource:
             raise SourceError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
         return self._proc.stdout
 
+    def _arrivals(self) -> Iterator[tuple[Any, float]]:
+        """Demuxed packets with their arrival on the session clock, the read-ahead ones first."""
+        pre, self._prefetched = self._prefetched, []
+        yield from pre
+        for pkt in self._container.demux(self._stream):
+            if pkt.size:
+                yield pkt, time.monotonic() - self._mono0 + self.t_offset
+
     def packets(self) -> Iterator[Packet]:
         """Demux packets, stamping each with its capture time; paced if `realtime`.
 
@@ -143,25 +193,42 @@ class AvSource:
         if self._container is None or self.info is None:
             raise SourceError("source not open")
         info, stream = self.info, self._stream
-        clock = Clock(info.time_base, live=self.live, t_offset=self.t_offset)
         pace = self.cfg.realtime and not self.live
-        # raw elementary streams (rpicam-vid's H.264, MJPEG from a pipe) carry no real timestamps:
-        # FFmpeg invents them from an assumed rate, so live ones are stamped on arrival instead
-        untimed = self.live and self._container.format.name in _UNTIMED_FORMATS
-        frame_s = 1.0 / info.fps if info.fps else 1 / 30
+        frame_s = 1.0 / info.fps if info.fps else 1 / _ASSUMED_FPS
+        wall0 = time.time() - (time.monotonic() - self._mono0)
+        pts_clock = PtsClock(stream.time_base or info.time_base, live=self.live, t_offset=self.t_offset)
+        frame_clock = FrameClock(1.0 / frame_s) if self._untimed and self.live else None
+        primed: list[float] = []
+        if frame_clock is not None and self._prefetched:
+            primed = frame_clock.prime([a for _, a in self._prefetched], floor=self.t_offset)
+        last_t = self.t_offset - frame_s
+        n = 0
         try:
-            for pkt in self._container.demux(stream):
-                if pkt.size == 0:
-                    continue
-                pts = None if untimed else pkt.pts if pkt.pts is not None else pkt.dts
-                t = clock.stamp(pts)
-                if pts is None:  # raw elementary streams carry no timestamps: derive them
-                    pts = round(t / info.time_base)
+            for pkt, arrival in self._arrivals():
+                if frame_clock is not None:
+                    t = primed[n] if n < len(primed) else frame_clock.stamp(arrival)
+                elif self._untimed:  # a recorded elementary stream: frame n is at n / fps
+                    t = self.t_offset + n * frame_s
+                else:
+                    t = pts_clock.stamp(pkt.pts if pkt.pts is not None else pkt.dts, arrival)
+                n += 1
+                last_t = max(last_t, t)
                 if pace:
-                    delay = clock.mono0 + (t - self.t_offset) - time.monotonic()
+                    delay = self._mono0 + (t - self.t_offset) - time.monotonic()
                     if delay > 0 and self._closed.wait(delay):
                         return
-                yield Packet(bytes(pkt), pts, pkt.dts, bool(pkt.is_keyframe), t, clock.wall(t), info)
+                wall = wall0 + (t - self.t_offset)
+                if self._raw is not None:
+                    yield from self._raw.encode(pkt, t, wall)
+                elif self._untimed:
+                    # the demuxer's timestamps are its own guess: the stamped time is the truth
+                    pts = round(t / info.time_base)
+                    yield Packet(bytes(pkt), pts, pts, bool(pkt.is_keyframe), t, wall, info)
+                else:
+                    pts = pkt.pts if pkt.pts is not None else pkt.dts
+                    if pts is None:  # a demuxer that gave no time at all: the capture time is all there is
+                        pts = round(t / info.time_base)
+                    yield Packet(bytes(pkt), pts, pkt.dts, bool(pkt.is_keyframe), t, wall, info)
                 if self._closed.is_set():
                     return
         except av.error.EOFError:
@@ -169,8 +236,15 @@ class AvSource:
         except av.error.FFmpegError as exc:
             if not self._closed.is_set():
                 raise SourceError(f"{self.describe}: read failed: {exc}") from exc
+        except RawEncoderError as exc:
+            raise SourceError(f"{self.describe}: {exc}") from exc
         finally:
-            self.t_offset = clock.last_t + frame_s
+            self.t_offset = last_t + frame_s
+        if self._raw is not None and not self._closed.is_set():
+            try:
+                yield from self._raw.flush()
+            except RawEncoderError as exc:
+                raise SourceError(f"{self.describe}: {exc}") from exc
 
     def interrupt(self) -> None:
         """From any thread: make `packets()` return soon. A pipe read is unblocked by ending the command;

@@ -43,7 +43,8 @@ class CaptureSupervisor:
 
     def __init__(self, cfg: SourceConfig, metrics: Metrics, failures: FailureBox,
                  on_packet: Callable[[Packet, bool], None], on_session: Callable[[AvSource, int], None],
-                 videos: Sequence[str] = (), cooldown_s: Callable[[], float] = lambda: const.COOLDOWN_S):
+                 videos: Sequence[str] = (), cooldown_s: Callable[[], float] = lambda: const.COOLDOWN_S,
+                 encoders: Callable[[], Sequence[str]] = lambda: const.ENCODERS):
         self.cfg = cfg
         self.metrics = metrics
         self.failures = failures
@@ -51,6 +52,7 @@ class CaptureSupervisor:
         self._on_packet = on_packet
         self._on_session = on_session
         self._cooldown_s = cooldown_s
+        self._encoders = encoders  # for raw cameras, encoded as they arrive
         self._stop = threading.Event()
         self._restart = threading.Event()
         self._lock = threading.Lock()
@@ -103,11 +105,11 @@ class CaptureSupervisor:
     def _sessions(self) -> Iterator[AvSource]:
         if self.videos:
             for path in self.videos:
-                yield AvSource(self.cfg, path)
+                yield AvSource(self.cfg, path, encoders=self._encoders())
             return
         while not self._stop.is_set():
             cfg = self.cfg
-            yield AvSource(cfg)
+            yield AvSource(cfg, encoders=self._encoders())
             if cfg.kind == "file" and not cfg.loop and not self._restart.is_set():
                 return
 

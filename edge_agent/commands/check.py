@@ -125,6 +125,7 @@ class SourceSample:
     key_t: list[float] = field(default_factory=list)
     kept: list[Any] = field(default_factory=list)  # Packets from the first keyframe on, for decoding
     kept_bytes: int = 0
+    fps_from: str | None = None  # where the source's frame rate came from (AvSource.fps_from)
 
 
 def sample_source(agent: Agent, frames: int, seconds: float) -> SourceSample:
@@ -142,6 +143,7 @@ def sample_source(agent: Agent, frames: int, seconds: float) -> SourceSample:
         started = time.monotonic()
         try:
             sample.info = src.open()
+            sample.fps_from = src.fps_from
             opened = time.monotonic()
             sample.open_s = opened - started
             nominal = 1.0 / sample.info.fps if sample.info.fps else 1 / 30
@@ -242,6 +244,8 @@ def check_source(cfg: Config, sample: SourceSample, seconds: float) -> Result:
     data["fps"] = None if fps is None else round(fps, 2)
     if sample.live:
         rate = f"{fps:.1f} fps measured over {sample.count} frames" if fps else f"{sample.count} frame(s), rate unknown"
+        if sample.fps_from in ("sps", "config", "measured", "assumed"):
+            rate += f" (no timestamps in the stream: stamped at {info.fps:g} fps from {sample.fps_from})"
     else:
         span = max(sample.media_t) - min(sample.media_t)
         speed = span / sample.read_s if sample.read_s > 0 else 0.0
@@ -267,15 +271,9 @@ def check_source(cfg: Config, sample: SourceSample, seconds: float) -> Result:
 
 
 def _measured_fps(sample: SourceSample) -> float | None:
-    """Live: packets per second of arrival after the probing burst. Files: the recorded rate."""
-    if sample.live:
-        nominal = 1.0 / sample.info.fps if sample.info.fps else 1 / 30
-        arr = sample.arrivals
-        start = next((i for i in range(1, len(arr)) if arr[i] - arr[i - 1] >= BURST_GAP_FRACTION * nominal), None)
-        if start is None or len(arr) - start < 2 or arr[-1] <= arr[start]:
-            return None
-        return (len(arr) - 1 - start) / (arr[-1] - arr[start])
-    if sample.info.fps:  # a file's rate is what it was recorded at
+    """Frames per second of capture time, from the source's stamps (a bursty pipe's arrival times say
+    nothing about the camera). Files: the recorded rate."""
+    if not sample.live and sample.info.fps:  # a file's rate is what it was recorded at
         return float(sample.info.fps)
     t = sorted(sample.media_t)  # decode order is not presentation order when there are B-frames
     return (len(t) - 1) / (t[-1] - t[0]) if len(t) >= 2 and t[-1] > t[0] else None

@@ -51,10 +51,15 @@ class _Model(BaseModel):
 
 
 class ClipInfo(_Model):
-    start_at: str | None = None
-    end_at: str | None = None
-    duration_s: float | None = None
-    frames: int | None = None
+    start_at: str | None = Field(None, description="Wall-clock time of the first frame shown.")
+    end_at: str | None = Field(None, description="start_at + duration_s: the end of the last frame shown.")
+    duration_s: float | None = Field(None, description="Presented duration: pre-roll + post-roll unless truncated.")
+    frames: int | None = Field(None, description="Frames shown (an MP4 edit list hides the lead-in).")
+    lead_in_s: float | None = Field(None, description=(
+        "Seconds of video before start_at kept in the file, hidden by its edit list: the clip starts on a "
+        "keyframe, so nothing is re-encoded."))
+    truncated: str | None = Field(None, description=(
+        "Why the clip shows less than pre-roll + post-roll: start_of_video, ring, shutdown, source_restart."))
     fps: float | None = None
     width: int | None = None
     height: int | None = None

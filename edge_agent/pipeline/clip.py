@@ -2,9 +2,12 @@
 
 H.264 in and no resize or re-timing asked: remux (copy packets, ~ms). Otherwise decode
 and encode with the first encoder of `clip.encoders` that opens on this device. Either
-way the clip starts on a keyframe, its timestamps are rebased to zero, it carries
-`+faststart` (moov first, so a server can read it while it streams), and it is opened
-again and decoded (keyframes) before anyone is told it exists.
+way the clip shows exactly the recording's [start_t, end_t): a remuxed file still starts
+on the keyframe at or before start_t (nothing is re-encoded), but that lead-in gets
+negative timestamps, which FFmpeg's MP4 muxer turns into an edit list that players and
+decoders honour, so the presented video begins at start_t. It carries `+faststart` (moov
+first, so a server can read it while it streams), and it is opened again and decoded
+(keyframes) before anyone is told it exists.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import av
 
+from edge_agent.capture import encoders as enc
 from edge_agent.capture.media import Packet, StreamInfo, open_decoder, to_av_packet
 from edge_agent.config import ClipConfig
 from edge_agent.delivery import contract
@@ -54,11 +58,17 @@ class ClipMaker:
         if not packets:
             raise ClipError("no decodable video in the recording (no keyframe)")
         info = packets[0].stream
+        # the presented start: the wanted one, or the first frame there is when the video began later
+        start_t = max(rec.start_t, packets[0].t)
+        shown = [p for p in packets if p.t >= start_t]
+        if not shown:
+            raise ClipError("no frame in the clip's time range")
+        first = min(shown, key=lambda p: p.t)
         remux = info.remuxable and not self.cfg.reencode
         encoder: str | None = None
         if remux:
             try:
-                self._remux(packets, info, out_path)
+                self._remux(packets, info, out_path, first.pts)
                 clip = validate(out_path)
             except (av.error.FFmpegError, ClipError) as exc:
                 # a resolution change or a timestamp jump inside the recording: copying packets cannot
@@ -68,35 +78,40 @@ class ClipMaker:
                 remux = False
         if not remux:
             try:
-                encoder = self._encode(packets, info, out_path)
+                encoder = self._encode(packets, info, out_path, first.t)
             except av.error.FFmpegError as exc:
                 out_path.unlink(missing_ok=True)
                 raise ClipError(f"encode failed: {exc}") from exc
             clip = validate(out_path)
-        clip.start_at = contract.rfc3339(packets[0].wall)
-        clip.end_at = contract.rfc3339(packets[0].wall + (clip.duration_s or 0.0))
+        clip.start_at = contract.rfc3339(first.wall)
+        clip.end_at = contract.rfc3339(first.wall + (clip.duration_s or 0.0))
+        clip.lead_in_s = round(first.t - packets[0].t, 3) if remux else 0.0
+        clip.truncated = rec.truncated
         return ClipResult(clip, out_path, remux, encoder)
 
     # --- remux --------------------------------------------------------------------------------
 
-    def _remux(self, packets: list[Packet], info: StreamInfo, out_path: Path) -> None:
-        offset = packets[0].pts
+    def _remux(self, packets: list[Packet], info: StreamInfo, out_path: Path, shown_pts: int) -> None:
+        """Packets copied as they are; the lead-in before `shown_pts` gets negative timestamps, which the
+        MP4 muxer hides behind an edit list."""
+        frame = round(1 / info.fps / info.time_base) if info.fps else 0
         with av.open(str(out_path), "w", format="mp4", options={"movflags": "+faststart"}) as out:
             stream = out.add_stream_from_template(info.template)
+            stream.time_base = info.time_base  # the packets' own: no rounding of their timestamps
             for p in packets:
                 pkt = to_av_packet(p, info.time_base)
-                pkt.pts = p.pts - offset
-                pkt.dts = (p.dts if p.dts is not None else p.pts) - offset
+                pkt.pts = p.pts - shown_pts
+                pkt.dts = (p.dts if p.dts is not None else p.pts) - shown_pts
+                pkt.duration = frame  # the last frame's duration: it completes the presented length
                 pkt.stream = stream
                 out.mux(pkt)
 
     # --- encode -------------------------------------------------------------------------------
 
-    def _encode(self, packets: list[Packet], info: StreamInfo, out_path: Path) -> str:
+    def _encode(self, packets: list[Packet], info: StreamInfo, out_path: Path, t0: float) -> str:
         decoder = open_decoder(info)
         width, height = self._size(info)
         fps = self.cfg.fps or info.fps or 30.0
-        t0 = packets[0].t
         min_step = 1.0 / self.cfg.fps if self.cfg.fps else 0.0
         # decode on capture times, not the stream's own timestamps: those may jump or repeat (a camera
         # that restarted its clock), which is why a recording comes here instead of being remuxed
@@ -104,6 +119,8 @@ class ClipMaker:
         times = {p.pts: p.t for p in packets}
         errors: list[str] = []
         for name in self.cfg.encoders:
+            if not enc.usable(name):
+                continue
             with self._lock:
                 if name in self._broken_encoders:
                     continue
@@ -131,7 +148,8 @@ class ClipMaker:
                     self._broken_encoders.add(name)
                 log.warning("encoder unavailable encoder=%s error=%s (trying the next in clip.encoders)", name, exc)
                 decoder = open_decoder(info)
-        raise ClipError("no H.264 encoder in clip.encoders could be opened: " + "; ".join(errors))
+        raise ClipError("no H.264 encoder in clip.encoders could be opened: "
+                        + ("; ".join(errors) or "none of them exists in this build"))
 
     def _open_encoder(self, out: av.container.OutputContainer, name: str, width: int, height: int,
                       fps: float) -> av.video.stream.VideoStream:
@@ -140,12 +158,7 @@ class ClipMaker:
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.time_base = _OUT_TIME_BASE
         cc = stream.codec_context
-        cc.gop_size = max(1, round(fps))  # a keyframe every second: clips cut from clips stay tight
-        if name == "libx264":
-            cc.options = {"preset": self.cfg.preset, "crf": str(self.cfg.crf), "tune": "zerolatency"}
-        else:
-            # hardware encoders take a bitrate, not a CRF: ~0.1 bit per pixel per frame is H.264's sweet spot
-            cc.bit_rate = int(width * height * fps * 0.1)
+        enc.configure(cc, name, width, height, fps, preset=self.cfg.preset, crf=self.cfg.crf)
         cc.open()  # fail here, before any frame, if the device is absent
         return stream
 
@@ -188,25 +201,27 @@ def sha256_file(path: Path) -> str:
 
 def validate(path: Path) -> contract.ClipInfo:
     """Open the written clip like a receiver would: an H.264 stream, keyframes that decode,
-    strictly increasing presentation times, a sane duration. Raises ClipError otherwise."""
+    strictly increasing presentation times, a sane duration. Raises ClipError otherwise.
+
+    Frames, duration and rate are those presented (the edit list's lead-in left out), as players
+    and FFmpeg-based readers see them; the keyframes are decoded with the edit list ignored, since
+    a decoder drops the output of the lead-in (which may hold the clip's only keyframe)."""
     try:
         with av.open(str(path)) as c:
             if not c.streams.video:
                 raise ClipError("clip has no video stream")
             v = c.streams.video[0]
             codec, width, height, tb = v.codec_context.name, v.codec_context.width, v.codec_context.height, v.time_base
-            # one pass: every timestamp, and every keyframe decoded (the others skipped). A decode left
-            # unfinished leaks the decoder's pending buffers (measured ~6 kB a clip, ~100 kB on a loaded
-            # machine), so the decoder is always drained to its end.
+            pts = sorted(p.pts for p in c.demux(v) if p.size and p.pts is not None and not p.is_discard)
+        with av.open(str(path), options={"ignore_editlist": "1"}) as c:
+            v = c.streams.video[0]
+            # every keyframe decoded (the others skipped). A decode left unfinished leaks the decoder's
+            # pending buffers (measured ~6 kB a clip, ~100 kB on a loaded machine), so it is drained to its end.
             cc = v.codec_context
             cc.skip_frame = "NONKEY"
-            pts: list[int] = []
             keyframes = 0
             for pkt in c.demux(v):
-                if pkt.size and pkt.pts is not None:
-                    pts.append(pkt.pts)
                 keyframes += len(cc.decode(pkt))
-            pts.sort()
     except av.error.FFmpegError as exc:
         raise ClipError(f"clip does not decode: {exc}") from exc
     if codec != "h264":

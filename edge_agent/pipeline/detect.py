@@ -56,7 +56,7 @@ class DetectStage:
         self.detector = Detector(cfg.detector)
         self.validator = CidValidator(cfg.detector.cid_pattern, cfg.detector.cid_max_length)
         self.tracker = EventTracker(cfg.detector.cooldown_s, cfg.clip.pre_roll_s, cfg.clip.post_roll_s,
-                                    cfg.clip.max_s)
+                                    cfg.clip.max_s, cfg.clip.extend_while_in_view)
         self._pending: Config | None = None
         self._lock = threading.Lock()
         self._rejected_last: OrderedDict[bytes, float] = OrderedDict()
@@ -80,7 +80,8 @@ class DetectStage:
                 log.error("reload: detector not changed: %s", exc)
                 new = new.model_copy(update={"detector": old.detector})
             self.validator = CidValidator(new.detector.cid_pattern, new.detector.cid_max_length)
-        self.tracker.configure(new.detector.cooldown_s, new.clip.pre_roll_s, new.clip.post_roll_s, new.clip.max_s)
+        self.tracker.configure(new.detector.cooldown_s, new.clip.pre_roll_s, new.clip.post_roll_s, new.clip.max_s,
+                               new.clip.extend_while_in_view)
         self.noreads.configure(new)
         self.cfg = new
         self._apply_config(new)
@@ -141,9 +142,10 @@ class DetectStage:
         if len(self._rejected_last) > MAX_REJECTED_REMEMBERED:
             self._rejected_last.clear()
 
-    def finish(self, flush_ring: bool) -> None:
-        """Every detection has opened its recording: now the end of the video may close them."""
+    def finish(self, flush_ring: bool, stopping: bool) -> None:
+        """Every detection has opened its recording: now the end of the video (or a stop) may close them;
+        the metadata of a clip cut short says which."""
         self.noreads.flush()
         if flush_ring:
-            self.ring.flush()
+            self.ring.flush("shutdown" if stopping else "end_of_video")
 

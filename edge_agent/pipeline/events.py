@@ -1,9 +1,9 @@
 """From detections to events: one clip per passing product, not one per frame.
 
-A CID seen again within `cooldown_s` of its last sighting belongs to the same event:
-while that event's clip is still recording, its post-roll is pushed back (never past
-`max_s` from the clip's start); once the clip is cut, further sightings are counted and
-suppressed. Different CIDs are independent events that share the ring.
+A CID seen again within `cooldown_s` of its last sighting belongs to the same event: it is
+counted and suppressed, and the clip keeps its exact pre-roll + post-roll. Only with
+`extend` (clip.extend_while_in_view) does a sighting while the clip still records push its
+post-roll back (never past `max_s` from the clip's start). Different CIDs are independent events that share the ring.
 Pure logic on capture times, so it is tested without video.
 """
 
@@ -33,7 +33,7 @@ class Event:
     cid: str
     first: Detection
     start_t: float  # wanted clip start: first sighting - pre-roll
-    end_t: float  # clip end: last sighting + post-roll, capped
+    end_t: float  # clip end: first sighting + post-roll (extended: last sighting + post-roll, capped)
     last_t: float
     hits: int = 1
     closed: bool = False  # its recording is cut: later sightings are suppressed
@@ -61,23 +61,26 @@ class EventTracker:
     """Not thread-safe: owned by the detector thread; `close()` may be called from the
     recording callback only through the pipeline, which serialises it."""
 
-    def __init__(self, cooldown_s: float, pre_roll_s: float, post_roll_s: float, max_s: float):
-        self.configure(cooldown_s, pre_roll_s, post_roll_s, max_s)
+    def __init__(self, cooldown_s: float, pre_roll_s: float, post_roll_s: float, max_s: float,
+                 extend: bool = False):
+        self.configure(cooldown_s, pre_roll_s, post_roll_s, max_s, extend)
         self._by_cid: dict[str, Event] = {}
 
-    def configure(self, cooldown_s: float, pre_roll_s: float, post_roll_s: float, max_s: float) -> None:
+    def configure(self, cooldown_s: float, pre_roll_s: float, post_roll_s: float, max_s: float,
+                  extend: bool = False) -> None:
         """Live reload: applies to events opened or extended from now on."""
         self.cooldown_s = cooldown_s
         self.pre_roll_s = pre_roll_s
         self.post_roll_s = post_roll_s
         self.max_s = max_s
+        self.extend = extend
 
     def observe(self, cid: str, det: Detection) -> tuple[Action, Event]:
         ev = self._by_cid.get(cid)
         if ev is not None and det.t - ev.last_t <= self.cooldown_s:
             ev.last_t = max(ev.last_t, det.t)
             ev.hits += 1
-            if ev.closed:
+            if ev.closed or not self.extend:
                 return Action.SUPPRESSED, ev
             new_end = min(det.t + self.post_roll_s, ev.start_t + self.max_s)
             if new_end > ev.end_t:

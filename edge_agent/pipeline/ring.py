@@ -6,9 +6,10 @@ twice: by seconds (pre-roll + post-roll + a margin for detector lag and a GOP) a
 by a hard byte cap, so a camera that floods or stalls can never grow memory.
 
 A detection opens a `Recording`: it copies the ring from the last keyframe at or
-before `t - pre_roll` and then receives every new packet until its end time, which
-later sightings of the same CID may push back. This way a clip may be longer than
-the ring (up to clip.max_s) and the capture thread only appends to lists.
+before `t - pre_roll` (the clip hides that lead-in) and then receives every new packet
+shown before its end time, which later sightings of the same CID may push back when
+clip.extend_while_in_view is on. This way a clip may be longer than the ring (up to
+clip.max_s) and the capture thread only appends to lists.
 """
 
 from __future__ import annotations
@@ -21,22 +22,45 @@ from dataclasses import dataclass, field
 from edge_agent.capture.media import Packet
 from edge_agent.metrics import Metrics
 
+# A recording takes packets this long past its end before it is finished: with B-frames, frames
+# shown just before the end come after a later reference frame in decode order.
+REORDER_S = 0.25
+
+
+def _trim_end(rec: Recording) -> None:
+    """Drop the trailing packets no frame before `end_t` needs: those after the last one shown in
+    time, in decode order (references come before the frames that use them)."""
+    last = next((j for j in range(len(rec.packets) - 1, -1, -1) if rec.packets[j].t < rec.end_t), None)
+    if last is not None:
+        del rec.packets[last + 1:]
+
 
 @dataclass
 class Recording:
-    """Packets for one clip, in decode order, from a keyframe to the first packet past `end_t`."""
+    """Packets for one clip, in decode order, from a keyframe at or before `start_t` up to (not
+    including) the first packet at or past `end_t`: the clip shows [start_t, end_t)."""
 
     key: str
     start_t: float
     end_t: float
     packets: list[Packet] = field(default_factory=list)
     done: bool = False
-    truncated_start: bool = False  # the ring no longer held `start_t`: pre-roll is short
+    truncated_start: bool = False  # the ring did not hold `start_t`: pre-roll is short
+    # why the start is short: "start_of_video" (the video began after start_t), "ring" (evicted)
+    truncated_start_reason: str | None = None
+    truncated_end: str | None = None  # why it ended before end_t: "shutdown", "source_restart", ...
     dropped: str | None = None  # why its video was let go before a clip was made
 
     @property
     def size_bytes(self) -> int:
         return sum(p.size for p in self.packets)
+
+    @property
+    def truncated(self) -> str | None:
+        """What cut the clip short, for its metadata; None when it shows all it should."""
+        if self.truncated_start:
+            return self.truncated_start_reason or "start_of_video"
+        return self.truncated_end
 
 
 class RingBuffer:
@@ -57,6 +81,7 @@ class RingBuffer:
         self._bytes = 0
         self._lock = threading.Lock()
         self._recordings: dict[str, Recording] = {}
+        self._first_t: float | None = None  # the first packet since the last reset: the start of the video
 
     # --- capture side -------------------------------------------------------------------------
 
@@ -64,11 +89,14 @@ class RingBuffer:
         """O(1) amortised; never blocks on anything but the short lock."""
         finished: list[Recording] = []
         with self._lock:
+            if self._first_t is None:
+                self._first_t = pkt.t
             self._packets.append(pkt)
             self._bytes += pkt.size
             for rec in list(self._recordings.values()):
-                if pkt.t > rec.end_t and rec.packets:
+                if pkt.t >= rec.end_t + REORDER_S and rec.packets:
                     rec.done = True
+                    _trim_end(rec)
                     finished.append(rec)
                     del self._recordings[rec.key]
                 else:
@@ -97,22 +125,28 @@ class RingBuffer:
                 return i
         return None
 
-    def flush(self) -> None:
-        """End of stream: finish every open recording with what it has."""
+    def flush(self, reason: str = "shutdown") -> None:
+        """End of stream: finish every open recording with what it has; `reason` goes in the metadata
+        of those cut short."""
         with self._lock:
             recs = list(self._recordings.values())
             self._recordings.clear()
         for rec in recs:
             rec.done = True
             if rec.packets:
+                fps = getattr(rec.packets[-1].stream, "fps", None) or 30.0
+                if max(p.t for p in rec.packets) + 1.5 / fps < rec.end_t:  # a frame or more is missing
+                    rec.truncated_end = reason
+                _trim_end(rec)
                 self._on_finished(rec)
 
     def reset(self) -> None:
         """A new source session: old packets cannot be decoded with the new stream's parameters."""
-        self.flush()
+        self.flush("source_restart")
         with self._lock:
             self._packets.clear()
             self._bytes = 0
+            self._first_t = None
 
     # --- detector side ------------------------------------------------------------------------
 
@@ -126,12 +160,15 @@ class RingBuffer:
             i = next((j for j in range(len(pkts) - 1, -1, -1) if pkts[j].keyframe and pkts[j].t <= start_t), -1)
             if i < 0:
                 i = next((j for j, p in enumerate(pkts) if p.keyframe), len(pkts))
-                rec.truncated_start = True
+                rec.truncated_start = bool(pkts)  # an empty ring: the video has not begun, nothing is lost yet
+                before_video = self._first_t is None or start_t < self._first_t
+                rec.truncated_start_reason = "start_of_video" if before_video else "ring"
             rec.packets = pkts[i:]
-            # detector lag may already have carried the ring past end_t: cut at the first packet past it
-            past = next((j for j, p in enumerate(rec.packets) if j and p.t > end_t), None)
+            # detector lag may already have carried the ring past end_t: finish it now
+            past = next((j for j, p in enumerate(rec.packets) if j and p.t >= end_t + REORDER_S), None)
             if past is not None:
                 rec.packets = rec.packets[:past]
+                _trim_end(rec)
                 rec.done = True
             else:
                 self._recordings[key] = rec

@@ -69,7 +69,8 @@ class Pipeline:
         self.clips = ClipStage(cfg, sink, self.metrics, self._take_event, on_event, lambda: self.decode.live)
         self.capture = CaptureSupervisor(cfg.source, self.metrics, self.failures, self._on_packet,
                                          self._on_session, videos or (),
-                                         cooldown_s=lambda: self.cfg.detector.cooldown_s)
+                                         cooldown_s=lambda: self.cfg.detector.cooldown_s,
+                                         encoders=lambda: self.cfg.clip.encoders)
         self.ready = self.capture.ready
         self._threads = [
             StageThread("capture", self.capture.run, self.decode.end, self.failures),
@@ -166,5 +167,6 @@ class Pipeline:
         self.cfg = new
 
     def _detect_done(self) -> None:
-        self.detect.finish(flush_ring=not self.capture.status().live or self.capture.stopping)
+        stopping = self.capture.stopping
+        self.detect.finish(flush_ring=not self.capture.status().live or stopping, stopping=stopping)
         self.clips.end()

@@ -1,0 +1,162 @@
+"""Capture times for streams that carry none (raw H.264 or MJPEG on a pipe).
+
+A camera tool writing an elementary stream to a pipe gives frames but no timestamps, and the
+pipe may hand them over in bursts (a loaded Pi, a buffered pipe: ten frames every 333 ms).
+Stamping a frame when it arrives then gives clips whose frames are 0 ms apart and then 333 ms
+apart. The camera itself runs at a steady rate, so `FrameClock` stamps frame n at
+`n / fps + phase`: the phase follows the earliest arrivals (the frames that waited least in
+the pipe) over the last couple of seconds, slewed by at most a tenth of a frame per frame,
+so spacing stays within 10% of nominal and the clock never jumps. A pause far longer than
+the usual burst (the camera stopped, frames lost) re-anchors to arrival instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from fractions import Fraction
+
+# Frame rates cameras use; a measured rate this close to one of them is taken as that one.
+_COMMON_FPS = (5.0, 7.5, 10.0, 12.0, 12.5, 15.0, 20.0, 23.976, 24.0, 25.0, 29.97, 30.0, 48.0, 50.0, 59.94,
+               60.0, 90.0, 100.0, 120.0)
+_SNAP = 0.03  # relative distance to a common rate
+_SAME_READ_S = 0.005  # arrivals closer than this came out of one read of the pipe
+# When a live source's PTS drifts this far from the arrival clock (camera reboot, RTP
+# wrap), re-anchor to arrival: detection times must stay on the capture clock.
+_REANCHOR_S = 1.0
+
+
+class PtsClock:
+    """Maps a stream's own PTS to capture seconds `t` (for streams that carry real timestamps).
+
+    Files: `t` is media time from the first PTS, so replay is reproducible at any speed.
+    Live sources: `t` follows PTS (smooth, immune to network bursts) but is anchored to
+    the monotonic clock and re-anchored on jumps, so the ring's seconds are real seconds.
+    """
+
+    def __init__(self, time_base: Fraction, live: bool, t_offset: float = 0.0, mono0: float | None = None):
+        self.time_base = time_base
+        self.live = live
+        self.t_offset = t_offset
+        self.mono0 = time.monotonic() if mono0 is None else mono0
+        self._anchor_pts: int | None = None
+        self._anchor_t = 0.0
+        self.last_t = t_offset
+
+    def stamp(self, pts: int | None, arrival: float) -> float:
+        """`arrival`: seconds on the session clock (monotonic - mono0 + t_offset)."""
+        if pts is None:
+            t = arrival if self.live else self.last_t
+        else:
+            if self._anchor_pts is None:
+                self._anchor_pts, self._anchor_t = pts, (arrival if self.live else self.t_offset)
+            t = self._anchor_t + float((pts - self._anchor_pts) * self.time_base)
+            if self.live and abs(t - arrival) > _REANCHOR_S:
+                self._anchor_pts, self._anchor_t, t = pts, arrival, arrival
+        self.last_t = max(self.last_t, t)
+        return t
+
+
+class FrameClock:
+    """Not thread-safe: one per source session, called by the reading thread.
+
+    `window_s` is how far back the earliest arrival is looked for (longer than any regular burst
+    period); `slew` bounds the correction per frame as a fraction of the frame time; `gap_frames`
+    is how many frames of silence beyond the usual burst spread count as a real gap.
+    """
+
+    def __init__(self, fps: float, *, window_s: float = 2.0, slew: float = 0.1, gap_frames: float = 5.0):
+        if fps <= 0:
+            raise ValueError("fps must be positive")
+        self.frame_s = 1.0 / fps
+        self.window_s = window_s
+        self.slew = slew
+        self.gap_frames = gap_frames
+        self.n = 0  # frames stamped since the anchor
+        self.phase: float | None = None  # stamp of frame n is n * frame_s + phase
+        self.reanchors = 0
+        self._window: deque[tuple[float, float]] = deque()  # (arrival, arrival - n * frame_s), minimum kept
+        self._spread = 0.0  # recent max - min of arrival phases: how bursty the pipe is
+        self.last_t: float | None = None
+
+    def stamp(self, arrival: float) -> float:
+        """The capture time of the next frame, which arrived at `arrival` (seconds, monotonic)."""
+        if self.phase is None:
+            return self._anchor(arrival)
+        n = self.n + 1
+        observed = arrival - n * self.frame_s
+        expected = self.phase  # where the frame would land without correction
+        if observed - expected > self.gap_frames * self.frame_s + self._spread:
+            self.reanchors += 1
+            return self._anchor(arrival)
+        while self._window and self._window[0][0] < arrival - self.window_s:
+            self._window.popleft()
+        # a sliding minimum: older entries that are not lower can never be the minimum again
+        while self._window and self._window[-1][1] >= observed:
+            self._window.pop()
+        self._window.append((arrival, observed))
+        target = self._window[0][1]
+        self._spread = max(self._spread * 0.995, observed - target)
+        step = self.slew * self.frame_s
+        self.phase = expected + max(-step, min(step, target - expected))
+        self.n = n
+        t = n * self.frame_s + self.phase
+        self.last_t = t
+        return t
+
+    def prime(self, arrivals: list[float], floor: float | None = None) -> list[float]:
+        """Stamps for the first frames, read ahead before any was handed on: the phase is then the
+        earliest arrival over all of them at once, so the frames FFmpeg buffered while probing the
+        stream (captured before they came out together) are stamped back in their own time, and the
+        clock starts where it will stay instead of slewing there. `floor`: no stamp earlier."""
+        if not arrivals:
+            return []
+        phases = [a - j * self.frame_s for j, a in enumerate(arrivals)]
+        self.phase = min(phases) if floor is None else max(min(phases), floor)
+        self._spread = max(phases) - min(phases)
+        self.n = len(arrivals) - 1
+        self._window.clear()
+        for a, ph in zip(arrivals, phases, strict=True):
+            while self._window and self._window[-1][1] >= ph:
+                self._window.pop()
+            self._window.append((a, ph))
+        stamps = [j * self.frame_s + self.phase for j in range(len(arrivals))]
+        self.last_t = stamps[-1]
+        return stamps
+
+    def _anchor(self, arrival: float) -> float:
+        self.n = 0
+        self.phase = arrival
+        self._window.clear()
+        self._window.append((arrival, arrival))
+        if self.last_t is not None and arrival <= self.last_t:
+            arrival = self.phase = self.last_t + self.frame_s  # stamps never go back
+        self.last_t = arrival
+        return arrival
+
+
+def measure_fps(arrivals: list[float]) -> float | None:
+    """Frames per second from arrival times, robust to bursts: frames that arrive together are
+    one read of the pipe, and the frames of each read were captured since the read before.
+    So the rate is the frames after the first read up to the last complete one, over the time
+    between those reads. None when fewer than three reads were seen."""
+    reads: list[tuple[float, int]] = []  # (arrival of the read, frames in it)
+    for a in arrivals:
+        if reads and a - reads[-1][0] < _SAME_READ_S:
+            reads[-1] = (reads[-1][0], reads[-1][1] + 1)
+        else:
+            reads.append((a, 1))
+    if len(reads) < 3:
+        return None
+    # the last read may still be incomplete (more of it was on its way): leave it out
+    complete = reads[:-1]
+    span = complete[-1][0] - complete[0][0]
+    if span <= 0:
+        return None
+    return snap_fps(sum(k for _, k in complete[1:]) / span)
+
+
+def snap_fps(fps: float) -> float:
+    """A measured rate within 3% of a common camera rate becomes that rate."""
+    best = min(_COMMON_FPS, key=lambda r: abs(r - fps) / r)
+    return best if abs(best - fps) / best <= _SNAP else round(fps, 3)

@@ -1,0 +1,73 @@
+"""A stand-in for a loaded Raspberry Pi: raw H.264 (Annex-B, no timestamps) on stdout, in bursts.
+
+    python tests/bursty_h264.py VIDEO [--burst 10] [--fps 30] [--seconds S] [--loop]
+
+Frames are held back and written `--burst` at a time, so the pipe delivers 30 fps on average
+but nothing for 333 ms and then ten frames at once: what rpicam-vid does when the reader or
+the pipe buffer is slow. `--burst 1` writes each frame on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import av
+
+
+def annexb_frames(video: str) -> list[bytes]:
+    """The file's H.264 packets as Annex-B with parameter sets before each keyframe, in decode order."""
+    with av.open(video) as src:
+        ins = src.streams.video[0]
+        bsf = av.bitstream.BitStreamFilterContext("h264_mp4toannexb", ins)
+        out = []
+        for pkt in src.demux(ins):
+            for p in bsf.filter(pkt if pkt.size else None):
+                out.append(bytes(p))
+        return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("video")
+    ap.add_argument("--burst", type=int, default=10)
+    ap.add_argument("--fps", type=float, default=30.0)
+    ap.add_argument("--seconds", type=float, default=0.0, help="stop after this much video (0: the file once)")
+    ap.add_argument("--loop", action="store_true")
+    args = ap.parse_args()
+    frames = annexb_frames(args.video)
+    out = sys.stdout.buffer
+    start = time.monotonic()
+    n = 0
+    pending: list[bytes] = []
+    try:
+        while True:
+            for data in frames:
+                if args.seconds and n >= args.seconds * args.fps:
+                    return
+                pending.append(data)
+                n += 1
+                if len(pending) >= args.burst:
+                    # the burst goes out when its last frame has been captured
+                    delay = start + n / args.fps - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    out.write(b"".join(pending))
+                    out.flush()
+                    pending = []
+            if not (args.loop or args.seconds):
+                break
+    except (BrokenPipeError, OSError):
+        return
+    finally:
+        try:
+            if pending:
+                out.write(b"".join(pending))
+            out.flush()
+        except (BrokenPipeError, OSError):
+            pass
+
+
+if __name__ == "__main__":
+    main()

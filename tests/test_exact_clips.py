@@ -1,0 +1,96 @@
+"""With no clip settings a label passing the camera gives a clip of exactly pre-roll + post-roll
+(5.0 s, 150 frames at 30 fps), remuxed, whatever the keyframe interval: the file starts on the
+keyframe before the wanted start and an MP4 edit list hides that lead-in. Checked the way
+receivers read clips: PyAV, ffprobe (when installed), OpenCV."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import cv2
+import pytest
+
+from edge_agent import const
+from tests.media_factory import make_video
+
+FPS = 30
+WANT_S = const.PRE_ROLL_S + const.POST_ROLL_S
+WANT_FRAMES = round(WANT_S * FPS)
+
+
+def replay(video: Path, cwd: Path) -> list[dict]:
+    """`edge-agent replay` with no config at all: clips land in ./clips with their metadata."""
+    res = subprocess.run([sys.executable, "-m", "edge_agent.cli", "replay", str(video)], cwd=cwd,
+                         capture_output=True, text=True, timeout=300, check=False,
+                         env={**os.environ, "XDG_STATE_HOME": str(cwd / "state")})
+    assert res.returncode == 0, res.stderr[-3000:]
+    return [json.loads(p.read_text()) for p in sorted((cwd / "clips").glob("*.json"))]
+
+
+def ffprobe(path: Path) -> dict:
+    out = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+                          "stream=nb_read_frames,duration:format=duration", "-of", "json", str(path)],
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+    return json.loads(out)
+
+
+@pytest.mark.parametrize("gop", [30, 120], ids=["keyframe-1s", "keyframe-4s"])
+def test_a_label_passing_gives_exactly_five_seconds(gop: int, tmp_path: Path) -> None:
+    # a 1080p30 conveyor; the label is in view 4.2 s .. 7.2 s, so re-detection goes on for 3 s
+    video = make_video(tmp_path / "conveyor.mp4", seconds=12, fps=FPS, size=(1920, 1080), gop=gop, scale=8,
+                       codes=[("CID-EXACT-1", 4.2, 7.2)])
+    (meta,) = replay(video, tmp_path)
+    clip = tmp_path / "clips" / f"{meta['event_id']}.mp4"
+    info = meta["clip"]
+    assert meta["detection"]["hits"] > 1  # seen again while in view, and still one clip of 5 s
+    assert abs(info["duration_s"] - WANT_S) <= 0.05 and abs(info["frames"] - WANT_FRAMES) <= 1, info
+    assert 0 <= info["lead_in_s"] < gop / FPS and "truncated" not in info
+
+    with av.open(str(clip)) as c:  # PyAV: decoded frames and the stream's presented duration
+        v = c.streams.video[0]
+        frames = sum(1 for _ in c.decode(v))
+        duration = float(v.duration * v.time_base)
+    with av.open(str(clip)) as c:
+        v = c.streams.video[0]
+        packets = [p for p in c.demux(v) if p.size]
+    assert packets[0].is_keyframe  # remuxed: it starts on the camera's own keyframe
+    hidden = sum(p.is_discard for p in packets)
+    assert abs(hidden / FPS - info["lead_in_s"]) <= 1 / FPS  # the lead-in is in the file, hidden
+    assert abs(frames - WANT_FRAMES) <= 1 and frames == info["frames"]
+    assert abs(duration - WANT_S) <= 0.05
+
+    cap = cv2.VideoCapture(str(clip))  # OpenCV reads what is presented
+    read = 0
+    while cap.read()[0]:
+        read += 1
+    # CAP_PROP_FRAME_COUNT is the MP4 sample count, which includes the hidden lead-in
+    counted = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+    cap.release()
+    assert read == frames
+    assert counted == frames + hidden
+
+    if shutil.which("ffprobe"):
+        probe = ffprobe(clip)
+        assert int(probe["streams"][0]["nb_read_frames"]) == frames
+        assert abs(float(probe["streams"][0]["duration"]) - WANT_S) <= 0.05
+        assert abs(float(probe["format"]["duration"]) - WANT_S) <= 0.05
+
+
+def test_extension_while_in_view_is_opt_in(tmp_path: Path) -> None:
+    video = make_video(tmp_path / "conveyor.mp4", seconds=12, fps=FPS, size=(640, 360), gop=30,
+                       codes=[("CID-EXTEND-1", 4.2, 7.2)])
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"clip:\n  extend_while_in_view: true\nspool:\n  dir: {tmp_path / 'spool'}\n", encoding="utf-8")
+    res = subprocess.run([sys.executable, "-m", "edge_agent.cli", "replay", "--config", str(cfg), "--report",
+                          str(tmp_path / "report.json"), str(video)], capture_output=True, text=True, timeout=300,
+                         check=False, env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")})
+    assert res.returncode == 0, res.stderr[-3000:]
+    (event,) = json.loads((tmp_path / "report.json").read_text())["events"]
+    # in view 3 s: the clip runs from 2.5 s before the first sighting to 2.5 s after the last
+    assert 7.5 <= event["clip"]["duration_s"] <= 8.1, event["clip"]

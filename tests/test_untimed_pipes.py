@@ -1,0 +1,110 @@
+"""Pipe cameras as they really behave. Raw H.264 from rpicam-vid carries no timestamps and a loaded
+Pi hands it over in bursts (ten frames every 333 ms): clips must still show the camera's 30 fps,
+frame after frame 33.3 ms apart. A camera tool that muxes its own timestamps (MPEG-TS) gives the
+same. A raw YUYV camera is encoded to H.264 on arrival: clips are remuxed and the daemon runs on."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import pytest
+
+from edge_agent.config import parse_config
+from edge_agent.delivery.sinks import FolderSink
+from edge_agent.pipeline.wiring import EventRecord, Pipeline
+from tests.media_factory import make_video
+
+ROOT = Path(__file__).resolve().parent.parent
+CIDS = ["CID-PIPE-A", "CID-PIPE-B"]
+
+
+@pytest.fixture(scope="module")
+def conveyor(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two labels, each in view 1.5 s, far enough apart for full 5 s clips; a keyframe every second."""
+    return make_video(tmp_path_factory.mktemp("media") / "conveyor.mp4", seconds=10, fps=30, size=(640, 360),
+                      gop=30, codes=[(CIDS[0], 3.0, 4.5), (CIDS[1], 6.5, 8.0)])
+
+
+def run_pipeline(command: str, tmp_path: Path, extra: str = "", clips: int = 2,
+                 timeout: float = 60) -> tuple[list[EventRecord], Pipeline]:
+    cfg = parse_config(f"source:\n  kind: pipe\n  command: {command}\n{extra}", env={})
+    heard: list[EventRecord] = []
+    pipeline = Pipeline(cfg, FolderSink(tmp_path / "clips"), on_event=heard.append)
+    pipeline.start()
+    deadline = time.monotonic() + timeout
+    while len(heard) < clips and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pipeline.stop(10)
+    return heard, pipeline
+
+
+def spacing_ms(clip: Path) -> list[float]:
+    with av.open(str(clip)) as c:
+        v = c.streams.video[0]
+        pts = sorted(p.pts for p in c.demux(v) if p.size and not p.is_discard)
+        return [float((b - a) * v.time_base) * 1000 for a, b in zip(pts, pts[1:], strict=False)]
+
+
+def assert_steady_30fps(events: list[EventRecord], tmp_path: Path, median_ms: float = 0.1) -> None:
+    assert {e.cid for e in events} >= set(CIDS), events
+    for e in events:
+        assert e.clip and not e.clip_error, e
+        gaps = spacing_ms(tmp_path / "clips" / f"{e.event_id}.mp4")
+        assert statistics.median(gaps) == pytest.approx(1000 / 30, abs=median_ms), (e.cid, gaps)
+        assert min(gaps) >= 20 and max(gaps) <= 50, (e.cid, min(gaps), max(gaps))
+
+
+@pytest.mark.parametrize("burst", [10, 1], ids=["bursty", "steady"])
+def test_raw_h264_pipe_clips_keep_the_cameras_frame_rate(burst: int, conveyor: Path, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    cmd = f"{sys.executable} {ROOT / 'tests' / 'bursty_h264.py'} {conveyor} --loop --burst {burst}"
+    events, _ = run_pipeline(cmd, tmp_path, "  input_format: h264\n")
+    assert_steady_30fps(events, tmp_path)
+    assert any("source open" in r.message and "fps=30.00" in r.message for r in caplog.records)
+
+
+def test_a_camera_that_muxes_its_own_timestamps_gives_the_same_clips(conveyor: Path, tmp_path: Path) -> None:
+    """rpicam-vid --codec libav --libav-format mpegts, or GStreamer's mpegtsmux: timestamps from the camera."""
+    cmd = f"{sys.executable} {ROOT / 'tests' / 'stream_sample.py'} {conveyor} --loop"
+    events, _ = run_pipeline(cmd, tmp_path)
+    assert_steady_30fps(events, tmp_path)
+
+
+def test_raw_yuyv_camera_is_encoded_on_arrival_and_clips_are_remuxed(conveyor: Path, tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    cmd = f"{sys.executable} {ROOT / 'tests' / 'stream_raw.py'} {conveyor} --loop --pix-fmt yuyv422"
+    events, pipeline = run_pipeline(cmd, tmp_path)
+    assert_steady_30fps(events, tmp_path, median_ms=1.0)  # Matroska's timestamps are whole milliseconds
+    ready = [r.message for r in caplog.records if r.message.startswith("clip ready")]
+    assert ready and all(" remux " in m for m in ready), ready
+    assert any("raw video encoded on arrival encoder=libx264" in r.message for r in caplog.records)
+    assert pipeline.ring.bytes < 16 << 20  # compressed: a raw ring would be full (64 MiB) in 3 s
+
+
+def test_run_keeps_going_on_a_raw_yuyv_camera(conveyor: Path, tmp_path: Path) -> None:
+    """The daemon on a raw camera for 20 s: it must not exit, and its clips are made."""
+    cmd = f"{sys.executable} {ROOT / 'tests' / 'stream_raw.py'} {conveyor} --loop --pix-fmt yuyv422"
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"source:\n  kind: pipe\n  command: {cmd}\nspool:\n  dir: {tmp_path / 'spool'}\n"
+                   "  min_free_bytes: 0\n", encoding="utf-8")
+    log = (tmp_path / "run.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(cfg)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    text = (tmp_path / "run.log").read_text()
+    assert text.count("clip ready") >= 2 and "Traceback" not in text, text[-3000:]
