@@ -71,15 +71,32 @@ def test_replay_of_a_missing_file_is_66_and_of_garbage_is_65(tmp_path: Path) -> 
 
 def test_a_stage_that_dies_ends_run_with_70_not_0(tmp_path: Path) -> None:
     """A stage thread dying used to leave `run` exiting 0 (or running headless); now the process ends
-    with 70 within seconds, so systemd restarts it. A raw-video file source trips the capture stage."""
-    cfg = write(tmp_path / "c.yaml", f"source:\n  kind: file\n  path: {raw_video(tmp_path / 'raw.nut')}\n"
-                f"  loop: true\nspool:\n  dir: {tmp_path / 'spool'}\n")
+    with 70 within seconds, so systemd restarts it. The test plants a bug in the decode stage of a
+    real `edge-agent run` process (a live, looping source, so nothing else would end it)."""
+    cfg = write(tmp_path / "c.yaml", f"source:\n  kind: pipe\n  command: {CAMERA}\n"
+                f"spool:\n  dir: {tmp_path / 'spool'}\n")
+    planted = (
+        "import sys\n"
+        "from edge_agent.pipeline import decode\n"
+        "def broken(self):\n"
+        "    self.inbox.get()\n"
+        "    raise RuntimeError('planted bug')\n"
+        "decode.DecodeStage.run = broken\n"
+        "from edge_agent.cli import main\n"
+        f"sys.exit(main(['run', '--config', {str(cfg)!r}]))\n")
     started = time.monotonic()
-    res = cli("run", "--config", str(cfg), timeout=30)
-    if res.returncode == 0:
-        pytest.skip("raw video is captured now: this source no longer makes a stage die")
+    res = subprocess.run([sys.executable, "-c", planted], capture_output=True, text=True, timeout=60, check=False)
     assert res.returncode == const.EXIT_SOFTWARE, res.stderr
-    assert "the capture stage failed" in res.stderr and time.monotonic() - started < 15
+    assert "the decode stage failed: RuntimeError: planted bug (exit 70)" in res.stderr
+    assert time.monotonic() - started < 20
+
+
+def test_a_raw_video_camera_file_no_longer_kills_capture(tmp_path: Path) -> None:
+    """Raw YUYV (many USB webcams' default) crashed the capture thread; it is encoded on arrival now."""
+    cfg = write(tmp_path / "c.yaml", f"source:\n  kind: file\n  path: {raw_video(tmp_path / 'raw.nut')}\n"
+                f"spool:\n  dir: {tmp_path / 'spool'}\n")
+    res = cli("run", "--config", str(cfg), timeout=60)
+    assert res.returncode == 0, res.stderr
 
 
 def test_an_unusable_spool_is_73_with_a_hint(tmp_path: Path) -> None:

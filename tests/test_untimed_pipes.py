@@ -17,7 +17,8 @@ import pytest
 
 from edge_agent.config import parse_config
 from edge_agent.delivery.sinks import FolderSink
-from edge_agent.pipeline.wiring import EventRecord, Pipeline
+from edge_agent.pipeline.events import Event
+from edge_agent.pipeline.wiring import Pipeline
 from tests.media_factory import make_video
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,9 +33,9 @@ def conveyor(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_pipeline(command: str, tmp_path: Path, extra: str = "", clips: int = 2,
-                 timeout: float = 60) -> tuple[list[EventRecord], Pipeline]:
+                 timeout: float = 60) -> tuple[list[Event], Pipeline]:
     cfg = parse_config(f"source:\n  kind: pipe\n  command: {command}\n{extra}", env={})
-    heard: list[EventRecord] = []
+    heard: list[Event] = []
     pipeline = Pipeline(cfg, FolderSink(tmp_path / "clips"), on_event=heard.append)
     pipeline.start()
     deadline = time.monotonic() + timeout
@@ -51,7 +52,7 @@ def spacing_ms(clip: Path) -> list[float]:
         return [float((b - a) * v.time_base) * 1000 for a, b in zip(pts, pts[1:], strict=False)]
 
 
-def assert_steady_30fps(events: list[EventRecord], tmp_path: Path, median_ms: float = 0.1) -> None:
+def assert_steady_30fps(events: list[Event], tmp_path: Path, median_ms: float = 0.1) -> None:
     assert {e.cid for e in events} >= set(CIDS), events
     for e in events:
         assert e.clip and not e.clip_error, e
