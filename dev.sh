@@ -12,7 +12,8 @@ PY=${PYTHON:-python3}
 # postgresql: the tests start a throwaway PostgreSQL for the shared LDO index
 # prometheus: its promtool checks /metrics and monitoring/alerts.yml in the tests
 # ffmpeg: the tests check with ffprobe that clips show what their metadata says (the agent uses PyAV only)
-SYSTEM_PACKAGES=(python3-venv python3-pip libzbar0 postgresql prometheus ffmpeg)
+# chromium, chromium-driver: the live view is tested in a real browser (Selenium, headless)
+SYSTEM_PACKAGES=(python3-venv python3-pip libzbar0 postgresql prometheus ffmpeg chromium chromium-driver)
 
 bootstrap() {
     local missing=()

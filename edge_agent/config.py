@@ -195,9 +195,18 @@ class NoReadsConfig(_Section):
     max_bytes: int = Field(const.NOREADS_MAX_BYTES, ge=0, **_live("Most bytes of no-read images kept."))
 
 
-class MetricsConfig(_Section):
-    port: int | None = Field(None, ge=1, le=65535, **_restart("Prometheus /metrics port. Empty: off."))
-    host: str = Field("127.0.0.1", **_restart("Address the metrics server listens on."))
+class HttpConfig(_Section):
+    port: int | None = Field(None, ge=1, le=65535, **_restart(
+        "Port of the device's web server: the live view at /, /metrics for Prometheus, /healthz. Empty: off."))
+    host: str = Field("127.0.0.1", **_restart(
+        "Address the web server listens on. Anything but loopback needs http.password_file."))
+    password_file: str | None = Field(None, **_restart(
+        "File holding the web password (HTTP Basic, any user name); a bare name may be a systemd credential. "
+        "Default: the credential 'http-password' when present."))
+    metrics_public: bool = Field(False, **_restart(
+        "Serve /metrics without the password (for a Prometheus scraper); the rest still asks for it."))
+    cert_file: str | None = Field(None, **_restart("TLS certificate (PEM) for HTTPS; needs http.key_file."))
+    key_file: str | None = Field(None, **_restart("TLS private key (PEM) for HTTPS; needs http.cert_file."))
 
 
 class Config(_Section):
@@ -210,7 +219,7 @@ class Config(_Section):
     upload: UploadConfig = Field(default_factory=UploadConfig)
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     noreads: NoReadsConfig = Field(default_factory=NoReadsConfig)
-    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -236,7 +245,7 @@ class Config(_Section):
         return self
 
 
-_SECTIONS = ("source", "detector", "clip", "upload", "spool", "metrics")
+_SECTIONS = ("source", "detector", "clip", "upload", "spool", "noreads", "http")
 
 
 class ConfigError(Exception):
@@ -502,6 +511,8 @@ def _format_errors(exc: ValidationError, root: yaml.Node | None, filename: str,
             names = list(model.model_fields) if model else []
             close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
             hint = f"did you mean {close[0]}?" if close else f"allowed: {', '.join(names)}"
+            if loc == ("metrics",):  # renamed in 0.x: the metrics server became the device's web server
+                hint = "renamed: the section is now http: (http.port, http.host)"
             msg = f"{key}: unknown key ({hint})"
         elif err["type"] == "model_type":
             # a section given a value instead of `key: value` lines under it

@@ -207,7 +207,7 @@ def test_every_repeat_is_listed_at_every_level() -> None:
 
 def test_config_validate_refuses_a_duplicate_key(tmp_path: Path) -> None:
     cfg = tmp_path / "config.yaml"
-    cfg.write_text("upload:\n  url: http://a:8000/cid\nmetrics:\n  port: 9108\nupload:\n  url: http://b:8000/cid\n")
+    cfg.write_text("upload:\n  url: http://a:8000/cid\nhttp:\n  port: 9108\nupload:\n  url: http://b:8000/cid\n")
     res = validate(cfg)
     assert res.returncode == 78
     assert res.stderr == f"{cfg}:5:1: upload given twice (first at line 1)\n"

@@ -68,7 +68,7 @@ def start_daemon(tmp_path: Path, command: str, upload_url: str, metrics_port: in
     cfg.write_text(
         f"device_id: test-cam\nsource:\n  kind: pipe\n  command: {command}\n  stall_s: 3\n"
         f"upload:\n  url: {upload_url}\n  backoff_base_s: 0.2\nspool:\n  dir: {tmp_path / 'spool'}\n"
-        f"  min_free_bytes: 0\nmetrics:\n  port: {metrics_port}\n{extra}", encoding="utf-8")
+        f"  min_free_bytes: 0\nhttp:\n  port: {metrics_port}\n{extra}", encoding="utf-8")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if notify:
         env["NOTIFY_SOCKET"] = str(notify)

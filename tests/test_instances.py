@@ -51,7 +51,7 @@ def test_two_instances_side_by_side_each_deliver_their_own_clips(tmp_path: Path)
             # what an /etc/edge-agent/NAME.yaml for a camera holds: no spool.dir, the unit gives one
             cfg = write(etc, f"{name}.yaml", f"device_id: {name}\nsource:\n  kind: file\n  path: {SAMPLES / video}\n"
                         f"  realtime: false\nupload:\n  url: {receiver.cid_url}\n  backoff_base_s: 0.2\n"
-                        f"spool:\n  min_free_bytes: 0\nmetrics:\n  port: {free_port()}\n")
+                        f"spool:\n  min_free_bytes: 0\nhttp:\n  port: {free_port()}\n")
             state = state_dir(cfg, state_root)  # StateDirectory=edge-agent/%i
             state.mkdir(parents=True)
             notify[name] = NotifySocket(tmp_path / f"{name}.notify")
@@ -96,8 +96,8 @@ def test_each_instance_gets_its_own_state_directory(tmp_path: Path) -> None:
 
 
 def test_distinct_configs_share_nothing(tmp_path: Path) -> None:
-    write(tmp_path, "line1.yaml", "device_id: line1\nmetrics:\n  port: 9101\n")
-    write(tmp_path, "line2.yaml", "device_id: line2\nmetrics:\n  port: 9102\n")
+    write(tmp_path, "line1.yaml", "device_id: line1\nhttp:\n  port: 9101\n")
+    write(tmp_path, "line2.yaml", "device_id: line2\nhttp:\n  port: 9102\n")
     write(tmp_path, "line3.yaml", "device_id: line3\n")  # no metrics
     write(tmp_path, "line4.yaml", "device_id: line4\n")
     assert clashes(tmp_path / "line1.yaml", tmp_path) == []
@@ -107,8 +107,8 @@ def test_distinct_configs_share_nothing(tmp_path: Path) -> None:
 
 def test_a_shared_spool_dir_port_and_device_id_are_named(tmp_path: Path) -> None:
     spool = tmp_path / "shared"
-    write(tmp_path, "line1.yaml", f"device_id: cam\nspool:\n  dir: {spool}\nmetrics:\n  port: 9101\n")
-    write(tmp_path, "line2.yaml", f"device_id: cam\nspool:\n  dir: {spool}/\nmetrics:\n  port: 9101\n")
+    write(tmp_path, "line1.yaml", f"device_id: cam\nspool:\n  dir: {spool}\nhttp:\n  port: 9101\n")
+    write(tmp_path, "line2.yaml", f"device_id: cam\nspool:\n  dir: {spool}/\nhttp:\n  port: 9101\n")
     assert clashes(tmp_path / "line1.yaml", tmp_path) == [
         ("spool", str(spool), "line2.yaml"), ("metrics port", "9101", "line2.yaml"), ("device_id", "cam", "line2.yaml")]
 
@@ -122,10 +122,10 @@ def test_a_spool_dir_inside_another_instances_state_directory_clashes(tmp_path: 
 
 
 def test_the_per_instance_env_file_counts(tmp_path: Path) -> None:
-    write(tmp_path, "line1.yaml", "device_id: a\nmetrics:\n  port: 9101\n")
-    write(tmp_path, "line2.yaml", "device_id: b\nmetrics:\n  port: 9102\n")
+    write(tmp_path, "line1.yaml", "device_id: a\nhttp:\n  port: 9101\n")
+    write(tmp_path, "line2.yaml", "device_id: b\nhttp:\n  port: 9102\n")
     assert clashes(tmp_path / "line1.yaml", tmp_path) == []
-    write(tmp_path, "line2.env", "# per camera\nEDGE_AGENT__METRICS__PORT=9101\nEDGE_AGENT__DEVICE_ID='a'\n")
+    write(tmp_path, "line2.env", "# per camera\nEDGE_AGENT__HTTP__PORT=9101\nEDGE_AGENT__DEVICE_ID='a'\n")
     assert clashes(tmp_path / "line1.yaml", tmp_path) == [("metrics port", "9101", "line2.yaml"),
                                                           ("device_id", "a", "line2.yaml")]
     # and for the single unit, its edge-agent.env
@@ -135,7 +135,7 @@ def test_the_per_instance_env_file_counts(tmp_path: Path) -> None:
 
 
 def test_the_shells_environment_is_not_the_services(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EDGE_AGENT__METRICS__PORT", "9100")  # the technician's shell, not any unit's
+    monkeypatch.setenv("EDGE_AGENT__HTTP__PORT", "9100")  # the technician's shell, not any unit's
     write(tmp_path, "line1.yaml", "device_id: a\n")
     write(tmp_path, "line2.yaml", "device_id: b\n")
     assert clashes(tmp_path / "line1.yaml", tmp_path) == []
@@ -145,8 +145,8 @@ def test_the_shells_environment_is_not_the_services(tmp_path: Path, monkeypatch:
     ("127.0.0.1", "127.0.0.1", True), ("0.0.0.0", "127.0.0.1", True), ("127.0.0.1", "10.0.0.5", False)])
 def test_a_port_clashes_on_the_same_address_or_a_wildcard(tmp_path: Path, host1: str, host2: str,
                                                           clash: bool) -> None:
-    write(tmp_path, "line1.yaml", f"device_id: a\nmetrics:\n  port: 9101\n  host: {host1}\n")
-    write(tmp_path, "line2.yaml", f"device_id: b\nmetrics:\n  port: 9101\n  host: '{host2}'\n")
+    write(tmp_path, "line1.yaml", f"device_id: a\nhttp:\n  port: 9101\n  host: {host1}\n")
+    write(tmp_path, "line2.yaml", f"device_id: b\nhttp:\n  port: 9101\n  host: '{host2}'\n")
     assert bool(clashes(tmp_path / "line1.yaml", tmp_path)) is clash
 
 
@@ -205,19 +205,19 @@ def check(config: Path) -> tuple[int, str, dict]:
 def test_check_warns_about_a_shared_port_and_passes_without(tmp_path: Path) -> None:
     source = f"source:\n  kind: file\n  path: {SAMPLES / 'conveyor_720p30.mp4'}\n"
     cfg = write(tmp_path, "line1.yaml", f"device_id: a\n{source}spool:\n  dir: {tmp_path / 's1'}\n"
-                "  min_free_bytes: 0\nmetrics:\n  port: 9101\n")
-    write(tmp_path, "line2.yaml", f"device_id: b\n{source}spool:\n  dir: {tmp_path / 's2'}\nmetrics:\n  port: 9102\n")
+                "  min_free_bytes: 0\nhttp:\n  port: 9101\n")
+    write(tmp_path, "line2.yaml", f"device_id: b\n{source}spool:\n  dir: {tmp_path / 's2'}\nhttp:\n  port: 9102\n")
     rc, out, js = check(cfg)
     assert rc == 0 and "WARN" not in out, out
     assert "instances" not in [r["name"] for r in js["results"]]
 
-    write(tmp_path, "line2.env", "EDGE_AGENT__METRICS__PORT=9101\n")
+    write(tmp_path, "line2.env", "EDGE_AGENT__HTTP__PORT=9101\n")
     rc, out, js = check(cfg)
     assert rc == 0, out  # a warning, not a failure: the camera itself works
     warn = [ln for ln in out.splitlines() if ln.startswith("WARN")]
     assert warn == ["WARN  instances line1.yaml (edge-agent@line1.service) shares metrics port 9101 with line2.yaml"]
     hint = out.splitlines()[out.splitlines().index(warn[0]) + 1]
     assert hint.strip() == f"-> two cameras on one device cannot share these: give each config in {tmp_path} " \
-        "a metrics.port of its own (or none)"
+        "an http.port of its own (or none)"
     (res,) = [r for r in js["results"] if r["name"] == "instances"]
     assert res["status"] == "WARN" and js["ok"] is True

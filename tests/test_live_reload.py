@@ -27,7 +27,7 @@ def ts(text: str) -> float:
 def config(url: str, spool: Path, port: int, pre_roll: float, decoder: str) -> str:
     return (f"source:\n  kind: file\n  path: {SAMPLE}\n  realtime: true\n"
             f"detector:\n  decoder: {decoder}\nclip:\n  pre_roll_s: {pre_roll}\n"
-            f"upload:\n  url: {url}\nspool:\n  dir: {spool}\n  min_free_bytes: 0\nmetrics:\n  port: {port}\n")
+            f"upload:\n  url: {url}\nspool:\n  dir: {spool}\n  min_free_bytes: 0\nhttp:\n  port: {port}\n")
 
 
 def start_run(cfg: Path, log_path: Path) -> subprocess.Popen[bytes]:

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from edge_agent.metrics import Metrics
-from edge_agent.service.http import MetricsServer
+from edge_agent.service.http import WebServer
 from tests import promtool
 
 # The text exposition format 0.0.4: https://prometheus.io/docs/instrumenting/exposition_formats/
@@ -66,7 +66,7 @@ def parse_exposition(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]],
 
 
 @pytest.fixture
-def served() -> Iterator[tuple[MetricsServer, Metrics, dict[str, Any]]]:
+def served() -> Iterator[tuple[WebServer, Metrics, dict[str, Any]]]:
     metrics = Metrics()
     state: dict[str, Any] = {"ok": True, "detail": {"last_frame_age_s": 0.1}}
 
@@ -75,7 +75,7 @@ def served() -> Iterator[tuple[MetricsServer, Metrics, dict[str, Any]]]:
             raise RuntimeError("pipeline gone")
         return state["ok"], dict(state["detail"])
 
-    server = MetricsServer(metrics, "127.0.0.1", 0, health)
+    server = WebServer(metrics, "127.0.0.1", 0, health)
     server.start()
     try:
         yield server, metrics, state
@@ -83,7 +83,7 @@ def served() -> Iterator[tuple[MetricsServer, Metrics, dict[str, Any]]]:
         server.stop()
 
 
-def test_metrics_are_served_as_prometheus_text(served: tuple[MetricsServer, Metrics, dict[str, Any]]) -> None:
+def test_metrics_are_served_as_prometheus_text(served: tuple[WebServer, Metrics, dict[str, Any]]) -> None:
     server, metrics, _ = served
     metrics.inc("edge_agent_frames_total", 300)
     metrics.inc("edge_agent_uploads_total", result="delivered")
@@ -102,7 +102,7 @@ def test_metrics_are_served_as_prometheus_text(served: tuple[MetricsServer, Metr
 
 
 @promtool.needs_promtool
-def test_served_metrics_pass_promtool(served: tuple[MetricsServer, Metrics, dict[str, Any]]) -> None:
+def test_served_metrics_pass_promtool(served: tuple[WebServer, Metrics, dict[str, Any]]) -> None:
     server, metrics, _ = served
     metrics.inc("edge_agent_uploads_total", result="delivered")
     metrics.observe("edge_agent_upload_seconds", 0.2)
@@ -129,7 +129,7 @@ def test_large_counters_are_exported_exactly() -> None:
 
 
 def test_healthz_answers_200_when_healthy_and_503_when_not(
-        served: tuple[MetricsServer, Metrics, dict[str, Any]]) -> None:
+        served: tuple[WebServer, Metrics, dict[str, Any]]) -> None:
     server, _, state = served
     r = requests.get(f"{server.url}/healthz", timeout=5)
     assert r.status_code == 200 and r.json() == {"status": "ok", "last_frame_age_s": 0.1}
@@ -141,7 +141,7 @@ def test_healthz_answers_200_when_healthy_and_503_when_not(
     assert r.status_code == 503 and r.json()["status"] == "error" and "pipeline gone" in r.json()["error"]
 
 
-def test_other_paths_are_404_and_head_has_no_body(served: tuple[MetricsServer, Metrics, dict[str, Any]]) -> None:
+def test_other_paths_are_404_and_head_has_no_body(served: tuple[WebServer, Metrics, dict[str, Any]]) -> None:
     server, _, _ = served
     assert requests.get(f"{server.url}/", timeout=5).status_code == 404
     assert requests.get(f"{server.url}/metrics/x", timeout=5).status_code == 404
@@ -149,7 +149,7 @@ def test_other_paths_are_404_and_head_has_no_body(served: tuple[MetricsServer, M
     assert r.status_code == 200 and r.content == b"" and int(r.headers["Content-Length"]) > 0
 
 
-def test_a_silent_client_does_not_block_scrapes(served: tuple[MetricsServer, Metrics, dict[str, Any]]) -> None:
+def test_a_silent_client_does_not_block_scrapes(served: tuple[WebServer, Metrics, dict[str, Any]]) -> None:
     server, _, _ = served
     with socket.create_connection(("127.0.0.1", server.port)):  # connects, says nothing
         started = time.monotonic()
@@ -158,7 +158,7 @@ def test_a_silent_client_does_not_block_scrapes(served: tuple[MetricsServer, Met
 
 
 def test_concurrent_scrapes_while_counting_always_parse(
-        served: tuple[MetricsServer, Metrics, dict[str, Any]]) -> None:
+        served: tuple[WebServer, Metrics, dict[str, Any]]) -> None:
     server, metrics, _ = served
     stop = threading.Event()
 
@@ -197,11 +197,11 @@ def test_concurrent_scrapes_while_counting_always_parse(
 
 
 def test_stop_closes_the_port_and_is_safe_before_start_and_twice() -> None:
-    never_started = MetricsServer(Metrics(), "127.0.0.1", 0)
+    never_started = WebServer(Metrics(), "127.0.0.1", 0)
     started = time.monotonic()
     never_started.stop()  # must not wait for a serve loop that never ran
     assert time.monotonic() - started < 1
-    server = MetricsServer(Metrics(), "127.0.0.1", 0)
+    server = WebServer(Metrics(), "127.0.0.1", 0)
     server.start()
     port = server.port
     assert port > 0 and requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 200
@@ -217,5 +217,5 @@ def test_a_port_in_use_fails_at_construction_naming_it() -> None:
         s.listen()
         port = s.getsockname()[1]
         with pytest.raises(OSError, match=f"127.0.0.1:{port}"):
-            MetricsServer(Metrics(), "127.0.0.1", port)
+            WebServer(Metrics(), "127.0.0.1", port)
 

@@ -19,29 +19,38 @@ class CredentialError(Exception):
     pass
 
 
-def token_path(cfg: UploadConfig) -> Path | None:
+def secret_path(setting: str | None, default_name: str) -> Path | None:
+    """The file a secret is read from: the setting, where a bare name may be a systemd credential;
+    else the credential `default_name` when systemd handed one over; else None."""
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if cfg.token_file:
-        p = Path(cfg.token_file)
+    if setting:
+        p = Path(setting)
         # a bare name refers to a systemd credential when one by that name exists
-        if creds and os.sep not in cfg.token_file and (Path(creds) / cfg.token_file).is_file():
-            return Path(creds) / cfg.token_file
+        if creds and os.sep not in setting and (Path(creds) / setting).is_file():
+            return Path(creds) / setting
         return p
-    if creds and (Path(creds) / CREDENTIAL_NAME).is_file():
-        return Path(creds) / CREDENTIAL_NAME
+    if creds and (Path(creds) / default_name).is_file():
+        return Path(creds) / default_name
     return None
+
+
+def read_secret(path: Path, what: str) -> str:
+    """One printable line without spaces; errors name the file, never the content."""
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise CredentialError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise CredentialError(f"{what} file {path} is not text") from None
+    if not secret or any(c.isspace() for c in secret) or not secret.isprintable():
+        raise CredentialError(f"{what} file {path} must hold one {what.split()[-1]} on one line")
+    return secret
+
+
+def token_path(cfg: UploadConfig) -> Path | None:
+    return secret_path(cfg.token_file, CREDENTIAL_NAME)
 
 
 def load_token(cfg: UploadConfig) -> str | None:
     path = token_path(cfg)
-    if path is None:
-        return None
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise CredentialError(f"cannot read upload token file {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise CredentialError(f"upload token file {path} is not text") from None
-    if not token or any(c.isspace() for c in token) or not token.isprintable():
-        raise CredentialError(f"upload token file {path} must hold one token on one line")
-    return token
+    return None if path is None else read_secret(path, "upload token")

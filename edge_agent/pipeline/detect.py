@@ -21,6 +21,7 @@ from edge_agent.metrics import Metrics
 from edge_agent.pipeline.base import END, FrameSlot
 from edge_agent.pipeline.detector import Detection, Detector
 from edge_agent.pipeline.events import Action, Event, EventTracker
+from edge_agent.pipeline.live import Thumbnails, ViewerSlot
 from edge_agent.pipeline.noreads import NoReads
 from edge_agent.pipeline.ring import RingBuffer
 
@@ -61,6 +62,8 @@ class DetectStage:
         self._lock = threading.Lock()
         self._rejected_last: OrderedDict[bytes, float] = OrderedDict()
         self.analysed = self.sightings = self.events = self.rejected = 0
+        self.viewer = ViewerSlot()  # the live view's frames: offered only while someone watches
+        self.thumbs = Thumbnails()  # each recent event's first sighting, small
 
     def reconfigure(self, new: Config) -> None:
         """Any thread: the new config applies before the next frame."""
@@ -109,10 +112,11 @@ class DetectStage:
             self.metrics.inc("edge_agent_frames_analysed_total")
             self.metrics.observe("edge_agent_detect_seconds", self.detector.last_ms / 1000)
             for det in found:
-                self._handle(det)
+                self._handle(det, frame)
             self.noreads.observe(frame, found)
+            self.viewer.offer(frame, found)
 
-    def _handle(self, det: Detection) -> None:
+    def _handle(self, det: Detection, frame: GrayFrame) -> None:
         cid = self.validator.from_payload(det.payload)
         if cid is None:
             self._reject(det)
@@ -124,6 +128,7 @@ class DetectStage:
             self.events += 1
             self.metrics.inc("edge_agent_events_total")
             log.info("detected cid=%s clip=%s t=%.3f decoder=%s", cid, ev.event_id, det.t, det.decoder)
+            self.thumbs.add(ev.event_id, frame, det.polygon)
             self._on_new_event(ev)
             self.ring.start_recording(ev.event_id, ev.start_t, ev.end_t)
         elif action is Action.EXTEND:

@@ -29,6 +29,7 @@ from edge_agent.pipeline.clips import ClipStage, ClipStatus
 from edge_agent.pipeline.decode import DecodeStage, DecodeStatus
 from edge_agent.pipeline.detect import DetectStage, DetectStatus
 from edge_agent.pipeline.events import Event
+from edge_agent.pipeline.live import ReadTally
 from edge_agent.pipeline.noreads import NoReads
 from edge_agent.pipeline.ring import Recording, RingBuffer
 
@@ -58,6 +59,7 @@ class Pipeline:
         # the last few events (status, the live view); the whole history is a listener's job (replay)
         self.recent: OrderedDict[str, Event] = OrderedDict()
         self.events_total = 0
+        self.tally = ReadTally()  # reads and no-reads of the last hour: the live view's read rate
         self._open: dict[str, Event] = {}  # until the clip stage takes them
         self._events_lock = threading.Lock()
         live = cfg.source.kind != "file" or cfg.source.realtime
@@ -65,7 +67,7 @@ class Pipeline:
         self.frames = FrameSlot(blocking=not live, metrics=self.metrics)
         self.decode = DecodeStage(self.frames, self.metrics, lambda: self.cfg.detector.rate_hz, live)
         self.detect = DetectStage(cfg, self.frames, self.ring, self.metrics, self._on_new_event, self._applied,
-                                  NoReads(cfg, self.metrics, on_noread))
+                                  NoReads(cfg, self.metrics, self._noread_listener(on_noread)))
         self.clips = ClipStage(cfg, sink, self.metrics, self._take_event, on_event, lambda: self.decode.live)
         self.capture = CaptureSupervisor(cfg.source, self.metrics, self.failures, self._on_packet,
                                          self._on_session, videos or (),
@@ -148,10 +150,18 @@ class Pipeline:
     def _on_new_event(self, ev: Event) -> None:
         with self._events_lock:
             self.events_total += 1
+            self.tally.read()
             self._open[ev.event_id] = ev
             self.recent[ev.event_id] = ev
             while len(self.recent) > const.RECENT_EVENTS:
                 self.recent.popitem(last=False)
+
+    def _noread_listener(self, then: Callable[[Any], None] | None) -> Callable[[Any], None]:
+        def on_noread(nr: Any) -> None:
+            self.tally.noread()
+            if then is not None:
+                then(nr)
+        return on_noread
 
     def _take_event(self, event_id: str) -> Event | None:
         with self._events_lock:

@@ -2,7 +2,7 @@
 
 Owns what a daemon needs and the pipeline does not: the spool and uploader, signals (SIGTERM
 stops, SIGHUP reloads), config-file watching, systemd notification (READY once frames flow,
-WATCHDOG only while frames advance, STATUS, STOPPING) and the metrics endpoint.
+WATCHDOG only while frames advance, STATUS, STOPPING) and the web server (live view, /metrics, /healthz).
 """
 
 from __future__ import annotations
@@ -107,13 +107,24 @@ class Daemon:
         for name in EXPORTED_COUNTERS:  # exported from the start, at 0, so dashboards and alerts see them
             self.metrics.inc(name, 0)
         cfg = self.cfg
+        access = None
+        if cfg.http.port:
+            from edge_agent.delivery.credentials import CredentialError
+            from edge_agent.service.http import ExposureRefused, access_for
+
+            try:  # refused before anything starts: a camera open to the network is a config error
+                access = access_for(cfg.http)
+            except (ExposureRefused, CredentialError) as exc:
+                log.error("web server refused: %s", exc)
+                return const.EXIT_CONFIG
         self.agent = Agent(cfg, self.metrics)
         try:
             self.spool = self.agent.spool()  # recovery happens here, before READY
-            self.uploader = self.agent.uploader(thread=False)
+            # the delivery state of recent events, for the live view
+            self.uploader = self.agent.uploader(lambda e, c, r: self.pipeline.mark_upload(e, c, r), thread=False)
             self.pipeline = self.agent.pipeline(on_event=lambda _ev: self.uploader.wake())
-            if cfg.metrics.port:
-                self._start_http()
+            if access is not None:
+                self._start_http(access)
             if self.path:
                 from edge_agent.service.reload import ConfigWatcher
 
@@ -129,15 +140,18 @@ class Daemon:
             self._shutdown()
         return code
 
-    def _start_http(self) -> None:
-        from edge_agent.service.http import MetricsServer
+    def _start_http(self, access: Any) -> None:
+        from edge_agent.service.http import WebServer
+        from edge_agent.service.liveview import daemon_view
 
         cfg = self.cfg
         try:
-            self._metrics_server = MetricsServer(self.metrics, cfg.metrics.host, cfg.metrics.port, self._health)
+            view = daemon_view(cfg, self.pipeline, self.spool, self.metrics)
+            self._metrics_server = WebServer(self.metrics, cfg.http.host, cfg.http.port, self._health, view=view,
+                                             access=access)
             self._metrics_server.start()
         except OSError as exc:  # a port clash must not stop clip delivery (nor restart-loop the service)
-            log.error("metrics endpoint off: %s", exc)
+            log.error("web server off: %s", exc)
             self._metrics_server = None
             return
         self.agent.add_part("http", lambda _s: self._metrics_server.stop() if self._metrics_server else None)

@@ -1,29 +1,54 @@
-"""`/metrics` (Prometheus text) and `/healthz` over HTTP, on `metrics.port` when set.
+"""The device's web server: the live view at `/`, `/metrics` (Prometheus text) and `/healthz`, on
+`http.port` when set.
 
-The standard library's threading HTTP server: a dozen numbers scraped every 15 s do not justify
-a web framework on the device. It runs in daemon threads and never touches the pipeline beyond
-reading the Metrics registry and calling the health function.
+The standard library's threading HTTP server: one page, a few JSON and JPEG routes and a scrape
+every 15 s do not justify a web framework on the device. It never touches the pipeline beyond the
+Metrics registry, the health function and the `LiveView` (whose frames cost nothing unless asked).
+
+Secure by default: it listens on loopback unless told otherwise, and anywhere else only with a
+password (HTTP Basic, checked with `hmac.compare_digest`), which every path but `/healthz` asks for
+(`/metrics` too unless `http.metrics_public`). Optional TLS. No path opens a file by a name taken
+from the request: the page is package data read by a fixed name, pictures come from memory or from
+the no-read store's own listing.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
+import ipaddress
 import json
 import logging
+import re
 import socket
+import ssl
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from importlib import resources
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.metrics import Metrics
+
+if TYPE_CHECKING:
+    from edge_agent.config import HttpConfig
+    from edge_agent.service.liveview import LiveView
 
 log = logging.getLogger(__name__)
 
 # What a Prometheus server expects for the text exposition format (the same string as the
 # official client library sends).
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# A scraper that connects and says nothing must not hold a thread for ever.
+# A client that connects and says nothing must not hold a thread for ever.
 REQUEST_TIMEOUT_S = 10.0
+MJPEG_FPS = 4.0
+MJPEG_BOUNDARY = "edgeagentframe"
+PASSWORD_CREDENTIAL = "http-password"
+# ids in picture paths: what the store and the tracker make, nothing else (no dots, no slashes)
+_ID = re.compile(r"^/(thumbs|noreads)/([A-Za-z0-9_-]{1,80})\.jpg$")
 
 Health = Callable[[], tuple[bool, dict[str, Any]]]
 
@@ -36,22 +61,74 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
-class MetricsServer:
+class ExposureRefused(Exception):
+    """Bound beyond loopback without a password: the message says why and what to set."""
+
+
+@dataclass(frozen=True)
+class Access:
+    password: str | None = None
+    metrics_public: bool = False
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def access_for(cfg: HttpConfig) -> Access:
+    """The password (file or systemd credential `http-password`) and TLS files for `cfg`; raises
+    ExposureRefused when the server would listen beyond loopback without a password, and
+    CredentialError when the password file cannot be read."""
+    from edge_agent.delivery.credentials import read_secret, secret_path
+
+    path = secret_path(cfg.password_file, PASSWORD_CREDENTIAL)
+    password = read_secret(path, "http password") if path is not None else None
+    if password is None and not is_loopback(cfg.host):
+        raise ExposureRefused(
+            f"http.host is {cfg.host}: the web server shows the camera and the events to anyone who can reach it, "
+            "so beyond loopback it needs a password: set http.password_file (or the systemd credential "
+            f"{PASSWORD_CREDENTIAL}), or keep http.host 127.0.0.1 and use an SSH tunnel")
+    if bool(cfg.cert_file) != bool(cfg.key_file):
+        raise ExposureRefused("TLS needs both http.cert_file and http.key_file")
+    return Access(password, cfg.metrics_public, cfg.cert_file, cfg.key_file)
+
+
+class WebServer:
     """`start()` serves in a daemon thread; `stop()` (safe before `start()` and more than once) ends it.
 
     Binding happens in the constructor, so a port in use fails there with an OSError naming it.
     `port=0` picks a free port (tests); `.port` tells which.
     """
 
-    def __init__(self, metrics: Metrics, host: str, port: int, health: Health | None = None):
+    def __init__(self, metrics: Metrics | None, host: str, port: int, health: Health | None = None, *,
+                 view: LiveView | None = None, access: Access | None = None):
         self.metrics = metrics
         self.health: Health = health or (lambda: (True, {}))
+        self.view = view
+        self.access = access or Access()
+        self.stopping = threading.Event()
         handler = _handler(self)
         server_cls = _Server6 if ":" in host else _Server
         try:
             self._httpd = server_cls((host, port), handler)
         except OSError as exc:
-            raise OSError(exc.errno, f"metrics server cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+            raise OSError(exc.errno, f"web server cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        if self.access.cert_file:
+            try:
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                ctx.load_cert_chain(self.access.cert_file, self.access.key_file)
+            except (OSError, ssl.SSLError) as exc:
+                self._httpd.server_close()
+                raise OSError(f"web server TLS: cannot load http.cert_file {self.access.cert_file} / "
+                              f"http.key_file {self.access.key_file}: {exc}") from None
+            self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -66,18 +143,20 @@ class MetricsServer:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.access.cert_file else 'http'}://{host}:{self.port}"
 
     def start(self) -> None:
         with self._lock:
             if self._thread is not None:
                 return
             self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.5},
-                                            name="metrics-http", daemon=True)
+                                            name="http", daemon=True)
             self._thread.start()
-        log.info("metrics listening url=%s/metrics health=%s/healthz", self.url, self.url)
+        log.info("web server listening url=%s/ metrics=%s/metrics health=%s/healthz auth=%s", self.url, self.url,
+                 self.url, "password" if self.access.password else "none (loopback)")
 
     def stop(self) -> None:
+        self.stopping.set()
         with self._lock:
             thread, self._thread = self._thread, None
             if thread is not None:
@@ -95,33 +174,101 @@ class MetricsServer:
             return 503, {"status": "error", "error": str(exc)}
         return (200 if ok else 503), {**detail, "status": "ok" if ok else "unhealthy"}
 
+    def authorized(self, header: str | None) -> bool:
+        want = self.access.password
+        if want is None:
+            return True
+        if not header or not header.startswith("Basic "):
+            return False
+        try:
+            _user, _, given = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        return hmac.compare_digest(given.encode(), want.encode())
 
-def _handler(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
+
+def page() -> bytes:
+    return resources.files("edge_agent.service.web").joinpath("index.html").read_bytes()
+
+
+def _handler(server: WebServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         timeout = REQUEST_TIMEOUT_S
-        server_version = "edge-agent-metrics"
+        server_version = "edge-agent"
 
         def log_message(self, format: str, *args: Any) -> None:
-            pass  # a scrape every 15 s is not worth a log line
+            pass  # a scrape every 15 s and a page polling every second are not worth a log line each
 
-        def _send(self, status: int, body: bytes, ctype: str, head: bool) -> None:
+        def _send(self, status: int, body: bytes, ctype: str, head: bool, extra: dict[str, str] | None = None) -> None:
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            for k, v in (extra or {}).items():
+                self.send_header(k, v)
             self.end_headers()
             if not head:
                 self.wfile.write(body)
 
+        def _json(self, status: int, body: Any, head: bool) -> None:
+            self._send(status, json.dumps(body, default=str).encode(), "application/json", head)
+
         def _route(self, head: bool) -> None:
             path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._send(200, server.metrics.prometheus_text().encode(), PROMETHEUS_CONTENT_TYPE, head)
-            elif path in ("/healthz", "/health"):
+            if path in ("/healthz", "/health"):
                 status, body = server.render_health()
-                self._send(status, json.dumps(body, default=str).encode(), "application/json", head)
-            else:
-                self._send(404, b'{"detail": "not found: try /metrics or /healthz"}', "application/json", head)
+                return self._json(status, body, head)
+            public = path == "/metrics" and server.access.metrics_public
+            if not public and not server.authorized(self.headers.get("Authorization")):
+                return self._send(401, b'{"detail": "password required"}', "application/json", head,
+                                  {"WWW-Authenticate": 'Basic realm="edge-agent", charset="UTF-8"'})
+            view = server.view
+            if path == "/metrics" and server.metrics is not None:
+                return self._send(200, server.metrics.prometheus_text().encode(), PROMETHEUS_CONTENT_TYPE, head)
+            if view is None:
+                return self._json(404, {"detail": "not found: try /metrics or /healthz"}, head)
+            if path in ("/", "/index.html"):
+                return self._send(200, page(), "text/html; charset=utf-8", head,
+                                  {"Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+                                   "script-src 'self' 'unsafe-inline'; img-src 'self' blob:"})
+            if path == "/api/status":
+                return self._json(200, view.status(), head)
+            if path == "/frame.jpg":
+                jpeg = view.frame_jpeg()
+                if jpeg is None:
+                    return self._json(503, {"detail": "no frame yet: the source has not delivered one"}, head)
+                return self._send(200, jpeg, "image/jpeg", head)
+            if path == "/live.mjpeg":
+                return self._mjpeg(view, head)
+            m = _ID.match(path)
+            if m:
+                kind, ident = m.groups()
+                body = view.thumbnail(ident) if kind == "thumbs" else view.noread_image(ident)
+                if body is None:
+                    return self._json(404, {"detail": f"no such picture: {ident}"}, head)
+                return self._send(200, body, "image/jpeg", head)
+            return self._json(404, {"detail": "not found: try /, /api/status, /metrics or /healthz"}, head)
+
+        def _mjpeg(self, view: LiveView, head: bool) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={MJPEG_BOUNDARY}")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            if head:
+                return
+            last: bytes | None = None
+            try:
+                while not server.stopping.is_set():
+                    jpeg = view.frame_jpeg()
+                    if jpeg is not None and jpeg is not last:
+                        self.wfile.write(f"--{MJPEG_BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+                                         f"Content-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg + b"\r\n")
+                        self.wfile.flush()
+                        last = jpeg
+                    time.sleep(1 / MJPEG_FPS)
+            except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
+                return  # the viewer left
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             self._route(head=False)

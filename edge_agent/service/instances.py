@@ -91,8 +91,8 @@ def load_instance(path: Path, state_root: Path = STATE_ROOT) -> Instance:
     cfg = load_config(path, strict_source=False, env=env)
     explicit = "spool.dir" in provenance(path.read_text(encoding="utf-8"), str(path), env)
     spool = Path(cfg.spool.dir) if explicit else state_dir(path, state_root) / "spool"
-    return Instance(path, unit_name(path), cfg.device_id, Path(os.path.normpath(spool)), cfg.metrics.host,
-                    cfg.metrics.port)
+    return Instance(path, unit_name(path), cfg.device_id, Path(os.path.normpath(spool)), cfg.http.host,
+                    cfg.http.port)
 
 
 def siblings(path: Path, state_root: Path = STATE_ROOT) -> list[Instance]:
@@ -134,7 +134,7 @@ def clashes(path: Path, state_root: Path = STATE_ROOT) -> list[tuple[str, str, s
 
 FIXES = {
     "spool": "no spool.dir (the unit gives each /var/lib/edge-agent/NAME/spool) or one of its own",
-    "metrics port": "a metrics.port of its own (or none)",
+    "metrics port": "an http.port of its own (or none)",
     "device_id": "a device_id of its own (the server tells cameras apart by it)",
 }
 
