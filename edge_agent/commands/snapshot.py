@@ -144,6 +144,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--source", metavar="PATH_OR_URL", help="a file or URL instead of the configured source")
     t.add_argument("--count", type=int, default=0, metavar="N",
                    help="stop after N readings (default 0: run until Ctrl-C)")
+    t.add_argument("--web", action="store_true",
+                   help="serve the live view (the daemon's page: picture, figures, advice) instead of printing; "
+                   "on http.host:http.port, without the daemon, for aiming before installing")
+    t.add_argument("--port", type=int, metavar="N", help="with --web: this port instead of http.port (default 9108)")
     t.set_defaults(func=cmd_tune)
 
 
@@ -160,7 +164,7 @@ def _config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def _open(agent: Agent, command: str) -> FrameReader:
+def open_reader(agent: Agent, command: str) -> FrameReader:
     """The source opened the daemon's way; a fault is one line with its cause and check's hint."""
     from edge_agent.capture.source import SourceError
     from edge_agent.commands.check import source_hint
@@ -183,7 +187,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     cfg = _config(args)
     agent = Agent(cfg)
     detector = agent.detector()
-    reader = _open(agent, "snapshot")
+    reader = open_reader(agent, "snapshot")
     try:
         if args.at is not None and reader.live:
             print(f"edge-agent snapshot: --at applies to files; {cfg.source.kind} sources give the newest frame",
@@ -209,9 +213,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from edge_agent.capture.media import luma
 
     cfg = _config(args)
+    if args.web:
+        from edge_agent.commands.tune_web import serve
+
+        return serve(cfg, args.port)
     agent = Agent(cfg)
     detector = agent.detector()
-    reader = _open(agent, "tune")
+    reader = open_reader(agent, "tune")
     stop = threading.Event()
 
     def on_stop(_signum: int, _frame: object) -> None:
