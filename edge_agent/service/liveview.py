@@ -55,13 +55,10 @@ class LiveView:
     def frame_jpeg(self) -> bytes | None:
         """The newest annotated frame (None before the first); asking keeps the frames coming. The first
         viewer waits up to FIRST_FRAME_WAIT_S for the detect stage to start offering."""
-        was_wanted = self.viewer.wanted
         self.viewer.want()
-        if not was_wanted:
-            deadline = time.monotonic() + FIRST_FRAME_WAIT_S
-            seq = self.viewer.seq
-            while self.viewer.seq == seq and time.monotonic() < deadline:
-                time.sleep(0.02)
+        deadline = time.monotonic() + FIRST_FRAME_WAIT_S
+        while self.viewer.latest()[1] is None and time.monotonic() < deadline:
+            time.sleep(0.02)
         with self._render_lock:
             seq, item = self.viewer.latest()
             if item is not None and seq != self._seq:

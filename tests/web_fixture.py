@@ -1,0 +1,81 @@
+"""A real `edge-agent run` (or `tune --web`) with its web server on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from tests.receiver_fixture import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+HARD = ROOT / "sample_media" / "hard_codes_720p30.mp4"
+CONVEYOR = ROOT / "sample_media" / "conveyor_720p30.mp4"
+PASSWORD = "s3cret-Pa55"
+
+
+class Web:
+    """`edge-agent <args>` with a config naming a file source replayed in real time and `http:` lines."""
+
+    def __init__(self, tmp_path: Path, video: Path = CONVEYOR, http: str = "", *, command: tuple[str, ...] = ("run",),
+                 loop: bool = False, password: bool = False):
+        self.tmp = tmp_path
+        self.port = free_port()
+        if password:
+            (tmp_path / "http-password").write_text(PASSWORD + "\n", encoding="utf-8")
+            http += f"  password_file: {tmp_path / 'http-password'}\n"
+        self.config = tmp_path / "config.yaml"
+        self.config.write_text(
+            f"device_id: web-test\nsource:\n  kind: file\n  path: {video}\n  realtime: true\n"
+            f"  loop: {'true' if loop else 'false'}\n"
+            f"spool:\n  dir: {tmp_path / 'spool'}\n  min_free_bytes: 0\n"
+            f"http:\n  port: {self.port}\n{http}", encoding="utf-8")
+        self.log = tmp_path / "web.log"
+        with open(tmp_path / "web.out", "wb") as out, open(self.log, "wb") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", *command, "--config",
+                                          str(self.config)], stdout=out, stderr=err,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 20) -> Web:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"exited {self.proc.returncode}: {self.log.read_text()}")
+            try:
+                requests.get(self.url + "/healthz", timeout=1)
+                return self
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise AssertionError(f"web server not up in {timeout} s: {self.log.read_text()}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(20)
+
+    def __enter__(self) -> Web:
+        return self.wait_ready()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def wait_for(cond, timeout: float, what: str):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
