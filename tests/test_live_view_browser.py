@@ -45,7 +45,7 @@ def browser(password: str) -> webdriver.Chrome:
 
 @pytest.fixture
 def web(tmp_path: Path) -> Iterator[Web]:
-    with Web(tmp_path, HARD, password=True) as w:
+    with Web(tmp_path, HARD, password=True, loop=True) as w:  # the server outlives the first pass
         yield w
 
 
