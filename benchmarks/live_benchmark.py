@@ -1,7 +1,7 @@
 """`edge-agent run` on a live 30 fps source for a minute: drops, CPU, memory, detection-to-delivery.
 
     python benchmarks/live_benchmark.py [--seconds 60] [--video sample_media/conveyor_1080p30.mp4] [--encode]
-                                        [--raw 1280x720]
+                                        [--raw 1280x720] [--viewer]
 
 The camera is a `pipe` source: tests/stream_sample.py streams the sample in real time as MPEG-TS,
 looping (a label every ~5-7 s). --raw WxH makes it a raw YUYV camera of that size instead
@@ -10,6 +10,11 @@ receiver. --encode re-encodes clips (clip.width 1280, libx264) instead of remuxi
 dropped and skipped frames, the daemon's CPU share (of one core; the camera process excluded), its
 peak RSS, and detection-to-delivery latency (receiver's received_at - metadata.detected_at; it
 includes the post-roll the clip must wait for).
+
+--viewer measures the live view's cost: the daemon runs --seconds with no viewer, then --seconds
+with one page watching (what the page does: /frame.jpg again 300 ms after each picture arrives,
+/api/status every second), on the 720p sample unless --video says otherwise; it prints the CPU of
+both phases and exits 1 when one viewer adds more than 10% of one core.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -45,13 +51,60 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
+VIEWER_BUDGET = 0.10  # of one core, for one page watching at 720p
+
+
+class Viewer:
+    """One open page: a picture, 300 ms after the last one arrived; the status every second."""
+
+    def __init__(self, port: int):
+        self.url = f"http://127.0.0.1:{port}"
+        self.stop = threading.Event()
+        self.pictures = 0
+        self.bytes = 0
+        self._threads = [threading.Thread(target=self._pictures, daemon=True),
+                         threading.Thread(target=self._status, daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _pictures(self) -> None:
+        with requests.Session() as s:
+            while not self.stop.is_set():
+                r = s.get(self.url + "/frame.jpg", timeout=5)
+                if r.status_code == 200:
+                    self.pictures += 1
+                    self.bytes += len(r.content)
+                self.stop.wait(0.3)
+
+    def _status(self) -> None:
+        with requests.Session() as s:
+            while not self.stop.is_set():
+                s.get(self.url + "/api/status", timeout=5)
+                self.stop.wait(1.0)
+
+    def close(self) -> None:
+        self.stop.set()
+        for t in self._threads:
+            t.join(10)
+
+
+def busy_s(ps: psutil.Process) -> float:
+    c = ps.cpu_times()
+    return c.user + c.system
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--video", default=str(ROOT / "sample_media" / "conveyor_1080p30.mp4"))
     ap.add_argument("--encode", action="store_true", help="re-encode clips (clip.width: 1280) instead of remux")
     ap.add_argument("--raw", default="", metavar="WxH", help="a raw YUYV camera of this size (encoded on arrival)")
+    ap.add_argument("--viewer", action="store_true", help="--seconds without, then --seconds with one page watching")
     args = ap.parse_args()
+    if args.viewer and "--video" not in sys.argv:
+        args.video = str(ROOT / "sample_media" / "conveyor_720p30.mp4")
+    phases: list[tuple[str, float, float]] = []  # (name, cpu seconds, wall seconds)
+    viewer = None
     with tempfile.TemporaryDirectory() as tmp:
         tmpd = Path(tmp)
         port = free_port()
@@ -61,16 +114,25 @@ def main() -> None:
                 cmd = f"{sys.executable} {ROOT / 'tests' / 'stream_raw.py'} {args.video} --loop --size {args.raw}"
             cfg = tmpd / "config.yaml"
             cfg.write_text(f"source:\n  kind: pipe\n  command: {cmd}\nupload:\n  url: {receiver.cid_url}\n"
-                           f"spool:\n  dir: {tmpd / 'spool'}\n  min_free_bytes: 0\nmetrics:\n  port: {port}\n"
+                           f"spool:\n  dir: {tmpd / 'spool'}\n  min_free_bytes: 0\nhttp:\n  port: {port}\n"
                            + ("clip:\n  width: 1280\n" if args.encode else ""), encoding="utf-8")
             proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(cfg)],
                                     stderr=subprocess.DEVNULL)
             ps = psutil.Process(proc.pid)
             peak = 0
-            deadline = time.monotonic() + args.seconds
-            while time.monotonic() < deadline:
-                peak = max(peak, ps.memory_info().rss)
-                time.sleep(0.2)
+            for name in ("no viewer", "one viewer") if args.viewer else ("run",):
+                if name == "one viewer":
+                    viewer = Viewer(port)
+                else:
+                    time.sleep(3)  # start-up (imports, the source opening) is not the steady state
+                cpu0, t0 = busy_s(ps), time.monotonic()
+                deadline = t0 + args.seconds
+                while time.monotonic() < deadline:
+                    peak = max(peak, ps.memory_info().rss)
+                    time.sleep(0.2)
+                phases.append((name, busy_s(ps) - cpu0, time.monotonic() - t0))
+            if viewer is not None:
+                viewer.close()
             cpu = ps.cpu_times()
             m = scrape(port)
             proc.terminate()
@@ -78,6 +140,7 @@ def main() -> None:
             events = receiver.events()
     lat = sorted(ts(e["received_at"]) - ts(e["metadata"]["detected_at"]) for e in events)
     busy = cpu.user + cpu.system
+    total_s = args.seconds * len(phases) + (3 if phases else 0)
     camera = f"raw YUYV {args.raw} (encoded on arrival)" if args.raw else "H.264 in MPEG-TS"
     print(f"source           {Path(args.video).name} streamed live at 30 fps as {camera} for {args.seconds:.0f} s, "
           f"clips {'re-encoded (libx264, 1280 px)' if args.encode else 'remuxed'}")
@@ -86,12 +149,22 @@ def main() -> None:
           f"{m.get('edge_agent_frames_skipped_total', 0):.0f} skipped by the detector, "
           f"{m.get('edge_agent_frames_analysed_total', 0):.0f} analysed")
     print(f"clips            {len(events)} delivered ({m.get('edge_agent_clips_total', 0):.0f} made)")
-    print(f"CPU              {busy / args.seconds:.0%} of one core ({busy / args.seconds / psutil.cpu_count():.0%} "
-          f"of {psutil.cpu_count()} cores), camera process excluded")
+    print(f"CPU              {busy / total_s:.0%} of one core ({busy / total_s / psutil.cpu_count():.0%} "
+          f"of {psutil.cpu_count()} cores) over the whole run, camera process excluded")
     print(f"peak RSS         {peak / 2**20:.1f} MB")
     if lat:
         print(f"detect->deliver  median {statistics.median(lat):.2f} s, max {max(lat):.2f} s "
               f"(includes the post-roll)")
+    if args.viewer and viewer is not None:
+        (_, idle_cpu, idle_wall), (_, view_cpu, view_wall) = phases
+        idle, watched = idle_cpu / idle_wall, view_cpu / view_wall
+        print(f"no viewer        {idle:.1%} of one core ({args.seconds:.0f} s)")
+        print(f"one viewer       {watched:.1%} of one core ({args.seconds:.0f} s; {viewer.pictures} pictures, "
+              f"{viewer.bytes / max(1, viewer.pictures) / 1024:.0f} KB each, {viewer.pictures / view_wall:.1f}/s)")
+        added = watched - idle
+        print(f"viewer cost      {added:+.1%} of one core (budget {VIEWER_BUDGET:.0%})")
+        if added > VIEWER_BUDGET:
+            sys.exit(1)
 
 
 if __name__ == "__main__":
