@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests.web_fixture import CONVEYOR, PASSWORD, Web, wait_for
@@ -75,6 +78,22 @@ def test_metrics_can_be_public_for_a_scraper(tmp_path: Path) -> None:
         r = requests.get(web.url + "/metrics", timeout=5)
         assert r.status_code == 200 and "edge_agent_frames_total" in r.text
         assert requests.get(web.url + "/api/status", timeout=5).status_code == 401
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_https_with_a_certificate(tmp_path: Path) -> None:
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "web.key", "-out",
+                    "web.pem", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   cwd=tmp_path, check=True, capture_output=True)
+    with Web(tmp_path, CONVEYOR, password=True, tls=(tmp_path / "web.pem", tmp_path / "web.key")) as web:
+        assert web.url.startswith("https://")
+        ok = requests.get(web.url + "/api/status", auth=("tech", PASSWORD), verify=web.verify, timeout=5)
+        assert ok.status_code == 200 and ok.json()["mode"] == "daemon"
+        with pytest.raises(requests.ConnectionError):  # no plain HTTP on a TLS port
+            requests.get(web.url.replace("https://", "http://") + "/healthz", timeout=5)
+        # a client that never says hello does not block the others
+        with socket.create_connection(("127.0.0.1", web.port)):
+            assert requests.get(web.url + "/healthz", verify=web.verify, timeout=5).status_code in (200, 503)
 
 
 def test_run_refuses_to_listen_beyond_loopback_without_a_password(tmp_path: Path) -> None:

@@ -23,12 +23,15 @@ class Web:
     """`edge-agent <args>` with a config naming a file source replayed in real time and `http:` lines."""
 
     def __init__(self, tmp_path: Path, video: Path = CONVEYOR, http: str = "", *, command: tuple[str, ...] = ("run",),
-                 loop: bool = False, password: bool = False):
+                 loop: bool = False, password: bool = False, tls: tuple[Path, Path] | None = None):
         self.tmp = tmp_path
         self.port = free_port()
         if password:
             (tmp_path / "http-password").write_text(PASSWORD + "\n", encoding="utf-8")
             http += f"  password_file: {tmp_path / 'http-password'}\n"
+        if tls:
+            http += f"  cert_file: {tls[0]}\n  key_file: {tls[1]}\n"
+        self.verify: str | bool = str(tls[0]) if tls else True
         self.config = tmp_path / "config.yaml"
         self.config.write_text(
             f"device_id: web-test\nsource:\n  kind: file\n  path: {video}\n  realtime: true\n"
@@ -40,7 +43,7 @@ class Web:
             self.proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", *command, "--config",
                                           str(self.config)], stdout=out, stderr=err,
                                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 20) -> Web:
         deadline = time.monotonic() + timeout
@@ -48,7 +51,7 @@ class Web:
             if self.proc.poll() is not None:
                 raise AssertionError(f"exited {self.proc.returncode}: {self.log.read_text()}")
             try:
-                requests.get(self.url + "/healthz", timeout=1)
+                requests.get(self.url + "/healthz", timeout=1, verify=self.verify)
                 return self
             except requests.ConnectionError:
                 time.sleep(0.1)

@@ -128,7 +128,9 @@ class WebServer:
                 self._httpd.server_close()
                 raise OSError(f"web server TLS: cannot load http.cert_file {self.access.cert_file} / "
                               f"http.key_file {self.access.key_file}: {exc}") from None
-            self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True)
+            # the handshake happens on the request's own thread (its first read), so a client that
+            # connects and stays silent holds that thread until REQUEST_TIMEOUT_S, never the accept loop
+            self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True, do_handshake_on_connect=False)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 

@@ -1,0 +1,56 @@
+"""The live view's pieces in the pipeline: the viewer slot, event thumbnails, the read tally."""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+
+from edge_agent.capture.media import GrayFrame
+from edge_agent.pipeline.live import ReadTally, Thumbnails, ViewerSlot
+
+
+def frame(t: float = 0.0) -> GrayFrame:
+    return GrayFrame(np.full((720, 1280), 128, np.uint8), t, time.time())
+
+
+def test_the_slot_holds_nothing_until_a_viewer_asks_and_lets_go_after() -> None:
+    slot = ViewerSlot(ttl_s=0.3)
+    slot.offer(frame(1), ())
+    assert slot.latest() == (0, None)  # nobody watching: not even a reference is kept
+    slot.want()
+    f = frame(2)
+    slot.offer(f, ())
+    seq, item = slot.latest()
+    assert seq == 1 and item is not None and item[0] is f
+    time.sleep(0.35)  # the viewer left
+    slot.offer(frame(3), ())
+    assert slot.latest()[1] is None and not slot.wanted
+
+
+def test_thumbnails_are_small_outlined_and_bounded() -> None:
+    thumbs = Thumbnails(kept=3)
+    poly = ((600, 300), (700, 300), (700, 400), (600, 400))
+    for i in range(5):
+        thumbs.add(f"ev{i}", frame(i), poly)
+    assert thumbs.get("ev0") is None and thumbs.get("ev1") is None
+    jpeg = thumbs.get("ev4")
+    assert jpeg is not None and jpeg[:2] == b"\xff\xd8" and len(jpeg) < 10_000
+    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert max(img.shape[:2]) <= 160
+    assert (img[..., 1].astype(int) - img[..., 2].astype(int)).max() > 80  # the green outline is there
+
+
+def test_the_read_rate_over_1_10_and_60_minutes() -> None:
+    tally = ReadTally()
+    now = 10_000.0
+    for ago in (10, 20, 30, 400, 3000):
+        tally.read(now - ago)
+    tally.noread(now - 5)
+    tally.noread(now - 5000)  # older than an hour: forgotten
+    r = tally.rates(now)
+    assert r["1m"] == {"reads": 3, "noreads": 1, "rate": 75.0}
+    assert r["10m"] == {"reads": 4, "noreads": 1, "rate": 80.0}
+    assert r["60m"] == {"reads": 5, "noreads": 1, "rate": round(500 / 6, 1)}
+    assert ReadTally().rates(now)["1m"]["rate"] is None
