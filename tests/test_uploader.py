@@ -93,7 +93,7 @@ def test_cid_only_event_goes_without_a_video_part(tmp_path: Path) -> None:
 
 @pytest.fixture
 def fastapi_server() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """The edge server as DESIGN.md section 5 says integrators write it: FastAPI with Form and File."""
+    """The edge server as integrators write it (docs/architecture.md, section 6): FastAPI with Form and File."""
     if fastapi is None or uvicorn is None:
         pytest.skip("fastapi and uvicorn (the receiver extra) are not installed")
     got: list[dict[str, Any]] = []
