@@ -27,7 +27,7 @@ from edge_agent.commands import spool as spool_cli
 from edge_agent.delivery.spool import Spool, SpoolBusy
 from edge_agent.metrics import Metrics
 from tests.flaky_server import FlakyServer
-from tests.spool_helpers import add_clip, spool_config
+from tests.spool_helpers import add_clip, fill, small_filesystem, spool_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -401,28 +401,8 @@ def test_missing_part_is_refused_and_counted_not_raised(tmp_path: Path) -> None:
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 2 MiB filesystem, when this machine lets the test mount one."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True,
-                         check=False)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({res.stderr.decode().strip() or res.returncode}); "
-                    "the max_bytes tests cover the same drop path")
-    try:
+    with small_filesystem(tmp_path / "small", "2m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(path: Path) -> None:
-    """Write a ballast file until the filesystem says ENOSPC."""
-    with path.open("wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-        except OSError:
-            pass
 
 
 @pytest.mark.parametrize("on_full", ["drop_oldest", "reject_new"])
