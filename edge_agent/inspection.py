@@ -27,6 +27,8 @@ GREEN, RED, BLUE, ORANGE = (40, 200, 40), (40, 40, 230), (230, 120, 30), (0, 150
 MIN_PX_PER_MODULE = 3.0
 # variance of the Laplacian of the code area: sharp labels score in the hundreds, blurred ones < ~50
 MIN_SHARPNESS = 50.0
+# ... and a label in focus under good light scores this or more (the samples' labels: 2000-2400)
+GOOD_SHARPNESS = 300.0
 
 
 @dataclass
@@ -86,8 +88,17 @@ class Report:
                 "clipped_bright": round(self.clipped_bright, 4), "sharpness": round(self.sharpness, 1),
                 "decode_ms": round(self.decode_ms, 2),
                 "codes": [{"text": escape_payload(c.text), "valid": c.valid, "modules": c.modules,
-                           "px_per_module": c.px_per_module, "sharpness": round(c.sharpness, 1)} for c in self.codes],
+                           "px_per_module": c.px_per_module, "sharpness": round(c.sharpness, 1),
+                           "sharpness_scale": sharpness_scale(c.sharpness)} for c in self.codes],
                 "unread": len(self.unread), "advice": self.advice()}
+
+
+def sharpness_scale(value: float) -> str:
+    """A code's sharpness in words, with the scale, so a number means something to a technician. The
+    variance of the Laplacian of the code area measures edge contrast per pixel: a printed QR code in
+    focus scores in the hundreds or more at any resolution, a blurred one under MIN_SHARPNESS."""
+    word = "blurry" if value < MIN_SHARPNESS else "sharp" if value >= GOOD_SHARPNESS else "fair"
+    return f"{word}: under {MIN_SHARPNESS:g} blurry, {GOOD_SHARPNESS:g} and over sharp"
 
 
 def sharpness(gray: np.ndarray) -> float:

@@ -25,7 +25,7 @@ from edge_agent import const
 from edge_agent.commands.common import add_config_arg, load_config_or_exit
 from edge_agent.config import Config
 from edge_agent.delivery.cid import escape_payload
-from edge_agent.inspection import Report, analyse, annotate
+from edge_agent.inspection import Report, analyse, annotate, sharpness_scale
 from edge_agent.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -114,12 +114,13 @@ def pick(reader: FrameReader, agent: Agent, detector: Detector, at: float | None
 def print_report(rep: Report, out: Path | None = None, stream: Any = sys.stdout) -> None:
     print(f"source {rep.source} at {rep.t:.2f} s, {rep.width}x{rep.height}", file=stream)
     print(f"exposure: mean {rep.mean:.0f}/255, {rep.clipped_dark:.1%} black, {rep.clipped_bright:.1%} white; "
-          f"sharpness (Laplacian variance) {rep.sharpness:.0f}; decode {rep.decode_ms:.1f} ms", file=stream)
+          f"sharpness (Laplacian variance) {rep.sharpness:.0f} for the whole image (scene-dependent: compare "
+          f"readings while turning the lens, higher is sharper); decode {rep.decode_ms:.1f} ms", file=stream)
     for c in rep.codes:
         state = "CID" if c.valid else "REJECTED"
         ppm = f"{c.px_per_module:.1f} px/module" if c.px_per_module else "? px/module"
         print(f"  {state:<8} {escape_payload(c.text)}  {ppm} ({c.modules or '?'} modules)  "
-              f"sharpness {c.sharpness:.0f}", file=stream)
+              f"sharpness {c.sharpness:.0f} ({sharpness_scale(c.sharpness)})", file=stream)
     for line in rep.advice():
         print(f"advice: {line}", file=stream)
     if out is not None:
