@@ -1,7 +1,7 @@
 """Several cameras on one device: two `edge-agent run` side by side, as edge-agent@line1 and
-edge-agent@line2 would run them (own config, own $STATE_DIRECTORY, own metrics port), deliver
+edge-agent@line2 would run them (own config, own $STATE_DIRECTORY, own http port), deliver
 every clip of their own video to one real receiver; `edge-agent check` warns when configs in
-one folder would share a spool, a metrics port or a device_id."""
+one folder would share a spool, an http port or a device_id."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def test_a_shared_spool_dir_port_and_device_id_are_named(tmp_path: Path) -> None
     write(tmp_path, "line1.yaml", f"device_id: cam\nspool:\n  dir: {spool}\nhttp:\n  port: 9101\n")
     write(tmp_path, "line2.yaml", f"device_id: cam\nspool:\n  dir: {spool}/\nhttp:\n  port: 9101\n")
     assert clashes(tmp_path / "line1.yaml", tmp_path) == [
-        ("spool", str(spool), "line2.yaml"), ("metrics port", "9101", "line2.yaml"), ("device_id", "cam", "line2.yaml")]
+        ("spool", str(spool), "line2.yaml"), ("http port", "9101", "line2.yaml"), ("device_id", "cam", "line2.yaml")]
 
 
 def test_a_spool_dir_inside_another_instances_state_directory_clashes(tmp_path: Path) -> None:
@@ -126,7 +126,7 @@ def test_the_per_instance_env_file_counts(tmp_path: Path) -> None:
     write(tmp_path, "line2.yaml", "device_id: b\nhttp:\n  port: 9102\n")
     assert clashes(tmp_path / "line1.yaml", tmp_path) == []
     write(tmp_path, "line2.env", "# per camera\nEDGE_AGENT__HTTP__PORT=9101\nEDGE_AGENT__DEVICE_ID='a'\n")
-    assert clashes(tmp_path / "line1.yaml", tmp_path) == [("metrics port", "9101", "line2.yaml"),
+    assert clashes(tmp_path / "line1.yaml", tmp_path) == [("http port", "9101", "line2.yaml"),
                                                           ("device_id", "a", "line2.yaml")]
     # and for the single unit, its edge-agent.env
     write(tmp_path, "config.yaml", "device_id: c\n")
@@ -215,7 +215,7 @@ def test_check_warns_about_a_shared_port_and_passes_without(tmp_path: Path) -> N
     rc, out, js = check(cfg)
     assert rc == 0, out  # a warning, not a failure: the camera itself works
     warn = [ln for ln in out.splitlines() if ln.startswith("WARN")]
-    assert warn == ["WARN  instances line1.yaml (edge-agent@line1.service) shares metrics port 9101 with line2.yaml"]
+    assert warn == ["WARN  instances line1.yaml (edge-agent@line1.service) shares http port 9101 with line2.yaml"]
     hint = out.splitlines()[out.splitlines().index(warn[0]) + 1]
     assert hint.strip() == f"-> two cameras on one device cannot share these: give each config in {tmp_path} " \
         "an http.port of its own (or none)"

@@ -3,7 +3,7 @@
 
 Instances run side by side, so they must not share what only one process may own: the spool
 (a starting instance's recovery removes the other's half-written clips, and two uploaders on
-one queue can send a clip twice), the metrics port (the second one runs without metrics) and
+one queue can send a clip twice), the http port (the second one runs without its web server) and
 the device_id (the server could not tell the cameras apart). This module works out what each
 config in a folder would get *as its service would run it* (the unit's StateDirectory=, its
 EnvironmentFile=) and names the clashes, for the WARN line of `edge-agent check`.
@@ -116,7 +116,7 @@ def _same_socket(a: Instance, b: Instance) -> bool:
 
 def clashes(path: Path, state_root: Path = STATE_ROOT) -> list[tuple[str, str, str]]:
     """What the config at `path` shares with the other configs in its folder:
-    (what, value, other file) with what one of "spool", "metrics port", "device_id"."""
+    (what, value, other file) with what one of "spool", "http port", "device_id"."""
     found = siblings(path, state_root)
     if not found or found[0].path != Path(path):
         return []  # the checked file itself does not load: `check` has said so already
@@ -126,7 +126,7 @@ def clashes(path: Path, state_root: Path = STATE_ROOT) -> list[tuple[str, str, s
         if o.spool_dir == me.spool_dir:
             out.append(("spool", str(me.spool_dir), o.path.name))
         if _same_socket(me, o):
-            out.append(("metrics port", str(me.metrics_port), o.path.name))
+            out.append(("http port", str(me.metrics_port), o.path.name))
         if o.device_id == me.device_id:
             out.append(("device_id", me.device_id, o.path.name))
     return out
@@ -134,7 +134,7 @@ def clashes(path: Path, state_root: Path = STATE_ROOT) -> list[tuple[str, str, s
 
 FIXES = {
     "spool": "no spool.dir (the unit gives each /var/lib/edge-agent/NAME/spool) or one of its own",
-    "metrics port": "an http.port of its own (or none)",
+    "http port": "an http.port of its own (or none)",
     "device_id": "a device_id of its own (the server tells cameras apart by it)",
 }
 
