@@ -31,6 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 from tests.receiver_fixture import ReceiverProcess, free_port  # noqa: E402
 
+# the device budget: a Pi 4 with 2 GB runs the agent beside the OS and a camera stack
+MAX_RSS_MB = 250
+
 
 def ts(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
@@ -45,7 +48,7 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--video", default=str(ROOT / "sample_media" / "conveyor_1080p30.mp4"))
@@ -92,7 +95,16 @@ def main() -> None:
     if lat:
         print(f"detect->deliver  median {statistics.median(lat):.2f} s, max {max(lat):.2f} s "
               f"(includes the post-roll)")
+    missed = []
+    if m.get("edge_agent_frames_dropped_total", 0):
+        missed.append("frames dropped on a real-time source")
+    if not events:
+        missed.append("no clip delivered")
+    if peak / 2**20 > MAX_RSS_MB:
+        missed.append(f"peak RSS over {MAX_RSS_MB} MB")
+    print("PASS" if not missed else "FAIL: " + "; ".join(missed))
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

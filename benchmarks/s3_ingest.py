@@ -23,7 +23,7 @@ from tests.receiver_fixture import ReceiverProcess, free_port  # noqa: E402
 from tests.seaweed_fixture import SeaweedFS, deliver_clips  # noqa: E402
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=1000)
     ap.add_argument("--clients", type=int, default=4)
@@ -60,8 +60,10 @@ def main() -> None:
           f"{len(set(e['idempotency_key'] for e in events))} keys")
     p50, p99 = statistics.median(lat) * 1000, lat[int(len(lat) * 0.99) - 1] * 1000
     print(f"latency          p50 {p50:.0f} ms, p99 {p99:.0f} ms (of the successful request)")
-    assert len(ids) == len(set(ids)) == len(keys), "lost or duplicated LDOs"
+    ok = len(ids) == len(set(ids)) == len(keys)
+    print("PASS" if ok else "FAIL: lost or duplicated LDOs")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from edge_agent.config import SpoolConfig, UploadConfig
 from edge_agent.delivery.spool import Spool
@@ -37,3 +42,25 @@ def add_clip(spool: Spool, size: int = 50_000, cid: str | None = None) -> tuple[
             "agent": {"version": "test"}}
     assert spool.put(event_id, cid, meta, part)
     return event_id, cid, sha
+
+
+@contextlib.contextmanager
+def small_filesystem(where: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of `size` (e.g. "4m") mounted at `where`, when this machine lets a test mount one
+    (root, as CI is); the test is skipped with the reason otherwise."""
+    where.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True,
+                         check=False)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {res.stderr.decode().strip() or res.returncode}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(path: Path) -> None:
+    """Write a ballast file until the filesystem says ENOSPC."""
+    with path.open("wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 4096)

@@ -70,3 +70,15 @@ def test_tune_prints_a_line_per_second_of_video() -> None:
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("t=")]
     assert res.returncode == 0 and len(lines) == 5
     assert any("CID-7F3A9C21" in ln for ln in lines[3:])
+
+
+def test_sharpness_comes_with_its_scale_and_at_on_a_camera_says_it_does_not_apply(tmp_path: Path) -> None:
+    res = cli("snapshot", "--source", str(SAMPLES / "conveyor_720p30.mp4"), "-o", str(tmp_path / "a.jpg"))
+    assert "(sharp: under 50 blurry, 300 and over sharp)" in res.stdout
+    assert "for the whole image (scene-dependent" in res.stdout
+    camera = f"{sys.executable} {SAMPLES.parent / 'tests' / 'stream_sample.py'} {SAMPLES / 'conveyor_720p30.mp4'}"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"source:\n  kind: pipe\n  command: {camera}\n", encoding="utf-8")
+    res = cli("snapshot", "--config", str(cfg), "--at", "5", "-o", str(tmp_path / "b.jpg"))
+    assert res.returncode == 0, res.stderr
+    assert "--at applies to files; pipe sources give the newest frame" in res.stderr

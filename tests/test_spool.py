@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -26,7 +27,7 @@ from edge_agent.commands import spool as spool_cli
 from edge_agent.delivery.spool import Spool, SpoolBusy
 from edge_agent.metrics import Metrics
 from tests.flaky_server import FlakyServer
-from tests.spool_helpers import add_clip, spool_config
+from tests.spool_helpers import add_clip, fill, small_filesystem, spool_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -400,28 +401,8 @@ def test_missing_part_is_refused_and_counted_not_raised(tmp_path: Path) -> None:
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 2 MiB filesystem, when this machine lets the test mount one."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True,
-                         check=False)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({res.stderr.decode().strip() or res.returncode}); "
-                    "the max_bytes tests cover the same drop path")
-    try:
+    with small_filesystem(tmp_path / "small", "2m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(path: Path) -> None:
-    """Write a ballast file until the filesystem says ENOSPC."""
-    with path.open("wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-        except OSError:
-            pass
 
 
 @pytest.mark.parametrize("on_full", ["drop_oldest", "reject_new"])
@@ -479,6 +460,28 @@ def test_the_free_space_floor_drops_the_oldest(small_fs: Path) -> None:
     assert m.get("edge_agent_spool_dropped_total", reason="min_free_bytes_dropped_oldest") >= 3
     assert 2 <= spool.status().clips <= 4
     assert reopen(small_fs / "spool", spool, min_free_bytes=1 << 20).status().clips >= 2  # restarts fine
+
+
+@pytest.mark.parametrize("on_full", ["drop_oldest", "reject_new"])
+def test_the_free_space_floor_on_any_disk(tmp_path: Path, on_full: str) -> None:
+    """min_free_bytes driven on the real disk of the test folder, no tmpfs needed: a floor above what is
+    free makes every new clip a drop, counted by reason and kept in the queue file for `spool status`."""
+    spool = Spool(spool_config(tmp_path, on_full=on_full))
+    first = add_clip(spool)[0]
+    floor = shutil.disk_usage(tmp_path).free + (1 << 30)
+    spool = reopen(tmp_path, spool, min_free_bytes=floor, on_full=on_full)
+    event_id = str(uuid.uuid4())
+    part = spool.part_path(event_id)
+    part.write_bytes(b"x" * 1000)
+    kept = spool.put(event_id, "CID-FLOOR", {"event_id": event_id, "clip": {}}, part)
+    ids = [e.event_id for e in spool.entries()]
+    if on_full == "drop_oldest":
+        assert not kept and ids == []  # the oldest went first, then the new one: the floor still holds
+        assert spool.status().dropped == {"min_free_bytes_dropped_oldest": 1, "min_free_bytes_rejected_new": 1}
+    else:
+        assert not kept and ids == [first]  # the queue is kept, the new clip refused
+        assert spool.status().dropped == {"min_free_bytes_rejected_new": 1}
+    assert not part.exists()
 
 
 # --- the CLI --------------------------------------------------------------------------------------

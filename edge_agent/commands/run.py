@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Capture, detect, cut clips and deliver them until stopped (SIGTERM). "
                        "SIGHUP or an edit of the config file reloads it.")
     add_config_arg(p)
+    p.add_argument("--no-watch", action="store_true",
+                   help="reload only on SIGHUP (systemctl reload), not when the config file is saved "
+                   "(default: both)")
     p.set_defaults(func=run_daemon)
 
 
@@ -27,7 +30,7 @@ def run_daemon(args: argparse.Namespace) -> int:
     cfg = load_config_or_exit(args)
     setup_logging(cfg.log_level)
     try:
-        return Daemon(cfg, config_path(args)).run()
+        return Daemon(cfg, config_path(args), watch=not args.no_watch).run()
     except SpoolBusy as busy:
         log.error("cannot start: %s; two agents (two cameras) need two spool.dir, and a running "
                   "`edge-agent spool flush` must finish first", busy)

@@ -38,6 +38,8 @@ GREEN, RED, BLUE = (40, 200, 40), (40, 40, 230), (230, 120, 30)
 MIN_PX_PER_MODULE = 3.0
 # variance of the Laplacian of the code area: sharp labels score in the hundreds, blurred ones < ~50
 MIN_SHARPNESS = 50.0
+# ... and a label in focus under good light scores this or more (the samples' labels: 2000-2400)
+GOOD_SHARPNESS = 300.0
 
 
 @dataclass
@@ -85,6 +87,14 @@ class Report:
         if not out:
             out.append("looks good")
         return out
+
+
+def sharpness_scale(value: float) -> str:
+    """A code's sharpness in words, with the scale, so a number means something to a technician. The
+    variance of the Laplacian of the code area measures edge contrast per pixel: a printed QR code in
+    focus scores in the hundreds or more at any resolution, a blurred one under MIN_SHARPNESS."""
+    word = "blurry" if value < MIN_SHARPNESS else "sharp" if value >= GOOD_SHARPNESS else "fair"
+    return f"{word}: under {MIN_SHARPNESS:g} blurry, {GOOD_SHARPNESS:g} and over sharp"
 
 
 def sharpness(gray: np.ndarray) -> float:
@@ -219,12 +229,13 @@ def pick(reader: FrameReader, agent: Agent, detector: Detector, at: float | None
 def print_report(rep: Report, out: Path | None = None, stream: Any = sys.stdout) -> None:
     print(f"source {rep.source} at {rep.t:.2f} s, {rep.width}x{rep.height}", file=stream)
     print(f"exposure: mean {rep.mean:.0f}/255, {rep.clipped_dark:.1%} black, {rep.clipped_bright:.1%} white; "
-          f"sharpness (Laplacian variance) {rep.sharpness:.0f}; decode {rep.decode_ms:.1f} ms", file=stream)
+          f"sharpness (Laplacian variance) {rep.sharpness:.0f} for the whole image (scene-dependent: compare "
+          f"readings while turning the lens, higher is sharper); decode {rep.decode_ms:.1f} ms", file=stream)
     for c in rep.codes:
         state = "CID" if c.valid else "REJECTED"
         ppm = f"{c.px_per_module:.1f} px/module" if c.px_per_module else "? px/module"
         print(f"  {state:<8} {escape_payload(c.text)}  {ppm} ({c.modules or '?'} modules)  "
-              f"sharpness {c.sharpness:.0f}", file=stream)
+              f"sharpness {c.sharpness:.0f} ({sharpness_scale(c.sharpness)})", file=stream)
     for line in rep.advice():
         print(f"advice: {line}", file=stream)
     if out is not None:

@@ -1,4 +1,4 @@
-"""The wire contract between the agent and an edge server (DESIGN.md section 5).
+"""The wire contract between the agent and an edge server (docs/architecture.md, section 6).
 
 This is the one module that both the agent (sender) and the reference receiver
 import, so that field names, header names and the metadata shape cannot drift

@@ -37,6 +37,9 @@ from edge_agent.delivery.spool import Entry, Spool
 from edge_agent.metrics import Metrics
 
 log = logging.getLogger(__name__)
+# urllib3 logs a reply whose headers were cut short with a full traceback at WARNING; the attempt's own
+# one-line result (timed out, retried) says it for a technician
+logging.getLogger("urllib3.connection").setLevel(logging.ERROR)
 
 RETRY_STATUSES = frozenset({401, 403, 408, 425, 429})
 # With no upload.url the worker re-checks the queue this often (a `spool requeue` from another process
@@ -231,6 +234,15 @@ class Uploader:
             timer.cancel()
             self._cutter = None
             body.close()
+        if cutter.reason is not None:
+            # the socket was shut down under the reply: http.client takes a truncated header block as
+            # complete, so whatever status it parsed is not the server's whole answer. Never delivered.
+            if cutter.reason == "stop" or self._stop.is_set():
+                return self._cut_short(entry, "stop")
+            if by_caller:
+                return self._cut_short(entry, "deadline")
+            return self._retry(entry, f"timed out: no complete answer within {deadline - started:.0f} s "
+                                      "(connect + upload.read_timeout_s + size / upload.min_rate_bytes_per_s)", None)
         elapsed = time.monotonic() - started
         self.metrics.observe("edge_agent_upload_seconds", elapsed)
         status = resp.status_code

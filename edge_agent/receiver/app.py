@@ -1,4 +1,4 @@
-"""The receiver's HTTP API (DESIGN.md section 6), a FastAPI app.
+"""The receiver's HTTP API (the integration guide's /cid, /ingest/ldo and /ingest/list), a FastAPI app.
 
 `POST /cid` accepts what the agent sends (cid, metadata, video) and, when USE_DATA_INGESTION is
 true, forwards the clip to the data-ingestion service's `POST /ingest/ldo` before answering: if

@@ -31,9 +31,10 @@ TICK_S = 1.0
 
 
 class Daemon:
-    def __init__(self, cfg: Config, path: str | None):
+    def __init__(self, cfg: Config, path: str | None, watch: bool = True):
         self.cfg = cfg
         self.path = path
+        self.watch = watch  # reload when the config file is saved, besides SIGHUP
         self.metrics = Metrics()
         self.notifier = Notifier()
         self._stop = threading.Event()
@@ -114,7 +115,7 @@ class Daemon:
             self.pipeline = self.agent.pipeline(on_event=lambda _ev: self.uploader.wake())
             if cfg.metrics.port:
                 self._start_http()
-            if self.path:
+            if self.path and self.watch:
                 from edge_agent.service.reload import ConfigWatcher
 
                 self._watcher = ConfigWatcher(Path(self.path), self.apply, self._on_watch_error)
