@@ -65,7 +65,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _fail(exc: BaseException) -> SystemExit:
-    from edge_agent.delivery.spool import is_disk_full
+    from edge_agent.delivery.spool_files import is_disk_full
 
     print(f"edge-agent spool: {exc}", file=sys.stderr)
     return SystemExit(const.EXIT_CANTCREAT if is_disk_full(exc) or "disk full" in str(exc)
@@ -112,7 +112,7 @@ def _owner_note(spool: Spool) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from edge_agent.delivery.spool import disk_full_note
+    from edge_agent.delivery.spool_files import disk_full_note
 
     cfg, spool = _reader(args)
     st = spool.status()
@@ -148,9 +148,11 @@ def _quarantine_note(n: int, reason: str | None) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from edge_agent.delivery.spool_quarantine import quarantine_list
+
     _, spool = _reader(args)
     entries = spool.entries()
-    held = spool.quarantine_list()
+    held = quarantine_list(spool.quarantine_dir)
     spool.close()
     if args.json:
         print(json.dumps([{"event_id": e.event_id, "cid": e.cid, "size_bytes": e.size_bytes,
@@ -179,7 +181,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_flush(args: argparse.Namespace) -> int:
     """Deliver now. Beside the running agent this waits for the agent's own uploader (a second one
     would race it for the same clip); the answer comes within --timeout + 2 s either way."""
-    from edge_agent.delivery.spool import Spool, disk_full_note
+    from edge_agent.delivery.spool import Spool
+    from edge_agent.delivery.spool_files import disk_full_note
     from edge_agent.delivery.uploader import Uploader
 
     cfg, spool, agent_pid = _owner(args)
@@ -230,9 +233,10 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     cfg, spool, agent_pid = _owner(args)
     if spool is None:
         from edge_agent.delivery.spool import Spool
+        from edge_agent.delivery.spool_quarantine import request_requeue
 
         reader = Spool.open_reader(cfg.spool)
-        n = reader.request_requeue(REQUEST_TIMEOUT_S)
+        n = request_requeue(reader.root, REQUEST_TIMEOUT_S)
         left = reader.status().quarantined
         reader.close()
         if n is None:

@@ -23,27 +23,42 @@ Retry timing lives in memory on the monotonic clock: after a restart every clip 
 once, which is what a restarted device should do. Ages for `spool.max_age_s` use the monotonic
 clock too while the clip was made in this boot, so an NTP jump on a Pi without a real-time
 clock does not make fresh clips look a week old and drop them.
+
+This module is the queue itself (ownership, put, take, quarantine); what runs at open lives in
+spool_recovery, the durable file and sidecar helpers in spool_files, and what commands read of
+quarantine/ without the lock in spool_quarantine.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import functools
-import hashlib
-import json
 import logging
 import os
 import shutil
 import sqlite3
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edge_agent.config import SpoolConfig
+from edge_agent.delivery.spool_files import (
+    boot_id,
+    fsync_path,
+    is_disk_full,
+    read_sidecar,
+    safe_id,
+    sidecar_created_at,
+    write_sidecar,
+)
+from edge_agent.delivery.spool_quarantine import (
+    REQUEUE_ANSWER,
+    REQUEUE_REQUEST,
+    newest_quarantine_reason,
+    quarantined_count,
+)
+from edge_agent.delivery.spool_recovery import open_queue, open_readonly, recover, reenqueue
 from edge_agent.metrics import Metrics
 
 try:
@@ -53,17 +68,6 @@ except ImportError:  # pragma: no cover - not Linux: one process per spool is th
 
 log = logging.getLogger(__name__)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS queue (
-    event_id TEXT PRIMARY KEY, cid TEXT NOT NULL, created_at REAL NOT NULL, size_bytes INTEGER NOT NULL,
-    has_video INTEGER NOT NULL, sha256 TEXT, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
-    seq INTEGER NOT NULL, boot_id TEXT, created_mono REAL);
-CREATE INDEX IF NOT EXISTS queue_seq ON queue (seq);
-CREATE TABLE IF NOT EXISTS drops (
-    reason TEXT PRIMARY KEY, count INTEGER NOT NULL, last_at REAL NOT NULL, last_cid TEXT, last_event_id TEXT);
-"""
-# columns added after the first release: added to older queue files on open
-_LATER_COLUMNS = {"boot_id": "TEXT", "created_mono": "REAL"}
 _COLUMNS = "event_id, cid, created_at, size_bytes, has_video, sha256, attempts, last_error"
 # expiring needs a scan of the queue: at most this often from next_due()
 _EXPIRE_EVERY_S = 60.0
@@ -71,13 +75,7 @@ _EXPIRE_EVERY_S = 60.0
 _ENOSPC_DROPS = 16
 # Less free space than this on the spool's disk reads as full: SQLite and a clip's sidecar need a little.
 _FULL_BELOW_BYTES = 1 << 20
-# _check_row's prefix for a problem with the video alone (the event then goes out CID-only)
-_VIDEO_PROBLEM = "video: "
 
-
-# Files by which `spool requeue` asks the running agent to requeue, and its answer.
-REQUEUE_REQUEST = "requeue.request"
-REQUEUE_ANSWER = "requeue.answer"
 
 
 class SpoolError(Exception):
@@ -90,36 +88,6 @@ class SpoolBusy(SpoolError):
     def __init__(self, root: Path, pid: int | None):
         super().__init__(f"{root} is in use by edge-agent (pid {pid or '?'})")
         self.pid = pid
-
-
-def disk_full_note(root: Path, queued_bytes: int) -> str:
-    """The one wording of a full spool disk, for logs and commands."""
-    try:
-        free = shutil.disk_usage(root).free
-    except OSError:
-        free = 0
-    return (f"spool disk full ({free >> 20} MiB free, {queued_bytes >> 20} MiB queued): free space on "
-            f"{root}'s disk, or lower spool.max_bytes")
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """ENOSPC/EDQUOT from the OS or SQLITE_FULL from SQLite: a full disk, never corruption."""
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    if isinstance(exc, sqlite3.Error):
-        code = getattr(exc, "sqlite_errorcode", None)
-        return (code is not None and code & 0xFF == sqlite3.SQLITE_FULL) or "disk is full" in str(exc)
-    return False
-
-
-def _is_corrupt(exc: sqlite3.Error) -> bool:
-    """Only a damaged file is set aside: SQLITE_CORRUPT, SQLITE_NOTADB or a failed quick_check. A full
-    disk, an I/O error or a permission problem leaves the healthy queue where it is."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None and code & 0xFF in (11, 26):  # SQLITE_CORRUPT, SQLITE_NOTADB
-        return True
-    text = str(exc)
-    return text.startswith("quick_check") or "malformed" in text or "not a database" in text
 
 
 @dataclass
@@ -149,65 +117,6 @@ class SpoolStatus:
     quarantine_reason: str | None = None  # why the newest quarantined clip was set aside
 
 
-@dataclass
-class Quarantined:
-    """A clip set aside in quarantine/, for `spool list`: what `spool requeue` would bring back."""
-
-    event_id: str
-    cid: str
-    size_bytes: int
-    created_at: float | None
-    quarantined_at: float
-    reason: str
-
-
-@functools.lru_cache(maxsize=1)
-def boot_id() -> str | None:
-    """Linux's id of this boot: monotonic times compare only within one."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip() or None
-    except OSError:
-        return None
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file's data, or a directory's entries (a rename is durable only once its directory is)."""
-    fd = os.open(str(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _sidecar(side: Path) -> dict[str, Any]:
-    """The sidecar's content, checked for what re-enqueueing needs; ValueError/OSError otherwise."""
-    data = json.loads(side.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or not isinstance(data.get("metadata"), dict) or not isinstance(data.get("cid"), str):
-        raise ValueError("sidecar lacks cid or metadata")
-    float(data["created_at"])
-    return data
-
-
-def _created_at(side: Path) -> float:
-    try:
-        return float(json.loads(side.read_text(encoding="utf-8"))["created_at"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0.0
-
-
-def safe_id(event_id: str) -> bool:
-    """Event ids are our own UUIDs; anything else never becomes a path."""
-    return 0 < len(event_id) <= 64 and all(c.isascii() and (c.isalnum() or c == "-") for c in event_id)
-
-
 class Spool:
     """The queue of clips. Thread-safe: the clip worker puts, the uploader takes, the CLI inspects."""
 
@@ -231,7 +140,7 @@ class Spool:
         self._db: sqlite3.Connection | None = None
         if reader:
             self.owner, self.owner_pid = False, self._owner_pid()
-            self._db = self._open_readonly()
+            self._db = open_readonly(self.root, self.clips)
             return
         try:
             for d in (self.root, self.tmp, self.clips, self.quarantine_dir):
@@ -242,13 +151,15 @@ class Spool:
                              "writable folder on a local disk; the service's is /var/lib/edge-agent/spool)") from exc
         if not self.owner:
             raise SpoolBusy(self.root, self.owner_pid)
-        self._db = self._open_db()
-        self._recover()
+        self._db, self.disk_full = open_queue(self.root, self.clips, self.quarantine_dir, self.metrics)
+        recover(self)
         self._update_gauges()
 
     @classmethod
     def open_reader(cls, cfg: SpoolConfig) -> Spool:
         return cls(cfg, reader=True)
+
+    # --- ownership ------------------------------------------------------------------------------
 
     def _owner_pid(self) -> int | None:
         """The pid of the process holding the lock, or None when nobody does."""
@@ -271,46 +182,6 @@ class Spool:
         finally:
             os.close(fd)
 
-    def _open_readonly(self) -> sqlite3.Connection | None:
-        path = self.root / "queue.sqlite3"
-        if not path.exists():
-            return None
-        try:
-            db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, check_same_thread=False,
-                                 isolation_level=None, timeout=30)
-            db.execute("SELECT COUNT(*) FROM queue").fetchone()
-            return db
-        except sqlite3.Error as exc:
-            # e.g. a full disk, where SQLite cannot make the shared-memory file a WAL reader needs: the
-            # sidecars say the same as the queue, so read those instead of failing
-            log.warning("spool queue file not readable (%s): listing the clips from their sidecars", exc)
-            return self._queue_from_sidecars()
-
-    def _queue_from_sidecars(self) -> sqlite3.Connection:
-        """An in-memory queue built from clips/*.json alone, changing no file."""
-        db = self._connect(Path(":memory:"))
-        for side in sorted(self.clips.glob("*.json"), key=_created_at):
-            try:
-                data = _sidecar(side)
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM queue").fetchone()[0]
-            db.execute("INSERT INTO queue (event_id, cid, created_at, size_bytes, has_video, sha256, attempts, seq)"
-                       " VALUES (?,?,?,?,?,?,0,?)", (side.stem, data["cid"], float(data["created_at"]),
-                                                      int(data.get("size_bytes") or 0),
-                                                      int(bool(data.get("has_video", True))), data.get("sha256"), seq))
-        return db
-
-    def _bytes_on_disk(self) -> int:
-        total = 0
-        with contextlib.suppress(OSError):
-            for p in self.clips.iterdir():
-                with contextlib.suppress(OSError):
-                    total += p.stat().st_size
-        return total
-
-    # --- opening and recovery -------------------------------------------------------------------
-
     def _take_ownership(self) -> tuple[bool, int | None]:
         """flock spool.lock; (True, our pid) or (False, the owner's pid) when another process holds it."""
         if fcntl is None:
@@ -330,177 +201,6 @@ class Spool:
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         self._lock_fd = fd
         return True, os.getpid()
-
-    def _open_db(self) -> sqlite3.Connection:
-        path = self.root / "queue.sqlite3"
-        try:
-            db = self._connect(path)
-            try:
-                check = db.execute("PRAGMA quick_check").fetchone()
-                if check is None or check[0] != "ok":
-                    raise sqlite3.DatabaseError(f"quick_check: {check}")
-                db.execute("SELECT COUNT(*) FROM queue").fetchone()
-            except sqlite3.Error:
-                db.close()
-                raise
-            return db
-        except sqlite3.Error as exc:
-            if not _is_corrupt(exc):
-                # a full disk or an I/O error: the queue file is healthy and stays where it is; the
-                # queue is rebuilt in memory from the clips' sidecars, so delivery (which frees space)
-                # goes on, and the next start uses the file again
-                self.disk_full = is_disk_full(exc)
-                log.error("spool queue file cannot be opened error=%s%s: keeping the queue in memory until the "
-                          "next start", exc, f" ({disk_full_note(self.root, self._bytes_on_disk())})"
-                          if self.disk_full else "")
-                self.metrics.inc("edge_agent_spool_recovered_total", reason="queue_in_memory")
-                return self._connect(Path(":memory:"))
-            stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"  # two in a second stay apart
-            for suffix in ("", "-wal", "-shm"):
-                p = Path(str(path) + suffix)
-                if p.exists():
-                    try:
-                        os.replace(p, self.quarantine_dir / f"queue.sqlite3{suffix}.corrupt-{stamp}")
-                    except OSError:
-                        p.unlink(missing_ok=True)
-            log.error("spool queue file unreadable error=%s: moved to quarantine, rebuilding from clip sidecars",
-                      exc)
-            self.metrics.inc("edge_agent_spool_recovered_total", reason="queue_rebuilt")
-            try:
-                return self._connect(path)
-            except sqlite3.Error as again:
-                log.error("spool queue file cannot be created error=%s: keeping the queue in memory until the "
-                          "next start (clips and their sidecars stay on disk)", again)
-                self.metrics.inc("edge_agent_spool_recovered_total", reason="queue_in_memory")
-                return self._connect(Path(":memory:"))
-
-    @staticmethod
-    def _connect(path: Path) -> sqlite3.Connection:
-        db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.executescript(_SCHEMA)
-            have = {r[1] for r in db.execute("PRAGMA table_info(queue)")}
-            for col, kind in _LATER_COLUMNS.items():
-                if col not in have:
-                    db.execute(f"ALTER TABLE queue ADD COLUMN {col} {kind}")
-        except sqlite3.DatabaseError:
-            db.close()
-            raise
-        return db
-
-    def _recover(self) -> None:
-        """Bring disk and queue back in line after a crash. Each clip is handled on its own, so one bad
-        file (or an I/O error reading it) never stops the others, nor the start."""
-        assert self._db is not None
-        started = time.monotonic()
-        with self._lock:
-            self._finish_interrupted_puts()
-            for part in list(self.tmp.iterdir()) + list(self.clips.glob("*.part")):
-                try:
-                    part.unlink()
-                    log.info("spool recovery: removed unfinished file %s", part.name)
-                except OSError as exc:
-                    log.error("spool recovery: cannot remove %s error=%s", part.name, exc.strerror or exc)
-            rows = self._db.execute("SELECT event_id, cid, has_video, sha256, size_bytes FROM queue").fetchall()
-            for event_id, cid, has_video, sha, size in rows:
-                try:
-                    problem = self._check_row(event_id, bool(has_video), sha, size)
-                except Exception as exc:  # never refuse to start
-                    problem = f"cannot check: {exc}"
-                if problem is None:
-                    continue
-                if problem.startswith(_VIDEO_PROBLEM):  # the metadata is sound: the CID still goes out
-                    self.drop_video(event_id, problem[len(_VIDEO_PROBLEM):])
-                    continue
-                self._db.execute("DELETE FROM queue WHERE event_id=?", (event_id,))
-                if not self._quarantine_files(event_id, problem):
-                    self.metrics.inc("edge_agent_spool_dropped_total", reason="lost")
-                    log.error("spool recovery: clip lost cid=%s clip=%s reason=%s", cid, event_id, problem)
-            known = {r[0] for r in self._db.execute("SELECT event_id FROM queue")}
-            orphans = [side for side in self.clips.glob("*.json") if side.stem not in known]
-            for side in sorted(orphans, key=_created_at):  # keep delivery in the order clips were made
-                self._reenqueue(side)
-            for mp4 in self.clips.glob("*.mp4"):
-                if not (self.clips / f"{mp4.stem}.json").exists():
-                    self._quarantine_files(mp4.stem, "clip without metadata sidecar")
-            with contextlib.suppress(OSError):
-                fsync_path(self.clips)
-                fsync_path(self.quarantine_dir)
-            self._expire()
-        n, b = self._totals()
-        log.info("spool ready dir=%s clips=%d bytes=%d recovery_s=%.2f", self.root, n, b, time.monotonic() - started)
-
-    def _finish_interrupted_puts(self) -> None:
-        """A crash between a put's two renames leaves the sidecar in clips/ and the clip, whole and
-        fsynced, still in tmp/: move it in when its bytes match the sidecar."""
-        for side in self.clips.glob("*.json"):
-            part = self.tmp / f"{side.stem}.mp4.part"
-            if not part.exists() or (self.clips / f"{side.stem}.mp4").exists():
-                continue
-            try:
-                data = _sidecar(side)
-                whole = (data.get("has_video") and part.stat().st_size == data.get("size_bytes")
-                         and (not data.get("sha256") or sha256_file(part) == data["sha256"]))
-                if whole:
-                    os.replace(part, self.clips / f"{side.stem}.mp4")
-                    log.info("spool recovery: finished an interrupted put clip=%s", side.stem)
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.error("spool recovery: cannot finish put clip=%s error=%s", side.stem, exc)
-
-    def _check_row(self, event_id: str, has_video: bool, sha: str | None, size: int) -> str | None:
-        """Why a queued clip cannot be sent as it is, or None when it is sound."""
-        side = self.clips / f"{event_id}.json"
-        mp4 = self.clips / f"{event_id}.mp4"
-        if not side.exists():
-            return "metadata sidecar missing after restart"
-        try:
-            _sidecar(side)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            return f"metadata sidecar unreadable: {exc}"
-        if not has_video:
-            return None
-        if not mp4.exists():
-            return _VIDEO_PROBLEM + "clip file missing after restart"
-        try:
-            actual = mp4.stat().st_size
-            if actual != size:
-                return _VIDEO_PROBLEM + f"clip is {actual} bytes, {size} were queued (torn write?)"
-            if sha and sha256_file(mp4) != sha:
-                return _VIDEO_PROBLEM + "clip bytes do not match their sha256 (torn write or bit rot?)"
-        except OSError as exc:
-            return _VIDEO_PROBLEM + f"clip unreadable: {exc.strerror or exc}"
-        return None
-
-    def _reenqueue(self, side: Path) -> bool:
-        event_id = side.stem
-        try:
-            data = _sidecar(side)
-            cid = data["cid"]
-            created = float(data["created_at"])
-            has_video = bool(data.get("has_video", True))
-            sha = data.get("sha256")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            self._quarantine_files(event_id, f"cannot re-enqueue: {exc}")
-            return False
-        mp4 = self.clips / f"{event_id}.mp4"
-        size = 0
-        problem = None
-        if has_video:
-            try:
-                size = mp4.stat().st_size
-                if sha and sha256_file(mp4) != sha:
-                    problem = "clip bytes do not match their sha256"
-            except OSError as exc:
-                problem = f"clip file unreadable: {exc.strerror or exc}"
-        self._insert(event_id, cid, created, size, has_video, sha, boot=data.get("boot_id"),
-                     mono=data.get("created_mono"))
-        self.metrics.inc("edge_agent_spool_recovered_total", reason="orphan_reenqueued")
-        log.info("spool: re-enqueued cid=%s clip=%s", cid, event_id)
-        if problem is not None:
-            self.drop_video(event_id, problem)
-        return True
 
     def _insert(self, event_id: str, cid: str, created: float, size: int, has_video: bool, sha: str | None,
                 boot: str | None = None, mono: float | None = None) -> None:
@@ -566,13 +266,9 @@ class Spool:
         if video_part is not None and video_part.exists():
             fsync_path(video_part)
         created, mono, boot = time.time(), time.monotonic(), boot_id()
-        side_tmp = self.tmp / f"{event_id}.json.part"
-        with side_tmp.open("w", encoding="utf-8") as f:
-            json.dump({"cid": cid, "metadata": metadata, "created_at": created, "has_video": video_part is not None,
-                       "sha256": sha, "size_bytes": size, "boot_id": boot, "created_mono": mono}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(side_tmp, self.clips / f"{event_id}.json")
+        write_sidecar(self.tmp / f"{event_id}.json.part", self.clips / f"{event_id}.json",
+                      {"cid": cid, "metadata": metadata, "created_at": created, "has_video": video_part is not None,
+                       "sha256": sha, "size_bytes": size, "boot_id": boot, "created_mono": mono})
         if video_part is not None and video_part.exists():
             os.replace(video_part, self.clips / f"{event_id}.mp4")
         fsync_path(self.clips)
@@ -693,7 +389,7 @@ class Spool:
     def _entry(self, row: tuple[Any, ...], strict: bool = True) -> Entry | None:
         event_id, cid, created, size, has_video, sha, attempts, last_error = row
         try:
-            meta = _sidecar(self.clips / f"{event_id}.json")["metadata"]
+            meta = read_sidecar(self.clips / f"{event_id}.json")["metadata"]
         except (OSError, ValueError, KeyError, TypeError):
             if strict:
                 return None
@@ -741,7 +437,7 @@ class Spool:
                 return None
             side = self.clips / f"{event_id}.json"
             try:
-                data = _sidecar(side)
+                data = read_sidecar(side)
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 self.quarantine(event_id, f"{reason}; metadata sidecar unreadable: {exc}")
                 return None
@@ -758,11 +454,7 @@ class Spool:
             data.update(has_video=False, sha256=None, size_bytes=0)
             tmp = self.tmp / f"{event_id}.json.part"
             try:
-                with tmp.open("w", encoding="utf-8") as f:
-                    json.dump(data, f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, side)
+                write_sidecar(tmp, side, data)
                 fsync_path(self.clips)
             except OSError as exc:  # e.g. disk full: the old sidecar stays; it is still sent CID-only below
                 tmp.unlink(missing_ok=True)
@@ -824,7 +516,7 @@ class Spool:
         with self._lock:
             if self._db is None:
                 return 0
-            for side in sorted(self.quarantine_dir.glob("*.json"), key=_created_at):
+            for side in sorted(self.quarantine_dir.glob("*.json"), key=sidecar_created_at):
                 event_id = side.stem
                 if not safe_id(event_id):
                     continue
@@ -837,7 +529,7 @@ class Spool:
                 except OSError as exc:
                     log.error("spool requeue: cannot move clip=%s error=%s", event_id, exc.strerror or exc)
                     continue
-                n += self._reenqueue(self.clips / side.name)
+                n += reenqueue(self, self.clips / side.name)
             with contextlib.suppress(OSError):
                 fsync_path(self.clips)
             self._update_gauges()
@@ -849,10 +541,11 @@ class Spool:
         free = int(min(self._free_bytes(), 2**62))
         full = self.disk_full or free < _FULL_BELOW_BYTES
         self.metrics.set("edge_agent_spool_disk_free_bytes", free)
+        held = quarantined_count(self.quarantine_dir)
         with self._lock:
             if self._db is None:
-                return SpoolStatus(0, 0, None, None, self._quarantined(), free_bytes=free, disk_full=full,
-                                   quarantine_reason=self._newest_quarantine_reason())
+                return SpoolStatus(0, 0, None, None, held, free_bytes=free, disk_full=full,
+                                   quarantine_reason=newest_quarantine_reason(self.quarantine_dir))
             n, b = self._totals()
             oldest = self._db.execute("SELECT MIN(created_at) FROM queue").fetchone()[0]
             err = self._db.execute("SELECT last_error FROM queue WHERE last_error IS NOT NULL ORDER BY seq LIMIT 1"
@@ -861,60 +554,10 @@ class Spool:
                 dropped = dict(self._db.execute("SELECT reason, count FROM drops ORDER BY reason").fetchall())
             except sqlite3.Error:  # a queue file from before drops were recorded, opened read-only
                 dropped = {}
-        return SpoolStatus(n, b, oldest, err[0] if err else None, self._quarantined(), dropped, free, full,
-                           self._newest_quarantine_reason())
-
-    def _quarantined(self) -> int:
-        """Quarantined clips (what `spool requeue` can bring back), not the set-aside videos of
-        events that went out CID-only."""
-        return sum(1 for p in self.quarantine_dir.glob("*.reason") if not p.name.endswith(".video-lost.reason"))
-
-    def _newest_quarantine_reason(self) -> str | None:
-        items = self.quarantine_list()
-        return items[-1].reason if items else None
-
-    def quarantine_list(self) -> list[Quarantined]:
-        """Quarantined clips, oldest quarantine first, with the reason each was set aside (read-only:
-        safe beside the running agent)."""
-        out = []
-        for note in self.quarantine_dir.glob("*.reason"):
-            event_id = note.name[:-len(".reason")]
-            if event_id.endswith(".video-lost") or not safe_id(event_id):
-                continue
-            try:
-                reason = note.read_text(encoding="utf-8").strip()
-                at = note.stat().st_mtime
-            except OSError:
-                continue  # requeued meanwhile
-            cid, size, created = "?", 0, None
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                data = _sidecar(self.quarantine_dir / f"{event_id}.json")
-                cid, size, created = data["cid"], int(data.get("size_bytes") or 0), float(data["created_at"])
-            if size == 0:
-                with contextlib.suppress(OSError):
-                    size = (self.quarantine_dir / f"{event_id}.mp4").stat().st_size
-            out.append(Quarantined(event_id, cid, size, created, at, reason or "-"))
-        return sorted(out, key=lambda q: (q.quarantined_at, q.event_id))
+        return SpoolStatus(n, b, oldest, err[0] if err else None, held, dropped, free, full,
+                           newest_quarantine_reason(self.quarantine_dir))
 
     # --- requests from commands while the agent owns the spool ----------------------------------
-
-    def request_requeue(self, timeout_s: float) -> int | None:
-        """Ask the owner (the running agent) to requeue quarantined clips; the count it requeued, or None
-        if it did not answer in time. The commands never move the owner's files themselves."""
-        req = self.root / REQUEUE_REQUEST
-        answer = self.root / REQUEUE_ANSWER
-        answer.unlink(missing_ok=True)
-        req.write_text(f"{os.getpid()}\n", encoding="ascii")
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not req.exists() and answer.exists():
-                with contextlib.suppress(OSError, ValueError):
-                    n = int(answer.read_text(encoding="ascii").strip())
-                    answer.unlink(missing_ok=True)
-                    return n
-            time.sleep(0.1)
-        req.unlink(missing_ok=True)
-        return None
 
     def serve_requests(self) -> None:
         """The owner answers what commands asked (`spool requeue` beside the running agent); cheap

@@ -1,0 +1,17 @@
+"""One line of `edge-agent check`: shared by the checks and the table that prints them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
+
+
+@dataclass
+class Result:
+    name: str
+    status: str  # PASS | FAIL | SKIP
+    detail: str
+    hint: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
