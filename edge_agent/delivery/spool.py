@@ -484,7 +484,9 @@ class Spool:
         self._unlink_files(event_id)
 
     def _unlink_files(self, event_id: str) -> None:
-        for suffix in (".mp4", ".json"):
+        """The sidecar first: it is what recovery re-sends from. A crash between the two then leaves a
+        video without sidecar (set aside by recovery), never a delivered clip sent again without it."""
+        for suffix in (".json", ".mp4"):
             try:
                 (self.clips / f"{event_id}{suffix}").unlink(missing_ok=True)
             except OSError as exc:

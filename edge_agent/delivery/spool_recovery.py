@@ -181,7 +181,8 @@ def recover(spool: Spool) -> None:
             reenqueue(spool, side)
         for mp4 in spool.clips.glob("*.mp4"):
             if not (spool.clips / f"{mp4.stem}.json").exists():
-                spool._quarantine_files(mp4.stem, "clip without metadata sidecar")
+                spool._quarantine_files(mp4.stem, "clip without metadata sidecar (a delivery or quarantine "
+                                                  "interrupted by a crash: usually already delivered)")
         with contextlib.suppress(OSError):
             fsync_path(spool.clips)
             fsync_path(spool.quarantine_dir)
