@@ -9,15 +9,18 @@ cd "$(dirname "$0")"
 
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
+# what the agent and the demo need
+SYSTEM_PACKAGES=(python3-venv python3-pip libzbar0)
+# what only the tests need:
 # postgresql: the tests start a throwaway PostgreSQL for the shared LDO index
 # prometheus: its promtool checks /metrics and monitoring/alerts.yml in the tests
 # ffmpeg: the tests check with ffprobe that clips show what their metadata says (the agent uses PyAV only)
 # chromium, chromium-driver: the live view is tested in a real browser (Selenium, headless)
-SYSTEM_PACKAGES=(python3-venv python3-pip libzbar0 postgresql prometheus ffmpeg chromium chromium-driver)
+TEST_PACKAGES=(postgresql prometheus ffmpeg chromium chromium-driver)
 
 bootstrap() {
     local missing=()
-    for pkg in "${SYSTEM_PACKAGES[@]}"; do
+    for pkg in "${SYSTEM_PACKAGES[@]}" "$@"; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if ((${#missing[@]})); then
@@ -68,14 +71,16 @@ PY
 }
 
 tests() {
-    bootstrap
+    bootstrap "${TEST_PACKAGES[@]}"
     "$VENV/bin/ruff" check edge_agent tests sample_media benchmarks
-    "$VENV/bin/python" -m pytest -q "$@"
+    # most tests wait on real time (live sources, servers, subprocesses), not on the CPU: four workers
+    # cut the suite from ~7.5 to ~2.7 minutes on 2 cores; one file stays on one worker (its fixtures)
+    "$VENV/bin/python" -m pytest -q -n "${PYTEST_WORKERS:-4}" --dist loadfile "$@"
 }
 
 case "${1:-}" in
     demo) shift; demo "$@" ;;
     test) shift; tests "$@" ;;
-    setup) bootstrap ;;
+    setup) bootstrap "${TEST_PACKAGES[@]}" ;;
     *) echo "usage: $0 demo [VIDEO] | test [PYTEST ARGS] | setup" >&2; exit 64 ;;
 esac
