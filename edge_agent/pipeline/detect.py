@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from edge_agent import const
 from edge_agent.capture.media import GrayFrame
 from edge_agent.config import Config
 from edge_agent.delivery.cid import CidValidator, escape_payload
@@ -54,7 +55,7 @@ class DetectStage:
         self._on_new_event = on_new_event
         self._apply_config = apply_config
         self.noreads = noreads  # located symbols nothing read: counted, kept as pictures
-        self.detector = Detector(cfg.detector)
+        self.detector = Detector(cfg.detector, const.THOROUGH_EVERY)
         self.validator = CidValidator(cfg.detector.cid_pattern, cfg.detector.cid_max_length)
         self.tracker = EventTracker(cfg.detector.cooldown_s, cfg.clip.pre_roll_s, cfg.clip.post_roll_s,
                                     cfg.clip.max_s, cfg.clip.extend_while_in_view)
@@ -78,7 +79,7 @@ class DetectStage:
         old = self.cfg
         if new.detector != old.detector:
             try:
-                self.detector = Detector(new.detector)
+                self.detector = Detector(new.detector, const.THOROUGH_EVERY)
             except Exception as exc:  # a decoder that cannot load keeps the old one running
                 log.error("reload: detector not changed: %s", exc)
                 new = new.model_copy(update={"detector": old.detector})
