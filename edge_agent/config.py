@@ -72,8 +72,8 @@ class SourceConfig(_Section):
     realtime: bool = Field(False, **_restart(
         "file only: pace frames at their recorded speed instead of as fast as possible."))
     loop: bool = Field(False, **_restart("file only: start again at the end instead of stopping."))
-    stall_s: float = Field(const.SOURCE_STALL_S, gt=0, le=3600, **_restart(
-        "Seconds without a frame before the source is reopened."))
+    stall_s: float = Field(const.SOURCE_STALL_S, gt=0, le=3600, **_live(
+        "Seconds without a frame before the source is reopened (a change applies to the running session)."))
     open_timeout_s: float = Field(const.SOURCE_OPEN_TIMEOUT_S, gt=0, le=600, **_restart(
         "Seconds to wait for a network or pipe source to open and for each read."))
 

@@ -130,3 +130,24 @@ def test_sighup_reloads_and_a_bad_config_keeps_the_running_one(tmp_path: Path) -
     text = log.read_text()
     assert text.count("reload requested (SIGHUP)") == 2
     assert "pre_rol_s: unknown key" in text
+
+
+def test_a_live_change_of_stall_s_neither_reopens_the_source_nor_reads_like_a_fault(tmp_path: Path) -> None:
+    camera = f"{sys.executable} {SAMPLE.parent.parent / 'tests' / 'stream_sample.py'} {SAMPLE} --loop"
+    cfg = tmp_path / "config.yaml"
+    log = tmp_path / "run.log"
+    base = f"source:\n  kind: pipe\n  command: {camera}\n  stall_s: {{}}\nspool:\n  dir: {tmp_path / 'spool'}\n"
+    cfg.write_text(base.format(10))
+    proc = start_run(cfg, log, "--no-watch")
+    try:
+        at = wait_for_log(log, "ready: frames are flowing")
+        cfg.write_text(base.format(4))
+        proc.send_signal(signal.SIGHUP)
+        wait_for_log(log, "config reloaded live: source.stall_s 10 -> 4; source restarted: -", after=at)
+        time.sleep(1.0)  # a reopen would log within a second
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    text = log.read_text()[at:]
+    assert "source ended or stalled" not in text and "WARNING" not in text.split("signal SIGTERM")[0]
+    assert text.count("source open kind=") == 0  # the same session ran on
