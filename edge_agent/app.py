@@ -99,12 +99,9 @@ class Agent:
         """The one CID rule."""
         return CidValidator(self.cfg.detector.cid_pattern, self.cfg.detector.cid_max_length)
 
-    def source(self, path: str | None = None) -> AvSource:
-        """The configured source (not opened), or a file in its place."""
-        encoders = self.cfg.clip.encoders  # raw cameras are encoded as they arrive
-        if path is None:
-            return AvSource(self.cfg.source, encoders=encoders)
-        return AvSource(self.cfg.source.model_copy(update={"kind": "file", "path": path}), path, encoders=encoders)
+    def source(self) -> AvSource:
+        """The configured source, not opened; raw cameras are encoded with clip.encoders as they arrive."""
+        return AvSource(self.cfg.source, encoders=self.cfg.clip.encoders)
 
     # --- stopping -------------------------------------------------------------------------------
 

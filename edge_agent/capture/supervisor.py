@@ -41,6 +41,8 @@ class CaptureStatus:
 class CaptureSupervisor:
     """Runs in the capture thread (`run`); `interrupt`, `restart` and `stop` come from other threads."""
 
+    name = "capture"
+
     def __init__(self, cfg: SourceConfig, metrics: Metrics, failures: FailureBox,
                  on_packet: Callable[[Packet, bool], None], on_session: Callable[[AvSource, int], None],
                  videos: Sequence[str] = (), cooldown_s: Callable[[], float] = lambda: const.COOLDOWN_S,
@@ -135,7 +137,7 @@ class CaptureSupervisor:
                     continue
                 if not src.live:
                     missing = not Path(str(src.path)).exists()
-                    self.failures.set(Failure("capture", str(exc), const.EXIT_NOINPUT if missing
+                    self.failures.set(Failure(self.name, str(exc), const.EXIT_NOINPUT if missing
                                               else const.EXIT_DATAERR))
                     log.error("source: %s (source.path)", exc)
                     break

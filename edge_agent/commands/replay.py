@@ -82,7 +82,7 @@ class ReplayReport:
             self.events[rec.event_id] = rec
             result = self._early.pop(rec.event_id, None)
             if result is not None:
-                self._apply(rec, result)
+                rec.record_upload(result)
 
     def on_noread(self, nr: Any) -> None:
         """A code seen but not read: when, where in the frame, and the image kept of it (None: not kept)."""
@@ -97,12 +97,7 @@ class ReplayReport:
             if rec is None:
                 self._early[event_id] = result
             else:
-                self._apply(rec, result)
-
-    @staticmethod
-    def _apply(rec: Event, result: str) -> None:
-        if result not in ("retry", "stopped"):
-            rec.upload_result = result
+                rec.record_upload(result)
 
     def sorted(self) -> list[Event]:
         with self._lock:

@@ -15,13 +15,13 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge_agent import __version__, const
+from edge_agent import const
 from edge_agent.commands.common import add_config_arg, load_config_or_exit
 from edge_agent.config import Config
 from edge_agent.logs import setup_logging
-from edge_agent.metrics import Metrics
 
 if TYPE_CHECKING:
+    from edge_agent.app import Agent
     from edge_agent.delivery.spool import Spool
 
 # How often `flush` looks at the queue while the running agent delivers it.
@@ -83,15 +83,18 @@ def _reader(args: argparse.Namespace) -> tuple[Config, Spool]:
         raise _fail(exc) from None
 
 
-def _owner(args: argparse.Namespace) -> tuple[Config, Spool | None, int | None]:
-    """(cfg, the spool as its owner, None) or (cfg, None, the running agent's pid) when it owns it."""
-    from edge_agent.delivery.spool import Spool, SpoolBusy, SpoolError
+def _owner(args: argparse.Namespace) -> tuple[Agent, int | None]:
+    """The parts of this command, from the composition root: (agent holding the spool as its owner,
+    None), or (agent without a spool, the running agent's pid) when that process owns it."""
+    from edge_agent.app import Agent
+    from edge_agent.delivery.spool import SpoolBusy, SpoolError
 
-    cfg = _load(args)
+    agent = Agent(_load(args))
     try:
-        return cfg, Spool(cfg.spool, Metrics()), None
+        agent.spool()
+        return agent, None
     except SpoolBusy as busy:
-        return cfg, None, busy.pid
+        return agent, busy.pid
     except (SpoolError, OSError) as exc:
         raise _fail(exc) from None
 
@@ -183,22 +186,21 @@ def cmd_flush(args: argparse.Namespace) -> int:
     would race it for the same clip); the answer comes within --timeout + 2 s either way."""
     from edge_agent.delivery.spool import Spool
     from edge_agent.delivery.spool_files import disk_full_note
-    from edge_agent.delivery.uploader import Uploader
 
-    cfg, spool, agent_pid = _owner(args)
+    agent, agent_pid = _owner(args)
+    cfg = agent.cfg
     deadline = time.monotonic() + args.timeout
-    before = 0
     if not cfg.upload.url:
-        if spool is not None:
-            spool.close()
+        agent.close()
         print("edge-agent spool flush: upload.url is not set; nothing can be delivered (set upload.url in the "
               "config or EDGE_AGENT__UPLOAD__URL)", file=sys.stderr)
         return const.EXIT_QUEUED
     results: Counter[str] = Counter()
     try:
-        if spool is not None:
-            up = Uploader(spool, cfg.upload, Metrics(), __version__, on_result=lambda _e, _c, r: results.update([r]))
-            up.drain(max(0.0, deadline - time.monotonic()))
+        if agent_pid is None:
+            spool = agent.spool()
+            agent.uploader(lambda _e, _c, r: results.update([r]), thread=False).drain(
+                max(0.0, deadline - time.monotonic()))
         else:
             print(f"edge-agent is running (pid {agent_pid or '?'}) and delivers the queue; "
                   f"waiting up to {args.timeout:g} s for it to empty", file=sys.stderr)
@@ -208,16 +210,17 @@ def cmd_flush(args: argparse.Namespace) -> int:
                 time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
     except KeyboardInterrupt:
         pass
-    left = spool.status() if spool is not None else None
-    if spool is not None:
+    left = spool.status()
+    if agent_pid is None:
+        agent.close()
+    else:
         spool.close()
-    if agent_pid is not None:
-        results["delivered"] = before - (left.clips if left else 0)
+        results["delivered"] = before - left.clips
     done = results["delivered"] + results["duplicate"]
     quarantined = (f"; {results['quarantined']} refused by the server and quarantined "
-                   f"({left.quarantine_reason if left else '-'}: fix the cause, then `edge-agent spool requeue`)"
+                   f"({left.quarantine_reason or '-'}: fix the cause, then `edge-agent spool requeue`)"
                    if results["quarantined"] else "")
-    if left is None or left.clips == 0:
+    if left.clips == 0:
         print(f"delivered {done} clip(s){quarantined}; "
               + ("no clip left waiting" if quarantined else "the spool is empty"))
         return 0
@@ -230,22 +233,23 @@ def cmd_flush(args: argparse.Namespace) -> int:
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:
-    cfg, spool, agent_pid = _owner(args)
-    if spool is None:
+    agent, agent_pid = _owner(args)
+    if agent_pid is not None:
         from edge_agent.delivery.spool import Spool
         from edge_agent.delivery.spool_quarantine import request_requeue
 
-        reader = Spool.open_reader(cfg.spool)
+        reader = Spool.open_reader(agent.cfg.spool)
         n = request_requeue(reader.root, REQUEST_TIMEOUT_S)
         left = reader.status().quarantined
         reader.close()
         if n is None:
-            print(f"edge-agent spool requeue: the running agent (pid {agent_pid or '?'}) did not answer in "
+            print(f"edge-agent spool requeue: the running agent (pid {agent_pid}) did not answer in "
                   f"{REQUEST_TIMEOUT_S:g} s; is it stuck? `systemctl status edge-agent`", file=sys.stderr)
             return const.EXIT_QUEUED
     else:
+        spool = agent.spool()
         n = spool.requeue()
         left = spool.status().quarantined
-        spool.close()
+        agent.close()
     print(f"requeued {n} clip(s)" + (f"; {left} could not be requeued (see quarantine/*.reason)" if left else ""))
     return 0

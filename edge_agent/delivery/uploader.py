@@ -220,14 +220,8 @@ class Uploader:
                 return self._cut_short(entry, "deadline")
             return self._retry(entry, f"too slow: {exc}", None)
         except (requests.RequestException, OSError) as exc:
-            if cutter.reason == "stop" or self._stop.is_set():
-                return self._cut_short(entry, "stop")
-            if cutter.reason == "deadline":
-                if by_caller:
-                    return self._cut_short(entry, "deadline")
-                return self._retry(entry, f"timed out: no complete answer within {deadline - started:.0f} s "
-                                          "(connect + upload.read_timeout_s + size / upload.min_rate_bytes_per_s)",
-                                   None)
+            if cutter.reason is not None or self._stop.is_set():
+                return self._cut(entry, by_caller, deadline - started)
             return self._retry(entry, describe_error(exc, cfg.url, budget_s if isinstance(
                 exc, requests.exceptions.ReadTimeout) else None), None)
         finally:
@@ -237,12 +231,7 @@ class Uploader:
         if cutter.reason is not None:
             # the socket was shut down under the reply: http.client takes a truncated header block as
             # complete, so whatever status it parsed is not the server's whole answer. Never delivered.
-            if cutter.reason == "stop" or self._stop.is_set():
-                return self._cut_short(entry, "stop")
-            if by_caller:
-                return self._cut_short(entry, "deadline")
-            return self._retry(entry, f"timed out: no complete answer within {deadline - started:.0f} s "
-                                      "(connect + upload.read_timeout_s + size / upload.min_rate_bytes_per_s)", None)
+            return self._cut(entry, by_caller, deadline - started)
         elapsed = time.monotonic() - started
         self.metrics.observe("edge_agent_upload_seconds", elapsed)
         status = resp.status_code
@@ -264,6 +253,16 @@ class Uploader:
             retry_after = parse_retry_after(resp.headers.get(contract.HEADER_RETRY_AFTER), time.time())
             return self._retry(entry, reply, retry_after)
         return self._finish(entry, "quarantined", reply, hint=_quarantine_hint(status, cfg.url))
+
+    def _cut(self, entry: Entry, by_caller: bool, waited_s: float) -> str:
+        """We ended the request, not the server. A stop or the caller's deadline leave the clip due as it
+        was; the request's own deadline is a failed attempt."""
+        if self._stop.is_set():
+            return self._cut_short(entry, "stop")
+        if by_caller:
+            return self._cut_short(entry, "deadline")
+        return self._retry(entry, f"timed out: no complete answer within {waited_s:.0f} s "
+                                  "(connect + upload.read_timeout_s + size / upload.min_rate_bytes_per_s)", None)
 
     def _cut_short(self, entry: Entry, why: str) -> str:
         """The caller ended the attempt (stop, or the flush deadline): not the clip's failure."""

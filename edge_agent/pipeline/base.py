@@ -24,11 +24,12 @@ END: Any = object()  # end-of-stream marker passed down the queues
 
 
 class Stage(Protocol):
+    """What every stage is: a name, a thread body (`run`, until its input ends or it is stopped) and a
+    typed status readable from any thread."""
+
     name: str
 
-    def start(self) -> None: ...
-
-    def join(self, timeout: float | None) -> bool: ...
+    def run(self) -> None: ...
 
     def status(self) -> Any: ...
 
@@ -58,24 +59,25 @@ class FailureBox:
 
 
 class StageThread:
-    """A stage's thread: runs `body`, then `finish` (which passes END on) whatever happens; an
-    exception escaping `body` is logged once and recorded as the stage's failure."""
+    """A stage's thread: runs `stage.run`, then `then` (which passes END on) whatever happens; an
+    exception escaping the stage is logged once and recorded as its failure."""
 
-    def __init__(self, name: str, body: Callable[[], None], finish: Callable[[], None], failures: FailureBox):
-        self.name = name
-        self._body = body
-        self._finish = finish
+    def __init__(self, stage: Stage, then: Callable[[], None] | None, failures: FailureBox):
+        self.name = stage.name
+        self._stage = stage
+        self._then = then
         self._failures = failures
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
 
     def _run(self) -> None:
         try:
-            self._body()
+            self._stage.run()
         except Exception as exc:
             log.exception("%s stage failed", self.name)
             self._failures.set(Failure(self.name, f"{type(exc).__name__}: {exc}"))
         finally:
-            self._finish()
+            if self._then is not None:
+                self._then()
 
     def start(self) -> None:
         self._thread.start()

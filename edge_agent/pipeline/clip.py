@@ -13,7 +13,6 @@ first, so a server can read it while it streams), and it is opened again and dec
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from edge_agent.capture import encoders as enc
 from edge_agent.capture.media import Packet, StreamInfo, open_decoder, to_av_packet
 from edge_agent.config import ClipConfig
 from edge_agent.delivery import contract
+from edge_agent.delivery.spool_files import sha256_file
 from edge_agent.pipeline.ring import Recording
 
 log = logging.getLogger(__name__)
@@ -189,14 +189,6 @@ def _decode_all(decoder: av.CodecContext, packets: list[Packet], info: StreamInf
         except av.error.InvalidDataError:
             continue  # one corrupt packet costs a frame, not the clip
     yield from decoder.decode(None)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def validate(path: Path) -> contract.ClipInfo:

@@ -67,13 +67,10 @@ class ClipStage:
         """Called by the ring (capture or detect thread) when a recording has its post-roll."""
         size = rec.size_bytes
         with self._backlog:
-            full = self._bytes + size > const.CLIP_BACKLOG_BYTES or self._count >= const.CLIP_BACKLOG_COUNT
             if not self._live():
-                while self._count and full:
+                while self._count and self._full(size):
                     self._backlog.wait(0.5)
-                    full = (self._bytes + size > const.CLIP_BACKLOG_BYTES
-                            or self._count >= const.CLIP_BACKLOG_COUNT)
-            elif full:
+            elif self._full(size):
                 rec.packets = []
                 rec.dropped = "clip worker behind (encoding or disk too slow for the label rate): video dropped"
                 size = 0
@@ -82,6 +79,9 @@ class ClipStage:
             self._bytes += size
             self._count += 1
         self.inbox.put(rec)
+
+    def _full(self, size: int) -> bool:
+        return self._bytes + size > const.CLIP_BACKLOG_BYTES or self._count >= const.CLIP_BACKLOG_COUNT
 
     def end(self) -> None:
         self.inbox.put(END)
@@ -101,9 +101,6 @@ class ClipStage:
                     self._count = max(0, self._count - 1)
                     self._backlog.notify_all()
                 rec.packets = []
-
-    def finish(self) -> None:
-        """Nothing to pass on: the sink is the end of the pipeline."""
 
     def _make(self, rec: Recording) -> None:
         ev = self._event_of(rec.key)

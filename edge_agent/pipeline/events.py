@@ -52,6 +52,11 @@ class Event:
     def detected_at(self) -> str:
         return rfc3339(self.first.wall)
 
+    def record_upload(self, result: str) -> None:
+        """An uploader result: a retry or an attempt we cut short changes nothing yet."""
+        if result not in ("retry", "stopped"):
+            self.upload_result = result
+
     @property
     def uploaded(self) -> bool:
         return self.upload_result in ("delivered", "duplicate")

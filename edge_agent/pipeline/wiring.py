@@ -58,7 +58,6 @@ class Pipeline:
         self.finished_mono: float | None = None
         # the last few events (status, the live view); the whole history is a listener's job (replay)
         self.recent: OrderedDict[str, Event] = OrderedDict()
-        self.events_total = 0
         self.tally = ReadTally()  # reads and no-reads of the last hour: the live view's read rate
         self._open: dict[str, Event] = {}  # until the clip stage takes them
         self._events_lock = threading.Lock()
@@ -75,10 +74,10 @@ class Pipeline:
                                          encoders=lambda: self.cfg.clip.encoders)
         self.ready = self.capture.ready
         self._threads = [
-            StageThread("capture", self.capture.run, self.decode.end, self.failures),
-            StageThread("decode", self.decode.run, self.decode.finish, self.failures),
-            StageThread("detect", self.detect.run, self._detect_done, self.failures),
-            StageThread("clip", self.clips.run, self.clips.finish, self.failures),
+            StageThread(self.capture, self.decode.end, self.failures),
+            StageThread(self.decode, self.decode.finish, self.failures),
+            StageThread(self.detect, self._detect_done, self.failures),
+            StageThread(self.clips, None, self.failures),  # the sink is the end of the pipeline
         ]
 
     @staticmethod
@@ -114,26 +113,20 @@ class Pipeline:
             self.capture.restart(new.source)
 
     @property
-    def failure(self) -> Failure | None:
-        return self.failures.failure
-
-    @property
-    def source_error(self) -> str | None:
-        return self.capture.source_error
+    def events_total(self) -> int:
+        return self.detect.events
 
     def status(self) -> PipelineStatus:
         return PipelineStatus(self.capture.status(), self.decode.status(), self.detect.status(),
-                              self.clips.status(), self.failure,
+                              self.clips.status(), self.failures.failure,
                               (self.finished_mono or time.monotonic()) - self.started_mono)
 
     def mark_upload(self, event_id: str, _cid: str, result: str) -> None:
         """Uploader listener: the delivery state of a recent event."""
-        if result in ("retry", "stopped"):
-            return
         with self._events_lock:
             ev = self.recent.get(event_id)
             if ev is not None:
-                ev.upload_result = result
+                ev.record_upload(result)
 
     # --- hand-offs between stages (called from their threads) ---------------------------------
 
@@ -149,7 +142,6 @@ class Pipeline:
 
     def _on_new_event(self, ev: Event) -> None:
         with self._events_lock:
-            self.events_total += 1
             self.tally.read()
             self._open[ev.event_id] = ev
             self.recent[ev.event_id] = ev

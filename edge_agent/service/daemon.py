@@ -24,9 +24,6 @@ log = logging.getLogger(__name__)
 
 # SIGTERM must end within systemd's stop timeout (TimeoutStopSec=20 in the unit): 15 s budget.
 STOP_BUDGET_S = 15.0
-EXPORTED_COUNTERS = ("edge_agent_frames_total", "edge_agent_frames_dropped_total", "edge_agent_frames_skipped_total",
-                     "edge_agent_detections_total", "edge_agent_payloads_rejected_total", "edge_agent_clips_total",
-                     "edge_agent_source_restarts_total", "edge_agent_noreads_total")
 TICK_S = 1.0
 
 
@@ -105,8 +102,6 @@ class Daemon:
         from edge_agent.app import Agent
 
         self._install_signals()
-        for name in EXPORTED_COUNTERS:  # exported from the start, at 0, so dashboards and alerts see them
-            self.metrics.inc(name, 0)
         cfg = self.cfg
         access = None
         if cfg.http.port:
