@@ -29,12 +29,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import zxingcpp
 
-FPS = 30
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_samples import FPS, write_h264  # noqa: E402  (the samples' encoding, shared)
+
 WIDTH, HEIGHT = 1280, 720
 SHOW_S = 1.2  # each label in view
 GAP_S = 1.0  # empty frames between labels (parts come one by one)
@@ -188,19 +189,7 @@ def make(out_dir: Path, only: set[str] | None = None, crf: int = 26) -> dict:
     r = Renderer(labels)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / VIDEO
-    with av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"}) as out:
-        s = out.add_stream("libx264", rate=FPS)
-        s.width, s.height, s.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        s.codec_context.gop_size = FPS
-        s.codec_context.options = {"preset": "veryfast", "crf": str(crf), "keyint_min": str(FPS),
-                                   "sc_threshold": "0", "bf": "2"}
-        for n in range(round(r.duration_s * FPS)):
-            frame = av.VideoFrame.from_ndarray(r.frame(n), format="gray").reformat(format="yuv420p")
-            frame.pts = n
-            for p in s.encode(frame):
-                out.mux(p)
-        for p in s.encode(None):
-            out.mux(p)
+    write_h264(path, (r.frame(n) for n in range(round(r.duration_s * FPS))), WIDTH, HEIGHT, crf, "gray")
     categories: dict[str, list[str]] = {}
     appearances = []
     for i, lb in enumerate(labels):

@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,22 +157,27 @@ class Renderer:
         return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def encode(v: Video, path: Path, seed: int) -> list[dict]:
-    r = Renderer(v, seed)
+def write_h264(path: Path, frames: Iterable[np.ndarray], width: int, height: int, crf: int, fmt: str) -> None:
+    """H.264 in MP4 as the samples are made: a keyframe every second exactly (no scene-cut keyframes),
+    B-frames as cameras often use them, +faststart. `fmt` is the arrays' pixel format (bgr24, gray)."""
     with av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"}) as out:
         s = out.add_stream("libx264", rate=FPS)
-        s.width, s.height, s.pix_fmt = v.width, v.height, "yuv420p"
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
         s.codec_context.gop_size = FPS
-        # a keyframe every second exactly (no scene-cut keyframes), B-frames as cameras often use
-        s.codec_context.options = {"preset": "veryfast", "crf": str(v.crf), "keyint_min": str(FPS),
+        s.codec_context.options = {"preset": "veryfast", "crf": str(crf), "keyint_min": str(FPS),
                                    "sc_threshold": "0", "bf": "2"}
-        for n in range(round(v.duration_s * FPS)):
-            frame = av.VideoFrame.from_ndarray(r.frame(n), format="bgr24").reformat(format="yuv420p")
+        for n, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(img, format=fmt).reformat(format="yuv420p")
             frame.pts = n
             for p in s.encode(frame):
                 out.mux(p)
         for p in s.encode(None):
             out.mux(p)
+
+
+def encode(v: Video, path: Path, seed: int) -> list[dict]:
+    r = Renderer(v, seed)
+    write_h264(path, (r.frame(n) for n in range(round(v.duration_s * FPS))), v.width, v.height, v.crf, "bgr24")
     apps = []
     for i, b in enumerate(v.boxes):
         if b.payload is None:
