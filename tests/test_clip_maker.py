@@ -108,6 +108,22 @@ def test_no_working_encoder_is_a_clip_error(h264_video: Path, tmp_path: Path) ->
     assert not (tmp_path / "clip.mp4").exists()
 
 
+def test_a_b_frame_clip_shows_exactly_its_range_with_the_reference_after_it_hidden(tmp_path: Path) -> None:
+    """IBBBP...: the B-frames shown just before the end are predicted from the P-frame shown after it.
+    The file must hold that P-frame and must not show it: the edit list ends the presentation."""
+    video = make_video(tmp_path / "b.mp4", seconds=5, bframes=3)
+    rec = record(video, start_t=1.0, end_t=75 / 30)  # frame 74 is a B-frame, its forward reference is 76
+    assert any(p.t >= rec.end_t for p in rec.packets)  # the recording holds a picture past its end
+    clip = ClipMaker(ClipConfig()).make(rec, tmp_path / "clip.mp4")
+    assert clip.remuxed and clip.info.frames == 45 and clip.info.duration_s == 1.5
+    with av.open(str(clip.path)) as c:
+        times = [round(f.time * 30) for f in c.decode(c.streams.video[0])]
+    assert times == list(range(45))  # frames 30..74 of the source, shown from 0, nothing after
+    with av.open(str(clip.path)) as c:
+        hidden_after = [p for p in c.demux(video=0) if p.size and p.is_discard and p.pts > 0]
+    assert hidden_after  # in the file, not shown
+
+
 def test_truncated_clip_fails_validation(h264_video: Path, tmp_path: Path) -> None:
     rec = record(h264_video, start_t=1.0, end_t=4.0)
     path = ClipMaker(ClipConfig()).make(rec, tmp_path / "clip.mp4").path

@@ -40,11 +40,12 @@ def ffprobe(path: Path) -> dict:
     return json.loads(out)
 
 
-@pytest.mark.parametrize("gop", [30, 120], ids=["keyframe-1s", "keyframe-4s"])
-def test_a_label_passing_gives_exactly_five_seconds(gop: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("gop", "bframes"), [(30, 0), (120, 0), (30, 3)],
+                         ids=["keyframe-1s", "keyframe-4s", "keyframe-1s-b-frames"])
+def test_a_label_passing_gives_exactly_five_seconds(gop: int, bframes: int, tmp_path: Path) -> None:
     # a 1080p30 conveyor; the label is in view 4.2 s .. 7.2 s, so re-detection goes on for 3 s
     video = make_video(tmp_path / "conveyor.mp4", seconds=12, fps=FPS, size=(1920, 1080), gop=gop, scale=8,
-                       codes=[("CID-EXACT-1", 4.2, 7.2)])
+                       codes=[("CID-EXACT-1", 4.2, 7.2)], bframes=bframes)
     (meta,) = replay(video, tmp_path)
     clip = tmp_path / "clips" / f"{meta['event_id']}.mp4"
     info = meta["clip"]
@@ -54,14 +55,18 @@ def test_a_label_passing_gives_exactly_five_seconds(gop: int, tmp_path: Path) ->
 
     with av.open(str(clip)) as c:  # PyAV: decoded frames and the stream's presented duration
         v = c.streams.video[0]
-        frames = sum(1 for _ in c.decode(v))
+        times = [f.time for f in c.decode(v)]
+        frames = len(times)
         duration = float(v.duration * v.time_base)
+    assert [round(t * FPS) for t in times] == list(range(frames))  # every frame, none twice, no gap
     with av.open(str(clip)) as c:
         v = c.streams.video[0]
         packets = [p for p in c.demux(v) if p.size]
     assert packets[0].is_keyframe  # remuxed: it starts on the camera's own keyframe
     hidden = sum(p.is_discard for p in packets)
-    assert abs(hidden / FPS - info["lead_in_s"]) <= 1 / FPS  # the lead-in is in the file, hidden
+    lead_in = sum(p.is_discard and p.pts < min(q.pts for q in packets if not q.is_discard) for p in packets)
+    assert abs(lead_in / FPS - info["lead_in_s"]) <= 1 / FPS  # the lead-in is in the file, hidden
+    assert hidden - lead_in <= bframes  # past the end: only a reference picture the last B-frames need
     assert abs(frames - WANT_FRAMES) <= 1 and frames == info["frames"]
     assert abs(duration - WANT_S) <= 0.05
 

@@ -220,6 +220,7 @@ def _report(listener: ReplayReport, status: PipelineStatus, metrics: Metrics,
     return {
         "frames": status.capture.frames,
         "elapsed_s": round(status.elapsed_s, 3),
+        "frames_decoded": status.decode.decoded,
         "frames_analysed": status.detect.frames_analysed,
         "sightings": status.detect.sightings,
         "events": events,

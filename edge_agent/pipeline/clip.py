@@ -5,9 +5,11 @@ and encode with the first encoder of `clip.encoders` that opens on this device. 
 way the clip shows exactly the recording's [start_t, end_t): a remuxed file still starts
 on the keyframe at or before start_t (nothing is re-encoded), but that lead-in gets
 negative timestamps, which FFmpeg's MP4 muxer turns into an edit list that players and
-decoders honour, so the presented video begins at start_t. It carries `+faststart` (moov
-first, so a server can read it while it streams), and it is opened again and decoded
-(keyframes) before anyone is told it exists.
+decoders honour, so the presented video begins at start_t. With B-frames the end needs the
+same care: the pictures shown just before end_t may be predicted from one shown after it,
+which the file holds and the edit list's duration hides (`edit_list.py`). It carries
+`+faststart` (moov first, so a server can read it while it streams), and it is opened again
+and its first keyframe decoded before anyone is told it exists.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from edge_agent.capture.media import Packet, StreamInfo, open_decoder, to_av_pac
 from edge_agent.config import ClipConfig
 from edge_agent.delivery import contract
 from edge_agent.delivery.spool_files import sha256_file
+from edge_agent.pipeline.edit_list import EditListError, end_presentation
 from edge_agent.pipeline.ring import Recording
 
 log = logging.getLogger(__name__)
@@ -60,7 +63,7 @@ class ClipMaker:
         info = packets[0].stream
         # the presented start: the wanted one, or the first frame there is when the video began later
         start_t = max(rec.start_t, packets[0].t)
-        shown = [p for p in packets if p.t >= start_t]
+        shown = [p for p in packets if start_t <= p.t < rec.end_t]
         if not shown:
             raise ClipError("no frame in the clip's time range")
         first = min(shown, key=lambda p: p.t)
@@ -69,8 +72,10 @@ class ClipMaker:
         if remux:
             try:
                 self._remux(packets, info, out_path, first.pts)
+                if any(p.t >= rec.end_t for p in packets):  # a reference picture the last B-frames need
+                    end_presentation(out_path, self._shown_s(shown, info, first))
                 clip = validate(out_path)
-            except (av.error.FFmpegError, ClipError) as exc:
+            except (av.error.FFmpegError, ClipError, EditListError) as exc:
                 # a resolution change or a timestamp jump inside the recording: copying packets cannot
                 # make a valid MP4 of it, decoding and encoding on the capture times can
                 out_path.unlink(missing_ok=True)
@@ -78,7 +83,7 @@ class ClipMaker:
                 remux = False
         if not remux:
             try:
-                encoder = self._encode(packets, info, out_path, first.t)
+                encoder = self._encode(packets, info, out_path, first.t, rec.end_t)
             except av.error.FFmpegError as exc:
                 out_path.unlink(missing_ok=True)
                 raise ClipError(f"encode failed: {exc}") from exc
@@ -90,6 +95,14 @@ class ClipMaker:
         return ClipResult(clip, out_path, remux, encoder)
 
     # --- remux --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _shown_s(shown: list[Packet], info: StreamInfo, first: Packet) -> float:
+        """Seconds from the first shown picture to the end of the last one, on the stream's timestamps
+        (the file's own clock, which the edit list counts in)."""
+        last = max(shown, key=lambda p: p.pts)
+        frame_s = 1 / info.fps if info.fps else (last.t - first.t) / max(1, len(shown) - 1)
+        return float((last.pts - first.pts) * info.time_base) + frame_s
 
     def _remux(self, packets: list[Packet], info: StreamInfo, out_path: Path, shown_pts: int) -> None:
         """Packets copied as they are; the lead-in before `shown_pts` gets negative timestamps, which the
@@ -108,7 +121,7 @@ class ClipMaker:
 
     # --- encode -------------------------------------------------------------------------------
 
-    def _encode(self, packets: list[Packet], info: StreamInfo, out_path: Path, t0: float) -> str:
+    def _encode(self, packets: list[Packet], info: StreamInfo, out_path: Path, t0: float, end_t: float) -> str:
         decoder = open_decoder(info)
         width, height = self._size(info)
         fps = self.cfg.fps or info.fps or 30.0
@@ -130,7 +143,7 @@ class ClipMaker:
                     last_t = -1.0
                     for frame in _decode_all(decoder, packets, info):
                         t = times.get(frame.pts, 0.0) - t0 if frame.pts is not None else last_t + 1 / fps
-                        if t < 0 or (last_t >= 0 and t - last_t < min_step - 1e-6) or t <= last_t:
+                        if t < 0 or t >= end_t - t0 or (last_t >= 0 and t - last_t < min_step - 1e-6) or t <= last_t:
                             continue
                         last_t = t
                         out_frame = frame.reformat(width=width, height=height, format="yuv420p")
@@ -192,28 +205,42 @@ def _decode_all(decoder: av.CodecContext, packets: list[Packet], info: StreamInf
 
 
 def validate(path: Path) -> contract.ClipInfo:
-    """Open the written clip like a receiver would: an H.264 stream, keyframes that decode,
-    strictly increasing presentation times, a sane duration. Raises ClipError otherwise.
+    """Open the written clip like a receiver would: an H.264 stream, every frame its sample table
+    lists present in the file, a first keyframe that decodes, strictly increasing presentation
+    times, a sane duration. Raises ClipError otherwise.
 
-    Frames, duration and rate are those presented (the edit list's lead-in left out), as players
-    and FFmpeg-based readers see them; the keyframes are decoded with the edit list ignored, since
-    a decoder drops the output of the lead-in (which may hold the clip's only keyframe)."""
+    Frames, duration and rate are those presented (the edit list's hidden lead-in and tail left
+    out), as players and FFmpeg-based readers see them. The first keyframe in the file is decoded, from
+    a copy of its packet (the demuxer marks the hidden lead-in, where it may sit, as discarded). One
+    is enough: what a remux can break is the container (codec parameters, sample
+    table, timestamps, edit list), which that picture and the pass over every packet show; the
+    packets themselves are the camera's, copied bit for bit (an encoded clip's come from our own
+    encoder). Decoding every keyframe cost ~30 ms of CPU a 1080p clip, taken from the decoder that
+    feeds detection."""
     try:
         with av.open(str(path)) as c:
             if not c.streams.video:
                 raise ClipError("clip has no video stream")
             v = c.streams.video[0]
             codec, width, height, tb = v.codec_context.name, v.codec_context.width, v.codec_context.height, v.time_base
-            pts = sorted(p.pts for p in c.demux(v) if p.size and p.pts is not None and not p.is_discard)
-        with av.open(str(path), options={"ignore_editlist": "1"}) as c:
-            v = c.streams.video[0]
-            # every keyframe decoded (the others skipped). A decode left unfinished leaks the decoder's
-            # pending buffers (measured ~6 kB a clip, ~100 kB on a loaded machine), so it is drained to its end.
-            cc = v.codec_context
-            cc.skip_frame = "NONKEY"
+            samples = v.frames  # the sample table's count
+            packets = [p for p in c.demux(v) if p.size]
+            pts = sorted(p.pts for p in packets if p.pts is not None and not p.is_discard)
+            if samples and len(packets) < samples:  # the sample table promises data the file lacks
+                raise ClipError(f"clip is cut short: {len(packets)} of {samples} frames in the file")
+            # the first keyframe, decoded from a copy: the demuxer flags the lead-in "discard", which
+            # would make the decoder drop its picture. A decode left unfinished leaks the decoder's
+            # pending buffers (measured ~6 kB a clip, ~100 kB on a loaded machine), so it is drained.
+            key = next((p for p in packets if p.is_keyframe), None)
             keyframes = 0
-            for pkt in c.demux(v):
-                keyframes += len(cc.decode(pkt))
+            if key is not None:
+                cc = av.CodecContext.create(codec, "r")
+                cc.extradata = v.codec_context.extradata
+                copy = av.Packet(key.size)
+                memoryview(copy)[:] = memoryview(key)
+                copy.pts, copy.dts, copy.time_base = key.pts, key.dts, key.time_base
+                keyframes = len(cc.decode(copy))
+                keyframes += len(cc.decode(None))  # its picture may wait in the decoder (B-frame delay)
     except av.error.FFmpegError as exc:
         raise ClipError(f"clip does not decode: {exc}") from exc
     if codec != "h264":

@@ -1,0 +1,126 @@
+"""The decode stage picks one frame in each 1/rate_hz slot of capture time as packets arrive, and
+does not decode what no one needs: non-reference B-frames outside the picks, and (intra-only codecs)
+any picture outside them. What it hands detection is exactly the picture a full decode gives."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from edge_agent.capture.media import GrayFrame, Packet, luma, open_decoder, to_av_packet
+from edge_agent.capture.source import AvSource
+from edge_agent.config import SourceConfig
+from edge_agent.metrics import Metrics
+from edge_agent.pipeline.base import END, FailureBox, FrameSlot, StageThread
+from edge_agent.pipeline.decode import DecodeStage, FramePicker
+from tests.media_factory import make_video
+
+
+def read_packets(video: Path) -> list[Packet]:
+    src = AvSource(SourceConfig(kind="file", path=str(video)))
+    src.open()
+    try:
+        return list(src.packets())
+    finally:
+        src.close()
+
+
+def through_stage(packets: list[Packet], rate_hz: float) -> tuple[DecodeStage, list[GrayFrame]]:
+    """The real stage on its own thread, fed as the capture thread feeds it, drained as detect drains it."""
+    metrics = Metrics()
+    slot = FrameSlot(blocking=True, metrics=metrics)
+    stage = DecodeStage(slot, metrics, lambda: rate_hz, live=False)
+    got: list[GrayFrame] = []
+
+    def drain() -> None:
+        while (item := slot.get()) is not END:
+            got.append(item)
+
+    consumer = threading.Thread(target=drain)
+    worker = StageThread(stage, stage.finish, FailureBox())
+    consumer.start()
+    worker.start()
+    for p in packets:
+        stage.offer(p)
+    stage.end()
+    assert worker.join(60)
+    consumer.join(60)
+    return stage, got
+
+
+def every_picture(packets: list[Packet]) -> tuple[dict[float, np.ndarray], dict[float, str]]:
+    """Every picture decoded, by capture time: the luma and the picture type."""
+    info = packets[0].stream
+    t_of = {p.pts: p.t for p in packets}
+    dec = open_decoder(info, threads=False)
+    lumas: dict[float, np.ndarray] = {}
+    kinds: dict[float, str] = {}
+    for pkt in [to_av_packet(p, info.time_base) for p in packets] + [None]:
+        for frame in dec.decode(pkt):
+            t = t_of[frame.pts]
+            lumas[t] = luma(frame).copy()
+            kinds[t] = av.video.frame.PictureType(frame.pict_type).name
+    return lumas, kinds
+
+
+@pytest.mark.parametrize("rate_hz", [10.0, 30.0])
+def test_b_frames_outside_the_picks_are_skipped_and_the_picks_are_the_true_pictures(
+        tmp_path: Path, rate_hz: float) -> None:
+    video = make_video(tmp_path / "b.mp4", seconds=4, bframes=3, codes=[("CID-B-1", 1.0, 3.0)])
+    packets = read_packets(video)
+    full, kinds = every_picture(packets)
+    assert sum(k == "B" for k in kinds.values()) > len(packets) // 3  # the video really has B-frames
+
+    stage, got = through_stage(packets, rate_hz)
+
+    assert stage.status().errors == 0
+    if rate_hz < 30:
+        assert stage.status().decoded < len(packets) - len(packets) // 4  # non-reference pictures skipped
+    else:
+        assert stage.status().decoded == len(packets)  # every picture is a pick: B-frames decoded too
+    slots = [int(f.t * rate_hz + 1e-6) for f in got]
+    assert slots == list(range(round(4 * rate_hz)))  # one pick in every slot of the 4 s, in presentation order
+    for f in got:  # the references the skipped pictures would have needed were all decoded
+        assert np.array_equal(f.gray, full[f.t]), f"picture at t={f.t:.3f} differs from a full decode"
+
+
+def test_without_b_frames_every_picture_is_decoded_and_the_picks_are_evenly_spaced(tmp_path: Path) -> None:
+    video = make_video(tmp_path / "p.mp4", seconds=3, bframes=0)
+    packets = read_packets(video)
+    stage, got = through_stage(packets, rate_hz=10.0)
+    assert stage.status().decoded == len(packets)  # every picture is a reference: nothing can be skipped
+    gaps = {round(b.t - a.t, 3) for a, b in zip(got, got[1:], strict=False)}
+    assert gaps == {0.1} and len(got) == 30
+
+
+def test_an_intra_only_source_decodes_only_the_picks(tmp_path: Path) -> None:
+    video = make_video(tmp_path / "m.avi", seconds=2, codec="mjpeg")
+    packets = read_packets(video)
+    stage, got = through_stage(packets, rate_hz=5.0)
+    assert len(got) == 10 and stage.status().decoded == 10
+
+
+@pytest.mark.parametrize("rate_hz", [10.0, 30.0, 60.0])
+def test_the_picker_takes_the_first_arrival_of_each_slot(rate_hz: float) -> None:
+    # decode order of a 30 fps stream with B-frames: I0 P3 B1 B2 P6 B4 B5 ...
+    order = [0]
+    for base in range(0, 30, 3):
+        order += [base + 3, base + 1, base + 2]
+    picker = FramePicker()
+    picked = [i for i in order if picker.pick(i / 30, rate_hz)]
+    slots = [int(i / 30 * rate_hz + 1e-6) for i in picked]
+    assert len(slots) == len(set(slots))  # never two in a slot
+    assert set(slots) == {int(i / 30 * rate_hz + 1e-6) for i in range(31)}  # every slot served
+    if rate_hz >= 30:
+        assert sorted(picked) == list(range(31))  # a rate at or above the frame rate analyses every frame
+
+
+def test_a_new_session_starts_the_slots_again() -> None:
+    picker = FramePicker()
+    assert picker.pick(5.0, 10.0) and not picker.pick(5.01, 10.0)
+    picker.reset()
+    assert picker.pick(5.01, 10.0)
