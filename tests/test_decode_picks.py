@@ -119,8 +119,9 @@ def test_the_picker_takes_the_first_arrival_of_each_slot(rate_hz: float) -> None
         assert sorted(picked) == list(range(31))  # a rate at or above the frame rate analyses every frame
 
 
-def test_a_new_session_starts_the_slots_again() -> None:
+def test_a_new_session_or_rate_starts_the_slots_again() -> None:
     picker = FramePicker()
     assert picker.pick(5.0, 10.0) and not picker.pick(5.01, 10.0)
     picker.reset()
     assert picker.pick(5.01, 10.0)
+    assert picker.pick(5.02, 5.0) and not picker.pick(5.1, 5.0)  # a reload to 5 Hz: 200 ms slots from now on

@@ -13,6 +13,7 @@ waiting on this stage when the source is live.
 
 from __future__ import annotations
 
+import math
 import queue
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,14 +55,18 @@ class FramePicker:
     def __init__(self) -> None:
         self._claimed: set[int] = set()
         self._newest = -(2**62)
+        self._rate = 0.0
 
     def reset(self) -> None:
-        """A new source session: its clock starts again."""
+        """A new source session (its clock starts again) or a new rate (new slots)."""
         self._claimed.clear()
         self._newest = -(2**62)
 
     def pick(self, t: float, rate_hz: float) -> bool:
-        slot = int(t * rate_hz + 1e-6) if t >= 0 else int(t * rate_hz - 1e-6) - 1
+        if rate_hz != self._rate:
+            self._rate = rate_hz
+            self.reset()
+        slot = math.floor(t * rate_hz + 1e-6)  # the epsilon: k / fps * fps may land just under k
         if slot in self._claimed:
             return False
         self._claimed.add(slot)
