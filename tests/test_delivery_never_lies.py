@@ -63,6 +63,29 @@ def test_flush_against_a_trickling_server_returns_within_its_timeout_and_keeps_t
     assert [e.event_id for e in Spool.open_reader(spool_config(tmp_path / "spool")).entries()] == ids
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_stopping_a_flush_keeps_the_clips_queued_and_exits_0(tmp_path: Path, sig: signal.Signals) -> None:
+    """A technician (or the service manager) stops a flush stuck on a slow server: the upload in
+    flight is cut, never counted as delivered, the clips stay queued, and a requested stop is 0."""
+    spool = Spool(spool_config(tmp_path / "spool"))
+    ids = [add_clip(spool)[0] for _ in range(2)]
+    spool.close()
+    with FlakyServer(["trickle"] * 20, stall_s=60, trickle_s=0.3) as server:
+        cfg = config(tmp_path, server.url, extra="")
+        cfg.write_text(cfg.read_text().replace("read_timeout_s: 2", "read_timeout_s: 30"))
+        proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "spool", "flush", "--timeout", "60",
+                                 "--config", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_until(lambda: server.seen, 30, "the first upload")  # in, its reply trickling
+        started = time.monotonic()
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+        took = time.monotonic() - started
+    assert proc.returncode == 0, err
+    assert took < 5, f"flush took {took:.1f} s to stop"
+    assert "Traceback" not in err and "delivered 0 clip(s); 2 clip(s) still queued" in err
+    assert [e.event_id for e in Spool.open_reader(spool_config(tmp_path / "spool")).entries()] == ids
+
+
 def test_a_hung_reply_ends_at_the_uploads_own_deadline(tmp_path: Path) -> None:
     """Without a caller's deadline (the daemon), connect + read_timeout_s + size / min_rate bounds the
     whole request even when every recv gets a byte in time."""

@@ -3,6 +3,7 @@ real process, and an expected fault is one line with its cause and a hint, never
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -127,6 +128,48 @@ def test_a_requested_stop_is_0_and_a_live_camera_that_is_absent_is_retried(tmp_p
         assert proc.wait(20) == 0
     text = log.read_text()
     assert "source unavailable, retrying" in text and "run `edge-agent check`" in text
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_requested_stop_of_replay_is_0_and_keeps_what_was_made(tmp_path: Path, sig: signal.Signals) -> None:
+    """Ctrl-C (or systemd's SIGTERM) in the middle of a replay: the pipeline stops as the daemon's does,
+    the clip in progress is cut short and kept (its metadata says so), the summary and report are
+    written, and the exit is 0, not 130 or death by signal."""
+    report = tmp_path / "report.json"
+    proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "replay", "--realtime", "--no-upload",
+                             "--output-dir", str(tmp_path / "clips"), "--report", str(report), str(SAMPLE)],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:  # the first label read (3.2 s into the video): its clip is still recording
+        if "detected cid=" in line:
+            break
+    proc.send_signal(sig)
+    rest = proc.stderr.read()
+    assert proc.wait(30) == 0, rest
+    assert "stopped at frame" in rest and "Traceback" not in rest
+    events = json.loads(report.read_text())["events"]
+    assert len(events) == 1 and events[0]["clip"]["truncated"] == "shutdown"
+    assert (tmp_path / "clips" / f"{events[0]['event_id']}.mp4").is_file()
+
+
+def test_ctrl_c_ends_check_early_with_its_table_and_0(tmp_path: Path) -> None:
+    """A technician stops a check that waits on a silent camera: the reading ends now, the other
+    checks still run, the table says the source was stopped, and the exit is 0."""
+    ready = tmp_path / "camera-started"
+    cfg = write(tmp_path / "c.yaml", f"source:\n  kind: pipe\n  command: sh -c 'touch {ready}; exec sleep 60'\n"
+                f"spool:\n  dir: {tmp_path / 'spool'}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "check", "--config", str(cfg), "--seconds", "30"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 30
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert time.monotonic() - started < 10  # not the 30 s of --seconds
+    assert "SKIP  source" in out and "stopped by request" in out and "PASS  spool" in out
+    assert "Traceback" not in out and "interrupted" not in out
 
 
 # --- no traceback for an expected fault, in any command --------------------------------------------

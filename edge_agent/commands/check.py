@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,7 +26,7 @@ from edge_agent import __version__
 from edge_agent.commands.check_result import FAIL, PASS, SKIP, Result
 from edge_agent.commands.check_source import DETECT_FRAMES, SourceSample, check_source, sample_source
 from edge_agent.commands.check_source import source_hint as source_hint  # commands/snapshot.py uses it from here
-from edge_agent.commands.common import add_config_arg, config_path, load_config_or_exit
+from edge_agent.commands.common import add_config_arg, config_path, load_config_or_exit, stop_on_signals
 from edge_agent.config import Config
 from edge_agent.delivery import contract
 from edge_agent.logs import setup_logging
@@ -299,7 +300,7 @@ def check_token(cfg: Config) -> Result:
 
 
 def run_checks(cfg: Config, path: str | None, frames: int = DEFAULT_FRAMES,
-               seconds: float = DEFAULT_SECONDS) -> list[Result]:
+               seconds: float = DEFAULT_SECONDS, stop: threading.Event | None = None) -> list[Result]:
     libs = check_libraries(cfg)
     results = [check_config(cfg, path), libs]
     if libs.status == FAIL and "PyAV" in libs.detail:
@@ -308,7 +309,7 @@ def run_checks(cfg: Config, path: str | None, frames: int = DEFAULT_FRAMES,
         from edge_agent.app import Agent
 
         agent = Agent(cfg)
-        sample = sample_source(agent, frames, seconds)
+        sample = sample_source(agent, frames, seconds, stop)
         results += [check_source(cfg, sample, seconds), check_detector(agent, sample)]
         sample.kept.clear()
     results += [check_spool(cfg), check_server(cfg), check_token(cfg)]
@@ -333,7 +334,8 @@ def format_table(results: list[Result]) -> str:
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = load_config_or_exit(args)
     setup_logging("ERROR")  # the table is the output; library chatter would bury it
-    results = run_checks(cfg, config_path(args), max(2, args.frames), max(0.5, args.seconds))
+    stop = stop_on_signals()  # the source reading ends, the other checks run, the table says so
+    results = run_checks(cfg, config_path(args), max(2, args.frames), max(0.5, args.seconds), stop)
     ok = not any(r.status == FAIL for r in results)
     if args.json:
         print(json.dumps({"ok": ok, "results": [asdict(r) for r in results]}, indent=2, default=str))

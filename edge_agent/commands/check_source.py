@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.commands.check_result import FAIL, PASS, Result
+from edge_agent.commands.check_result import FAIL, PASS, SKIP, Result
 from edge_agent.config import Config
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ class SourceSample:
     info: Any = None  # StreamInfo once open
     error: str | None = None
     timed_out: bool = False
+    stopped: bool = False  # Ctrl-C or SIGTERM ended the reading early
     waited_s: float = 0.0
     open_s: float = 0.0
     read_s: float = 0.0
@@ -51,10 +52,12 @@ class SourceSample:
     fps_from: str | None = None  # where the source's frame rate came from (AvSource.fps_from)
 
 
-def sample_source(agent: Agent, frames: int, seconds: float) -> SourceSample:
+def sample_source(agent: Agent, frames: int, seconds: float, stop: threading.Event | None = None) -> SourceSample:
     """Open the source and demux about `frames` packets (at most `seconds` of reading) on a helper
     thread; if it hangs (a camera that never sends, a command that writes nothing) the source is
-    interrupted at the deadline and the result says so."""
+    interrupted at the deadline and the result says so. `stop` (Ctrl-C) ends the reading the same way,
+    keeping what was read."""
+    stop = stop or threading.Event()
     from edge_agent.capture.source import SourceError
 
     cfg = agent.cfg
@@ -89,7 +92,7 @@ def sample_source(agent: Agent, frames: int, seconds: float) -> SourceSample:
                 enough = (measured if sample.live else sample.count) >= frames
                 kept_enough = len(sample.kept) >= min(frames, 3 * DETECT_FRAMES) or \
                     sample.kept_bytes + pkt.size > KEEP_MAX_BYTES
-                if (enough and kept_enough) or now - opened > seconds:
+                if (enough and kept_enough) or now - opened > seconds or stop.is_set():
                     break
             sample.read_s = time.monotonic() - opened
         except SourceError as exc:
@@ -102,11 +105,13 @@ def sample_source(agent: Agent, frames: int, seconds: float) -> SourceSample:
 
     began = time.monotonic()
     threading.Thread(target=read, name="check-source", daemon=True).start()
-    budget = seconds + (cfg.source.open_timeout_s if src.live else 10.0) + 2.0
-    if not done.wait(budget):
-        sample.timed_out = True
-        src.interrupt()  # ends a pipe command; network reads end on their own timeout
-        done.wait(3.0)
+    deadline = began + seconds + (cfg.source.open_timeout_s if src.live else 10.0) + 2.0
+    while not done.wait(0.1):
+        if stop.is_set() or time.monotonic() > deadline:
+            sample.stopped, sample.timed_out = stop.is_set(), not stop.is_set()
+            src.interrupt()  # ends a pipe command; network reads end on their own timeout
+            done.wait(3.0)
+            break
     sample.waited_s = time.monotonic() - began
     return sample
 
@@ -151,6 +156,9 @@ def source_hint(kind: str, path: str, error: str) -> str:
 def check_source(cfg: Config, sample: SourceSample, seconds: float) -> Result:
     s = cfg.source
     where = sample.describe
+    if sample.stopped and (sample.info is None or sample.count == 0):
+        return Result("source", SKIP, f"{where}: stopped by request before a frame came",
+                      "run `edge-agent check` again")
     if sample.info is None or sample.count == 0:
         if sample.timed_out or (sample.error is None and sample.count == 0):
             waited = f"{sample.waited_s:.0f} s"
@@ -173,7 +181,7 @@ def check_source(cfg: Config, sample: SourceSample, seconds: float) -> Result:
         span = max(sample.media_t) - min(sample.media_t)
         speed = span / sample.read_s if sample.read_s > 0 else 0.0
         rate = f"{fps:.1f} fps (file), read at {speed:.0f}x real time" if fps else f"{sample.count} frame(s)"
-    detail = f"{head}, {rate}, opened in {sample.open_s:.1f} s"
+    detail = f"{head}, {rate}, opened in {sample.open_s:.1f} s" + (", stopped by request" if sample.stopped else "")
     gop = _keyframe_interval(sample)
     data["keyframe_interval_s"] = gop
     if info.codec == "h264":

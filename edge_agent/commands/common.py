@@ -1,10 +1,14 @@
-"""Helpers shared by the sub-command modules: the --config option and loading it or exiting 78."""
+"""Helpers shared by the sub-command modules: the --config option and loading it or exiting 78, and
+Ctrl-C / SIGTERM as a requested stop."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
+from collections.abc import Callable
 
 from edge_agent.config import EXIT_CONFIG, Config, ConfigError, load_config
 from edge_agent.service.instances import instance_state_dir
@@ -40,3 +44,20 @@ def load_config_or_exit(args: argparse.Namespace, *, strict_source: bool = True)
         for line in exc.lines:
             print(line, file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
+
+
+def stop_on_signals(stop: threading.Event | None = None, then: Callable[[], None] | None = None) -> threading.Event:
+    """Ctrl-C and SIGTERM set `stop` (and call `then`, e.g. to end a source's read): the command ends its
+    work, reports what it did and exits 0, a requested stop. Not a KeyboardInterrupt: raised inside
+    PyAV's read of a pipe, that is swallowed there. Installed even where SIGINT was ignored at start
+    (a background job), as the stop its caller asks for."""
+    stop = stop or threading.Event()
+
+    def on_stop(_signum: int, _frame: object) -> None:
+        stop.set()
+        if then is not None:
+            then()
+
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGTERM, on_stop)
+    return stop

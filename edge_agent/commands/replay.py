@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent import const
-from edge_agent.commands.common import add_config_arg, load_config_or_exit
+from edge_agent.commands.common import add_config_arg, load_config_or_exit, stop_on_signals
 from edge_agent.delivery import contract
 from edge_agent.delivery.sinks import ClipSink, FolderSink, TeeSink
 from edge_agent.logs import setup_logging
@@ -145,18 +145,24 @@ def run_replay(args: argparse.Namespace) -> int:
         pipeline = agent.pipeline(sink, videos=args.videos, on_event=listener.on_event,
                                   on_noread=listener.on_noread)
         total = _count_frames(args.videos)
+        stop = stop_on_signals()  # the recording in progress is cut short and kept; exit 0
         pipeline.start()
-        _progress(pipeline, total, quiet=args.quiet)
+        _progress(pipeline, total, quiet=args.quiet, stop=stop)
         pipeline.wait()
         status = pipeline.status()
+        if stop.is_set():
+            print(f"edge-agent replay: stopped at frame {status.capture.frames}"
+                  + (f" of {total}" if total else "") + "; the clip in progress was cut short and kept",
+                  file=sys.stderr)
         if uploader is not None:
-            if args.drain_timeout > 0:
+            if args.drain_timeout > 0 and not stop.is_set():
                 uploader.drain(args.drain_timeout)
             remaining = agent.spool().status().clips
             if remaining:
                 print(f"edge-agent replay: {remaining} clip(s) still queued in {cfg.spool.dir}; "
                       "they will be sent by `edge-agent run` or `edge-agent spool flush`", file=sys.stderr)
-                exit_code = const.EXIT_QUEUED
+                if not stop.is_set():  # a requested stop leaves them queued on purpose
+                    exit_code = const.EXIT_QUEUED
     report = _report(listener, status, metrics, folder)
     if args.report:
         text = json.dumps(report, indent=2) + "\n"
@@ -194,13 +200,16 @@ def _lost(report: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def _progress(pipeline: Pipeline, total: int | None, quiet: bool) -> None:
+def _progress(pipeline: Pipeline, total: int | None, quiet: bool, stop: threading.Event) -> None:
     """A progress bar on a terminal (tqdm switches itself off when stderr is not one)."""
     from tqdm import tqdm
 
     with tqdm(total=total, unit="frame", disable=True if quiet else None, leave=False,
               dynamic_ncols=True) as bar:
         while not pipeline.wait(0.25):
+            if stop.is_set():
+                pipeline.stop()
+                break
             st = pipeline.status()
             bar.update(st.capture.frames - bar.n)
             bar.set_postfix(cids=st.detect.events, refresh=False)

@@ -10,9 +10,7 @@ second, for focusing a lens and aiming a camera over SSH.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +20,7 @@ import cv2
 import numpy as np
 
 from edge_agent import const
-from edge_agent.commands.common import add_config_arg, load_config_or_exit
+from edge_agent.commands.common import add_config_arg, load_config_or_exit, stop_on_signals
 from edge_agent.config import Config
 from edge_agent.delivery.cid import escape_payload
 from edge_agent.inspection import Report, analyse, annotate, sharpness_scale
@@ -221,16 +219,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     agent = Agent(cfg)
     detector = agent.detector()
     reader = open_reader(agent, "tune")
-    stop = threading.Event()
-
-    def on_stop(_signum: int, _frame: object) -> None:
-        # not a KeyboardInterrupt: raised inside PyAV's read of a pipe, it is swallowed there. Ending
-        # the source ends the read; set even where SIGINT was ignored at start (a background job).
-        stop.set()
-        reader.src.interrupt()
-
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGTERM, on_stop)
+    stop = stop_on_signals(then=reader.src.interrupt)  # ending the source ends a read in progress
     n = 0
     try:
         for frame, t in reader.every(1.0):

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edge_agent import const
 from edge_agent.commands.common import add_config_arg, load_config_or_exit
@@ -196,6 +197,10 @@ def cmd_flush(args: argparse.Namespace) -> int:
               "config or EDGE_AGENT__UPLOAD__URL)", file=sys.stderr)
         return const.EXIT_QUEUED
     results: Counter[str] = Counter()
+    stopped = False
+    spool: Any = None
+    before = 0
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a service manager's stop is a Ctrl-C
     try:
         if agent_pid is None:
             spool = agent.spool()
@@ -209,7 +214,10 @@ def cmd_flush(args: argparse.Namespace) -> int:
             while spool.status().clips and time.monotonic() < deadline:
                 time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
     except KeyboardInterrupt:
-        pass
+        stopped = True
+    if spool is None:  # stopped while opening it: nothing was sent
+        agent.close()
+        return 0
     left = spool.status()
     if agent_pid is None:
         agent.close()
@@ -229,7 +237,7 @@ def cmd_flush(args: argparse.Namespace) -> int:
         why += f"; {disk_full_note(Path(cfg.spool.dir), left.bytes)}"
     print(f"delivered {done} clip(s){quarantined}; {left.clips} clip(s) still queued, {why}; they go out "
           "when the server answers (`edge-agent spool status` shows the queue)", file=sys.stderr)
-    return const.EXIT_QUEUED
+    return 0 if stopped else const.EXIT_QUEUED  # a requested stop leaves them queued on purpose
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:

@@ -8,7 +8,6 @@ page watches, a few times a second; a file plays at its own pace, over and over.
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 import time
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent import const
+from edge_agent.commands.common import stop_on_signals
 from edge_agent.config import Config
 
 DEFAULT_PORT = 9108
@@ -60,12 +60,7 @@ def serve(cfg: Config, port: int | None) -> int:
         print(f"edge-agent tune: {exc} (another process on the port? try --port)", file=sys.stderr)
         return const.EXIT_CONFIG
 
-    def on_stop(_signum: int, _frame: object) -> None:
-        stop.set()
-        reader.src.interrupt()
-
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGTERM, on_stop)
+    stop_on_signals(stop, then=reader.src.interrupt)
     server.start()
     print(f"edge-agent tune: live view at {server.url}/ (Ctrl-C to stop)", flush=True)
     try:
