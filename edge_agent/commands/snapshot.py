@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from edge_agent.logs import setup_logging
 
 if TYPE_CHECKING:
     from edge_agent.app import Agent
+    from edge_agent.capture.source import AvSource
     from edge_agent.pipeline.detector import Detector
 
 __all__ = ["FrameReader", "Report", "analyse", "annotate", "pick", "print_report"]
@@ -37,10 +39,10 @@ class FrameReader:
     session (re-opening a Pi camera takes seconds), and its stream is read continuously so what is
     shown is the newest picture, never a stale buffered one."""
 
-    def __init__(self, agent: Agent):
+    def __init__(self, src: AvSource):
         from edge_agent.capture.media import open_decoder
 
-        self.src = agent.source()
+        self.src = src
         info = self.src.open()
         self.info = info
         self._dec = open_decoder(info)
@@ -163,16 +165,23 @@ def _config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def open_reader(agent: Agent, command: str) -> FrameReader:
-    """The source opened the daemon's way; a fault is one line with its cause and check's hint."""
+def open_reader(agent: Agent, command: str, stop: threading.Event) -> FrameReader:
+    """The source opened the daemon's way; a fault is one line with its cause and check's hint. From
+    here on Ctrl-C and SIGTERM set `stop` and end the source's reads, the open included: a camera that
+    never sends is waited on there, and stopping that wait exits 0."""
     from edge_agent.capture.source import SourceError
     from edge_agent.commands.check import source_hint
 
     cfg = agent.cfg.source
     where = cfg.command if cfg.kind == "pipe" else str(cfg.path)
+    src = agent.source()
+    stop_on_signals(stop, then=src.interrupt)
     try:
-        return FrameReader(agent)
+        return FrameReader(src)
     except SourceError as exc:
+        if stop.is_set():
+            print(f"edge-agent {command}: stopped before a frame came", file=sys.stderr)
+            raise SystemExit(0) from None
         missing = cfg.kind in ("file", "v4l2") and not Path(where).exists()
         print(f"edge-agent {command}: {exc}", file=sys.stderr)
         print(f"  -> {source_hint(cfg.kind, where, str(exc))}", file=sys.stderr)
@@ -186,13 +195,17 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     cfg = _config(args)
     agent = Agent(cfg)
     detector = agent.detector()
-    reader = open_reader(agent, "snapshot")
+    stop = threading.Event()
+    reader = open_reader(agent, "snapshot", stop)
     try:
         if args.at is not None and reader.live:
             print(f"edge-agent snapshot: --at applies to files; {cfg.source.kind} sources give the newest frame",
                   file=sys.stderr)
         frame, t = pick(reader, agent, detector, None if reader.live else args.at)
     except SourceProblem as exc:
+        if stop.is_set():
+            print("edge-agent snapshot: stopped before a frame came; nothing written", file=sys.stderr)
+            return 0
         print(f"edge-agent snapshot: {exc}", file=sys.stderr)
         return const.EXIT_DATAERR
     finally:
@@ -218,8 +231,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return serve(cfg, args.port)
     agent = Agent(cfg)
     detector = agent.detector()
-    reader = open_reader(agent, "tune")
-    stop = stop_on_signals(then=reader.src.interrupt)  # ending the source ends a read in progress
+    stop = threading.Event()
+    reader = open_reader(agent, "tune", stop)
     n = 0
     try:
         for frame, t in reader.every(1.0):

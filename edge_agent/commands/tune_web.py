@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from edge_agent import const
-from edge_agent.commands.common import stop_on_signals
 from edge_agent.config import Config
 
 DEFAULT_PORT = 9108
@@ -40,9 +39,9 @@ def serve(cfg: Config, port: int | None) -> int:
         return const.EXIT_CONFIG
     agent = Agent(cfg)
     detector = agent.detector()
-    reader = open_reader(agent, "tune")
-    viewer = ViewerSlot()
     stop = threading.Event()
+    reader = open_reader(agent, "tune", stop)
+    viewer = ViewerSlot()
     counts: dict[str, Any] = {"frames": 0, "fps": None}
 
     def status() -> dict[str, Any]:
@@ -60,7 +59,6 @@ def serve(cfg: Config, port: int | None) -> int:
         print(f"edge-agent tune: {exc} (another process on the port? try --port)", file=sys.stderr)
         return const.EXIT_CONFIG
 
-    stop_on_signals(stop, then=reader.src.interrupt)
     server.start()
     print(f"edge-agent tune: live view at {server.url}/ (Ctrl-C to stop)", flush=True)
     try:
@@ -72,7 +70,7 @@ def serve(cfg: Config, port: int | None) -> int:
             if n == 0:
                 print(f"edge-agent tune: no frame could be decoded from {reader.src.describe}", file=sys.stderr)
                 return const.EXIT_DATAERR
-            reader = open_reader(agent, "tune")
+            reader = open_reader(agent, "tune", stop)
     finally:
         server.stop()
         reader.close()
