@@ -44,35 +44,46 @@ def config(tmp_path: Path, url: str | None, spool_dir: Path | None = None, extra
 # --- deadlines -------------------------------------------------------------------------------------
 
 
-def test_flush_against_a_trickling_server_returns_within_its_timeout_and_keeps_the_clips(tmp_path: Path) -> None:
+def queue_clips(tmp_path: Path, n: int = 2) -> list[str]:
     spool = Spool(spool_config(tmp_path / "spool"))
-    ids = [add_clip(spool)[0] for _ in range(2)]
+    ids = [add_clip(spool)[0] for _ in range(n)]
     spool.close()
+    return ids
+
+
+def queued(tmp_path: Path) -> list[str]:
+    return [e.event_id for e in Spool.open_reader(spool_config(tmp_path / "spool")).entries()]
+
+
+def trickle_config(tmp_path: Path, url: str) -> Path:
+    """read_timeout_s 30: each recv gets a byte in time, only an overall deadline (or a stop) ends it."""
+    cfg = config(tmp_path, url, extra="")
+    cfg.write_text(cfg.read_text().replace("read_timeout_s: 2", "read_timeout_s: 30"))
+    return cfg
+
+
+def test_flush_against_a_trickling_server_returns_within_its_timeout_and_keeps_the_clips(tmp_path: Path) -> None:
+    ids = queue_clips(tmp_path)
     # 0.1 s a byte: the status line "201 Created" is in before the deadline, the headers are not; a
     # reply cut short by the deadline must never count as delivered
     with FlakyServer(["trickle"] * 20, stall_s=60, trickle_s=0.1) as server:
-        cfg = config(tmp_path, server.url, extra="")
-        # read_timeout_s 30: each recv gets a byte in time, only the overall deadline can end it
-        cfg.write_text(cfg.read_text().replace("read_timeout_s: 2", "read_timeout_s: 30"))
+        cfg = trickle_config(tmp_path, server.url)
         started = time.monotonic()
         res = cli("spool", "flush", "--timeout", "3.5", "--config", str(cfg))
         took = time.monotonic() - started
     assert res.returncode == 75, res.stderr
     assert took < 3.5 + 2 + 1.5, f"flush --timeout 3.5 took {took:.1f} s"  # + interpreter start-up
     assert "Traceback" not in res.stderr and "delivered 0 clip(s); 2 clip(s) still queued" in res.stderr
-    assert [e.event_id for e in Spool.open_reader(spool_config(tmp_path / "spool")).entries()] == ids
+    assert queued(tmp_path) == ids
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_stopping_a_flush_keeps_the_clips_queued_and_exits_0(tmp_path: Path, sig: signal.Signals) -> None:
     """A technician (or the service manager) stops a flush stuck on a slow server: the upload in
     flight is cut, never counted as delivered, the clips stay queued, and a requested stop is 0."""
-    spool = Spool(spool_config(tmp_path / "spool"))
-    ids = [add_clip(spool)[0] for _ in range(2)]
-    spool.close()
+    ids = queue_clips(tmp_path)
     with FlakyServer(["trickle"] * 20, stall_s=60, trickle_s=0.3) as server:
-        cfg = config(tmp_path, server.url, extra="")
-        cfg.write_text(cfg.read_text().replace("read_timeout_s: 2", "read_timeout_s: 30"))
+        cfg = trickle_config(tmp_path, server.url)
         proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "spool", "flush", "--timeout", "60",
                                  "--config", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_until(lambda: server.seen, 30, "the first upload")  # in, its reply trickling
@@ -83,7 +94,7 @@ def test_stopping_a_flush_keeps_the_clips_queued_and_exits_0(tmp_path: Path, sig
     assert proc.returncode == 0, err
     assert took < 5, f"flush took {took:.1f} s to stop"
     assert "Traceback" not in err and "delivered 0 clip(s); 2 clip(s) still queued" in err
-    assert [e.event_id for e in Spool.open_reader(spool_config(tmp_path / "spool")).entries()] == ids
+    assert queued(tmp_path) == ids
 
 
 def test_a_hung_reply_ends_at_the_uploads_own_deadline(tmp_path: Path) -> None:
