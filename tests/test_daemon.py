@@ -105,6 +105,9 @@ def test_run_on_a_live_pipe_notifies_systemd_delivers_clips_and_stops_on_sigterm
             notify.wait_for("WATCHDOG=1", 5)
             notify.wait_for("STATUS=fps=", 5)
             wait_until(lambda: len(receiver.events()) >= 2, 40, "two clips delivered")
+            # the server stores a clip a moment before the agent reads its reply and counts it delivered
+            wait_until(lambda: metrics(port)['edge_agent_uploads_total{result="delivered"}'] >= 2, 10,
+                       "the agent to count two deliveries")
             m = metrics(port)
             exposition = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
             assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
