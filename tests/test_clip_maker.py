@@ -14,6 +14,7 @@ from edge_agent.capture.media import Packet
 from edge_agent.capture.source import AvSource
 from edge_agent.config import ClipConfig, SourceConfig
 from edge_agent.pipeline.clip import ClipError, ClipMaker, validate
+from edge_agent.pipeline.edit_list import EditListError, end_presentation
 from edge_agent.pipeline.ring import Recording, RingBuffer
 from tests.media_factory import make_video
 
@@ -122,6 +123,23 @@ def test_a_b_frame_clip_shows_exactly_its_range_with_the_reference_after_it_hidd
     with av.open(str(clip.path)) as c:
         hidden_after = [p for p in c.demux(video=0) if p.size and p.is_discard and p.pts > 0]
     assert hidden_after  # in the file, not shown
+
+
+def test_ending_the_presentation_needs_the_edit_list_our_muxer_writes(tmp_path: Path) -> None:
+    """An MP4 without an edit list is refused as it is, never half-patched (the clip maker then
+    re-encodes the clip instead of remuxing it)."""
+    src = make_video(tmp_path / "b.mp4", seconds=2, bframes=3)
+    plain = tmp_path / "plain.mp4"
+    with av.open(str(src)) as inp, av.open(str(plain), "w", format="mp4", options={"use_editlist": "0"}) as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for pkt in inp.demux(video=0):
+            if pkt.size:
+                pkt.stream = stream
+                out.mux(pkt)
+    before = plain.read_bytes()
+    with pytest.raises(EditListError, match="edts"):
+        end_presentation(plain, 1.0)
+    assert plain.read_bytes() == before
 
 
 def test_truncated_clip_fails_validation(h264_video: Path, tmp_path: Path) -> None:
