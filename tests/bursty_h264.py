@@ -35,10 +35,15 @@ def main() -> None:
     ap.add_argument("--fps", type=float, default=30.0)
     ap.add_argument("--seconds", type=float, default=0.0, help="stop after this much video (0: the file once)")
     ap.add_argument("--loop", action="store_true")
+    ap.add_argument("--t0-file", help="write here the wall-clock time (Unix seconds) the video's first frame is "
+                    "'captured' at, the truth a detected_at is checked against")
     args = ap.parse_args()
     frames = annexb_frames(args.video)
     out = sys.stdout.buffer
     start = time.monotonic()
+    if args.t0_file:  # frame i is captured at start + (i + 1) / fps (see the burst's delay below)
+        with open(args.t0_file, "w") as f:
+            f.write(f"{time.time() - (time.monotonic() - start) + 1 / args.fps:.6f}\n")
     n = 0
     pending: list[bytes] = []
     try:

@@ -23,9 +23,14 @@ def main() -> None:
     ap.add_argument("--loop", action="store_true")
     ap.add_argument("--stall-after", type=float, default=0.0)
     ap.add_argument("--fast", action="store_true", help="no pacing: write as fast as possible (to make a file)")
+    ap.add_argument("--t0-file", help="write here the wall-clock time (Unix seconds) of the video's t=0: when the "
+                    "camera 'captured' its first frame, the truth a receiver's detected_at is checked against")
     args = ap.parse_args()
     out = av.open(sys.stdout.buffer, "w", format="mpegts")
     start = time.monotonic()
+    if args.t0_file:
+        with open(args.t0_file, "w") as f:
+            f.write(f"{time.time() - (time.monotonic() - start):.6f}\n")
     offset = 0.0
     with av.open(args.video) as src:
         ins = src.streams.video[0]

@@ -125,3 +125,20 @@ def test_a_new_session_or_rate_starts_the_slots_again() -> None:
     picker.reset()
     assert picker.pick(5.01, 10.0)
     assert picker.pick(5.02, 5.0) and not picker.pick(5.1, 5.0)  # a reload to 5 Hz: 200 ms slots from now on
+
+
+def test_a_live_sessions_start_up_backlog_waits_for_the_decoder_and_a_decoder_behind_drops_to_a_keyframe(
+        tmp_path: Path) -> None:
+    """An untimed pipe hands over ~2.3 s of video at once when its session opens (FFmpeg's probing, the
+    frame-rate prefetch): that backlog is queued, not dropped. Past 4 s of video waiting, the decoder
+    is behind: packets are dropped (counted), and go on being dropped up to the next keyframe."""
+    packets = read_packets(make_video(tmp_path / "v.mp4", seconds=6, gop=30))  # a keyframe every second
+    stage = DecodeStage(FrameSlot(blocking=False, metrics=Metrics()), Metrics(), lambda: 10.0, live=True)
+    for p in packets[:75]:  # 2.5 s at once, the decode thread not yet taking any
+        stage.offer(p)
+    assert stage.status().dropped == 0 and stage.inbox.qsize() == 75
+    for p in packets[75:]:
+        stage.offer(p)
+    queued = stage.inbox.qsize()
+    assert queued == 121  # 4 s of video after the first packet, then nothing: the decoder is behind
+    assert stage.status().dropped == len(packets) - queued

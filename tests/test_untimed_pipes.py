@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import av
@@ -61,21 +62,37 @@ def assert_steady_30fps(events: list[Event], tmp_path: Path, median_ms: float = 
         assert min(gaps) >= 20 and max(gaps) <= 50, (e.cid, min(gaps), max(gaps))
 
 
+def assert_true_time(events: list[Event], t0: float) -> None:
+    """detected_at is when the camera saw the label (`t0`: the wall-clock time of the stream's first
+    frame), not when the agent got the frame: the first pass's labels come into view at 3.0 and 6.5 s."""
+    in_view = {CIDS[0]: 3.0, CIDS[1]: 6.5}
+    for e in events[:2]:
+        seen = datetime.fromisoformat(e.detected_at.replace("Z", "+00:00")).timestamp() - t0
+        assert in_view[e.cid] - 0.05 <= seen <= in_view[e.cid] + 0.25, (e.cid, seen)  # a frame or two in
+
+
 @pytest.mark.parametrize("burst", [10, 1], ids=["bursty", "steady"])
 def test_raw_h264_pipe_clips_keep_the_cameras_frame_rate(burst: int, conveyor: Path, tmp_path: Path,
                                                        caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    cmd = f"{sys.executable} {ROOT / 'tests' / 'bursty_h264.py'} {conveyor} --loop --burst {burst}"
+    t0_file = tmp_path / "t0"
+    cmd = f"{sys.executable} {ROOT / 'tests' / 'bursty_h264.py'} {conveyor} --loop --burst {burst} --t0-file {t0_file}"
     events, _ = run_pipeline(cmd, tmp_path, "  input_format: h264\n")
     assert_steady_30fps(events, tmp_path)
     assert any("source open" in r.message and "fps=30.00" in r.message for r in caplog.records)
+    assert_true_time(events, float(t0_file.read_text()))
 
 
-def test_a_camera_that_muxes_its_own_timestamps_gives_the_same_clips(conveyor: Path, tmp_path: Path) -> None:
-    """rpicam-vid --codec libav --libav-format mpegts, or GStreamer's mpegtsmux: timestamps from the camera."""
-    cmd = f"{sys.executable} {ROOT / 'tests' / 'stream_sample.py'} {conveyor} --loop"
+def test_a_camera_that_muxes_its_own_timestamps_gives_the_same_clips_and_the_true_time(
+        conveyor: Path, tmp_path: Path) -> None:
+    """rpicam-vid --codec libav --libav-format mpegts, or GStreamer's mpegtsmux: timestamps from the camera.
+    FFmpeg hands the first packets over only after probing the stream (0.7 s of it): detected_at must
+    still be when the camera saw the label, not when the agent got the frame."""
+    t0_file = tmp_path / "t0"
+    cmd = f"{sys.executable} {ROOT / 'tests' / 'stream_sample.py'} {conveyor} --loop --t0-file {t0_file}"
     events, _ = run_pipeline(cmd, tmp_path)
     assert_steady_30fps(events, tmp_path)
+    assert_true_time(events, float(t0_file.read_text()))
 
 
 def test_raw_yuyv_camera_is_encoded_on_arrival_and_clips_are_remuxed(conveyor: Path, tmp_path: Path,

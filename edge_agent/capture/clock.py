@@ -32,6 +32,13 @@ class PtsClock:
     Files: `t` is media time from the first PTS, so replay is reproducible at any speed.
     Live sources: `t` follows PTS (smooth, immune to network bursts) but is anchored to
     the monotonic clock and re-anchored on jumps, so the ring's seconds are real seconds.
+
+    The anchor is the first packet's arrival, and that packet waited: FFmpeg reads a stretch of
+    the stream while it probes it (0.7 s on an MPEG-TS pipe, measured), then hands it over at once.
+    So `t` runs late by that much. `lag` is how late, learnt from causality: no frame arrives before
+    it was captured, so a packet stamped later than it arrived shows the anchor's delay. `t` itself
+    is left alone (moving it would jump it back, and clips only need it consistent); the wall-clock
+    times in the metadata subtract `lag`.
     """
 
     def __init__(self, time_base: Fraction, live: bool, t_offset: float = 0.0, mono0: float | None = None):
@@ -42,6 +49,7 @@ class PtsClock:
         self._anchor_pts: int | None = None
         self._anchor_t = 0.0
         self.last_t = t_offset
+        self.lag = 0.0  # seconds `t` runs behind capture (live only)
 
     def stamp(self, pts: int | None, arrival: float) -> float:
         """`arrival`: seconds on the session clock (monotonic - mono0 + t_offset)."""
@@ -53,6 +61,9 @@ class PtsClock:
             t = self._anchor_t + float((pts - self._anchor_pts) * self.time_base)
             if self.live and abs(t - arrival) > _REANCHOR_S:
                 self._anchor_pts, self._anchor_t, t = pts, arrival, arrival
+                self.lag = 0.0  # a new anchor, with a delay of its own to learn
+        if self.live:
+            self.lag = max(self.lag, t - arrival)
         self.last_t = max(self.last_t, t)
         return t
 

@@ -217,7 +217,8 @@ class AvSource:
                     delay = self._mono0 + (t - self.t_offset) - time.monotonic()
                     if delay > 0 and self._closed.wait(delay):
                         return
-                wall = wall0 + (t - self.t_offset)
+                # the capture's wall-clock time: a timed live stream's `t` runs late by its anchor's delay
+                wall = wall0 + (t - self.t_offset) - (pts_clock.lag if not self._untimed else 0.0)
                 if self._raw is not None:
                     yield from self._raw.encode(pkt, t, wall)
                 elif self._untimed:

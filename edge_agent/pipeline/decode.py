@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import queue
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,8 +30,12 @@ from edge_agent.pipeline.base import END, FrameSlot
 INTRA_ONLY = frozenset({"mjpeg", "rawvideo", "png", "bmp", "ljpeg"})
 # Fast replay: how far decode may run ahead of detection, in packets (~1 s at 30 fps).
 REPLAY_QUEUE = 32
-# Live: packets buffered for the decoder before capture starts dropping to it (~2 s at 30 fps).
-LIVE_QUEUE = 64
+# Live: how much video may wait for the decoder before capture starts dropping to it. Seconds, not
+# packets: a session begins with a backlog handed over at once (FFmpeg's probing and the frame-rate
+# prefetch of an untimed pipe: ~2.3 s on a raw H.264 pipe, measured), which is not a decoder behind;
+# counted in packets (64) it overflowed, and ~2 s of video after it went undecoded until a keyframe.
+LIVE_QUEUE_S = 4.0
+LIVE_QUEUE_MAX = 512  # packets, whatever the timestamps say
 # Picked packets whose frame never came out (a broken stream): forget the oldest past this.
 MAX_PENDING = 512
 # Slots remembered by the picker: far more than H.264 reorders (a few frames).
@@ -85,7 +90,8 @@ class DecodeStage:
         self.metrics = metrics
         self._rate_hz = rate_hz
         self.live = live
-        self.inbox: queue.Queue[Any] = queue.Queue(LIVE_QUEUE if live else REPLAY_QUEUE)
+        self.inbox: queue.Queue[Any] = queue.Queue(LIVE_QUEUE_MAX if live else REPLAY_QUEUE)
+        self._queued_t: deque[float] = deque()  # live: capture times of the packets waiting, oldest first
         self._need_keyframe = False
         self.decoded = self.dropped = self.errors = 0
 
@@ -104,10 +110,16 @@ class DecodeStage:
         if self._need_keyframe and not pkt.keyframe:
             self._drop()
             return
+        if self._queued_t and pkt.t - self._queued_t[0] > LIVE_QUEUE_S:
+            self._drop()
+            self._need_keyframe = True
+            return
+        self._queued_t.append(pkt.t)  # before the put: the decode thread takes it off when it gets the packet
         try:
             self.inbox.put_nowait(pkt)
             self._need_keyframe = False
         except queue.Full:
+            self._queued_t.pop()
             self._drop()
             self._need_keyframe = True
 
@@ -131,6 +143,8 @@ class DecodeStage:
             pkt = self.inbox.get()
             if pkt is END:
                 break
+            if self._queued_t:
+                self._queued_t.popleft()
             if pkt.stream is not info:
                 info = pkt.stream
                 decoder = open_decoder(info)
