@@ -1,11 +1,12 @@
 """`edge-agent run` on a live 30 fps source for a minute: drops, CPU, memory, detection-to-delivery.
 
     python benchmarks/live_benchmark.py [--seconds 60] [--video sample_media/conveyor_1080p30.mp4] [--encode]
-                                        [--raw 1280x720] [--viewer]
+                                        [--raw 1280x720] [--annexb 10] [--viewer]
 
 The camera is a `pipe` source: tests/stream_sample.py streams the sample in real time as MPEG-TS,
 looping (a label every ~5-7 s). --raw WxH makes it a raw YUYV camera of that size instead
-(tests/stream_raw.py), which the agent encodes to H.264 as frames arrive. Clips go to a real local
+(tests/stream_raw.py), which the agent encodes to H.264 as frames arrive; --annexb N raw H.264 with
+no timestamps, N frames at a time (tests/bursty_h264.py: the Pi CSI default, on a loaded Pi). Clips go to a real local
 receiver. --encode re-encodes clips (clip.width 1280, libx264) instead of remuxing. Prints frames,
 dropped and skipped frames, the daemon's CPU share (of one core; the camera process excluded), its
 peak RSS, and detection-to-delivery latency (receiver's received_at - metadata.detected_at; it
@@ -102,6 +103,9 @@ def main() -> int:
     ap.add_argument("--video", default=str(ROOT / "sample_media" / "conveyor_1080p30.mp4"))
     ap.add_argument("--encode", action="store_true", help="re-encode clips (clip.width: 1280) instead of remux")
     ap.add_argument("--raw", default="", metavar="WxH", help="a raw YUYV camera of this size (encoded on arrival)")
+    ap.add_argument("--annexb", type=int, default=0, metavar="BURST",
+                    help="raw H.264 without timestamps, as rpicam-vid --codec h264 -o - writes it (the Pi CSI "
+                    "default), BURST frames at a time (1: steady)")
     ap.add_argument("--viewer", action="store_true", help="--seconds without, then --seconds with one page watching")
     args = ap.parse_args()
     if args.viewer and "--video" not in sys.argv:
@@ -115,8 +119,12 @@ def main() -> int:
             cmd = f"{sys.executable} {ROOT / 'tests' / 'stream_sample.py'} {args.video} --loop"
             if args.raw:
                 cmd = f"{sys.executable} {ROOT / 'tests' / 'stream_raw.py'} {args.video} --loop --size {args.raw}"
+            fmt = ""
+            if args.annexb:
+                cmd = f"{sys.executable} {ROOT / 'tests' / 'bursty_h264.py'} {args.video} --loop --burst {args.annexb}"
+                fmt = "  input_format: h264\n"
             cfg = tmpd / "config.yaml"
-            cfg.write_text(f"source:\n  kind: pipe\n  command: {cmd}\nupload:\n  url: {receiver.cid_url}\n"
+            cfg.write_text(f"source:\n  kind: pipe\n  command: {cmd}\n{fmt}upload:\n  url: {receiver.cid_url}\n"
                            f"spool:\n  dir: {tmpd / 'spool'}\n  min_free_bytes: 0\nhttp:\n  port: {port}\n"
                            + ("clip:\n  width: 1280\n" if args.encode else ""), encoding="utf-8")
             proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(cfg)],
@@ -144,7 +152,8 @@ def main() -> int:
     lat = sorted(ts(e["received_at"]) - ts(e["metadata"]["detected_at"]) for e in events)
     busy = cpu.user + cpu.system
     total_s = args.seconds * len(phases) + (3 if phases else 0)
-    camera = f"raw YUYV {args.raw} (encoded on arrival)" if args.raw else "H.264 in MPEG-TS"
+    camera = (f"raw YUYV {args.raw} (encoded on arrival)" if args.raw else
+              f"raw H.264, no timestamps, {args.annexb} frame(s) at a time" if args.annexb else "H.264 in MPEG-TS")
     print(f"source           {Path(args.video).name} streamed live at 30 fps as {camera} for {args.seconds:.0f} s, "
           f"clips {'re-encoded (libx264, 1280 px)' if args.encode else 'remuxed'}")
     print(f"frames           {m.get('edge_agent_frames_total', 0):.0f} read, "
