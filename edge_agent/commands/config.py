@@ -123,8 +123,8 @@ def _rows(model: type[BaseModel], prefix: str) -> list[tuple[str, ...]]:
                        "else ~/.local/state/edge-agent/spool")
         rng = ", ".join(f"{sym} {getattr(m, k)}" for m in f.metadata for k, sym in
                         (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if getattr(m, k, None) is not None)
-        type_name = re.sub(r"typing\.|<class '|'>", "", str(ann)).replace("NoneType", "null")
-        rows.append((f"`{prefix}{name}`", f"`{type_name}`", f"`{json.dumps(default, default=str)}`",
+        type_name = re.sub(r"typing\.|<class '|'>|\b(?:[a-z_]+\.)+(?=[A-Z])", "", str(ann)).replace("NoneType", "null")
+        rows.append((f"`{prefix}{name}`", f"`{type_name}`".replace("|", "\\|"), f"`{json.dumps(default, default=str)}`",
                      rng or "", str(extra.get("reload", "live")), (f.description or "").replace("|", "\\|")))
     return rows
 
@@ -133,7 +133,7 @@ def reference_markdown() -> str:
     lines = [
         "# Configuration reference",
         "",
-        "Generated from the schema in `edge_agent/config.py` by `edge-agent config reference`; a test fails",
+        "Generated from the schema in `edge_agent/config/schema.py` by `edge-agent config reference`; a test fails",
         "when it is stale. Units are in the key names (`_s` seconds, `_bytes`, `_px` pixels, `_hz` per second).",
         "`live` keys apply on reload (SIGHUP, `systemctl reload edge-agent`, or saving the file) without",
         "dropping a frame; `restart` keys restart the source inside the process (source.*) or need a",
