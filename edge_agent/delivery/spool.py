@@ -24,7 +24,7 @@ once, which is what a restarted device should do. Ages for `spool.max_age_s` use
 clock too while the clip was made in this boot, so an NTP jump on a Pi without a real-time
 clock does not make fresh clips look a week old and drop them.
 
-This module is the queue itself (ownership, put, take, quarantine); what runs at open lives in
+This module is the queue itself (put, take, quarantine; the lock is spool_lock's); what runs at open lives in
 spool_recovery, the durable file and sidecar helpers in spool_files, and what commands read of
 quarantine/ without the lock in spool_quarantine.
 """
@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.config import SpoolConfig
+from edge_agent.delivery import spool_lock
 from edge_agent.delivery.spool_files import (
     boot_id,
     fsync_path,
@@ -60,11 +61,6 @@ from edge_agent.delivery.spool_quarantine import (
 )
 from edge_agent.delivery.spool_recovery import open_queue, open_readonly, recover, reenqueue
 from edge_agent.metrics import Metrics
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not Linux: one process per spool is then up to the operator
-    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -139,13 +135,15 @@ class Spool:
         self._lock_fd: int | None = None
         self._db: sqlite3.Connection | None = None
         if reader:
-            self.owner, self.owner_pid = False, self._owner_pid()
+            self.owner, self.owner_pid = False, spool_lock.owner_pid(self.root)
             self._db = open_readonly(self.root, self.clips)
             return
         try:
             for d in (self.root, self.tmp, self.clips, self.quarantine_dir):
                 d.mkdir(parents=True, exist_ok=True)
-            self.owner, self.owner_pid = self._take_ownership()
+            fd, self.owner_pid = spool_lock.take(self.root)
+            self.owner = fd is not None
+            self._lock_fd = fd if fd is not None and fd >= 0 else None
         except OSError as exc:
             raise SpoolError(f"cannot use spool.dir {self.root}: {exc.strerror or exc} (point spool.dir at a "
                              "writable folder on a local disk; the service's is /var/lib/edge-agent/spool)") from exc
@@ -158,49 +156,6 @@ class Spool:
     @classmethod
     def open_reader(cls, cfg: SpoolConfig) -> Spool:
         return cls(cfg, reader=True)
-
-    # --- ownership ------------------------------------------------------------------------------
-
-    def _owner_pid(self) -> int | None:
-        """The pid of the process holding the lock, or None when nobody does."""
-        if fcntl is None:
-            return None
-        try:
-            fd = os.open(str(self.root / "spool.lock"), os.O_RDONLY)
-        except OSError:
-            return None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
-                try:
-                    return int(os.pread(fd, 32, 0).decode("ascii").strip() or 0) or None
-                except (OSError, ValueError):
-                    return None
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return None
-        finally:
-            os.close(fd)
-
-    def _take_ownership(self) -> tuple[bool, int | None]:
-        """flock spool.lock; (True, our pid) or (False, the owner's pid) when another process holds it."""
-        if fcntl is None:
-            return True, os.getpid()
-        path = self.root / "spool.lock"
-        fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            try:
-                pid = int(os.pread(fd, 32, 0).decode("ascii").strip() or 0) or None
-            except (OSError, ValueError):
-                pid = None
-            os.close(fd)
-            return False, pid
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-        self._lock_fd = fd
-        return True, os.getpid()
 
     def _insert(self, event_id: str, cid: str, created: float, size: int, has_video: bool, sha: str | None,
                 boot: str | None = None, mono: float | None = None) -> None:
