@@ -96,17 +96,25 @@ def luma(frame: av.VideoFrame) -> np.ndarray:
 
 
 def to_av_packet(p: Packet, time_base: Fraction) -> av.Packet:
-    """An FFmpeg-owned copy of a packet, for decoders and muxers.
+    """An FFmpeg-owned copy of a packet, for decoders and muxers."""
+    return owned_packet(p.data, p.pts, p.dts, time_base, p.keyframe)
+
+
+def owned_packet(data: bytes | memoryview, pts: int | None, dts: int | None, time_base: Fraction | None,
+                 keyframe: bool) -> av.Packet:
+    """A new packet in FFmpeg's own buffer, with these bytes and times and no other flags.
 
     `av.Packet(bytes)` borrows the Python object's memory and releases it through a callback that
     takes the GIL. A frame-threaded decoder frees packets on its own threads, so freeing that
     decoder (a new source session, a finished clip) while holding the GIL deadlocked the process.
-    Copying into FFmpeg's own buffer (~0.1 ms a 1080p frame) makes every free GIL-free.
+    Copying into FFmpeg's own buffer (~0.1 ms a 1080p frame) makes every free GIL-free. A fresh
+    packet also drops a demuxed one's flags (the edit list's "discard", which makes a decoder
+    drop the picture).
     """
-    out = av.Packet(len(p.data))
-    memoryview(out)[:] = p.data
-    out.pts, out.dts, out.time_base = p.pts, p.dts, time_base
-    out.is_keyframe = p.keyframe
+    out = av.Packet(len(data))
+    memoryview(out)[:] = data
+    out.pts, out.dts, out.time_base = pts, dts, time_base
+    out.is_keyframe = keyframe
     return out
 
 

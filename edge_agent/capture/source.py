@@ -218,7 +218,8 @@ class AvSource:
                     if delay > 0 and self._closed.wait(delay):
                         return
                 # the capture's wall-clock time: a timed live stream's `t` runs late by its anchor's delay
-                wall = wall0 + (t - self.t_offset) - (pts_clock.lag if not self._untimed else 0.0)
+                # (files and untimed pipes never stamp through pts_clock: their lag stays 0)
+                wall = wall0 + (t - self.t_offset) - pts_clock.lag
                 if self._raw is not None:
                     yield from self._raw.encode(pkt, t, wall)
                 elif self._untimed:

@@ -108,7 +108,8 @@ def sample_source(agent: Agent, frames: int, seconds: float, stop: threading.Eve
     deadline = began + seconds + (cfg.source.open_timeout_s if src.live else 10.0) + 2.0
     while not done.wait(0.1):
         if stop.is_set() or time.monotonic() > deadline:
-            sample.stopped, sample.timed_out = stop.is_set(), not stop.is_set()
+            sample.stopped = stop.is_set()
+            sample.timed_out = not sample.stopped
             src.interrupt()  # ends a pipe command; network reads end on their own timeout
             done.wait(3.0)
             break

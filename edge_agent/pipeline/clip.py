@@ -24,7 +24,7 @@ from pathlib import Path
 import av
 
 from edge_agent.capture import encoders as enc
-from edge_agent.capture.media import Packet, StreamInfo, open_decoder, to_av_packet
+from edge_agent.capture.media import Packet, StreamInfo, open_decoder, owned_packet, to_av_packet
 from edge_agent.config import ClipConfig
 from edge_agent.delivery import contract
 from edge_agent.delivery.spool_files import sha256_file
@@ -236,10 +236,7 @@ def validate(path: Path) -> contract.ClipInfo:
             if key is not None:
                 cc = av.CodecContext.create(codec, "r")
                 cc.extradata = v.codec_context.extradata
-                copy = av.Packet(key.size)
-                memoryview(copy)[:] = memoryview(key)
-                copy.pts, copy.dts, copy.time_base = key.pts, key.dts, key.time_base
-                keyframes = len(cc.decode(copy))
+                keyframes = len(cc.decode(owned_packet(memoryview(key), key.pts, key.dts, key.time_base, True)))
                 keyframes += len(cc.decode(None))  # its picture may wait in the decoder (B-frame delay)
     except av.error.FFmpegError as exc:
         raise ClipError(f"clip does not decode: {exc}") from exc

@@ -17,11 +17,23 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-_CONTAINERS = {b"moov", b"trak", b"edts"}
-
 
 class EditListError(Exception):
     """The file is not the single-track MP4 our muxer writes: no edit list to change."""
+
+
+def _header(buf: bytes | bytearray, off: int, end: int) -> tuple[bytes, int, int]:
+    """(type, header size, total size) of the box at buf[off:], which may run to `end`."""
+    size, kind = struct.unpack_from(">I4s", buf, off)
+    header = 8
+    if size == 1:  # a 64-bit size follows the type
+        size = struct.unpack_from(">Q", buf, off + 8)[0]
+        header = 16
+    elif size == 0:  # to the end of the enclosing space
+        size = end - off
+    if size < header or off + size > end:
+        raise EditListError(f"malformed box {kind!r} at {off}")
+    return kind, header, size
 
 
 def _boxes(buf: bytes | bytearray, start: int, end: int) -> list[tuple[bytes, int, int, int]]:
@@ -29,15 +41,7 @@ def _boxes(buf: bytes | bytearray, start: int, end: int) -> list[tuple[bytes, in
     out = []
     off = start
     while off + 8 <= end:
-        size, kind = struct.unpack_from(">I4s", buf, off)
-        header = 8
-        if size == 1:
-            size = struct.unpack_from(">Q", buf, off + 8)[0]
-            header = 16
-        elif size == 0:
-            size = end - off
-        if size < header or off + size > end:
-            raise EditListError(f"malformed box {kind!r} at {off}")
+        kind, header, size = _header(buf, off, end)
         out.append((kind, off, header, size))
         off += size
     return out
@@ -51,14 +55,7 @@ def _find_moov(path: Path) -> tuple[int, int]:
         off = 0
         while off + 8 <= file_size:
             f.seek(off)
-            head = f.read(16)
-            size, kind = struct.unpack_from(">I4s", head)
-            if size == 1:
-                size = struct.unpack_from(">Q", head, 8)[0]
-            elif size == 0:
-                size = file_size - off
-            if size < 8:
-                raise EditListError(f"malformed box {kind!r} at {off}")
+            kind, _, size = _header(f.read(16), 0, file_size - off)
             if kind == b"moov":
                 return off, size
             off += size
@@ -89,7 +86,7 @@ def end_presentation(path: Path, shown_s: float) -> None:
     with path.open("r+b") as f:
         f.seek(moov_off)
         buf = bytearray(f.read(moov_size))
-        moov = (b"moov", 0, 8 if struct.unpack_from(">I", buf)[0] != 1 else 16, moov_size)
+        moov = _boxes(buf, 0, moov_size)[0]
         mvhd = _child(buf, moov, b"mvhd")
         traks = [b for b in _boxes(buf, moov[2], moov_size) if b[0] == b"trak"]
         if len(traks) != 1:
