@@ -35,6 +35,7 @@ class SeaweedFS:
     def __init__(self, data_dir: Path):
         self.data_dir = data_dir
         self.s3_port = _port()
+        self.filer_port = _port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,7 +64,7 @@ class SeaweedFS:
                 f"-s3.port={self.s3_port}", f"-s3.port.grpc={_port(65000)}", "-s3.port.iceberg=0", "-s3.port.lance=0",
                 "-master.telemetry=false",
                 f"-s3.config={cfg}", f"-master.port={_port()}", f"-volume.port={_port()}",
-                f"-filer.port={_port()}", "-master.volumeSizeLimitMB=64",
+                f"-filer.port={self.filer_port}", "-master.volumeSizeLimitMB=64",
                 "-volume.max=200"]  # every bucket is a collection that grows 7 volumes at first write
         with (self.data_dir / "weed.log").open("ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log)
@@ -83,15 +84,30 @@ class SeaweedFS:
         self.stop()
         raise RuntimeError(f"SeaweedFS S3 did not come up in {timeout} s: {last}")
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+    def stop(self, timeout: float = 15) -> None:
+        """SIGTERM, then wait until the filer has stopped. `weed server` (master, volume, filer and S3
+        in one process) never exits by itself after SIGTERM: the filer closes its ports at once, then
+        its graceful gRPC stop waits on a metadata subscription that only the process' exit ends, and
+        master, volume and S3 keep listening. Volume writes are synchronous, so once the filer (the one
+        part with a store to close) is down the process is killed."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline and _accepts(self.filer_port):
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def deliver_clips(cid_url: str, n: int, clients: int = 4, size: int = 8000, on_half=None,  # noqa: ANN001
