@@ -176,7 +176,7 @@ class ClipMaker:
         now = time.monotonic()
         names = [n for n in self.cfg.encoders if enc.usable(n)]
         with self._lock:
-            return sorted(names, key=lambda n: self._health.get(n, _Health()).retry_at > now)
+            return sorted(names, key=lambda n: max(0.0, self._health.get(n, _Health()).retry_at - now))
 
     def _encode(self, packets: list[Packet], info: StreamInfo, out_path: Path, t0: float, end_t: float,
                 causes: list[str]) -> tuple[str, contract.ClipInfo]:
