@@ -142,13 +142,29 @@ def test_ending_the_presentation_needs_the_edit_list_our_muxer_writes(tmp_path: 
     assert plain.read_bytes() == before
 
 
+def test_a_whole_gop_of_lead_in_that_the_reader_drops_is_still_a_valid_remux(h264_video: Path, tmp_path: Path) -> None:
+    """Packets from the keyframe at 2.0 s, the clip from the keyframe at 3.0 s: the edit list starts on a
+    keyframe, so FFmpeg's reader leaves the earlier GOP out of its index altogether. Validation counts
+    the frames presented (90 of 90), not the samples stored (more), and keeps the remux."""
+    rec = record(h264_video, start_t=2.5, end_t=6.0)
+    assert rec.packets[0].t == 2.0
+    rec.start_t = 3.0
+    result = ClipMaker(ClipConfig()).make(rec, tmp_path / "clip.mp4")
+    assert result.remuxed and result.info.frames == 90
+    with av.open(str(result.path)) as c:
+        assert c.streams.video[0].frames > 90  # the sample table still holds the dropped GOP
+        assert sum(1 for _ in c.decode(video=0)) == 90
+
+
 def test_truncated_clip_fails_validation(h264_video: Path, tmp_path: Path) -> None:
     rec = record(h264_video, start_t=1.0, end_t=4.0)
     path = ClipMaker(ClipConfig()).make(rec, tmp_path / "clip.mp4").path
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3])
-    with pytest.raises(ClipError):
+    with pytest.raises(ClipError, match="cut short"):
         validate(path)
+    with pytest.raises(ClipError, match="cut short"):
+        validate(path, 90)
 
 
 def test_a_timestamp_jump_that_cannot_be_remuxed_is_re_encoded(h264_video: Path, tmp_path: Path) -> None:
