@@ -35,6 +35,9 @@ from edge_agent.pipeline.ring import Recording
 
 log = logging.getLogger("edge_agent.pipeline")
 
+# clip.error of a recording a stop had no time left for (replay's exit code tells it from a failure)
+STOP_BUDGET_ERROR = "stopping: the stop budget ran out before this clip was made"
+
 
 @dataclass(frozen=True)
 class ClipStatus:
@@ -133,7 +136,7 @@ class ClipStage:
             if self._deadline is not None and time.monotonic() >= self._deadline:
                 self.dropped += 1
                 self.metrics.inc("edge_agent_clips_dropped_total")
-                raise ClipError("stopping: the stop budget ran out before this clip was made: video dropped")
+                raise ClipError(f"{STOP_BUDGET_ERROR}: video dropped")
             result = self.maker.make(rec, part)
             clip_info, video = result.info, result.path
             ms = (time.perf_counter() - started) * 1000
