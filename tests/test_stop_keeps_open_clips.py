@@ -5,7 +5,10 @@ as systemd runs it, fed by a real camera process through a pipe."""
 
 from __future__ import annotations
 
+import json
 import re
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -82,3 +85,39 @@ def test_a_camera_pipe_that_ends_and_is_reopened_keeps_every_open_recordings_vid
     assert events >= 40
     assert m["edge_agent_clips_dropped_total"] == 0
     assert m["edge_agent_clip_errors_total"] == 0
+
+
+def test_beyond_the_stop_budget_the_rest_go_out_without_video_and_none_is_lost(storm: Path, tmp_path: Path) -> None:
+    """Re-encoding every clip (clip.width) with ~32 open at the stop: more work than `replay`'s 10 s stop
+    budget holds. Clips are made until the budget's reserve, the rest are sent at once without video,
+    each with clip.error saying why and a log line; every CID detected is in the output, and the stop
+    (requested) ends with 0 in time."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(POST_ROLL + "  width: 480\n", encoding="utf-8")
+    err = tmp_path / "replay.log"
+    out = tmp_path / "clips"
+    with err.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "replay", "-q", "--realtime", "--no-upload",
+                                 "--output-dir", str(out), "--config", str(cfg), str(storm)], stderr=log)
+    try:
+        wait_until(lambda: err.read_text().count("detected cid=") >= 40, 60, "40 labels read")
+    finally:
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    took = time.monotonic() - started
+    text = err.read_text()
+    detected, ready, failed = outcomes(text)
+    metas = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    budget = [m for m in metas if "stop budget ran out" in (m["clip"].get("error") or "")]
+    print(f"stop beyond its budget: {len(detected)} CIDs, {len(ready)} with video, {len(budget)} without "
+          f"(budget), stop took {took:.1f} s")
+    assert rc == 0 and took < 15  # replay's stop budget is 10 s; an encode in progress is given up at it
+    assert {m["cid"] for m in metas} == detected  # every CID went out
+    assert budget and ready  # some made in the budget, the rest sent without video
+    assert len(ready) + len(budget) == len(detected)
+    assert len([line for line in failed if "stop budget ran out" in line]) == len(budget)

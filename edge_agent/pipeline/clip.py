@@ -51,6 +51,17 @@ class ClipError(Exception):
     """No valid clip could be made; the CID is still delivered with this as `clip.error`."""
 
 
+# clip.error of a recording a stop had no time left for (replay's exit code tells it from a failure)
+STOP_BUDGET_ERROR = "stopping: the stop budget ran out before this clip was made"
+
+
+class OutOfTime(ClipError):
+    """A stop's deadline passed while the clip was being encoded: not the encoder's fault."""
+
+    def __init__(self) -> None:
+        super().__init__(f"{STOP_BUDGET_ERROR}: video dropped")
+
+
 @dataclass
 class ClipResult:
     info: contract.ClipInfo
@@ -104,7 +115,9 @@ class ClipMaker:
                 for name in self.cfg.encoders for h in [self._health.get(name, _Health())])
             return MakerStatus(encoders, self._encoding_error)
 
-    def make(self, rec: Recording, out_path: Path) -> ClipResult:
+    def make(self, rec: Recording, out_path: Path, deadline: float | None = None) -> ClipResult:
+        """The clip of `rec` at `out_path`; an encode still running at `deadline` (monotonic, a stop's)
+        is given up with OutOfTime."""
         packets = _usable(rec.packets)
         if not packets:
             raise ClipError("no decodable video in the recording (no keyframe)")
@@ -136,7 +149,7 @@ class ClipMaker:
                 causes.append(f"remux: {exc}")
                 remux = False
         if not remux:
-            encoder, clip = self._encode(packets, info, out_path, first.t, end_t, causes)
+            encoder, clip = self._encode(packets, info, out_path, first.t, end_t, causes, deadline)
         clip.start_at = contract.rfc3339(first.wall)
         clip.end_at = contract.rfc3339(first.wall + (clip.duration_s or 0.0))
         clip.lead_in_s = round(first.t - packets[0].t, 3) if remux else 0.0
@@ -179,7 +192,7 @@ class ClipMaker:
             return sorted(names, key=lambda n: max(0.0, self._health.get(n, _Health()).retry_at - now))
 
     def _encode(self, packets: list[Packet], info: StreamInfo, out_path: Path, t0: float, end_t: float,
-                causes: list[str]) -> tuple[str, contract.ClipInfo]:
+                causes: list[str], deadline: float | None = None) -> tuple[str, contract.ClipInfo]:
         """Encode with each encoder in turn until one gives a valid clip; ClipError naming every
         encoder's error when none does."""
         names = self._order()
@@ -188,8 +201,11 @@ class ClipMaker:
                           "(or its driver is absent)")
         for name in names:
             try:
-                frames = self._encode_with(name, packets, info, out_path, t0, end_t)
+                frames = self._encode_with(name, packets, info, out_path, t0, end_t, deadline)
                 clip = validate(out_path, frames)
+            except OutOfTime:
+                out_path.unlink(missing_ok=True)
+                raise
             except (*_ENCODE_FAULTS, ClipError) as exc:
                 out_path.unlink(missing_ok=True)
                 error = f"{type(exc).__name__}: {exc}" if isinstance(exc, RuntimeError | MemoryError) else str(exc)
@@ -231,7 +247,7 @@ class ClipMaker:
             log.info("clip encoding works again encoder=%s", name)
 
     def _encode_with(self, name: str, packets: list[Packet], info: StreamInfo, out_path: Path, t0: float,
-                     end_t: float) -> int:
+                     end_t: float, deadline: float | None = None) -> int:
         """One attempt with encoder `name`; the number of frames given to it."""
         decoder = open_decoder(info)
         width, height = self._size(info)
@@ -246,6 +262,8 @@ class ClipMaker:
             stream = self._open_encoder(out, name, width, height, fps)
             last_t = -1.0
             for frame in _decode_all(decoder, packets, info):
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise OutOfTime()
                 t = times.get(frame.pts, 0.0) - t0 if frame.pts is not None else last_t + 1 / fps
                 if t < 0 or t >= end_t - t0 or (last_t >= 0 and t - last_t < min_step - 1e-6) or t <= last_t:
                     continue

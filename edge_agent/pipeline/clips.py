@@ -29,14 +29,11 @@ from edge_agent.delivery import contract
 from edge_agent.delivery.sinks import ClipSink
 from edge_agent.metrics import Metrics
 from edge_agent.pipeline.base import END
-from edge_agent.pipeline.clip import ClipError, ClipMaker, EncoderStatus
+from edge_agent.pipeline.clip import ClipError, ClipMaker, EncoderStatus, OutOfTime
 from edge_agent.pipeline.events import Event
 from edge_agent.pipeline.ring import Recording
 
 log = logging.getLogger("edge_agent.pipeline")
-
-# clip.error of a recording a stop had no time left for (replay's exit code tells it from a failure)
-STOP_BUDGET_ERROR = "stopping: the stop budget ran out before this clip was made"
 
 
 @dataclass(frozen=True)
@@ -134,10 +131,8 @@ class ClipStage:
             if rec.dropped:
                 raise ClipError(rec.dropped)
             if self._deadline is not None and time.monotonic() >= self._deadline:
-                self.dropped += 1
-                self.metrics.inc("edge_agent_clips_dropped_total")
-                raise ClipError(f"{STOP_BUDGET_ERROR}: video dropped")
-            result = self.maker.make(rec, part)
+                raise OutOfTime()
+            result = self.maker.make(rec, part, self._deadline)
             clip_info, video = result.info, result.path
             ms = (time.perf_counter() - started) * 1000
             ev.clip_ms = round(ms, 1)
@@ -150,6 +145,9 @@ class ClipStage:
                      " pre_roll_short" if rec.truncated_start else "")
         except Exception as exc:  # the CID goes out whatever failed; an unexpected fault also with its traceback
             part.unlink(missing_ok=True)
+            if isinstance(exc, OutOfTime):
+                self.dropped += 1
+                self.metrics.inc("edge_agent_clips_dropped_total")
             error = str(exc) if isinstance(exc, ClipError) else f"internal error: {type(exc).__name__}: {exc}"
             clip_info, video = contract.ClipInfo(error=error), None
             self.failed += 1
