@@ -109,6 +109,22 @@ def test_no_working_encoder_is_a_clip_error(h264_video: Path, tmp_path: Path) ->
     assert not (tmp_path / "clip.mp4").exists()
 
 
+def test_an_encoder_that_failed_is_tried_again_for_the_next_clip(h264_video: Path, tmp_path: Path) -> None:
+    """One failed encode (here: the output cannot be written) is not the end of an encoder: the clip
+    fails with the real cause, the maker reports encoding down, and the next clip is encoded."""
+    rec = record(h264_video, start_t=1.0, end_t=2.0)
+    maker = ClipMaker(ClipConfig(width=320, encoders=["libx264"]))
+    with pytest.raises(ClipError, match=r"libx264: .*No such file or directory"):
+        maker.make(rec, tmp_path / "gone" / "clip.mp4")
+    down = maker.status()
+    assert down.encoding_error and "none of them exists" not in down.encoding_error
+    (x264,) = down.encoders
+    assert x264.failures == 1 and x264.retry_in_s > 0
+    result = maker.make(record(h264_video, start_t=1.0, end_t=2.0), tmp_path / "clip.mp4")
+    assert result.encoder == "libx264" and result.info.frames == 30
+    assert maker.status().encoding_error is None and maker.status().encoders[0].failures == 0
+
+
 def test_a_b_frame_clip_shows_exactly_its_range_with_the_reference_after_it_hidden(tmp_path: Path) -> None:
     """IBBBP...: the B-frames shown just before the end are predicted from the P-frame shown after it.
     The file must hold that P-frame and must not show it: the edit list ends the presentation."""
