@@ -184,8 +184,8 @@ class ClipMaker:
     # --- encode -------------------------------------------------------------------------------
 
     def _order(self) -> list[str]:
-        """The usable encoders in config order, those backing off after the others (still tried: a clip
-        goes without video only when every one failed for it)."""
+        """The usable encoders in config order, those backing off after the others, soonest retry first
+        (still tried: a clip goes without video only when every one failed for it)."""
         now = time.monotonic()
         names = [n for n in self.cfg.encoders if enc.usable(n)]
         with self._lock:
