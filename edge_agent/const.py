@@ -36,6 +36,10 @@ CLIP_MAX_S = 30.0
 # Hardware first: Pi 4 (V4L2 M2M), NVIDIA (NVENC), Intel/AMD (VA-API needs a device, so not listed).
 ENCODERS = ("h264_v4l2m2m", "h264_nvenc", "libx264")
 CRF = 23
+# An encoder that failed is tried after the others for this long, doubling up to the cap: a full disk or
+# a task limit clears in minutes, an absent device costs one failed open (ms) per cap.
+ENCODER_RETRY_S = 30.0
+ENCODER_RETRY_CAP_S = 1800.0
 X264_PRESET = "veryfast"
 # 64 MiB holds ~25 s of 1080p H.264 at 20 Mbit/s: far beyond pre-roll + post-roll + a GOP.
 RING_MAX_BYTES = 64 << 20
@@ -64,6 +68,9 @@ SPOOL_MAX_AGE_S = 7 * 24 * 3600.0
 CLIP_BACKLOG_BYTES = 64 << 20
 # ... and in number: a worker this many clips behind is overloaded, whatever their size.
 CLIP_BACKLOG_COUNT = 16
+# At a stop the clip stage makes clips until this long before the stop's budget ends, then sends the CIDs
+# still waiting without video: one encode in progress (~1 s on a Pi) and the uploader and spool closing fit.
+CLIP_STOP_RESERVE_S = 3.0
 
 # Events the running pipeline remembers (for status and the live view); older ones are only in the logs.
 RECENT_EVENTS = 100

@@ -96,8 +96,13 @@ DECLARED: dict[str, MetricSpec] = {s.name: s for s in (
     # --- clips ---
     _counter("edge_agent_clips_total", "Clips made (encoded or remuxed to MP4)."),
     _counter("edge_agent_clips_dropped_total",
-             "Clips whose video was let go because the clip worker was behind; the CID is still sent."),
+             "Clips whose video was let go because the clip worker was behind, or at a stop because the "
+             "stop budget ran out; the CID is still sent."),
     _counter("edge_agent_clip_errors_total", "Clips that could not be made; the CID is still sent without video."),
+    _counter("edge_agent_clip_encoder_failures_total",
+             "Failed encode attempts by encoder; the clip is tried with the next one in clip.encoders.", "encoder"),
+    _gauge("edge_agent_clip_encoding_up",
+           "1 while clips that need re-encoding get video; 0 when every encoder failed the last one."),
     _histogram("edge_agent_clip_seconds", "Time to make one clip (encode or remux, and write it).", _CLIP_BUCKETS),
     # --- spool ---
     _gauge("edge_agent_spool_clips", "Clips queued for upload in the spool."),

@@ -109,6 +109,22 @@ def test_no_working_encoder_is_a_clip_error(h264_video: Path, tmp_path: Path) ->
     assert not (tmp_path / "clip.mp4").exists()
 
 
+def test_an_encoder_that_failed_is_tried_again_for_the_next_clip(h264_video: Path, tmp_path: Path) -> None:
+    """One failed encode (here: the output cannot be written) is not the end of an encoder: the clip
+    fails with the real cause, the maker reports encoding down, and the next clip is encoded."""
+    rec = record(h264_video, start_t=1.0, end_t=2.0)
+    maker = ClipMaker(ClipConfig(width=320, encoders=["libx264"]))
+    with pytest.raises(ClipError, match=r"libx264: .*No such file or directory"):
+        maker.make(rec, tmp_path / "gone" / "clip.mp4")
+    down = maker.status()
+    assert down.encoding_error and "none of them exists" not in down.encoding_error
+    (x264,) = down.encoders
+    assert x264.failures == 1 and x264.retry_in_s > 0
+    result = maker.make(record(h264_video, start_t=1.0, end_t=2.0), tmp_path / "clip.mp4")
+    assert result.encoder == "libx264" and result.info.frames == 30
+    assert maker.status().encoding_error is None and maker.status().encoders[0].failures == 0
+
+
 def test_a_b_frame_clip_shows_exactly_its_range_with_the_reference_after_it_hidden(tmp_path: Path) -> None:
     """IBBBP...: the B-frames shown just before the end are predicted from the P-frame shown after it.
     The file must hold that P-frame and must not show it: the edit list ends the presentation."""
@@ -142,13 +158,29 @@ def test_ending_the_presentation_needs_the_edit_list_our_muxer_writes(tmp_path: 
     assert plain.read_bytes() == before
 
 
+def test_a_whole_gop_of_lead_in_that_the_reader_drops_is_still_a_valid_remux(h264_video: Path, tmp_path: Path) -> None:
+    """Packets from the keyframe at 2.0 s, the clip from the keyframe at 3.0 s: the edit list starts on a
+    keyframe, so FFmpeg's reader leaves the earlier GOP out of its index altogether. Validation counts
+    the frames presented (90 of 90), not the samples stored (more), and keeps the remux."""
+    rec = record(h264_video, start_t=2.5, end_t=6.0)
+    assert rec.packets[0].t == 2.0
+    rec.start_t = 3.0
+    result = ClipMaker(ClipConfig()).make(rec, tmp_path / "clip.mp4")
+    assert result.remuxed and result.info.frames == 90
+    with av.open(str(result.path)) as c:
+        assert c.streams.video[0].frames > 90  # the sample table still holds the dropped GOP
+        assert sum(1 for _ in c.decode(video=0)) == 90
+
+
 def test_truncated_clip_fails_validation(h264_video: Path, tmp_path: Path) -> None:
     rec = record(h264_video, start_t=1.0, end_t=4.0)
     path = ClipMaker(ClipConfig()).make(rec, tmp_path / "clip.mp4").path
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3])
-    with pytest.raises(ClipError):
+    with pytest.raises(ClipError, match="cut short"):
         validate(path)
+    with pytest.raises(ClipError, match="cut short"):
+        validate(path, 90)
 
 
 def test_a_timestamp_jump_that_cannot_be_remuxed_is_re_encoded(h264_video: Path, tmp_path: Path) -> None:

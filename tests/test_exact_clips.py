@@ -99,3 +99,31 @@ def test_extension_while_in_view_is_opt_in(tmp_path: Path) -> None:
     (event,) = json.loads((tmp_path / "report.json").read_text())["events"]
     # in view 3 s: the clip runs from 2.5 s before the first sighting to 2.5 s after the last
     assert 7.5 <= event["clip"]["duration_s"] <= 8.1, event["clip"]
+
+
+def test_a_start_a_rounding_error_before_a_keyframe_is_remuxed_on_that_keyframe(tmp_path: Path) -> None:
+    """Detected at 4.6 s with a 1.6 s pre-roll: 4.6 - 1.6 is 2.9999999999999996 in floating point, a
+    hair before the keyframe at 3.0 s. The clip starts on that keyframe (no earlier GOP kept as a
+    lead-in, which FFmpeg's reader drops) and is remuxed, its 120 frames [3.0 s, 7.0 s) presented."""
+    video = make_video(tmp_path / "edge.mp4", seconds=10, fps=FPS, gop=FPS, codes=[("CID-EDGE-1", 4.6, 6.0)])
+    config = tmp_path / "edge.yaml"
+    config.write_text("detector:\n  rate_hz: 30\nclip:\n  pre_roll_s: 1.6\n  post_roll_s: 2.4\n", encoding="utf-8")
+    res = subprocess.run([sys.executable, "-m", "edge_agent.cli", "replay", "--config", str(config), str(video)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+                         env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "t=4.600" in res.stderr  # the detection the float edge comes from
+    assert "remux failed" not in res.stderr, res.stderr[-2000:]
+    (meta,) = [json.loads(p.read_text()) for p in (tmp_path / "clips").glob("*.json")]
+    info = meta["clip"]
+    assert "encoder=" not in next(line for line in res.stderr.splitlines() if "clip ready" in line)
+    assert info["frames"] == 120 and info["lead_in_s"] == 0.0, info
+    clip = tmp_path / "clips" / f"{meta['event_id']}.mp4"
+    with av.open(str(clip)) as c:
+        packets = [p for p in c.demux(video=0) if p.size]
+    with av.open(str(clip)) as c:
+        first = next(c.decode(video=0)).to_ndarray(format="gray")
+    assert len(packets) == 120 and packets[0].is_keyframe  # no lead-in at all: it starts on the keyframe
+    with av.open(str(video)) as c:  # and that keyframe is the source's frame at 3.0 s
+        want = next(f for i, f in enumerate(c.decode(video=0)) if i == 90).to_ndarray(format="gray")
+    assert cv2.absdiff(first, want).mean() < 3

@@ -236,3 +236,64 @@ def test_an_internal_error_is_one_line_and_70_and_debug_shows_the_traceback(
                            "traceback, and report it)")
     with pytest.raises(RuntimeError, match="a bug"):
         cli_module.main(["--debug", "spool", "status"])
+
+
+# --- a finite job that did not do all of its work is not 0 -----------------------------------------
+
+
+def test_a_replay_that_made_no_clip_for_a_detected_cid_is_1_and_validate_warns(tmp_path: Path) -> None:
+    """clip.width asks for re-encoding with only h264_nvenc, which this build cannot open: the CIDs go
+    out without video, and the run says so and fails; `config validate` and `check` warn beforehand."""
+    cfg = write(tmp_path / "nvenc.yaml", "clip:\n  width: 640\n  encoders: [h264_nvenc]\n")
+    check = cli("config", "validate", str(cfg))
+    assert check.returncode == 0 and "warning: clip.encoders: none of h264_nvenc exists in this build" in check.stderr
+    res = cli("replay", "-q", "--no-upload", "--output-dir", str(tmp_path / "clips"), "--config", str(cfg),
+              str(SAMPLE), timeout=120)
+    assert res.returncode == const.EXIT_FAILED, res.stderr[-2000:]
+    assert "3 of 3 CID(s) went out without video: no H.264 encoder" in res.stderr
+    assert "Traceback" not in res.stderr
+    ok = write(tmp_path / "ok.yaml", "clip:\n  width: 640\n  encoders: [h264_nvenc, libx264]\n")
+    assert "warning" not in cli("config", "validate", str(ok)).stderr
+
+
+def _spool_with_clips(tmp_path: Path, n: int) -> Path:
+    from edge_agent.delivery.spool import Spool
+    from tests.spool_helpers import add_clip, spool_config
+
+    spool = Spool(spool_config(tmp_path / "spool"))
+    for _ in range(n):
+        add_clip(spool)
+    spool.close()
+    return tmp_path / "spool"
+
+
+def _spool_config(tmp_path: Path, url: str) -> Path:
+    return write(tmp_path / "config.yaml", f"upload:\n  url: {url}\n  backoff_base_s: 0.05\n  backoff_cap_s: 0.2\n"
+                 f"spool:\n  dir: {tmp_path / 'spool'}\n  min_free_bytes: 0\n")
+
+
+def test_a_flush_that_leaves_clips_refused_is_1_and_one_that_delivers_all_is_0(tmp_path: Path) -> None:
+    from tests.flaky_server import FlakyServer
+
+    _spool_with_clips(tmp_path, 3)
+    with FlakyServer([(422, {}, b'{"detail": "device unknown"}')] + ["ok"] * 10) as server:
+        cfg = _spool_config(tmp_path, server.url)
+        res = cli("spool", "flush", "--timeout", "20", "--config", str(cfg))
+        assert res.returncode == const.EXIT_FAILED, (res.stdout, res.stderr)
+        assert "delivered 2 clip(s); 1 refused by the server and quarantined" in res.stdout
+        assert "1 clip(s) in quarantine, not delivered" in res.stderr and "spool requeue" in res.stderr
+        requeued = cli("spool", "requeue", "--config", str(cfg))
+        assert requeued.returncode == 0 and "requeued 1 clip(s)" in requeued.stdout, requeued.stderr
+        again = cli("spool", "flush", "--timeout", "20", "--config", str(cfg))
+    assert again.returncode == 0 and "the spool is empty" in again.stdout, (again.stdout, again.stderr)
+
+
+def test_a_requeue_that_leaves_clips_in_quarantine_is_1(tmp_path: Path) -> None:
+    """A video without its event (no CID, no metadata) is set aside at the spool's start and can never
+    be requeued: `requeue` says so and fails."""
+    spool_dir = _spool_with_clips(tmp_path, 1)
+    (spool_dir / "clips" / "stray.mp4").write_bytes(b"not a clip of any event")
+    cfg = _spool_config(tmp_path, "http://127.0.0.1:9/cid")
+    res = cli("spool", "requeue", "--config", str(cfg))
+    assert res.returncode == const.EXIT_FAILED, (res.stdout, res.stderr)
+    assert "could not be requeued" in res.stdout and "still in quarantine" in res.stderr

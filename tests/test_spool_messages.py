@@ -40,7 +40,7 @@ def test_a_refused_clip_is_quarantined_once_with_a_hint_and_shown_by_status_and_
     with FlakyServer([(404, {}, b'{"detail": "Not Found"}')]) as server:
         cfg = write_config(tmp_path, server.url)
         flush = edge_agent(cfg, "spool", "flush", "--timeout", "10")
-    assert flush.returncode == 0, flush.stderr
+    assert flush.returncode == 1, flush.stderr  # refused: a person must act, waiting will not deliver it
     reason = "HTTP 404 from the server: Not Found"
     assert flush.stdout.strip() == (f"delivered 0 clip(s); 1 refused by the server and quarantined ({reason}: fix the "
                                     "cause, then `edge-agent spool requeue`); no clip left waiting")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+from collections.abc import Sequence
 
 import av
 
@@ -33,6 +34,17 @@ def usable(name: str) -> bool:
             log.debug("encoder needs the NVIDIA driver, absent here, skipped encoder=%s", name)
             return False
     return True
+
+
+def none_usable(names: Sequence[str]) -> str | None:
+    """A warning when no encoder of `names` (clip.encoders) can ever open here, else None: every clip that
+    must be re-encoded would go out without video. `config validate` and `check` both say it."""
+    if any(usable(n) for n in names):
+        return None
+    hint = " (add libx264, which this build has)" if usable("libx264") else ""
+    return (f"clip.encoders: none of {', '.join(names)} exists in this build or has its driver here; clips that "
+            "must be re-encoded (clip.width/height/fps, clip.reencode, a camera that is not H.264, a remux that "
+            f"fails) would go out without video{hint}")
 
 
 def configure(cc: av.CodecContext, name: str, width: int, height: int, fps: float, *,

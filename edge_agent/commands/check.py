@@ -307,6 +307,10 @@ def run_checks(cfg: Config, path: str | None, frames: int = DEFAULT_FRAMES,
         results.append(Result("source", SKIP, "PyAV is missing", "see the libraries line"))
     else:
         from edge_agent.app import Agent
+        from edge_agent.capture.encoders import none_usable
+
+        if (no_encoder := none_usable(cfg.clip.encoders)) is not None:  # what `config validate` warns, too
+            results.append(Result("encoders", "WARN", no_encoder, "list an encoder this device has in clip.encoders"))
 
         agent = Agent(cfg)
         sample = sample_source(agent, frames, seconds, stop)

@@ -52,6 +52,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(path, strict_source=False)
         if cfg.source.kind == "file" and not cfg.source.path:
+            _warn_encoders(cfg.clip.encoders)
             print(f"ok: {path} (no source.path: fine for `edge-agent replay VIDEO`; `run` needs one)")
             return 0
         load_config(path)
@@ -59,8 +60,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for line in exc.lines:
             print(line, file=sys.stderr)
         return EXIT_CONFIG
+    _warn_encoders(cfg.clip.encoders)
     print(f"ok: {path}")
     return 0
+
+
+def _warn_encoders(names: list[str]) -> None:
+    """Valid, but may be meant for another device (h264_nvenc on a Jetson): a warning, not an error."""
+    from edge_agent.capture.encoders import none_usable
+
+    warning = none_usable(names)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 _SECRET_URL = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@", re.I)

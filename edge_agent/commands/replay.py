@@ -178,7 +178,7 @@ def run_replay(args: argparse.Namespace) -> int:
     if status.capture.source_error and status.capture.frames == 0:
         print(f"edge-agent replay: no video could be read: {status.capture.source_error}", file=sys.stderr)
         return const.EXIT_DATAERR
-    lost = _lost(report)
+    lost = _lost(report, stopped=stop.is_set())
     if lost:
         print(f"edge-agent replay: {lost}", file=sys.stderr)
         if report["dropped"].get("disk_full") or any("min_free" in k for k in report["dropped"]):
@@ -187,9 +187,17 @@ def run_replay(args: argparse.Namespace) -> int:
     return exit_code
 
 
-def _lost(report: dict[str, Any]) -> str:
-    """What the run did not deliver whole, in words; empty when everything went through."""
+def _lost(report: dict[str, Any], stopped: bool = False) -> str:
+    """What the run did not deliver whole, in words; empty when everything went through. A requested
+    stop's own cost (clips its budget left without video) is not a loss: the stop was asked for."""
+    from edge_agent.pipeline.clip import STOP_BUDGET_ERROR
+
     parts = []
+    events = report["events"]
+    novideo = [e["clip"]["error"] for e in events if e["clip"] and e["clip"].get("error")
+               and not (stopped and e["clip"]["error"].startswith(STOP_BUDGET_ERROR))]
+    if novideo:
+        parts.append(f"{len(novideo)} of {len(events)} CID(s) went out without video: {novideo[0]}")
     if report["dropped"]:
         parts.append("clips dropped by the spool: " + ", ".join(f"{k} {v}" for k, v in report["dropped"].items()))
     if report["quarantined"]:

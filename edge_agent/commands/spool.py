@@ -45,15 +45,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "last error), then the quarantined clips with the reason each was set aside.")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(func=cmd_list)
-    fl = ss.add_parser("flush", help="deliver now; exit 0 when empty, 75 when clips remain",
+    fl = ss.add_parser("flush", help="deliver now; exit 0 when empty, 75 when clips remain, 1 when refused",
                        description="Deliver the waiting clips now and say what happened: exit 0 when the spool "
-                       "is empty, 75 when clips remain (with the last error). Beside a running agent, waits for "
-                       "its uploader instead.")
+                       "is empty, 75 when clips remain (with the last error), 1 when clips sit in quarantine "
+                       "(refused by the server, or set aside). Beside a running agent, waits for its uploader "
+                       "instead.")
     fl.add_argument("--timeout", type=float, default=60.0, metavar="S", help="give up after S seconds (default 60)")
     fl.set_defaults(func=cmd_flush)
     rq = ss.add_parser("requeue", help="move quarantined clips back into the queue",
                        description="Move quarantined clips back to the end of the queue, once the cause (the "
-                       "URL, the server) is fixed.")
+                       "URL, the server) is fixed. Exit 1 when some could not be requeued.")
     rq.set_defaults(func=cmd_requeue)
     for sp in (st, ls, fl, rq):
         add_config_arg(sp)
@@ -228,16 +229,26 @@ def cmd_flush(args: argparse.Namespace) -> int:
     quarantined = (f"; {results['quarantined']} refused by the server and quarantined "
                    f"({left.quarantine_reason or '-'}: fix the cause, then `edge-agent spool requeue`)"
                    if results["quarantined"] else "")
+    # refused or set-aside clips are not delivered and will not be by waiting: a person must act (exit 1)
+    held = (f"edge-agent spool flush: {left.quarantined} clip(s) in quarantine, not delivered (newest: "
+            f"{left.quarantine_reason or '-'}); `edge-agent spool list` shows why, fix the cause, then "
+            "`edge-agent spool requeue`" if left.quarantined else "")
     if left.clips == 0:
         print(f"delivered {done} clip(s){quarantined}; "
               + ("no clip left waiting" if quarantined else "the spool is empty"))
-        return 0
+        if held:
+            print(held, file=sys.stderr)
+        return const.EXIT_FAILED if held and not stopped else 0
     why = f"last error: {left.last_error}" if left.last_error else "not delivered in time"
     if left.disk_full:
         why += f"; {disk_full_note(Path(cfg.spool.dir), left.bytes)}"
     print(f"delivered {done} clip(s){quarantined}; {left.clips} clip(s) still queued, {why}; they go out "
           "when the server answers (`edge-agent spool status` shows the queue)", file=sys.stderr)
-    return 0 if stopped else const.EXIT_QUEUED  # a requested stop leaves them queued on purpose
+    if held:
+        print(held, file=sys.stderr)
+    if stopped:
+        return 0  # a requested stop leaves them queued on purpose
+    return const.EXIT_FAILED if held else const.EXIT_QUEUED
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:
@@ -260,4 +271,8 @@ def cmd_requeue(args: argparse.Namespace) -> int:
         left = spool.status().quarantined
         agent.close()
     print(f"requeued {n} clip(s)" + (f"; {left} could not be requeued (see quarantine/*.reason)" if left else ""))
+    if left:
+        print(f"edge-agent spool requeue: {left} clip(s) are still in quarantine: `edge-agent spool list` shows "
+              "why; a clip without its metadata cannot be requeued", file=sys.stderr)
+        return const.EXIT_FAILED
     return 0

@@ -10,6 +10,11 @@ same care: the pictures shown just before end_t may be predicted from one shown 
 which the file holds and the edit list's duration hides (`edit_list.py`). It carries
 `+faststart` (moov first, so a server can read it while it streams), and it is opened again
 and its first keyframe decoded before anyone is told it exists.
+
+An encoder that fails (a full disk mid-encode, no thread left under a task limit, an absent device)
+is not given up: the clip is tried with the next encoder of `clip.encoders`, and the failed one
+waits a back-off during which it is tried only after the others. A clip goes without video only
+when every encoder failed for it; the maker's status says so until an encode succeeds again.
 """
 
 from __future__ import annotations
@@ -17,27 +22,44 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
 
+from edge_agent import const
 from edge_agent.capture import encoders as enc
 from edge_agent.capture.media import Packet, StreamInfo, open_decoder, owned_packet, to_av_packet
 from edge_agent.config import ClipConfig
 from edge_agent.delivery import contract
 from edge_agent.delivery.spool_files import sha256_file
+from edge_agent.metrics import Metrics
 from edge_agent.pipeline.edit_list import EditListError, end_presentation
-from edge_agent.pipeline.ring import Recording
+from edge_agent.pipeline.ring import Recording, half_frame
 
 log = logging.getLogger(__name__)
 
 _OUT_TIME_BASE = Fraction(1, 90000)  # MPEG's 90 kHz clock: exact for 24/25/30/60 fps and NTSC rates
+# What one encode attempt may raise besides FFmpeg's errors: a full disk or a closed file (OSError), no
+# thread left under a task limit (RuntimeError "can't start new thread"), no memory, a bad option value.
+_ENCODE_FAULTS = (av.error.FFmpegError, OSError, RuntimeError, MemoryError, ValueError)
 
 
 class ClipError(Exception):
     """No valid clip could be made; the CID is still delivered with this as `clip.error`."""
+
+
+# clip.error of a recording a stop had no time left for (replay's exit code tells it from a failure)
+STOP_BUDGET_ERROR = "stopping: the stop budget ran out before this clip was made"
+
+
+class OutOfTime(ClipError):
+    """A stop's deadline passed while the clip was being encoded: not the encoder's fault."""
+
+    def __init__(self) -> None:
+        super().__init__(f"{STOP_BUDGET_ERROR}: video dropped")
 
 
 @dataclass
@@ -48,46 +70,86 @@ class ClipResult:
     encoder: str | None
 
 
-class ClipMaker:
-    """Stateless per clip except for the memory of which encoders failed to open here."""
+@dataclass(frozen=True)
+class EncoderStatus:
+    """One encoder of `clip.encoders` as this device found it."""
 
-    def __init__(self, cfg: ClipConfig):
+    name: str
+    usable: bool  # False: not in this build, or its driver is absent; never tried
+    failures: int  # failed attempts in a row (0: the last one worked, or none yet)
+    last_error: str | None
+    retry_in_s: float  # > 0: backing off, tried only after the others until then
+
+
+@dataclass(frozen=True)
+class MakerStatus:
+    encoders: tuple[EncoderStatus, ...]
+    # why the last clip that needed an encoder got none (every encoder failed); None once one works
+    encoding_error: str | None
+
+
+@dataclass
+class _Health:
+    failures: int = 0
+    last_error: str | None = None
+    retry_at: float = 0.0  # monotonic
+
+
+class ClipMaker:
+    """Stateless per clip except for each encoder's health: failures in a row and its back-off.
+
+    Only the clip worker's thread makes clips; `status()` may be read from any thread."""
+
+    def __init__(self, cfg: ClipConfig, metrics: Metrics | None = None):
         self.cfg = cfg
-        self._broken_encoders: set[str] = set()
+        self._metrics = metrics
+        self._health: dict[str, _Health] = {}
+        self._encoding_error: str | None = None
         self._lock = threading.Lock()
 
-    def make(self, rec: Recording, out_path: Path) -> ClipResult:
+    def status(self) -> MakerStatus:
+        now = time.monotonic()
+        with self._lock:
+            encoders = tuple(
+                EncoderStatus(name, enc.usable(name), h.failures, h.last_error, round(max(0.0, h.retry_at - now), 1))
+                for name in self.cfg.encoders for h in [self._health.get(name, _Health())])
+            return MakerStatus(encoders, self._encoding_error)
+
+    def make(self, rec: Recording, out_path: Path, deadline: float | None = None) -> ClipResult:
+        """The clip of `rec` at `out_path`; an encode still running at `deadline` (monotonic, a stop's)
+        is given up with OutOfTime."""
         packets = _usable(rec.packets)
         if not packets:
             raise ClipError("no decodable video in the recording (no keyframe)")
         info = packets[0].stream
-        # the presented start: the wanted one, or the first frame there is when the video began later
-        start_t = max(rec.start_t, packets[0].t)
-        shown = [p for p in packets if start_t <= p.t < rec.end_t]
+        # the presented start: the wanted one, or the first frame there is when the video began later.
+        # Both edges take the frame nearest to them (half a frame either way), so a float rounding of
+        # `detected - pre_roll` never adds or drops a frame, nor keeps a GOP that FFmpeg's reader drops
+        half = half_frame(packets)
+        start_t = max(rec.start_t, packets[0].t) - half
+        end_t = rec.end_t - half
+        shown = [p for p in packets if start_t <= p.t < end_t]
         if not shown:
             raise ClipError("no frame in the clip's time range")
         first = min(shown, key=lambda p: p.t)
         remux = info.remuxable and not self.cfg.reencode
         encoder: str | None = None
+        causes: list[str] = []
         if remux:
             try:
                 self._remux(packets, info, out_path, first.pts)
-                if any(p.t >= rec.end_t for p in packets):  # a reference picture the last B-frames need
+                if any(p.t >= end_t for p in packets):  # a reference picture the last B-frames need
                     end_presentation(out_path, self._shown_s(shown, info, first))
-                clip = validate(out_path)
-            except (av.error.FFmpegError, ClipError, EditListError) as exc:
+                clip = validate(out_path, len(shown))
+            except (av.error.FFmpegError, OSError, ClipError, EditListError) as exc:
                 # a resolution change or a timestamp jump inside the recording: copying packets cannot
                 # make a valid MP4 of it, decoding and encoding on the capture times can
                 out_path.unlink(missing_ok=True)
                 log.warning("remux failed, re-encoding the clip error=%s", exc)
+                causes.append(f"remux: {exc}")
                 remux = False
         if not remux:
-            try:
-                encoder = self._encode(packets, info, out_path, first.t, rec.end_t)
-            except av.error.FFmpegError as exc:
-                out_path.unlink(missing_ok=True)
-                raise ClipError(f"encode failed: {exc}") from exc
-            clip = validate(out_path)
+            encoder, clip = self._encode(packets, info, out_path, first.t, end_t, causes, deadline)
         clip.start_at = contract.rfc3339(first.wall)
         clip.end_at = contract.rfc3339(first.wall + (clip.duration_s or 0.0))
         clip.lead_in_s = round(first.t - packets[0].t, 3) if remux else 0.0
@@ -121,7 +183,72 @@ class ClipMaker:
 
     # --- encode -------------------------------------------------------------------------------
 
-    def _encode(self, packets: list[Packet], info: StreamInfo, out_path: Path, t0: float, end_t: float) -> str:
+    def _order(self) -> list[str]:
+        """The usable encoders in config order, those backing off after the others, soonest retry first
+        (still tried: a clip goes without video only when every one failed for it)."""
+        now = time.monotonic()
+        names = [n for n in self.cfg.encoders if enc.usable(n)]
+        with self._lock:
+            return sorted(names, key=lambda n: max(0.0, self._health.get(n, _Health()).retry_at - now))
+
+    def _encode(self, packets: list[Packet], info: StreamInfo, out_path: Path, t0: float, end_t: float,
+                causes: list[str], deadline: float | None = None) -> tuple[str, contract.ClipInfo]:
+        """Encode with each encoder in turn until one gives a valid clip; ClipError naming every
+        encoder's error when none does."""
+        names = self._order()
+        if not names:
+            causes.append(f"none of clip.encoders ({', '.join(self.cfg.encoders)}) exists in this build "
+                          "(or its driver is absent)")
+        for name in names:
+            try:
+                frames = self._encode_with(name, packets, info, out_path, t0, end_t, deadline)
+                clip = validate(out_path, frames)
+            except OutOfTime:
+                out_path.unlink(missing_ok=True)
+                raise
+            except (*_ENCODE_FAULTS, ClipError) as exc:
+                out_path.unlink(missing_ok=True)
+                error = f"{type(exc).__name__}: {exc}" if isinstance(exc, RuntimeError | MemoryError) else str(exc)
+                causes.append(f"{name}: {error}")
+                self._failed(name, error)
+                continue
+            self._worked(name)
+            return name, clip
+        error = "no H.264 encoder in clip.encoders could make the clip: " + "; ".join(causes)
+        with self._lock:
+            self._encoding_error = error
+        raise ClipError(error)
+
+    def _failed(self, name: str, error: str) -> None:
+        with self._lock:
+            h = self._health.setdefault(name, _Health())
+            again = h.last_error == error
+            h.failures += 1
+            h.last_error = error
+            backoff = min(const.ENCODER_RETRY_CAP_S, const.ENCODER_RETRY_S * 2 ** (h.failures - 1))
+            h.retry_at = time.monotonic() + backoff
+        if self._metrics is not None:
+            self._metrics.inc("edge_agent_clip_encoder_failures_total", encoder=name)
+        # an absent device fails the same way at every retry: one warning, then a quieter line
+        (log.info if again else log.warning)(
+            "encoder failed encoder=%s failures=%d error=%s (trying the next in clip.encoders; this one again "
+            "after %.0f s)", name, h.failures, error, backoff)
+
+    def _worked(self, name: str) -> None:
+        with self._lock:
+            h = self._health.get(name)
+            recovered = h is not None and h.failures > 0
+            if recovered:
+                self._health[name] = _Health()
+            was_down, self._encoding_error = self._encoding_error, None
+        if recovered:
+            log.info("encoder works again encoder=%s", name)
+        if was_down:
+            log.info("clip encoding works again encoder=%s", name)
+
+    def _encode_with(self, name: str, packets: list[Packet], info: StreamInfo, out_path: Path, t0: float,
+                     end_t: float, deadline: float | None = None) -> int:
+        """One attempt with encoder `name`; the number of frames given to it."""
         decoder = open_decoder(info)
         width, height = self._size(info)
         fps = self.cfg.fps or info.fps or 30.0
@@ -130,39 +257,26 @@ class ClipMaker:
         # that restarted its clock), which is why a recording comes here instead of being remuxed
         packets = [dataclasses.replace(p, pts=round((p.t - t0) / info.time_base), dts=None) for p in packets]
         times = {p.pts: p.t for p in packets}
-        errors: list[str] = []
-        for name in self.cfg.encoders:
-            if not enc.usable(name):
-                continue
-            with self._lock:
-                if name in self._broken_encoders:
+        count = 0
+        with av.open(str(out_path), "w", format="mp4", options={"movflags": "+faststart"}) as out:
+            stream = self._open_encoder(out, name, width, height, fps)
+            last_t = -1.0
+            for frame in _decode_all(decoder, packets, info):
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise OutOfTime()
+                t = times.get(frame.pts, 0.0) - t0 if frame.pts is not None else last_t + 1 / fps
+                if t < 0 or t >= end_t - t0 or (last_t >= 0 and t - last_t < min_step - 1e-6) or t <= last_t:
                     continue
-            try:
-                with av.open(str(out_path), "w", format="mp4", options={"movflags": "+faststart"}) as out:
-                    stream = self._open_encoder(out, name, width, height, fps)
-                    last_t = -1.0
-                    for frame in _decode_all(decoder, packets, info):
-                        t = times.get(frame.pts, 0.0) - t0 if frame.pts is not None else last_t + 1 / fps
-                        if t < 0 or t >= end_t - t0 or (last_t >= 0 and t - last_t < min_step - 1e-6) or t <= last_t:
-                            continue
-                        last_t = t
-                        out_frame = frame.reformat(width=width, height=height, format="yuv420p")
-                        out_frame.pts = round(t / _OUT_TIME_BASE)
-                        out_frame.time_base = _OUT_TIME_BASE
-                        for pkt in stream.encode(out_frame):
-                            out.mux(pkt)
-                    for pkt in stream.encode(None):
-                        out.mux(pkt)
-                return name
-            except (av.error.FFmpegError, ValueError) as exc:
-                errors.append(f"{name}: {exc}")
-                out_path.unlink(missing_ok=True)
-                with self._lock:
-                    self._broken_encoders.add(name)
-                log.warning("encoder unavailable encoder=%s error=%s (trying the next in clip.encoders)", name, exc)
-                decoder = open_decoder(info)
-        raise ClipError("no H.264 encoder in clip.encoders could be opened: "
-                        + ("; ".join(errors) or "none of them exists in this build"))
+                last_t = t
+                out_frame = frame.reformat(width=width, height=height, format="yuv420p")
+                out_frame.pts = round(t / _OUT_TIME_BASE)
+                out_frame.time_base = _OUT_TIME_BASE
+                count += 1
+                for pkt in stream.encode(out_frame):
+                    out.mux(pkt)
+            for pkt in stream.encode(None):
+                out.mux(pkt)
+        return count
 
     def _open_encoder(self, out: av.container.OutputContainer, name: str, width: int, height: int,
                       fps: float) -> av.video.stream.VideoStream:
@@ -204,15 +318,18 @@ def _decode_all(decoder: av.CodecContext, packets: list[Packet], info: StreamInf
     yield from decoder.decode(None)
 
 
-def validate(path: Path) -> contract.ClipInfo:
-    """Open the written clip like a receiver would: an H.264 stream, every frame its sample table
-    lists present in the file, a first keyframe that decodes, strictly increasing presentation
+def validate(path: Path, expected_frames: int | None = None) -> contract.ClipInfo:
+    """Open the written clip like a receiver would: an H.264 stream, the frames it presents all in
+    the file (as many as `expected_frames`, what the maker put in, when given; else covering the
+    duration its header declares), a first keyframe that decodes, strictly increasing presentation
     times, a sane duration. Raises ClipError otherwise.
 
     Frames, duration and rate are those presented (the edit list's hidden lead-in and tail left
-    out), as players and FFmpeg-based readers see them. The first keyframe in the file is decoded, from
-    a copy of its packet (the demuxer marks the hidden lead-in, where it may sit, as discarded). One
-    is enough: what a remux can break is the container (codec parameters, sample
+    out), as players and FFmpeg-based readers see them. The sample table is not the measure: FFmpeg's
+    MP4 reader drops from its index a lead-in that an edit list starting on a keyframe never needs, so
+    the file holds more samples than a reader returns, and that clip is whole. The first keyframe in the
+    file is decoded, from a copy of its packet (the demuxer marks the hidden lead-in, where it may sit,
+    as discarded). One is enough: what a remux can break is the container (codec parameters, sample
     table, timestamps, edit list), which that picture and the pass over every packet show; the
     packets themselves are the camera's, copied bit for bit (an encoded clip's come from our own
     encoder). Decoding every keyframe cost ~30 ms of CPU a 1080p clip, taken from the decoder that
@@ -223,11 +340,9 @@ def validate(path: Path) -> contract.ClipInfo:
                 raise ClipError("clip has no video stream")
             v = c.streams.video[0]
             codec, width, height, tb = v.codec_context.name, v.codec_context.width, v.codec_context.height, v.time_base
-            samples = v.frames  # the sample table's count
+            declared = v.duration  # the edit list's (presented) duration, in tb
             packets = [p for p in c.demux(v) if p.size]
             pts = sorted(p.pts for p in packets if p.pts is not None and not p.is_discard)
-            if samples and len(packets) < samples:  # the sample table promises data the file lacks
-                raise ClipError(f"clip is cut short: {len(packets)} of {samples} frames in the file")
             # the first keyframe, decoded from a copy: the demuxer flags the lead-in "discard", which
             # would make the decoder drop its picture. A decode left unfinished leaks the decoder's
             # pending buffers (measured ~6 kB a clip, ~100 kB on a loaded machine), so it is drained.
@@ -248,6 +363,11 @@ def validate(path: Path) -> contract.ClipInfo:
         raise ClipError("clip presentation timestamps are not strictly increasing")
     frame_s = float((pts[-1] - pts[0]) * tb) / (len(pts) - 1) if len(pts) > 1 else 1 / 30
     duration = float((pts[-1] - pts[0]) * tb) + frame_s
+    if expected_frames is not None and len(pts) < expected_frames:
+        raise ClipError(f"clip is cut short: {len(pts)} of {expected_frames} frames presented")
+    if declared and duration < float(declared * tb) - 1.5 * frame_s:  # the header promises data the file lacks
+        raise ClipError(f"clip is cut short: {duration:.3f} s of the {float(declared * tb):.3f} s it declares "
+                        f"presented ({len(pts)} frames)")
     return contract.ClipInfo(
         duration_s=round(duration, 3), frames=len(pts), fps=round(len(pts) / duration, 3) if duration else None,
         width=width, height=height, codec=codec, size_bytes=path.stat().st_size, sha256=sha256_file(path),

@@ -4,6 +4,12 @@ Recordings waiting here are bounded (count and bytes): fast replay waits for thi
 clip is made; a live source never waits: past the bound a recording's video is let go, counted,
 and its CID still goes out with `clip.error` saying why. No clip that fails is lost either: the
 event goes to the sink without video, with the reason in its metadata.
+
+A stop or a source restart hands every open recording over at once (the ring's flush). Their packets
+are in memory already, shared with the ring, so the bound does not drop them: the worker makes
+each, and a stop waits for it (`finish_by`) until its deadline inside the stop budget. What is still
+waiting then goes out at once without video, with `clip.error` saying the stop budget ran out,
+counted in edge_agent_clips_dropped_total and logged one line each.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from edge_agent.delivery import contract
 from edge_agent.delivery.sinks import ClipSink
 from edge_agent.metrics import Metrics
 from edge_agent.pipeline.base import END
-from edge_agent.pipeline.clip import ClipError, ClipMaker
+from edge_agent.pipeline.clip import ClipError, ClipMaker, EncoderStatus, OutOfTime
 from edge_agent.pipeline.events import Event
 from edge_agent.pipeline.ring import Recording
 
@@ -34,8 +40,11 @@ log = logging.getLogger("edge_agent.pipeline")
 class ClipStatus:
     made: int
     failed: int
-    dropped: int  # recordings let go because this stage fell behind a live source
+    dropped: int  # recordings let go because this stage fell behind a live source, or a stop ran out of time
     waiting: int
+    encoders: tuple[EncoderStatus, ...]
+    # why clips that need re-encoding go without video (every encoder failed the last); None: healthy
+    encoding_error: str | None
 
 
 class ClipStage:
@@ -46,7 +55,8 @@ class ClipStage:
         self.cfg = cfg
         self.sink = sink
         self.metrics = metrics
-        self.maker = ClipMaker(cfg.clip)
+        self.maker = ClipMaker(cfg.clip, metrics)
+        self.metrics.set("edge_agent_clip_encoding_up", 1)
         self._event_of = event_of
         self._on_event = on_event
         self._live = live
@@ -55,13 +65,20 @@ class ClipStage:
         self._bytes = 0
         self._count = 0
         self.made = self.failed = self.dropped = 0
+        self._deadline: float | None = None  # monotonic; set by a stop
 
     def configure(self, cfg: Config) -> None:
         self.cfg = cfg
         self.maker.cfg = cfg.clip
 
     def status(self) -> ClipStatus:
-        return ClipStatus(self.made, self.failed, self.dropped, self._count)
+        maker = self.maker.status()
+        return ClipStatus(self.made, self.failed, self.dropped, self._count, maker.encoders, maker.encoding_error)
+
+    def finish_by(self, deadline: float) -> None:
+        """A stop: make the clips handed over until `deadline` (monotonic), then send the rest without
+        video, so the stop ends within its budget and no CID is lost."""
+        self._deadline = deadline
 
     def offer(self, rec: Recording) -> None:
         """Called by the ring (capture or detect thread) when a recording has its post-roll."""
@@ -70,7 +87,7 @@ class ClipStage:
             if not self._live():
                 while self._count and self._full(size):
                     self._backlog.wait(0.5)
-            elif self._full(size):
+            elif self._full(size) and not rec.flushed:
                 rec.packets = []
                 rec.dropped = "clip worker behind (encoding or disk too slow for the label rate): video dropped"
                 size = 0
@@ -113,7 +130,9 @@ class ClipStage:
         try:
             if rec.dropped:
                 raise ClipError(rec.dropped)
-            result = self.maker.make(rec, part)
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                raise OutOfTime()
+            result = self.maker.make(rec, part, self._deadline)
             clip_info, video = result.info, result.path
             ms = (time.perf_counter() - started) * 1000
             ev.clip_ms = round(ms, 1)
@@ -124,13 +143,18 @@ class ClipStage:
                      ev.event_id, clip_info.duration_s or 0, clip_info.frames, clip_info.size_bytes,
                      "remux" if result.remuxed else f"encoder={result.encoder}", ms,
                      " pre_roll_short" if rec.truncated_start else "")
-        except ClipError as exc:
+        except Exception as exc:  # the CID goes out whatever failed; an unexpected fault also with its traceback
             part.unlink(missing_ok=True)
-            clip_info, video = contract.ClipInfo(error=str(exc)), None
+            if isinstance(exc, OutOfTime):
+                self.dropped += 1
+                self.metrics.inc("edge_agent_clips_dropped_total")
+            error = str(exc) if isinstance(exc, ClipError) else f"internal error: {type(exc).__name__}: {exc}"
+            clip_info, video = contract.ClipInfo(error=error), None
             self.failed += 1
             self.metrics.inc("edge_agent_clip_errors_total")
             log.error("clip failed cid=%s clip=%s error=%s (sending the CID without video)", ev.cid,
-                      ev.event_id, exc)
+                      ev.event_id, error, exc_info=not isinstance(exc, ClipError))
+        self.metrics.set("edge_agent_clip_encoding_up", 0 if self.maker.status().encoding_error else 1)
         meta = contract.Metadata(
             event_id=ev.event_id, device_id=self.cfg.device_id, cid=ev.cid, detected_at=ev.detected_at,
             clip=clip_info,

@@ -25,12 +25,23 @@ from edge_agent.metrics import Metrics
 # A recording takes packets this long past its end before it is finished: with B-frames, frames
 # shown just before the end come after a later reference frame in decode order.
 REORDER_S = 0.25
+# Frame rate assumed where a stream does not say (half a frame is the tolerance of every time edge).
+ASSUMED_FPS = 30.0
+
+
+def half_frame(packets: list[Packet]) -> float:
+    """Half a frame's duration: a frame within this of a clip's edge counts as on it. Capture times are
+    floats (`detected - pre_roll` may land 1e-9 s before a keyframe at 5.0 s), so an exact comparison
+    would pick a neighbouring frame, or the previous GOP, on a rounding error."""
+    fps = getattr(packets[-1].stream, "fps", None) if packets else None
+    return 0.5 / (fps or ASSUMED_FPS)
 
 
 def _trim_end(rec: Recording) -> None:
     """Drop the trailing packets no frame before `end_t` needs: those after the last one shown in
     time, in decode order (references come before the frames that use them)."""
-    last = next((j for j in range(len(rec.packets) - 1, -1, -1) if rec.packets[j].t < rec.end_t), None)
+    edge = rec.end_t - half_frame(rec.packets)
+    last = next((j for j in range(len(rec.packets) - 1, -1, -1) if rec.packets[j].t < edge), None)
     if last is not None:
         del rec.packets[last + 1:]
 
@@ -50,6 +61,9 @@ class Recording:
     truncated_start_reason: str | None = None
     truncated_end: str | None = None  # why it ended before end_t: "shutdown", "source_restart", ...
     dropped: str | None = None  # why its video was let go before a clip was made
+    # handed over by a flush (stop, source restart) with every other open recording at once: its
+    # packets are held already (shared with the ring), so the clip stage's backlog bound does not drop it
+    flushed: bool = False
 
     @property
     def size_bytes(self) -> int:
@@ -133,9 +147,9 @@ class RingBuffer:
             self._recordings.clear()
         for rec in recs:
             rec.done = True
+            rec.flushed = True
             if rec.packets:
-                fps = getattr(rec.packets[-1].stream, "fps", None) or 30.0
-                if max(p.t for p in rec.packets) + 1.5 / fps < rec.end_t:  # a frame or more is missing
+                if max(p.t for p in rec.packets) + 3 * half_frame(rec.packets) < rec.end_t:  # a frame is missing
                     rec.truncated_end = reason
                 _trim_end(rec)
                 self._on_finished(rec)
@@ -151,13 +165,15 @@ class RingBuffer:
     # --- detector side ------------------------------------------------------------------------
 
     def start_recording(self, key: str, start_t: float, end_t: float) -> Recording:
-        """Open a recording from the last keyframe at or before `start_t` (or the oldest
-        keyframe held, marked `truncated_start`)."""
+        """Open a recording from the last keyframe at or before `start_t`, within half a frame (or the
+        oldest keyframe held, marked `truncated_start`)."""
         rec = Recording(key, start_t, end_t)
         with self._lock:
             pkts = list(self._packets)
-            # the last keyframe at or before start_t (keyframes are in time order even with B-frames)
-            i = next((j for j in range(len(pkts) - 1, -1, -1) if pkts[j].keyframe and pkts[j].t <= start_t), -1)
+            # the last keyframe at or before the first frame shown (keyframes are in time order even with
+            # B-frames); a keyframe half a frame after start_t is that frame, whatever the float rounding
+            edge = start_t + half_frame(pkts)
+            i = next((j for j in range(len(pkts) - 1, -1, -1) if pkts[j].keyframe and pkts[j].t < edge), -1)
             if i < 0:
                 i = next((j for j, p in enumerate(pkts) if p.keyframe), len(pkts))
                 rec.truncated_start = bool(pkts)  # an empty ring: the video has not begun, nothing is lost yet

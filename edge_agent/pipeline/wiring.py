@@ -101,7 +101,9 @@ class Pipeline:
         return done
 
     def stop(self, timeout: float = 10.0) -> bool:
-        """Stop capture; the stages finish what they hold (open recordings are cut short, not lost)."""
+        """Stop capture; the stages finish what they hold (open recordings are cut short, not lost): the
+        clip stage makes clips until `timeout` less a reserve, then sends the rest without video."""
+        self.clips.finish_by(time.monotonic() + max(0.0, timeout - const.CLIP_STOP_RESERVE_S))
         self.capture.stop()
         return self.wait(timeout)
 

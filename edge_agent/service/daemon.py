@@ -153,11 +153,14 @@ class Daemon:
         self.agent.add_part("http", lambda _s: self._metrics_server.stop() if self._metrics_server else None)
 
     def _health(self) -> tuple[bool, dict[str, Any]]:
-        cap = self.pipeline.status().capture
+        st = self.pipeline.status()
+        cap = st.capture
         age = cap.last_frame_age_s
-        ok = age is not None and age < self.cfg.source.stall_s
+        # frames flowing, and clips that need re-encoding getting video (some encoder works)
+        ok = age is not None and age < self.cfg.source.stall_s and st.clips.encoding_error is None
         return ok, {"last_frame_age_s": None if age is None else round(age, 2),
-                    "spool_clips": self.spool.status().clips, "source_error": cap.source_error}
+                    "spool_clips": self.spool.status().clips, "source_error": cap.source_error,
+                    "clip_encoding": "down" if st.clips.encoding_error else "ok"}
 
     def _loop(self) -> int:
         ready = False
@@ -189,7 +192,8 @@ class Daemon:
             last_frames, last_tick = frames, now
             self.notifier.status(
                 f"fps={fps:.1f} queued={self.spool.status().clips} dropped={st.decode.dropped}"
-                + (f" source_error={st.capture.source_error}" if st.capture.source_error else ""))
+                + (f" source_error={st.capture.source_error}" if st.capture.source_error else "")
+                + (" clip_encoding=down" if st.clips.encoding_error else ""))
             self.metrics.set("edge_agent_fps", round(fps, 2))
             if self.pipeline.wait(0):
                 log.info("source finished (file source without loop): stopping")

@@ -1,0 +1,123 @@
+"""A stop (SIGTERM) or a source restart (the camera's pipe ends and is reopened) hands every open
+recording to the clip stage at once. With labels at 4 a second and an 8 s post-roll ~32 are open:
+each one still becomes a clip with video, none is let go as "clip worker behind". `edge-agent run`
+as systemd runs it, fed by a real camera process through a pipe."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.label_video import make_label_video
+from tests.receiver_fixture import free_port
+from tests.test_daemon import ROOT, metrics, start_daemon, stop, wait_until
+
+pytestmark = pytest.mark.slow
+
+POST_ROLL = "clip:\n  post_roll_s: 8\n"
+NOWHERE = "http://127.0.0.1:9/cid"  # the server is away: every clip stays in the spool
+
+
+@pytest.fixture(scope="module")
+def storm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 s of labels at 4 a second, ~3 in view at once."""
+    return make_label_video(tmp_path_factory.mktemp("storm") / "storm.mp4", seconds=30, per_s=4)
+
+
+def camera(video: Path, *args: str) -> str:
+    return f"{sys.executable} {ROOT / 'tests' / 'stream_sample.py'} {video} {' '.join(args)}"
+
+
+def outcomes(log: str) -> tuple[set[str], set[str], list[str]]:
+    """(CIDs detected, CIDs whose clip has video, the lines of clips sent without video)."""
+    detected = set(re.findall(r"detected cid=(\S+)", log))
+    ready = set(re.findall(r"clip ready cid=(\S+)", log))
+    failed = [line for line in log.splitlines() if "clip failed" in line]
+    return detected, ready, failed
+
+
+def _m(port: int, name: str) -> float:
+    try:
+        return metrics(port).get(name, 0.0)
+    except Exception:  # not listening yet
+        return 0.0
+
+
+def test_sigterm_makes_a_clip_with_video_of_every_open_recording(storm: Path, tmp_path: Path) -> None:
+    port = free_port()
+    proc = start_daemon(tmp_path, camera(storm), NOWHERE, port, extra=POST_ROLL)
+    try:
+        wait_until(lambda: _m(port, "edge_agent_events_total") >= 90, 60, "90 labels read")
+    finally:
+        started = time.monotonic()
+        rc = stop(proc, timeout=20)
+    took = time.monotonic() - started
+    detected, ready, failed = outcomes((tmp_path / "daemon.log").read_text())
+    print(f"SIGTERM: {len(detected)} CIDs, {len(detected - ready)} without video, stop took {took:.1f} s")
+    assert rc == 0 and took < 15
+    assert len(detected) >= 90
+    assert failed == [], f"{len(failed)} of {len(detected)} clips without video:\n" + "\n".join(failed[:3])
+    assert ready == detected
+
+
+def test_a_camera_pipe_that_ends_and_is_reopened_keeps_every_open_recordings_video(storm: Path,
+                                                                                   tmp_path: Path) -> None:
+    port = free_port()
+    # 14 s of video, then the camera process ends: its pipe's EOF restarts the source
+    proc = start_daemon(tmp_path, camera(storm, "--seconds", "14"), NOWHERE, port, extra=POST_ROLL)
+    try:
+        wait_until(lambda: _m(port, "edge_agent_source_restarts_total") >= 1, 60, "the pipe's end and a reopen")
+        events = _m(port, "edge_agent_events_total")  # all opened before the end: the new run's first label is 1 s in
+        handled = ("edge_agent_clips_total", "edge_agent_clip_errors_total")
+        wait_until(lambda: sum(_m(port, n) for n in handled) >= events, 30, "a clip for each recording open at the end")
+        m = metrics(port)
+    finally:
+        assert stop(proc, timeout=20) == 0
+    print(f"pipe EOF: {events:.0f} events, {m['edge_agent_clip_errors_total']:.0f} without video, "
+          f"{m['edge_agent_clips_dropped_total']:.0f} let go")
+    assert events >= 40
+    assert m["edge_agent_clips_dropped_total"] == 0
+    assert m["edge_agent_clip_errors_total"] == 0
+
+
+def test_beyond_the_stop_budget_the_rest_go_out_without_video_and_none_is_lost(storm: Path, tmp_path: Path) -> None:
+    """Re-encoding every clip (clip.width) with ~32 open at the stop: more work than `replay`'s 10 s stop
+    budget holds. Clips are made until the budget's reserve, the rest are sent at once without video,
+    each with clip.error saying why and a log line; every CID detected is in the output, and the stop
+    (requested) ends with 0 in time."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(POST_ROLL + "  width: 480\n", encoding="utf-8")
+    err = tmp_path / "replay.log"
+    out = tmp_path / "clips"
+    with err.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "replay", "-q", "--realtime", "--no-upload",
+                                 "--output-dir", str(out), "--config", str(cfg), str(storm)], stderr=log)
+    try:
+        wait_until(lambda: err.read_text().count("detected cid=") >= 40, 60, "40 labels read")
+    finally:
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    took = time.monotonic() - started
+    text = err.read_text()
+    detected, ready, failed = outcomes(text)
+    metas = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    budget = [m for m in metas if "stop budget ran out" in (m["clip"].get("error") or "")]
+    print(f"stop beyond its budget: {len(detected)} CIDs, {len(ready)} with video, {len(budget)} without "
+          f"(budget), stop took {took:.1f} s")
+    assert rc == 0 and took < 15  # replay's stop budget is 10 s; an encode in progress is given up at it
+    assert {m["cid"] for m in metas} == detected  # every CID went out
+    assert budget and ready  # some made in the budget, the rest sent without video
+    assert len(ready) + len(budget) == len(detected)
+    assert len([line for line in failed if "stop budget ran out" in line]) == len(budget)
