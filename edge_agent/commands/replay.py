@@ -7,8 +7,10 @@ same detector, same clips, same delivery, on a file instead of a live source.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import os
 import sys
 import threading
 from pathlib import Path
@@ -128,6 +130,11 @@ def run_replay(args: argparse.Namespace) -> int:
 
     cfg = load_config_or_exit(args, strict_source=False)
     upload = bool(cfg.upload.url) and not args.no_upload
+    try:  # the report is the operator's file: made by whoever typed the command, before it becomes another user
+        report_file = open(args.report, "w", encoding="utf-8") if args.report and args.report != "-" else None  # noqa: SIM115
+    except OSError as exc:
+        print(f"edge-agent replay: --report {args.report}: {exc.strerror or exc}", file=sys.stderr)
+        return const.EXIT_CANTCREAT
     # the spool (when delivering) and the no-read folder are the service's: root writes them as their owner
     owner = act_as_state_owner("replay", [cfg.spool.dir, noreads_dir(cfg)] if upload else [noreads_dir(cfg)])
     setup_logging(cfg.log_level)
@@ -141,6 +148,8 @@ def run_replay(args: argparse.Namespace) -> int:
     cfg = cfg.model_copy(update={"source": source})
     try:
         folder = FolderSink(args.output_dir or DEFAULT_OUTPUT_DIR) if args.output_dir or not upload else None
+        if folder is not None and not os.access(folder.folder, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
     except OSError as exc:
         print(f"edge-agent replay: output folder {args.output_dir or DEFAULT_OUTPUT_DIR}: {exc.strerror or exc}"
               + (f" for {owner.name}, the user this runs as" if owner else "")
@@ -192,10 +201,11 @@ def run_replay(args: argparse.Namespace) -> int:
     report = _report(listener, status, metrics, folder)
     if args.report:
         text = json.dumps(report, indent=2) + "\n"
-        if args.report == "-":
+        if report_file is None:
             sys.stdout.write(text)
         else:
-            Path(args.report).write_text(text, encoding="utf-8")
+            with report_file:
+                report_file.write(text)
     if not args.quiet:
         _summary(report, status, upload, folder)
     if status.failure is not None:
