@@ -49,10 +49,7 @@ def check_spool(cfg: Config) -> Result:
     queue_error = try_queue(d)
     if queue_error:
         return Result("spool", FAIL, f"{d / QUEUE}: {queue_error}",
-                      f"the daemon could not store a clip: {_ownership_fix(d)}"
-                      if "readonly" in queue_error or "permission" in queue_error.lower()
-                      else f"the queue database is damaged: stop the service, move {d / QUEUE} aside, start it "
-                      "again (the queue is rebuilt from clips/)", {"dir": str(d)})
+                      f"the daemon could not store a clip: {_ownership_fix(d)}", {"dir": str(d)})
     free = usage.free
     room = max(0, min(cfg.spool.max_bytes, free - cfg.spool.min_free_bytes))
     data = {"dir": str(d), "free_bytes": free, "room_bytes": room, "user": current_user()}
@@ -104,18 +101,18 @@ def try_queue(root: Path) -> str:
     try:
         db = sqlite3.connect(str(path), isolation_level=None, timeout=QUEUE_BUSY_S)
     except sqlite3.Error as exc:
-        return str(exc)
+        return str(exc)  # the daemon's open would fail the same way
     try:
         db.execute("BEGIN IMMEDIATE")
         db.execute("CREATE TABLE edge_agent_check_probe (x)")  # refused on a file opened read-only
         db.execute("ROLLBACK")
         return ""
     except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
-            return ""  # the running daemon holds the write lock: it can write, so can we once it lets go
-        return str(exc)
-    except sqlite3.Error as exc:
-        return str(exc)
+        if any(word in str(exc) for word in ("readonly", "unable to open", "permission")):
+            return str(exc)
+        return ""  # locked: the running daemon holds the write lock, so it can write
+    except sqlite3.Error:
+        return ""  # a damaged queue: the daemon moves it aside and rebuilds it from clips/ (spool_recovery)
     finally:
         db.close()
 
