@@ -269,3 +269,24 @@ def test_the_service_users_spool_defaults_to_the_state_directory_and_check_names
     assert line["hint"].startswith("/var/lib/edge-agent does not exist: the package's tmpfiles.d entry makes it")
     assert "systemd-tmpfiles --create" in line["hint"] and "sudo -u" not in line["hint"]
     assert not Path("/var/lib/edge-agent").exists()
+
+
+@pytest.mark.slow
+def test_root_replay_without_upload_keeps_its_no_reads_the_services(site: Site) -> None:
+    """Without upload nothing goes to the spool, but the no-read pictures still go to the service's folder."""
+    out = site.base / "out"
+    out.mkdir(mode=0o777)
+    out.chmod(0o777)
+    res = site.as_root("replay", "-q", "--no-upload", "--output-dir", str(out), str(site.video),
+                       "--config", str(site.config))
+    assert res.returncode == 0, res.stderr
+    assert f"running as {USER}, the owner of {site.state}" in res.stderr
+    assert len(list(out.glob("*.mp4"))) == 1 and not site.spool.exists()
+    assert len(list((site.state / "noreads").glob("*.jpg"))) == 1
+    assert site.not_owned() == []
+    unwritable = site.as_root("replay", "-q", "--no-upload", "--output-dir", str(site.base), str(site.video),
+                              "--config", str(site.config))
+    assert unwritable.returncode == 73
+    assert unwritable.stderr.strip().splitlines()[-1] == (
+        f"edge-agent replay: output folder {site.base}: Permission denied for {USER}, the user this runs as; "
+        "give --output-dir a folder it can write (e.g. under /tmp)")
