@@ -33,40 +33,48 @@ bootstrap() {
     if [ ! -x "$VENV/bin/python" ]; then
         "$PY" -m venv "$VENV"
     fi
+    # pip only when pyproject.toml changed since the last install: a second demo or test run starts at once
+    [ "$VENV/.dev-installed" -nt pyproject.toml ] && return
     "$VENV/bin/python" -m pip install -q --upgrade pip
     "$VENV/bin/python" -m pip install -q -e ".[test,receiver]"
+    touch "$VENV/.dev-installed"
 }
 
 demo() {
     bootstrap
-    local port=${DEMO_PORT:-8765} data=${DEMO_DATA:-demo-data}
+    local data=${DEMO_DATA:-demo-data} port
     local video=${1:-sample_media/conveyor_720p30.mp4}
+    # a free port from the OS (bind to port 0) unless DEMO_PORT names one
+    port=${DEMO_PORT:-$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
     mkdir -p "$data"
-    "$VENV/bin/edge-agent" receiver --host 127.0.0.1 --port "$port" --data-dir "$data/receiver" &
+    "$VENV/bin/edge-agent" receiver --host 127.0.0.1 --port "$port" --data-dir "$data/receiver" 2>"$data/receiver.log" &
     RECEIVER_PID=$!
     trap 'kill "$RECEIVER_PID" 2>/dev/null; wait "$RECEIVER_PID" 2>/dev/null || true' EXIT
-    local up=""
-    for _ in $(seq 50); do
-        kill -0 "$RECEIVER_PID" 2>/dev/null || break
-        if "$VENV/bin/python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/healthz')" \
-            2>/dev/null; then up=1; break; fi
+    # up means *our* server says it listens (uvicorn logs it once bound); another program answering on
+    # that port must not pass for it, or the demo would queue its clips and deliver none
+    local waited=0 limit=${DEMO_START_TIMEOUT:-60}
+    until grep -q "Uvicorn running on http://127.0.0.1:$port" "$data/receiver.log" 2>/dev/null; do
+        if ! kill -0 "$RECEIVER_PID" 2>/dev/null || [ "$waited" -ge $((limit * 5)) ]; then
+            local why
+            why=$(grep -m1 -E "ERROR|Error|error" "$data/receiver.log" | sed 's/^ERROR: *//' || true)
+            echo "dev.sh demo: the local edge server did not come up on 127.0.0.1:$port: ${why:-no answer within ${limit} s} (see $data/receiver.log; another port: DEMO_PORT=NNNN ./dev.sh demo)" >&2
+            exit 1
+        fi
         sleep 0.2
+        waited=$((waited + 1))
     done
-    if [ -z "$up" ] || ! kill -0 "$RECEIVER_PID" 2>/dev/null; then
-        echo "the local edge server did not start on 127.0.0.1:$port (port in use? set DEMO_PORT)" >&2
-        exit 1
-    fi
+    echo "local edge server on http://127.0.0.1:$port (log: $data/receiver.log)"
     # the embedded defaults, with the one knob a demo needs: where to deliver
     EDGE_AGENT__UPLOAD__URL="http://127.0.0.1:$port/cid" EDGE_AGENT__SPOOL__DIR="$data/spool" \
         "$VENV/bin/edge-agent" replay "$video" --report "$data/report.json"
     echo "--- received by the local edge server (GET /cid/list):"
-    "$VENV/bin/python" - "$port" <<'PY'
+    "$VENV/bin/python" - "$port" "$data" <<'PY'
 import json, sys, urllib.request
 events = json.load(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/cid/list?limit=1000"))["events"]
 for e in events:
     clip = (e.get("metadata") or {}).get("clip", {})
     print(f"  {e['cid']:<24} {e.get('size_bytes') or 0:>9} bytes  {clip.get('duration_s', '-')} s  sha256_ok={e.get('sha256_ok')}")
-print(f"  {len(events)} CID(s) stored under demo-data/receiver")
+print(f"  {len(events)} CID(s) stored under {sys.argv[2]}/receiver")
 PY
 }
 

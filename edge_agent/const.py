@@ -88,6 +88,7 @@ EXIT_QUEUED = 75  # EX_TEMPFAIL: clips remain queued, try again later
 EXIT_CONFIG = 78  # EX_CONFIG: bad configuration
 
 SERVICE_STATE_DIR = "/var/lib/edge-agent"  # systemd's StateDirectory=edge-agent
+SERVICE_USER = "edge-agent"  # the unit's User=, made by the sysusers.d entry; its home is SERVICE_STATE_DIR
 
 
 def default_spool_dir() -> str:
@@ -95,8 +96,20 @@ def default_spool_dir() -> str:
     state = os.environ.get("STATE_DIRECTORY")
     if state:
         return str(Path(state.split(":")[0]) / "spool")
-    # outside the service (`sudo -u edge-agent edge-agent spool status`, `check`): the service's spool
-    if Path(SERVICE_STATE_DIR).is_dir():
+    # outside the service (`sudo -u edge-agent edge-agent spool status`, `check`): the service's spool,
+    # also before anything made /var/lib/edge-agent, so that `check` names that folder as missing
+    if Path(SERVICE_STATE_DIR).is_dir() or _is_service_user():
         return str(Path(SERVICE_STATE_DIR) / "spool")
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return str(Path(base) / "edge-agent" / "spool")
+
+
+def _is_service_user() -> bool:
+    """The service's account, by name or by its home (which `sudo -u` and `runuser` put in HOME)."""
+    try:
+        import pwd
+
+        name = pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        name = ""
+    return name == SERVICE_USER or os.path.normpath(os.environ.get("HOME") or "/") == SERVICE_STATE_DIR

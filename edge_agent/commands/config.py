@@ -14,8 +14,6 @@ from pydantic import BaseModel
 from edge_agent.commands.common import add_config_arg, config_path, load_config_or_exit
 from edge_agent.config import ENV_PREFIX, EXIT_CONFIG, Config, ConfigError, load_config, provenance
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"  # the source tree: edge_agent/commands/ -> root
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="validate, show or describe the configuration",
@@ -37,10 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     sc = ss.add_parser("schema", help="JSON Schema of the config (for editors)",
                        description="Print the JSON Schema of the config file, for editors that check YAML.")
     sc.set_defaults(func=lambda _a: print(json.dumps(schema(), indent=2)) or 0)
-    r = ss.add_parser("reference", help="write docs/config-reference.md and docs/config.schema.json",
-                      description="Regenerate the key reference (docs/config-reference.md) and the schema "
-                      "(docs/config.schema.json) from the code.")
-    r.add_argument("--out", default=str(DOCS), help="folder (default: docs/ of the source tree)")
+    r = ss.add_parser("reference", help="print the key reference (Markdown); --out DIR writes it and the schema",
+                      description="Print the reference of every config key (Markdown) generated from the code; "
+                      "with --out DIR, write it as DIR/config-reference.md beside DIR/config.schema.json instead "
+                      "(in a source tree: --out docs).")
+    r.add_argument("--out", metavar="DIR", help="write config-reference.md and config.schema.json into DIR "
+                   "(default: print the reference to stdout, write nothing)")
     r.set_defaults(func=cmd_reference)
 
 
@@ -130,8 +130,8 @@ def _rows(model: type[BaseModel], prefix: str) -> list[tuple[str, ...]]:
         if name == "device_id":
             default = "(host name)"
         elif name == "dir" and prefix == "spool.":
-            default = ("$STATE_DIRECTORY/spool, else /var/lib/edge-agent/spool if it exists, "
-                       "else ~/.local/state/edge-agent/spool")
+            default = ("$STATE_DIRECTORY/spool, else /var/lib/edge-agent/spool if it exists or the user is "
+                       "edge-agent, else ~/.local/state/edge-agent/spool")
         rng = ", ".join(f"{sym} {getattr(m, k)}" for m in f.metadata for k, sym in
                         (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if getattr(m, k, None) is not None)
         type_name = re.sub(r"typing\.|<class '|'>|\b(?:[a-z_]+\.)+(?=[A-Z])", "", str(ann)).replace("NoneType", "null")
@@ -144,8 +144,9 @@ def reference_markdown() -> str:
     lines = [
         "# Configuration reference",
         "",
-        "Generated from the schema in `edge_agent/config/schema.py` by `edge-agent config reference`; a test fails",
-        "when it is stale. Units are in the key names (`_s` seconds, `_bytes`, `_px` pixels, `_hz` per second).",
+        "Generated from the schema in `edge_agent/config/schema.py` by `edge-agent config reference --out docs`;",
+        "a test fails when it is stale. Units are in the key names (`_s` seconds, `_bytes`, `_px` pixels,",
+        "`_hz` per second).",
         "`live` keys apply on reload (SIGHUP, `systemctl reload edge-agent`, or saving the file) without",
         "dropping a frame; `restart` keys restart the source inside the process (source.*) or need a",
         "service restart (the rest).",
@@ -162,6 +163,11 @@ def reference_markdown() -> str:
 
 
 def cmd_reference(args: argparse.Namespace) -> int:
+    """Without --out, stdout: an installed package has no docs/ of its own to write into, and its
+    site-packages is nobody's place for files."""
+    if not args.out:
+        sys.stdout.write(reference_markdown())
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config-reference.md").write_text(reference_markdown(), encoding="utf-8")

@@ -13,6 +13,7 @@ import json
 import sys
 
 from edge_agent.commands.common import add_config_arg, load_config_or_exit
+from edge_agent.commands.ownership import act_as_state_owner
 from edge_agent.logs import setup_logging
 
 
@@ -30,9 +31,10 @@ def cmd_noreads(args: argparse.Namespace) -> int:
     from edge_agent.pipeline.noreads import noreads_dir, store_for
 
     cfg = load_config_or_exit(args, strict_source=False)
+    folder = noreads_dir(cfg)
+    act_as_state_owner("noreads", [folder], refuse=args.clear)  # only --clear changes the folder
     setup_logging("WARNING")
     store = store_for(cfg)
-    folder = noreads_dir(cfg)
     if folder.exists() and not folder.is_dir():
         print(f"edge-agent noreads: {folder} is not a folder; set noreads.dir to a folder", file=sys.stderr)
         return 1

@@ -7,8 +7,10 @@ same detector, same clips, same delivery, on a file instead of a live source.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import os
 import sys
 import threading
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent import const
 from edge_agent.commands.common import add_config_arg, load_config_or_exit, stop_on_signals
+from edge_agent.commands.ownership import Owner, act_as_state_owner
 from edge_agent.delivery import contract
 from edge_agent.delivery.sinks import ClipSink, FolderSink, TeeSink
 from edge_agent.logs import setup_logging
@@ -46,6 +49,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seconds to wait for the spool to deliver everything (0: don't wait; default 60)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary table")
     p.set_defaults(func=run_replay)
+
+
+def _unreadable(video: str, owner: Owner | None) -> str:
+    """Why `video` cannot be replayed ("" when it can), in the words of the user this runs as."""
+    try:
+        if not Path(video).is_file():
+            return "no such file"
+        with open(video, "rb"):
+            return ""
+    except PermissionError:
+        if owner is None:
+            return "permission denied"
+        return (f"{owner.name} (the owner of {owner.decided_by}, which this command runs as) cannot read it: "
+                "copy it where that user can read it (e.g. /tmp)")
+    except OSError as exc:
+        return exc.strerror or str(exc)
 
 
 def _count_frames(paths: list[str]) -> int | None:
@@ -107,19 +126,35 @@ class ReplayReport:
 def run_replay(args: argparse.Namespace) -> int:
     from edge_agent.app import Agent
     from edge_agent.delivery.spool import SpoolBusy, SpoolError
+    from edge_agent.pipeline.noreads import noreads_dir
 
     cfg = load_config_or_exit(args, strict_source=False)
+    upload = bool(cfg.upload.url) and not args.no_upload
+    try:  # the report is the operator's file: made by whoever typed the command, before it becomes another user
+        report_file = open(args.report, "w", encoding="utf-8") if args.report and args.report != "-" else None  # noqa: SIM115
+    except OSError as exc:
+        print(f"edge-agent replay: --report {args.report}: {exc.strerror or exc}", file=sys.stderr)
+        return const.EXIT_CANTCREAT
+    # the spool (when delivering) and the no-read folder are the service's: root writes them as their owner
+    owner = act_as_state_owner("replay", [cfg.spool.dir, noreads_dir(cfg)] if upload else [noreads_dir(cfg)])
     setup_logging(cfg.log_level)
-    missing = [v for v in args.videos if not Path(v).is_file()]
-    if missing:
-        for v in missing:
-            print(f"edge-agent replay: {v}: no such file", file=sys.stderr)
+    unreadable = [(v, why) for v in args.videos if (why := _unreadable(v, owner))]
+    if unreadable:
+        for v, why in unreadable:
+            print(f"edge-agent replay: {v}: {why}", file=sys.stderr)
         return const.EXIT_NOINPUT
     source = cfg.source.model_copy(update={"kind": "file", "path": args.videos[0],
                                            "realtime": args.realtime or cfg.source.realtime, "loop": False})
     cfg = cfg.model_copy(update={"source": source})
-    upload = bool(cfg.upload.url) and not args.no_upload
-    folder = FolderSink(args.output_dir or DEFAULT_OUTPUT_DIR) if args.output_dir or not upload else None
+    try:
+        folder = FolderSink(args.output_dir or DEFAULT_OUTPUT_DIR) if args.output_dir or not upload else None
+        if folder is not None and not os.access(folder.folder, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as exc:
+        print(f"edge-agent replay: output folder {args.output_dir or DEFAULT_OUTPUT_DIR}: {exc.strerror or exc}"
+              + (f" for {owner.name}, the user this runs as" if owner else "")
+              + "; give --output-dir a folder it can write (e.g. under /tmp)", file=sys.stderr)
+        return const.EXIT_CANTCREAT
     listener = ReplayReport()
     exit_code = const.EXIT_OK
     with Agent(cfg) as agent:
@@ -166,10 +201,11 @@ def run_replay(args: argparse.Namespace) -> int:
     report = _report(listener, status, metrics, folder)
     if args.report:
         text = json.dumps(report, indent=2) + "\n"
-        if args.report == "-":
+        if report_file is None:
             sys.stdout.write(text)
         else:
-            Path(args.report).write_text(text, encoding="utf-8")
+            with report_file:
+                report_file.write(text)
     if not args.quiet:
         _summary(report, status, upload, folder)
     if status.failure is not None:

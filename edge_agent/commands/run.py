@@ -7,6 +7,7 @@ import logging
 
 from edge_agent import const
 from edge_agent.commands.common import add_config_arg, config_path, load_config_or_exit
+from edge_agent.commands.ownership import act_as_state_owner
 from edge_agent.logs import setup_logging
 from edge_agent.service.daemon import Daemon
 
@@ -26,8 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_daemon(args: argparse.Namespace) -> int:
     from edge_agent.delivery.spool import SpoolBusy, SpoolError
+    from edge_agent.pipeline.noreads import noreads_dir
 
     cfg = load_config_or_exit(args)
+    act_as_state_owner("run", [cfg.spool.dir, noreads_dir(cfg)])  # root by hand: as the service's user
     setup_logging(cfg.log_level)
     try:
         return Daemon(cfg, config_path(args), watch=not args.no_watch).run()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent import const
 from edge_agent.commands.common import add_config_arg, load_config_or_exit
+from edge_agent.commands.ownership import act_as_state_owner
 from edge_agent.config import Config
 from edge_agent.logs import setup_logging
 
@@ -62,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _load(args: argparse.Namespace) -> Config:
     cfg = load_config_or_exit(args, strict_source=False)
+    act_as_state_owner(f"spool {args.spool_command}", [cfg.spool.dir])  # before the spool is opened
     setup_logging("WARNING" if args.spool_command in ("status", "list") else cfg.log_level)
     return cfg
 

@@ -1,7 +1,7 @@
 """The configuration's schema: a pydantic model of the YAML file technicians edit.
 
 Every key carries its description and whether it applies on reload (live) or needs a restart, which
-`edge-agent config reference` turns into docs/config-reference.md and docs/config.schema.json.
+`edge-agent config reference --out docs` turns into docs/config-reference.md and docs/config.schema.json.
 """
 
 from __future__ import annotations

@@ -159,6 +159,15 @@ def _optional(name: str) -> DecodeFn | None:
         return None
 
 
+def decoder_error(name: str) -> str | None:
+    """Why decoder `name` does not load (None: it does), e.g. for the cascade's optional zbar stage."""
+    try:
+        _DECODERS[name]()
+    except (ImportError, OSError) as exc:
+        return str(exc)
+    return None
+
+
 Polygon = tuple[tuple[int, int], ...]
 
 
