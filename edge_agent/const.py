@@ -65,6 +65,11 @@ CLIP_BACKLOG_BYTES = 64 << 20
 # ... and in number: a worker this many clips behind is overloaded, whatever their size.
 CLIP_BACKLOG_COUNT = 16
 
+# Sightings kept for clip tracks beyond the longest clip: the clip stage's backlog may run this far
+# behind detection. And how long the clip stage waits for detection to reach a recording's end.
+TRACK_MARGIN_S = 60.0
+TRACK_WAIT_S = 5.0
+
 # Events the running pipeline remembers (for status and the live view); older ones are only in the logs.
 RECENT_EVENTS = 100
 
