@@ -16,7 +16,9 @@ from tests.media_factory import make_video
 
 FPS = 30
 SIZE = (640, 360)
-CODES = [("CID-EXPORT-A", 1.0, 3.5, 30), ("CID-EXPORT-B", 2.0, 4.0, 200)]
+# 200 px/s: ~7 px a frame, so a frame exported for the wrong time has its code off by more than 4 px
+CODES = [("CID-EXPORT-A", 1.0, 2.8, 30), ("CID-EXPORT-B", 2.0, 3.5, 200)]
+SPEED = 200.0
 EVERY = 3  # a sighting every 3rd frame, as the detector's 10 Hz picks on 30 fps
 BASE_EPOCH = 1_790_000_000.0  # 2026-09-21: any fixed day
 SPACING_S = 10.0  # LDOs of one device this far apart: their clips share no frame
@@ -41,7 +43,8 @@ class Clip:
 
 def make_clip(folder: Path) -> Clip:
     labels: dict[int, list] = {}
-    path = make_video(folder / "clip.mp4", seconds=5, fps=FPS, size=SIZE, codes=CODES, speed_px_s=60, labels=labels)
+    path = make_video(folder / "clip.mp4", seconds=5, fps=FPS, size=SIZE, codes=CODES, speed_px_s=SPEED,
+                      labels=labels)
     return Clip(path.read_bytes(), labels)
 
 
