@@ -26,6 +26,8 @@ import pytest
 from tests.media_factory import make_video
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # a replay of 13 s of video, and every clip decoded back
+
 FPS = 30
 ANALYSED_EVERY = 3  # detector.rate_hz 10 on 30 fps without B-frames: the first frame of each 0.1 s slot
 SIZE = (960, 540)

@@ -132,6 +132,11 @@ def test_yolo_export_of_one_device_and_sharp_boxes_only(store: Store, clip: Clip
     assert all(r[0] == "0" and all(0 < float(v) < 1 for v in r[1:]) for r in rows)
     assert all(p.name.startswith("cam-1_") for p in images)
     assert "names:\n  0: qr_code" in (out / "data.yaml").read_text()
+    # --since is on the ingest time: all of these were ingested today
+    res = store.export("--format", "yolo", "--out", str(tmp_path / "later"), "--since", "2999-01-01")
+    assert res.returncode == 0 and "0 listed" in res.stdout, res.stdout
+    res = store.export("--format", "yolo", "--out", str(tmp_path / "since"), "--since", "2000-01-01T00:00:00Z")
+    assert res.returncode == 0 and "8 listed" in res.stdout, res.stdout
 
 
 def test_export_options_that_cannot_work_are_one_line_and_exit_64(tmp_path: Path) -> None:
