@@ -98,6 +98,7 @@ class Renderer:
         cv2.line(box, (0, bh // 2), (bw, bh // 2), (95, 150, 200), max(1, h // 300))  # tape
         code_off = (0, 0)
         code_size = 0
+        corners: list[tuple[float, float]] = []
         if b.payload is not None:
             code = qr(b.payload, b.module_px)
             quiet = 3 * b.module_px
@@ -113,17 +114,32 @@ class Renderer:
                 raise ValueError(f"label of {b.payload!r} does not fit its box: enlarge the box")
             ox, oy = (bw - lw) // 2, (bh - lh) // 2
             box[oy : oy + lh, ox : ox + lw] = label
+            # the code's own corners (quiet zone excluded), in box pixels: where a decoder outlines it
+            n = code.shape[0]
+            square = np.array([[quiet, quiet], [quiet + n, quiet], [quiet + n, quiet + n], [quiet, quiet + n]], float)
+            if b.angle_deg:
+                square = square @ m[:, :2].T + m[:, 2]
+            corners = [(float(x) + ox, float(y) + oy) for x, y in square]
             # the rotated code's horizontal extent, for the visibility window
             a = math.radians(b.angle_deg)
             half = code.shape[1] / 2 * (abs(math.cos(a)) + abs(math.sin(a)))
             code_size = int(math.ceil(2 * half))
             code_off = (ox + lw // 2 - code_size // 2, oy)
-        return {"img": box, "code_x": code_off[0], "code_w": code_size}
+        return {"img": box, "code_x": code_off[0], "code_w": code_size, "corners": corners}
 
     def box_x(self, i: int, t: float) -> float:
         """Left edge of box i at time t: its code's left edge crosses x=0 at first_t."""
         b, s = self.v.boxes[i], self.sprites[i]
         return self.speed * (t - b.first_t) - s["code_x"]
+
+    def box_y(self, i: int) -> int:
+        return int(self.v.boxes[i].lane_y * self.v.height - self.sprites[i]["img"].shape[0] / 2)
+
+    def code_corners(self, i: int, t: float) -> list[tuple[float, float]]:
+        """Where box i's QR code is drawn at time t: its four corners (top-left, top-right,
+        bottom-right, bottom-left of the symbol before the tilt) in frame pixels."""
+        x, y = int(round(self.box_x(i, t))), self.box_y(i)
+        return [(cx + x, cy + y) for cx, cy in self.sprites[i]["corners"]]
 
     def window(self, i: int) -> tuple[float, float]:
         s = self.sprites[i]
@@ -139,7 +155,7 @@ class Renderer:
         for i, (b, s) in enumerate(zip(v.boxes, self.sprites, strict=True)):
             x = int(round(self.box_x(i, t)))
             bh, bw = s["img"].shape[:2]
-            y = int(b.lane_y * h - bh / 2)
+            y = self.box_y(i)
             x0, x1 = max(0, x), min(w, x + bw)
             if x1 <= x0:
                 continue

@@ -10,6 +10,14 @@ import cv2
 import numpy as np
 import zxingcpp
 
+Box = tuple[int, int, int, int]
+
+
+def _symbol_box(q: np.ndarray) -> Box:
+    """The dark modules' extent in a QR image (its quiet zone left out)."""
+    ys, xs = np.nonzero(q < 128)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
 
 def qr_image(payload: str | bytes, scale: int = 6) -> np.ndarray:
     """A QR code with its quiet zone, as a grayscale array."""
@@ -23,19 +31,25 @@ def make_video(
     seconds: float = 6.0,
     fps: int = 30,
     size: tuple[int, int] = (640, 360),
-    codes: Sequence[tuple[str | bytes, float, float]] = (),
+    codes: Sequence[tuple[str | bytes, float, float] | tuple[str | bytes, float, float, int]] = (),
     gop: int | None = None,
     codec: str = "libx264",
     fmt: str | None = None,
     bframes: int | None = None,
     scale: int = 5,
+    speed_px_s: float = 40.0,
+    labels: dict[int, list[tuple[str | bytes, Box]]] | None = None,
 ) -> Path:
-    """Write a video where each (payload, t_from, t_to) code is in view over [t_from, t_to]."""
+    """Write a video where each (payload, t_from, t_to[, y]) code is in view over [t_from, t_to],
+    moving right at `speed_px_s` (y: its top row, default 20). `labels`, when given, is filled with
+    where each code was drawn: frame index -> [(payload, its symbol's box x0, y0, x1, y1)], the box
+    in edge coordinates (x1 = the column after its last dark module)."""
     w, h = size
     gop = gop or fps
     rng = np.random.default_rng(7)
     background = cv2.GaussianBlur((rng.random((h, w)) * 120 + 60).astype(np.uint8), (7, 7), 0)
-    images = [(qr_image(p, scale), a, b) for p, a, b in codes]
+    images = [(qr_image(c[0], scale), c[1], c[2], c[3] if len(c) > 3 else 20) for c in codes]
+    symbols = [_symbol_box(q) for q, *_ in images]
     with av.open(str(path), "w", format=fmt) as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height = w, h
@@ -47,11 +61,13 @@ def make_video(
             t = i / fps
             img = np.roll(background, i * 3, axis=1).copy()
             cv2.putText(img, f"{t:05.2f}", (10, h - 15), cv2.FONT_HERSHEY_SIMPLEX, 1.0, 255, 2)
-            for k, (q, a, b) in enumerate(images):
+            for k, (q, a, b, y) in enumerate(images):
                 if a <= t <= b:
-                    x = min(w - q.shape[1], 20 + int((t - a) * 40) + k * (q.shape[1] + 10))
-                    y = 20
+                    x = min(w - q.shape[1], 20 + int((t - a) * speed_px_s) + k * (q.shape[1] + 10))
                     img[y : y + q.shape[0], x : x + q.shape[1]] = q
+                    if labels is not None:
+                        x0, y0, x1, y1 = symbols[k]
+                        labels.setdefault(i, []).append((codes[k][0], (x + x0, y + y0, x + x1, y + y1)))
             frame = av.VideoFrame.from_ndarray(img, format="gray").reformat(format=stream.pix_fmt)
             frame.pts = i
             for p in stream.encode(frame):

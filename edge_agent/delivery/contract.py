@@ -69,6 +69,50 @@ class ClipInfo(_Model):
     error: str | None = Field(None, description="Set, and video omitted, when no clip could be made.")
 
 
+# Bounds of a clip's track (`DetectionInfo.track`): a label stays in view for a few seconds, seen in
+# ~10-40 analysed frames; a CID seen more often is thinned evenly (first and last kept), and past
+# MAX_TRACK_CIDS codes in one clip the most-seen are kept. Worst case ~40 kB of JSON, nesting depth 8.
+MAX_SIGHTINGS_PER_CID = 48
+MAX_TRACK_CIDS = 6
+
+
+class Sighting(_Model):
+    t: float = Field(description=(
+        "Seconds from the clip's first presented frame (the MP4's presentation time as players show it, "
+        "the edit list's hidden lead-in not counted), to the millisecond."))
+    polygon: list[tuple[int, int]] = Field(description=(
+        "The code's outline (x, y) in full-frame pixels of the source, whatever the detector's downscale "
+        "or region of interest."))
+    decoder: str = Field(description="What read it: zxing, zbar, or a cascade stage (zbar-region, "
+                                     "zxing-enlarged, zbar-enlarged).")
+    sharpness: float | None = Field(None, description="Variance of the Laplacian over the code's box in that frame.")
+
+
+class TrackedCode(_Model):
+    cid: str
+    sightings: list[Sighting] = Field(default_factory=list, description=(
+        f"Every analysed frame of the clip in which the code was read, in time order; more than "
+        f"{MAX_SIGHTINGS_PER_CID} are thinned evenly, the first and last kept."))
+    thinned_from: int | None = Field(None, description="How many sightings there were, when thinned.")
+
+
+class Quality(_Model):
+    """Picture figures of the analysed frames in which the event's own code was read, computed by the same
+    code as the live view and `snapshot` (edge_agent/inspection.py)."""
+
+    frames: int = Field(description="Analysed frames in which the code was read.")
+    sharpness_median: float | None = Field(None, description="Variance of the Laplacian of the code's box.")
+    sharpness_min: float | None = Field(None, description="The worst (blurriest) frame's.")
+    exposure_median: float | None = Field(None, description="Mean luma of the whole frame, 0-255.")
+    exposure_worst: float | None = Field(None, description="The frame's mean luma farthest from mid-grey (128).")
+    clipped_bright_max: float | None = Field(None, description="Largest fraction of blown-out pixels (> 250).")
+    px_per_module: float | None = Field(None, description=(
+        "Median pixels per QR module (side length / symbol width), when the decoder reported the version."))
+    read_first_seen: bool = Field(description=(
+        "The code was read on the first analysed frame it appeared in: false when the frame before its "
+        "first read located a symbol there that nothing read."))
+
+
 class DetectionInfo(_Model):
     decoder: str
     polygon: list[tuple[int, int]] = Field(default_factory=list)
@@ -77,6 +121,11 @@ class DetectionInfo(_Model):
     hits: int = 1
     last_detected_at: str | None = Field(
         None, description="Capture time of the last sighting folded into this event (its clip runs to it + post-roll).")
+    track: list[TrackedCode] | None = Field(None, description=(
+        f"The codes read in the clip's time span, the event's own CID first, then any other CID in view "
+        f"(a second product), at most {MAX_TRACK_CIDS}: localisation labels for training. Absent when no "
+        "clip was made, and from agents older than this field (then `polygon` is the one label)."))
+    quality: Quality | None = None
 
 
 class AgentInfo(_Model):
@@ -84,6 +133,8 @@ class AgentInfo(_Model):
 
 
 class Metadata(_Model):
+    """`metadata` of `POST /cid`; its JSON Schema is docs/metadata.schema.json (`metadata_schema()`)."""
+
     schema_version: int = SCHEMA_VERSION
     event_id: str
     device_id: str
@@ -92,3 +143,11 @@ class Metadata(_Model):
     clip: ClipInfo
     detection: DetectionInfo
     agent: AgentInfo
+
+
+def metadata_schema() -> dict:
+    """The JSON Schema of the metadata, as docs/metadata.schema.json holds it."""
+    schema = Metadata.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "edge-agent clip metadata"
+    return schema

@@ -68,6 +68,7 @@ class ClipResult:
     path: Path
     remuxed: bool
     encoder: str | None
+    start_t: float = 0.0  # capture time of the first presented frame: clip time 0
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ class ClipMaker:
         clip.end_at = contract.rfc3339(first.wall + (clip.duration_s or 0.0))
         clip.lead_in_s = round(first.t - packets[0].t, 3) if remux else 0.0
         clip.truncated = rec.truncated
-        return ClipResult(clip, out_path, remux, encoder)
+        return ClipResult(clip, out_path, remux, encoder, first.t)
 
     # --- remux --------------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from edge_agent.pipeline.base import END
 from edge_agent.pipeline.clip import ClipError, ClipMaker, EncoderStatus, OutOfTime
 from edge_agent.pipeline.events import Event
 from edge_agent.pipeline.ring import Recording
+from edge_agent.pipeline.track import SightingLog
 
 log = logging.getLogger("edge_agent.pipeline")
 
@@ -51,7 +52,7 @@ class ClipStage:
     name = "clip"
 
     def __init__(self, cfg: Config, sink: ClipSink, metrics: Metrics, event_of: Callable[[str], Event | None],
-                 on_event: Callable[[Event], None] | None, live: Callable[[], bool]):
+                 on_event: Callable[[Event], None] | None, live: Callable[[], bool], track: SightingLog):
         self.cfg = cfg
         self.sink = sink
         self.metrics = metrics
@@ -60,6 +61,7 @@ class ClipStage:
         self._event_of = event_of
         self._on_event = on_event
         self._live = live
+        self.track = track
         self.inbox: queue.Queue[Any] = queue.Queue()
         self._backlog = threading.Condition()
         self._bytes = 0
@@ -127,6 +129,7 @@ class ClipStage:
         part = self.sink.part_path(ev.event_id)
         started = time.perf_counter()
         video: Path | None
+        span: tuple[float, float, float | None] = (rec.start_t, rec.end_t, None)  # the track's capture times
         try:
             if rec.dropped:
                 raise ClipError(rec.dropped)
@@ -134,6 +137,7 @@ class ClipStage:
                 raise OutOfTime()
             result = self.maker.make(rec, part, self._deadline)
             clip_info, video = result.info, result.path
+            span = (result.start_t, result.start_t + (clip_info.duration_s or 0.0), result.start_t)
             ms = (time.perf_counter() - started) * 1000
             ev.clip_ms = round(ms, 1)
             self.made += 1
@@ -155,13 +159,16 @@ class ClipStage:
             log.error("clip failed cid=%s clip=%s error=%s (sending the CID without video)", ev.cid,
                       ev.event_id, error, exc_info=not isinstance(exc, ClipError))
         self.metrics.set("edge_agent_clip_encoding_up", 0 if self.maker.status().encoding_error else 1)
+        self.track.wait_analysed(span[1], const.TRACK_WAIT_S)
+        track, quality = self.track.track(ev.cid, ev.first, *span)
         meta = contract.Metadata(
             event_id=ev.event_id, device_id=self.cfg.device_id, cid=ev.cid, detected_at=ev.detected_at,
             clip=clip_info,
             detection=contract.DetectionInfo(
                 decoder=ev.first.decoder, polygon=list(ev.first.polygon), frame_width=ev.first.frame_width,
                 frame_height=ev.first.frame_height, hits=ev.hits,
-                last_detected_at=contract.rfc3339(ev.first.wall + (ev.last_t - ev.first.t))),
+                last_detected_at=contract.rfc3339(ev.first.wall + (ev.last_t - ev.first.t)),
+                track=track, quality=quality),
             agent=contract.AgentInfo(version=__version__),
         ).model_dump(mode="json", exclude_none=True)
         ev.clip = meta["clip"]

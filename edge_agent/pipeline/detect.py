@@ -25,6 +25,7 @@ from edge_agent.pipeline.events import Action, Event, EventTracker
 from edge_agent.pipeline.live import Thumbnails, ViewerSlot
 from edge_agent.pipeline.noreads import NoReads
 from edge_agent.pipeline.ring import RingBuffer
+from edge_agent.pipeline.track import SightingLog
 
 log = logging.getLogger("edge_agent.pipeline")
 
@@ -47,7 +48,7 @@ class DetectStage:
 
     def __init__(self, cfg: Config, frames: FrameSlot, ring: RingBuffer, metrics: Metrics,
                  on_new_event: Callable[[Event], None], apply_config: Callable[[Config], None],
-                 noreads: NoReads):
+                 noreads: NoReads, track: SightingLog):
         self.cfg = cfg
         self.frames = frames
         self.ring = ring
@@ -55,6 +56,7 @@ class DetectStage:
         self._on_new_event = on_new_event
         self._apply_config = apply_config
         self.noreads = noreads  # located symbols nothing read: counted, kept as pictures
+        self.track = track  # every analysed frame's reads and unread symbols: the clips' tracks
         self.detector = Detector(cfg.detector, const.THOROUGH_EVERY)
         self.validator = CidValidator(cfg.detector.cid_pattern, cfg.detector.cid_max_length)
         self.tracker = EventTracker(cfg.detector.cooldown_s, cfg.clip.pre_roll_s, cfg.clip.post_roll_s,
@@ -112,16 +114,17 @@ class DetectStage:
             self.analysed += 1
             self.metrics.inc("edge_agent_frames_analysed_total")
             self.metrics.observe("edge_agent_detect_seconds", self.detector.last_ms / 1000)
-            for det in found:
-                self._handle(det, frame)
+            reads = [(cid, det) for det in found if (cid := self._handle(det, frame)) is not None]
+            self.track.frame(frame, reads, found.unread)
             self.noreads.observe(frame, found)
             self.viewer.offer(frame, found)
 
-    def _handle(self, det: Detection, frame: GrayFrame) -> None:
+    def _handle(self, det: Detection, frame: GrayFrame) -> str | None:
+        """The CID read (None: rejected), opening or folded into its event."""
         cid = self.validator.from_payload(det.payload)
         if cid is None:
             self._reject(det)
-            return
+            return None
         self.sightings += 1
         self.metrics.inc("edge_agent_detections_total")
         action, ev = self.tracker.observe(cid, det)
@@ -137,6 +140,7 @@ class DetectStage:
                 self.tracker.close(ev)  # already cut: later sightings are suppressed
             else:
                 log.debug("extended cid=%s clip=%s end_t=%.3f", cid, ev.event_id, ev.end_t)
+        return cid
 
     def _reject(self, det: Detection) -> None:
         self.rejected += 1
@@ -151,6 +155,7 @@ class DetectStage:
     def finish(self, flush_ring: bool, stopping: bool) -> None:
         """Every detection has opened its recording: now the end of the video (or a stop) may close them;
         the metadata of a clip cut short says which."""
+        self.track.finish()
         self.noreads.flush()
         if flush_ring:
             self.ring.flush("shutdown" if stopping else "end_of_video")

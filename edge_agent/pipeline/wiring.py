@@ -32,6 +32,7 @@ from edge_agent.pipeline.events import Event
 from edge_agent.pipeline.live import ReadTally
 from edge_agent.pipeline.noreads import NoReads
 from edge_agent.pipeline.ring import Recording, RingBuffer
+from edge_agent.pipeline.track import SightingLog
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,13 @@ class Pipeline:
         self._events_lock = threading.Lock()
         live = cfg.source.kind != "file" or cfg.source.realtime
         self.ring = RingBuffer(self._ring_keep_s(cfg), cfg.clip.ring_max_bytes, self._on_recording, self.metrics)
+        self.track = SightingLog(self._track_keep_s(cfg))
         self.frames = FrameSlot(blocking=not live, metrics=self.metrics)
         self.decode = DecodeStage(self.frames, self.metrics, lambda: self.cfg.detector.rate_hz, live)
         self.detect = DetectStage(cfg, self.frames, self.ring, self.metrics, self._on_new_event, self._applied,
-                                  NoReads(cfg, self.metrics, self._noread_listener(on_noread)))
-        self.clips = ClipStage(cfg, sink, self.metrics, self._take_event, on_event, lambda: self.decode.live)
+                                  NoReads(cfg, self.metrics, self._noread_listener(on_noread)), self.track)
+        self.clips = ClipStage(cfg, sink, self.metrics, self._take_event, on_event, lambda: self.decode.live,
+                               self.track)
         self.capture = CaptureSupervisor(cfg.source, self.metrics, self.failures, self._on_packet,
                                          self._on_session, videos or (),
                                          cooldown_s=lambda: self.cfg.detector.cooldown_s,
@@ -83,6 +86,11 @@ class Pipeline:
     @staticmethod
     def _ring_keep_s(cfg: Config) -> float:
         return cfg.clip.pre_roll_s + cfg.clip.post_roll_s + const.RING_MARGIN_S
+
+    @classmethod
+    def _track_keep_s(cls, cfg: Config) -> float:
+        """The longest clip, and room for the clip stage's backlog behind detection."""
+        return cls._ring_keep_s(cfg) + cfg.clip.max_s + const.TRACK_MARGIN_S
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -168,6 +176,7 @@ class Pipeline:
         """Detect thread, between two frames: the rest of the pipeline follows the new config."""
         self.clips.configure(new)
         self.ring.keep_s = self._ring_keep_s(new)
+        self.track.keep_s = self._track_keep_s(new)
         self.cfg = new
 
     def _detect_done(self) -> None:

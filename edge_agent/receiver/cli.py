@@ -10,8 +10,9 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", nargs="?", choices=("serve", "reindex"), default="serve",
-                   help="serve (default), or reindex: add every LDO in --storage missing from --index, then exit")
+    p.add_argument("action", nargs="?", choices=("serve", "reindex", "export"), default="serve",
+                   help="serve (default); reindex: add every LDO in --storage missing from --index, then exit; "
+                   "export: write the LDOs as a training set (--format, --out)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--data-dir", default="receiver-data", help="where videos and the database go "
@@ -30,6 +31,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the LDO index behind GET /ingest/list: PostgreSQL, shared by several receivers on one "
                    "store (extra postgres), or SQLite (default: ldo-index.sqlite3 in the data dir)")
     p.add_argument("--fresh", action="store_true", help="with reindex: empty the index first (stop receivers first)")
+    e = p.add_argument_group("export", "frames (JPEG) and QR-code boxes from every LDO's track, resumable")
+    e.add_argument("--format", choices=("coco", "yolo"), help="COCO JSON, or YOLO txt files with a data.yaml")
+    e.add_argument("--out", metavar="DIR", help="where the training set goes (run again to add what is new)")
+    e.add_argument("--since", metavar="TIME", help="LDOs ingested at or after this time (2026-11-24 or RFC 3339)")
+    e.add_argument("--device-id", help="only this device's LDOs")
+    e.add_argument("--min-sharpness", type=float, metavar="VAR",
+                   help="only boxes at least this sharp (variance of the Laplacian; clips without a track have "
+                   "no such figure and are left out)")
+    e.add_argument("--workers", type=int, default=4, help="LDOs decoded at once (default 4)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,6 +70,10 @@ def serve_args(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     if args.action == "reindex":
         return reindex(args)
+    if args.action == "export":
+        from .export import export_args
+
+        return export_args(args)
     try:
         app = create_app(Path(args.data_dir), max_bytes=args.max_bytes, storage=args.storage,
                          s3_endpoint=args.s3_endpoint, site=args.site, index=args.index)

@@ -243,6 +243,31 @@ class LdoIndex:
                      " ORDER BY created_us DESC, id DESC LIMIT ? OFFSET ?", (*args, limit, skip - before))
         return total, [listing_row(r) for r in rows]
 
+    def walk(self, device_id: str | None = None, since_us: int | None = None,
+             page: int = 1000) -> Iterator[tuple[str, str, bool]]:
+        """(id, base, has_video) of every LDO matching the filters, oldest first, a page per query
+        (keyset on the ingest time and id, so each page is an index range scan, never an OFFSET)."""
+        conds, args = [], []
+        if device_id is not None:
+            conds.append("device_id = ?")
+            args.append(device_id)
+        if since_us is not None:
+            conds.append("created_us >= ?")
+            args.append(since_us)
+        after: tuple[int, str] | None = None
+        while True:
+            where = list(conds) + (["(created_us > ? OR (created_us = ? AND id > ?))"] if after else [])
+            more = (after[0], after[0], after[1]) if after else ()
+            with self._tx(read_only=True) as q:
+                rows = q("SELECT id, base, has_video, created_us FROM ldo_index"
+                         + (f" WHERE {' AND '.join(where)}" if where else "")
+                         + " ORDER BY created_us, id LIMIT ?", (*args, *more, page))
+            for r in rows:
+                yield str(r[0]), str(r[1]), bool(r[2])
+            if len(rows) < page:
+                return
+            after = (int(rows[-1][3]), str(rows[-1][0]))
+
 
 class SqliteLdoIndex(LdoIndex):
     """The embedded default: one file in the data dir, one connection behind a lock."""

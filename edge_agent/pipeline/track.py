@@ -1,0 +1,163 @@
+"""Where each code was, analysed frame by analysed frame: the sightings behind a clip's track and its
+quality figures (`metadata.detection.track` and `.quality`, delivery/contract.py).
+
+The detect thread records every analysed frame here (`frame()`); the clip thread asks for the
+sightings in a finished clip's time span (`track()`), after waiting until detection has analysed
+that span (`wait_analysed()`): the ring hands over a recording when capture passes its end, which
+may be a few frames before detection gets there. One lock guards the log; each side only calls its
+methods. Bounded: `keep_s` of capture time and at most MAX_FRAMES frames with something in them.
+
+The picture figures (pixels per module, sharpness, exposure) come from `edge_agent.inspection`, the
+code the live view and `snapshot` use, computed only on frames in which a CID was read (~2 ms a
+1080p frame for the exposure, the code boxes far less).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from edge_agent.capture.media import GrayFrame
+from edge_agent.delivery import contract
+from edge_agent.inspection import code_figures, exposure
+from edge_agent.pipeline.detector import Detection, Unread
+
+Polygon = tuple[tuple[int, int], ...]
+
+MAX_FRAMES = 4096  # frames with a read or an unread symbol, whatever keep_s says
+MAX_ANALYSED = 8192  # times of analysed frames (for "the frame before"), ~68 s at the highest rate
+EPS = 1e-6  # frame times are compared on the capture clock they share with the packets
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    cid: str
+    polygon: Polygon
+    decoder: str
+    px_per_module: float | None
+    sharpness: float
+
+
+@dataclass(frozen=True, slots=True)
+class FrameSeen:
+    t: float
+    reads: tuple[Seen, ...]
+    unread: tuple[Polygon, ...]
+    exposure: tuple[float, float, float] | None  # (mean, dark, bright) when something was read
+
+
+class SightingLog:
+    def __init__(self, keep_s: float):
+        self.keep_s = keep_s
+        self._cond = threading.Condition()
+        self._frames: deque[FrameSeen] = deque(maxlen=MAX_FRAMES)
+        self._analysed: deque[float] = deque(maxlen=MAX_ANALYSED)
+        self._newest = -math.inf
+        self._finished = False
+
+    # --- the detect thread ------------------------------------------------------------------------
+
+    def frame(self, frame: GrayFrame, reads: Sequence[tuple[str, Detection]], unread: Sequence[Unread]) -> None:
+        """One analysed frame: the valid CIDs read in it and the symbols located but not read."""
+        entry = None
+        if reads or unread:
+            seen = []
+            for cid, det in reads:
+                ppm, sharp = code_figures(frame.gray, det.polygon, det.modules)
+                seen.append(Seen(cid, det.polygon, det.decoder, ppm, sharp))
+            entry = FrameSeen(frame.t, tuple(seen), tuple(u.polygon for u in unread),
+                              exposure(frame.gray) if reads else None)
+        with self._cond:
+            self._finished = False
+            if frame.t < self._newest - self.keep_s:  # a new session's clock: the old frames mean nothing now
+                self._frames.clear()
+                self._analysed.clear()
+            self._newest = frame.t
+            self._analysed.append(frame.t)
+            if entry is not None:
+                self._frames.append(entry)
+            while self._frames and self._frames[0].t < frame.t - self.keep_s:
+                self._frames.popleft()
+            while self._analysed and self._analysed[0] < frame.t - self.keep_s:
+                self._analysed.popleft()
+            self._cond.notify_all()
+
+    def finish(self) -> None:
+        """No frame comes before the recordings are flushed (end of video, stop): nobody waits."""
+        with self._cond:
+            self._finished = True
+            self._cond.notify_all()
+
+    # --- the clip thread --------------------------------------------------------------------------
+
+    def wait_analysed(self, t: float, timeout: float) -> bool:
+        """Until detection has analysed a frame at or past capture time `t` (or has finished)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._finished or self._newest >= t - EPS, timeout)
+
+    def track(self, cid: str, first: Detection, start_t: float, end_t: float,
+              clip_start_t: float | None) -> tuple[list[contract.TrackedCode] | None, contract.Quality | None]:
+        """The track of the clip showing [start_t, end_t) of capture time, times counted from
+        `clip_start_t` (None: no clip, no track), and the quality figures of `cid`'s sightings."""
+        with self._cond:
+            frames = [f for f in self._frames if start_t - EPS <= f.t < end_t - EPS]
+            before = [a for a in self._analysed if a < first.t - EPS]
+            prev = next((f for f in self._frames if abs(f.t - before[-1]) < EPS), None) if before else None
+        by_cid: dict[str, list[tuple[float, Seen]]] = {}
+        for f in frames:
+            for s in f.reads:
+                by_cid.setdefault(s.cid, []).append((f.t, s))
+        own = by_cid.get(cid, [])
+        quality = _quality(own, {f.t: f.exposure for f in frames}, _read_first(first, prev)) if own else None
+        if clip_start_t is None:
+            return None, quality
+        others = sorted((c for c in by_cid if c != cid), key=lambda c: -len(by_cid[c]))
+        keep = ([cid] if own else []) + others[: contract.MAX_TRACK_CIDS - (1 if own else 0)]
+        keep.sort(key=lambda c: (c != cid, by_cid[c][0][0]))  # the event's own first, the others as they came
+        return [_tracked(c, by_cid[c], clip_start_t) for c in keep], quality
+
+
+def _tracked(cid: str, seen: list[tuple[float, Seen]], clip_start_t: float) -> contract.TrackedCode:
+    n = len(seen)
+    cap = contract.MAX_SIGHTINGS_PER_CID
+    picked = seen if n <= cap else [seen[round(i * (n - 1) / (cap - 1))] for i in range(cap)]
+    return contract.TrackedCode(
+        cid=cid, thinned_from=n if n > cap else None,
+        sightings=[contract.Sighting(t=round(t - clip_start_t, 3), polygon=list(s.polygon), decoder=s.decoder,
+                                     sharpness=round(s.sharpness, 1)) for t, s in picked])
+
+
+def _read_first(first: Detection, prev: FrameSeen | None) -> bool:
+    """False when the analysed frame just before the first read located a symbol near where the code
+    was then read (within two code widths: the label moves between analysed frames) and nothing read it."""
+    if prev is None or not prev.unread:
+        return True
+    cx, cy, side = _centre(first.polygon)
+    for poly in prev.unread:
+        ux, uy, _ = _centre(poly)
+        if math.hypot(ux - cx, uy - cy) <= 2 * side:
+            return False
+    return True
+
+
+def _centre(poly: Polygon) -> tuple[float, float, float]:
+    xs, ys = [p[0] for p in poly], [p[1] for p in poly]
+    return sum(xs) / len(xs), sum(ys) / len(ys), max(max(xs) - min(xs), max(ys) - min(ys), 1)
+
+
+def _quality(own: list[tuple[float, Seen]], exposures: dict[float, tuple[float, float, float] | None],
+             read_first: bool) -> contract.Quality:
+    sharp = [s.sharpness for _, s in own]
+    ppm = [s.px_per_module for _, s in own if s.px_per_module is not None]
+    exp = [e for t, _ in own if (e := exposures.get(t)) is not None]
+    means = [e[0] for e in exp]
+    return contract.Quality(
+        frames=len(own), sharpness_median=round(statistics.median(sharp), 1), sharpness_min=round(min(sharp), 1),
+        exposure_median=round(statistics.median(means), 1) if means else None,
+        exposure_worst=round(max(means, key=lambda m: abs(m - 128)), 1) if means else None,
+        clipped_bright_max=round(max(e[2] for e in exp), 4) if exp else None,
+        px_per_module=round(statistics.median(ppm), 2) if ppm else None, read_first_seen=read_first)

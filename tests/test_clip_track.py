@@ -1,0 +1,132 @@
+"""Every clip's metadata carries its track: each analysed frame in which a code was read, in clip
+time, with the code's outline in full-frame pixels and the decoder that read it, the other CIDs in
+view included; and the picture figures of those frames.
+
+Checked against where the video factory drew each label (tests/media_factory.py records it per
+frame), on a conveyor with three products, two of them in view at once, read through a detector
+that downscales and crops (a region of interest). Times are checked on the MP4 itself: the clip is
+decoded, each presented picture is matched to its frame of the source video, and at each sighting's
+clip time the label drawn in that frame must be where the sighting says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from tests.media_factory import make_video
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # a replay of 13 s of video, and every clip decoded back
+
+FPS = 30
+ANALYSED_EVERY = 3  # detector.rate_hz 10 on 30 fps without B-frames: the first frame of each 0.1 s slot
+SIZE = (960, 540)
+# (payload, in view from, to, top row): A and B are in view together, C alone; 200 px/s is ~7 px a
+# frame, so a sighting one frame off in time is off by more than the 4 px allowed
+CODES = [("CID-TRACK-A1", 3.0, 6.0, 40), ("CID-TRACK-B2", 3.8, 6.8, 300), ("CID-TRACK-C3", 10.0, 12.0, 190)]
+SPEED = 200.0
+# the detector reads a 640 px wide copy of a region of interest without the top rows: its outlines
+# must come back in the source's pixels all the same
+CONFIG = "detector:\n  max_width_px: 640\n  roi: {left: 0.0, top: 0.05, right: 1.0, bottom: 1.0}\n"
+BOX_PX = 4.0
+FRAME_S = 1 / FPS
+
+
+def small(img: np.ndarray) -> np.ndarray:
+    return cv2.resize(img, (96, 54), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+class Replayed:
+    def __init__(self, clips: Path, labels: dict[int, list[tuple[Any, tuple[int, int, int, int]]]],
+                 source: list[np.ndarray], metas: list[dict]):
+        self.clips, self.labels, self.source, self.metas = clips, labels, source, metas
+
+    def where(self, n: int, cid: str) -> tuple[int, int, int, int] | None:
+        return next((box for p, box in self.labels.get(n, []) if p == cid), None)
+
+    def shown(self, meta: dict) -> list[tuple[float, int]]:
+        """(presentation time, source frame index) of every frame the clip presents."""
+        with av.open(str(self.clips / f"{meta['event_id']}.mp4")) as c:
+            pictures = [(f.time, small(f.to_ndarray(format="gray"))) for f in c.decode(c.streams.video[0])]
+        return [(t, min(range(len(self.source)), key=lambda k: float(np.abs(self.source[k] - p).mean())))
+                for t, p in pictures]
+
+
+@pytest.fixture(scope="module")
+def replayed(tmp_path_factory: pytest.TempPathFactory) -> Replayed:
+    tmp = tmp_path_factory.mktemp("track")
+    labels: dict[int, list] = {}
+    video = make_video(tmp / "conveyor.mp4", seconds=13, fps=FPS, size=SIZE, codes=CODES, speed_px_s=SPEED,
+                       labels=labels)
+    with av.open(str(video)) as c:
+        source = [small(f.to_ndarray(format="gray")) for f in c.decode(c.streams.video[0])]
+    (tmp / "config.yaml").write_text(CONFIG)
+    res = subprocess.run([sys.executable, "-m", "edge_agent.cli", "replay", "--config", "config.yaml", "--no-upload",
+                          "--output-dir", "clips", "-q", str(video)], cwd=tmp, capture_output=True, text=True,
+                         timeout=300, check=False, env={**os.environ, "XDG_STATE_HOME": str(tmp / "state"),
+                                                        "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    metas = [json.loads(p.read_text()) for p in sorted((tmp / "clips").glob("*.json"))]
+    return Replayed(tmp / "clips", labels, source, metas)
+
+
+def box_of(polygon: list) -> tuple[int, int, int, int]:
+    xs, ys = [p[0] for p in polygon], [p[1] for p in polygon]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def box_error(polygon: list, drawn: tuple[int, int, int, int]) -> float:
+    """Both are outlines in continuous pixel coordinates: the symbol covers [x0, x1) x [y0, y1), its
+    bottom-right corner is (x1, y1), as a COCO box [x0, y0, x1 - x0, y1 - y0] says."""
+    return max(abs(a - b) for a, b in zip(box_of(polygon), drawn, strict=True))
+
+
+def test_every_clip_tracks_its_code_in_most_analysed_frames_where_it_was_visible(replayed: Replayed) -> None:
+    assert sorted(m["cid"] for m in replayed.metas) == [c[0] for c in CODES]
+    for meta in replayed.metas:
+        det = meta["detection"]
+        track = det["track"]
+        assert track[0]["cid"] == meta["cid"]  # the event's own code first
+        shown = replayed.shown(meta)
+        frames = [n for _, n in shown]
+        assert frames == list(range(frames[0], frames[0] + len(frames)))  # every frame once, in order
+        assert len(frames) == meta["clip"]["frames"]
+        visible = {n for n in frames if n % ANALYSED_EVERY == 0 and replayed.where(n, meta["cid"])}
+        seen = {min(shown, key=lambda f: abs(f[0] - s["t"]))[1] for s in track[0]["sightings"]}
+        assert visible and len(seen & visible) >= 0.8 * len(visible), (meta["cid"], sorted(seen), sorted(visible))
+        q = det["quality"]
+        assert q["frames"] == len(track[0]["sightings"]) and q["read_first_seen"] is True
+        assert 0 < q["sharpness_min"] <= q["sharpness_median"]
+        assert 50 < q["exposure_median"] < 200 and q["px_per_module"] == pytest.approx(5.0, abs=0.5)
+
+
+def test_two_products_in_view_share_each_others_sightings(replayed: Replayed) -> None:
+    by_cid = {m["cid"]: [t["cid"] for t in m["detection"]["track"]] for m in replayed.metas}
+    assert by_cid == {"CID-TRACK-A1": ["CID-TRACK-A1", "CID-TRACK-B2"],
+                      "CID-TRACK-B2": ["CID-TRACK-B2", "CID-TRACK-A1"], "CID-TRACK-C3": ["CID-TRACK-C3"]}
+
+
+def test_each_sighting_is_where_the_label_was_drawn_in_the_frame_its_clip_time_shows(replayed: Replayed) -> None:
+    checked = 0
+    for meta in replayed.metas:
+        shown = replayed.shown(meta)
+        for code in meta["detection"]["track"]:
+            for s in code["sightings"]:
+                assert s["decoder"] in ("zxing", "zbar", "zbar-region", "zxing-enlarged", "zbar-enlarged")
+                shown_t, n = min(shown, key=lambda f: abs(f[0] - s["t"]))
+                assert abs(shown_t - s["t"]) < FRAME_S / 2  # a presented frame at that time...
+                assert n % ANALYSED_EVERY == 0  # ... which is one the detector analysed
+                drawn = replayed.where(n, code["cid"])
+                assert drawn is not None and box_error(s["polygon"], drawn) <= BOX_PX, (code["cid"], s, n, drawn)
+                checked += 1
+    assert checked >= 60
