@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -92,6 +93,26 @@ def read_sidecar(side: Path) -> dict[str, Any]:
         raise ValueError("sidecar lacks cid or metadata")
     float(data["created_at"])
     return data
+
+
+# A sidecar starts with its CID (the spool writes "cid" first), so a sidecar torn after its first
+# bytes (a power cut on storage that lies about fsync) still names the clip's CID.
+_CID_AT_START = re.compile(r'^\s*\{\s*"cid"\s*:\s*("(?:[^"\\]|\\.)*")')
+
+
+def salvage_sidecar(side: Path, event_id: str) -> dict[str, Any] | None:
+    """A torn sidecar's CID, as the least sidecar that sends the clip (CID and video, metadata naming
+    the clip); None when not even the CID can be read."""
+    try:
+        m = _CID_AT_START.match(side.read_text(encoding="utf-8", errors="replace"))
+        cid = json.loads(m.group(1)) if m else None
+        created = side.stat().st_mtime
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cid, str) or not cid:
+        return None
+    meta = {"event_id": event_id, "cid": cid, "clip": {}}
+    return {"cid": cid, "metadata": meta, "created_at": created, "has_video": True, "sha256": None}
 
 
 def write_sidecar(part: Path, side: Path, data: dict[str, Any]) -> None:
