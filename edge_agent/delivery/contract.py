@@ -79,6 +79,15 @@ class DetectionInfo(_Model):
         None, description="Capture time of the last sighting folded into this event (its clip runs to it + post-roll).")
 
 
+class ClockInfo(_Model):
+    synchronized: bool | None = Field(None, description=(
+        "Whether the device's wall clock was synchronised (NTP) when the clip's times were computed: false on "
+        "a device without a real-time clock that has not reached a time server since it booted, whose times "
+        "may be days or a year off; null when the device cannot tell."))
+    max_error_s: float | None = Field(None, description="The kernel's estimate of the clock's maximum error.")
+    source: str | None = Field(None, description="Where `synchronized` came from: adjtimex, override, unavailable.")
+
+
 class AgentInfo(_Model):
     version: str
 
@@ -92,3 +101,4 @@ class Metadata(_Model):
     clip: ClipInfo
     detection: DetectionInfo
     agent: AgentInfo
+    clock: ClockInfo | None = None
