@@ -531,7 +531,7 @@ class Spool:
                 except (OSError, ValueError, KeyError, TypeError):
                     # torn (set aside so by a build whose queue row did not keep the metadata): the CID
                     # it still starts with sends the clip with its video
-                    salvaged = salvage_sidecar(side, event_id)
+                    salvaged = salvage_sidecar(side, event_id, self.quarantine_dir / f"{event_id}.mp4")
                     if salvaged is None:
                         continue
                     with contextlib.suppress(OSError):

@@ -100,9 +100,10 @@ def read_sidecar(side: Path) -> dict[str, Any]:
 _CID_AT_START = re.compile(r'^\s*\{\s*"cid"\s*:\s*("(?:[^"\\]|\\.)*")')
 
 
-def salvage_sidecar(side: Path, event_id: str) -> dict[str, Any] | None:
+def salvage_sidecar(side: Path, event_id: str, video: Path) -> dict[str, Any] | None:
     """A torn sidecar's CID, as the least sidecar that sends the clip (CID and video, metadata naming
-    the clip); None when not even the CID can be read."""
+    the clip); None when not even the CID can be read. The video's hash is taken as it is now: the
+    server can check the transfer, though nobody can tell whether the file was whole before."""
     try:
         m = _CID_AT_START.match(side.read_text(encoding="utf-8", errors="replace"))
         cid = json.loads(m.group(1)) if m else None
@@ -111,8 +112,13 @@ def salvage_sidecar(side: Path, event_id: str) -> dict[str, Any] | None:
         return None
     if not isinstance(cid, str) or not cid:
         return None
-    meta = {"event_id": event_id, "cid": cid, "clip": {}}
-    return {"cid": cid, "metadata": meta, "created_at": created, "has_video": True, "sha256": None}
+    try:
+        clip: dict[str, Any] = {"sha256": sha256_file(video), "size_bytes": video.stat().st_size}
+    except OSError:
+        clip = {}
+    meta = {"event_id": event_id, "cid": cid, "clip": clip}
+    return {"cid": cid, "metadata": meta, "created_at": created, "has_video": bool(clip),
+            "sha256": clip.get("sha256"), "size_bytes": clip.get("size_bytes", 0)}
 
 
 def write_sidecar(part: Path, side: Path, data: dict[str, Any]) -> None:
