@@ -3,10 +3,11 @@
 A clip is written as `tmp/<id>.mp4.part` and fsynced, its metadata written and fsynced as
 `tmp/<id>.json.part`; the metadata is renamed into `clips/<id>.json` (the commit point), the clip
 into `clips/<id>.mp4`, the directory fsynced, and only then the clip is recorded in SQLite (WAL,
-synchronous=FULL). After a power cut every clip is in one of these states: parts only (never
-handed over: dropped), a sidecar whose clip is still a whole part in tmp/ (the rename is
-finished), files with no row (re-enqueued from the sidecar, which holds everything the row
-does), or a row. Nothing is deleted before the server
+synchronous=FULL). From then on the row is the source of truth for the clip's CID and metadata and
+the sidecar a copy (rewritten from the row if lost or torn). After a power cut every clip is in one
+of these states: parts only (never handed over: dropped), a sidecar whose clip is still a whole part
+in tmp/ (the rename is finished), files with no row (re-enqueued from the sidecar, which holds
+everything the row will), or a row. Nothing is deleted before the server
 answered 2xx, and the row goes before the files, so a crash in between leaves an orphan that is
 sent again (a duplicate the server dedupes by its idempotency key), never a row pointing nowhere.
 
@@ -22,7 +23,8 @@ status` run beside the service just reads.
 Retry timing lives in memory on the monotonic clock: after a restart every clip is due at
 once, which is what a restarted device should do. Ages for `spool.max_age_s` use the monotonic
 clock too while the clip was made in this boot, so an NTP jump on a Pi without a real-time
-clock does not make fresh clips look a week old and drop them.
+clock does not make fresh clips look a week old and drop them; across a reboot a clip's age is
+known only if the wall clock was synchronised when it was queued and is now (`age_s`).
 
 This module is the queue itself (put, take, quarantine; the lock is spool_lock's); what runs at open lives in
 spool_recovery, the durable file and sidecar helpers in spool_files, and what commands read of
