@@ -96,7 +96,8 @@ def prepare(db: sqlite3.Connection, root: Path | None) -> None:
     found = version_of(db)
     if found > FORMAT:
         raise SpoolTooNew(root or Path("(memory)"), found)
-    if found == FORMAT and db.execute("SELECT 1 FROM sqlite_master WHERE name='queue'").fetchone():
+    existed = db.execute("SELECT 1 FROM sqlite_master WHERE name='queue'").fetchone() is not None
+    if found == FORMAT and existed:
         return
     db.execute("BEGIN IMMEDIATE")
     try:
@@ -113,7 +114,7 @@ def prepare(db: sqlite3.Connection, root: Path | None) -> None:
     except BaseException:
         db.execute("ROLLBACK")
         raise
-    if found < FORMAT and root is not None:
+    if existed and found < FORMAT and root is not None:
         log.info("spool format migrated from %d to %d dir=%s rows_with_metadata=%d", found, FORMAT, root, filled)
 
 
