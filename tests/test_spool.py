@@ -625,3 +625,18 @@ def test_sqlite_row_and_files_agree_after_every_operation(tmp_path: Path) -> Non
         assert {p.name for p in (tmp_path / "clips").iterdir()} == {f"{i}{s}" for i in model for s in (".mp4", ".json")}
     with sqlite3.connect(tmp_path / "queue.sqlite3") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_clip_quarantined_after_its_sidecar_was_lost_can_be_requeued(tmp_path: Path) -> None:
+    """Quarantine writes the row's copy beside the video, so `spool requeue` brings the clip back with its
+    CID whatever became of its sidecar."""
+    spool = Spool(spool_config(tmp_path))
+    event_id, cid, sha = add_clip(spool)
+    (tmp_path / "clips" / f"{event_id}.json").unlink()
+    spool.quarantine(event_id, "refused by the server: 422")
+    assert json.loads((tmp_path / "quarantine" / f"{event_id}.json").read_text())["cid"] == cid
+    assert spool.head() is None
+    assert spool.requeue() == 1
+    head = spool.head()
+    assert head is not None and (head.event_id, head.cid, head.sha256) == (event_id, cid, sha)
+    assert head.video_path is not None and head.video_path.exists()
