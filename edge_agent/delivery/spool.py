@@ -72,7 +72,7 @@ from edge_agent.metrics import Metrics
 log = logging.getLogger(__name__)
 
 _COLUMNS = "event_id, cid, created_at, size_bytes, has_video, sha256, attempts, last_error, metadata"
-# a queue row as its sidecar copy holds it (the sidecar's keys, in this order: "cid" first, see salvage_cid)
+# a queue row as its sidecar copy holds it (the sidecar's keys, "cid" first: see spool_files.salvage_sidecar)
 _ROW = "cid, metadata, created_at, has_video, sha256, size_bytes, boot_id, created_mono, clock_synced"
 # expiring needs a scan of the queue: at most this often from next_due()
 _EXPIRE_EVERY_S = 60.0
@@ -202,15 +202,14 @@ class Spool:
             clip = {"sha256": sha, "size_bytes": size} if sha else {}
             return {"schema_version": SCHEMA_VERSION, "event_id": event_id, "cid": cid, "clip": clip}
 
-    def restore_sidecar(self, event_id: str, into: Path | None = None) -> bool:
+    def restore_sidecar(self, event_id: str) -> bool:
         """Write a clip's sidecar again from its row (lost, or torn by a power cut); False if not queued."""
         with self._lock:
             data = self._record(event_id)
             if data is None:
                 return False
-            folder = into or self.clips
-            write_sidecar(self.tmp / f"{event_id}.json.part", folder / f"{event_id}.json", data)
-            fsync_path(folder)
+            write_sidecar(self.tmp / f"{event_id}.json.part", self.clips / f"{event_id}.json", data)
+            fsync_path(self.clips)
             return True
 
     # --- putting --------------------------------------------------------------------------------
