@@ -54,6 +54,7 @@ def test_the_shifted_clock_reaches_every_wall_clock_read_of_the_agent(tmp_path: 
     assert before_mono <= got["mono"] <= time.monotonic()  # monotonic time is untouched
 
 
+@pytest.mark.slow
 def test_clips_queued_under_a_stale_unsynchronised_clock_survive_a_reboot_with_the_clock_corrected(
         tmp_path: Path) -> None:
     """Four clips queued while the server was unreachable, on a clock 400 days behind and not yet

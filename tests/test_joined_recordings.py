@@ -13,6 +13,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import pytest
 
 from edge_agent.capture.clock import PtsClock
 from edge_agent.pipeline.decode import FramePicker
@@ -47,6 +48,7 @@ def test_a_files_timestamps_that_go_back_carry_the_capture_clock_on() -> None:
     assert abs((ts_[-1] - ts_[300]) - 29 / 30) < 1e-9  # media time within each recording
 
 
+@pytest.mark.slow
 def test_a_label_early_in_the_second_of_two_joined_recordings_is_found(tmp_path: Path) -> None:
     one = make_video(tmp_path / "one.ts", seconds=8, fmt="mpegts", size=(480, 270),
                      codes=[("CID-0F1257A1", 1.0, 2.5)])

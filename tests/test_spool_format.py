@@ -59,6 +59,7 @@ def format1_spool(tmp_path: Path) -> Path:
     return spool
 
 
+@pytest.mark.slow
 def test_a_format_1_spool_is_read_unchanged_then_migrated_in_place_and_delivered(tmp_path: Path) -> None:
     spool = format1_spool(tmp_path)
     cfg = config(tmp_path, spool, "http://127.0.0.1:9/cid")
@@ -87,6 +88,7 @@ def test_a_format_1_spool_is_read_unchanged_then_migrated_in_place_and_delivered
     assert all(e["sha256_ok"] and e["metadata"]["device_id"] == "test" for e in events)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["spool", "flush"], ["spool", "status"], ["spool", "list"], ["spool", "requeue"],
                                      ["replay", "--drain-timeout", "1"], ["run"]])
 def test_a_spool_from_a_newer_build_is_refused_with_exit_73_and_left_untouched(tmp_path: Path,
@@ -114,6 +116,7 @@ def test_a_spool_from_a_newer_build_is_refused_with_exit_73_and_left_untouched(t
     assert tree(spool) == before  # not a byte changed, no file added (no lock, no journal, no recovery)
 
 
+@pytest.mark.slow
 def test_a_lost_and_a_torn_sidecar_still_send_their_clips_with_cid_and_video(tmp_path: Path) -> None:
     """Power cut on an SD card: one sidecar gone, one cut short. The queue row has the CID and the
     metadata, so both clips go out whole to a real server. (Before: both quarantined with cid=?.)"""
@@ -138,6 +141,7 @@ def test_a_lost_and_a_torn_sidecar_still_send_their_clips_with_cid_and_video(tmp
     assert "written again from the queue" in res.stderr
 
 
+@pytest.mark.slow
 def test_requeue_brings_back_a_clip_quarantined_with_a_torn_sidecar(tmp_path: Path) -> None:
     """A build before format 2 quarantined a clip whose sidecar a power cut had torn; the CID the torn
     sidecar starts with is enough for `spool requeue` to send it with its video."""
