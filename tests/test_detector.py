@@ -16,7 +16,7 @@ def frame_with_code(x: int, y: int, w: int = 2560, h: int = 1440) -> tuple[GrayF
     img = np.full((h, w), 150, np.uint8)
     q = qr_image("CID-DET-1", 8)
     img[y : y + q.shape[0], x : x + q.shape[1]] = q
-    return GrayFrame(img, t=12.5, wall=1_800_000_012.5), q.shape[0]
+    return GrayFrame(img, t=12.5, mono=1_800_000_012.5), q.shape[0]
 
 
 @pytest.mark.parametrize("decoder", ["zxing", "zbar", "auto"])
@@ -25,7 +25,7 @@ def test_code_found_with_full_frame_outline(decoder: str, roi: RoiConfig | None)
     frame, size = frame_with_code(1600, 700)
     det = Detector(DetectorConfig(decoder=decoder, roi=roi, max_width_px=1280))
     (d,) = det.detect(frame)
-    assert d.payload == b"CID-DET-1" and d.t == 12.5 and d.wall == 1_800_000_012.5
+    assert d.payload == b"CID-DET-1" and d.t == 12.5 and d.mono == 1_800_000_012.5
     assert (d.frame_width, d.frame_height) == (2560, 1440)
     xs, ys = [p[0] for p in d.polygon], [p[1] for p in d.polygon]
     quiet = 4 * 8  # the 4-module quiet zone around the code

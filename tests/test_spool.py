@@ -184,30 +184,34 @@ def test_flipped_bit_sends_the_cid_without_the_damaged_video(tmp_path: Path) -> 
     assert "do not match their sha256" in (tmp_path / "quarantine" / f"{bad}.video-lost.reason").read_text()
 
 
-def test_unreadable_sidecar_is_quarantined_at_open_and_at_runtime(tmp_path: Path) -> None:
+def test_torn_sidecar_is_written_again_from_the_row_at_open_and_read_from_the_row_at_runtime(
+        tmp_path: Path) -> None:
     spool = Spool(spool_config(tmp_path))
-    at_open, at_runtime, good = (add_clip(spool)[0] for _ in range(3))
+    (at_open, cid_open, sha_open), (at_runtime, cid_runtime, _), (good, _, _) = (add_clip(spool) for _ in range(3))
     spool.close()
-    (tmp_path / "clips" / f"{at_open}.json").write_text("{not json")
+    (tmp_path / "clips" / f"{at_open}.json").write_text('{"cid": "CID-')  # torn by a power cut
     spool = reopen(tmp_path)
-    assert [e.event_id for e in spool.entries()] == [at_runtime, good]
+    assert [e.event_id for e in spool.entries()] == [at_open, at_runtime, good]
+    restored = json.loads((tmp_path / "clips" / f"{at_open}.json").read_text())
+    assert restored["cid"] == cid_open and restored["metadata"]["clip"]["sha256"] == sha_open
     (tmp_path / "clips" / f"{at_runtime}.json").write_bytes(b"\0" * 100)  # damaged while running
+    spool.mark_delivered(at_open)
     head = spool.head()
-    assert head is not None and head.event_id == good  # the damaged one does not block the queue
-    assert {p.stem for p in (tmp_path / "quarantine").glob("*.reason")} == {at_open, at_runtime}
+    assert head is not None and head.event_id == at_runtime and head.cid == cid_runtime
+    assert head.metadata["cid"] == cid_runtime and head.video_path is not None
+    assert not list((tmp_path / "quarantine").glob("*.reason"))
 
 
-def test_a_clip_whose_files_vanished_is_counted_as_lost(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    m = Metrics()
+def test_a_clip_whose_files_vanished_still_goes_out_with_its_cid(tmp_path: Path) -> None:
     spool = Spool(spool_config(tmp_path))
     event_id, cid, _ = add_clip(spool)
     spool.close()
     for p in (tmp_path / "clips").iterdir():
         p.unlink()
-    spool = reopen(tmp_path, m=m)
-    assert spool.head() is None
-    assert m.get("edge_agent_spool_dropped_total", reason="lost") == 1
-    assert f"cid={cid} clip={event_id}" in caplog.text
+    spool = reopen(tmp_path)
+    head = spool.head()
+    assert head is not None and head.cid == cid and head.video_path is None
+    assert "clip file missing" in head.metadata["clip"]["error"]
 
 
 def test_zeroed_queue_file_is_set_aside_and_rebuilt(tmp_path: Path) -> None:
@@ -383,9 +387,20 @@ def test_a_wall_clock_jump_does_not_age_clips_made_this_boot(tmp_path: Path,
     add_clip(spool)
     assert kept in {e.event_id for e in spool.entries()}
     assert m.get("edge_agent_spool_dropped_total", reason="max_age") == 0
-    # a clip from an earlier boot can only be aged by the wall clock
+    # a clip from an earlier boot is aged by the wall clock only if it was synchronised then and is now
     assert spool._db is not None
-    spool._db.execute("UPDATE queue SET boot_id='an-earlier-boot' WHERE event_id=?", (kept,))
+    spool._db.execute("UPDATE queue SET boot_id='an-earlier-boot', clock_synced=0 WHERE event_id=?", (kept,))
+    monkeypatch.setenv("EDGE_AGENT_CLOCK_SYNCED", "1")
+    spool.update_config(spool_config(tmp_path, max_age_s=3600))
+    add_clip(spool)
+    assert kept in {e.event_id for e in spool.entries()}  # stamped unsynchronised: its age is unknown
+    spool._db.execute("UPDATE queue SET clock_synced=1 WHERE event_id=?", (kept,))
+    monkeypatch.setenv("EDGE_AGENT_CLOCK_SYNCED", "0")
+    spool.update_config(spool_config(tmp_path, max_age_s=3600))
+    add_clip(spool)
+    assert kept in {e.event_id for e in spool.entries()}  # not synchronised now: the wall clock says nothing
+    monkeypatch.setenv("EDGE_AGENT_CLOCK_SYNCED", "1")
+    spool.update_config(spool_config(tmp_path, max_age_s=3600))
     add_clip(spool)
     assert kept not in {e.event_id for e in spool.entries()}
     assert m.get("edge_agent_spool_dropped_total", reason="max_age") == 1
@@ -610,3 +625,18 @@ def test_sqlite_row_and_files_agree_after_every_operation(tmp_path: Path) -> Non
         assert {p.name for p in (tmp_path / "clips").iterdir()} == {f"{i}{s}" for i in model for s in (".mp4", ".json")}
     with sqlite3.connect(tmp_path / "queue.sqlite3") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_clip_quarantined_after_its_sidecar_was_lost_can_be_requeued(tmp_path: Path) -> None:
+    """Quarantine writes the row's copy beside the video, so `spool requeue` brings the clip back with its
+    CID whatever became of its sidecar."""
+    spool = Spool(spool_config(tmp_path))
+    event_id, cid, sha = add_clip(spool)
+    (tmp_path / "clips" / f"{event_id}.json").unlink()
+    spool.quarantine(event_id, "refused by the server: 422")
+    assert json.loads((tmp_path / "quarantine" / f"{event_id}.json").read_text())["cid"] == cid
+    assert spool.head() is None
+    assert spool.requeue() == 1
+    head = spool.head()
+    assert head is not None and (head.event_id, head.cid, head.sha256) == (event_id, cid, sha)
+    assert head.video_path is not None and head.video_path.exists()

@@ -407,3 +407,22 @@ def test_a_rotated_token_is_picked_up_after_a_401(tmp_path: Path) -> None:
         assert up.drain(10)
     assert [s.headers["Authorization"] for s in server.seen] == ["Bearer old-token", "Bearer new-token"]
 
+
+
+def test_detection_to_delivery_is_not_measured_across_a_clock_that_synchronised_since_the_stamp(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clip stamped 400 days behind before NTP synced: the difference to the corrected clock is the
+    step, not a delay, and would swamp the histogram."""
+    m = Metrics()
+    spool = Spool(spool_config(tmp_path))
+    for stamped_synced in (False, True):
+        event_id = add_clip(spool, size=1000)[0]
+        assert spool._db is not None
+        meta = json.loads(spool._db.execute("SELECT metadata FROM queue WHERE event_id=?", (event_id,)).fetchone()[0])
+        meta.update(detected_at="2025-10-27T08:00:00.000Z", clock={"synchronized": stamped_synced})
+        spool._db.execute("UPDATE queue SET metadata=? WHERE event_id=?", (json.dumps(meta), event_id))
+    monkeypatch.setenv("EDGE_AGENT_CLOCK_SYNCED", "1")
+    with FlakyServer() as server:
+        assert Uploader(spool, fast_upload(server.url), m, __version__).drain(10)
+    count, seconds = m.observations("edge_agent_detection_to_delivery_seconds")
+    assert count == 1 and seconds > 30 * 86_400  # only the clip stamped on a synchronised clock

@@ -1,4 +1,12 @@
-"""Capture times for streams that carry none (raw H.264 or MJPEG on a pipe).
+"""Capture clocks: a stream's timestamps to capture seconds `t`, and the wall-clock time of a capture.
+
+Wall time. Every packet carries the moment of its capture on the monotonic clock (`Packet.mono`);
+its wall-clock time is `wall_at(mono)`: the wall clock *now*, less the monotonic time elapsed since.
+No wall-clock anchor is kept anywhere, so when NTP steps the clock (a Pi without a real-time clock
+boots a year behind, then syncs), every time computed after the step is on the corrected clock,
+including those of captures made before it.
+
+Untimed streams (raw H.264 or MJPEG on a pipe).
 
 A camera tool writing an elementary stream to a pipe gives frames but no timestamps, and the
 pipe may hand them over in bursts (a loaded Pi, a buffered pipe: ten frames every 333 ms).
@@ -24,6 +32,14 @@ _SAME_READ_S = 0.005  # arrivals closer than this came out of one read of the pi
 # When a live source's PTS drifts this far from the arrival clock (camera reboot, RTP
 # wrap), re-anchor to arrival: detection times must stay on the capture clock.
 _REANCHOR_S = 1.0
+# A file's timestamps going back further than any B-frame reordering: another recording joined on
+# (concatenated files each start their timestamps again).
+_REWIND_S = 1.0
+
+
+def wall_at(mono: float) -> float:
+    """The wall-clock time of the moment `mono` (seconds on time.monotonic()), on the wall clock as it is now."""
+    return time.time() - (time.monotonic() - mono)
 
 
 class PtsClock:
@@ -39,17 +55,26 @@ class PtsClock:
     it was captured, so a packet stamped later than it arrived shows the anchor's delay. `t` itself
     is left alone (moving it would jump it back, and clips only need it consistent); the wall-clock
     times in the metadata subtract `lag`.
+
+    A file whose timestamps go back (two recordings concatenated) is re-anchored too: `t` carries on
+    one frame (`frame_s`) after the latest time so far, so it stays media time within each recording
+    and never runs backwards for the ring, the events and the frame picker; `rewinds` counts these and
+    `last_rewind_s` says how far the timestamps went back.
     """
 
-    def __init__(self, time_base: Fraction, live: bool, t_offset: float = 0.0, mono0: float | None = None):
+    def __init__(self, time_base: Fraction, live: bool, t_offset: float = 0.0, mono0: float | None = None,
+                 frame_s: float = 0.0):
         self.time_base = time_base
         self.live = live
         self.t_offset = t_offset
         self.mono0 = time.monotonic() if mono0 is None else mono0
+        self.frame_s = frame_s
         self._anchor_pts: int | None = None
         self._anchor_t = 0.0
         self.last_t = t_offset
         self.lag = 0.0  # seconds `t` runs behind capture (live only)
+        self.rewinds = 0
+        self.last_rewind_s = 0.0
 
     def stamp(self, pts: int | None, arrival: float) -> float:
         """`arrival`: seconds on the session clock (monotonic - mono0 + t_offset)."""
@@ -62,6 +87,11 @@ class PtsClock:
             if self.live and abs(t - arrival) > _REANCHOR_S:
                 self._anchor_pts, self._anchor_t, t = pts, arrival, arrival
                 self.lag = 0.0  # a new anchor, with a delay of its own to learn
+            elif not self.live and t < self.last_t - _REWIND_S:
+                self.rewinds += 1
+                self.last_rewind_s = self.last_t - t
+                self._anchor_pts, self._anchor_t = pts, self.last_t + self.frame_s
+                t = self._anchor_t
         if self.live:
             self.lag = max(self.lag, t - arrival)
         self.last_t = max(self.last_t, t)

@@ -10,6 +10,8 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from edge_agent.capture.clock import wall_at
+
 _H264_ID = av.codec.Codec("h264", "r").id
 
 
@@ -49,8 +51,10 @@ class StreamInfo:
 class Packet:
     """One compressed (or raw) video packet with the capture time of its frame.
 
-    `t` is seconds on the source's capture clock (monotonic within a source session);
-    `wall` is the wall-clock time it maps to, used only for metadata.
+    `t` is seconds on the source's capture clock (monotonic within a source session, media time for a
+    file); `mono` is the capture's moment on the monotonic clock, from which `wall` is computed when
+    asked, on the wall clock as it is then: a clock that NTP steps after the capture still gives the
+    right time (metadata only).
     """
 
     data: bytes
@@ -58,12 +62,16 @@ class Packet:
     dts: int | None
     keyframe: bool
     t: float
-    wall: float
+    mono: float
     stream: StreamInfo = field(repr=False)
 
     @property
     def size(self) -> int:
         return len(self.data)
+
+    @property
+    def wall(self) -> float:
+        return wall_at(self.mono)
 
 
 @dataclass(slots=True)
@@ -72,7 +80,11 @@ class GrayFrame:
 
     gray: np.ndarray
     t: float
-    wall: float
+    mono: float  # as Packet.mono
+
+    @property
+    def wall(self) -> float:
+        return wall_at(self.mono)
 
 
 # 8-bit formats whose plane 0 is the luma plane.

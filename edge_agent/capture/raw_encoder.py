@@ -72,7 +72,7 @@ class RawEncoder:
         raise RawEncoderError("raw video needs an H.264 encoder and none in clip.encoders opened: "
                               + ("; ".join(errors) or "none of them exists in this build"))
 
-    def encode(self, pkt: Any, t: float, wall: float) -> Iterator[Packet]:
+    def encode(self, pkt: Any, t: float, mono: float) -> Iterator[Packet]:
         try:
             frames = self._decoder.decode(pkt)
         except av.error.FFmpegError:
@@ -86,7 +86,7 @@ class RawEncoder:
                 frame = frame.reformat(width=self.width, height=self.height, format=_PIX_FMT)
             frame.pts, frame.time_base = pts, _TIME_BASE
             frame.pict_type = av.video.frame.PictureType.NONE  # a raw frame says "I": the GOP is the encoder's
-            self._times[pts] = (t, wall)
+            self._times[pts] = (t, mono)
             yield from self._packets(frame)
 
     def flush(self) -> Iterator[Packet]:
@@ -98,8 +98,8 @@ class RawEncoder:
         except av.error.FFmpegError as exc:
             raise RawEncoderError(f"encoder {self.name} failed: {exc}") from exc
         for p in out:
-            t, wall = self._times.pop(p.pts, (p.pts * _TIME_BASE, 0.0))
+            t, mono = self._times.pop(p.pts, (p.pts * _TIME_BASE, 0.0))
             if len(self._times) > 256:  # frames the encoder dropped never come back
                 for k in list(self._times)[:128]:
                     del self._times[k]
-            yield Packet(bytes(p), p.pts, p.dts, bool(p.is_keyframe), float(t), wall, self.info)
+            yield Packet(bytes(p), p.pts, p.dts, bool(p.is_keyframe), float(t), mono, self.info)

@@ -195,14 +195,15 @@ class AvSource:
         info, stream = self.info, self._stream
         pace = self.cfg.realtime and not self.live
         frame_s = 1.0 / info.fps if info.fps else 1 / _ASSUMED_FPS
-        wall0 = time.time() - (time.monotonic() - self._mono0)
-        pts_clock = PtsClock(stream.time_base or info.time_base, live=self.live, t_offset=self.t_offset)
+        pts_clock = PtsClock(stream.time_base or info.time_base, live=self.live, t_offset=self.t_offset,
+                             frame_s=frame_s)
         frame_clock = FrameClock(1.0 / frame_s) if self._untimed and self.live else None
         primed: list[float] = []
         if frame_clock is not None and self._prefetched:
             primed = frame_clock.prime([a for _, a in self._prefetched], floor=self.t_offset)
         last_t = self.t_offset - frame_s
         n = 0
+        rewound = False
         try:
             for pkt, arrival in self._arrivals():
                 if frame_clock is not None:
@@ -211,26 +212,32 @@ class AvSource:
                     t = self.t_offset + n * frame_s
                 else:
                     t = pts_clock.stamp(pkt.pts if pkt.pts is not None else pkt.dts, arrival)
+                    if pts_clock.rewinds and not rewound:  # the first of a session, logged once
+                        rewound = True
+                        log.warning("source timestamps went back %.3f s at t=%.3f (recordings joined in one "
+                                    "file?): the capture clock carries on from there", pts_clock.last_rewind_s, t)
                 n += 1
                 last_t = max(last_t, t)
                 if pace:
                     delay = self._mono0 + (t - self.t_offset) - time.monotonic()
                     if delay > 0 and self._closed.wait(delay):
                         return
-                # the capture's wall-clock time: a timed live stream's `t` runs late by its anchor's delay
-                # (files and untimed pipes never stamp through pts_clock: their lag stays 0)
-                wall = wall0 + (t - self.t_offset) - pts_clock.lag
+                # the capture's moment on the monotonic clock (its wall time is computed from it when
+                # asked): a timed live stream's `t` runs late by its anchor's delay (untimed pipes never
+                # stamp through pts_clock: their lag stays 0). A file's is the session's start plus its
+                # media time, so a replay's clips and detections keep their media-time spacing.
+                mono = self._mono0 + (t - self.t_offset) - pts_clock.lag
                 if self._raw is not None:
-                    yield from self._raw.encode(pkt, t, wall)
+                    yield from self._raw.encode(pkt, t, mono)
                 elif self._untimed:
                     # the demuxer's timestamps are its own guess: the stamped time is the truth
                     pts = round(t / info.time_base)
-                    yield Packet(bytes(pkt), pts, pts, bool(pkt.is_keyframe), t, wall, info)
+                    yield Packet(bytes(pkt), pts, pts, bool(pkt.is_keyframe), t, mono, info)
                 else:
                     pts = pkt.pts if pkt.pts is not None else pkt.dts
                     if pts is None:  # a demuxer that gave no time at all: the capture time is all there is
                         pts = round(t / info.time_base)
-                    yield Packet(bytes(pkt), pts, pkt.dts, bool(pkt.is_keyframe), t, wall, info)
+                    yield Packet(bytes(pkt), pts, pkt.dts, bool(pkt.is_keyframe), t, mono, info)
                 if self._closed.is_set():
                     return
         except av.error.EOFError:

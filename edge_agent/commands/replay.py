@@ -125,7 +125,7 @@ class ReplayReport:
 
 def run_replay(args: argparse.Namespace) -> int:
     from edge_agent.app import Agent
-    from edge_agent.delivery.spool import SpoolBusy, SpoolError
+    from edge_agent.delivery.spool import SpoolBusy, SpoolError, SpoolTooNew
     from edge_agent.pipeline.noreads import noreads_dir
 
     cfg = load_config_or_exit(args, strict_source=False)
@@ -164,6 +164,9 @@ def run_replay(args: argparse.Namespace) -> int:
         if upload:
             try:
                 spool = agent.spool()
+            except SpoolTooNew as exc:
+                print(f"edge-agent replay: {exc}", file=sys.stderr)
+                return const.EXIT_CANTCREAT
             except SpoolBusy as busy:
                 print(f"edge-agent replay: {busy}; replay into another spool "
                       "(EDGE_AGENT__SPOOL__DIR=/tmp/replay-spool) or without upload (--no-upload)", file=sys.stderr)

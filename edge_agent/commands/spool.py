@@ -70,10 +70,11 @@ def _load(args: argparse.Namespace) -> Config:
 
 def _fail(exc: BaseException) -> SystemExit:
     from edge_agent.delivery.spool_files import is_disk_full
+    from edge_agent.delivery.spool_format import SpoolTooNew
 
     print(f"edge-agent spool: {exc}", file=sys.stderr)
     return SystemExit(const.EXIT_CANTCREAT if is_disk_full(exc) or "disk full" in str(exc)
-                      or "cannot use spool.dir" in str(exc) else const.EXIT_FAILED)
+                      or isinstance(exc, SpoolTooNew) or "cannot use spool.dir" in str(exc) else const.EXIT_FAILED)
 
 
 def _reader(args: argparse.Namespace) -> tuple[Config, Spool]:

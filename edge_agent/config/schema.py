@@ -175,7 +175,10 @@ class SpoolConfig(_Section):
     max_bytes: int = Field(const.SPOOL_MAX_BYTES, ge=1 << 20, **_live("Most bytes of clips kept waiting."))
     min_free_bytes: int = Field(const.SPOOL_MIN_FREE_BYTES, ge=0, **_live(
         "Keep at least this much of the disk free for the rest of the system."))
-    max_age_s: float = Field(const.SPOOL_MAX_AGE_S, gt=0, **_live("Clips older than this are dropped, logged."))
+    max_age_s: float = Field(const.SPOOL_MAX_AGE_S, gt=0, **_live(
+        "Clips queued longer than this are dropped, logged. Aged on the monotonic clock within a boot; across a "
+        "reboot by the wall clock only when it was synchronised (NTP) both when the clip was queued and now, "
+        "else the age is unknown and the clip kept."))
     on_full: Literal["drop_oldest", "reject_new"] = Field("drop_oldest", **_live(
         "When a bound is hit: drop the oldest waiting clip, or refuse the new one."))
 

@@ -128,6 +128,15 @@ class DetectionInfo(_Model):
     quality: Quality | None = None
 
 
+class ClockInfo(_Model):
+    synchronized: bool | None = Field(None, description=(
+        "Whether the device's wall clock was synchronised (NTP) when the clip's times were computed: false on "
+        "a device without a real-time clock that has not reached a time server since it booted, whose times "
+        "may be days or a year off; null when the device cannot tell."))
+    max_error_s: float | None = Field(None, description="The kernel's estimate of the clock's maximum error.")
+    source: str | None = Field(None, description="Where `synchronized` came from: adjtimex, override, unavailable.")
+
+
 class AgentInfo(_Model):
     version: str
 
@@ -143,6 +152,7 @@ class Metadata(_Model):
     clip: ClipInfo
     detection: DetectionInfo
     agent: AgentInfo
+    clock: ClockInfo | None = None
 
 
 def metadata_schema() -> dict:

@@ -3,10 +3,11 @@
 A clip is written as `tmp/<id>.mp4.part` and fsynced, its metadata written and fsynced as
 `tmp/<id>.json.part`; the metadata is renamed into `clips/<id>.json` (the commit point), the clip
 into `clips/<id>.mp4`, the directory fsynced, and only then the clip is recorded in SQLite (WAL,
-synchronous=FULL). After a power cut every clip is in one of these states: parts only (never
-handed over: dropped), a sidecar whose clip is still a whole part in tmp/ (the rename is
-finished), files with no row (re-enqueued from the sidecar, which holds everything the row
-does), or a row. Nothing is deleted before the server
+synchronous=FULL). From then on the row is the source of truth for the clip's CID and metadata and
+the sidecar a copy (rewritten from the row if lost or torn). After a power cut every clip is in one
+of these states: parts only (never handed over: dropped), a sidecar whose clip is still a whole part
+in tmp/ (the rename is finished), files with no row (re-enqueued from the sidecar, which holds
+everything the row will), or a row. Nothing is deleted before the server
 answered 2xx, and the row goes before the files, so a crash in between leaves an orphan that is
 sent again (a duplicate the server dedupes by its idempotency key), never a row pointing nowhere.
 
@@ -22,7 +23,8 @@ status` run beside the service just reads.
 Retry timing lives in memory on the monotonic clock: after a restart every clip is due at
 once, which is what a restarted device should do. Ages for `spool.max_age_s` use the monotonic
 clock too while the clip was made in this boot, so an NTP jump on a Pi without a real-time
-clock does not make fresh clips look a week old and drop them.
+clock does not make fresh clips look a week old and drop them; across a reboot a clip's age is
+known only if the wall clock was synchronised when it was queued and is now (`age_s`).
 
 This module is the queue itself (put, take, quarantine; the lock is spool_lock's); what runs at open lives in
 spool_recovery, the durable file and sidecar helpers in spool_files, and what commands read of
@@ -32,6 +34,7 @@ quarantine/ without the lock in spool_quarantine.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -42,17 +45,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_agent import clock_sync
 from edge_agent.config import SpoolConfig
 from edge_agent.delivery import spool_lock
+from edge_agent.delivery.contract import SCHEMA_VERSION
 from edge_agent.delivery.spool_files import (
     boot_id,
     fsync_path,
     is_disk_full,
     read_sidecar,
     safe_id,
+    salvage_sidecar,
     sidecar_created_at,
     write_sidecar,
 )
+from edge_agent.delivery.spool_format import SpoolError, SpoolTooNew, probe
 from edge_agent.delivery.spool_quarantine import (
     REQUEUE_ANSWER,
     REQUEUE_REQUEST,
@@ -64,7 +71,9 @@ from edge_agent.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = "event_id, cid, created_at, size_bytes, has_video, sha256, attempts, last_error"
+_COLUMNS = "event_id, cid, created_at, size_bytes, has_video, sha256, attempts, last_error, metadata"
+# a queue row as its sidecar copy holds it (the sidecar's keys, "cid" first: see spool_files.salvage_sidecar)
+_ROW = "cid, metadata, created_at, has_video, sha256, size_bytes, boot_id, created_mono, clock_synced"
 # expiring needs a scan of the queue: at most this often from next_due()
 _EXPIRE_EVERY_S = 60.0
 # a put that hits ENOSPC drops at most this many oldest clips to make room before giving up
@@ -73,9 +82,7 @@ _ENOSPC_DROPS = 16
 _FULL_BELOW_BYTES = 1 << 20
 
 
-
-class SpoolError(Exception):
-    """The spool cannot be used (e.g. its queue file is unreadable and another process owns it)."""
+__all__ = ["Entry", "Spool", "SpoolBusy", "SpoolError", "SpoolStatus", "SpoolTooNew"]
 
 
 class SpoolBusy(SpoolError):
@@ -138,6 +145,7 @@ class Spool:
             self.owner, self.owner_pid = False, spool_lock.owner_pid(self.root)
             self._db = open_readonly(self.root, self.clips)
             return
+        probe(self.root)  # a newer build's spool is refused before any file is created, locked or moved
         try:
             for d in (self.root, self.tmp, self.clips, self.quarantine_dir):
                 d.mkdir(parents=True, exist_ok=True)
@@ -149,7 +157,11 @@ class Spool:
                              "writable folder on a local disk; the service's is /var/lib/edge-agent/spool)") from exc
         if not self.owner:
             raise SpoolBusy(self.root, self.owner_pid)
-        self._db, self.disk_full = open_queue(self.root, self.clips, self.quarantine_dir, self.metrics)
+        try:
+            self._db, self.disk_full = open_queue(self.root, self.clips, self.quarantine_dir, self.metrics)
+        except SpoolError:
+            self.close()
+            raise
         recover(self)
         self._update_gauges()
 
@@ -157,14 +169,48 @@ class Spool:
     def open_reader(cls, cfg: SpoolConfig) -> Spool:
         return cls(cfg, reader=True)
 
-    def _insert(self, event_id: str, cid: str, created: float, size: int, has_video: bool, sha: str | None,
-                boot: str | None = None, mono: float | None = None) -> None:
+    def _insert(self, event_id: str, data: dict[str, Any]) -> None:
+        """A queue row from a clip's record (`_record`, or a sidecar holding one)."""
         assert self._db is not None
         seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM queue").fetchone()[0]
+        synced = data.get("clock_synced")
         self._db.execute(
             "INSERT OR REPLACE INTO queue (event_id, cid, created_at, size_bytes, has_video, sha256, attempts, seq,"
-            " boot_id, created_mono) VALUES (?,?,?,?,?,?,0,?,?,?)",
-            (event_id, cid, created, size, int(has_video), sha, seq, boot, mono))
+            " boot_id, created_mono, metadata, clock_synced) VALUES (?,?,?,?,?,?,0,?,?,?,?,?)",
+            (event_id, data["cid"], float(data["created_at"]), int(data.get("size_bytes") or 0),
+             int(bool(data.get("has_video", True))), data.get("sha256"), seq, data.get("boot_id"),
+             data.get("created_mono"), json.dumps(data["metadata"]), None if synced is None else int(bool(synced))))
+
+    def _record(self, event_id: str) -> dict[str, Any] | None:
+        """A queued clip as its sidecar holds it, from its row (the source of truth); None if not queued.
+        Metadata a row lacks (queued by a build before format 2, its sidecar since lost) is the least
+        that identifies the clip: its event id, CID and video hash."""
+        assert self._db is not None
+        row = self._db.execute(f"SELECT {_ROW} FROM queue WHERE event_id=?", (event_id,)).fetchone()
+        if row is None:
+            return None
+        cid, meta, created, has_video, sha, size, boot, mono, synced = row
+        metadata = json.loads(meta) if meta else self._sidecar_metadata(event_id, cid, sha, size)
+        return {"cid": cid, "metadata": metadata, "created_at": created, "has_video": bool(has_video), "sha256": sha,
+                "size_bytes": size, "boot_id": boot, "created_mono": mono,
+                "clock_synced": None if synced is None else bool(synced)}
+
+    def _sidecar_metadata(self, event_id: str, cid: str, sha: str | None, size: int) -> dict[str, Any]:
+        try:
+            return read_sidecar(self.clips / f"{event_id}.json")["metadata"]
+        except (OSError, ValueError, KeyError, TypeError):
+            clip = {"sha256": sha, "size_bytes": size} if sha else {}
+            return {"schema_version": SCHEMA_VERSION, "event_id": event_id, "cid": cid, "clip": clip}
+
+    def restore_sidecar(self, event_id: str) -> bool:
+        """Write a clip's sidecar again from its row (lost, or torn by a power cut); False if not queued."""
+        with self._lock:
+            data = self._record(event_id)
+            if data is None:
+                return False
+            write_sidecar(self.tmp / f"{event_id}.json.part", self.clips / f"{event_id}.json", data)
+            fsync_path(self.clips)
+            return True
 
     # --- putting --------------------------------------------------------------------------------
 
@@ -220,14 +266,15 @@ class Spool:
         the commit point (recovery finishes the clip's own rename if a crash falls in between)."""
         if video_part is not None and video_part.exists():
             fsync_path(video_part)
-        created, mono, boot = time.time(), time.monotonic(), boot_id()
-        write_sidecar(self.tmp / f"{event_id}.json.part", self.clips / f"{event_id}.json",
-                      {"cid": cid, "metadata": metadata, "created_at": created, "has_video": video_part is not None,
-                       "sha256": sha, "size_bytes": size, "boot_id": boot, "created_mono": mono})
+        # the sidecar holds everything the row will, so a crash before the row is inserted loses nothing
+        data = {"cid": cid, "metadata": metadata, "created_at": time.time(), "has_video": video_part is not None,
+                "sha256": sha, "size_bytes": size, "boot_id": boot_id(), "created_mono": time.monotonic(),
+                "clock_synced": clock_sync.synchronized()}
+        write_sidecar(self.tmp / f"{event_id}.json.part", self.clips / f"{event_id}.json", data)
         if video_part is not None and video_part.exists():
             os.replace(video_part, self.clips / f"{event_id}.mp4")
         fsync_path(self.clips)
-        self._insert(event_id, cid, created, size, video_part is not None, sha, boot=boot, mono=mono)
+        self._insert(event_id, data)
 
     def _undo_write(self, event_id: str, video_part: Path | None) -> None:
         """After a failed write: the clip goes back to where the caller left it, nothing half-queued stays."""
@@ -292,36 +339,44 @@ class Spool:
         self._count_drop(f"{reason}_dropped_oldest", oldest[1], oldest[0])
         return True
 
-    def _age_s(self, created_at: float, boot: str | None, mono: float | None) -> float:
+    @staticmethod
+    def age_s(created_at: float, boot: str | None, mono: float | None, stamped_synced: bool | None,
+              synced_now: bool | None) -> float | None:
+        """How long a clip has been queued, or None when nobody can tell. Within the boot that queued it:
+        the monotonic clock, which no clock step moves. Across a reboot: the wall clock, but only when
+        it was synchronised both when the clip was queued and now. A Pi without a real-time clock
+        boots days or a year behind until NTP corrects it; a clip stamped then has no known age, and
+        an unknown age never expires a clip (spool.max_bytes still bounds the queue)."""
         if boot is not None and mono is not None and boot == boot_id():
-            return time.monotonic() - mono
-        return time.time() - created_at
+            return max(0.0, time.monotonic() - mono)
+        if stamped_synced and synced_now:
+            return time.time() - created_at
+        return None
 
     def _expire(self) -> None:
         if self._db is None:
             return
         self._next_expire = time.monotonic() + _EXPIRE_EVERY_S
-        rows = self._db.execute("SELECT event_id, cid, created_at, boot_id, created_mono FROM queue").fetchall()
-        for event_id, cid, created, boot, mono in rows:
-            if self._age_s(created, boot, mono) > self.cfg.max_age_s:
+        rows = self._db.execute(
+            "SELECT event_id, cid, created_at, boot_id, created_mono, clock_synced FROM queue").fetchall()
+        synced_now = clock_sync.synchronized() if rows else None
+        for event_id, cid, created, boot, mono, stamped_synced in rows:
+            age = self.age_s(created, boot, mono, None if stamped_synced is None else bool(stamped_synced),
+                             synced_now)
+            if age is not None and age > self.cfg.max_age_s:
                 self._remove(event_id)
                 self._count_drop("max_age", cid, event_id, f"older than spool.max_age_s={self.cfg.max_age_s:g}")
 
     # --- taking ---------------------------------------------------------------------------------
 
     def head(self) -> Entry | None:
-        """The oldest waiting clip, due or not (delivery is in order). A clip whose metadata cannot be
-        read is quarantined on the way, so it cannot block the queue."""
+        """The oldest waiting clip, due or not (delivery is in order). Its CID and metadata come from
+        the queue row: a lost or torn sidecar never holds a clip back."""
         with self._lock:
-            while self._db is not None:
-                row = self._db.execute(f"SELECT {_COLUMNS} FROM queue ORDER BY seq LIMIT 1").fetchone()
-                if row is None:
-                    return None
-                entry = self._entry(row)
-                if entry is not None:
-                    return entry
-                self.quarantine(row[0], "metadata sidecar unreadable")
-            return None
+            if self._db is None:
+                return None
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM queue ORDER BY seq LIMIT 1").fetchone()
+            return None if row is None else self._entry(row)
 
     def next_due(self, now_mono: float) -> Entry | None:
         """The oldest clip if its retry time has come; None while it backs off (newer clips wait
@@ -339,17 +394,12 @@ class Spool:
             if self._db is None:
                 return []
             rows = self._db.execute(f"SELECT {_COLUMNS} FROM queue ORDER BY seq").fetchall()
-            return [self._entry(r, strict=False) for r in rows]  # type: ignore[misc]
+            return [self._entry(r) for r in rows]
 
-    def _entry(self, row: tuple[Any, ...], strict: bool = True) -> Entry | None:
-        event_id, cid, created, size, has_video, sha, attempts, last_error = row
-        try:
-            meta = read_sidecar(self.clips / f"{event_id}.json")["metadata"]
-        except (OSError, ValueError, KeyError, TypeError):
-            if strict:
-                return None
-            meta = {}
-        return Entry(event_id, cid, meta, self.clips / f"{event_id}.mp4" if has_video else None, size, sha,
+    def _entry(self, row: tuple[Any, ...]) -> Entry:
+        event_id, cid, created, size, has_video, sha, attempts, last_error, meta = row
+        metadata = json.loads(meta) if meta else self._sidecar_metadata(event_id, cid, sha, size)
+        return Entry(event_id, cid, metadata, self.clips / f"{event_id}.mp4" if has_video else None, size, sha,
                      created, attempts, last_error, self._retry_at.get(event_id, 0.0))
 
     def mark_delivered(self, event_id: str) -> None:
@@ -376,10 +426,14 @@ class Spool:
         with self._lock:
             if self._db is None:
                 return
-            row = self._db.execute("SELECT cid FROM queue WHERE event_id=?", (event_id,)).fetchone()
+            record = self._record(event_id)
+            if record is not None:
+                # quarantine/ gets the row's copy, whatever became of the sidecar: `spool requeue` reads it
+                with contextlib.suppress(OSError):
+                    write_sidecar(self.tmp / f"{event_id}.json.part", self.clips / f"{event_id}.json", record)
             self._db.execute("DELETE FROM queue WHERE event_id=?", (event_id,))
             self._retry_at.pop(event_id, None)
-            self._quarantine_files(event_id, reason, cid=row[0] if row else None, hint=hint)
+            self._quarantine_files(event_id, reason, cid=record["cid"] if record else None, hint=hint)
             self._update_gauges()
 
     def drop_video(self, event_id: str, reason: str) -> Entry | None:
@@ -391,10 +445,8 @@ class Spool:
             if self._db is None:
                 return None
             side = self.clips / f"{event_id}.json"
-            try:
-                data = read_sidecar(side)
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                self.quarantine(event_id, f"{reason}; metadata sidecar unreadable: {exc}")
+            data = self._record(event_id)
+            if data is None:
                 return None
             mp4 = self.clips / f"{event_id}.mp4"
             if mp4.exists():
@@ -414,15 +466,13 @@ class Spool:
             except OSError as exc:  # e.g. disk full: the old sidecar stays; it is still sent CID-only below
                 tmp.unlink(missing_ok=True)
                 log.error("spool: cannot rewrite metadata of clip=%s error=%s", event_id, exc.strerror or exc)
-            self._db.execute("UPDATE queue SET has_video=0, size_bytes=0, sha256=NULL WHERE event_id=?", (event_id,))
+            self._db.execute("UPDATE queue SET has_video=0, size_bytes=0, sha256=NULL, metadata=? WHERE event_id=?",
+                             (json.dumps(data["metadata"]), event_id))
             row = self._db.execute(f"SELECT {_COLUMNS} FROM queue WHERE event_id=?", (event_id,)).fetchone()
             if row is None:
                 return None
-            entry = self._entry(row, strict=False)
-            assert entry is not None
-            entry.metadata = data["metadata"]
             self._update_gauges()
-            return entry
+            return self._entry(row)
 
     def _remove(self, event_id: str) -> None:
         """Row first: a crash after it leaves an orphan sidecar, which recovery re-sends (a duplicate
@@ -477,6 +527,16 @@ class Spool:
                 event_id = side.stem
                 if not safe_id(event_id):
                     continue
+                try:
+                    read_sidecar(side)
+                except (OSError, ValueError, KeyError, TypeError):
+                    # torn (set aside so by a build whose queue row did not keep the metadata): the CID
+                    # it still starts with sends the clip with its video
+                    salvaged = salvage_sidecar(side, event_id, self.quarantine_dir / f"{event_id}.mp4")
+                    if salvaged is None:
+                        continue
+                    with contextlib.suppress(OSError):
+                        write_sidecar(self.tmp / f"{event_id}.json.part", side, salvaged)
                 try:
                     mp4 = self.quarantine_dir / f"{event_id}.mp4"
                     if mp4.exists():

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -92,6 +93,32 @@ def read_sidecar(side: Path) -> dict[str, Any]:
         raise ValueError("sidecar lacks cid or metadata")
     float(data["created_at"])
     return data
+
+
+# A sidecar starts with its CID (the spool writes "cid" first), so a sidecar torn after its first
+# bytes (a power cut on storage that lies about fsync) still names the clip's CID.
+_CID_AT_START = re.compile(r'^\s*\{\s*"cid"\s*:\s*("(?:[^"\\]|\\.)*")')
+
+
+def salvage_sidecar(side: Path, event_id: str, video: Path) -> dict[str, Any] | None:
+    """A torn sidecar's CID, as the least sidecar that sends the clip (CID and video, metadata naming
+    the clip); None when not even the CID can be read. The video's hash is taken as it is now: the
+    server can check the transfer, though nobody can tell whether the file was whole before."""
+    try:
+        m = _CID_AT_START.match(side.read_text(encoding="utf-8", errors="replace"))
+        cid = json.loads(m.group(1)) if m else None
+        created = side.stat().st_mtime
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cid, str) or not cid:
+        return None
+    try:
+        clip: dict[str, Any] = {"sha256": sha256_file(video), "size_bytes": video.stat().st_size}
+    except OSError:
+        clip = {}
+    meta = {"event_id": event_id, "cid": cid, "clip": clip}
+    return {"cid": cid, "metadata": meta, "created_at": created, "has_video": bool(clip),
+            "sha256": clip.get("sha256"), "size_bytes": clip.get("size_bytes", 0)}
 
 
 def write_sidecar(part: Path, side: Path, data: dict[str, Any]) -> None:

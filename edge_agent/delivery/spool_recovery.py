@@ -12,6 +12,7 @@ sidecars when even that fails, and changes no file.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sqlite3
@@ -30,6 +31,7 @@ from edge_agent.delivery.spool_files import (
     sha256_file,
     sidecar_created_at,
 )
+from edge_agent.delivery.spool_format import FORMAT, SpoolTooNew, prepare, probe, version_of
 from edge_agent.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -38,32 +40,22 @@ if TYPE_CHECKING:
 # the spool's lines keep one logger name, wherever in the package the code lives
 log = logging.getLogger("edge_agent.delivery.spool")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS queue (
-    event_id TEXT PRIMARY KEY, cid TEXT NOT NULL, created_at REAL NOT NULL, size_bytes INTEGER NOT NULL,
-    has_video INTEGER NOT NULL, sha256 TEXT, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
-    seq INTEGER NOT NULL, boot_id TEXT, created_mono REAL);
-CREATE INDEX IF NOT EXISTS queue_seq ON queue (seq);
-CREATE TABLE IF NOT EXISTS drops (
-    reason TEXT PRIMARY KEY, count INTEGER NOT NULL, last_at REAL NOT NULL, last_cid TEXT, last_event_id TEXT);
-"""
-# columns added after the first release: added to older queue files on open
-_LATER_COLUMNS = {"boot_id": "TEXT", "created_mono": "REAL"}
 # check_row's prefix for a problem with the video alone (the event then goes out CID-only)
 _VIDEO_PROBLEM = "video: "
 
 
 def connect(path: Path) -> sqlite3.Connection:
+    """The queue file at `path` (or ":memory:"), in this build's format: an older one is migrated in
+    place; SpoolTooNew, before anything is written, when a newer build made it."""
     db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
     try:
+        # refused before the journal mode is set: that alone would write to a newer build's file
+        if str(path) != ":memory:" and version_of(db) > FORMAT:
+            raise SpoolTooNew(path.parent, version_of(db))
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
-        have = {r[1] for r in db.execute("PRAGMA table_info(queue)")}
-        for col, kind in _LATER_COLUMNS.items():
-            if col not in have:
-                db.execute(f"ALTER TABLE queue ADD COLUMN {col} {kind}")
-    except sqlite3.DatabaseError:
+        prepare(db, None if str(path) == ":memory:" else path.parent)
+    except (sqlite3.DatabaseError, SpoolTooNew):
         db.close()
         raise
     return db
@@ -118,16 +110,36 @@ def open_readonly(root: Path, clips: Path) -> sqlite3.Connection | None:
     path = root / "queue.sqlite3"
     if not path.exists():
         return None
+    probe(root)  # SpoolTooNew: a newer build's queue is not read, and nothing is created beside it
     try:
         db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, check_same_thread=False,
                              isolation_level=None, timeout=30)
+        if version_of(db) > FORMAT:
+            found = version_of(db)
+            db.close()
+            raise SpoolTooNew(root, found)
         db.execute("SELECT COUNT(*) FROM queue").fetchone()
+        if version_of(db) < FORMAT:  # the owner migrates it at its next start; a reader changes nothing
+            return _copy_of_older(db)
         return db
     except sqlite3.Error as exc:
         # e.g. a full disk, where SQLite cannot make the shared-memory file a WAL reader needs: the
         # sidecars say the same as the queue, so read those instead of failing
         log.warning("spool queue file not readable (%s): listing the clips from their sidecars", exc)
         return queue_from_sidecars(clips)
+
+
+def _copy_of_older(old: sqlite3.Connection) -> sqlite3.Connection:
+    """An older format's queue as an in-memory queue of this format (columns it lacks are NULL)."""
+    db = connect(Path(":memory:"))
+    cols = "event_id, cid, created_at, size_bytes, has_video, sha256, attempts, last_error, seq"
+    db.executemany(f"INSERT INTO queue ({cols}) VALUES (?,?,?,?,?,?,?,?,?)",
+                   old.execute(f"SELECT {cols} FROM queue").fetchall())
+    with contextlib.suppress(sqlite3.Error):  # a queue file from before drops were recorded
+        db.executemany("INSERT INTO drops VALUES (?,?,?,?,?)", old.execute(
+            "SELECT reason, count, last_at, last_cid, last_event_id FROM drops").fetchall())
+    old.close()
+    return db
 
 
 def queue_from_sidecars(clips: Path) -> sqlite3.Connection:
@@ -139,10 +151,10 @@ def queue_from_sidecars(clips: Path) -> sqlite3.Connection:
         except (OSError, ValueError, KeyError, TypeError):
             continue
         seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM queue").fetchone()[0]
-        db.execute("INSERT INTO queue (event_id, cid, created_at, size_bytes, has_video, sha256, attempts, seq)"
-                   " VALUES (?,?,?,?,?,?,0,?)", (side.stem, data["cid"], float(data["created_at"]),
-                                                  int(data.get("size_bytes") or 0),
-                                                  int(bool(data.get("has_video", True))), data.get("sha256"), seq))
+        db.execute("INSERT INTO queue (event_id, cid, created_at, size_bytes, has_video, sha256, attempts, seq,"
+                   " metadata) VALUES (?,?,?,?,?,?,0,?,?)",
+                   (side.stem, data["cid"], float(data["created_at"]), int(data.get("size_bytes") or 0),
+                    int(bool(data.get("has_video", True))), data.get("sha256"), seq, json.dumps(data["metadata"])))
     return db
 
 
@@ -162,6 +174,7 @@ def recover(spool: Spool) -> None:
                 log.error("spool recovery: cannot remove %s error=%s", part.name, exc.strerror or exc)
         rows = db.execute("SELECT event_id, cid, has_video, sha256, size_bytes FROM queue").fetchall()
         for event_id, cid, has_video, sha, size in rows:
+            restore_sidecar(spool, event_id, cid)
             try:
                 problem = check_row(spool.clips, event_id, bool(has_video), sha, size)
             except Exception as exc:  # never refuse to start
@@ -209,16 +222,30 @@ def finish_interrupted_puts(clips: Path, tmp: Path) -> None:
             log.error("spool recovery: cannot finish put clip=%s error=%s", side.stem, exc)
 
 
-def check_row(clips: Path, event_id: str, has_video: bool, sha: str | None, size: int) -> str | None:
-    """Why a queued clip cannot be sent as it is, or None when it is sound."""
-    side = clips / f"{event_id}.json"
-    mp4 = clips / f"{event_id}.mp4"
-    if not side.exists():
-        return "metadata sidecar missing after restart"
+def restore_sidecar(spool: Spool, event_id: str, cid: str) -> None:
+    """The queue row is the source of truth and the sidecar its copy: a sidecar lost or torn (a power cut
+    on an SD card) is written again from the row, so the clip goes out with its CID and video."""
+    side = spool.clips / f"{event_id}.json"
     try:
         read_sidecar(side)
+        return
+    except FileNotFoundError:
+        why = "missing"
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return f"metadata sidecar unreadable: {exc}"
+        why = f"unreadable: {exc}"
+    try:
+        spool.restore_sidecar(event_id)
+        spool.metrics.inc("edge_agent_spool_recovered_total", reason="sidecar_restored")
+        log.warning("spool recovery: sidecar of cid=%s clip=%s %s: written again from the queue", cid, event_id, why)
+    except OSError as exc:  # the row still holds it all: delivery reads the row, not the sidecar
+        log.error("spool recovery: cannot rewrite the sidecar of cid=%s clip=%s error=%s", cid, event_id,
+                  exc.strerror or exc)
+
+
+def check_row(clips: Path, event_id: str, has_video: bool, sha: str | None, size: int) -> str | None:
+    """Why a queued clip's video cannot be sent as it is, or None when it is sound. (Its metadata is in
+    its row: never a reason to hold the clip back.)"""
+    mp4 = clips / f"{event_id}.mp4"
     if not has_video:
         return None
     if not mp4.exists():
@@ -241,7 +268,6 @@ def reenqueue(spool: Spool, side: Path) -> bool:
     try:
         data = read_sidecar(side)
         cid = data["cid"]
-        created = float(data["created_at"])
         has_video = bool(data.get("has_video", True))
         sha = data.get("sha256")
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -257,8 +283,7 @@ def reenqueue(spool: Spool, side: Path) -> bool:
                 problem = "clip bytes do not match their sha256"
         except OSError as exc:
             problem = f"clip file unreadable: {exc.strerror or exc}"
-    spool._insert(event_id, cid, created, size, has_video, sha, boot=data.get("boot_id"),
-                  mono=data.get("created_mono"))
+    spool._insert(event_id, {**data, "size_bytes": size})
     spool.metrics.inc("edge_agent_spool_recovered_total", reason="orphan_reenqueued")
     log.info("spool: re-enqueued cid=%s clip=%s", cid, event_id)
     if problem is not None:

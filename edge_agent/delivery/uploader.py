@@ -26,6 +26,7 @@ from urllib.parse import urljoin
 import requests
 import urllib3
 
+from edge_agent import clock_sync
 from edge_agent.config import UploadConfig
 from edge_agent.delivery import contract
 from edge_agent.delivery.backoff import Backoff, parse_retry_after
@@ -298,7 +299,9 @@ class Uploader:
         else:
             self.spool.mark_delivered(entry.event_id)
             self.metrics.inc("edge_agent_upload_bytes_total", entry.size_bytes)
-            self.metrics.observe("edge_agent_detection_to_delivery_seconds", _since_detection(entry))
+            since = _since_detection(entry)
+            if since is not None:
+                self.metrics.observe("edge_agent_detection_to_delivery_seconds", since)
             log.info("delivered cid=%s clip=%s bytes=%d attempts=%d upload_s=%.2f queued_s=%.1f%s", entry.cid,
                      entry.event_id, entry.size_bytes, entry.attempts + 1, elapsed or 0.0,
                      max(0.0, time.time() - entry.created_at), " duplicate=yes" if result == "duplicate" else "")
@@ -348,8 +351,13 @@ def _video_problem(entry: Entry) -> str | None:
     return None
 
 
-def _since_detection(entry: Entry) -> float:
-    """Seconds since the CID was seen (metadata `detected_at`); since it was queued if that is unreadable."""
+def _since_detection(entry: Entry) -> float | None:
+    """Seconds since the CID was seen (metadata `detected_at`); since it was queued if that is unreadable.
+    None when the clip was stamped on a clock not yet synchronised and the clock is now: NTP may have
+    stepped it in between (by a year on a device without a real-time clock), so the difference says
+    nothing."""
+    if (entry.metadata.get("clock") or {}).get("synchronized") is False and clock_sync.synchronized():
+        return None
     try:
         detected = datetime.fromisoformat(str(entry.metadata["detected_at"]).replace("Z", "+00:00")).timestamp()
     except (KeyError, ValueError):

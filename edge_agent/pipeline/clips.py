@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_agent import __version__, const
+from edge_agent import __version__, clock_sync, const
 from edge_agent.config import Config
 from edge_agent.delivery import contract
 from edge_agent.delivery.sinks import ClipSink
@@ -170,6 +170,7 @@ class ClipStage:
                 last_detected_at=contract.rfc3339(ev.first.wall + (ev.last_t - ev.first.t)),
                 track=track, quality=quality),
             agent=contract.AgentInfo(version=__version__),
+            clock=contract.ClockInfo.model_validate(clock_sync.read(), from_attributes=True),
         ).model_dump(mode="json", exclude_none=True)
         ev.clip = meta["clip"]
         ev.clip_error = clip_info.error

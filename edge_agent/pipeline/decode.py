@@ -13,6 +13,7 @@ waiting on this stage when the source is live.
 
 from __future__ import annotations
 
+import logging
 import math
 import queue
 from collections import deque
@@ -40,6 +41,10 @@ LIVE_QUEUE_MAX = 512  # packets, whatever the timestamps say
 MAX_PENDING = 512
 # Slots remembered by the picker: far more than H.264 reorders (a few frames).
 SLOTS_KEPT = 64
+# Capture time going back further than this is a new timeline, not B-frame reordering (a few frames).
+JUMP_BACK_S = 1.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,12 +60,18 @@ class FramePicker:
     Packets come in decode order. A stream without B-frames arrives in capture order, so the picks
     are evenly spaced; with B-frames, a slot's first packet is usually its reference picture (P),
     which is decoded anyway, and the B-frames of a slot already served can be skipped. The rate is
-    read at each packet: a reload applies at the next one."""
+    read at each packet: a reload applies at the next one.
+
+    Time that goes back by more than JUMP_BACK_S (timestamps that start again inside one stream) is a
+    new timeline: the slots claimed on the old one would otherwise hide every frame of the new one at
+    the same times. The picker starts afresh and counts it in `jumps`."""
 
     def __init__(self) -> None:
         self._claimed: set[int] = set()
         self._newest = -(2**62)
         self._rate = 0.0
+        self.jumps = 0
+        self.last_jump: tuple[float, float] | None = None  # (newest t before, t after) of the last jump
 
     def reset(self) -> None:
         """A new source session (its clock starts again) or a new rate (new slots)."""
@@ -72,6 +83,10 @@ class FramePicker:
             self._rate = rate_hz
             self.reset()
         slot = math.floor(t * rate_hz + 1e-6)  # the epsilon: k / fps * fps may land just under k
+        if slot < self._newest - max(1.0, JUMP_BACK_S * rate_hz):
+            self.jumps += 1
+            self.last_jump = (self._newest / rate_hz, t)
+            self.reset()
         if slot in self._claimed:
             return False
         self._claimed.add(slot)
@@ -93,6 +108,7 @@ class DecodeStage:
         self.inbox: queue.Queue[Any] = queue.Queue(LIVE_QUEUE_MAX if live else REPLAY_QUEUE)
         self._queued_t: deque[float] = deque()  # live: capture times of the packets waiting, oldest first
         self._need_keyframe = False
+        self._jump_logged = False
         self.decoded = self.dropped = self.errors = 0
 
     def set_live(self, live: bool) -> None:
@@ -136,7 +152,7 @@ class DecodeStage:
     def run(self) -> None:
         info: StreamInfo | None = None
         decoder: Any = None
-        picks: dict[int, tuple[float, float]] = {}  # pts -> (t, wall) of the frames detection will get
+        picks: dict[int, tuple[float, float]] = {}  # pts -> (t, mono) of the frames detection will get
         picker = FramePicker()
         intra = skipping = False
         while True:
@@ -152,9 +168,16 @@ class DecodeStage:
                 skipping = False
                 picks.clear()
                 picker.reset()
+                self._jump_logged = False  # one warning per source session
+            jumps = picker.jumps
             wanted = picker.pick(pkt.t, self._rate_hz())
+            if picker.jumps != jumps and picker.last_jump is not None:
+                log.log(logging.DEBUG if self._jump_logged else logging.WARNING,
+                        "decode: capture time went back from t=%.3f to t=%.3f: frames are picked afresh (jumps=%d)",
+                        *picker.last_jump, picker.jumps)
+                self._jump_logged = True
             if wanted:
-                picks[pkt.pts] = (pkt.t, pkt.wall)
+                picks[pkt.pts] = (pkt.t, pkt.mono)
                 if len(picks) > MAX_PENDING:
                     for k in list(picks)[: MAX_PENDING // 2]:
                         del picks[k]

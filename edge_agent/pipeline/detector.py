@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from edge_agent.capture.clock import wall_at
 from edge_agent.capture.media import GrayFrame
 from edge_agent.config import DetectorConfig
 
@@ -38,11 +39,16 @@ class Detection:
     payload: bytes
     polygon: tuple[tuple[int, int], ...]  # full-frame pixel coordinates
     t: float  # capture time of the frame it was found in
-    wall: float
+    mono: float  # the same moment on the monotonic clock (see capture.clock.wall_at)
     frame_width: int
     frame_height: int
     decoder: str  # which decoder read it: zxing, zbar, or a cascade stage (zbar-region, zxing-enlarged, ...)
     modules: int | None = None
+
+    @property
+    def wall(self) -> float:
+        """Wall-clock time of the capture, on the wall clock as it is now (a step of it applies at once)."""
+        return wall_at(self.mono)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +67,13 @@ class DetectResult:
     reads: tuple[Detection, ...]
     unread: tuple[Unread, ...]
     t: float
-    wall: float
+    mono: float
     frame_width: int
     frame_height: int
+
+    @property
+    def wall(self) -> float:
+        return wall_at(self.mono)
 
     def __iter__(self) -> Iterator[Detection]:
         return iter(self.reads)
@@ -275,7 +285,7 @@ class Detector:
         for c in codes:
             if c.error is None and c.payload not in seen:
                 seen.add(c.payload)
-                reads.append(Detection(c.payload, full_poly(c.polygon, scale), frame.t, frame.wall, w, h, self.name,
+                reads.append(Detection(c.payload, full_poly(c.polygon, scale), frame.t, frame.mono, w, h, self.name,
                                        c.modules))
         for c in codes:
             if c.error is None:
@@ -293,7 +303,7 @@ class Detector:
             code, stage = got
             if code.payload not in seen:
                 seen.add(code.payload)
-                reads.append(Detection(code.payload, full_poly(code.polygon, 1.0), frame.t, frame.wall, w, h, stage,
+                reads.append(Detection(code.payload, full_poly(code.polygon, 1.0), frame.t, frame.mono, w, h, stage,
                                        code.modules))
         self.last_ms = (time.perf_counter() - started) * 1000
-        return DetectResult(tuple(reads), tuple(unread), frame.t, frame.wall, w, h)
+        return DetectResult(tuple(reads), tuple(unread), frame.t, frame.mono, w, h)

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..delivery.contract import AgentInfo, ClipInfo
+from ..delivery.contract import AgentInfo, ClipInfo, ClockInfo
 from .limits import key_error
 
 _SHA256 = r"^[0-9a-fA-F]{64}$"
@@ -43,6 +43,7 @@ class ReceivedMetadata(BaseModel):
     clip: _Clip | None = None
     detection: _Detection | None = None
     agent: AgentInfo | None = None
+    clock: ClockInfo | None = None
 
     @field_validator("detected_at")
     @classmethod

@@ -1,0 +1,171 @@
+"""The spool's format version, and the queue row as the source of truth for a clip's CID and metadata,
+through real processes: a format 1 spool (written by the build before versioning, kept in
+tests/data/spool_format1) is migrated in place and delivered; a spool from a newer build is refused
+with exit 73 and left byte for byte as it was; a clip whose sidecar is lost or torn goes out with its
+CID and video."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge_agent import const
+from edge_agent.delivery import spool_format
+from edge_agent.delivery.spool import Spool
+from tests.receiver_fixture import ReceiverProcess, free_port
+from tests.spool_helpers import add_clip, spool_config
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_media" / "conveyor_720p30.mp4"
+FORMAT1 = Path(__file__).resolve().parent / "data" / "spool_format1"
+# what the build before versioning queued in that spool: (event id, CID, sha256 of the video)
+FORMAT1_CLIPS = [
+    ("a0ef1944-1732-487b-9f6b-5a675fe02f6f", "CID-A0EF1944",
+     "14885199edac0c69f0e080c9e0c8091670b5688ee982e043f6b0e32a691bd7dd"),
+    ("5aeeaf10-61d8-4664-9b31-022e6cb97e92", "CID-5AEEAF10",
+     "f2eac4e5bb347235ccaea7f1820bbb1c25b6b57cfe3f5d491561beca87dcb2b0"),
+    ("2b9d04fa-4032-48e8-9ff4-6b1a38563251", "CID-2B9D04FA",
+     "5e3d27d23dd8113146409e9f516221f57892fbfb353e4b58a263598a23b45ed0"),
+]
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edge_agent.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def config(tmp_path: Path, spool: Path, url: str) -> Path:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"device_id: pi-7\nupload:\n  url: {url}\n  backoff_base_s: 0.2\n"
+                   f"spool:\n  dir: {spool}\n  min_free_bytes: 0\n", encoding="utf-8")
+    return cfg
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every file under `root` with the sha256 of its bytes."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def format1_spool(tmp_path: Path) -> Path:
+    spool = tmp_path / "spool"
+    shutil.copytree(FORMAT1, spool)
+    return spool
+
+
+@pytest.mark.slow
+def test_a_format_1_spool_is_read_unchanged_then_migrated_in_place_and_delivered(tmp_path: Path) -> None:
+    spool = format1_spool(tmp_path)
+    cfg = config(tmp_path, spool, "http://127.0.0.1:9/cid")
+    before = tree(spool)
+    res = cli("spool", "list", "--json", "--config", str(cfg))  # a reader beside an agent not yet upgraded
+    assert res.returncode == 0, res.stderr
+    assert [(e["event_id"], e["cid"]) for e in json.loads(res.stdout)] == [c[:2] for c in FORMAT1_CLIPS]
+    after = tree(spool)
+    assert {k: after.get(k) for k in before} == before  # a reader never migrates (SQLite may add its -shm)
+
+    s = Spool(spool_config(spool))  # the owner migrates, in place
+    assert s._db is not None
+    assert s._db.execute("PRAGMA user_version").fetchone()[0] == spool_format.FORMAT
+    rows = s._db.execute("SELECT event_id, metadata FROM queue ORDER BY seq").fetchall()
+    s.close()
+    assert [r[0] for r in rows] == [c[0] for c in FORMAT1_CLIPS]
+    for (_, meta), (_, cid, sha) in zip(rows, FORMAT1_CLIPS, strict=True):
+        assert json.loads(meta)["cid"] == cid and json.loads(meta)["clip"]["sha256"] == sha
+
+    (spool / "clips" / f"{FORMAT1_CLIPS[0][0]}.json").unlink()  # the row holds the metadata now
+    with ReceiverProcess(tmp_path / "receiver") as receiver:
+        res = cli("spool", "flush", "--config", str(config(tmp_path, spool, receiver.cid_url)))
+        events = receiver.events()
+    assert res.returncode == 0, res.stderr
+    assert sorted((e["event_id"], e["cid"], e["sha256"]) for e in events) == sorted(FORMAT1_CLIPS)
+    assert all(e["sha256_ok"] and e["metadata"]["device_id"] == "test" for e in events)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [["spool", "flush"], ["spool", "status"], ["spool", "list"], ["spool", "requeue"],
+                                     ["replay", "--drain-timeout", "1"], ["run"]])
+def test_a_spool_from_a_newer_build_is_refused_with_exit_73_and_left_untouched(tmp_path: Path,
+                                                                              command: list[str]) -> None:
+    """A rollback: the older package meets the spool the newer one wrote."""
+    spool = format1_spool(tmp_path)
+    db = sqlite3.connect(spool / "queue.sqlite3")
+    db.execute(f"PRAGMA user_version = {spool_format.FORMAT + 1}")
+    db.close()
+    cfg = config(tmp_path, spool, "http://127.0.0.1:9/cid")
+    if command[0] == "run":
+        cfg.write_text(cfg.read_text() + f"source:\n  kind: file\n  path: {SAMPLE}\nhttp:\n  port: {free_port()}\n")
+        argv = [*command, "--config", str(cfg)]
+    elif command[0] == "replay":
+        argv = [*command, "--config", str(cfg), str(SAMPLE)]
+    else:
+        argv = [*command, "--config", str(cfg)]
+    before = tree(spool)
+    res = cli(*argv)
+    assert res.returncode == const.EXIT_CANTCREAT, (res.returncode, res.stderr[-2000:])
+    lines = [ln for ln in res.stderr.splitlines() if "format" in ln]
+    assert len(lines) == 1 and f"format {spool_format.FORMAT + 1}" in lines[0], res.stderr
+    assert f"reads format {spool_format.FORMAT}" in lines[0] and "upgrade edge-agent" in lines[0]
+    assert "move" in lines[0] and "Traceback" not in res.stderr
+    assert tree(spool) == before  # not a byte changed, no file added (no lock, no journal, no recovery)
+
+
+@pytest.mark.slow
+def test_a_lost_and_a_torn_sidecar_still_send_their_clips_with_cid_and_video(tmp_path: Path) -> None:
+    """Power cut on an SD card: one sidecar gone, one cut short. The queue row has the CID and the
+    metadata, so both clips go out whole to a real server. (Before: both quarantined with cid=?.)"""
+    spool_dir = tmp_path / "spool"
+    s = Spool(spool_config(spool_dir))
+    clips = [add_clip(s, size=20_000) for _ in range(3)]
+    s.close()
+    (spool_dir / "clips" / f"{clips[0][0]}.json").unlink()
+    torn = spool_dir / "clips" / f"{clips[1][0]}.json"
+    torn.write_bytes(torn.read_bytes()[:40])
+    with ReceiverProcess(tmp_path / "receiver") as receiver:
+        res = cli("spool", "flush", "--config", str(config(tmp_path, spool_dir, receiver.cid_url)))
+        events = receiver.events()
+    quarantined = list((spool_dir / "quarantine").glob("*.reason"))
+    print(f"\nlost/torn sidecars: {len(quarantined)} quarantined, {len(events)} of 3 delivered")
+    assert res.returncode == 0, res.stderr
+    assert not quarantined
+    assert sorted((e["event_id"], e["cid"], e["sha256"]) for e in events) == sorted(clips)
+    for e in events:
+        assert e["sha256_ok"] is True and e["metadata"]["cid"] == e["cid"]
+        assert e["metadata"]["event_id"] == e["event_id"] and e["metadata"]["device_id"] == "test"
+    assert "written again from the queue" in res.stderr
+
+
+@pytest.mark.slow
+def test_requeue_brings_back_a_clip_quarantined_with_a_torn_sidecar(tmp_path: Path) -> None:
+    """A build before format 2 quarantined a clip whose sidecar a power cut had torn; the CID the torn
+    sidecar starts with is enough for `spool requeue` to send it with its video."""
+    spool_dir = tmp_path / "spool"
+    s = Spool(spool_config(spool_dir))
+    event_id, cid, sha = add_clip(s, size=20_000)
+    s.close()
+    # what that build left: row deleted, files in quarantine/ with the reason
+    db = sqlite3.connect(spool_dir / "queue.sqlite3")
+    db.execute("DELETE FROM queue")
+    db.commit()
+    db.close()
+    q = spool_dir / "quarantine"
+    side = (spool_dir / "clips" / f"{event_id}.json").read_bytes()
+    (q / f"{event_id}.json").write_bytes(side[:60])
+    shutil.move(spool_dir / "clips" / f"{event_id}.mp4", q / f"{event_id}.mp4")
+    (spool_dir / "clips" / f"{event_id}.json").unlink()
+    (q / f"{event_id}.reason").write_text("metadata sidecar unreadable: Unterminated string\n")
+    with ReceiverProcess(tmp_path / "receiver") as receiver:
+        cfg = config(tmp_path, spool_dir, receiver.cid_url)
+        res = cli("spool", "requeue", "--config", str(cfg))
+        assert res.returncode == 0 and "requeued 1 clip(s)" in res.stdout, res.stdout + res.stderr
+        res = cli("spool", "flush", "--config", str(cfg))
+        events = receiver.events()
+    assert res.returncode == 0, res.stderr
+    assert [(e["event_id"], e["cid"], e["sha256"]) for e in events] == [(event_id, cid, sha)]
+    assert events[0]["sha256_ok"] is True
