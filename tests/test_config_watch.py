@@ -8,6 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from edge_agent.config import Config, parse_config
 from edge_agent.service.reload import ConfigWatcher, classify_changes
 
@@ -136,5 +138,20 @@ def test_a_fragment_folder_made_after_start_is_watched_and_its_errors_reported(t
         c.wait()
         assert c.errors == [[f"{tmp_path / 'config.d' / '10-fleet.yaml'}:2:3: clip.pre_rol_s: unknown key "
                              "(did you mean pre_roll_s?)"]]
+    finally:
+        w.stop()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_a_fragment_the_agent_cannot_read_is_reported_not_skipped(tmp_path: Path) -> None:
+    (tmp_path / "config.d").mkdir()
+    path, c, w = watch(tmp_path)
+    frag = tmp_path / "config.d" / "10-fleet.yaml"
+    try:
+        frag.write_text("clip:\n  pre_roll_s: 2\n")
+        c.wait()
+        frag.chmod(0)
+        c.wait()
+        assert c.errors == [[f"{frag}: cannot read config fragment: Permission denied"]]
     finally:
         w.stop()

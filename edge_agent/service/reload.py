@@ -111,14 +111,27 @@ class ConfigWatcher:
         self._fragment_watch: Any = None
 
     def _hash(self) -> bytes | None:
-        """The main file and every fragment (names and contents); None while the main file is away."""
+        """The main file and every fragment (names and contents); None while the main file is away.
+        A file that cannot be read counts as content of its own, so the load runs and says why."""
         h = hashlib.sha256()
+
+        def add(p: Path) -> None:
+            try:
+                h.update(p.read_bytes())
+            except FileNotFoundError:
+                raise
+            except OSError as exc:
+                h.update(f"\0unreadable {exc.errno}".encode())
+
         try:
-            h.update(self.path.read_bytes())
+            add(self.path)
             for f in fragments(self.path):
-                h.update(b"\0" + f.name.encode() + b"\0" + f.read_bytes())
-        except (OSError, ConfigError):
-            return None
+                h.update(b"\0" + f.name.encode() + b"\0")
+                add(f)
+        except FileNotFoundError:
+            return None  # mid-rename or deleted: the next event brings it back
+        except ConfigError as exc:  # the folder itself cannot be read
+            h.update(str(exc).encode())
         return h.digest()
 
     def start(self) -> None:
