@@ -79,7 +79,8 @@ else
   "$PY" -m pip wheel --quiet --no-index --find-links "$WORK/wheels" -w "$WORK/wheels" "$WORK"/project/*.whl \
     >>"$WORK/install.log" 2>&1 \
     || "$PY" -m pip wheel --quiet -w "$WORK/wheels" "$WORK"/project/*.whl >>"$WORK/install.log" 2>&1
-  mkdir -p "$ROOT/tmp/wheels" && cp "$WORK"/wheels/*.whl "$ROOT/tmp/wheels/"  # the project wheel among them
+  mkdir -p "$ROOT/tmp/wheels" && cp "$WORK"/wheels/*.whl "$ROOT/tmp/wheels/"
+  cp -f "$WORK"/project/*.whl "$ROOT/tmp/wheels/"  # this build's, not an older one of the same version in the cache
   chroot "$ROOT" sh -c "python3 -m venv /opt/edge-agent/venv && /opt/edge-agent/venv/bin/pip install --quiet \
     --no-index --find-links /tmp/wheels /tmp/wheels/$(basename "$WORK"/project/*.whl) \
     && ln -sf /opt/edge-agent/venv/bin/edge-agent /usr/bin/edge-agent" >>"$WORK/install.log" 2>&1 \
