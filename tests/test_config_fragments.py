@@ -131,6 +131,7 @@ def test_the_host_name_is_the_device_id_unless_one_is_set(tmp_path: Path) -> Non
     assert load_config(main, env={}).device_id == "line4-cam1"
 
 
+@pytest.mark.slow  # six runs of the command
 def test_validate_checks_a_candidate_fragment_in_its_place_before_it_is_put_there(tmp_path: Path) -> None:
     main = setup(tmp_path, **{"10-fleet.yaml": "clip:\n  pre_roll_s: 3\n"})
     cand = tmp_path / "upload-tmp"

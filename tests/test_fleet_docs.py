@@ -4,6 +4,7 @@ Ansible example in fleet/ parses (its real run against a Debian root is fleet/te
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -62,3 +63,15 @@ def test_the_fleet_playbook_passes_ansible_syntax_check(tmp_path: Path) -> None:
                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "ANSIBLE_CONFIG": "ansible.cfg",
                               "ANSIBLE_LOCAL_TEMP": str(tmp_path)})
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_the_dashboard_has_a_per_device_table_of_the_fleets_vital_signs() -> None:
+    dash = json.loads((REPO / "monitoring" / "grafana-dashboard.json").read_text())
+    [table] = [p for p in dash["panels"] if p["type"] == "table" and p["title"] == "Devices"]
+    exprs = " ".join(t["expr"] for t in table["targets"])
+    for series in ("up{", "edge_agent_fps", "edge_agent_spool_clips", "edge_agent_last_delivery_timestamp_seconds",
+                   "edge_agent_build_info", "edge_agent_info"):
+        assert series in exprs, series
+    assert all(t["format"] == "table" and t["instant"] for t in table["targets"])
+    columns = table["transformations"][-1]["options"]["renameByName"]
+    assert {"up", "fps", "queued", "last delivery", "config hash"} <= set(columns.values())
