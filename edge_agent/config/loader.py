@@ -173,7 +173,7 @@ def _setter(layers: list[Layer], loc: tuple[str, ...]) -> tuple[str, yaml.Node |
         if node is not None and node is not layer.root:
             return layer.filename, node
     first = layers[0] if layers else None
-    return (first.filename, None) if first else ("<config>", None)
+    return (first.filename, first.root) if first else ("<config>", None)
 
 
 def parse_config(text: str, filename: str = "<config>", *, strict_source: bool = True,
