@@ -125,7 +125,7 @@ DECLARED: dict[str, MetricSpec] = {s.name: s for s in (
     _gauge("edge_agent_build_info", "Always 1; the labels say which agent and Python run.", "version", "python"),
     # --- the fleet: which device, which config, can its clock be trusted ---
     _gauge("edge_agent_info", "Always 1; the labels say which device this is and which effective config it runs "
-           "(sha256 over the merged config).", "device_id", "site", "source_kind", "config_sha256"),
+           "(sha256 over the merged config, device_id aside).", "device_id", "site", "source_kind", "config_sha256"),
     _counter("edge_agent_config_reloads_total",
              "Config reloads (SIGHUP or a saved file) by result: applied, or refused (the old config keeps running).",
              "result", initial=("applied", "refused")),

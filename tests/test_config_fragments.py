@@ -151,3 +151,12 @@ def test_validate_checks_a_candidate_fragment_in_its_place_before_it_is_put_ther
     assert res.returncode == 64 and "a fragment is a NAME.yaml" in res.stderr
     res = cli("config", "validate", str(main))
     assert res.returncode == 0 and res.stdout == f"ok: {main} + 1 fragment\n"
+
+
+def test_the_config_hash_is_the_same_for_devices_with_the_same_settings_and_changes_with_any(tmp_path: Path) -> None:
+    main = setup(tmp_path)
+    one = load_config(main, env={"EDGE_AGENT__DEVICE_ID": "line4-cam1"})
+    two = load_config(main, env={"EDGE_AGENT__DEVICE_ID": "line4-cam2"})
+    assert config_sha256(one) == config_sha256(two)  # device_id is a label of its own
+    (tmp_path / "config.d" / "10-fleet.yaml").write_text("spool:\n  max_age_s: 86400\n")
+    assert config_sha256(load_config(main, env={"EDGE_AGENT__DEVICE_ID": "line4-cam1"})) != config_sha256(one)

@@ -274,7 +274,7 @@ def config_sources(path: str | os.PathLike[str] | None, env: Mapping[str, str] |
 
 def config_sha256(cfg: Config) -> str:
     """A fingerprint of the effective config (every key, defaults included, after the merge and the
-    environment): two devices with the same hash run the same settings, and a push that changed
-    anything changes it."""
-    text = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    environment) less `device_id`, which is a label of its own and would make every device's hash
+    differ: devices with the same hash run the same settings, and a push that changed any changes it."""
+    text = json.dumps(cfg.model_dump(mode="json", exclude={"device_id"}), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
