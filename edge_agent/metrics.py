@@ -120,12 +120,26 @@ DECLARED: dict[str, MetricSpec] = {s.name: s for s in (
     _counter("edge_agent_upload_bytes_total", "Bytes of video delivered."),
     _histogram("edge_agent_upload_seconds", "Time of one upload request, sending the clip to the answer.",
                _UPLOAD_BUCKETS),
+    _gauge("edge_agent_last_delivery_timestamp_seconds",
+           "Unix time the edge server last took a clip (delivered or already there); 0: none since start."),
     _histogram("edge_agent_detection_to_delivery_seconds",
                "Time from a CID's detection to its event's delivery (post-roll, clip, queue and upload).",
                _DELIVERY_BUCKETS),
     # --- the process ---
     _gauge("edge_agent_fps", "Frames read per second over the last second."),
     _gauge("edge_agent_build_info", "Always 1; the labels say which agent and Python run.", "version", "python"),
+    # --- the fleet: which device, which config, can its clock be trusted ---
+    _gauge("edge_agent_info", "Always 1; the labels say which device this is and which effective config it runs "
+           "(sha256 over the merged config, device_id aside).", "device_id", "site", "source_kind", "config_sha256"),
+    _counter("edge_agent_config_reloads_total",
+             "Config reloads (SIGHUP or a saved file) by result: applied, or refused (the old config keeps running).",
+             "result", initial=("applied", "refused")),
+    _gauge("edge_agent_config_last_reload_successful", "1 if the last config load (start or reload) was applied, "
+           "0 if the last reload was refused."),
+    _gauge("edge_agent_config_last_reload_success_timestamp_seconds",
+           "Unix time the running config was last loaded successfully (start or reload)."),
+    _gauge("edge_agent_clock_synchronized", "1 if the kernel says the system clock is NTP-synchronised (adjtimex, "
+           "as timedatectl), else 0: clip timestamps may be off."),
 )}
 
 # Exported by prometheus_client's process collector, not declared here (Linux only).
@@ -176,6 +190,14 @@ class Metrics:
             raise ValueError(f"metric {name} takes labels ({', '.join(spec.labels) or 'none'}), "
                              f"got ({', '.join(sorted(labels)) or 'none'})")
         return metric.labels(**labels) if labels else metric
+
+    def set_only(self, name: str, value: float, **labels: str) -> None:
+        """Set this label set and drop every other one: an info metric whose labels change on reload
+        (a new config hash) must not leave its old series behind."""
+        self._child(name, "gauge", labels)
+        metric = self._metrics[name]
+        metric.clear()
+        metric.labels(**labels).set(value)
 
     def inc(self, name: str, amount: float = 1, **labels: str) -> None:
         self._child(name, "counter", labels).inc(amount)

@@ -103,3 +103,57 @@ def test_changes_are_classified_live_or_restart() -> None:
     live, restart = classify_changes(old, new)
     assert live == ["clip.pre_roll_s", "detector.decoder", "spool.max_bytes"]
     assert restart == ["source.path", "spool.dir"]
+
+
+def test_a_fragment_written_renamed_in_or_removed_reloads(tmp_path: Path) -> None:
+    (tmp_path / "config.d").mkdir()
+    path, c, w = watch(tmp_path)
+    frag = tmp_path / "config.d" / "10-fleet.yaml"
+    try:
+        frag.write_text("clip:\n  pre_roll_s: 2\n")
+        c.wait()
+        staged = tmp_path / "config.d" / ".10-fleet.yaml.tmp"  # as Ansible's copy puts a file in place
+        staged.write_text("clip:\n  pre_roll_s: 3\n")
+        os.replace(staged, frag)
+        c.wait()
+        frag.unlink()
+        c.wait()
+        assert [cfg.clip.pre_roll_s for cfg in c.configs] == [2, 3, 1]
+        (tmp_path / "config.d" / "10-fleet.yaml~").write_text("clip:\n  pre_roll_s: 4\n")  # not a fragment
+        time.sleep(0.6)
+        assert len(c.configs) == 3
+    finally:
+        w.stop()
+
+
+def test_a_fragment_folder_made_after_start_is_watched_and_its_errors_reported(tmp_path: Path) -> None:
+    path, c, w = watch(tmp_path)
+    try:
+        (tmp_path / "config.d").mkdir()
+        time.sleep(0.5)  # the folder's own event, an unchanged config: no reload
+        assert c.configs == [] and c.errors == []
+        (tmp_path / "config.d" / "10-fleet.yaml").write_text("clip:\n  pre_rol_s: 2\n")
+        c.wait()
+        assert c.errors == [[f"{tmp_path / 'config.d' / '10-fleet.yaml'}:2:3: clip.pre_rol_s: unknown key "
+                             "(did you mean pre_roll_s?)"]]
+    finally:
+        w.stop()
+
+
+def test_a_fragment_the_agent_cannot_read_is_reported_not_skipped(tmp_path: Path) -> None:
+    (tmp_path / "config.d").mkdir()
+    path, c, w = watch(tmp_path)
+    frag = tmp_path / "config.d" / "10-fleet.yaml"
+    try:
+        frag.write_text("clip:\n  pre_roll_s: 2\n")
+        c.wait()
+        # a regular file that even root cannot read (the tests run as root, where chmod 0 would not
+        # stop a read): the process' own memory at offset 0, EIO; for the service user a root-only
+        # fragment is EACCES, the same path
+        link = tmp_path / "config.d" / ".link"
+        link.symlink_to("/proc/self/mem")
+        os.replace(link, frag)
+        c.wait()
+        assert c.errors == [[f"{frag}: cannot read config fragment: Input/output error"]]
+    finally:
+        w.stop()

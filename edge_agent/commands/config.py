@@ -12,7 +12,17 @@ from typing import Any
 from pydantic import BaseModel
 
 from edge_agent.commands.common import add_config_arg, config_path, load_config_or_exit
-from edge_agent.config import ENV_PREFIX, EXIT_CONFIG, Config, ConfigError, load_config, provenance
+from edge_agent.config import (
+    ENV_PREFIX,
+    EXIT_CONFIG,
+    Config,
+    ConfigError,
+    config_sha256,
+    config_sources,
+    fragment_dir,
+    fragments,
+    load_config,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,14 +31,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "from, or print its schema and reference.")
     ss = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     v = ss.add_parser("validate", help="check a config file: exit 0, or 78 with file:line:column errors",
-                      description="Check a config file without starting anything: exit 0, or 78 with one "
+                      description="Check a config file and the fragments in its .d folder, merged as the agent "
+                      "merges them, without starting anything: exit 0, or 78 with one "
                       "`file:line:column: key: problem` line per error.")
     v.add_argument("file", nargs="?", help="the YAML file (or --config)")
     add_config_arg(v)
+    v.add_argument("--fragment", metavar="FILE",
+                   help="check as if FILE were in the fragment folder (under --as NAME, else its own name), "
+                   "before putting it there: for Ansible's `validate:` and the like")
+    v.add_argument("--as", dest="fragment_name", metavar="NAME",
+                   help="the name --fragment takes in the folder, which sets its place in the merge order")
     v.set_defaults(func=cmd_validate)
     s = ss.add_parser("show", help="the effective config, with where each value came from",
-                      description="Print the config the agent would run with (file, environment, defaults "
-                      "merged), each value with where it came from; passwords in URLs are masked.")
+                      description="Print the config the agent would run with (file, its .d fragments, "
+                      "environment, defaults merged), each value with where it came from (file:line, "
+                      "env VAR or default) and the config's sha256 (edge_agent_info's config_sha256); "
+                      "passwords in URLs are masked.")
     add_config_arg(s)
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_show)
@@ -49,19 +67,32 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not path:
         print("edge-agent config validate: give a FILE", file=sys.stderr)
         return 64
+    extra = {}
+    if args.fragment:
+        name = args.fragment_name or Path(args.fragment).name
+        if not name.endswith(".yaml") or "/" in name or name.startswith("."):
+            print(f"edge-agent config validate: --as {name}: a fragment is a NAME.yaml in "
+                  f"{fragment_dir(path)}/ (other names are not read)", file=sys.stderr)
+            return 64
+        extra[name] = Path(args.fragment)
+    elif args.fragment_name:
+        print("edge-agent config validate: --as goes with --fragment FILE", file=sys.stderr)
+        return 64
     try:
-        cfg = load_config(path, strict_source=False)
+        cfg = load_config(path, strict_source=False, extra=extra)
+        merged = len(fragments(path)) + len(extra)
+        what = f"{path} + {merged} fragment{'s' if merged != 1 else ''}" if merged else path
         if cfg.source.kind == "file" and not cfg.source.path:
             _warn_encoders(cfg.clip.encoders)
-            print(f"ok: {path} (no source.path: fine for `edge-agent replay VIDEO`; `run` needs one)")
+            print(f"ok: {what} (no source.path: fine for `edge-agent replay VIDEO`; `run` needs one)")
             return 0
-        load_config(path)
+        load_config(path, extra=extra)
     except ConfigError as exc:
         for line in exc.lines:
             print(line, file=sys.stderr)
         return EXIT_CONFIG
     _warn_encoders(cfg.clip.encoders)
-    print(f"ok: {path}")
+    print(f"ok: {what}")
     return 0
 
 
@@ -91,12 +122,17 @@ def mask(value: Any) -> Any:
 def cmd_show(args: argparse.Namespace) -> int:
     cfg = load_config_or_exit(args, strict_source=False)
     path = config_path(args)
-    text = Path(path).read_text(encoding="utf-8") if path else ""
-    where = provenance(text, path or "<none>")
+    where = config_sources(path)
     data = mask(cfg.model_dump(mode="json"))
+    digest = config_sha256(cfg)
     if args.json:
-        print(json.dumps({"config": data, "sources": where}, indent=2))
+        print(json.dumps({"config": data, "sources": where, "config_sha256": digest,
+                          "fragments": [str(f) for f in fragments(path)] if path else []}, indent=2))
         return 0
+    if path:
+        parts = [str(f) for f in fragments(path)]
+        print(f"# {path}" + (f" + {', '.join(parts)}" if parts else f" (no fragments in {fragment_dir(path)}/)"))
+    print(f"# config_sha256: {digest}")
     for section, value in data.items():
         if isinstance(value, dict):
             print(f"{section}:")
@@ -153,7 +189,10 @@ def reference_markdown() -> str:
         "",
         f"Any key can be set from the environment: `{ENV_PREFIX}SECTION__KEY=value`, e.g.",
         f"`{ENV_PREFIX}UPLOAD__URL=http://edge:8000/cid` or `{ENV_PREFIX}DEVICE_ID=line-3`; values are YAML",
-        "scalars and override the file. `edge-agent config show` prints where each value came from.",
+        "scalars and override the file and its fragments. Fragments are the `*.yaml` files in the folder named",
+        "after the config file with `.d` (`/etc/edge-agent/config.d/` for `/etc/edge-agent/config.yaml`), merged",
+        "over it in name order (mappings key by key, a later file wins). `edge-agent config show` prints where",
+        "each value came from.",
         "",
         "| key | type | default | range | reload | description |",
         "|---|---|---|---|---|---|",

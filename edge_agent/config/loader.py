@@ -1,10 +1,19 @@
-"""Reading a config: YAML text plus EDGE_AGENT__* environment overrides, validated against the
-schema, every problem located (config/yaml_errors.py); and where each key's value came from."""
+"""Reading a config: the main YAML file, the fragments in its `.d` folder merged over it in name
+order, then EDGE_AGENT__* environment overrides, validated against the schema, every problem located
+in the file that set the key (config/yaml_errors.py); and where each key's value came from.
+
+Fragments are how a fleet is configured, as `telegraf.d` is: `/etc/edge-agent/config.yaml` stays the
+device's own file (a package conffile), while `/etc/edge-agent/config.d/*.yaml` holds what a
+configuration tool pushes, e.g. `10-fleet.yaml` for every device and `50-line3.yaml` for some.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +29,40 @@ from edge_agent.config.yaml_errors import (
     text_as_written,
     wants_text,
 )
+
+# Only these are read from the fragment folder: an editor's backup (`10-fleet.yaml~`), a package
+# manager's leftover (`.dpkg-old`) or a staged upload (`.new`) must never join the config.
+FRAGMENT_SUFFIX = ".yaml"
+
+
+def fragment_dir(path: str | os.PathLike[str]) -> Path:
+    """The fragment folder of a config file: its name without `.yaml` plus `.d`, beside it
+    (`/etc/edge-agent/config.yaml` -> `/etc/edge-agent/config.d`, `cam1.yaml` -> `cam1.d`)."""
+    p = Path(path)
+    return p.with_name(p.stem + ".d") if p.suffix in (".yaml", ".yml") else p.with_name(p.name + ".d")
+
+
+def fragments(path: str | os.PathLike[str]) -> list[Path]:
+    """The fragments merged over `path`, in the order they apply (byte order of their names, as
+    `ls` in the C locale and telegraf sort them): later ones win. Hidden files are skipped."""
+    folder = fragment_dir(path)
+    try:
+        names = sorted(e.name for e in os.scandir(folder)
+                       if e.name.endswith(FRAGMENT_SUFFIX) and not e.name.startswith(".") and e.is_file())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        raise ConfigError([f"{folder}: cannot read the fragment folder: {exc.strerror or exc}"]) from exc
+    return [folder / n for n in names]
+
+
+@dataclass
+class Layer:
+    """One YAML document of the config: its file name (as errors show it), text and composed tree."""
+    filename: str
+    text: str
+    root: yaml.Node | None
+    data: dict[str, Any]
 
 
 def env_overrides(env: Mapping[str, str] | None = None) -> dict[tuple[str, ...], tuple[str, Any]]:
@@ -56,13 +99,20 @@ def _apply_env(data: dict[str, Any], overrides: dict[tuple[str, ...], tuple[str,
         node[path[-1]] = value
 
 
-def parse_config(text: str, filename: str = "<config>", *, strict_source: bool = True,
-                 env: Mapping[str, str] | None = None) -> Config:
-    """Parse and validate YAML text plus EDGE_AGENT__* environment overrides; raise ConfigError
-    with located messages (`file:line:column` for the file, the variable's name for the environment).
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> None:
+    """Deep-merge `over` into `base`: mappings merge key by key, anything else is replaced. A section
+    left empty in a fragment (`clip:` with its keys commented out) keeps what it had."""
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        elif value is None and isinstance(base.get(key), dict):
+            continue
+        else:
+            base[key] = value
 
-    `strict_source=False` is for `replay`, which takes the video from the command line.
-    """
+
+def parse_layer(text: str, filename: str) -> Layer:
+    """One YAML document, checked on its own: syntax, a mapping at the top, no key given twice."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -82,6 +132,16 @@ def parse_config(text: str, filename: str = "<config>", *, strict_source: bool =
     if duplicates:
         raise ConfigError(duplicates)
     text_as_written(root, data)
+    return Layer(filename, text, root, data)
+
+
+def parse_layers(layers: list[Layer], *, strict_source: bool = True,
+                 env: Mapping[str, str] | None = None) -> Config:
+    """Merge parsed layers in order, apply the environment, validate; each error names the file
+    (and line) of the layer that set the key last."""
+    data: dict[str, Any] = {}
+    for layer in layers:
+        _merge(data, _copy(layer.data))
     overrides = env_overrides(env)
     _apply_env(data, overrides)
     try:
@@ -89,13 +149,41 @@ def parse_config(text: str, filename: str = "<config>", *, strict_source: bool =
         if strict_source:
             _check_source(cfg)
     except ValidationError as exc:
-        raise ConfigError(format_errors(exc, root, filename, overrides)) from exc
+        raise ConfigError(format_errors(exc, [(la.filename, la.root) for la in layers], overrides)) from exc
     except ValueError as exc:
-        node, _ = node_at(root, ("source",))
+        filename, node = _setter(layers, ("source",))
         m = node.start_mark if node is not None else None
         where = f"{filename}:{m.line + 1}:{m.column + 1}" if m else filename
         raise ConfigError([f"{where}: {exc}"]) from exc
     return cfg
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+def _setter(layers: list[Layer], loc: tuple[str, ...]) -> tuple[str, yaml.Node | None]:
+    """The last layer that sets `loc` (else the main file) and the node there."""
+    for layer in reversed(layers):
+        node, _ = node_at(layer.root, loc)
+        if node is not None and node is not layer.root:
+            return layer.filename, node
+    first = layers[0] if layers else None
+    return (first.filename, first.root) if first else ("<config>", None)
+
+
+def parse_config(text: str, filename: str = "<config>", *, strict_source: bool = True,
+                 env: Mapping[str, str] | None = None) -> Config:
+    """Parse and validate YAML text plus EDGE_AGENT__* environment overrides; raise ConfigError
+    with located messages (`file:line:column` for the file, the variable's name for the environment).
+
+    `strict_source=False` is for `replay`, which takes the video from the command line.
+    """
+    return parse_layers([parse_layer(text, filename)], strict_source=strict_source, env=env)
 
 
 def _check_source(cfg: Config) -> None:
@@ -106,26 +194,45 @@ def _check_source(cfg: Config) -> None:
         raise ValueError("source.command: required for source.kind pipe")
 
 
-def load_config(path: str | os.PathLike[str] | None, *, strict_source: bool = True,
-                env: Mapping[str, str] | None = None) -> Config:
-    """Load a config file (plus environment overrides); None gives the embedded defaults."""
-    if path is None:
-        return parse_config("", "<defaults>", strict_source=False, env=env)
-    p = Path(path)
+def _read(p: Path, what: str) -> str:
     try:
-        text = p.read_text(encoding="utf-8")
+        return p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([f"{p}: cannot read config: {exc.strerror or exc}"]) from exc
+        raise ConfigError([f"{p}: cannot read {what}: {exc.strerror or exc}"]) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{p}: not UTF-8 text: {exc}"]) from exc
-    return parse_config(text, str(p), strict_source=strict_source, env=env)
 
 
-def provenance(text: str, filename: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Where each key set by the file or the environment came from: `file:line` or `env VAR`.
-    Keys absent from both are defaults."""
-    out: dict[str, str] = {}
+def read_layers(path: str | os.PathLike[str], extra: Mapping[str, Path] | None = None) -> list[Layer]:
+    """The main file and its fragments, each parsed; every broken one reported, not only the first.
 
+    `extra` maps a fragment name to a file to read in its place (or in addition, in name order):
+    `config validate --fragment` checks a candidate before it is put in the folder."""
+    p = Path(path)
+    files: dict[str, Path] = {f.name: f for f in fragments(p)}
+    files.update(extra or {})
+    sources = [(p, "config")] + [(files[name], "config fragment") for name in sorted(files)]
+    layers: list[Layer] = []
+    errors: list[str] = []
+    for file, what in sources:
+        try:
+            layers.append(parse_layer(_read(file, what), str(file)))
+        except ConfigError as exc:
+            errors += exc.lines
+    if errors:
+        raise ConfigError(errors)
+    return layers
+
+
+def load_config(path: str | os.PathLike[str] | None, *, strict_source: bool = True,
+                env: Mapping[str, str] | None = None, extra: Mapping[str, Path] | None = None) -> Config:
+    """Load a config file, its fragments and environment overrides; None gives the embedded defaults."""
+    if path is None:
+        return parse_config("", "<defaults>", strict_source=False, env=env)
+    return parse_layers(read_layers(path, extra), strict_source=strict_source, env=env)
+
+
+def _layer_sources(layer: Layer, out: dict[str, str]) -> None:
     def walk(node: yaml.Node, prefix: str) -> None:
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
@@ -133,14 +240,41 @@ def provenance(text: str, filename: str, env: Mapping[str, str] | None = None) -
                 if isinstance(v, yaml.MappingNode) and prefix.count(".") < 1:
                     walk(v, key + ".")
                 else:
-                    out[key] = f"{filename}:{k.start_mark.line + 1}"
+                    out[key] = f"{layer.filename}:{k.start_mark.line + 1}"
 
+    if layer.root is not None:
+        walk(layer.root, "")
+
+
+def provenance(text: str, filename: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Where each key set by the file or the environment came from: `file:line` or `env VAR`.
+    Keys absent from both are defaults."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        root = None
-    if root is not None:
-        walk(root, "")
+        layer: Layer | None = parse_layer(text, filename)
+    except ConfigError:
+        layer = None
+    return _sources([layer] if layer else [], env)
+
+
+def _sources(layers: list[Layer], env: Mapping[str, str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for layer in layers:
+        _layer_sources(layer, out)
     for path, (var, _v) in env_overrides(env).items():
         out[".".join(path)] = f"env {var}"
     return out
+
+
+def config_sources(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Where each key of the effective config came from, main file, fragments and environment
+    together (the last one that set a key wins, as in the merge): `file:line` or `env VAR`; keys
+    absent from all of them are defaults."""
+    return _sources(read_layers(path) if path is not None else [], env)
+
+
+def config_sha256(cfg: Config) -> str:
+    """A fingerprint of the effective config (every key, defaults included, after the merge and the
+    environment) less `device_id`, which is a label of its own and would make every device's hash
+    differ: devices with the same hash run the same settings, and a push that changed any changes it."""
+    text = json.dumps(cfg.model_dump(mode="json", exclude={"device_id"}), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -207,7 +207,10 @@ class HttpConfig(_Section):
 
 class Config(_Section):
     device_id: str = Field(default_factory=socket.gethostname, **_live(
-        "Name of this device in metadata; default: the host name."))
+        "Name of this device in metadata and in the edge_agent_info metric; default: the host name."))
+    site: str | None = Field(None, max_length=200, **_live(
+        "Where the device stands (plant, hall, line), the `site` label of edge_agent_info for fleet dashboards. "
+        "Empty: no site."))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", **_live("Log verbosity."))
     source: SourceConfig = Field(default_factory=SourceConfig)
     detector: DetectorConfig = Field(default_factory=DetectorConfig)

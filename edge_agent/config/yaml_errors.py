@@ -248,8 +248,31 @@ def _allowed(err: dict[str, Any]) -> str:
     return ""
 
 
-def format_errors(exc: ValidationError, root: yaml.Node | None, filename: str,
-                   overrides: dict[tuple[str, ...], tuple[str, Any]] | None = None) -> list[str]:
+def _owner(layers: list[tuple[str, yaml.Node | None]], loc: tuple[Any, ...]) -> tuple[str, yaml.Node | None]:
+    """The file whose tree sets the deepest part of `loc`, the later file on a tie (a fragment
+    overrides the main file): that is where the technician must look."""
+    best = layers[0] if layers else ("<config>", None)
+    depth = -1
+    for filename, root in layers:
+        node, n = root, 0
+        for part in loc:
+            if isinstance(node, yaml.MappingNode):
+                node = next((v for k, v in node.value if k.value == str(part)), None)
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                node = node.value[part]
+            else:
+                node = None
+            if node is None:
+                break
+            n += 1
+        if n >= depth and (n > 0 or depth < 0):
+            best, depth = (filename, root), n
+    return best
+
+
+def format_errors(exc: ValidationError, layers: list[tuple[str, yaml.Node | None]],
+                  overrides: dict[tuple[str, ...], tuple[str, Any]] | None = None) -> list[str]:
+    """One located line per validation error; `layers` are (file name, YAML tree) in merge order."""
     lines = []
     overrides = overrides or {}
     for err in exc.errors():
@@ -264,6 +287,7 @@ def format_errors(exc: ValidationError, root: yaml.Node | None, filename: str,
                 text = f"unknown key ({_env_suggestion(env_path, loc)})"
             lines.append(f"environment {env_var}: {key}: {text}{_allowed(err)}")
             continue
+        filename, root = _owner(layers, loc)
         if err["type"] == "extra_forbidden":
             node = _key_node(root, loc)
             model = _model_at(loc[:-1])
@@ -291,6 +315,7 @@ def format_errors(exc: ValidationError, root: yaml.Node | None, filename: str,
                 if named:
                     loc = (named[1], named[2])
                     key = f"{named[1]}.{named[2]}"
+                    filename, root = _owner(layers, loc)
             node, _ = node_at(root, loc)
             got = f", got {err['input']!r}" if loc and not isinstance(err.get("input"), dict) else ""
             got = ", got an empty value" if got and err["input"] is None else got

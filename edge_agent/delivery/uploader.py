@@ -302,6 +302,7 @@ class Uploader:
             since = _since_detection(entry)
             if since is not None:
                 self.metrics.observe("edge_agent_detection_to_delivery_seconds", since)
+            self.metrics.set("edge_agent_last_delivery_timestamp_seconds", time.time())
             log.info("delivered cid=%s clip=%s bytes=%d attempts=%d upload_s=%.2f queued_s=%.1f%s", entry.cid,
                      entry.event_id, entry.size_bytes, entry.attempts + 1, elapsed or 0.0,
                      max(0.0, time.time() - entry.created_at), " duplicate=yes" if result == "duplicate" else "")

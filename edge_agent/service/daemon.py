@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_agent import __version__, const
-from edge_agent.config import Config, ConfigError, load_config
+from edge_agent import __version__, clock_sync, const
+from edge_agent.config import Config, ConfigError, config_sha256, load_config
 from edge_agent.logs import setup_logging
 from edge_agent.metrics import Metrics
 from edge_agent.service.sdnotify import Notifier
@@ -38,6 +38,9 @@ class Daemon:
         self._reload = threading.Event()
         self._watcher: Any = None
         self._metrics_server: Any = None
+        self._last_reload = "none"  # none | applied | refused, for /healthz (a status, never the error text)
+        self._config_loaded(cfg)
+        self._clock()
 
     # --- signals --------------------------------------------------------------------------------
 
@@ -64,21 +67,37 @@ class Daemon:
         try:
             new = load_config(self.path)
         except ConfigError as exc:
-            for line in exc.lines:
-                log.error("reload refused, keeping the running config: %s", line)
+            self._refused(exc.lines)
         else:
-            self.apply(new)
+            self._reloaded(new)
         self.notifier.ready()
 
-    def _on_watch_error(self, lines: list[str]) -> None:
+    def _refused(self, lines: list[str]) -> None:
+        """A reload whose config does not load: the running config stays, and the fleet sees it
+        (edge_agent_config_reloads_total{result="refused"}, its alert, /healthz)."""
         for line in lines:
             log.error("reload refused, keeping the running config: %s", line)
+        self.metrics.inc("edge_agent_config_reloads_total", result="refused")
+        self.metrics.set("edge_agent_config_last_reload_successful", 0)
+        self._last_reload = "refused"
+
+    def _reloaded(self, new: Config) -> None:
+        self.apply(new)
+        self.metrics.inc("edge_agent_config_reloads_total", result="applied")
+        self._last_reload = "applied"
+
+    def _config_loaded(self, cfg: Config) -> None:
+        self.metrics.set("edge_agent_config_last_reload_successful", 1)
+        self.metrics.set("edge_agent_config_last_reload_success_timestamp_seconds", time.time())
+        self.metrics.set_only("edge_agent_info", 1, device_id=cfg.device_id, site=cfg.site or "",
+                              source_kind=cfg.source.kind, config_sha256=config_sha256(cfg))
 
     def apply(self, new: Config) -> None:
         """Live keys apply now; a changed source restarts inside the pipeline; the rest needs a restart."""
         from edge_agent.service.reload import classify_changes, describe_changes
 
         live, restart = classify_changes(self.cfg, new)
+        self._config_loaded(new)
         if not live and not restart:
             return
         needs_process_restart = [k for k in restart if not k.startswith("source.")]
@@ -92,6 +111,10 @@ class Daemon:
         log.info("config reloaded live: %s; source restarted: %s", describe_changes(self.cfg, new, live) or "-",
                  describe_changes(self.cfg, new, [k for k in restart if k.startswith("source.")]) or "-")
         self.cfg = new
+
+    def _clock(self) -> None:
+        # unknown (no adjtimex) counts as not synchronised: nothing vouches for the clips' timestamps
+        self.metrics.set("edge_agent_clock_synchronized", int(bool(clock_sync.synchronized())))
 
     # --- main loop ------------------------------------------------------------------------------
 
@@ -124,7 +147,7 @@ class Daemon:
             if self.path and self.watch:
                 from edge_agent.service.reload import ConfigWatcher
 
-                self._watcher = ConfigWatcher(Path(self.path), self.apply, self._on_watch_error)
+                self._watcher = ConfigWatcher(Path(self.path), self._reloaded, self._refused)
                 self._watcher.start()
                 self.agent.add_part("config watcher", lambda _s: self._watcher.stop())
             self.uploader.start()
@@ -160,7 +183,8 @@ class Daemon:
         ok = age is not None and age < self.cfg.source.stall_s and st.clips.encoding_error is None
         return ok, {"last_frame_age_s": None if age is None else round(age, 2),
                     "spool_clips": self.spool.status().clips, "source_error": cap.source_error,
-                    "clip_encoding": "down" if st.clips.encoding_error else "ok"}
+                    "clip_encoding": "down" if st.clips.encoding_error else "ok",
+                    "config_reload": self._last_reload}
 
     def _loop(self) -> int:
         ready = False
@@ -195,6 +219,7 @@ class Daemon:
                 + (f" source_error={st.capture.source_error}" if st.capture.source_error else "")
                 + (" clip_encoding=down" if st.clips.encoding_error else ""))
             self.metrics.set("edge_agent_fps", round(fps, 2))
+            self._clock()
             if self.pipeline.wait(0):
                 log.info("source finished (file source without loop): stopping")
                 break

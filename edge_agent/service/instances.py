@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.config import ConfigError, load_config, provenance
+from edge_agent.config import ConfigError, config_sources, load_config
 
 # ConfigurationDirectory=edge-agent and StateDirectory=edge-agent[/%i] of the units in systemd/
 CONFIG_DIR = Path("/etc/edge-agent")
@@ -89,7 +89,7 @@ def load_instance(path: Path, state_root: Path = STATE_ROOT) -> Instance:
     directory the unit would give it; raises ConfigError like load_config."""
     env = read_env_file(env_file(path))
     cfg = load_config(path, strict_source=False, env=env)
-    explicit = "spool.dir" in provenance(path.read_text(encoding="utf-8"), str(path), env)
+    explicit = "spool.dir" in config_sources(path, env)
     spool = Path(cfg.spool.dir) if explicit else state_dir(path, state_root) / "spool"
     return Instance(path, unit_name(path), cfg.device_id, Path(os.path.normpath(spool)), cfg.http.host,
                     cfg.http.port)

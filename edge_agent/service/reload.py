@@ -5,10 +5,15 @@ original (vim, nano with backups, Ansible), or by deleting and recreating. Watch
 itself misses the rename; watching its folder (the watchdog library, inotify on Linux) sees all
 of them. Events come in bursts, so a reload waits until the folder has been quiet for
 `debounce_s`, and happens only when the content really changed.
+
+The fragments in the config's `.d` folder (config/loader.py) are part of the config: the folder is
+watched too (from the moment it appears), and the content compared is the main file and every
+fragment together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -19,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from edge_agent.config import Config, ConfigError, load_config
+from edge_agent.config import Config, ConfigError, fragment_dir, fragments, load_config
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +90,8 @@ class _ShutdownRaceFilter(logging.Filter):
         return not (record.levelno == logging.ERROR and record.msg == _INACTIVE_MSG)
 
 
+# inotify reports opening and closing without a write too; they change nothing
+_READS = ("opened", "closed_no_write")
 _INACTIVE_MSG = "InotifyEmitter.queue_events() called when the thread is inactive"
 _RACE_FILTER = _ShutdownRaceFilter()
 
@@ -92,6 +99,7 @@ _RACE_FILTER = _ShutdownRaceFilter()
 class ConfigWatcher:
     def __init__(self, path: Path, on_config: Callable[[Config], None], on_error: Callable[[list[str]], None],
                  debounce_s: float = 0.5):
+        self.fragment_dir = fragment_dir(Path(path).absolute())
         self.path = Path(path).resolve()
         self.on_config = on_config
         self.on_error = on_error
@@ -100,12 +108,31 @@ class ConfigWatcher:
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
         self._observer: Any = None
+        self._fragment_watch: Any = None
 
     def _hash(self) -> bytes | None:
+        """The main file and every fragment (names and contents); None while the main file is away.
+        A file that cannot be read counts as content of its own, so the load runs and says why."""
+        h = hashlib.sha256()
+
+        def add(p: Path) -> None:
+            try:
+                h.update(p.read_bytes())
+            except FileNotFoundError:
+                raise
+            except OSError as exc:
+                h.update(f"\0unreadable {exc.errno}".encode())
+
         try:
-            return hashlib.sha256(self.path.read_bytes()).digest()
-        except OSError:
-            return None
+            add(self.path)
+            for f in fragments(self.path):
+                h.update(b"\0" + f.name.encode() + b"\0")
+                add(f)
+        except FileNotFoundError:
+            return None  # mid-rename or deleted: the next event brings it back
+        except ConfigError as exc:  # the folder itself cannot be read
+            h.update(str(exc).encode())
+        return h.digest()
 
     def start(self) -> None:
         from watchdog.events import FileSystemEventHandler
@@ -118,14 +145,44 @@ class ConfigWatcher:
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: Any) -> None:
+                if event.event_type in _READS:
+                    return  # our own reads of the file and the folder: reacting to them would loop
                 paths = {getattr(event, "src_path", ""), getattr(event, "dest_path", "")}
-                if any(p and Path(str(p)).name == watcher.path.name for p in paths):
+                names = {Path(str(p)).name for p in paths if p}
+                if watcher.path.name in names:
+                    watcher._schedule()
+                if watcher.fragment_dir.name in names:  # the folder appeared, went or was renamed
+                    watcher._watch_fragments()
                     watcher._schedule()
 
+        class FragmentHandler(FileSystemEventHandler):
+            def on_any_event(self, event: Any) -> None:
+                if event.event_type in _READS:
+                    return
+                watcher._schedule()
+
+        self._fragment_handler = FragmentHandler()
         self._observer = Observer()
         self._observer.schedule(Handler(), str(self.path.parent), recursive=False)
+        self._watch_fragments()
         self._observer.daemon = True
         self._observer.start()
+
+    def _watch_fragments(self) -> None:
+        """Watch the fragment folder if it is there; a folder removed and made again gets a new watch."""
+        with self._lock:
+            if self._fragment_watch is not None:
+                with contextlib.suppress(KeyError, OSError):  # its folder is gone, and with it the watch
+                    self._observer.unschedule(self._fragment_watch)
+                self._fragment_watch = None
+            if not self.fragment_dir.is_dir():
+                return
+            try:
+                self._fragment_watch = self._observer.schedule(self._fragment_handler, str(self.fragment_dir),
+                                                               recursive=False)
+            except OSError as exc:
+                log.warning("config fragments not watched (SIGHUP still reloads them): %s: %s",
+                            self.fragment_dir, exc)
 
     def stop(self) -> None:
         with self._lock:
@@ -160,5 +217,7 @@ class ConfigWatcher:
         except ConfigError as exc:
             self.on_error(exc.lines)
             return
-        log.info("config file changed: %s", self.path)
+        merged = fragments(self.path)
+        log.info("config changed: %s%s", self.path, f" + {len(merged)} fragment{'s' if len(merged) > 1 else ''} "
+                 f"in {self.fragment_dir}" if merged else "")
         self.on_config(cfg)
