@@ -93,6 +93,7 @@ class DecodeStage:
         self.inbox: queue.Queue[Any] = queue.Queue(LIVE_QUEUE_MAX if live else REPLAY_QUEUE)
         self._queued_t: deque[float] = deque()  # live: capture times of the packets waiting, oldest first
         self._need_keyframe = False
+        self._pictures = FramePicker()  # capture thread only: pictures that come without decoding
         self.decoded = self.dropped = self.errors = 0
 
     def set_live(self, live: bool) -> None:
@@ -123,6 +124,14 @@ class DecodeStage:
             self._drop()
             self._need_keyframe = True
 
+    def offer_picture(self, frame: GrayFrame) -> None:
+        """Capture thread: a camera's own picture of a frame (picamera2's lores stream), which needs no
+        decoding. The same one-a-slot rule picks them, straight into the detector's hand-off (which
+        never waits for a live source)."""
+        if self._pictures.pick(frame.t, self._rate_hz()):
+            self.decoded += 1
+            self.out.put(frame)
+
     def _drop(self) -> None:
         self.dropped += 1
         self.metrics.inc("edge_agent_frames_dropped_total")
@@ -147,7 +156,7 @@ class DecodeStage:
                 self._queued_t.popleft()
             if pkt.stream is not info:
                 info = pkt.stream
-                decoder = open_decoder(info)
+                decoder = open_decoder(info, analysis=True)
                 intra = info.codec in INTRA_ONLY
                 skipping = False
                 picks.clear()
