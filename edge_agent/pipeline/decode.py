@@ -129,7 +129,6 @@ class DecodeStage:
         decoding. The same one-a-slot rule picks them, straight into the detector's hand-off (which
         never waits for a live source)."""
         if self._pictures.pick(frame.t, self._rate_hz()):
-            self.decoded += 1
             self.out.put(frame)
 
     def _drop(self) -> None:
@@ -156,7 +155,9 @@ class DecodeStage:
                 self._queued_t.popleft()
             if pkt.stream is not info:
                 info = pkt.stream
-                decoder = open_decoder(info, analysis=True)
+                # a live camera is paced: one decoding thread keeps up with it, and frame threads' own
+                # work costs ~10% more CPU (measured, benchmarks/stage_cpu.py); fast replay wants throughput
+                decoder = open_decoder(info, threads=not self.live, analysis=True)
                 intra = info.codec in INTRA_ONLY
                 skipping = False
                 picks.clear()

@@ -264,7 +264,7 @@ class Detector:
         started = time.perf_counter()
         thorough = self._frames % self.thorough_every == 0
         self._frames += 1
-        codes = self._decode(np.ascontiguousarray(gray), thorough=thorough)
+        codes = self._decode(gray, thorough=thorough)  # a strided view is fine: zxing-cpp reads row strides
         reads: list[Detection] = []
         unread: list[Unread] = []
         seen: set[bytes] = set()
