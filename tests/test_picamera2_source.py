@@ -140,3 +140,19 @@ def test_check_reads_the_camera_and_the_code_from_lores(camera: Path, tmp_path: 
     lines = {ln.split()[1]: ln for ln in out.stdout.splitlines() if ln.startswith(("PASS", "FAIL", "WARN", "SKIP"))}
     assert lines["source"].startswith("PASS") and "h264 960x540" in lines["source"], out.stdout + out.stderr
     assert "lores" in lines["detector"] and CID in lines["detector"], out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_snapshot_takes_the_cameras_lores_picture(camera: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text("source:\n  kind: picamera2\n  fps: 30\n  picamera2:\n    width: 960\n    height: 540\n"
+                   f"    lores_width: {LORES[0]}\n    lores_height: {LORES[1]}\n"
+                   f"spool:\n  dir: {tmp_path / 'spool'}\n")
+    env = {**os.environ, "PYTHONPATH": f"{STANDIN}{os.pathsep}{ROOT}"}
+    out = subprocess.run([sys.executable, "-m", "edge_agent.cli", "snapshot", "-c", str(cfg), "-o",
+                          str(tmp_path / "snap.jpg")], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"{LORES[0]}x{LORES[1]}" in out.stdout
+    import cv2
+
+    assert cv2.imread(str(tmp_path / "snap.jpg")).shape[:2] == (LORES[1], LORES[0])
