@@ -14,6 +14,10 @@ clips, remuxed as the encoder wrote them) and `GrayFrame` pictures (for detectio
 picamera2 is the `python3-picamera2` package of Raspberry Pi OS (it needs libcamera's Python bindings,
 which PyPI does not have): the agent's virtualenv must see the system's site-packages. It is imported
 only when this source opens, so every other source works without it.
+
+Built to picamera2's source (its `Picamera2`, `H264Encoder`, `Output` and `CompletedRequest`
+interfaces) and tested against tests/picamera2_standin, which keeps that interface and plays a
+recorded stream; it has not been run on a Raspberry Pi.
 """
 
 from __future__ import annotations
