@@ -19,8 +19,8 @@ clips), FFmpeg's frame-thread workers as `ffmpeg`, threads Python does not know 
 workers) as `other`. After each run, benchmarks/bare_decode.py decodes as many frames of the same stream
 as the agent decoded in the window (as many as it read, for picamera2), in its own process. Prints
 microseconds of CPU a frame per stage, the agent's total against bare decoding, and over --repeat runs
-the median and spread of the ratio. Exits 1 when the pipe path's median ratio is above --max-ratio (1.0) or the picamera2 path
-decodes anything or costs more a frame than the pipe path.
+the median and spread of the ratio. Exits 1 when the pipe path's median ratio is above --max-ratio
+(1.0) or the picamera2 path decodes anything or costs more a frame than the pipe path.
 
 STAGE_CPU_AGENT=DIR runs another checkout's agent (an older commit, for a before/after) from this script.
 """
