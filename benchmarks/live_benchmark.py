@@ -100,6 +100,19 @@ class Viewer:
             t.join(10)
 
 
+def wait_for_metrics(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Until the daemon answers on /metrics (a loaded machine takes a while to import and open the camera)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if scrape(port).get("edge_agent_frames_total", 0) > 0:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    sys.exit(f"the daemon did not come up in {timeout:.0f} s")
+
+
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds of a process's threads, summed by thread name (FFmpeg names its workers av:h264:...;
     Python threads are all named after the interpreter)."""
@@ -166,6 +179,7 @@ def main() -> int:
                 if name == "one viewer":
                     viewer = Viewer(port)
                 else:
+                    wait_for_metrics(port, proc)
                     time.sleep(3)  # start-up (imports, the source opening) is not the steady state
                 m0 = scrape(port)
                 frames0, decoded0 = m0.get("edge_agent_frames_total", 0), m0.get("edge_agent_frames_decoded_total", 0)
