@@ -12,6 +12,12 @@ dropped and skipped frames, the daemon's CPU share (of one core; the camera proc
 peak RSS, and detection-to-delivery latency (receiver's received_at - metadata.detected_at; it
 includes the post-roll the clip must wait for).
 
+--annexb also measures the yardstick: the stream is the sample re-encoded as a Pi camera sends it
+(1080p30, no B-frames, a keyframe a second), and after the run bare PyAV decoding of as many frames as
+the agent decoded in the measured window (benchmarks/bare_decode.py, its own process) gives the CPU the
+agent is compared with; exits 1 above --max-ratio (1.0). The agent's threads' CPU a frame is printed
+by name (FFmpeg's frame-thread workers apart from the Python threads).
+
 --viewer measures the live view's cost: the daemon runs --seconds with no viewer, then --seconds
 with one page watching (what the page does: /frame.jpg again 300 ms after each picture arrives,
 /api/status every second), on the 720p sample unless --video says otherwise; it prints the CPU of
@@ -21,6 +27,7 @@ both phases and exits 1 when one viewer adds more than 10% of one core.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -36,6 +43,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bare_decode import no_bframes_copy  # noqa: E402
 from tests.receiver_fixture import ReceiverProcess, free_port  # noqa: E402
 
 # the device budget: a Pi 4 with 2 GB runs the agent beside the OS and a camera stack
@@ -92,6 +100,36 @@ class Viewer:
             t.join(10)
 
 
+def wait_for_metrics(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Until the daemon answers on /metrics (a loaded machine takes a while to import and open the camera)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if scrape(port).get("edge_agent_frames_total", 0) > 0:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    sys.exit(f"the daemon did not come up in {timeout:.0f} s")
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of a process's threads, summed by thread name (FFmpeg names its workers av:h264:...;
+    Python threads are all named after the interpreter)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        key = "ffmpeg " + name.split(":")[1] if name.startswith("av:") else "python"
+        out[key] = out.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def busy_s(ps: psutil.Process) -> float:
     c = ps.cpu_times()
     return c.user + c.system
@@ -107,10 +145,14 @@ def main() -> int:
                     help="raw H.264 without timestamps, as rpicam-vid --codec h264 -o - writes it (the Pi CSI "
                     "default), BURST frames at a time (1: steady)")
     ap.add_argument("--viewer", action="store_true", help="--seconds without, then --seconds with one page watching")
+    ap.add_argument("--max-ratio", type=float, default=1.0,
+                    help="--annexb: the most CPU the agent may use against bare PyAV decoding of the same frames")
     args = ap.parse_args()
     if args.viewer and "--video" not in sys.argv:
         args.video = str(ROOT / "sample_media" / "conveyor_720p30.mp4")
     phases: list[tuple[str, float, float]] = []  # (name, cpu seconds, wall seconds)
+    threads: dict[str, float] = {}
+    window_frames = window_decoded = 0.0
     viewer = None
     with tempfile.TemporaryDirectory() as tmp:
         tmpd = Path(tmp)
@@ -121,6 +163,8 @@ def main() -> int:
                 cmd = f"{sys.executable} {ROOT / 'tests' / 'stream_raw.py'} {args.video} --loop --size {args.raw}"
             fmt = ""
             if args.annexb:
+                # a Pi camera's stream: no B-frames (every picture a reference, all decoded), a keyframe a second
+                args.video = str(no_bframes_copy(Path(args.video), tmpd / "camera.mp4"))
                 cmd = f"{sys.executable} {ROOT / 'tests' / 'bursty_h264.py'} {args.video} --loop --burst {args.annexb}"
                 fmt = "  input_format: h264\n"
             cfg = tmpd / "config.yaml"
@@ -135,13 +179,21 @@ def main() -> int:
                 if name == "one viewer":
                     viewer = Viewer(port)
                 else:
+                    wait_for_metrics(port, proc)
                     time.sleep(3)  # start-up (imports, the source opening) is not the steady state
+                m0 = scrape(port)
+                frames0, decoded0 = m0.get("edge_agent_frames_total", 0), m0.get("edge_agent_frames_decoded_total", 0)
+                threads0 = thread_cpu(proc.pid)
                 cpu0, t0 = busy_s(ps), time.monotonic()
                 deadline = t0 + args.seconds
                 while time.monotonic() < deadline:
                     peak = max(peak, ps.memory_info().rss)
                     time.sleep(0.2)
                 phases.append((name, busy_s(ps) - cpu0, time.monotonic() - t0))
+                m1 = scrape(port)
+                window_frames = m1.get("edge_agent_frames_total", 0) - frames0
+                window_decoded = m1.get("edge_agent_frames_decoded_total", 0) - decoded0
+                threads = {k: v - threads0.get(k, 0.0) for k, v in thread_cpu(proc.pid).items()}
             if viewer is not None:
                 viewer.close()
             cpu = ps.cpu_times()
@@ -149,6 +201,12 @@ def main() -> int:
             proc.terminate()
             proc.wait(20)
             events = receiver.events()
+            bare = None
+            if args.annexb:  # the yardstick, on the same frames, after the agent has stopped
+                out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bare_decode.py"), args.video,
+                                      "--frames", str(int(window_decoded or window_frames))],
+                                     capture_output=True, text=True, check=True)
+                bare = float(out.stdout.split()[1])
     lat = sorted(ts(e["received_at"]) - ts(e["metadata"]["detected_at"]) for e in events)
     busy = cpu.user + cpu.system
     total_s = args.seconds * len(phases) + (3 if phases else 0)
@@ -168,6 +226,19 @@ def main() -> int:
         print(f"detect->deliver  median {statistics.median(lat):.2f} s, max {max(lat):.2f} s "
               f"(includes the post-roll)")
     missed = []
+    if threads:
+        per = 1e6 / max(1.0, window_frames)
+        print("agent threads    " + ", ".join(f"{k} {v * per:.0f} us" for k, v in sorted(threads.items(),
+                                                                                      key=lambda kv: -kv[1]))
+              + f" a frame (last window, {window_frames:.0f} frames)")
+    if bare is not None:
+        agent_cpu = phases[-1][1]
+        ratio = agent_cpu / bare if bare > 0 else float("inf")
+        print(f"vs bare decode   agent {agent_cpu:.2f} CPU-s ({window_frames:.0f} frames read, {window_decoded:.0f} "
+              f"decoded), bare PyAV decode of as many frames "
+              f"{bare:.2f} CPU-s: ratio {ratio:.2f} (target <= {args.max_ratio:.2f})")
+        if ratio > args.max_ratio:
+            missed.append(f"agent CPU {ratio:.2f}x bare decoding")
     if m.get("edge_agent_frames_dropped_total", 0):
         missed.append("frames dropped on a real-time source")
     if not events:

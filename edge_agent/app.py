@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from edge_agent import __version__
-from edge_agent.capture.source import AvSource
+from edge_agent.capture.source import AvSource, make_source
 from edge_agent.config import Config
 from edge_agent.delivery.cid import CidValidator
 from edge_agent.delivery.sinks import ClipSink
@@ -101,7 +101,7 @@ class Agent:
 
     def source(self) -> AvSource:
         """The configured source, not opened; raw cameras are encoded with clip.encoders as they arrive."""
-        return AvSource(self.cfg.source, encoders=self.cfg.clip.encoders)
+        return make_source(self.cfg.source, encoders=self.cfg.clip.encoders)
 
     # --- stopping -------------------------------------------------------------------------------
 

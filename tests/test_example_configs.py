@@ -29,7 +29,7 @@ def test_example_validates_as_the_daemon_loads_it(path: Path) -> None:
     cfg = load_config(path, strict_source=True, env={})
     assert path.read_text().splitlines()[0] == SCHEMA_LINE
     assert (ROOT / "docs" / "config.schema.json").is_file()  # what the first line points at
-    assert cfg.source.kind in ("file", "v4l2", "url", "pipe")
+    assert cfg.source.kind in ("file", "v4l2", "url", "pipe", "picamera2")
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -40,8 +40,8 @@ def test_example_explains_itself_in_comments(path: Path) -> None:
 
 def test_every_kind_of_device_has_its_example() -> None:
     assert {p.name for p in CONFIGS} >= {"replay.yaml", "usb-webcam.yaml", "rtsp-camera.yaml", "pi-csi.yaml",
-                                          "jetson-csi.yaml"}
-    assert {load_config(p, env={}).source.kind for p in CONFIGS} == {"file", "v4l2", "url", "pipe"}
+                                          "pi-csi-picamera2.yaml", "jetson-csi.yaml"}
+    assert {load_config(p, env={}).source.kind for p in CONFIGS} == {"file", "v4l2", "url", "pipe", "picamera2"}
 
 
 def test_replay_reads_a_sample_file_as_fast_as_it_can() -> None:
@@ -67,6 +67,14 @@ def test_rtsp_camera_example_uses_an_rtsp_url_and_explains_tcp_and_keyframes() -
     assert cfg.source.kind == "url" and cfg.source.path.startswith("rtsp://")
     text = (ROOT / "configs" / "rtsp-camera.yaml").read_text()
     assert "TCP" in text and "1 s" in text
+
+
+def test_pi_csi_picamera2_keeps_1080p_a_keyframe_a_second_and_detects_on_lores() -> None:
+    s = load("pi-csi-picamera2.yaml").source
+    p = s.picamera2
+    assert s.kind == "picamera2" and (p.width, p.height) == (1920, 1080) and p.keyframe_every == s.fps == 30
+    assert p.lores_width < p.width and p.lores_height < p.height
+    assert "pi-csi.yaml" in (ROOT / "configs" / "pi-csi-picamera2.yaml").read_text()  # the fallback is named
 
 
 def test_pi_csi_streams_h264_with_inline_headers_and_a_keyframe_every_second() -> None:

@@ -46,3 +46,30 @@ def test_inverted_and_small_codes_are_read_through_the_pipeline(tmp_path: Path) 
     assert {e.cid for e in heard} == expected, f"read {sorted(e.cid for e in heard)} in {took:.1f} s"
     assert len(heard) == len(expected)  # one event per label
     assert noreads == []  # every located symbol was read
+
+
+def photo_set() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("photo_set", ROOT / "sample_media" / "photo_set.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_a_photographed_code_local_thresholding_misses_is_read_with_a_global_histogram() -> None:
+    """A real phone photo of a QR code, shrunk, defocused, washed out and JPEG'd: zxing-cpp's default
+    binarizer, its invert and downscale passes, and the zbar/enlarged cascade read nothing; the
+    GlobalHistogram pass on a frame where nothing was read does."""
+    import cv2
+    import numpy as np
+
+    from edge_agent.capture.media import GrayFrame
+    from edge_agent.config import DetectorConfig
+    from edge_agent.pipeline.detector import Detector
+
+    photos = photo_set()
+    entry = next(p for p in photos.manifest()["photos"] if p["file"] == "zxing-android1-qrcode-1.jpg")
+    gray = photos.degrade(cv2.imread(str(photos.PHOTOS / entry["file"]), cv2.IMREAD_GRAYSCALE), 0.6, 1.5, 0.5, 20)
+    det = Detector(DetectorConfig())
+    assert [d.payload.decode() for d in det.detect(GrayFrame(np.ascontiguousarray(gray), 0.0, 0.0))] == \
+        [entry["payload"]]

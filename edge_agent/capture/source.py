@@ -40,6 +40,17 @@ class SourceError(Exception):
     """The source cannot be opened or read; the message says what a technician can check."""
 
 
+def make_source(cfg: SourceConfig, path: str | None = None, encoders: Sequence[str] | None = None) -> Any:
+    """The session object for a source kind: `AvSource` for everything FFmpeg opens, `Picamera2Source`
+    for a Pi CSI camera through picamera2 (imported only for that kind). Both have the same shape:
+    open, packets, interrupt, close, live, describe, info, t_offset, gives_pictures."""
+    if cfg.kind == "picamera2":
+        from edge_agent.capture.picamera2_source import Picamera2Source
+
+        return Picamera2Source(cfg, path, encoders)
+    return AvSource(cfg, path, encoders)
+
+
 class AvSource:
     """One source session per `open()`; iterate `packets()` until it ends or fails.
 
@@ -47,6 +58,8 @@ class AvSource:
     and the caller owns the backoff and the counters. Raw frames are encoded to H.264 here
     (`encoders`: tried in order, as clip.encoders), so everything downstream holds compressed video.
     """
+
+    gives_pictures = False  # packets only: the detector's frames are decoded from them
 
     def __init__(self, cfg: SourceConfig, path: str | None = None, encoders: Sequence[str] | None = None):
         self.cfg = cfg

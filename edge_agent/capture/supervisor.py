@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edge_agent import const
 from edge_agent.capture.media import Packet
-from edge_agent.capture.source import AvSource, SourceError
+from edge_agent.capture.source import AvSource, SourceError, make_source
 from edge_agent.config import SourceConfig
 from edge_agent.metrics import Metrics
 from edge_agent.pipeline.base import Failure, FailureBox
@@ -107,11 +107,11 @@ class CaptureSupervisor:
     def _sessions(self) -> Iterator[AvSource]:
         if self.videos:
             for path in self.videos:
-                yield AvSource(self.cfg, path, encoders=self._encoders())
+                yield make_source(self.cfg, path, encoders=self._encoders())
             return
         while not self._stop.is_set():
             cfg = self.cfg
-            yield AvSource(cfg, encoders=self._encoders())
+            yield make_source(cfg, encoders=self._encoders())
             if cfg.kind == "file" and not cfg.loop and not self._restart.is_set():
                 return
 
@@ -185,9 +185,10 @@ class CaptureSupervisor:
         try:
             for pkt in src.packets():
                 got = True
-                self.frames += 1
-                self.last_frame_mono = time.monotonic()
-                self.metrics.inc("edge_agent_frames_total")
+                if isinstance(pkt, Packet):  # not a camera's own picture of a frame already counted
+                    self.frames += 1
+                    self.last_frame_mono = time.monotonic()
+                    self.metrics.inc("edge_agent_frames_total")
                 self._on_packet(pkt, live)
                 if not self.ready.is_set():
                     self.ready.set()

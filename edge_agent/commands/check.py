@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 from edge_agent import __version__
@@ -99,12 +99,11 @@ def check_libraries(cfg: Config) -> Result:
 
 
 def check_detector(agent: Agent, sample: SourceSample) -> Result:
-    """Decode the kept packets, search a spread of them for QR codes with the daemon's own detector
-    and CID rule, time both."""
+    """Decode the kept packets (or take the camera's own pictures, as the daemon does), search a spread
+    of them for QR codes with the daemon's own detector and CID rule, time both."""
     import av
 
     from edge_agent.capture.media import GrayFrame, luma, open_decoder, to_av_packet
-    from edge_agent.delivery.cid import escape_payload, payload_text
     from edge_agent.pipeline.detector import DecoderUnavailable
 
     try:
@@ -113,14 +112,20 @@ def check_detector(agent: Agent, sample: SourceSample) -> Result:
         return Result("detector", SKIP, str(exc), "see the libraries line")
     if sample.info is None or sample.count == 0:
         return Result("detector", SKIP, f"{det.name} loads; no frames to try it on (see the source line)")
+    frames: list[GrayFrame] = []
+    info = sample.info
+    if sample.pictures:  # the camera's lores stream: what the daemon's detector reads, no decode
+        n = len(sample.pictures)
+        wanted = {round(i * (n - 1) / max(1, DETECT_FRAMES - 1)) for i in range(min(n, DETECT_FRAMES))}
+        frames = [sample.pictures[i] for i in sorted(wanted)]
+        return _search(det, agent, frames, f"lores {frames[0].gray.shape[1]}x{frames[0].gray.shape[0]} "
+                       "from the camera, no video decode", {})
     if not sample.kept:
         return Result("detector", SKIP, f"no keyframe in {sample.count} frames: nothing decodable",
                       "set the camera's keyframe (I-frame) interval to 1 s, or read longer with --seconds")
-    info = sample.info
     dec = open_decoder(info)
     n = len(sample.kept)
     wanted = {round(i * (n - 1) / max(1, DETECT_FRAMES - 1)) for i in range(min(n, DETECT_FRAMES))}
-    frames: list[GrayFrame] = []
     decoded = errors = 0
     decode_s = 0.0
     for pkt in [*sample.kept, None]:
@@ -141,6 +146,15 @@ def check_detector(agent: Agent, sample: SourceSample) -> Result:
         return Result("detector", FAIL, f"{info.codec}: none of {n} frames could be decoded ({errors} errors)",
                       "the stream is not what source.input_format says, or it is corrupt: check the camera's "
                       "codec setting and source.input_format")
+    video_ms = decode_s * 1000 / max(1, decoded)
+    return _search(det, agent, frames, f"video decode {video_ms:.1f} ms a frame",
+                   {"video_decode_ms": round(video_ms, 2)})
+
+
+def _search(det: Any, agent: Agent, frames: list[Any], where: str, extra: dict[str, Any]) -> Result:
+    """The daemon's detector and CID rule on `frames`, timed: the detector line."""
+    from edge_agent.delivery.cid import escape_payload, payload_text
+
     qr_ms: list[float] = []
     found: dict[bytes, bool] = {}
     validator = agent.validator()
@@ -149,10 +163,9 @@ def check_detector(agent: Agent, sample: SourceSample) -> Result:
             found[d.payload] = validator.from_payload(d.payload) is not None
         qr_ms.append(det.last_ms)
     qr_ms.sort()
-    video_ms = decode_s * 1000 / max(1, decoded)
     median = qr_ms[len(qr_ms) // 2]
     detail = (f"{det.name}: {len(frames)} frames searched, {median:.1f} ms a frame (max {qr_ms[-1]:.1f}); "
-              f"video decode {video_ms:.1f} ms a frame")
+              f"{where}")
     if found:
         shown = [f"{escape_payload(p)}{'' if ok else ' (rejected: not a CID per detector.cid_pattern)'}"
                  for p, ok in list(found.items())[:3]]
@@ -160,7 +173,7 @@ def check_detector(agent: Agent, sample: SourceSample) -> Result:
     else:
         detail += "; no QR code in view (hold a label in front of the camera to test reading)"
     data = {"decoder": det.name, "frames": len(frames), "qr_ms_median": round(median, 2),
-            "qr_ms_max": round(qr_ms[-1], 2), "video_decode_ms": round(video_ms, 2),
+            "qr_ms_max": round(qr_ms[-1], 2), **extra,
             "codes": [payload_text(p) for p in found],
             "cids": [payload_text(p) for p, ok in found.items() if ok]}
     return Result("detector", PASS, detail, data=data)

@@ -49,6 +49,7 @@ class SourceSample:
     key_t: list[float] = field(default_factory=list)
     kept: list[Any] = field(default_factory=list)  # Packets from the first keyframe on, for decoding
     kept_bytes: int = 0
+    pictures: list[Any] = field(default_factory=list)  # GrayFrames a camera gives itself (picamera2 lores)
     fps_from: str | None = None  # where the source's frame rate came from (AvSource.fps_from)
 
 
@@ -76,6 +77,10 @@ def sample_source(agent: Agent, frames: int, seconds: float, stop: threading.Eve
             measured = 0  # packets after FFmpeg's probing burst
             last = None
             for pkt in src.packets():
+                if not hasattr(pkt, "keyframe"):  # the camera's own picture of a frame: kept for the detector
+                    if len(sample.pictures) < frames:
+                        sample.pictures.append(pkt)
+                    continue
                 now = time.monotonic()
                 sample.count += 1
                 if last is not None and (measured or now - last >= BURST_GAP_FRACTION * nominal):

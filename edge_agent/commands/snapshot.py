@@ -45,7 +45,7 @@ class FrameReader:
         self.src = src
         info = self.src.open()
         self.info = info
-        self._dec = open_decoder(info)
+        self._dec = None if src.gives_pictures else open_decoder(info)
         self._packets = self.src.packets()
 
     @property
@@ -60,12 +60,18 @@ class FrameReader:
         t = 0.0
         for pkt in self._packets:
             t = pkt.t
+            if self.src.gives_pictures:  # a camera's own pictures (picamera2 lores): nothing to decode
+                if not hasattr(pkt, "keyframe"):
+                    yield av.VideoFrame.from_ndarray(np.ascontiguousarray(pkt.gray), format="gray"), pkt.t
+                continue
             try:
                 decoded = self._dec.decode(to_av_packet(pkt, self.info.time_base))
             except av.error.FFmpegError:
                 continue
             for f in decoded:
                 yield f, pkt.t
+        if self._dec is None:
+            return
         try:  # the decoder's threads still hold the last frames (all of a single picture)
             for f in self._dec.decode(None):
                 yield f, t

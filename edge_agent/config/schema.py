@@ -42,10 +42,33 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class Picamera2Config(_Section):
+    camera: int = Field(0, ge=0, le=7, **_restart("Camera number, as `rpicam-hello --list-cameras` lists it."))
+    width: int = Field(1920, ge=64, le=4608, **_restart("Main stream width: the H.264 kept for clips."))
+    height: int = Field(1080, ge=64, le=2592, **_restart("Main stream height."))
+    lores_width: int = Field(1280, ge=64, le=4608, **_restart(
+        "Width of the ISP's small YUV stream the QR detector reads (no larger than the main stream; more pixels "
+        "read smaller codes, cost more detector time)."))
+    lores_height: int = Field(720, ge=64, le=2592, **_restart("Height of the detector's stream."))
+    keyframe_every: int = Field(30, ge=1, le=600, **_restart(
+        "Frames between H.264 keyframes (30 at 30 fps: one a second, for predictable pre-roll)."))
+    bitrate: int | None = Field(None, ge=100_000, le=50_000_000, **_restart(
+        "H.264 bits per second. Empty: picamera2's choice for the size."))
+
+    @model_validator(mode="after")
+    def _lores_fits(self) -> Picamera2Config:
+        if self.lores_width > self.width or self.lores_height > self.height:
+            raise ValueError("the lores stream cannot be larger than the main stream")
+        return self
+
+
 class SourceConfig(_Section):
-    kind: Literal["file", "v4l2", "url", "pipe"] = Field("file", **_restart(
+    kind: Literal["file", "v4l2", "url", "pipe", "picamera2"] = Field("file", **_restart(
         "Where video comes from: file (replay), v4l2 (USB camera), url (RTSP/HTTP camera), "
-        "pipe (a command writing video to stdout)."))
+        "pipe (a command writing video to stdout), picamera2 (a Raspberry Pi CSI camera through picamera2: "
+        "H.264 from the camera's encoder, the detector reads its small lores stream, nothing is decoded)."))
+    picamera2: Picamera2Config = Field(default_factory=Picamera2Config, **_restart(
+        "picamera2 only: stream sizes and encoder settings (frame rate: source.fps, default 30)."))
     path: str | None = Field(None, **_restart(
         "File path (file), device node such as /dev/video0 (v4l2), or stream URL (url)."))
     command: str | None = Field(None, **_restart(

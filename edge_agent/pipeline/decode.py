@@ -37,6 +37,9 @@ REPLAY_QUEUE = 32
 # counted in packets (64) it overflowed, and ~2 s of video after it went undecoded until a keyframe.
 LIVE_QUEUE_S = 4.0
 LIVE_QUEUE_MAX = 512  # packets, whatever the timestamps say
+# Live decoding starts on one thread; this much video waiting (beyond a session's start-up backlog of
+# ~2.3 s, before the 4 s at which capture drops) means the core cannot keep up: frame threads then.
+THREADS_BEHIND_S = 3.0
 # Picked packets whose frame never came out (a broken stream): forget the oldest past this.
 MAX_PENDING = 512
 # Slots remembered by the picker: far more than H.264 reorders (a few frames).
@@ -109,6 +112,7 @@ class DecodeStage:
         self._queued_t: deque[float] = deque()  # live: capture times of the packets waiting, oldest first
         self._need_keyframe = False
         self._jump_logged = False
+        self._pictures = FramePicker()  # capture thread only: pictures that come without decoding
         self.decoded = self.dropped = self.errors = 0
 
     def set_live(self, live: bool) -> None:
@@ -139,6 +143,13 @@ class DecodeStage:
             self._drop()
             self._need_keyframe = True
 
+    def offer_picture(self, frame: GrayFrame) -> None:
+        """Capture thread: a camera's own picture of a frame (picamera2's lores stream), which needs no
+        decoding. The same one-a-slot rule picks them, straight into the detector's hand-off (which
+        never waits for a live source)."""
+        if self._pictures.pick(frame.t, self._rate_hz()):
+            self.out.put(frame)
+
     def _drop(self) -> None:
         self.dropped += 1
         self.metrics.inc("edge_agent_frames_dropped_total")
@@ -154,7 +165,7 @@ class DecodeStage:
         decoder: Any = None
         picks: dict[int, tuple[float, float]] = {}  # pts -> (t, mono) of the frames detection will get
         picker = FramePicker()
-        intra = skipping = False
+        intra = skipping = threaded = False
         while True:
             pkt = self.inbox.get()
             if pkt is END:
@@ -163,12 +174,24 @@ class DecodeStage:
                 self._queued_t.popleft()
             if pkt.stream is not info:
                 info = pkt.stream
-                decoder = open_decoder(info)
+                # a live camera is paced: one decoding thread keeps up with it, and frame threads' own
+                # work costs ~10% more CPU (measured, benchmarks/stage_cpu.py); fast replay wants throughput
+                threaded = not self.live
+                decoder = open_decoder(info, threads=threaded, analysis=True)
                 intra = info.codec in INTRA_ONLY
                 skipping = False
                 picks.clear()
                 picker.reset()
                 self._jump_logged = False  # one warning per source session
+            elif not threaded and pkt.keyframe and self._behind() > THREADS_BEHIND_S:
+                # a core too slow for this stream alone (a Pi 4 on 1080p): frame threads from the next
+                # keyframe on, rather than dropping packets; the pictures still waiting come out first
+                log.warning("decode: one thread is %.1f s behind the camera: decoding with frame threads from "
+                            "here on", self._behind())
+                self._flush(decoder, picks)
+                threaded = True
+                decoder = open_decoder(info, threads=True, analysis=True)
+                skipping = False
             jumps = picker.jumps
             wanted = picker.pick(pkt.t, self._rate_hz())
             if picker.jumps != jumps and picker.last_jump is not None:
@@ -195,11 +218,21 @@ class DecodeStage:
                 continue
             self._deliver(frames, picks, pkt.pts)
         if decoder is not None:
-            try:
-                self._deliver(decoder.decode(None), picks, None)
-            except av.error.FFmpegError:
-                self.errors += 1
-                self.metrics.inc("edge_agent_decode_errors_total")
+            self._flush(decoder, picks)
+
+    def _flush(self, decoder: Any, picks: dict[int, tuple[float, float]]) -> None:
+        try:
+            self._deliver(decoder.decode(None), picks, None)
+        except av.error.FFmpegError:
+            self.errors += 1
+            self.metrics.inc("edge_agent_decode_errors_total")
+
+    def _behind(self) -> float:
+        """Seconds of capture time waiting in the inbox (live: the capture thread adds, this one takes)."""
+        try:
+            return self._queued_t[-1] - self._queued_t[0] if len(self._queued_t) > 1 else 0.0
+        except IndexError:  # emptied between the two reads
+            return 0.0
 
     def _deliver(self, frames: list[Any], picks: dict[int, tuple[float, float]], pts: int | None) -> None:
         """Frames come out in presentation order, a few packets late; the picked ones go to detection,

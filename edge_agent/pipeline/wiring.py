@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_agent import const
-from edge_agent.capture.media import Packet
+from edge_agent.capture.media import GrayFrame, Packet
 from edge_agent.capture.source import AvSource
 from edge_agent.capture.supervisor import CaptureStatus, CaptureSupervisor
 from edge_agent.config import Config
@@ -62,6 +62,7 @@ class Pipeline:
         self.tally = ReadTally()  # reads and no-reads of the last hour: the live view's read rate
         self._open: dict[str, Event] = {}  # until the clip stage takes them
         self._events_lock = threading.Lock()
+        self._source_pictures = False  # the source gives the detector's pictures itself (no decode)
         live = cfg.source.kind != "file" or cfg.source.realtime
         self.ring = RingBuffer(self._ring_keep_s(cfg), cfg.clip.ring_max_bytes, self._on_recording, self.metrics)
         self.track = SightingLog(self._track_keep_s(cfg))
@@ -140,13 +141,18 @@ class Pipeline:
 
     # --- hand-offs between stages (called from their threads) ---------------------------------
 
-    def _on_packet(self, pkt: Packet, live: bool) -> None:
-        self.ring.append(pkt)
+    def _on_packet(self, pkt: Packet | GrayFrame, live: bool) -> None:
         if live != self.decode.live:
             self.decode.set_live(live)
-        self.decode.offer(pkt)
+        if isinstance(pkt, GrayFrame):  # the camera's own picture (picamera2 lores): no decode
+            self.decode.offer_picture(pkt)
+            return
+        self.ring.append(pkt)
+        if not self._source_pictures:
+            self.decode.offer(pkt)
 
     def _on_session(self, src: AvSource, n: int) -> None:
+        self._source_pictures = src.gives_pictures  # capture thread, as _on_packet
         if n > 1:
             self.ring.reset()  # packets of the old session cannot mix with the new stream
 

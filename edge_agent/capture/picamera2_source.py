@@ -1,0 +1,260 @@
+"""A Raspberry Pi CSI camera through picamera2: the camera's own H.264 for the ring, the ISP's small
+`lores` picture for the detector, and nothing decoded.
+
+picamera2 runs the camera with two streams at once: `main` at full size, encoded to H.264 by
+`picamera2.encoders.H264Encoder` (the hardware encoder on a Pi 4; on a Pi 5, which has none, picamera2
+gives its libav software encoder under the same name), and `lores`, a small YUV420 copy the ISP scales
+for nothing. The encoder hands each packet to its `Output.outputframe(frame, keyframe, timestamp,
+packet, audio)`, `timestamp` being microseconds of sensor time since the encoder's first frame
+(`encoder.firsttimestamp`, in sensor microseconds); `capture_request()` hands over each completed
+request, whose lores Y plane is the detector's picture and whose `SensorTimestamp` (nanoseconds) is on
+the same sensor clock. A session therefore yields two things on one clock: packets (for the ring and
+clips, remuxed as the encoder wrote them) and `GrayFrame` pictures (for detection).
+
+picamera2 is the `python3-picamera2` package of Raspberry Pi OS (it needs libcamera's Python bindings,
+which PyPI does not have): the agent's virtualenv must see the system's site-packages. It is imported
+only when this source opens, so every other source works without it.
+
+Built to picamera2's source (its `Picamera2`, `H264Encoder`, `Output` and `CompletedRequest`
+interfaces) and tested against tests/picamera2_standin, which keeps that interface and plays a
+recorded stream; it has not been run on a Raspberry Pi.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from fractions import Fraction
+from typing import Any
+
+import av
+import numpy as np
+
+from edge_agent.capture.media import GrayFrame, Packet, StreamInfo
+from edge_agent.capture.source import SourceError
+from edge_agent.config import SourceConfig
+
+log = logging.getLogger(__name__)
+
+MISSING_HINT = ("install Raspberry Pi OS's python3-picamera2 (apt install python3-picamera2) and let the agent's "
+                "virtualenv see it (python3 -m venv --system-site-packages), or use the rpicam-vid pipe source "
+                "(configs/pi-csi.yaml)")
+# Packet timestamps are sensor microseconds: muxing keeps them exactly.
+TIME_BASE = Fraction(1, 1_000_000)
+# How often a wait for the next picture looks up to see whether the session was interrupted.
+POLL_S = 0.25
+DEFAULT_FPS = 30.0
+
+
+class Picamera2Unavailable(Exception):
+    """picamera2 cannot be imported; the message is one line with the hint."""
+
+
+def import_picamera2() -> tuple[Any, Any, Any]:
+    """(Picamera2, H264Encoder, Output), or Picamera2Unavailable saying what to install."""
+    try:
+        from picamera2 import Picamera2
+        from picamera2.encoders import H264Encoder
+        from picamera2.outputs import Output
+    except ImportError as exc:  # also libcamera's bindings missing under an installed picamera2
+        raise Picamera2Unavailable(f"picamera2 is not importable ({exc}): {MISSING_HINT}") from exc
+    return Picamera2, H264Encoder, Output
+
+
+def _output_class(base: Any) -> Any:
+    """An `Output` (picamera2 checks the type) that hands each encoded frame to a queue: it runs on
+    picamera2's encoder thread, which must never wait on the agent."""
+
+    class QueueOutput(base):  # type: ignore[misc, valid-type]
+        def __init__(self, into: queue.SimpleQueue[tuple[bytes, bool, int]]):
+            super().__init__()
+            self._into = into
+
+        def outputframe(self, frame: Any, keyframe: bool = True, timestamp: int | None = None,
+                        packet: Any = None, audio: bool = False) -> None:
+            if audio or frame is None or timestamp is None:
+                return
+            self._into.put((bytes(frame), bool(keyframe), int(timestamp)))
+
+    return QueueOutput
+
+
+def stream_info(keyframe: bytes, fps: float) -> StreamInfo:
+    """The codec parameters of the camera's H.264, read from its first keyframe (which carries the
+    SPS and PPS: the encoder repeats them at every keyframe)."""
+    with av.open(io.BytesIO(keyframe), format="h264") as probe:
+        info = StreamInfo(probe.streams.video[0])
+    info.time_base = TIME_BASE
+    info.fps = fps
+    return info
+
+
+class Picamera2Source:
+    """One camera session per `open()`, as `AvSource`: iterate `packets()` until it ends or fails.
+
+    `packets()` yields the encoder's `Packet`s and the lores `GrayFrame`s, each stamped with its
+    sensor time on the session clock (`t_offset` + seconds since the session's first frame)."""
+
+    gives_pictures = True  # the detector's frames come from the camera, not from decoding packets
+    live = True
+
+    def __init__(self, cfg: SourceConfig, path: str | None = None, encoders: Sequence[str] | None = None):
+        self.cfg = cfg
+        self.path = path
+        self.info: StreamInfo | None = None
+        self.fps_from: str | None = None
+        self.t_offset = 0.0
+        self._cam: Any = None
+        self._encoder: Any = None
+        self._encoded: queue.SimpleQueue[tuple[bytes, bool, int]] = queue.SimpleQueue()
+        self._pending: list[tuple[bytes, bool, int]] = []
+        self._closed = threading.Event()
+        self._lores: tuple[int, int] = (0, 0)
+        self._base_us: int | None = None
+        self._wall0 = 0.0
+        self._base_lock = threading.Lock()
+
+    @property
+    def describe(self) -> str:
+        p = self.cfg.picamera2
+        return f"picamera2 camera {p.camera} ({p.width}x{p.height}, lores {p.lores_width}x{p.lores_height})"
+
+    def open(self) -> StreamInfo:
+        self._closed.clear()
+        try:
+            picamera2_cls, encoder_cls, output_base = import_picamera2()
+        except Picamera2Unavailable as exc:
+            raise SourceError(str(exc)) from exc
+        p = self.cfg.picamera2
+        fps = self.cfg.fps or DEFAULT_FPS
+        self.fps_from = "camera"  # the sensor runs at the configured rate and stamps every frame
+        try:
+            self._cam = picamera2_cls(p.camera)
+            config = self._cam.create_video_configuration(
+                main={"size": (p.width, p.height), "format": "YUV420"},
+                lores={"size": (p.lores_width, p.lores_height), "format": "YUV420"},
+                controls={"FrameRate": fps})
+            self._cam.configure(config)
+            lores = self._cam.camera_configuration()["lores"]
+            self._lores = (int(lores["size"][0]), int(lores["size"][1]))
+            # repeat: SPS/PPS before every keyframe, so a clip cut at any keyframe decodes on its own
+            self._encoder = encoder_cls(bitrate=p.bitrate, repeat=True, iperiod=p.keyframe_every)
+            self._cam.start_recording(self._encoder, _output_class(output_base)(self._encoded))
+        except Exception as exc:  # libcamera's errors have no common type: no camera, busy, bad size
+            self.close()
+            raise SourceError(f"cannot start {self.describe}: {exc}") from exc
+        first = self._first_keyframe()
+        self.info = stream_info(first[0], fps)
+        self._pending = [first]
+        return self.info
+
+    def _first_keyframe(self) -> tuple[bytes, bool, int]:
+        deadline = time.monotonic() + self.cfg.open_timeout_s
+        while not self._closed.is_set():
+            try:
+                item = self._encoded.get(timeout=max(0.01, min(POLL_S, deadline - time.monotonic())))
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    self.close()
+                    raise SourceError(f"{self.describe}: no keyframe from the encoder in "
+                                      f"{self.cfg.open_timeout_s:g} s") from None
+                continue
+            if item[1]:
+                return item
+        self.close()
+        raise SourceError(f"{self.describe}: stopped while opening")
+
+    def _session_t(self, sensor_us: int) -> tuple[float, float]:
+        """(capture time on the session clock, wall-clock time) of a sensor timestamp. The session
+        starts at the first frame either stream gives; both are stamped by the same sensor clock."""
+        with self._base_lock:
+            if self._base_us is None:
+                self._base_us, self._wall0 = sensor_us, time.time()
+            rel = (sensor_us - self._base_us) / 1e6
+        return self.t_offset + rel, self._wall0 + rel
+
+    def _packet(self, item: tuple[bytes, bool, int]) -> Packet:
+        data, keyframe, ts = item
+        assert self.info is not None
+        first = self._encoder.firsttimestamp or 0  # sensor microseconds of the encoder's first frame
+        t, wall = self._session_t(first + ts)
+        pts = round((t - self.t_offset) / TIME_BASE)
+        return Packet(data, pts, pts, keyframe, t, wall, self.info)
+
+    def _picture(self, request: Any) -> GrayFrame:
+        """The lores Y plane: `make_array` copies the buffer (YUV420 as a (h*3/2, stride) array) so the
+        request can go back to the camera at once; the view drops the chroma rows and the stride padding."""
+        w, h = self._lores
+        try:
+            sensor_ns = int(request.get_metadata()["SensorTimestamp"])
+            yuv = request.make_array("lores")
+        finally:
+            request.release()
+        t, wall = self._session_t(sensor_ns // 1000)
+        return GrayFrame(np.asarray(yuv)[:h, :w], t, wall)
+
+    def _drain(self) -> Iterator[Packet]:
+        pending, self._pending = self._pending, []
+        for item in pending:
+            yield self._packet(item)
+        while True:
+            try:
+                item = self._encoded.get_nowait()
+            except queue.Empty:
+                return
+            yield self._packet(item)
+
+    def packets(self) -> Iterator[Packet | GrayFrame]:
+        """The encoder's packets as they come, and after them each completed request's picture. A wait
+        for a request looks up every POLL_S: `interrupt()` (a stall, a stop) ends the session."""
+        if self._cam is None or self.info is None:
+            raise SourceError("source not open")
+        last_t = self.t_offset
+        frame_s = 1.0 / (self.info.fps or DEFAULT_FPS)
+        try:
+            while not self._closed.is_set():
+                job = self._cam.capture_request(wait=False)
+                request = None
+                while request is None:
+                    for pkt in self._drain():
+                        last_t = max(last_t, pkt.t)
+                        yield pkt
+                    if self._closed.is_set():
+                        return
+                    try:
+                        request = self._cam.wait(job, timeout=POLL_S)
+                    except TimeoutError:
+                        continue
+                yield self._picture(request)
+        except SourceError:
+            raise
+        except Exception as exc:  # the camera stack's own failures end the session; the supervisor reopens
+            if not self._closed.is_set():
+                raise SourceError(f"{self.describe}: read failed: {exc}") from exc
+        finally:
+            self.t_offset = last_t + frame_s
+
+    def interrupt(self) -> None:
+        """From any thread: `packets()` returns within POLL_S."""
+        self._closed.set()
+
+    def close(self) -> None:
+        """From the reading thread: stop the encoder and the camera, and give the camera back."""
+        self._closed.set()
+        cam, self._cam = self._cam, None
+        if cam is None:
+            return
+        try:
+            if self._encoder is not None:
+                cam.stop_recording()
+        except Exception:  # a camera that failed half-way must still be closed
+            log.debug("picamera2 stop_recording failed", exc_info=True)
+        try:
+            cam.close()
+        except Exception:
+            log.debug("picamera2 close failed", exc_info=True)
+        self._encoder = None
