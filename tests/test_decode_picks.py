@@ -142,3 +142,37 @@ def test_a_live_sessions_start_up_backlog_waits_for_the_decoder_and_a_decoder_be
     queued = stage.inbox.qsize()
     assert queued == 121  # 4 s of video after the first packet, then nothing: the decoder is behind
     assert stage.status().dropped == len(packets) - queued
+
+
+def live_stage_fed_ahead(packets: list[Packet]) -> tuple[DecodeStage, list[GrayFrame]]:
+    """A live stage whose inbox holds all of `packets` before its thread starts: the camera ran ahead."""
+    metrics = Metrics()
+    slot = FrameSlot(blocking=True, metrics=metrics)
+    stage = DecodeStage(slot, metrics, lambda: 10.0, live=True)
+    for p in packets:
+        stage.offer(p)
+    stage.end()
+    got: list[GrayFrame] = []
+    consumer = threading.Thread(target=lambda: got.extend(iter(slot.get, END)))
+    worker = StageThread(stage, stage.finish, FailureBox())
+    consumer.start()
+    worker.start()
+    assert worker.join(60)
+    consumer.join(60)
+    return stage, got
+
+
+@pytest.mark.parametrize(("seconds", "threaded"), [(3.9, True), (2.5, False)])
+def test_a_live_decoder_far_behind_the_camera_takes_frame_threads_and_drops_nothing(
+        tmp_path: Path, seconds: float, threaded: bool) -> None:
+    video = make_video(tmp_path / "live.mp4", seconds=seconds, gop=15, codes=[("CID-T-1", 0.5, 3.0)])
+    packets = read_packets(video)
+    full, _ = every_picture(packets)
+
+    stage, got = live_stage_fed_ahead(packets)
+
+    st = stage.status()
+    assert (st.threaded, st.dropped, st.errors) == (threaded, 0, 0)
+    assert len(got) >= int(seconds * 10) - 1  # one pick a slot, the whole video
+    for frame in got:  # the pictures from either decoder are the true ones
+        assert np.array_equal(frame.gray, full[frame.t])

@@ -55,6 +55,7 @@ class DecodeStatus:
     decoded: int
     dropped: int  # packets the capture thread could not hand over (live, decoder behind)
     errors: int
+    threaded: bool = False  # frame threads: fast replay, or a live stream one core could not keep up with
 
 
 class FramePicker:
@@ -114,6 +115,7 @@ class DecodeStage:
         self._jump_logged = False
         self._pictures = FramePicker()  # capture thread only: pictures that come without decoding
         self.decoded = self.dropped = self.errors = 0
+        self._threaded = False  # written by the decode thread only, read by status()
 
     def set_live(self, live: bool) -> None:
         """A reload may turn a fast replay into a paced one, or back: live drops, replay waits."""
@@ -158,7 +160,7 @@ class DecodeStage:
         self.inbox.put(END)
 
     def status(self) -> DecodeStatus:
-        return DecodeStatus(self.decoded, self.dropped, self.errors)
+        return DecodeStatus(self.decoded, self.dropped, self.errors, self._threaded)
 
     def run(self) -> None:
         info: StreamInfo | None = None
@@ -176,7 +178,7 @@ class DecodeStage:
                 info = pkt.stream
                 # a live camera is paced: one decoding thread keeps up with it, and frame threads' own
                 # work costs ~10% more CPU (measured, benchmarks/stage_cpu.py); fast replay wants throughput
-                threaded = not self.live
+                threaded = self._threaded = not self.live
                 decoder = open_decoder(info, threads=threaded, analysis=True)
                 intra = info.codec in INTRA_ONLY
                 skipping = False
@@ -189,7 +191,7 @@ class DecodeStage:
                 log.warning("decode: one thread is %.1f s behind the camera: decoding with frame threads from "
                             "here on", self._behind())
                 self._flush(decoder, picks)
-                threaded = True
+                threaded = self._threaded = True
                 decoder = open_decoder(info, threads=True, analysis=True)
                 skipping = False
             jumps = picker.jumps
