@@ -139,8 +139,8 @@ install_deb() { # install_deb VERSION [apt options]: offline, with apt and nothi
 }
 
 installed_version() { in_root dpkg-query -W -f '${Version}' cid-edge-agent; }
-queued_clips() { in_root edge-agent spool status --config /etc/edge-agent/config.yaml --json \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["queued"])'; }
+queued_clips() { as_user edge-agent spool status --config /etc/edge-agent/config.yaml --json \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["clips"])'; }
 
 main() {
     need_tools
@@ -159,6 +159,134 @@ main() {
     pass "all steps ($ARCH) in $((SECONDS - T0)) s"
 }
 
-main_steps() { :; }
+TEST_CONFIG='# the root test: a sample file as the camera, an edge server that is not there
+device_id: root-test
+source:
+  kind: file
+  path: /srv/edge-agent-test/conveyor_720p30.mp4
+upload:
+  url: http://127.0.0.1:9/cid
+spool:
+  dir: /var/lib/edge-agent/spool
+'
+
+spool_check() { # spool_check WHO: `edge-agent check` as root or as the user; PASS when its spool line passes
+    local who=$1 out="$CACHE/check-$ARCH-$1.json"
+    if [ "$who" = root ]; then
+        in_root edge-agent check --config /etc/edge-agent/config.yaml --frames 30 --json >"$out" 2>&1 || true
+    else
+        as_user edge-agent check --config /etc/edge-agent/config.yaml --frames 30 --json >"$out" 2>&1 || true
+    fi
+    python3 - "$out" <<'PY'
+import json, sys
+text = open(sys.argv[1]).read()
+try:
+    results = json.loads(text[text.index("{"):])["results"]
+except ValueError:
+    sys.exit(f"no JSON from check:\n{text}")
+for r in results:
+    print(f"{r['status']:<5} {r['name']}: {r['detail']}")
+spool = [r for r in results if r["name"] == "spool"]
+sys.exit(0 if spool and spool[0]["status"] == "PASS" else 1)
+PY
+}
+
+owners_in_spool() { # every file under /var/lib/edge-agent owned by edge-agent (what root's commands left)
+    local wrong
+    wrong=$(in_root find /var/lib/edge-agent ! -user edge-agent -printf '%u %p\n')
+    [ -z "$wrong" ] || { echo "not owned by edge-agent:"; echo "$wrong"; return 1; }
+}
+
+same_config() { in_root cat /etc/edge-agent/config.yaml | cmp -s - <(printf '%s' "$TEST_CONFIG"); }
+queued_is() { [ "$(queued_clips)" = "$1" ] || { echo "queued: $(queued_clips), expected $1"; return 1; }; }
+only_venv() { # only_venv VERSION: /usr/lib/edge-agent holds wheels, current -> VERSION and that venv
+    local have
+    have=$(in_root ls -A /usr/lib/edge-agent | tr '\n' ' ')
+    [ "$have" = "$1 current wheels " ] || { echo "/usr/lib/edge-agent: $have"; return 1; }
+    [ "$(in_root readlink /usr/lib/edge-agent/current)" = "$1" ]
+}
+version_is() { in_root edge-agent --version | grep -qx "edge-agent $1" || { in_root edge-agent --version; return 1; }; }
+no_trace() { # purge leaves nothing of the package: files, user, group, venvs
+    local left
+    left=$(in_root find / -xdev \( -path /proc -o -path /dev -o -path /tmp -o -path /var/cache/apt \) -prune \
+        -o \( -name '*edge-agent*' -o -name '*edge_agent*' \) -print | grep -v '^/var/lib/dpkg/' || true)
+    [ -z "$left" ] || { echo "left behind:"; echo "$left"; return 1; }
+    if in_root getent passwd edge-agent || in_root getent group edge-agent; then echo "user or group left"; return 1; fi
+}
+
+main_steps() {
+    local queued
+    # --- install, offline ---
+    if install_deb "$OLD_VERSION"; then pass "apt-get install ./$(deb_name "$OLD_VERSION") offline in $INSTALL_S s"
+    else fail "install $OLD_VERSION"; return; fi
+    INSTALL_TIMES="first install ${INSTALL_S} s"
+    check "Depends came with it: python3-venv, libzbar0" in_root dpkg-query -W python3-venv libzbar0
+    check "service user edge-agent (groups: $(in_root id -nG edge-agent 2>/dev/null))" in_root id edge-agent
+    check "/var/lib/edge-agent and its spool owned by edge-agent, mode 0750" \
+        test "$(in_root stat -c '%U:%G %a' /var/lib/edge-agent /var/lib/edge-agent/spool | sort -u)" = \
+        "edge-agent:edge-agent 750"
+    check "/usr/bin/edge-agent runs version $OLD_VERSION" version_is "$OLD_VERSION"
+    check "units in /lib/systemd/system run /usr/bin/edge-agent" \
+        grep -q '^ExecStart=/usr/bin/edge-agent ' "$ROOT/lib/systemd/system/edge-agent.service" \
+        "$ROOT/lib/systemd/system/edge-agent@.service"
+    check "systemd-analyze verify accepts the units" in_root systemd-analyze verify \
+        /lib/systemd/system/edge-agent.service
+    check "/etc/edge-agent/config.yaml is a conffile; config.d/ exists" \
+        sh -c "chroot '$ROOT' dpkg-query -W -f '\${Conffiles}' cid-edge-agent | grep -q /etc/edge-agent/config.yaml \
+               && test -d '$ROOT/etc/edge-agent/config.d'"
+    check "the shipped config validates" in_root edge-agent config validate /etc/edge-agent/config.yaml
+
+    # --- the device's configuration: a sample file as the camera, a dead server ---
+    mkdir -p "$ROOT/srv/edge-agent-test"
+    cp "$REPO/sample_media/conveyor_720p30.mp4" "$ROOT/srv/edge-agent-test/"
+    printf '%s' "$TEST_CONFIG" >"$ROOT/etc/edge-agent/config.yaml"
+    check "edge-agent check as the user: spool PASS" spool_check edge-agent
+    check "edge-agent check as root: spool PASS" spool_check root
+    check "edge-agent check as the user after root's: spool PASS" spool_check edge-agent
+    check "every file under /var/lib/edge-agent still owned by edge-agent" owners_in_spool
+
+    # --- replay finds the sample's CIDs ---
+    local t=$SECONDS
+    rm -rf "$ROOT/tmp/replay"
+    in_root runuser -u edge-agent -- edge-agent replay --config /etc/edge-agent/config.yaml --no-upload \
+        --output-dir /tmp/replay --report /tmp/replay/report.json -q /srv/edge-agent-test/conveyor_720p30.mp4 \
+        >"$CACHE/replay-$ARCH.log" 2>&1 || true
+    check "replay conveyor_720p30.mp4 finds the manifest's CIDs ($((SECONDS - t)) s)" \
+        python3 "$REPO/benchmarks/arm64_smoke_helper.py" check-replay "$ROOT/tmp/replay/report.json" \
+        "$REPO/sample_media/manifest.json" conveyor_720p30.mp4 --log "$CACHE/replay-$ARCH.log"
+    # clips for the dead server stay queued (exit 75)
+    as_user edge-agent replay --config /etc/edge-agent/config.yaml --drain-timeout 1 -q \
+        /srv/edge-agent-test/conveyor_720p30.mp4 >"$CACHE/queue-$ARCH.log" 2>&1 || true
+    queued=$(queued_clips || echo 0)
+    check "clips queued for the dead server: $queued" test "$queued" -ge 1
+
+    # --- upgrade: config and queue kept, the new version runs, the old venv is gone ---
+    if install_deb "$NEW_VERSION"; then pass "upgrade to $NEW_VERSION offline in $INSTALL_S s"
+    else fail "upgrade to $NEW_VERSION"; fi
+    INSTALL_TIMES+=", upgrade ${INSTALL_S} s"
+    check "after the upgrade: version $NEW_VERSION" version_is "$NEW_VERSION"
+    check "after the upgrade: config kept" same_config
+    check "after the upgrade: $queued clip(s) still queued" queued_is "$queued"
+    check "after the upgrade: only the $NEW_VERSION venv is left" only_venv "$NEW_VERSION"
+
+    # --- rollback: the older package ---
+    if install_deb "$OLD_VERSION" --allow-downgrades; then pass "rollback to $OLD_VERSION offline in $INSTALL_S s"
+    else fail "rollback to $OLD_VERSION"; fi
+    INSTALL_TIMES+=", rollback ${INSTALL_S} s"
+    check "after the rollback: version $OLD_VERSION" version_is "$OLD_VERSION"
+    check "after the rollback: config kept" same_config
+    check "after the rollback: $queued clip(s) still queued" queued_is "$queued"
+    check "after the rollback: only the $OLD_VERSION venv is left" only_venv "$OLD_VERSION"
+    check "after the rollback: every file under /var/lib/edge-agent owned by edge-agent" owners_in_spool
+
+    # --- remove keeps config and spool; purge leaves nothing ---
+    check "apt-get remove" offline apt-get remove -y -q cid-edge-agent
+    check "after remove: config and spool kept, program gone" sh -c "test -f '$ROOT/etc/edge-agent/config.yaml' \
+        && test -d '$ROOT/var/lib/edge-agent/spool' && test ! -e '$ROOT/usr/lib/edge-agent' \
+        && test ! -e '$ROOT/usr/bin/edge-agent'"
+    check "apt-get purge" offline apt-get purge -y -q cid-edge-agent
+    check "after purge: nothing of edge-agent left (files, user, group)" no_trace
+    say "package: $(du -h "$REPO/dist/$(deb_name "$OLD_VERSION")" | cut -f1) ($ARCH); $INSTALL_TIMES"
+}
 
 main "${@:2}"
