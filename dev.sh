@@ -82,7 +82,8 @@ tests() {
 
 # dist/cid-edge-agent_<version>_<arch>.deb with the wheels of that architecture inside (packaging/)
 deb() {
-    bootstrap
+    # a version given for the package (SETUPTOOLS_SCM_PRETEND_VERSION) is not the checkout's
+    (unset SETUPTOOLS_SCM_PRETEND_VERSION; bootstrap)
     command -v dpkg-deb >/dev/null || die_usage "dpkg-deb is missing (apt-get install dpkg)"
     "$VENV/bin/python" packaging/build_deb.py "$@"
 }

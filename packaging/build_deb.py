@@ -71,7 +71,17 @@ def run(argv: list[str], **kw) -> None:
 def build_project_wheel(work: Path) -> Path:
     """sdist, then the wheel from that sdist (what a user of the sdist gets), version from git."""
     out = work / "project"
-    run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(REPO)])
+    # setuptools-scm rewrites edge_agent/_version.py in the tree; the developer's editable install
+    # reads it, so a build with SETUPTOOLS_SCM_PRETEND_VERSION must not leave its version there
+    version_file = REPO / "edge_agent" / "_version.py"
+    before = version_file.read_bytes() if version_file.exists() else None
+    try:
+        run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(REPO)])
+    finally:
+        if before is None:
+            version_file.unlink(missing_ok=True)
+        else:
+            version_file.write_bytes(before)
     (wheel,) = out.glob("*.whl")
     return wheel
 
