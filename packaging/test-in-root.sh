@@ -36,7 +36,7 @@ NEW_VERSION=${NEW_VERSION:-0.0.2}
 # what the root gets besides minbase: systemd (a device has it), and what the package's Depends pull
 # in, downloaded only, so the install below resolves them from apt's cache without network
 ROOT_PACKAGES=(systemd)
-DEPENDS_PACKAGES=(python3 python3-venv libzbar0)
+DEPENDS_PACKAGES=(python3 python3-venv libzbar0 procps)
 T0=$SECONDS
 FAILED=0
 
@@ -103,7 +103,6 @@ build_base() {
         || { tail -20 "$CACHE/debootstrap-$ARCH.log" >&2; die "debootstrap failed ($CACHE/debootstrap-$ARCH.log)"; }
     mount_root
     in_root apt-get update -qq
-    in_root apt-get install -y -qq --download-only --no-install-recommends "${DEPENDS_PACKAGES[@]}" >/dev/null
     umount_root
     tar -C "$ROOT" -cf "$BASE.part" .
     mv "$BASE.part" "$BASE"
@@ -116,6 +115,9 @@ fresh_root() {
     mkdir -p "$ROOT"
     tar -C "$ROOT" -xf "$BASE"
     mount_root
+    # the Depends into apt's cache, not installed (with network; quick once cached in the base's lists)
+    in_root apt-get install -y -qq --download-only --no-install-recommends "${DEPENDS_PACKAGES[@]}" >/dev/null \
+        || die "could not download ${DEPENDS_PACKAGES[*]} into the root's apt cache"
 }
 
 build_debs() {
