@@ -287,6 +287,7 @@ main_steps() {
         && test -d '$ROOT/var/lib/edge-agent/spool' && test ! -e '$ROOT/usr/lib/edge-agent' \
         && test ! -e '$ROOT/usr/bin/edge-agent'"
     check "apt-get purge" offline apt-get purge -y -q cid-edge-agent
+    rm -rf "$ROOT/srv/edge-agent-test" "$ROOT/tmp/replay"  # this test's own files
     check "after purge: nothing of edge-agent left (files, user, group)" no_trace
     say "package: $(du -h "$REPO/dist/$(deb_name "$OLD_VERSION")" | cut -f1) ($ARCH); $INSTALL_TIMES"
 }
