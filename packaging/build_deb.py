@@ -68,11 +68,14 @@ def run(argv: list[str], **kw) -> None:
         raise SystemExit(f"deb: failed ({proc.returncode}): {' '.join(argv[:6])} ...")
 
 
-def build_project_wheel(work: Path) -> Path:
-    """sdist, then the wheel from that sdist (what a user of the sdist gets), version from git."""
-    out = work / "project"
-    # setuptools-scm rewrites edge_agent/_version.py in the tree; the developer's editable install
-    # reads it, so a build with SETUPTOOLS_SCM_PRETEND_VERSION must not leave its version there
+def build_dists(out: Path) -> tuple[Path, Path]:
+    """sdist, then the wheel from that sdist (what a user of the sdist gets), version from git.
+
+    setuptools writes build/, cid_edge_agent.egg-info/ and (setuptools-scm) edge_agent/_version.py into
+    the checkout. Run from the checkout, Python finds that egg-info before the installed metadata, and
+    the editable install reads that _version.py: a build with SETUPTOOLS_SCM_PRETEND_VERSION would make
+    the developer's own agent report the package's version. So the checkout is put back as it was.
+    """
     version_file = REPO / "edge_agent" / "_version.py"
     before = version_file.read_bytes() if version_file.exists() else None
     try:
@@ -82,8 +85,11 @@ def build_project_wheel(work: Path) -> Path:
             version_file.unlink(missing_ok=True)
         else:
             version_file.write_bytes(before)
+        shutil.rmtree(REPO / f"{NAME.replace('-', '_')}.egg-info", ignore_errors=True)
+        shutil.rmtree(REPO / "build", ignore_errors=True)
+    (sdist,) = out.glob("*.tar.gz")
     (wheel,) = out.glob("*.whl")
-    return wheel
+    return sdist, wheel
 
 
 def download_wheels(project_wheel: Path, arch: str, wheelhouse: Path) -> None:
@@ -173,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="edge-agent-deb-") as tmp:
         work = Path(tmp)
-        wheel = build_project_wheel(work)
+        _, wheel = build_dists(work / "project")
         pip_version = wheel.name.split("-")[1]
         version = debian_version(pip_version)
         log(f"built {wheel.name} (Debian version {version})")

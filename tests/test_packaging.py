@@ -38,12 +38,7 @@ def _build_deb_module():
 @pytest.fixture(scope="module")
 def dists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """sdist, then the wheel built from that sdist: what `python -m build` gives a user."""
-    out = tmp_path_factory.mktemp("dist")
-    proc = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(REPO)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (sdist,) = out.glob("*.tar.gz")
-    (wheel,) = out.glob("*.whl")
+    sdist, wheel = _build_deb_module().build_dists(tmp_path_factory.mktemp("dist"))
     return {"sdist": sdist, "wheel": wheel}
 
 
