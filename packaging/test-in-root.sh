@@ -122,12 +122,16 @@ fresh_root() {
 
 build_debs() {
     local v
+    # one build at a time in this checkout (setuptools writes into it), whichever architecture
+    exec 8>"$CACHE/.lock-build"
+    flock 8
     for v in "$OLD_VERSION" "$NEW_VERSION"; do
         if [ ! -s "$REPO/dist/$(deb_name "$v")" ] || [ -n "${REBUILD:-}" ]; then
             SETUPTOOLS_SCM_PRETEND_VERSION=$v "$REPO/dev.sh" deb "$ARCH" >&2
         fi
         [ -s "$REPO/dist/$(deb_name "$v")" ] || die "./dev.sh deb $ARCH did not write dist/$(deb_name "$v")"
     done
+    exec 8>&-
 }
 deb_name() { echo "cid-edge-agent_${1}_$ARCH.deb"; }
 
@@ -237,6 +241,13 @@ main_steps() {
         sh -c "chroot '$ROOT' dpkg-query -W -f '\${Conffiles}' cid-edge-agent | grep -q /etc/edge-agent/config.yaml \
                && test -d '$ROOT/etc/edge-agent/config.d'"
     check "the shipped config validates" in_root edge-agent config validate /etc/edge-agent/config.yaml
+    # what an administrator does after installing: enable the unit, add a drop-in (purge must take both)
+    in_root systemctl enable edge-agent.service >/dev/null 2>&1
+    mkdir -p "$ROOT/etc/systemd/system/edge-agent.service.d"
+    printf '[Service]\nLoadCredential=upload-token:/etc/edge-agent/upload-token\n' \
+        >"$ROOT/etc/systemd/system/edge-agent.service.d/override.conf"
+    check "systemctl enable edge-agent (offline, in the root)" \
+        test -L "$ROOT/etc/systemd/system/multi-user.target.wants/edge-agent.service"
 
     # --- the device's configuration: a sample file as the camera, a dead server ---
     mkdir -p "$ROOT/srv/edge-agent-test"
