@@ -19,6 +19,8 @@ extra), dpkg-deb, and the package index for the dependency wheels (pip's cache k
 from __future__ import annotations
 
 import argparse
+import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -77,16 +79,21 @@ def build_dists(out: Path) -> tuple[Path, Path]:
     the developer's own agent report the package's version. So the checkout is put back as it was.
     """
     version_file = REPO / "edge_agent" / "_version.py"
-    before = version_file.read_bytes() if version_file.exists() else None
-    try:
-        run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(REPO)])
-    finally:
-        if before is None:
-            version_file.unlink(missing_ok=True)
-        else:
-            version_file.write_bytes(before)
-        shutil.rmtree(REPO / f"{NAME.replace('-', '_')}.egg-info", ignore_errors=True)
-        shutil.rmtree(REPO / "build", ignore_errors=True)
+    # one build at a time in this checkout (two test workers, or a test beside ./dev.sh deb)
+    repo_id = hashlib.sha256(bytes(REPO)).hexdigest()[:12]
+    lock_path = Path(tempfile.gettempdir()) / f"cid-edge-agent-build-{repo_id}.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        before = version_file.read_bytes() if version_file.exists() else None
+        try:
+            run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(REPO)])
+        finally:
+            if before is None:
+                version_file.unlink(missing_ok=True)
+            else:
+                version_file.write_bytes(before)
+            shutil.rmtree(REPO / f"{NAME.replace('-', '_')}.egg-info", ignore_errors=True)
+            shutil.rmtree(REPO / "build", ignore_errors=True)
     (sdist,) = out.glob("*.tar.gz")
     (wheel,) = out.glob("*.whl")
     return sdist, wheel
