@@ -36,6 +36,10 @@ bootstrap() {
         "$PY" -m venv "$VENV"
     fi
     "$VENV/bin/python" -m pip install -q --upgrade pip
+    # this project was distributed as "edge-agent" before (a name PyPI gives to another project)
+    if "$VENV/bin/python" -m pip show -q edge-agent >/dev/null 2>&1; then
+        "$VENV/bin/python" -m pip uninstall -q -y edge-agent
+    fi
     "$VENV/bin/python" -m pip install -q -e ".[test,receiver]"
 }
 
