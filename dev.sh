@@ -2,6 +2,8 @@
 # Set-up and the two everyday commands, from a clean clone on Debian / Ubuntu / Raspberry Pi OS:
 #   ./dev.sh demo   install, start a local receiver, replay a sample video into it end to end
 #   ./dev.sh test   install, lint, run the test suite
+#   ./dev.sh deb amd64|arm64        build dist/cid-edge-agent_<version>_<arch>.deb (offline-installable)
+#   ./dev.sh deb-test amd64|arm64   install, upgrade, roll back and purge it in a clean Debian root (root)
 # Installs system packages with apt (only those missing; sudo when not root), makes ./.venv,
 # and installs edge-agent into it with its test and receiver extras.
 set -euo pipefail
@@ -36,6 +38,10 @@ bootstrap() {
     # pip only when pyproject.toml changed since the last install: a second demo or test run starts at once
     [ "$VENV/.dev-installed" -nt pyproject.toml ] && return
     "$VENV/bin/python" -m pip install -q --upgrade pip
+    # this project was distributed as "edge-agent" before (a name PyPI gives to another project)
+    if "$VENV/bin/python" -m pip show -q edge-agent >/dev/null 2>&1; then
+        "$VENV/bin/python" -m pip uninstall -q -y edge-agent
+    fi
     "$VENV/bin/python" -m pip install -q -e ".[test,receiver]"
     touch "$VENV/.dev-installed"
 }
@@ -86,9 +92,22 @@ tests() {
     "$VENV/bin/python" -m pytest -q -n "${PYTEST_WORKERS:-4}" --dist loadfile "$@"
 }
 
+# dist/cid-edge-agent_<version>_<arch>.deb with the wheels of that architecture inside (packaging/)
+deb() {
+    # a version given for the package (SETUPTOOLS_SCM_PRETEND_VERSION) is not the checkout's
+    (unset SETUPTOOLS_SCM_PRETEND_VERSION; bootstrap)
+    command -v dpkg-deb >/dev/null || die_usage "dpkg-deb is missing (apt-get install dpkg)"
+    "$VENV/bin/python" packaging/build_deb.py "$@"
+}
+
+die_usage() { echo "$*" >&2; exit 64; }
+
 case "${1:-}" in
     demo) shift; demo "$@" ;;
     test) shift; tests "$@" ;;
     setup) bootstrap "${TEST_PACKAGES[@]}" ;;
-    *) echo "usage: $0 demo [VIDEO] | test [PYTEST ARGS] | setup" >&2; exit 64 ;;
+    deb) shift; [ $# -eq 1 ] || die_usage "usage: $0 deb amd64|arm64"; deb "$@" ;;
+    deb-test) shift; [ $# -eq 1 ] || die_usage "usage: $0 deb-test amd64|arm64"; packaging/test-in-root.sh "$@" ;;
+    *) echo "usage: $0 demo [VIDEO] | test [PYTEST ARGS] | setup | deb amd64|arm64 | deb-test amd64|arm64" >&2
+       exit 64 ;;
 esac

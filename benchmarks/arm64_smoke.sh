@@ -109,7 +109,7 @@ build_project_wheel() {
         --exclude=__pycache__ --exclude=demo-data --exclude=clips -cf - . | tar -C "$src" -xf -
     "$PYTHON" -m pip wheel -q --disable-pip-version-check --no-deps -w "$CACHE/wheels/project" "$src" \
         >"$CACHE/wheel-build.log" 2>&1 || { tail -20 "$CACHE/wheel-build.log" >&2; die "could not build the wheel"; }
-    WHEEL=$(ls "$CACHE"/wheels/project/edge_agent-*.whl)
+    WHEEL=$(ls "$CACHE"/wheels/project/cid_edge_agent-*.whl)
 }
 
 install_into_root() {

@@ -274,7 +274,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     import av
 
     print(f"python {platform.python_version()} machine {platform.machine()} libc {' '.join(platform.libc_ver())}")
-    for dist in ("edge-agent", "av", "numpy", "opencv-python-headless", "zxing-cpp", "pyzbar", "pydantic",
+    for dist in ("cid-edge-agent", "av", "numpy", "opencv-python-headless", "zxing-cpp", "pyzbar", "pydantic",
                  "watchdog"):
         print(f"  {dist} {metadata.version(dist)}")
     avcodec = ".".join(str(n) for n in av.library_versions.get("libavcodec", ()))
@@ -285,7 +285,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         print(f"  encoder {name}: {_encoder_status(name)}")
 
     gray = _gray_at(args.video, PROBE_FRAME_T)
-    from edge_agent.detector import make_decoder
+    from edge_agent.pipeline.detector import make_decoder
 
     _, zxing = make_decoder("zxing")
     zxing_payloads = [c.payload.decode() for c in zxing(gray)]

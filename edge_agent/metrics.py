@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeVar
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
-from edge_agent import __version__
+from edge_agent import __commit__, __version__
 
 # `_created` series (one per counter and label set) double the exposition for a number no
 # dashboard here uses.
@@ -127,7 +127,8 @@ DECLARED: dict[str, MetricSpec] = {s.name: s for s in (
                _DELIVERY_BUCKETS),
     # --- the process ---
     _gauge("edge_agent_fps", "Frames read per second over the last second."),
-    _gauge("edge_agent_build_info", "Always 1; the labels say which agent and Python run.", "version", "python"),
+    _gauge("edge_agent_build_info", "Always 1; the labels say which agent build (version, git commit) and Python run.",
+           "version", "commit", "python"),
     # --- the fleet: which device, which config, can its clock be trusted ---
     _gauge("edge_agent_info", "Always 1; the labels say which device this is and which effective config it runs "
            "(sha256 over the merged config, device_id aside).", "device_id", "site", "source_kind", "config_sha256"),
@@ -175,7 +176,7 @@ class Metrics:
             for value in spec.initial:
                 metric.labels(value)
             self._metrics[spec.name] = metric
-        self.set("edge_agent_build_info", 1, version=__version__, python=platform.python_version())
+        self.set("edge_agent_build_info", 1, version=__version__, commit=__commit__, python=platform.python_version())
         if process:
             ProcessCollector(registry=self.registry)
 

@@ -113,7 +113,7 @@ def test_the_exposition_has_help_build_info_process_metrics_and_upload_results_f
     text = Metrics().prometheus_text()
     for spec in DECLARED.values():
         assert f"# HELP {spec.name} " in text and f"# TYPE {spec.name} {spec.kind}" in text, spec.name
-    assert re.search(r'^edge_agent_build_info\{python="[\d.]+",version="[^"]+"\} 1\.0$', text, re.M)
+    assert re.search(r'^edge_agent_build_info\{commit="[^"]+",python="[\d.]+",version="[^"]+"\} 1\.0$', text, re.M)
     for result in ("delivered", "duplicate", "retry", "quarantined"):  # rate() works before the first upload
         assert f'edge_agent_uploads_total{{result="{result}"}} 0.0' in text
     for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"):
@@ -137,3 +137,22 @@ def test_promtool_rejects_what_it_should() -> None:
     """The check can fail: the old exposition (no HELP, milliseconds) does not pass."""
     res = promtool.run("check", "metrics", stdin="# TYPE edge_agent_clip_ms gauge\nedge_agent_clip_ms 12.5\n")
     assert res.returncode != 0 and "no help text" in res.stdout + res.stderr
+
+
+def test_build_info_names_the_installed_version_and_the_git_commit_of_this_build() -> None:
+    """Two builds of the agent must be told apart on a dashboard: version from the installed
+    metadata (setuptools-scm, from git), commit from the file setuptools-scm wrote beside it."""
+    import subprocess
+    from importlib import metadata
+
+    import edge_agent
+
+    text = Metrics().prometheus_text()
+    line = next(x for x in text.splitlines() if x.startswith("edge_agent_build_info{"))
+    assert f'version="{metadata.version(edge_agent.DIST_NAME)}"' in line
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(edge_agent.__file__).parent).stdout.strip()
+    commit = re.search(r'commit="([^"]+)"', line).group(1)
+    if head:  # a git checkout: the build's commit is a prefix of a real commit (HEAD when freshly installed)
+        assert commit != "unknown" and subprocess.run(["git", "cat-file", "-e", commit], capture_output=True,
+                                                      cwd=Path(edge_agent.__file__).parent).returncode == 0
