@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from edge_agent.commands.common import add_config_arg, config_path, load_config_or_exit
 from edge_agent.config import ENV_PREFIX, EXIT_CONFIG, Config, ConfigError, load_config, provenance
+from edge_agent.redact import redact_data
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"  # the source tree: edge_agent/commands/ -> root
 
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.set_defaults(func=cmd_validate)
     s = ss.add_parser("show", help="the effective config, with where each value came from",
                       description="Print the config the agent would run with (file, environment, defaults "
-                      "merged), each value with where it came from; passwords in URLs are masked.")
+                      "merged), each value with where it came from; passwords in URLs and commands are masked.")
     add_config_arg(s)
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_show)
@@ -63,26 +64,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-_SECRET_URL = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@", re.I)
-
-
-def mask(value: Any) -> Any:
-    """Passwords in URLs (rtsp://user:pass@cam) never reach a terminal or a ticket."""
-    if isinstance(value, str):
-        return _SECRET_URL.sub(lambda m: f"{m['scheme']}{m['user']}:***@", value)
-    if isinstance(value, dict):
-        return {k: mask(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [mask(v) for v in value]
-    return value
-
-
 def cmd_show(args: argparse.Namespace) -> int:
     cfg = load_config_or_exit(args, strict_source=False)
     path = config_path(args)
     text = Path(path).read_text(encoding="utf-8") if path else ""
     where = provenance(text, path or "<none>")
-    data = mask(cfg.model_dump(mode="json"))
+    data = redact_data(cfg.model_dump(mode="json"))  # never a password on a terminal or in a ticket
     if args.json:
         print(json.dumps({"config": data, "sources": where}, indent=2))
         return 0

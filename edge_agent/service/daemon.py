@@ -156,8 +156,9 @@ class Daemon:
         cap = self.pipeline.status().capture
         age = cap.last_frame_age_s
         ok = age is not None and age < self.cfg.source.stall_s
+        # /healthz is open without a password: figures only, never the error's text (it names the source)
         return ok, {"last_frame_age_s": None if age is None else round(age, 2),
-                    "spool_clips": self.spool.status().clips, "source_error": cap.source_error}
+                    "spool_clips": self.spool.status().clips, "source_error": cap.source_error is not None}
 
     def _loop(self) -> int:
         ready = False
