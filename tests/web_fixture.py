@@ -58,6 +58,8 @@ class Web:
                 return self
             except requests.ConnectionError:
                 time.sleep(0.1)
+        self.proc.kill()  # `with` never reaches __exit__ when __enter__ fails: no daemon left behind
+        self.proc.wait()
         raise AssertionError(f"web server not up in {timeout} s: {self.log.read_text()}")
 
     def stop(self) -> int:
