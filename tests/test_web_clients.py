@@ -121,9 +121,9 @@ def test_live_streams_are_capped_with_a_clear_503(tmp_path: Path) -> None:
     with Web(tmp_path, loop=True) as web:
         open_ = [stream() for _ in range(MJPEG_MAX_VIEWERS)]
         assert all(head.split(b"\r\n")[0].endswith(b"200 OK") for _, head in open_)
-        over = requests.get(web.url + "/live.mjpeg", timeout=10)
-        assert over.status_code == 503 and int(over.headers["Retry-After"]) > 0
-        assert f"{MJPEG_MAX_VIEWERS} live streams are open" in over.json()["detail"]
+        with requests.get(web.url + "/live.mjpeg", stream=True, timeout=10) as over:  # served, it never ends
+            assert over.status_code == 503 and int(over.headers["Retry-After"]) > 0
+            assert f"{MJPEG_MAX_VIEWERS} live streams are open" in over.json()["detail"]
         assert requests.get(web.url + "/frame.jpg", timeout=10).status_code == 200  # the page still works
         sock, _ = open_.pop()
         reset(sock)  # a viewer leaves: its place is free once its next frame fails to send
