@@ -11,6 +11,8 @@ import logging
 import os
 import sys
 
+from edge_agent.redact import redact
+
 _PRIORITY = {
     logging.DEBUG: 7,
     logging.INFO: 6,
@@ -21,10 +23,11 @@ _PRIORITY = {
 
 
 class OneLineFormatter(logging.Formatter):
-    """One event, one line: a newline in a message (or a traceback) cannot forge a second entry."""
+    """One event, one line: a newline in a message (or a traceback) cannot forge a second entry; and
+    no password: a URL's login or a command's secret is masked whatever logged it."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return super().format(record).replace("\r", "").replace("\n", " | ")
+        return redact(super().format(record).replace("\r", "").replace("\n", " | "))
 
 
 class JournalFormatter(OneLineFormatter):

@@ -125,6 +125,9 @@ DECLARED: dict[str, MetricSpec] = {s.name: s for s in (
     _histogram("edge_agent_detection_to_delivery_seconds",
                "Time from a CID's detection to its event's delivery (post-roll, clip, queue and upload).",
                _DELIVERY_BUCKETS),
+    # --- the device's web server ---
+    _counter("edge_agent_http_auth_failures_total",
+             "Wrong passwords given to the device's web server (each client is slowed after a few)."),
     # --- the process ---
     _gauge("edge_agent_fps", "Frames read per second over the last second."),
     _gauge("edge_agent_build_info", "Always 1; the labels say which agent build (version, git commit) and Python run.",

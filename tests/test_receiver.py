@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -140,3 +142,31 @@ def test_ingest_ldo_reply_shape_and_list_pagination(receiver: ReceiverProcess) -
     assert page["total"] == 5 and page["ldos"] == listing[1:3]
     assert set(page["ldos"][0]) == {"id", "status", "filename", "created_at", "size_bytes"}
     assert requests.get(f"{receiver.url}/ingest/list", params={"limit": 0}, timeout=10).status_code == 422
+
+
+def test_a_key_reused_for_another_cid_is_422_naming_both_and_stores_nothing(receiver: ReceiverProcess) -> None:
+    key = str(uuid.uuid4())
+    assert post(receiver.cid_url, cid="CID-FIRST", key=key).status_code == 201
+    other = post(receiver.cid_url, cid="CID-OTHER", key=key, video=b"other clip")
+    # not 409: the agent takes 409 for "already delivered" and would drop a clip that never arrived
+    assert other.status_code == 422, other.text
+    assert "CID-FIRST" in other.json()["detail"] and "CID-OTHER" in other.json()["detail"]
+    assert "Idempotent-Replay" not in other.headers
+    (ev,) = receiver.events()
+    assert ev["cid"] == "CID-FIRST" and ev["requests"] == 1
+    assert len(list((receiver.data_dir / "videos").iterdir())) == 1
+
+
+def test_one_receiver_per_data_dir(receiver: ReceiverProcess) -> None:
+    second = subprocess.run([sys.executable, "-m", "edge_agent.receiver", "--port", str(free_port()), "--data-dir",
+                             str(receiver.data_dir)], capture_output=True, text=True, timeout=30)
+    assert second.returncode == 75
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and "another receiver" in lines[0] and str(receiver.data_dir) in lines[0], second.stderr
+    # the first one carries on, and concurrent posts of one key still make one record and one video
+    key = str(uuid.uuid4())
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda _: post(receiver.cid_url, key=key, video=b"v" * 2_000_000), range(4)))
+    assert sorted(r.status_code for r in replies) == [201] * 4
+    assert sum(r.headers.get("Idempotent-Replay") == "true" for r in replies) == 3
+    assert len(receiver.events()) == 1 and len(list((receiver.data_dir / "videos").iterdir())) == 1

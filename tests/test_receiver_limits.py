@@ -151,3 +151,25 @@ def test_the_key_lock_table_empties_once_requests_finish(quick: ReceiverProcess)
         assert set(pool.map(post, range(60))) == {201}
     assert len(quick.events()) == 41
     assert requests.get(f"{quick.url}/healthz", timeout=5).json()["locked_keys"] == 0
+
+
+@pytest.mark.parametrize(("meta", "said"), [
+    ('{"event_id": "e", "x": ' + "[" * 100_000 + "]" * 100_000 + "}", "over the 65536 byte limit"),
+    ('{"event_id": "e", "x": ' + "[" * 5_000 + "]" * 5_000 + "}", "nested deeper than the 32 level limit"),
+    ('{"event_id": "e", "x": ' + '{"a": ' * 33 + "1" + "}" * 33 + "}", "nested deeper than the 32 level limit"),
+    (json.dumps({"event_id": "e", "note": "x" * 70_000}), "over the 65536 byte limit"),
+])
+def test_metadata_too_deep_or_too_large_is_422_not_a_500(quick: ReceiverProcess, meta: str, said: str) -> None:
+    for path, data in (("/cid", {"cid": "CID-1", "metadata": meta}), ("/ingest/ldo", {"metadata": meta})):
+        r = requests.post(quick.url + path, data=data, files={"video": ("v.mp4", b"v" * 4000, "video/mp4")},
+                          timeout=10)
+        assert r.status_code == 422 and said in r.json()["detail"], r.text
+    assert stored_files(quick) == [] and quick.events() == []
+    assert "Traceback" not in quick.log.read_text()
+
+
+def test_metadata_at_the_limits_is_accepted(quick: ReceiverProcess) -> None:
+    # brackets inside strings are text, not nesting; 32 levels is allowed
+    meta = {"event_id": "e-ok", "note": "[[[{{{" * 1000, "x": json.loads("[" * 31 + "]" * 31)}
+    r = requests.post(quick.cid_url, data={"cid": "CID-1", "metadata": json.dumps(meta)}, timeout=10)
+    assert r.status_code == 201, r.text

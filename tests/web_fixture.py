@@ -20,10 +20,12 @@ PASSWORD = "s3cret-Pa55"
 
 
 class Web:
-    """`edge-agent <args>` with a config naming a file source replayed in real time and `http:` lines."""
+    """`edge-agent <args>` with a config naming a file source replayed in real time (or the `source:` block
+    given) and `http:` lines."""
 
     def __init__(self, tmp_path: Path, video: Path = CONVEYOR, http: str = "", *, command: tuple[str, ...] = ("run",),
-                 loop: bool = False, password: bool = False, tls: tuple[Path, Path] | None = None):
+                 loop: bool = False, password: bool = False, tls: tuple[Path, Path] | None = None,
+                 source: str | None = None):
         self.tmp = tmp_path
         self.port = free_port()
         if password:
@@ -33,9 +35,10 @@ class Web:
             http += f"  cert_file: {tls[0]}\n  key_file: {tls[1]}\n"
         self.verify: str | bool = str(tls[0]) if tls else True
         self.config = tmp_path / "config.yaml"
+        source = source or (f"source:\n  kind: file\n  path: {video}\n  realtime: true\n"
+                            f"  loop: {'true' if loop else 'false'}\n")
         self.config.write_text(
-            f"device_id: web-test\nsource:\n  kind: file\n  path: {video}\n  realtime: true\n"
-            f"  loop: {'true' if loop else 'false'}\n"
+            f"device_id: web-test\n{source}"
             f"spool:\n  dir: {tmp_path / 'spool'}\n  min_free_bytes: 0\n"
             f"http:\n  port: {self.port}\n{http}", encoding="utf-8")
         self.log = tmp_path / "web.log"
@@ -55,6 +58,8 @@ class Web:
                 return self
             except requests.ConnectionError:
                 time.sleep(0.1)
+        self.proc.kill()  # `with` never reaches __exit__ when __enter__ fails: no daemon left behind
+        self.proc.wait()
         raise AssertionError(f"web server not up in {timeout} s: {self.log.read_text()}")
 
     def stop(self) -> int:

@@ -23,6 +23,7 @@ from edge_agent.capture.clock import FrameClock, PtsClock, measure_fps
 from edge_agent.capture.media import Packet, StreamInfo
 from edge_agent.capture.raw_encoder import RawEncoder, RawEncoderError
 from edge_agent.config import SourceConfig
+from edge_agent.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,11 @@ _ASSUMED_FPS = 30.0
 
 
 class SourceError(Exception):
-    """The source cannot be opened or read; the message says what a technician can check."""
+    """The source cannot be opened or read; the message says what a technician can check. It is
+    shown on pages and in logs, and FFmpeg's errors quote the URL: the login is masked here."""
+
+    def __init__(self, message: str):
+        super().__init__(redact(message))
 
 
 def make_source(cfg: SourceConfig, path: str | None = None, encoders: Sequence[str] | None = None) -> Any:
@@ -82,7 +87,8 @@ class AvSource:
 
     @property
     def describe(self) -> str:
-        return self.cfg.command if self.cfg.kind == "pipe" else str(self.path)
+        """The source for messages and pages, its login masked."""
+        return redact(self.cfg.command or "" if self.cfg.kind == "pipe" else str(self.path))
 
     def open(self) -> StreamInfo:
         self._closed.clear()

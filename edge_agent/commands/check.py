@@ -28,6 +28,7 @@ from edge_agent.commands.ownership import act_as_state_owner
 from edge_agent.config import Config
 from edge_agent.delivery import contract
 from edge_agent.logs import setup_logging
+from edge_agent.redact import redact, redact_data
 
 if TYPE_CHECKING:
     from edge_agent.app import Agent
@@ -196,6 +197,7 @@ def check_server(cfg: Config) -> Result:
         return Result("server", SKIP, "upload.url is not set: clips stay in the spool")
     parts = urlsplit(u.url)
     host = parts.hostname or parts.netloc
+    netloc = urlsplit(redact(u.url)).netloc  # for messages: a login in the URL is masked
     verify: bool | str = (u.ca_file or True) if u.verify_tls else False
     cert = (u.cert_file, u.key_file) if u.cert_file and u.key_file else u.cert_file
     headers = {"User-Agent": f"edge-agent/{__version__} check"}
@@ -210,14 +212,14 @@ def check_server(cfg: Config) -> Result:
         r = requests.post(u.url, files={"probe": ("", b"")}, data={}, headers=headers, verify=verify, cert=cert,
                           timeout=(u.connect_timeout_s, min(u.read_timeout_s, 10.0)), allow_redirects=False)
     except requests.exceptions.SSLError as exc:
-        return Result("server", FAIL, f"{parts.netloc}: {describe_error(exc, u.url)}",
+        return Result("server", FAIL, f"{netloc}: {describe_error(exc, u.url)}",
                       "the server's certificate is not trusted: set upload.ca_file to the CA that signed it "
                       "(and check the device's clock: `timedatectl`)")
     except requests.exceptions.ConnectTimeout:
-        return Result("server", FAIL, f"{parts.netloc}: no answer to connect in {u.connect_timeout_s:g} s",
+        return Result("server", FAIL, f"{netloc}: no answer to connect in {u.connect_timeout_s:g} s",
                       "a firewall drops the traffic or the server is down: check the network route and the port")
     except requests.exceptions.ReadTimeout:
-        return Result("server", FAIL, f"{parts.netloc}: connected but no HTTP reply",
+        return Result("server", FAIL, f"{netloc}: connected but no HTTP reply",
                       "something listens but does not speak HTTP: check the port in upload.url")
     except requests.exceptions.ConnectionError as exc:
         why = describe_error(exc, u.url)
@@ -225,13 +227,13 @@ def check_server(cfg: Config) -> Result:
         if "name resolution" in low or "not known" in low or "nodename" in low or "resolve" in low:
             hint = f"the host name {host} does not resolve: check upload.url and the device's DNS"
         elif "refused" in low:
-            hint = (f"nothing listens on {parts.netloc}: is the edge server running, "
+            hint = (f"nothing listens on {netloc}: is the edge server running, "
                     "and is the port in upload.url right?")
         else:
             hint = "the server does not answer: check upload.url, the network and the firewall"
-        return Result("server", FAIL, f"{parts.netloc}: {why}", hint)
+        return Result("server", FAIL, f"{netloc}: {why}", hint)
     except (requests.RequestException, OSError) as exc:  # e.g. a missing ca_file / cert_file
-        return Result("server", FAIL, f"{parts.netloc}: {describe_error(exc, u.url)}",
+        return Result("server", FAIL, f"{netloc}: {describe_error(exc, u.url)}",
                       "check upload.url and the upload.ca_file / cert_file / key_file paths")
     ms = (time.monotonic() - started) * 1000
     code = r.status_code
@@ -247,7 +249,7 @@ def check_server(cfg: Config) -> Result:
     if code in (404, 405):
         return Result("server", FAIL, f"{said}: no upload endpoint at {parts.path or '/'}",
                       f"upload.url must be the edge server's {contract.CID_PATH} endpoint, e.g. "
-                      f"{parts.scheme}://{parts.netloc}{contract.CID_PATH}", data)
+                      f"{parts.scheme}://{netloc}{contract.CID_PATH}", data)
     if code in (401, 403):
         hint = ("the server refused the token: check the token in upload.token_file (or the systemd credential)"
                 if token else "the server wants a token: set upload.token_file (see README, 'Install as a service')")
@@ -330,9 +332,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     stop = stop_on_signals()  # the source reading ends, the other checks run, the table says so
     results = run_checks(cfg, config_path(args), max(2, args.frames), max(0.5, args.seconds), stop)
     ok = not any(r.status == FAIL for r in results)
-    if args.json:
-        print(json.dumps({"ok": ok, "results": [asdict(r) for r in results]}, indent=2, default=str))
+    if args.json:  # redacted: results quote the source and the upload URL, logins and all
+        print(json.dumps(redact_data({"ok": ok, "results": [asdict(r) for r in results]}), indent=2, default=str))
     else:
-        print(format_table(results))
+        print(redact(format_table(results)))
     sys.stdout.flush()
     return 0 if ok else 1

@@ -23,6 +23,7 @@ from edge_agent.config import (
     fragments,
     load_config,
 )
+from edge_agent.redact import redact_data
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                       description="Print the config the agent would run with (file, its .d fragments, "
                       "environment, defaults merged), each value with where it came from (file:line, "
                       "env VAR or default) and the config's sha256 (edge_agent_info's config_sha256); "
-                      "passwords in URLs are masked.")
+                      "passwords in URLs and commands are masked.")
     add_config_arg(s)
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_show)
@@ -105,25 +106,11 @@ def _warn_encoders(names: list[str]) -> None:
         print(f"warning: {warning}", file=sys.stderr)
 
 
-_SECRET_URL = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@", re.I)
-
-
-def mask(value: Any) -> Any:
-    """Passwords in URLs (rtsp://user:pass@cam) never reach a terminal or a ticket."""
-    if isinstance(value, str):
-        return _SECRET_URL.sub(lambda m: f"{m['scheme']}{m['user']}:***@", value)
-    if isinstance(value, dict):
-        return {k: mask(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [mask(v) for v in value]
-    return value
-
-
 def cmd_show(args: argparse.Namespace) -> int:
     cfg = load_config_or_exit(args, strict_source=False)
     path = config_path(args)
     where = config_sources(path)
-    data = mask(cfg.model_dump(mode="json"))
+    data = redact_data(cfg.model_dump(mode="json"))  # never a password on a terminal or in a ticket
     digest = config_sha256(cfg)
     if args.json:
         print(json.dumps({"config": data, "sources": where, "config_sha256": digest,

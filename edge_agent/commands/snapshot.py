@@ -26,6 +26,7 @@ from edge_agent.config import Config
 from edge_agent.delivery.cid import escape_payload
 from edge_agent.inspection import Report, analyse, annotate, sharpness_scale
 from edge_agent.logs import setup_logging
+from edge_agent.redact import redact
 
 if TYPE_CHECKING:
     from edge_agent.app import Agent
@@ -179,7 +180,7 @@ def open_reader(agent: Agent, command: str, stop: threading.Event) -> FrameReade
     from edge_agent.commands.check import source_hint
 
     cfg = agent.cfg.source
-    where = cfg.command if cfg.kind == "pipe" else str(cfg.path)
+    where = redact(cfg.command or "" if cfg.kind == "pipe" else str(cfg.path))
     src = agent.source()
     stop_on_signals(stop, then=src.interrupt)
     try:

@@ -91,6 +91,21 @@ def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion
             raise RuntimeError(f"data-ingestion answered {resp.status_code}: {resp.text[:200]}")
         return str(resp.json()["id"])
 
+    def _replay(key: str | None, cid: str, prior: tuple[int, dict[str, Any]]) -> JSONResponse:
+        """The reply a key got before, for a retry of the same clip. A key already used for another
+        CID is a client error, 422 naming both, and nothing is stored: not 409, which the agent (as
+        the architecture's wire contract says) takes for "already delivered" and would drop a clip
+        that never arrived; a 422 quarantines it, kept and listed, for someone to look at."""
+        assert key is not None
+        earlier = prior[1].get("cid")
+        if earlier is not None and earlier != cid:
+            log.warning("refused cid=%s clip=%s: the key was used for cid=%s", cid, key, earlier)
+            return _error(422, f"Idempotency-Key {key!r} was used for cid {earlier!r}, this request has cid {cid!r}: "
+                               "each clip needs its own key (the agent uses the event id)")
+        store.count_replay("cid", key)
+        log.info("replay cid=%s clip=%s", cid, key)
+        return JSONResponse(prior[1], status_code=prior[0], headers={"Idempotent-Replay": "true"})
+
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "locked_keys": store.locked_keys()}
@@ -118,8 +133,7 @@ def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion
         with store.key_lock("cid", key):
             prior = store.reply_for("cid", key)
             if prior is not None:
-                log.info("replay cid=%s clip=%s", cid, key)
-                return JSONResponse(prior[1], status_code=prior[0], headers={"Idempotent-Replay": "true"})
+                return _replay(key, cid, prior)
             video_file = sha = None
             size = 0
             if video is not None and video.filename is not None:
@@ -142,10 +156,13 @@ def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion
                 "video_file": video_file, "size_bytes": size, "sha256": sha,
                 "sha256_ok": None if sha_ok is None else int(sha_ok), "ldo_id": ldo_id, "received_at": time.time(),
             }
-            store.add_event(event_row)
             body = {"id": event_row["id"], "cid": cid, "event_id": event_row["event_id"], "size_bytes": size,
                     "sha256": sha, "sha256_ok": sha_ok, "ldo_id": ldo_id}
-            store.remember("cid", key, 201, body)
+            prior = store.add_event(event_row, 201, body)
+            if prior is not None:  # recorded first by another request: keep no second copy of the video
+                if video_file:
+                    (store.data_dir / video_file).unlink(missing_ok=True)
+                return _replay(key, cid, prior)
         log.info("stored cid=%s clip=%s bytes=%d sha256_ok=%s ldo=%s", cid, key, size, sha_ok, ldo_id or "-")
         return JSONResponse(body, status_code=201)
 

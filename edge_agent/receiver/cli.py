@@ -63,6 +63,7 @@ def serve_args(args: argparse.Namespace) -> int:
     from ..logs import setup_logging
     from .app import create_app
     from .limits import header_timeout_protocol
+    from .lock import DataDirInUse
 
     if args.header_timeout <= 0:
         print("edge-agent receiver: --header-timeout must be > 0 seconds", file=sys.stderr)
@@ -80,6 +81,9 @@ def serve_args(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"edge-agent receiver: {exc}", file=sys.stderr)
         return 78
+    except DataDirInUse as exc:
+        print(f"edge-agent receiver: {exc}", file=sys.stderr)
+        return 75  # EX_TEMPFAIL: as for a spool another process owns
     log = logging.getLogger(__name__)
     log.info("receiver listening host=%s port=%d data_dir=%s", args.host, args.port, args.data_dir)
     if app.state.use_ingestion:

@@ -1,6 +1,13 @@
-"""What the receiver refuses at the connection level, so one client cannot tie up its disk,
-memory or connections: bodies over the cap, bodies of unknown length, request headers that never
-finish, idempotency keys too long to be keys."""
+"""What the receiver refuses, so one client cannot tie up its disk, memory, connections or a worker:
+bodies over the cap, bodies of unknown length, request headers that never finish, idempotency keys
+too long to be keys, and metadata too large or nested too deep to be the contract's.
+
+Metadata limits (422 naming the limit, checked before the JSON is parsed, so a hostile document
+costs one linear scan): at most MAX_METADATA_BYTES of UTF-8, and arrays and objects nested at most
+MAX_METADATA_DEPTH deep. The agent's metadata is about 1 kB and 3 deep; Python's JSON parser
+recurses per level and fails past about 1,000 with an error that used to become a 500, which a
+client retries for ever.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +22,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 log = logging.getLogger("edge_agent.receiver")
 
 MAX_KEY_BYTES = 200
+MAX_METADATA_BYTES = 64 << 10
+MAX_METADATA_DEPTH = 32
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 
 
@@ -23,6 +32,34 @@ def key_error(key: str | None, what: str = "Idempotency-Key") -> str | None:
     16 kB key would cost 16 kB several times over in the database for nothing."""
     if key is not None and len(key.encode()) > MAX_KEY_BYTES:
         return f"{what} is {len(key.encode())} bytes, over the {MAX_KEY_BYTES} byte limit (use a UUID)"
+    return None
+
+
+def metadata_error(text: str) -> str | None:
+    """A clear reason to refuse metadata before parsing it (too large, nested too deep), or None."""
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_METADATA_BYTES:
+        return f"metadata is {size} bytes, over the {MAX_METADATA_BYTES} byte limit"
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:  # brackets inside strings do not count
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_METADATA_DEPTH:
+                    return f"metadata is nested deeper than the {MAX_METADATA_DEPTH} level limit"
+        elif ch in "]}":
+            depth -= 1
     return None
 
 

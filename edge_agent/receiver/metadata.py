@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..delivery.contract import AgentInfo, ClipInfo, ClockInfo
-from .limits import key_error
+from .limits import key_error, metadata_error
 
 _SHA256 = r"^[0-9a-fA-F]{64}$"
 
@@ -69,6 +69,8 @@ def parse_metadata(text: str | None) -> dict[str, Any] | None:
     one-line reason naming the field."""
     if text is None:
         return None
+    if err := metadata_error(text):
+        raise ValueError(err)
     try:
         meta = json.loads(text)
     except ValueError:

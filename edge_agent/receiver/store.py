@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from .lock import hold
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS replies (
     scope TEXT NOT NULL, key TEXT NOT NULL, status INTEGER NOT NULL, body TEXT NOT NULL,
@@ -36,6 +38,7 @@ class Store:
 
     def __init__(self, data_dir: Path):
         self.data_dir = Path(data_dir)
+        self._lock_fd = hold(self.data_dir)  # DataDirInUse before anything is opened or written
         (self.data_dir / "videos").mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.data_dir / "receiver.sqlite3"), check_same_thread=False,
                                    isolation_level=None)
@@ -77,19 +80,15 @@ class Store:
     # --- idempotency ----------------------------------------------------------------------------
 
     def reply_for(self, scope: str, key: str | None) -> tuple[int, dict[str, Any]] | None:
-        """The stored reply for a key seen before (and count this replay), else None."""
+        """The stored reply for a key seen before, else None."""
         if not key:
             return None
         rows = self._q("SELECT status, body FROM replies WHERE scope=? AND key=?", (scope, key))
-        if not rows:
-            return None
-        self._q("UPDATE replies SET requests = requests + 1 WHERE scope=? AND key=?", (scope, key))
-        return rows[0][0], json.loads(rows[0][1])
+        return (rows[0][0], json.loads(rows[0][1])) if rows else None
 
-    def remember(self, scope: str, key: str | None, status: int, body: dict[str, Any]) -> None:
-        if key:
-            self._q("INSERT OR IGNORE INTO replies (scope, key, status, body, created_at) VALUES (?,?,?,?,?)",
-                    (scope, key, status, json.dumps(body), time.time()))
+    def count_replay(self, scope: str, key: str) -> None:
+        """One more request answered with the stored reply (GET /cid/list shows the count)."""
+        self._q("UPDATE replies SET requests = requests + 1 WHERE scope=? AND key=?", (scope, key))
 
     # --- files ----------------------------------------------------------------------------------
 
@@ -112,10 +111,29 @@ class Store:
 
     # --- records --------------------------------------------------------------------------------
 
-    def add_event(self, row: dict[str, Any]) -> None:
-        self._q("INSERT INTO events (id, cid, event_id, idempotency_key, metadata, video_file, size_bytes, sha256,"
-                " sha256_ok, ldo_id, received_at) VALUES (:id, :cid, :event_id, :idempotency_key, :metadata,"
-                " :video_file, :size_bytes, :sha256, :sha256_ok, :ldo_id, :received_at)", row)  # type: ignore[arg-type]
+    def add_event(self, row: dict[str, Any], status: int, body: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+        """Record the event and the reply to its key in one transaction; None when done. When the key
+        was recorded first (by a request this process did not serialise with), nothing is written and
+        the stored reply is returned: the caller removes its copy of the video and answers with it."""
+        key = row["idempotency_key"]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")  # writers queue here, across processes too
+            try:
+                prior = self._db.execute("SELECT status, body FROM replies WHERE scope='cid' AND key=?",
+                                         (key,)).fetchall() if key else []
+                if not prior:
+                    self._db.execute(
+                        "INSERT INTO events (id, cid, event_id, idempotency_key, metadata, video_file, size_bytes,"
+                        " sha256, sha256_ok, ldo_id, received_at) VALUES (:id, :cid, :event_id, :idempotency_key,"
+                        " :metadata, :video_file, :size_bytes, :sha256, :sha256_ok, :ldo_id, :received_at)", row)
+                    if key:
+                        self._db.execute("INSERT INTO replies (scope, key, status, body, created_at) VALUES "
+                                         "('cid', ?, ?, ?, ?)", (key, status, json.dumps(body), time.time()))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("ROLLBACK" if prior else "COMMIT")
+        return (prior[0][0], json.loads(prior[0][1])) if prior else None
 
     def list_events(self, skip: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
         total = self._q("SELECT COUNT(*) FROM events")[0][0]
@@ -138,6 +156,7 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            os.close(self._lock_fd)
 
 
 def _iso(ts: float) -> str:

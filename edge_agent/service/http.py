@@ -23,6 +23,7 @@ import logging
 import re
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +32,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from edge_agent.delivery.cid import escape_payload
 from edge_agent.metrics import Metrics
+from edge_agent.redact import redact_data
+from edge_agent.service.http_limits import LineLimiter, LoginBackoff, suppressed
 
 if TYPE_CHECKING:
     from edge_agent.config import HttpConfig
@@ -46,6 +50,10 @@ PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REQUEST_TIMEOUT_S = 10.0
 MJPEG_FPS = 4.0
 MJPEG_BOUNDARY = "edgeagentframe"
+# Live streams served at once. Each costs a thread and ~400 kB/s of 720p JPEGs (the page itself polls
+# /frame.jpg and holds no stream); more get 503 with Retry-After.
+MJPEG_MAX_VIEWERS = 8
+MJPEG_RETRY_AFTER_S = 30
 PASSWORD_CREDENTIAL = "http-password"
 # ids in picture paths: what the store and the tracker make, nothing else (no dots, no slashes)
 _ID = re.compile(r"^/(thumbs|noreads)/([A-Za-z0-9_-]{1,80})\.jpg$")
@@ -55,6 +63,13 @@ Health = Callable[[], tuple[bool, dict[str, Any]]]
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's own handle_error prints a traceback to stderr for every connection a client
+    # resets (30 lines each, outside logging); this one hands the error to the WebServer instead
+    on_error: Callable[[BaseException | None, Any], None] | None = None
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if self.on_error is not None:
+            self.on_error(sys.exc_info()[1], client_address)
 
 
 class _Server6(_Server):
@@ -114,12 +129,16 @@ class WebServer:
         self.view = view
         self.access = access or Access()
         self.stopping = threading.Event()
+        self.lines = LineLimiter()
+        self.logins = LoginBackoff()
+        self.viewers = threading.BoundedSemaphore(MJPEG_MAX_VIEWERS)
         handler = _handler(self)
         server_cls = _Server6 if ":" in host else _Server
         try:
             self._httpd = server_cls((host, port), handler)
         except OSError as exc:
             raise OSError(exc.errno, f"web server cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        self._httpd.on_error = self.connection_error
         if self.access.cert_file:
             try:
                 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -154,8 +173,8 @@ class WebServer:
             self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.5},
                                             name="http", daemon=True)
             self._thread.start()
-        log.info("web server listening url=%s/ metrics=%s/metrics health=%s/healthz auth=%s", self.url, self.url,
-                 self.url, "password" if self.access.password else "none (loopback)")
+        log.info("web server listening url=%s/ metrics=%s/metrics health=%s/healthz access=%s", self.url, self.url,
+                 self.url, "password-protected" if self.access.password else "open (loopback only)")
 
     def stop(self) -> None:
         self.stopping.set()
@@ -169,12 +188,45 @@ class WebServer:
     # --- request handling (called on the server's threads) --------------------------------------
 
     def render_health(self) -> tuple[int, dict[str, Any]]:
+        """The status and figures only: /healthz is open without a password, and any text (an error
+        naming the camera's URL) could carry a secret, so none is shown; the log has the details."""
         try:
             ok, detail = self.health()
         except Exception as exc:  # a broken health function is itself unhealthy, not a dropped connection
             log.warning("health check raised error=%s", exc)
-            return 503, {"status": "error", "error": str(exc)}
-        return (200 if ok else 503), {**detail, "status": "ok" if ok else "unhealthy"}
+            return 503, {"status": "error"}
+        figures = {k: v for k, v in detail.items() if v is None or isinstance(v, bool | int | float)}
+        return (200 if ok else 503), {**figures, "status": "ok" if ok else "unhealthy"}
+
+    def connection_error(self, exc: BaseException | None, client: Any) -> None:
+        """A request's thread ended with an exception: a client that reset or dropped the connection
+        (or spoke plain HTTP to TLS) is one rate-limited line, a fault of ours one rate-limited error."""
+        who = client[0] if isinstance(client, tuple) and client else "?"
+        if isinstance(exc, OSError):  # resets, broken pipes, timeouts, TLS handshakes gone wrong
+            n = self.lines.allow("connection")
+            if n is not None:
+                log.info("web client %s dropped the connection: %s%s", who, _reason(exc), suppressed(n))
+            return
+        n = self.lines.allow("error")
+        if n is not None:
+            log.error("web request from %s failed: %s%s", who, _reason(exc), suppressed(n), exc_info=exc)
+
+    def bad_request(self, client: str, message: str) -> None:
+        n = self.lines.allow("bad-request")
+        if n is not None:
+            log.info("web client %s sent a bad request: %s%s", client, escape_payload(message, limit=200),
+                     suppressed(n))
+
+    def login_failed(self, client: str) -> int:
+        """Count a wrong password from `client`; returns the seconds it now waits before its next try."""
+        failures, wait = self.logins.failed(client)
+        if self.metrics is not None:
+            self.metrics.inc("edge_agent_http_auth_failures_total")
+        n = self.lines.allow("login")
+        if n is not None:  # the address and the count, never what was tried
+            log.warning("web login failed client=%s failures=%d next_try_in_s=%.0f%s", client, failures, wait,
+                        suppressed(n))
+        return int(wait)
 
     def authorized(self, header: str | None) -> bool:
         want = self.access.password
@@ -189,6 +241,13 @@ class WebServer:
         return hmac.compare_digest(given.encode(), want.encode())
 
 
+def _reason(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    text = str(exc) or type(exc).__name__
+    return text if type(exc).__name__ in text else f"{type(exc).__name__}: {text}"
+
+
 def page() -> bytes:
     return resources.files("edge_agent.service.web").joinpath("index.html").read_bytes()
 
@@ -200,6 +259,10 @@ def _handler(server: WebServer) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, format: str, *args: Any) -> None:
             pass  # a scrape every 15 s and a page polling every second are not worth a log line each
+
+        def log_error(self, format: str, *args: Any) -> None:
+            # malformed request lines and headers, and clients that connect and say nothing
+            server.bad_request(self.client_address[0], format % args)
 
         def _send(self, status: int, body: bytes, ctype: str, head: bool, extra: dict[str, str] | None = None) -> None:
             self.send_response(status)
@@ -213,8 +276,29 @@ def _handler(server: WebServer) -> type[BaseHTTPRequestHandler]:
             if not head:
                 self.wfile.write(body)
 
-        def _json(self, status: int, body: Any, head: bool) -> None:
-            self._send(status, json.dumps(body, default=str).encode(), "application/json", head)
+        def _json(self, status: int, body: Any, head: bool, extra: dict[str, str] | None = None) -> None:
+            # every string shown is redacted: a status names the source, whose URL may carry a login
+            self._send(status, json.dumps(redact_data(body), default=str).encode(), "application/json", head, extra)
+
+        def _logged_in(self, head: bool) -> bool:
+            """Basic auth with a per-client back-off; False when a reply (401 or 429) was sent."""
+            if server.access.password is None:
+                return True
+            header = self.headers.get("Authorization")
+            client = self.client_address[0]
+            if header is not None:  # a request without credentials (a browser's first) is no guess
+                wait = server.logins.retry_after_s(client)
+                if wait:  # refused unchecked: a guess made before its time tells nothing
+                    self._json(429, {"detail": f"too many wrong passwords from {client}: try again in {wait} s"},
+                               head, {"Retry-After": str(wait)})
+                    return False
+                if server.authorized(header):
+                    server.logins.succeeded(client)
+                    return True
+                server.login_failed(client)
+            self._send(401, b'{"detail": "password required"}', "application/json", head,
+                       {"WWW-Authenticate": 'Basic realm="edge-agent", charset="UTF-8"'})
+            return False
 
         def _route(self, head: bool) -> None:
             path = self.path.split("?", 1)[0]
@@ -222,9 +306,8 @@ def _handler(server: WebServer) -> type[BaseHTTPRequestHandler]:
                 status, body = server.render_health()
                 return self._json(status, body, head)
             public = path == "/metrics" and server.access.metrics_public
-            if not public and not server.authorized(self.headers.get("Authorization")):
-                return self._send(401, b'{"detail": "password required"}', "application/json", head,
-                                  {"WWW-Authenticate": 'Basic realm="edge-agent", charset="UTF-8"'})
+            if not public and not self._logged_in(head):
+                return None
             view = server.view
             if path == "/metrics" and server.metrics is not None:
                 return self._send(200, server.metrics.prometheus_text().encode(), PROMETHEUS_CONTENT_TYPE, head)
@@ -253,24 +336,36 @@ def _handler(server: WebServer) -> type[BaseHTTPRequestHandler]:
             return self._json(404, {"detail": "not found: try /, /api/status, /metrics or /healthz"}, head)
 
         def _mjpeg(self, view: LiveView, head: bool) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={MJPEG_BOUNDARY}")
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            if head:
-                return
-            last: bytes | None = None
+            """The shared rendered parts, at most MJPEG_FPS, to at most MJPEG_MAX_VIEWERS at once: a
+            viewer holds a thread and its socket, never a frame of its own (a slow one blocks in send)."""
+            if not server.viewers.acquire(blocking=False):
+                n = server.lines.allow("mjpeg-full")
+                if n is not None:
+                    log.info("web client %s refused a live stream: %d streams already open%s",
+                             self.client_address[0], MJPEG_MAX_VIEWERS, suppressed(n))
+                return self._json(503, {"detail": f"{MJPEG_MAX_VIEWERS} live streams are open, the most this "
+                                        "device serves: close one, or watch the page at / (it polls pictures)"},
+                                  head, {"Retry-After": str(MJPEG_RETRY_AFTER_S)})
             try:
+                self.send_response(200)
+                self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={MJPEG_BOUNDARY}")
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                if head:
+                    return None
+                seq = -1
                 while not server.stopping.is_set():
-                    jpeg = view.frame_jpeg()
-                    if jpeg is not None and jpeg is not last:
-                        self.wfile.write(f"--{MJPEG_BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
-                                         f"Content-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg + b"\r\n")
-                        self.wfile.flush()
-                        last = jpeg
-                    time.sleep(1 / MJPEG_FPS)
-            except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
-                return  # the viewer left
+                    sent = time.monotonic()
+                    shown = view.next_frame(seq, 1.0)
+                    if shown is not None and shown.seq != seq:
+                        self.wfile.write(shown.part)
+                        seq = shown.seq
+                    server.stopping.wait(max(0.0, 1 / MJPEG_FPS - (time.monotonic() - sent)))
+            except OSError:
+                return None  # the viewer left (a reset, a broken pipe, a TLS error)
+            finally:
+                server.viewers.release()
+            return None
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             self._route(head=False)

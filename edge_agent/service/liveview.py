@@ -1,8 +1,13 @@
 """The technician's live view: the annotated picture, the figures and what became of recent labels.
 
 One `LiveView` serves both the daemon (frames from the detect stage's viewer slot) and
-`tune --web` (frames from tune's own reader). Pictures are rendered on the asking HTTP thread and
-cached by frame, so any number of open pages cost one render per new frame, and none without a page.
+`tune --web` (frames from tune's own reader). Pictures are rendered by one `live-render` thread,
+started by the first viewer and ending a few seconds after the last, never by the viewers' HTTP
+threads: each frame is annotated and encoded once, and every viewer sends the same bytes (the
+JPEG, and for MJPEG the same multipart part), so a viewer costs its thread and its socket, not a
+copy of the picture. Rendering on one thread also keeps the large working images (a 720p BGR frame
+is 2.7 MB) in one allocator arena instead of one per viewer thread, which is what made memory grow
+with viewers and stay grown after they left.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +26,7 @@ from edge_agent.delivery.cid import CidValidator
 from edge_agent.inspection import Report, annotate, report_from
 from edge_agent.pipeline.live import Thumbnails, ViewerSlot
 from edge_agent.pipeline.noreads import NoReadStore
+from edge_agent.service.http import MJPEG_BOUNDARY
 
 if TYPE_CHECKING:
     from edge_agent.delivery.spool import Spool
@@ -31,6 +37,25 @@ JPEG_QUALITY = 75
 EVENTS_SHOWN = 20
 NOREADS_SHOWN = 24
 FIRST_FRAME_WAIT_S = 1.0
+# then, the first picture's rendering (annotate and encode: well under a second even on a busy Pi)
+FIRST_RENDER_WAIT_S = 5.0
+# how often the render thread looks for a new frame: the page asks every 300 ms, MJPEG sends at 4 fps
+RENDER_INTERVAL_S = 0.1
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One annotated frame, shared read-only by every viewer."""
+
+    seq: int
+    jpeg: bytes
+    part: bytes  # the same JPEG as one part of a multipart/x-mixed-replace stream
+    report: Report
+
+
+def mjpeg_part(jpeg: bytes) -> bytes:
+    return (f"--{MJPEG_BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
+            + jpeg + b"\r\n")
 
 
 class LiveView:
@@ -45,37 +70,84 @@ class LiveView:
         self._status = status or (lambda: {})
         self.thumbs = thumbs
         self.noreads = noreads
-        self._render_lock = threading.Lock()
-        self._seq = -1
-        self._jpeg: bytes | None = None
-        self._report: Report | None = None
+        self._cond = threading.Condition()
+        self._shown: Rendered | None = None
+        self._renderer: threading.Thread | None = None
 
     # --- the picture ------------------------------------------------------------------------------
 
     def frame_jpeg(self) -> bytes | None:
         """The newest annotated frame (None before the first); asking keeps the frames coming. The first
-        viewer waits up to FIRST_FRAME_WAIT_S for the detect stage to start offering."""
+        viewer waits up to FIRST_FRAME_WAIT_S for the first picture."""
+        shown = self.next_frame(-1, FIRST_FRAME_WAIT_S)
+        return shown.jpeg if shown is not None else None
+
+    def next_frame(self, after_seq: int, timeout_s: float) -> Rendered | None:
+        """The newest rendered frame once it is another than `after_seq` (-1: any), waiting up to
+        `timeout_s`; else the one there is (None before the first)."""
         self.viewer.want()
-        deadline = time.monotonic() + FIRST_FRAME_WAIT_S
-        while self.viewer.latest()[1] is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        with self._render_lock:
-            seq, item = self.viewer.latest()
-            if item is not None and seq != self._seq:
-                frame, result = item
-                rep = report_from(frame.gray, result, self.validator, self._source(), frame.t, self._decode_ms())
-                img = annotate(cv2.cvtColor(frame.gray, cv2.COLOR_GRAY2BGR), rep, self.cfg)
-                ok, jpeg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-                if ok:
-                    self._jpeg, self._report, self._seq = jpeg.tobytes(), rep, seq
-            return self._jpeg
+        self._start_renderer()
+        deadline = time.monotonic() + timeout_s
+        first = self._shown is None
+        with self._cond:
+            while self._shown is None or self._shown.seq == after_seq:
+                left = deadline - time.monotonic()
+                if left <= 0 and first and self._shown is None and self.viewer.latest()[1] is not None:
+                    # the first frame came and is being rendered: worth waiting for, once
+                    first, deadline = False, deadline + FIRST_RENDER_WAIT_S
+                    continue
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return self._shown
+
+    def _start_renderer(self) -> None:
+        with self._cond:
+            if self._renderer is None:
+                self._renderer = threading.Thread(target=self._render_loop, name="live-render", daemon=True)
+                self._renderer.start()
+
+    def _render_loop(self) -> None:
+        """Render each new frame the slot offers while anyone watches, then end (no thread without a
+        viewer); a viewer arriving as it ends is seen under the lock, so the thread stays."""
+        try:
+            while True:
+                if not self.viewer.wanted:
+                    with self._cond:
+                        if not self.viewer.wanted:
+                            self._renderer = None
+                            return
+                seq, item = self.viewer.latest()
+                shown = self._shown
+                if item is not None and (shown is None or seq != shown.seq):
+                    rendered = self._render(seq, item)
+                    if rendered is not None:
+                        with self._cond:
+                            self._shown = rendered
+                            self._cond.notify_all()
+                time.sleep(RENDER_INTERVAL_S)
+        finally:
+            with self._cond:  # ended by an error too: the next viewer starts another
+                if self._renderer is threading.current_thread():
+                    self._renderer = None
+
+    def _render(self, seq: int, item: tuple[Any, Any]) -> Rendered | None:
+        frame, result = item
+        rep = report_from(frame.gray, result, self.validator, self._source(), frame.t, self._decode_ms())
+        img = annotate(cv2.cvtColor(frame.gray, cv2.COLOR_GRAY2BGR), rep, self.cfg)
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:  # a picture the encoder refuses: the viewers keep the last one
+            return None
+        jpeg = buf.tobytes()
+        return Rendered(seq, jpeg, mjpeg_part(jpeg), rep)
 
     # --- the figures ------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         """Everything the page shows, as JSON-ready data."""
         self.viewer.want()
-        rep = self._report
+        shown = self._shown
+        rep = shown.report if shown is not None else None
         return {**self._status(), "view": rep.as_dict() if rep else None, "noreads": self.noread_list()}
 
     def noread_list(self) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from edge_agent.config import Config, ConfigError, fragment_dir, fragments, load_config
+from edge_agent.redact import redact_data
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,9 @@ VALUE_CHARS = 80
 
 
 def _shown(value: Any) -> str:
-    from edge_agent.commands.config import mask
-
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
-    value = mask(value)
+    value = redact_data(value)
     if isinstance(value, str):
         text = value or '""'
     elif isinstance(value, float) and value.is_integer():

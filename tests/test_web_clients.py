@@ -1,0 +1,140 @@
+"""What one misbehaving client costs the device's web server, through a real `run` and real sockets:
+connections reset mid-request and garbage requests are a few log lines (never a traceback each),
+wrong passwords are logged without the password, counted, and slowed for that client alone, and
+live streams are capped with a clear 503."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import socket
+import struct
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from edge_agent.service.http import MJPEG_MAX_VIEWERS
+from edge_agent.service.http_limits import FREE_FAILURES
+from tests.web_fixture import PASSWORD, Web, wait_for
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with SO_LINGER 0: the kernel sends RST instead of FIN, as a client killed mid-request does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def settled(path: Path) -> int:
+    """The log's line count once it has stopped growing for a second (the server's threads are done)."""
+    last, since = -1, time.monotonic()
+    while True:
+        n = len(path.read_text().splitlines())
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since > 1.0:
+            return n
+        time.sleep(0.1)
+
+
+def test_resets_and_bad_requests_are_a_few_lines_not_a_traceback_each(tmp_path: Path) -> None:
+    with Web(tmp_path, loop=True) as web:
+        wait_for(lambda: requests.get(web.url + "/frame.jpg", timeout=5).status_code == 200, 20, "a first frame")
+        before = settled(web.log)
+        for i in range(200):
+            sock = socket.create_connection(("127.0.0.1", web.port))
+            if i % 2:
+                sock.sendall(b"GET /api/status HTTP/1.1\r\nHost: x\r\n")  # reset mid-header
+            else:
+                sock.sendall(b"GET /frame.jpg HTTP/1.1\r\nHost: x\r\n\r\n")  # reset before reading the answer
+            reset(sock)
+        for _ in range(50):
+            with socket.create_connection(("127.0.0.1", web.port)) as sock:
+                sock.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
+                sock.recv(4096)
+        assert requests.get(web.url + "/api/status", timeout=5).status_code == 200  # still serving
+        wait_for(lambda: "dropped the connection" in web.log.read_text(), 10, "a line about the resets")
+        added = web.log.read_text().splitlines()[before:settled(web.log)]
+        assert web.stop() == 0
+    text = "\n".join(added)
+    assert "Traceback" not in text and "ConnectionResetError" not in text.split("dropped the connection")[0]
+    # one line per kind per 10 s: the resets, the bad requests, and the rest of the run's own lines
+    assert len([line for line in added if "web client" in line]) <= 4, text
+    assert any("sent a bad request" in line for line in added), text
+
+
+def _get(port: int, path: str, password: str | None, source: str = "127.0.0.1") -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+    headers = {}
+    if password is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"tech:{password}".encode()).decode()
+    conn.request("GET", path, headers=headers)
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    return resp
+
+
+@pytest.mark.slow
+def test_wrong_passwords_are_slowed_for_that_client_only_logged_and_counted(tmp_path: Path) -> None:
+    guesses = [f"guess-{i:03d}" for i in range(FREE_FAILURES + 1)]
+    with Web(tmp_path, password=True) as web:
+        # a browser's first request carries no password: never counted
+        assert all(_get(web.port, "/api/status", None).status == 401 for _ in range(FREE_FAILURES + 5))
+        for guess in guesses[:FREE_FAILURES]:
+            assert _get(web.port, "/api/status", guess).status == 401
+        slowed = _get(web.port, "/api/status", guesses[-1])
+        assert slowed.status == 429 and int(slowed.headers["Retry-After"]) >= 1
+        # while it waits even the right password is not checked (a guess must tell nothing)
+        assert _get(web.port, "/api/status", PASSWORD).status == 429
+        # another client is unaffected: its right password works, its wrong one is a plain 401
+        assert _get(web.port, "/api/status", PASSWORD, source="127.0.0.2").status == 200
+        assert _get(web.port, "/api/status", "other-wrong", source="127.0.0.2").status == 401
+        # after the wait, one more guess is checked, and the next wait is longer
+        time.sleep(int(slowed.headers["Retry-After"]))
+        assert _get(web.port, "/api/status", guesses[-1]).status == 401
+        again = _get(web.port, "/api/status", guesses[-1])
+        assert again.status == 429 and int(again.headers["Retry-After"]) > int(slowed.headers["Retry-After"])
+        conn = http.client.HTTPConnection("127.0.0.1", web.port, timeout=10, source_address=("127.0.0.2", 0))
+        conn.request("GET", "/metrics", headers={"Authorization": "Basic " + base64.b64encode(
+            f"tech:{PASSWORD}".encode()).decode()})
+        metrics = conn.getresponse().read().decode()
+        conn.close()
+        assert f"edge_agent_http_auth_failures_total {float(FREE_FAILURES + 2)}" in metrics
+        assert web.stop() == 0
+    log = web.log.read_text()
+    failed = [line for line in log.splitlines() if "login failed" in line]
+    assert failed and "client=127.0.0.1" in failed[0] and len(failed) <= 2, log  # rate-limited
+    assert not any(g in log for g in [*guesses, "other-wrong", PASSWORD])
+
+
+def test_live_streams_are_capped_with_a_clear_503(tmp_path: Path) -> None:
+    def stream() -> tuple[socket.socket, bytes]:
+        sock = socket.create_connection(("127.0.0.1", web.port), timeout=10)
+        sock.sendall(b"GET /live.mjpeg HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        return sock, head
+
+    with Web(tmp_path, loop=True) as web:
+        open_ = [stream() for _ in range(MJPEG_MAX_VIEWERS)]
+        assert all(head.split(b"\r\n")[0].endswith(b"200 OK") for _, head in open_)
+        with requests.get(web.url + "/live.mjpeg", stream=True, timeout=10) as over:  # served, it never ends
+            assert over.status_code == 503 and int(over.headers["Retry-After"]) > 0
+            assert f"{MJPEG_MAX_VIEWERS} live streams are open" in over.json()["detail"]
+        assert requests.get(web.url + "/frame.jpg", timeout=10).status_code == 200  # the page still works
+        sock, _ = open_.pop()
+        reset(sock)  # a viewer leaves: its place is free once its next frame fails to send
+
+        def served() -> bool:
+            s, head = stream()
+            ok = head.split(b"\r\n")[0].endswith(b"200 OK")
+            (open_.append((s, head)) if ok else s.close())
+            return ok
+
+        wait_for(served, 10, "a stream once one left")
+        for s, _ in open_:
+            s.close()
+        assert web.stop() == 0
