@@ -135,8 +135,8 @@ def test_check_reads_the_camera_and_the_code_from_lores(camera: Path, tmp_path: 
                    f"    lores_width: {LORES[0]}\n    lores_height: {LORES[1]}\n"
                    f"spool:\n  dir: {tmp_path / 'spool'}\n")
     env = {**os.environ, "PYTHONPATH": f"{STANDIN}{os.pathsep}{ROOT}"}
-    out = subprocess.run([sys.executable, "-m", "edge_agent.cli", "check", "-c", str(cfg), "--seconds", "5"],
-                         capture_output=True, text=True, env=env, timeout=60)
+    out = subprocess.run([sys.executable, "-m", "edge_agent.cli", "check", "-c", str(cfg), "--seconds", "20"],
+                         capture_output=True, text=True, env=env, timeout=120)
     lines = {ln.split()[1]: ln for ln in out.stdout.splitlines() if ln.startswith(("PASS", "FAIL", "WARN", "SKIP"))}
     assert lines["source"].startswith("PASS") and "h264 960x540" in lines["source"], out.stdout + out.stderr
     assert "lores" in lines["detector"] and CID in lines["detector"], out.stdout + out.stderr

@@ -55,6 +55,9 @@ MJPEG_BOUNDARY = "edgeagentframe"
 MJPEG_MAX_VIEWERS = 8
 MJPEG_RETRY_AFTER_S = 30
 PASSWORD_CREDENTIAL = "http-password"
+# The only words /healthz shows besides numbers: a part's state from a fixed vocabulary (clip encoding,
+# the last config reload), which cannot carry a URL or a password as an error's text could.
+STATUS_WORDS = frozenset({"ok", "down", "none", "applied", "refused"})
 # ids in picture paths: what the store and the tracker make, nothing else (no dots, no slashes)
 _ID = re.compile(r"^/(thumbs|noreads)/([A-Za-z0-9_-]{1,80})\.jpg$")
 
@@ -195,7 +198,8 @@ class WebServer:
         except Exception as exc:  # a broken health function is itself unhealthy, not a dropped connection
             log.warning("health check raised error=%s", exc)
             return 503, {"status": "error"}
-        figures = {k: v for k, v in detail.items() if v is None or isinstance(v, bool | int | float)}
+        figures = {k: v for k, v in detail.items()
+                   if v is None or isinstance(v, bool | int | float) or (isinstance(v, str) and v in STATUS_WORDS)}
         return (200 if ok else 503), {**figures, "status": "ok" if ok else "unhealthy"}
 
     def connection_error(self, exc: BaseException | None, client: Any) -> None:
