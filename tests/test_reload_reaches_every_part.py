@@ -6,6 +6,7 @@ The live view is checked by what it does too: the new CID rule and the ROI drawn
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ import numpy as np
 import pytest
 import yaml
 
-from edge_agent.config import load_config
+from edge_agent.app import Agent
+from edge_agent.config import Config, load_config
 from edge_agent.config.live import covers, live_keys, reload_marks
 from edge_agent.service.daemon import Daemon
 from edge_agent.service.http import access_for
@@ -115,3 +117,41 @@ def test_a_saved_config_reaches_every_part_that_takes_each_live_key(tmp_path: Pa
         assert blue > 0.9, f"no ROI drawn at x={w // 2}: {blue:.0%} of the edge is blue"
     finally:
         daemon.shutdown()
+
+
+class SlowPart:
+    """A part whose apply holds until released, to catch a second reload running beside it."""
+
+    def __init__(self, cfg: Config):
+        self.config = cfg
+        self.inside = threading.Event()
+        self.release = threading.Event()
+        self.applying = 0
+        self.most_at_once = 0
+
+    def apply(self, new: Config, changed: frozenset[str]) -> None:
+        self.applying += 1
+        self.most_at_once = max(self.most_at_once, self.applying)
+        self.inside.set()
+        self.release.wait(10)
+        self.config = new
+        self.applying -= 1
+
+
+def test_two_triggers_at_once_reload_one_after_the_other() -> None:
+    """The watcher's thread and the main loop (SIGHUP) both call Agent.reconfigure: the second waits
+    for the first, and the last config wins everywhere."""
+    agent = Agent(Config(device_id="a"))
+    part = SlowPart(agent.cfg)
+    agent.take_live("slow", ("device_id",), part)
+    first = threading.Thread(target=agent.reconfigure, args=(Config(device_id="b"),))
+    first.start()
+    assert part.inside.wait(10)
+    second = threading.Thread(target=agent.reconfigure, args=(Config(device_id="c"),))
+    second.start()
+    second.join(0.3)  # without the lock the second reload is inside apply by now (seen: most_at_once 2)
+    part.release.set()
+    first.join(10)
+    second.join(10)
+    assert part.most_at_once == 1
+    assert part.config.device_id == agent.cfg.device_id == "c"
