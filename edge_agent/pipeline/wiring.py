@@ -78,7 +78,6 @@ class Pipeline:
     def __init__(self, cfg: Config, sink: ClipSink, *, videos: Sequence[str] | None = None,
                  metrics: Metrics | None = None, on_event: Callable[[Event], None] | None = None,
                  on_noread: Callable[[Any], None] | None = None):
-        self.cfg = cfg
         self.metrics = metrics or Metrics()
         self.failures = FailureBox()
         self.started_mono = time.monotonic()
