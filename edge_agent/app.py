@@ -113,6 +113,12 @@ class Agent:
         """The names of the parts registered for `key`."""
         return [t.name for t in self.live_takers() if covers(t.keys, key)]
 
+    def refuse(self, then: Callable[[], None]) -> None:
+        """A reload whose config does not load: nothing changes, and `then` (the caller's bookkeeping)
+        runs under the reload lock, in order with the reloads that did apply."""
+        with self._reload_lock:
+            then()
+
     def reconfigure(self, new: Config, then: Callable[[Reconfigured], None] | None = None) -> Reconfigured:
         """Hand each registered part the changed keys it registered for (restart-only ones too: a
         part that can apply one in place, the capture's source, does; the others keep theirs), then

@@ -79,6 +79,9 @@ class Daemon:
     def _refused(self, lines: list[str]) -> None:
         """A reload whose config does not load: the running config stays, and the fleet sees it
         (edge_agent_config_reloads_total{result="refused"}, its alert, /healthz)."""
+        self.agent.refuse(lambda: self._count_refused(lines))
+
+    def _count_refused(self, lines: list[str]) -> None:
         for line in lines:
             log.error("reload refused, keeping the running config: %s", line)
         self.metrics.inc("edge_agent_config_reloads_total", result="refused")
