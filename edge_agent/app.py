@@ -3,6 +3,10 @@ them in reverse (Frigate's `app.py` does the same with its init and start steps)
 
     config → spool → uploader → pipeline → service parts (HTTP, config watcher)
 
+It is also the one way a reloaded config reaches the parts: each part that takes live keys registers
+here for the keys it uses (`take_live`), and `reconfigure` hands every part its share of a change,
+one reload at a time whatever asked for it (the config watcher, SIGHUP).
+
 Every command takes its parts from here: `run` all of them, `replay` a pipeline into the spool or a
 folder, `spool flush` the spool and an uploader, `check`, `snapshot` and `tune` the source, the
 detector and the CID rule the daemon itself uses. No command builds a decoder, a detector or an
@@ -12,13 +16,16 @@ uploader of its own, so what they show is what the daemon does.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from edge_agent import __version__
 from edge_agent.capture.source import AvSource, make_source
 from edge_agent.config import Config
+from edge_agent.config.live import LivePart, classify_changes, covers
 from edge_agent.delivery.cid import CidValidator
 from edge_agent.delivery.sinks import ClipSink
 from edge_agent.delivery.spool import Spool
@@ -34,6 +41,39 @@ log = logging.getLogger("edge_agent.app")
 MIN_STOP_S = 0.5
 
 
+@dataclass(frozen=True)
+class LiveTaker:
+    """A part registered for live changes of `keys` (dotted prefixes)."""
+
+    name: str
+    keys: tuple[str, ...]
+    part: LivePart
+
+
+@dataclass(frozen=True)
+class Reconfigured:
+    """What a reload changed: the keys the schema marks live, and the restart-only ones."""
+
+    old: Config
+    new: Config
+    live: list[str]
+    restart: list[str]
+
+
+class _SectionPart:
+    """A part configured through its own one-section method (the spool's bounds, the uploader's
+    settings), applied at once: the method takes the part's own lock where it needs one."""
+
+    def __init__(self, cfg: Config, section: str, update: Callable[[Any], None]):
+        self.config = cfg
+        self._section = section
+        self._update = update
+
+    def apply(self, new: Config, changed: frozenset[str]) -> None:
+        self._update(getattr(new, self._section))
+        self.config = new
+
+
 class Agent:
     """Builds parts on demand, each once, remembering the order; `close()` stops them in reverse."""
 
@@ -44,6 +84,8 @@ class Agent:
         self._uploader: Uploader | None = None
         self._pipeline: Pipeline | None = None
         self._stops: list[tuple[str, Callable[[float], Any]]] = []
+        self._takers: list[LiveTaker] = []
+        self._reload_lock = threading.RLock()
 
     def __enter__(self) -> Agent:
         return self
@@ -56,18 +98,60 @@ class Agent:
         `stop(seconds)` gets what is left of the budget."""
         self._stops.append((name, stop))
 
+    # --- live configuration ---------------------------------------------------------------------
+
+    def take_live(self, name: str, keys: Sequence[str], part: LivePart) -> None:
+        """`part` follows changes of `keys` (dotted prefixes of the schema's keys) from now on."""
+        with self._reload_lock:
+            self._takers.append(LiveTaker(name, tuple(keys), part))
+
+    def live_takers(self) -> list[LiveTaker]:
+        with self._reload_lock:
+            return list(self._takers)
+
+    def takers_of(self, key: str) -> list[str]:
+        """The names of the parts registered for `key`."""
+        return [t.name for t in self.live_takers() if covers(t.keys, key)]
+
+    def refuse(self, then: Callable[[], None]) -> None:
+        """A reload whose config does not load: nothing changes, and `then` (the caller's bookkeeping)
+        runs under the reload lock, in order with the reloads that did apply."""
+        with self._reload_lock:
+            then()
+
+    def reconfigure(self, new: Config, then: Callable[[Reconfigured], None] | None = None) -> Reconfigured:
+        """Hand each registered part the changed keys it registered for (restart-only ones too: a
+        part that can apply one in place, the capture's source, does; the others keep theirs), then
+        `then(result)` (the caller's bookkeeping), all under one lock: two triggers at once apply one
+        after the other, never interleaved."""
+        with self._reload_lock:
+            old = self.cfg
+            live, restart = classify_changes(old, new)
+            changed = live + restart
+            for taker in self._takers:
+                mine = frozenset(k for k in changed if covers(taker.keys, k))
+                if mine:
+                    taker.part.apply(new, mine)
+            self.cfg = new
+            result = Reconfigured(old, new, live, restart)
+            if then is not None:
+                then(result)
+            return result
+
     # --- the parts, in build order --------------------------------------------------------------
 
     def spool(self) -> Spool:
         """The spool as its owner (recovery runs here); SpoolBusy when another process owns it."""
         if self._spool is None:
             self._spool = Spool(self.cfg.spool, self.metrics)
+            self.take_live("spool", ["spool"], _SectionPart(self.cfg, "spool", self._spool.update_config))
             self.add_part("spool", lambda _s: self._spool.close() if self._spool else None)
         return self._spool
 
     def uploader(self, on_result: ResultCallback | None = None, *, thread: bool = True) -> Uploader:
         if self._uploader is None:
             self._uploader = Uploader(self.spool(), self.cfg.upload, self.metrics, __version__, on_result=on_result)
+            self.take_live("uploader", ["upload"], _SectionPart(self.cfg, "upload", self._uploader.update_config))
             if thread:
                 self._uploader.start()
             self.add_part("uploader", lambda s: self._uploader.stop(timeout=s) if self._uploader else None)
@@ -81,6 +165,8 @@ class Agent:
         if self._pipeline is None:
             self._pipeline = Pipeline(self.cfg, sink if sink is not None else self.spool(), videos=videos,
                                       metrics=self.metrics, on_event=on_event, on_noread=on_noread)
+            for name, keys, part in self._pipeline.live_parts():
+                self.take_live(name, keys, part)
             self.add_part("pipeline", self._stop_pipeline)
         return self._pipeline
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from edge_agent import const
 from edge_agent.capture.media import Packet
 from edge_agent.capture.source import AvSource, SourceError, make_source
-from edge_agent.config import SourceConfig
+from edge_agent.config import Config, SourceConfig
 from edge_agent.metrics import Metrics
 from edge_agent.pipeline.base import Failure, FailureBox
 
@@ -43,18 +43,18 @@ class CaptureSupervisor:
 
     name = "capture"
 
-    def __init__(self, cfg: SourceConfig, metrics: Metrics, failures: FailureBox,
+    def __init__(self, cfg: Config, metrics: Metrics, failures: FailureBox,
                  on_packet: Callable[[Packet, bool], None], on_session: Callable[[AvSource, int], None],
-                 videos: Sequence[str] = (), cooldown_s: Callable[[], float] = lambda: const.COOLDOWN_S,
-                 encoders: Callable[[], Sequence[str]] = lambda: const.ENCODERS):
-        self.cfg = cfg
+                 videos: Sequence[str] = ()):
+        # the whole config, replaced (never edited) by a reload: sessions open with its source settings,
+        # clip.encoders (raw cameras are encoded as they arrive) and detector.cooldown_s (the gap between
+        # replayed files); the stall watch reads source.stall_s from it on every tick
+        self.config = cfg
         self.metrics = metrics
         self.failures = failures
         self.videos = list(videos)
         self._on_packet = on_packet
         self._on_session = on_session
-        self._cooldown_s = cooldown_s
-        self._encoders = encoders  # for raw cameras, encoded as they arrive
         self._stop = threading.Event()
         self._restart = threading.Event()
         self._lock = threading.Lock()
@@ -78,17 +78,18 @@ class CaptureSupervisor:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
-    def restart(self, cfg: SourceConfig) -> None:
-        """A reloaded source config: the current session ends and the next opens with `cfg`; a change
-        of `stall_s` alone applies to the running session (no reopen, no clip cut short)."""
-        old, self.cfg = self.cfg, cfg
-        if old.model_copy(update={"stall_s": cfg.stall_s}) == cfg:
-            with self._lock:
-                if self._source is not None:
-                    self._source.cfg = cfg
-            return
-        self._restart.set()
-        self._interrupt()
+    @property
+    def cfg(self) -> SourceConfig:
+        return self.config.source
+
+    def apply(self, new: Config, changed: frozenset[str]) -> None:
+        """A reloaded config (live part, any thread). A changed source setting other than `stall_s`
+        ends the current session and the next opens with it; `stall_s` alone applies to the running
+        session (no reopen, no clip cut short); the rest applies at the next session."""
+        old, self.config = self.config, new
+        if old.source.model_copy(update={"stall_s": new.source.stall_s}) != new.source:
+            self._restart.set()
+            self._interrupt()
 
     def _interrupt(self) -> None:
         with self._lock:
@@ -107,11 +108,11 @@ class CaptureSupervisor:
     def _sessions(self) -> Iterator[AvSource]:
         if self.videos:
             for path in self.videos:
-                yield make_source(self.cfg, path, encoders=self._encoders())
+                yield make_source(self.cfg, path, encoders=self.config.clip.encoders)
             return
         while not self._stop.is_set():
             cfg = self.cfg
-            yield make_source(cfg, encoders=self._encoders())
+            yield make_source(cfg, encoders=self.config.clip.encoders)
             if cfg.kind == "file" and not cfg.loop and not self._restart.is_set():
                 return
 
@@ -160,7 +161,7 @@ class CaptureSupervisor:
                 self.source_error = None
             # files played back to back: a gap longer than the cooldown between them, so a CID in two
             # recordings makes two events
-            t_offset = src.t_offset + (self._cooldown_s() + 1 if not src.live else 0)
+            t_offset = src.t_offset + (self.config.detector.cooldown_s + 1 if not src.live else 0)
             with self._lock:
                 self._source = None
             src.close()
@@ -203,12 +204,12 @@ class CaptureSupervisor:
 
     def _watch_stall(self, src: AvSource) -> None:
         """No frame for `source.stall_s`: interrupt the read so the session ends and is reopened."""
-        stall_s = src.cfg.stall_s
         opened = time.monotonic()
-        while self._alive and not self._stop.wait(min(1.0, stall_s / 4)):
+        while self._alive and not self._stop.wait(min(1.0, self.cfg.stall_s / 4)):
             last = max(self.last_frame_mono or opened, opened)
-            if time.monotonic() - last > src.cfg.stall_s:  # read live: a reload may change it
-                log.warning("source stalled: no frame for %.0f s source=%s", src.cfg.stall_s, src.describe)
+            stall_s = self.cfg.stall_s  # read on every tick: a reload may change it
+            if time.monotonic() - last > stall_s:
+                log.warning("source stalled: no frame for %.0f s source=%s", stall_s, src.describe)
                 self.metrics.inc("edge_agent_source_stalls_total")
                 src.interrupt()
                 return

@@ -108,6 +108,10 @@ class ClipMaker:
         self._encoding_error: str | None = None
         self._lock = threading.Lock()
 
+    def configure(self, cfg: ClipConfig) -> None:
+        """Clip worker's thread, between two clips: the next clip is made with `cfg`."""
+        self.cfg = cfg
+
     def status(self) -> MakerStatus:
         now = time.monotonic()
         with self._lock:

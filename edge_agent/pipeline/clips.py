@@ -25,6 +25,7 @@ from typing import Any
 
 from edge_agent import __version__, clock_sync, const
 from edge_agent.config import Config
+from edge_agent.config.live import PendingConfig
 from edge_agent.delivery import contract
 from edge_agent.delivery.sinks import ClipSink
 from edge_agent.metrics import Metrics
@@ -35,6 +36,8 @@ from edge_agent.pipeline.ring import Recording
 from edge_agent.pipeline.track import SightingLog
 
 log = logging.getLogger("edge_agent.pipeline")
+
+_RECONFIGURED: Any = object()  # wakes the worker to take a reloaded config; not a recording
 
 
 @dataclass(frozen=True)
@@ -68,10 +71,22 @@ class ClipStage:
         self._count = 0
         self.made = self.failed = self.dropped = 0
         self._deadline: float | None = None  # monotonic; set by a stop
+        self._pending = PendingConfig()
 
-    def configure(self, cfg: Config) -> None:
-        self.cfg = cfg
-        self.maker.cfg = cfg.clip
+    @property
+    def config(self) -> Config:
+        return self.cfg
+
+    def apply(self, new: Config, changed: frozenset[str]) -> None:
+        """Live part (any thread): the next clip is made with `new` (encoders, size, quality, device_id)."""
+        self._pending.offer(new, changed)
+        self.inbox.put(_RECONFIGURED)  # an idle worker takes it now, not at the next label
+
+    def _swap_config(self) -> None:
+        taken = self._pending.take()
+        if taken is not None:
+            self.cfg = taken[0]
+            self.maker.configure(self.cfg.clip)
 
     def status(self) -> ClipStatus:
         maker = self.maker.status()
@@ -108,8 +123,11 @@ class ClipStage:
     def run(self) -> None:
         while True:
             rec = self.inbox.get()
+            self._swap_config()
             if rec is END:
                 break
+            if rec is _RECONFIGURED:
+                continue
             try:
                 self._make(rec)
             except Exception:  # one odd recording must not stop the others

@@ -24,6 +24,7 @@ from typing import Any
 import av
 
 from edge_agent.capture.media import GrayFrame, Packet, StreamInfo, luma, open_decoder, to_av_packet
+from edge_agent.config import Config
 from edge_agent.metrics import Metrics
 from edge_agent.pipeline.base import END, FrameSlot
 
@@ -104,7 +105,9 @@ class FramePicker:
 class DecodeStage:
     name = "decode"
 
-    def __init__(self, out: FrameSlot, metrics: Metrics, rate_hz: Callable[[], float], live: bool):
+    def __init__(self, out: FrameSlot, metrics: Metrics, rate_hz: Callable[[], float], live: bool,
+                 cfg: Config | None = None):
+        self.config = cfg  # what `rate_hz` was last taken from (None: built without a config)
         self.out = out
         self.metrics = metrics
         self._rate_hz = rate_hz
@@ -116,6 +119,13 @@ class DecodeStage:
         self._pictures = FramePicker()  # capture thread only: pictures that come without decoding
         self.decoded = self.dropped = self.errors = 0
         self._threaded = False  # written by the decode thread only, read by status()
+
+    def apply(self, new: Config, changed: frozenset[str]) -> None:
+        """Live part: detector.rate_hz. One number, read by the capture thread (camera pictures) and the
+        decode thread at their next packet; replacing the reader whole keeps both consistent."""
+        self.config = new
+        hz = new.detector.rate_hz
+        self._rate_hz = lambda: hz
 
     def set_live(self, live: bool) -> None:
         """A reload may turn a fast replay into a paced one, or back: live drops, replay waits."""

@@ -9,7 +9,6 @@ swapped in here, between two frames, so detector and event settings change at a 
 from __future__ import annotations
 
 import logging
-import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from edge_agent import const
 from edge_agent.capture.media import GrayFrame
 from edge_agent.config import Config
+from edge_agent.config.live import PendingConfig
 from edge_agent.delivery.cid import CidValidator, escape_payload
 from edge_agent.metrics import Metrics
 from edge_agent.pipeline.base import END, FrameSlot
@@ -47,37 +47,37 @@ class DetectStage:
     name = "detect"
 
     def __init__(self, cfg: Config, frames: FrameSlot, ring: RingBuffer, metrics: Metrics,
-                 on_new_event: Callable[[Event], None], apply_config: Callable[[Config], None],
-                 noreads: NoReads, track: SightingLog):
+                 on_new_event: Callable[[Event], None], noreads: NoReads, track: SightingLog):
         self.cfg = cfg
         self.frames = frames
         self.ring = ring
         self.metrics = metrics
         self._on_new_event = on_new_event
-        self._apply_config = apply_config
         self.noreads = noreads  # located symbols nothing read: counted, kept as pictures
         self.track = track  # every analysed frame's reads and unread symbols: the clips' tracks
         self.detector = Detector(cfg.detector, const.THOROUGH_EVERY)
         self.validator = CidValidator(cfg.detector.cid_pattern, cfg.detector.cid_max_length)
         self.tracker = EventTracker(cfg.detector.cooldown_s, cfg.clip.pre_roll_s, cfg.clip.post_roll_s,
                                     cfg.clip.max_s, cfg.clip.extend_while_in_view)
-        self._pending: Config | None = None
-        self._lock = threading.Lock()
+        self._pending = PendingConfig()
         self._rejected_last: OrderedDict[bytes, float] = OrderedDict()
         self.analysed = self.sightings = self.events = self.rejected = 0
         self.viewer = ViewerSlot()  # the live view's frames: offered only while someone watches
         self.thumbs = Thumbnails()  # each recent event's first sighting, small
 
-    def reconfigure(self, new: Config) -> None:
-        """Any thread: the new config applies before the next frame."""
-        with self._lock:
-            self._pending = new
+    @property
+    def config(self) -> Config:
+        return self.cfg
+
+    def apply(self, new: Config, changed: frozenset[str]) -> None:
+        """Live part (any thread): the new config applies before the next frame."""
+        self._pending.offer(new, changed)
 
     def _swap_config(self) -> None:
-        with self._lock:
-            new, self._pending = self._pending, None
-        if new is None:
+        taken = self._pending.take()
+        if taken is None:
             return
+        new, _changed = taken
         old = self.cfg
         if new.detector != old.detector:
             try:
@@ -90,7 +90,6 @@ class DetectStage:
                                new.clip.extend_while_in_view)
         self.noreads.configure(new)
         self.cfg = new
-        self._apply_config(new)
         log.info("config applied decoder=%s pre_roll_s=%g post_roll_s=%g", self.detector.name,
                  new.clip.pre_roll_s, new.clip.post_roll_s)
 

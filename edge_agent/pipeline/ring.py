@@ -97,6 +97,11 @@ class RingBuffer:
         self._recordings: dict[str, Recording] = {}
         self._first_t: float | None = None  # the first packet since the last reset: the start of the video
 
+    def retain(self, keep_s: float) -> None:
+        """Live reload of the rolls: the ring keeps `keep_s` from the next packet on."""
+        with self._lock:
+            self.keep_s = keep_s
+
     # --- capture side -------------------------------------------------------------------------
 
     def append(self, pkt: Packet) -> None:

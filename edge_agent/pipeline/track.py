@@ -59,6 +59,11 @@ class SightingLog:
         self._newest = -math.inf
         self._finished = False
 
+    def retain(self, keep_s: float) -> None:
+        """Live reload of the rolls: frames are kept `keep_s` from the next frame on."""
+        with self._cond:
+            self.keep_s = keep_s
+
     # --- the detect thread ------------------------------------------------------------------------
 
     def frame(self, frame: GrayFrame, reads: Sequence[tuple[str, Detection]], unread: Sequence[Unread]) -> None:

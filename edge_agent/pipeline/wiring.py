@@ -22,6 +22,7 @@ from edge_agent.capture.media import GrayFrame, Packet
 from edge_agent.capture.source import AvSource
 from edge_agent.capture.supervisor import CaptureStatus, CaptureSupervisor
 from edge_agent.config import Config
+from edge_agent.config.live import LivePart
 from edge_agent.delivery.sinks import ClipSink
 from edge_agent.metrics import Metrics
 from edge_agent.pipeline.base import Failure, FailureBox, FrameSlot, StageThread
@@ -33,6 +34,31 @@ from edge_agent.pipeline.live import ReadTally
 from edge_agent.pipeline.noreads import NoReads
 from edge_agent.pipeline.ring import Recording, RingBuffer
 from edge_agent.pipeline.track import SightingLog
+
+
+class Retention:
+    """How much recent video the ring keeps and how long the sightings are remembered: both follow
+    the rolls (clip.pre_roll_s, clip.post_roll_s, clip.max_s)."""
+
+    def __init__(self, cfg: Config, ring: RingBuffer, track: SightingLog):
+        self.config = cfg
+        self._ring = ring
+        self._track = track
+
+    @staticmethod
+    def ring_keep_s(cfg: Config) -> float:
+        return cfg.clip.pre_roll_s + cfg.clip.post_roll_s + const.RING_MARGIN_S
+
+    @classmethod
+    def track_keep_s(cls, cfg: Config) -> float:
+        """The longest clip, and room for the clip stage's backlog behind detection."""
+        return cls.ring_keep_s(cfg) + cfg.clip.max_s + const.TRACK_MARGIN_S
+
+    def apply(self, new: Config, changed: frozenset[str]) -> None:
+        """Live part: both apply from the next packet and frame (each under its own lock)."""
+        self._ring.retain(self.ring_keep_s(new))
+        self._track.retain(self.track_keep_s(new))
+        self.config = new
 
 
 @dataclass(frozen=True)
@@ -52,7 +78,6 @@ class Pipeline:
     def __init__(self, cfg: Config, sink: ClipSink, *, videos: Sequence[str] | None = None,
                  metrics: Metrics | None = None, on_event: Callable[[Event], None] | None = None,
                  on_noread: Callable[[Any], None] | None = None):
-        self.cfg = cfg
         self.metrics = metrics or Metrics()
         self.failures = FailureBox()
         self.started_mono = time.monotonic()
@@ -64,18 +89,18 @@ class Pipeline:
         self._events_lock = threading.Lock()
         self._source_pictures = False  # the source gives the detector's pictures itself (no decode)
         live = cfg.source.kind != "file" or cfg.source.realtime
-        self.ring = RingBuffer(self._ring_keep_s(cfg), cfg.clip.ring_max_bytes, self._on_recording, self.metrics)
-        self.track = SightingLog(self._track_keep_s(cfg))
+        self.ring = RingBuffer(Retention.ring_keep_s(cfg), cfg.clip.ring_max_bytes, self._on_recording,
+                               self.metrics)
+        self.track = SightingLog(Retention.track_keep_s(cfg))
         self.frames = FrameSlot(blocking=not live, metrics=self.metrics)
-        self.decode = DecodeStage(self.frames, self.metrics, lambda: self.cfg.detector.rate_hz, live)
-        self.detect = DetectStage(cfg, self.frames, self.ring, self.metrics, self._on_new_event, self._applied,
+        self.retention = Retention(cfg, self.ring, self.track)
+        self.decode = DecodeStage(self.frames, self.metrics, lambda: cfg.detector.rate_hz, live, cfg)
+        self.detect = DetectStage(cfg, self.frames, self.ring, self.metrics, self._on_new_event,
                                   NoReads(cfg, self.metrics, self._noread_listener(on_noread)), self.track)
         self.clips = ClipStage(cfg, sink, self.metrics, self._take_event, on_event, lambda: self.decode.live,
                                self.track)
-        self.capture = CaptureSupervisor(cfg.source, self.metrics, self.failures, self._on_packet,
-                                         self._on_session, videos or (),
-                                         cooldown_s=lambda: self.cfg.detector.cooldown_s,
-                                         encoders=lambda: self.cfg.clip.encoders)
+        self.capture = CaptureSupervisor(cfg, self.metrics, self.failures, self._on_packet, self._on_session,
+                                         videos or ())
         self.ready = self.capture.ready
         self._threads = [
             StageThread(self.capture, self.decode.end, self.failures),
@@ -84,14 +109,17 @@ class Pipeline:
             StageThread(self.clips, None, self.failures),  # the sink is the end of the pipeline
         ]
 
-    @staticmethod
-    def _ring_keep_s(cfg: Config) -> float:
-        return cfg.clip.pre_roll_s + cfg.clip.post_roll_s + const.RING_MARGIN_S
-
-    @classmethod
-    def _track_keep_s(cls, cfg: Config) -> float:
-        """The longest clip, and room for the clip stage's backlog behind detection."""
-        return cls._ring_keep_s(cfg) + cfg.clip.max_s + const.TRACK_MARGIN_S
+    def live_parts(self) -> list[tuple[str, tuple[str, ...], LivePart]]:
+        """The stages that follow live config changes, and the keys each uses (for `Agent.take_live`).
+        Threaded stages take a change at their loop boundary; none writes another's fields."""
+        rolls = ("clip.pre_roll_s", "clip.post_roll_s", "clip.max_s")
+        return [
+            ("capture", ("source", "detector.cooldown_s", "clip.encoders"), self.capture),
+            ("decode", ("detector.rate_hz",), self.decode),
+            ("detect", ("detector", *rolls, "clip.extend_while_in_view", "noreads"), self.detect),
+            ("ring", rolls, self.retention),
+            ("clip", ("device_id", "clip"), self.clips),
+        ]
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -115,13 +143,6 @@ class Pipeline:
         self.clips.finish_by(time.monotonic() + max(0.0, timeout - const.CLIP_STOP_RESERVE_S))
         self.capture.stop()
         return self.wait(timeout)
-
-    def reconfigure(self, new: Config) -> None:
-        """Live reload from any thread: detector, event and clip settings apply at the next frame; a
-        changed source restarts the source inside the process."""
-        self.detect.reconfigure(new)
-        if new.source != self.capture.cfg:
-            self.capture.restart(new.source)
 
     @property
     def events_total(self) -> int:
@@ -177,13 +198,6 @@ class Pipeline:
 
     def _on_recording(self, rec: Recording) -> None:
         self.clips.offer(rec)
-
-    def _applied(self, new: Config) -> None:
-        """Detect thread, between two frames: the rest of the pipeline follows the new config."""
-        self.clips.configure(new)
-        self.ring.keep_s = self._ring_keep_s(new)
-        self.track.keep_s = self._track_keep_s(new)
-        self.cfg = new
 
     def _detect_done(self) -> None:
         stopping = self.capture.stopping

@@ -12,13 +12,16 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent import __version__, clock_sync, const
 from edge_agent.config import Config, ConfigError, config_sha256, load_config
 from edge_agent.logs import setup_logging
 from edge_agent.metrics import Metrics
 from edge_agent.service.sdnotify import Notifier
+
+if TYPE_CHECKING:
+    from edge_agent.app import Reconfigured
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ class Daemon:
         self._reload = threading.Event()
         self._watcher: Any = None
         self._metrics_server: Any = None
+        self.live_view: Any = None  # with the web server: the technician's live view
         self._last_reload = "none"  # none | applied | refused, for /healthz (a status, never the error text)
         self._config_loaded(cfg)
         self._clock()
@@ -75,6 +79,9 @@ class Daemon:
     def _refused(self, lines: list[str]) -> None:
         """A reload whose config does not load: the running config stays, and the fleet sees it
         (edge_agent_config_reloads_total{result="refused"}, its alert, /healthz)."""
+        self.agent.refuse(lambda: self._count_refused(lines))
+
+    def _count_refused(self, lines: list[str]) -> None:
         for line in lines:
             log.error("reload refused, keeping the running config: %s", line)
         self.metrics.inc("edge_agent_config_reloads_total", result="refused")
@@ -82,9 +89,28 @@ class Daemon:
         self._last_reload = "refused"
 
     def _reloaded(self, new: Config) -> None:
-        self.apply(new)
+        """A config that loads, from either trigger (the watcher's thread, or the main loop after SIGHUP):
+        the composition root hands every registered part its share, one reload at a time."""
+        self.agent.reconfigure(new, then=self._applied)
+
+    def _applied(self, done: Reconfigured) -> None:
+        """Under the reload lock, after the parts: the log line, the reload metrics and /healthz."""
+        from edge_agent.service.reload import describe_changes
+
+        old, new = done.old, done.new
+        self.cfg = new
+        self._config_loaded(new)
         self.metrics.inc("edge_agent_config_reloads_total", result="applied")
         self._last_reload = "applied"
+        if not done.live and not done.restart:
+            return
+        source = [k for k in done.restart if k.startswith("source.")]  # the capture reopens it in process
+        needs_process_restart = [k for k in done.restart if k not in source]
+        if needs_process_restart:
+            log.warning("reload: these keys apply only after a service restart: %s",
+                        describe_changes(old, new, needs_process_restart))
+        log.info("config reloaded live: %s; source restarted: %s", describe_changes(old, new, done.live) or "-",
+                 describe_changes(old, new, source) or "-")
 
     def _config_loaded(self, cfg: Config) -> None:
         self.metrics.set("edge_agent_config_last_reload_successful", 1)
@@ -92,25 +118,15 @@ class Daemon:
         self.metrics.set_only("edge_agent_info", 1, device_id=cfg.device_id, site=cfg.site or "",
                               source_kind=cfg.source.kind, config_sha256=config_sha256(cfg))
 
-    def apply(self, new: Config) -> None:
-        """Live keys apply now; a changed source restarts inside the pipeline; the rest needs a restart."""
-        from edge_agent.service.reload import classify_changes, describe_changes
+    @property
+    def config(self) -> Config:
+        return self.cfg
 
-        live, restart = classify_changes(self.cfg, new)
+    def apply(self, new: Config, changed: frozenset[str]) -> None:
+        """Live part: the log level, and the device's name and site in edge_agent_info."""
+        if "log_level" in changed:
+            setup_logging(new.log_level)
         self._config_loaded(new)
-        if not live and not restart:
-            return
-        needs_process_restart = [k for k in restart if not k.startswith("source.")]
-        if needs_process_restart:
-            log.warning("reload: these keys apply only after a service restart: %s",
-                        describe_changes(self.cfg, new, needs_process_restart))
-        setup_logging(new.log_level)
-        self.pipeline.reconfigure(new)
-        self.uploader.update_config(new.upload)
-        self.spool.update_config(new.spool.model_copy(update={"dir": self.cfg.spool.dir}))
-        log.info("config reloaded live: %s; source restarted: %s", describe_changes(self.cfg, new, live) or "-",
-                 describe_changes(self.cfg, new, [k for k in restart if k.startswith("source.")]) or "-")
-        self.cfg = new
 
     def _clock(self) -> None:
         # unknown (no adjtimex) counts as not synchronised: nothing vouches for the clips' timestamps
@@ -122,42 +138,48 @@ class Daemon:
         """Build the parts through the composition root, run until asked to stop (exit 0), until a
         finite file source ends (0), or until a stage dies (its exit code, after open clips are
         spooled)."""
-        from edge_agent.app import Agent
-
         self._install_signals()
-        cfg = self.cfg
         access = None
-        if cfg.http.port:
+        if self.cfg.http.port:
             from edge_agent.delivery.credentials import CredentialError
             from edge_agent.service.http import ExposureRefused, access_for
 
             try:  # refused before anything starts: a camera open to the network is a config error
-                access = access_for(cfg.http)
+                access = access_for(self.cfg.http)
             except (ExposureRefused, CredentialError) as exc:
                 log.error("web server refused: %s", exc)
                 return const.EXIT_CONFIG
-        self.agent = Agent(cfg, self.metrics)
         try:
-            self.spool = self.agent.spool()  # recovery happens here, before READY
-            # the delivery state of recent events, for the live view
-            self.uploader = self.agent.uploader(lambda e, c, r: self.pipeline.mark_upload(e, c, r), thread=False)
-            self.pipeline = self.agent.pipeline(on_event=lambda _ev: self.uploader.wake())
-            if access is not None:
-                self._start_http(access)
-            if self.path and self.watch:
-                from edge_agent.service.reload import ConfigWatcher
-
-                self._watcher = ConfigWatcher(Path(self.path), self._reloaded, self._refused)
-                self._watcher.start()
-                self.agent.add_part("config watcher", lambda _s: self._watcher.stop())
-            self.uploader.start()
-            self.pipeline.start()
-            log.info("started version=%s device_id=%s source=%s upload=%s spool=%s", __version__, cfg.device_id,
-                     cfg.source.kind, cfg.upload.url or "-", cfg.spool.dir)
+            self.start(access)
             code = self._loop()
         finally:
-            self._shutdown()
+            self.shutdown()
         return code
+
+    def start(self, access: Any = None) -> None:
+        """Build and start the parts (the web server only with `access`); `shutdown()` stops whatever
+        was built, also after a failure half-way."""
+        from edge_agent.app import Agent
+
+        cfg = self.cfg
+        self.agent = Agent(cfg, self.metrics)
+        self.agent.take_live("service", ("log_level", "device_id", "site"), self)
+        self.spool = self.agent.spool()  # recovery happens here, before READY
+        # the delivery state of recent events, for the live view
+        self.uploader = self.agent.uploader(lambda e, c, r: self.pipeline.mark_upload(e, c, r), thread=False)
+        self.pipeline = self.agent.pipeline(on_event=lambda _ev: self.uploader.wake())
+        if access is not None:
+            self._start_http(access)
+        if self.path and self.watch:
+            from edge_agent.service.reload import ConfigWatcher
+
+            self._watcher = ConfigWatcher(Path(self.path), self._reloaded, self._refused)
+            self._watcher.start()
+            self.agent.add_part("config watcher", lambda _s: self._watcher.stop())
+        self.uploader.start()
+        self.pipeline.start()
+        log.info("started version=%s device_id=%s source=%s upload=%s spool=%s", __version__, cfg.device_id,
+                 cfg.source.kind, cfg.upload.url or "-", cfg.spool.dir)
 
     def _start_http(self, access: Any) -> None:
         from edge_agent.service.http import WebServer
@@ -166,6 +188,8 @@ class Daemon:
         cfg = self.cfg
         try:
             view = daemon_view(cfg, self.pipeline, self.spool, self.metrics)
+            self.live_view = view
+            self.agent.take_live("live view", ("device_id", "detector"), view)
             self._metrics_server = WebServer(self.metrics, cfg.http.host, cfg.http.port, self._health, view=view,
                                              access=access)
             self._metrics_server.start()
@@ -226,7 +250,7 @@ class Daemon:
                 break
         return const.EXIT_OK
 
-    def _shutdown(self) -> None:
+    def shutdown(self) -> None:
         """Parts stop in the reverse of the order they were built: the watcher and HTTP first, then
         capture (open recordings are cut short and spooled, not lost), the uploader, the spool."""
         self.notifier.stopping()

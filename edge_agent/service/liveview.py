@@ -44,6 +44,19 @@ RENDER_INTERVAL_S = 0.1
 
 
 @dataclass(frozen=True)
+class ViewRules:
+    """What a picture is annotated by: the config (its ROI, its device) and the CID rule built from it,
+    replaced together by a reload so a picture never mixes the old rule with the new ROI."""
+
+    cfg: Config
+    validator: CidValidator
+
+    @classmethod
+    def of(cls, cfg: Config) -> ViewRules:
+        return cls(cfg, CidValidator(cfg.detector.cid_pattern, cfg.detector.cid_max_length))
+
+
+@dataclass(frozen=True)
 class Rendered:
     """One annotated frame, shared read-only by every viewer."""
 
@@ -62,9 +75,8 @@ class LiveView:
     def __init__(self, cfg: Config, viewer: ViewerSlot, *, source: Callable[[], str],
                  decode_ms: Callable[[], float], status: Callable[[], dict[str, Any]] | None = None,
                  thumbs: Thumbnails | None = None, noreads: NoReadStore | None = None):
-        self.cfg = cfg
+        self._rules = ViewRules.of(cfg)
         self.viewer = viewer
-        self.validator = CidValidator(cfg.detector.cid_pattern, cfg.detector.cid_max_length)
         self._source = source
         self._decode_ms = decode_ms
         self._status = status or (lambda: {})
@@ -73,6 +85,21 @@ class LiveView:
         self._cond = threading.Condition()
         self._shown: Rendered | None = None
         self._renderer: threading.Thread | None = None
+
+    # --- live config ------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> Config:
+        return self._rules.cfg
+
+    @property
+    def validator(self) -> CidValidator:
+        return self._rules.validator
+
+    def apply(self, new: Config, changed: frozenset[str]) -> None:
+        """Live part (any thread): the next picture is annotated with the new CID rule and ROI. The rules
+        are one immutable pair swapped whole, so the render thread needs no hand-over."""
+        self._rules = ViewRules.of(new)
 
     # --- the picture ------------------------------------------------------------------------------
 
@@ -133,8 +160,9 @@ class LiveView:
 
     def _render(self, seq: int, item: tuple[Any, Any]) -> Rendered | None:
         frame, result = item
-        rep = report_from(frame.gray, result, self.validator, self._source(), frame.t, self._decode_ms())
-        img = annotate(cv2.cvtColor(frame.gray, cv2.COLOR_GRAY2BGR), rep, self.cfg)
+        rules = self._rules  # one picture, one set of rules
+        rep = report_from(frame.gray, result, rules.validator, self._source(), frame.t, self._decode_ms())
+        img = annotate(cv2.cvtColor(frame.gray, cv2.COLOR_GRAY2BGR), rep, rules.cfg)
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:  # a picture the encoder refuses: the viewers keep the last one
             return None
@@ -202,7 +230,7 @@ def daemon_view(cfg: Config, pipeline: Pipeline, spool: Spool, metrics: Metrics)
                    "thumbnail": f"/thumbs/{ev.event_id}.jpg" if thumbs.get(ev.event_id) else None,
                    **event_state(ev, sp.quarantine_reason)} for ev in reversed(recent)]
         return {
-            "mode": "daemon", "device_id": cfg.device_id,
+            "mode": "daemon", "device_id": view.config.device_id,
             "source": {"describe": st.capture.describe, "live": st.capture.live, "fps": metrics.get("edge_agent_fps"),
                        "nominal_fps": st.capture.fps, "frames": st.capture.frames, "dropped": st.decode.dropped,
                        "error": st.capture.source_error},
@@ -212,6 +240,8 @@ def daemon_view(cfg: Config, pipeline: Pipeline, spool: Spool, metrics: Metrics)
             "spool": asdict(sp),
         }
 
-    return LiveView(cfg, pipeline.detect.viewer, source=lambda: pipeline.status().capture.describe or cfg.source.kind,
+    view = LiveView(cfg, pipeline.detect.viewer,
+                    source=lambda: pipeline.status().capture.describe or cfg.source.kind,
                     decode_ms=lambda: pipeline.detect.detector.last_ms, status=status,
                     thumbs=pipeline.detect.thumbs, noreads=pipeline.detect.noreads.store)
+    return view

@@ -25,33 +25,11 @@ from typing import Any
 from pydantic import BaseModel
 
 from edge_agent.config import Config, ConfigError, fragment_dir, fragments, load_config
+from edge_agent.config.live import classify_changes as classify_changes  # the reload log's classes
+from edge_agent.config.live import reload_marks
 from edge_agent.redact import redact_data
 
 log = logging.getLogger(__name__)
-
-
-def _leaves(model: BaseModel, prefix: str = "") -> dict[str, tuple[Any, str]]:
-    """Dotted key -> (value, 'live' | 'restart') for every field, from the schema's reload marks."""
-    out: dict[str, tuple[Any, str]] = {}
-    for name, field in type(model).model_fields.items():
-        value = getattr(model, name)
-        key = f"{prefix}{name}"
-        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        if isinstance(value, BaseModel) and not extra:
-            out.update(_leaves(value, key + "."))
-        else:
-            out[key] = (value, str(extra.get("reload", "live")))
-    return out
-
-
-def classify_changes(old: Config, new: Config) -> tuple[list[str], list[str]]:
-    """Keys whose value changed: (live ones, restart-only ones)."""
-    a, b = _leaves(old), _leaves(new)
-    live, restart = [], []
-    for key in sorted(set(a) | set(b)):
-        if a.get(key, (None,))[0] != b.get(key, (None,))[0]:
-            (restart if b.get(key, a.get(key))[1] == "restart" else live).append(key)
-    return live, restart
 
 
 # Longest value shown in a reload log line (a pipe command can be long).
@@ -75,7 +53,7 @@ def _shown(value: Any) -> str:
 def describe_changes(old: Config, new: Config, keys: list[str]) -> str:
     """`detector.cooldown_s 5 -> 2, clip.pre_roll_s 2.5 -> 1` for the keys classify_changes gave, so
     the log says what the reload did (passwords in URLs masked)."""
-    a, b = _leaves(old), _leaves(new)
+    a, b = reload_marks(old), reload_marks(new)
     return ", ".join(f"{k} {_shown(a.get(k, (None,))[0])} -> {_shown(b.get(k, (None,))[0])}" for k in keys)
 
 
