@@ -123,6 +123,7 @@ class Daemon:
         finite file source ends (0), or until a stage dies (its exit code, after open clips are
         spooled)."""
         from edge_agent.app import Agent
+        from edge_agent.pipeline.events import EventLog
 
         self._install_signals()
         cfg = self.cfg
@@ -139,9 +140,10 @@ class Daemon:
         self.agent = Agent(cfg, self.metrics)
         try:
             self.spool = self.agent.spool()  # recovery happens here, before READY
-            # the delivery state of recent events, for the live view
-            self.uploader = self.agent.uploader(lambda e, c, r: self.pipeline.mark_upload(e, c, r), thread=False)
-            self.pipeline = self.agent.pipeline(on_event=lambda _ev: self.uploader.wake())
+            # recent events and their delivery state, for the live view
+            self.events = EventLog(keep=const.RECENT_EVENTS)
+            self.uploader = self.agent.uploader(self.events.upload_result, thread=False)
+            self.pipeline = self.agent.pipeline(on_event=lambda _ev: self.uploader.wake(), events=self.events)
             if access is not None:
                 self._start_http(access)
             if self.path and self.watch:
