@@ -9,6 +9,7 @@ import threading
 
 import pytest
 
+from edge_agent.delivery.outcome import UploadResult
 from edge_agent.pipeline.detector import Detection
 from edge_agent.pipeline.events import Delivery, EventLog, OpenEvent
 
@@ -57,8 +58,8 @@ def test_three_threads_record_every_transition_whatever_their_order() -> None:
             i = int(ev.cid[4:])
             if i % 2 == 1:
                 assert clipped[i].wait(10)
-            log.upload_result(ev.event_id, ev.cid, "retry")  # changes nothing yet
-            log.upload_result(ev.event_id, ev.cid, "duplicate" if i % 3 == 0 else "delivered")
+            log.upload_result(ev.event_id, ev.cid, UploadResult.RETRY)  # changes nothing yet
+            log.upload_result(ev.event_id, ev.cid, UploadResult.DUPLICATE if i % 3 == 0 else UploadResult.DELIVERED)
             answered[i].set()
 
     threads = [threading.Thread(target=f) for f in (detect, clip, upload)]
@@ -81,15 +82,15 @@ def test_an_event_goes_from_recording_to_queued_to_its_servers_answer() -> None:
     assert log.opened(ev).delivery is Delivery.RECORDING
     made = log.clip_made(ev.event_id, {"error": "no keyframe"}, error="no keyframe", ms=None, queued=True)
     assert made is not None and made.delivery is Delivery.QUEUED and made.clip_error == "no keyframe"
-    log.upload_result(ev.event_id, ev.cid, "stopped")  # an attempt cut short by a stop: still queued
+    log.upload_result(ev.event_id, ev.cid, UploadResult.STOPPED)  # an attempt cut short by a stop: still queued
     assert log.get(ev.event_id).delivery is Delivery.QUEUED  # type: ignore[union-attr]
-    log.upload_result(ev.event_id, ev.cid, "quarantined")
+    log.upload_result(ev.event_id, ev.cid, UploadResult.QUARANTINED)
     assert log.get(ev.event_id).delivery is Delivery.QUARANTINED  # type: ignore[union-attr]
     refused = opened_event(2)
     log.opened(refused)
     log.clip_made(refused.event_id, {}, error=None, ms=3.0, queued=False)
     assert log.get(refused.event_id).delivery is Delivery.REFUSED  # type: ignore[union-attr]
-    log.upload_result("queued-before-a-restart", "CID-OLD", "delivered")  # not this run's: ignored
+    log.upload_result("queued-before-a-restart", "CID-OLD", UploadResult.DELIVERED)  # not this run's: ignored
     assert log.get("queued-before-a-restart") is None
 
 
@@ -99,7 +100,7 @@ def test_readers_get_frozen_snapshots_that_later_transitions_do_not_change() -> 
     log.opened(ev)
     before = log.clip_made(ev.event_id, {"duration_s": 5.0}, error=None, ms=1.0, queued=True)
     assert before is not None
-    log.upload_result(ev.event_id, ev.cid, "delivered")
+    log.upload_result(ev.event_id, ev.cid, UploadResult.DELIVERED)
     assert before.delivery is Delivery.QUEUED and log.get(ev.event_id).delivery is Delivery.DELIVERED  # type: ignore[union-attr]
     with pytest.raises(dataclasses.FrozenInstanceError):
         before.queued = False  # type: ignore[misc]

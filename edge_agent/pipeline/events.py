@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 from edge_agent.delivery.contract import rfc3339
+from edge_agent.delivery.outcome import UploadResult
 from edge_agent.pipeline.detector import Detection
 
 
@@ -61,14 +62,14 @@ class Delivery(Enum):
     QUARANTINED = "quarantined"
 
     @classmethod
-    def of_upload(cls, result: str) -> Delivery | None:
+    def of_upload(cls, result: UploadResult) -> Delivery | None:
         """The uploader's result as a delivery state; None for one that changes nothing yet (a retry, an
         attempt cut short by a stop)."""
-        return _UPLOAD_RESULTS.get(result)
+        return _FINAL_UPLOADS.get(result)
 
 
-_UPLOAD_RESULTS = {"delivered": Delivery.DELIVERED, "duplicate": Delivery.DUPLICATE,
-                   "quarantined": Delivery.QUARANTINED}
+_FINAL_UPLOADS = {UploadResult.DELIVERED: Delivery.DELIVERED, UploadResult.DUPLICATE: Delivery.DUPLICATE,
+                  UploadResult.QUARANTINED: Delivery.QUARANTINED}
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ class EventLog:
             self._trim()
             return snap
 
-    def upload_result(self, event_id: str, _cid: str, result: str) -> None:
+    def upload_result(self, event_id: str, _cid: str, result: UploadResult) -> None:
         """Uploader listener (`Uploader.on_result`); results for events no longer (or never) here, such as
         clips queued before a restart, change nothing."""
         state = Delivery.of_upload(result)
