@@ -118,3 +118,28 @@ def test_a_bounded_log_forgets_the_oldest_finished_events_never_one_still_record
         log.clip_made(ev.event_id, {}, error=None, ms=1.0, queued=True)
     assert [e.event_id for e in log.snapshot()] == ["ev-0", "ev-3", "ev-4"]
     assert log.clip_made("ev-0", {}, error=None, ms=1.0, queued=True) is not None
+
+
+def test_the_live_view_shows_each_delivery_state_with_its_reason() -> None:
+    from edge_agent.service.liveview import event_state
+
+    log = EventLog()
+    states = {}
+    for n, (error, queued, result) in enumerate([
+            (None, None, None), (None, True, None), ("no keyframe", True, None), (None, False, None),
+            (None, True, UploadResult.DELIVERED), (None, True, UploadResult.DUPLICATE),
+            ("no keyframe", True, UploadResult.QUARANTINED)]):
+        ev = opened_event(n)
+        log.opened(ev)
+        if queued is not None:
+            log.clip_made(ev.event_id, {}, error=error, ms=1.0, queued=queued)
+        if result is not None:
+            log.upload_result(ev.event_id, ev.cid, result)
+        snap = log.get(ev.event_id)
+        assert snap is not None
+        states[n] = event_state(snap, "HTTP 422: bad metadata")
+    assert states == {
+        0: {"state": "recording", "reason": None}, 1: {"state": "queued", "reason": None},
+        2: {"state": "failed", "reason": "no keyframe"}, 3: {"state": "failed", "reason": "not kept by the spool"},
+        4: {"state": "delivered", "reason": None}, 5: {"state": "delivered", "reason": "already on the server"},
+        6: {"state": "quarantined", "reason": "HTTP 422: bad metadata"}}
