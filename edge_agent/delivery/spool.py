@@ -207,14 +207,16 @@ class Spool:
     def insert(self, event_id: str, data: dict[str, Any]) -> None:
         """A queue row from a clip's record (`_record`, or a sidecar holding one), at the queue's end."""
         assert self._db is not None
-        seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM queue").fetchone()[0]
         synced = data.get("clock_synced")
-        self._db.execute(
-            "INSERT OR REPLACE INTO queue (event_id, cid, created_at, size_bytes, has_video, sha256, attempts, seq,"
-            " boot_id, created_mono, metadata, clock_synced) VALUES (?,?,?,?,?,?,0,?,?,?,?,?)",
-            (event_id, data["cid"], float(data["created_at"]), int(data.get("size_bytes") or 0),
-             int(bool(data.get("has_video", True))), data.get("sha256"), seq, data.get("boot_id"),
-             data.get("created_mono"), json.dumps(data["metadata"]), None if synced is None else int(bool(synced))))
+        with self._lock:  # the next seq and the row in one step
+            seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM queue").fetchone()[0]
+            self._db.execute(
+                "INSERT OR REPLACE INTO queue (event_id, cid, created_at, size_bytes, has_video, sha256, attempts,"
+                " seq, boot_id, created_mono, metadata, clock_synced) VALUES (?,?,?,?,?,?,0,?,?,?,?,?)",
+                (event_id, data["cid"], float(data["created_at"]), int(data.get("size_bytes") or 0),
+                 int(bool(data.get("has_video", True))), data.get("sha256"), seq, data.get("boot_id"),
+                 data.get("created_mono"), json.dumps(data["metadata"]),
+                 None if synced is None else int(bool(synced))))
 
     def _record(self, event_id: str) -> dict[str, Any] | None:
         """A queued clip as its sidecar holds it, from its row (the source of truth); None if not queued.
