@@ -32,7 +32,7 @@ from edge_agent.delivery.spool import Spool
 from edge_agent.delivery.uploader import ResultCallback, Uploader
 from edge_agent.metrics import Metrics
 from edge_agent.pipeline.detector import Detector
-from edge_agent.pipeline.events import Event
+from edge_agent.pipeline.events import EventLog, EventSnapshot
 from edge_agent.pipeline.wiring import Pipeline
 
 log = logging.getLogger("edge_agent.app")
@@ -158,13 +158,15 @@ class Agent:
         return self._uploader
 
     def pipeline(self, sink: ClipSink | None = None, *, videos: Sequence[str] | None = None,
-                 on_event: Callable[[Event], None] | None = None,
-                 on_noread: Callable[[Any], None] | None = None) -> Pipeline:
+                 on_event: Callable[[EventSnapshot], None] | None = None,
+                 on_noread: Callable[[Any], None] | None = None, events: EventLog | None = None) -> Pipeline:
         """The pipeline into `sink` (default: the spool). Stopping it cuts open recordings short and
-        hands them to the sink, so it stops before the uploader and the spool."""
+        hands them to the sink, so it stops before the uploader and the spool. `events`: the log its
+        events go to (default: a new one keeping the last few)."""
         if self._pipeline is None:
             self._pipeline = Pipeline(self.cfg, sink if sink is not None else self.spool(), videos=videos,
-                                      metrics=self.metrics, on_event=on_event, on_noread=on_noread)
+                                      metrics=self.metrics, on_event=on_event, on_noread=on_noread,
+                                      events=events)
             for name, keys, part in self._pipeline.live_parts():
                 self.take_live(name, keys, part)
             self.add_part("pipeline", self._stop_pipeline)

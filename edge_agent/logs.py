@@ -52,9 +52,9 @@ def under_journald() -> bool:
 def setup_logging(level: str = "INFO") -> None:
     """Configure the root logger once; calling again only changes the level (live reload)."""
     root = logging.getLogger()
-    if not any(getattr(h, "_edge_agent", False) for h in root.handlers):
+    if not any(getattr(h, "is_edge_agent_handler", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
-        handler._edge_agent = True  # type: ignore[attr-defined]
+        handler.is_edge_agent_handler = True  # type: ignore[attr-defined]
         if under_journald():
             handler.setFormatter(JournalFormatter("%(message)s"))
         else:

@@ -19,7 +19,7 @@ from edge_agent.capture.media import GrayFrame, Packet
 from edge_agent.capture.source import SourceError, make_source
 from edge_agent.config import parse_config
 from edge_agent.delivery.sinks import FolderSink
-from edge_agent.pipeline.events import Event
+from edge_agent.pipeline.events import EventSnapshot
 from edge_agent.pipeline.wiring import Pipeline
 from tests.media_factory import make_video
 
@@ -92,7 +92,7 @@ def test_a_missing_picamera2_is_one_line_with_the_hint(monkeypatch: pytest.Monke
 @pytest.mark.slow
 def test_the_pipeline_detects_from_lores_and_clips_the_cameras_own_packets(camera: Path, tmp_path: Path) -> None:
     cfg = config("clip:\n  pre_roll_s: 1.0\n  post_roll_s: 1.0\n")
-    heard: list[Event] = []
+    heard: list[EventSnapshot] = []
     pipeline = Pipeline(cfg, FolderSink(tmp_path / "clips"), on_event=heard.append)
     pipeline.start()
     deadline = time.monotonic() + 30

@@ -11,7 +11,7 @@ import pytest
 from edge_agent import const
 from edge_agent.config import parse_config
 from edge_agent.delivery.sinks import FolderSink
-from edge_agent.pipeline.events import Event
+from edge_agent.pipeline.events import EventSnapshot
 from edge_agent.pipeline.wiring import Pipeline
 from tests.media_factory import make_video
 
@@ -22,7 +22,7 @@ def test_looping_file_source_makes_one_event_per_pass_and_remembers_only_recent_
     video = make_video(tmp_path / "v.mp4", seconds=3, codes=[("CID-LOOP-1", 1.0, 1.6)])
     cfg = parse_config(f"source:\n  kind: file\n  path: {video}\n  loop: true\nclip:\n  pre_roll_s: 0.5\n"
                        "  post_roll_s: 0.5\n", env={})
-    heard: list[Event] = []
+    heard: list[EventSnapshot] = []
     pipeline = Pipeline(cfg, FolderSink(tmp_path / "clips"), on_event=heard.append)
     pipeline.start()
     deadline = time.monotonic() + 30
@@ -30,7 +30,8 @@ def test_looping_file_source_makes_one_event_per_pass_and_remembers_only_recent_
         time.sleep(0.05)
     assert pipeline.stop(10)
     events = sorted(heard, key=lambda e: e.detected_t)
-    assert pipeline.events_total == len(events) and list(pipeline.recent.values()) == events[-2:]
+    assert pipeline.events_total == len(events) and ([e.event_id for e in pipeline.events.snapshot()]
+                                                   == [e.event_id for e in events[-2:]])
     assert len(events) >= 3 and {e.cid for e in events} == {"CID-LOOP-1"}
     gaps = [b.detected_t - a.detected_t for a, b in zip(events, events[1:], strict=False)]
     assert all(g > cfg.detector.cooldown_s for g in gaps)  # passes never merge into one event

@@ -12,7 +12,7 @@ from types import ModuleType
 
 from edge_agent.config import parse_config
 from edge_agent.delivery.sinks import FolderSink
-from edge_agent.pipeline.events import Event
+from edge_agent.pipeline.events import EventSnapshot
 from edge_agent.pipeline.wiring import Pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +35,7 @@ def test_inverted_and_small_codes_are_read_through_the_pipeline(tmp_path: Path) 
     video = tmp_path / "sample" / gen.VIDEO
     cfg = parse_config(f"source:\n  kind: file\n  path: {video}\nclip:\n  pre_roll_s: 0.5\n  post_roll_s: 0.5\n"
                        f"spool:\n  dir: {tmp_path / 'spool'}\n", env={})
-    heard: list[Event] = []
+    heard: list[EventSnapshot] = []
     noreads: list[object] = []
     pipeline = Pipeline(cfg, FolderSink(tmp_path / "clips"), videos=[str(video)], on_event=heard.append,
                         on_noread=noreads.append)

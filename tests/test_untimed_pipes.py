@@ -18,7 +18,7 @@ import pytest
 
 from edge_agent.config import parse_config
 from edge_agent.delivery.sinks import FolderSink
-from edge_agent.pipeline.events import Event
+from edge_agent.pipeline.events import EventSnapshot
 from edge_agent.pipeline.wiring import Pipeline
 from tests.media_factory import make_video
 
@@ -34,9 +34,9 @@ def conveyor(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_pipeline(command: str, tmp_path: Path, extra: str = "", clips: int = 2,
-                 timeout: float = 60) -> tuple[list[Event], Pipeline]:
+                 timeout: float = 60) -> tuple[list[EventSnapshot], Pipeline]:
     cfg = parse_config(f"source:\n  kind: pipe\n  command: {command}\n{extra}", env={})
-    heard: list[Event] = []
+    heard: list[EventSnapshot] = []
     pipeline = Pipeline(cfg, FolderSink(tmp_path / "clips"), on_event=heard.append)
     pipeline.start()
     deadline = time.monotonic() + timeout
@@ -53,7 +53,7 @@ def spacing_ms(clip: Path) -> list[float]:
         return [float((b - a) * v.time_base) * 1000 for a, b in zip(pts, pts[1:], strict=False)]
 
 
-def assert_steady_30fps(events: list[Event], tmp_path: Path, median_ms: float = 0.1) -> None:
+def assert_steady_30fps(events: list[EventSnapshot], tmp_path: Path, median_ms: float = 0.1) -> None:
     assert {e.cid for e in events} >= set(CIDS), events
     for e in events:
         assert e.clip and not e.clip_error, e
@@ -62,7 +62,7 @@ def assert_steady_30fps(events: list[Event], tmp_path: Path, median_ms: float = 
         assert min(gaps) >= 20 and max(gaps) <= 50, (e.cid, min(gaps), max(gaps))
 
 
-def assert_true_time(events: list[Event], t0: float) -> None:
+def assert_true_time(events: list[EventSnapshot], t0: float) -> None:
     """detected_at is when the camera saw the label (`t0`: the wall-clock time of the stream's first
     frame), not when the agent got the frame: the first pass's labels come into view at 3.0 and 6.5 s."""
     in_view = {CIDS[0]: 3.0, CIDS[1]: 6.5}

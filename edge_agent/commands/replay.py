@@ -25,7 +25,7 @@ from edge_agent.logs import setup_logging
 from edge_agent.metrics import Metrics
 
 if TYPE_CHECKING:
-    from edge_agent.pipeline.events import Event
+    from edge_agent.pipeline.events import EventSnapshot
     from edge_agent.pipeline.wiring import Pipeline, PipelineStatus
 
 log = logging.getLogger(__name__)
@@ -87,21 +87,15 @@ def _count_frames(paths: list[str]) -> int | None:
 
 
 class ReplayReport:
-    """Listens to the pipeline and the uploader and keeps every event of the run: the report needs the
-    whole history, which the pipeline itself (shared with the daemon) deliberately does not keep."""
+    """The run's history for the report: every event (an event log that keeps them all, which the
+    pipeline and the uploader both record into) and every no-read."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.events: dict[str, Event] = {}
-        self._early: dict[str, str] = {}  # upload results that came before their event was reported
-        self.noreads: list[dict[str, Any]] = []
+        from edge_agent.pipeline.events import EventLog
 
-    def on_event(self, rec: Event) -> None:
-        with self._lock:
-            self.events[rec.event_id] = rec
-            result = self._early.pop(rec.event_id, None)
-            if result is not None:
-                rec.record_upload(result)
+        self._lock = threading.Lock()
+        self.events = EventLog(keep=None)
+        self.noreads: list[dict[str, Any]] = []
 
     def on_noread(self, nr: Any) -> None:
         """A code seen but not read: when, where in the frame, and the image kept of it (None: not kept)."""
@@ -110,17 +104,9 @@ class ReplayReport:
             self.noreads.append({"t": round(nr.t, 3), "at": contract.rfc3339(nr.wall),
                                  "position": [list(p) for p in nr.polygon], "error": nr.error, "image": image})
 
-    def on_upload(self, event_id: str, _cid: str, result: str) -> None:
-        with self._lock:
-            rec = self.events.get(event_id)
-            if rec is None:
-                self._early[event_id] = result
-            else:
-                rec.record_upload(result)
-
-    def sorted(self) -> list[Event]:
-        with self._lock:
-            return sorted(self.events.values(), key=lambda r: r.detected_t)
+    def sorted(self) -> list[EventSnapshot]:
+        """The events that reached the sink (made into a clip or sent without one), by detection time."""
+        return sorted((e for e in self.events.snapshot() if e.queued is not None), key=lambda r: r.detected_t)
 
 
 def run_replay(args: argparse.Namespace) -> int:
@@ -175,13 +161,12 @@ def run_replay(args: argparse.Namespace) -> int:
                 print(f"edge-agent replay: spool {cfg.spool.dir}: {exc} (point spool.dir at a writable folder, "
                       "or use --no-upload)", file=sys.stderr)
                 return const.EXIT_CANTCREAT
-            uploader = agent.uploader(on_result=listener.on_upload)
+            uploader = agent.uploader(on_result=listener.events.upload_result)
             sink = TeeSink(spool, folder) if folder else spool
         else:
             assert folder is not None
             sink = folder
-        pipeline = agent.pipeline(sink, videos=args.videos, on_event=listener.on_event,
-                                  on_noread=listener.on_noread)
+        pipeline = agent.pipeline(sink, videos=args.videos, events=listener.events, on_noread=listener.on_noread)
         total = _count_frames(args.videos)
         stop = stop_on_signals()  # the recording in progress is cut short and kept; exit 0
         pipeline.start()
@@ -265,13 +250,16 @@ def _progress(pipeline: Pipeline, total: int | None, quiet: bool, stop: threadin
 
 def _report(listener: ReplayReport, status: PipelineStatus, metrics: Metrics,
             folder: FolderSink | None) -> dict[str, Any]:
+    from edge_agent.pipeline.events import Delivery
+
     events = []
     for rec in listener.sorted():
         clip: dict[str, Any] | None = dict(rec.clip) if rec.clip else None
         if clip is not None and folder is not None and not rec.clip_error:
             clip["file"] = str(folder.clip_path(rec.event_id))
         events.append({"event_id": rec.event_id, "cid": rec.cid, "detected_at": rec.detected_at,
-                       "clip": clip, "uploaded": rec.uploaded, "upload_result": rec.upload_result,
+                       "clip": clip, "uploaded": rec.uploaded,
+                       "upload_result": rec.upload.value if rec.upload is not None else None,
                        "clip_ms": rec.clip_ms})
     return {
         "frames": status.capture.frames,
@@ -281,7 +269,7 @@ def _report(listener: ReplayReport, status: PipelineStatus, metrics: Metrics,
         "sightings": status.detect.sightings,
         "events": events,
         "uploaded": sum(1 for e in events if e["uploaded"]),
-        "quarantined": sum(1 for e in events if e["upload_result"] == "quarantined"),
+        "quarantined": sum(1 for rec in listener.sorted() if rec.upload is Delivery.QUARANTINED),
         "refused": sum(1 for rec in listener.sorted() if not rec.queued),
         "dropped": {k: int(v) for k, v in metrics.labelled("edge_agent_spool_dropped_total", "reason").items() if v},
         "rejected": status.detect.rejected,

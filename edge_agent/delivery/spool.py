@@ -41,9 +41,10 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from edge_agent import clock_sync
 from edge_agent.config import SpoolConfig
@@ -120,6 +121,16 @@ class SpoolStatus:
     quarantine_reason: str | None = None  # why the newest quarantined clip was set aside
 
 
+class QueueRow(NamedTuple):
+    """What the queue holds of a clip that recovery checks against its files."""
+
+    event_id: str
+    cid: str
+    has_video: bool
+    sha256: str | None
+    size_bytes: int
+
+
 class Spool:
     """The queue of clips. Thread-safe: the clip worker puts, the uploader takes, the CLI inspects."""
 
@@ -169,17 +180,43 @@ class Spool:
     def open_reader(cls, cfg: SpoolConfig) -> Spool:
         return cls(cfg, reader=True)
 
-    def _insert(self, event_id: str, data: dict[str, Any]) -> None:
-        """A queue row from a clip's record (`_record`, or a sidecar holding one)."""
+    # --- the queue store, as recovery and requeue drive it (under `exclusive()`) ---------------
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the queue against the clip worker and the uploader (re-entrant: the methods below take
+        it again)."""
+        with self._lock:
+            yield
+
+    def rows(self) -> list[QueueRow]:
+        """Every queued clip's row as recovery checks it against the disk, in queue order."""
+        with self._lock:
+            if self._db is None:
+                return []
+            return [QueueRow(e, c, bool(v), sha, int(size or 0)) for e, c, v, sha, size in self._db.execute(
+                "SELECT event_id, cid, has_video, sha256, size_bytes FROM queue ORDER BY seq")]
+
+    def forget(self, event_id: str) -> None:
+        """Delete a clip's row, leaving its files (recovery sets them aside or counts them lost)."""
+        with self._lock:
+            if self._db is not None:
+                self._db.execute("DELETE FROM queue WHERE event_id=?", (event_id,))
+            self._retry_at.pop(event_id, None)
+
+    def insert(self, event_id: str, data: dict[str, Any]) -> None:
+        """A queue row from a clip's record (`_record`, or a sidecar holding one), at the queue's end."""
         assert self._db is not None
-        seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM queue").fetchone()[0]
         synced = data.get("clock_synced")
-        self._db.execute(
-            "INSERT OR REPLACE INTO queue (event_id, cid, created_at, size_bytes, has_video, sha256, attempts, seq,"
-            " boot_id, created_mono, metadata, clock_synced) VALUES (?,?,?,?,?,?,0,?,?,?,?,?)",
-            (event_id, data["cid"], float(data["created_at"]), int(data.get("size_bytes") or 0),
-             int(bool(data.get("has_video", True))), data.get("sha256"), seq, data.get("boot_id"),
-             data.get("created_mono"), json.dumps(data["metadata"]), None if synced is None else int(bool(synced))))
+        with self._lock:  # the next seq and the row in one step
+            seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM queue").fetchone()[0]
+            self._db.execute(
+                "INSERT OR REPLACE INTO queue (event_id, cid, created_at, size_bytes, has_video, sha256, attempts,"
+                " seq, boot_id, created_mono, metadata, clock_synced) VALUES (?,?,?,?,?,?,0,?,?,?,?,?)",
+                (event_id, data["cid"], float(data["created_at"]), int(data.get("size_bytes") or 0),
+                 int(bool(data.get("has_video", True))), data.get("sha256"), seq, data.get("boot_id"),
+                 data.get("created_mono"), json.dumps(data["metadata"]),
+                 None if synced is None else int(bool(synced))))
 
     def _record(self, event_id: str) -> dict[str, Any] | None:
         """A queued clip as its sidecar holds it, from its row (the source of truth); None if not queued.
@@ -274,7 +311,7 @@ class Spool:
         if video_part is not None and video_part.exists():
             os.replace(video_part, self.clips / f"{event_id}.mp4")
         fsync_path(self.clips)
-        self._insert(event_id, data)
+        self.insert(event_id, data)
 
     def _undo_write(self, event_id: str, video_part: Path | None) -> None:
         """After a failed write: the clip goes back to where the caller left it, nothing half-queued stays."""
@@ -303,7 +340,7 @@ class Spool:
         log.error("spool: dropped cid=%s clip=%s reason=%s%s", cid, event_id, reason,
                   f" error={detail}" if detail else "")
 
-    def _totals(self) -> tuple[int, int]:
+    def totals(self) -> tuple[int, int]:
         if self._db is None:
             return 0, 0
         n, b = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM queue").fetchone()
@@ -318,9 +355,9 @@ class Spool:
     def _make_room(self, size: int, cid: str, event_id: str) -> bool:
         """Enforce the bounds before a clip of `size` bytes joins. The new clip's file is already on
         this disk (in tmp/), so free space is compared as it is, not less the clip."""
-        self._expire()
+        self.expire()
         while True:
-            _, used = self._totals()
+            _, used = self.totals()
             over_bytes = used + size > self.cfg.max_bytes
             low_disk = self._free_bytes() < self.cfg.min_free_bytes
             if not over_bytes and not low_disk:
@@ -353,7 +390,7 @@ class Spool:
             return time.time() - created_at
         return None
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
         if self._db is None:
             return
         self._next_expire = time.monotonic() + _EXPIRE_EVERY_S
@@ -383,7 +420,7 @@ class Spool:
         behind it: order is kept) or when the queue is empty."""
         with self._lock:
             if self._db is not None and now_mono >= self._next_expire:
-                self._expire()
+                self.expire()
                 self._update_gauges()
             entry = self.head()
             return entry if entry is not None and entry.retry_at <= now_mono else None
@@ -433,7 +470,7 @@ class Spool:
                     write_sidecar(self.tmp / f"{event_id}.json.part", self.clips / f"{event_id}.json", record)
             self._db.execute("DELETE FROM queue WHERE event_id=?", (event_id,))
             self._retry_at.pop(event_id, None)
-            self._quarantine_files(event_id, reason, cid=record["cid"] if record else None, hint=hint)
+            self.quarantine_files(event_id, reason, cid=record["cid"] if record else None, hint=hint)
             self._update_gauges()
 
     def drop_video(self, event_id: str, reason: str) -> Entry | None:
@@ -497,7 +534,7 @@ class Spool:
             except OSError as exc:
                 log.error("spool: cannot delete %s%s error=%s", event_id, suffix, exc.strerror or exc)
 
-    def _quarantine_files(self, event_id: str, reason: str, cid: str | None = None, hint: str = "") -> bool:
+    def quarantine_files(self, event_id: str, reason: str, cid: str | None = None, hint: str = "") -> bool:
         """Move a clip's files to quarantine/ with a .reason note; False when there was nothing to move."""
         moved = False
         for suffix in (".mp4", ".json"):
@@ -563,7 +600,7 @@ class Spool:
             if self._db is None:
                 return SpoolStatus(0, 0, None, None, held, free_bytes=free, disk_full=full,
                                    quarantine_reason=newest_quarantine_reason(self.quarantine_dir))
-            n, b = self._totals()
+            n, b = self.totals()
             oldest = self._db.execute("SELECT MIN(created_at) FROM queue").fetchone()[0]
             err = self._db.execute("SELECT last_error FROM queue WHERE last_error IS NOT NULL ORDER BY seq LIMIT 1"
                                    ).fetchone()
@@ -592,7 +629,7 @@ class Spool:
             req.unlink()
 
     def _update_gauges(self) -> None:
-        n, b = self._totals()
+        n, b = self.totals()
         self.metrics.set("edge_agent_spool_clips", n)
         self.metrics.set("edge_agent_spool_bytes", b)
 

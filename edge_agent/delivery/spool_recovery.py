@@ -161,10 +161,8 @@ def queue_from_sidecars(clips: Path) -> sqlite3.Connection:
 def recover(spool: Spool) -> None:
     """Bring disk and queue back in line after a crash. Each clip is handled on its own, so one bad
     file (or an I/O error reading it) never stops the others, nor the start."""
-    db = spool._db
-    assert db is not None
     started = time.monotonic()
-    with spool._lock:
+    with spool.exclusive():
         finish_interrupted_puts(spool.clips, spool.tmp)
         for part in list(spool.tmp.iterdir()) + list(spool.clips.glob("*.part")):
             try:
@@ -172,11 +170,10 @@ def recover(spool: Spool) -> None:
                 log.info("spool recovery: removed unfinished file %s", part.name)
             except OSError as exc:
                 log.error("spool recovery: cannot remove %s error=%s", part.name, exc.strerror or exc)
-        rows = db.execute("SELECT event_id, cid, has_video, sha256, size_bytes FROM queue").fetchall()
-        for event_id, cid, has_video, sha, size in rows:
+        for event_id, cid, has_video, sha, size in spool.rows():
             restore_sidecar(spool, event_id, cid)
             try:
-                problem = check_row(spool.clips, event_id, bool(has_video), sha, size)
+                problem = check_row(spool.clips, event_id, has_video, sha, size)
             except Exception as exc:  # never refuse to start
                 problem = f"cannot check: {exc}"
             if problem is None:
@@ -184,23 +181,23 @@ def recover(spool: Spool) -> None:
             if problem.startswith(_VIDEO_PROBLEM):  # the metadata is sound: the CID still goes out
                 spool.drop_video(event_id, problem[len(_VIDEO_PROBLEM):])
                 continue
-            db.execute("DELETE FROM queue WHERE event_id=?", (event_id,))
-            if not spool._quarantine_files(event_id, problem):
+            spool.forget(event_id)
+            if not spool.quarantine_files(event_id, problem):
                 spool.metrics.inc("edge_agent_spool_dropped_total", reason="lost")
                 log.error("spool recovery: clip lost cid=%s clip=%s reason=%s", cid, event_id, problem)
-        known = {r[0] for r in db.execute("SELECT event_id FROM queue")}
+        known = {row.event_id for row in spool.rows()}
         orphans = [side for side in spool.clips.glob("*.json") if side.stem not in known]
         for side in sorted(orphans, key=sidecar_created_at):  # keep delivery in the order clips were made
             reenqueue(spool, side)
         for mp4 in spool.clips.glob("*.mp4"):
             if not (spool.clips / f"{mp4.stem}.json").exists():
-                spool._quarantine_files(mp4.stem, "clip without metadata sidecar (a delivery or quarantine "
+                spool.quarantine_files(mp4.stem, "clip without metadata sidecar (a delivery or quarantine "
                                                   "interrupted by a crash: usually already delivered)")
         with contextlib.suppress(OSError):
             fsync_path(spool.clips)
             fsync_path(spool.quarantine_dir)
-        spool._expire()
-    n, b = spool._totals()
+        spool.expire()
+    n, b = spool.totals()
     log.info("spool ready dir=%s clips=%d bytes=%d recovery_s=%.2f", spool.root, n, b, time.monotonic() - started)
 
 
@@ -271,7 +268,7 @@ def reenqueue(spool: Spool, side: Path) -> bool:
         has_video = bool(data.get("has_video", True))
         sha = data.get("sha256")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        spool._quarantine_files(event_id, f"cannot re-enqueue: {exc}")
+        spool.quarantine_files(event_id, f"cannot re-enqueue: {exc}")
         return False
     mp4 = spool.clips / f"{event_id}.mp4"
     size = 0
@@ -283,7 +280,7 @@ def reenqueue(spool: Spool, side: Path) -> bool:
                 problem = "clip bytes do not match their sha256"
         except OSError as exc:
             problem = f"clip file unreadable: {exc.strerror or exc}"
-    spool._insert(event_id, {**data, "size_bytes": size})
+    spool.insert(event_id, {**data, "size_bytes": size})
     spool.metrics.inc("edge_agent_spool_recovered_total", reason="orphan_reenqueued")
     log.info("spool: re-enqueued cid=%s clip=%s", cid, event_id)
     if problem is not None:

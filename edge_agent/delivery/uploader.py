@@ -33,6 +33,7 @@ from edge_agent.delivery.backoff import Backoff, parse_retry_after
 from edge_agent.delivery.cid import escape_payload
 from edge_agent.delivery.credentials import CredentialError, load_token
 from edge_agent.delivery.errors import describe_error, describe_reply
+from edge_agent.delivery.outcome import UploadResult
 from edge_agent.delivery.request import BodyAborted, DeadlineCutter, MultipartBody, UploadAdapter, send_limits
 from edge_agent.delivery.spool import Entry, Spool
 from edge_agent.metrics import Metrics
@@ -51,7 +52,8 @@ ERROR_PAUSE_S = 1.0
 # How much of a server's reply goes into a log line and the clip's last_error.
 REPLY_LOG_CHARS = 200
 
-ResultCallback = Callable[[str, str, str], None]
+# (event id, CID, result)
+ResultCallback = Callable[[str, str, UploadResult], None]
 
 
 class Uploader:
@@ -162,7 +164,7 @@ class Uploader:
                 self._retry(entry, f"internal error: {type(exc).__name__}", None)
             return True
 
-    def attempt(self, entry: Entry, deadline_mono: float | None = None) -> str:
+    def attempt(self, entry: Entry, deadline_mono: float | None = None) -> UploadResult:
         """POST one clip; returns delivered, duplicate, retry, quarantined (or stopped: not counted).
 
         The whole request (connect, send, the complete answer) ends by connect_timeout_s +
@@ -175,7 +177,7 @@ class Uploader:
             if problem is not None:
                 entry = self._without_video(entry, problem)
                 if entry is None:
-                    return "quarantined"
+                    return UploadResult.QUARANTINED
         if self._token_error:
             self._load_token()  # the file may have been fixed since
             if self._token_error:
@@ -237,9 +239,9 @@ class Uploader:
         self.metrics.observe("edge_agent_upload_seconds", elapsed)
         status = resp.status_code
         if 200 <= status < 300:
-            return self._finish(entry, "delivered", f"HTTP {status}", elapsed)
+            return self._finish(entry, UploadResult.DELIVERED, f"HTTP {status}", elapsed)
         if status == 409:
-            return self._finish(entry, "duplicate", "HTTP 409: already delivered", elapsed)
+            return self._finish(entry, UploadResult.DUPLICATE, "HTTP 409: already delivered", elapsed)
         text = resp.text or ""
         if self._token:
             text = text.replace(self._token, "***")  # a server echoing the request must not leak it to logs
@@ -253,9 +255,9 @@ class Uploader:
                 self._load_token()  # a rotated credential is picked up without a restart
             retry_after = parse_retry_after(resp.headers.get(contract.HEADER_RETRY_AFTER), time.time())
             return self._retry(entry, reply, retry_after)
-        return self._finish(entry, "quarantined", reply, hint=_quarantine_hint(status, cfg.url))
+        return self._finish(entry, UploadResult.QUARANTINED, reply, hint=_quarantine_hint(status, cfg.url))
 
-    def _cut(self, entry: Entry, by_caller: bool, waited_s: float) -> str:
+    def _cut(self, entry: Entry, by_caller: bool, waited_s: float) -> UploadResult:
         """We ended the request, not the server. A stop or the caller's deadline leave the clip due as it
         was; the request's own deadline is a failed attempt."""
         if self._stop.is_set():
@@ -265,10 +267,10 @@ class Uploader:
         return self._retry(entry, f"timed out: no complete answer within {waited_s:.0f} s "
                                   "(connect + upload.read_timeout_s + size / upload.min_rate_bytes_per_s)", None)
 
-    def _cut_short(self, entry: Entry, why: str) -> str:
+    def _cut_short(self, entry: Entry, why: str) -> UploadResult:
         """The caller ended the attempt (stop, or the flush deadline): not the clip's failure."""
         log.info("upload cut short by %s cid=%s clip=%s (stays queued)", why, entry.cid, entry.event_id)
-        return "stopped"
+        return UploadResult.STOPPED
 
     def _without_video(self, entry: Entry, problem: str) -> Entry | None:
         """The clip's video is gone or damaged: the event still goes out, CID-only, saying why."""
@@ -277,24 +279,25 @@ class Uploader:
         self.metrics.inc("edge_agent_spool_videos_lost_total")
         return self.spool.drop_video(entry.event_id, problem)
 
-    def _retry_now(self, entry: Entry, new: Entry | None) -> str:
+    def _retry_now(self, entry: Entry, new: Entry | None) -> UploadResult:
         if new is None:
-            return "quarantined"
+            return UploadResult.QUARANTINED
         self.wake()
-        return "retry"
+        return UploadResult.RETRY
 
-    def _retry(self, entry: Entry, error: str, retry_after: float | None) -> str:
+    def _retry(self, entry: Entry, error: str, retry_after: float | None) -> UploadResult:
         attempts = entry.attempts + 1
         delay = self.backoff.delay(attempts, retry_after)
         self.spool.mark_failed(entry.event_id, error, time.monotonic() + delay)
-        self.metrics.inc("edge_agent_uploads_total", result="retry")
+        self.metrics.inc("edge_agent_uploads_total", result=UploadResult.RETRY)
         log.warning("upload failed cid=%s clip=%s attempt=%d error=%s retry_in_s=%.2f%s", entry.cid, entry.event_id,
                     attempts, error, delay, f" retry_after_s={retry_after:g}" if retry_after is not None else "")
-        self._notify(entry, "retry")
-        return "retry"
+        self._notify(entry, UploadResult.RETRY)
+        return UploadResult.RETRY
 
-    def _finish(self, entry: Entry, result: str, detail: str, elapsed: float | None = None, hint: str = "") -> str:
-        if result == "quarantined":
+    def _finish(self, entry: Entry, result: UploadResult, detail: str, elapsed: float | None = None,
+                hint: str = "") -> UploadResult:
+        if result is UploadResult.QUARANTINED:
             self.spool.quarantine(entry.event_id, detail, hint)  # the spool logs it, once
         else:
             self.spool.mark_delivered(entry.event_id)
@@ -305,12 +308,13 @@ class Uploader:
             self.metrics.set("edge_agent_last_delivery_timestamp_seconds", time.time())
             log.info("delivered cid=%s clip=%s bytes=%d attempts=%d upload_s=%.2f queued_s=%.1f%s", entry.cid,
                      entry.event_id, entry.size_bytes, entry.attempts + 1, elapsed or 0.0,
-                     max(0.0, time.time() - entry.created_at), " duplicate=yes" if result == "duplicate" else "")
+                     max(0.0, time.time() - entry.created_at),
+                     " duplicate=yes" if result is UploadResult.DUPLICATE else "")
         self.metrics.inc("edge_agent_uploads_total", result=result)
         self._notify(entry, result)
         return result
 
-    def _notify(self, entry: Entry, result: str) -> None:
+    def _notify(self, entry: Entry, result: UploadResult) -> None:
         if self.on_result is not None:
             try:
                 self.on_result(entry.event_id, entry.cid, result)

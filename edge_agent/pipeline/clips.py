@@ -31,7 +31,7 @@ from edge_agent.delivery.sinks import ClipSink
 from edge_agent.metrics import Metrics
 from edge_agent.pipeline.base import END
 from edge_agent.pipeline.clip import ClipError, ClipMaker, EncoderStatus, OutOfTime
-from edge_agent.pipeline.events import Event
+from edge_agent.pipeline.events import EventLog, EventSnapshot
 from edge_agent.pipeline.ring import Recording
 from edge_agent.pipeline.track import SightingLog
 
@@ -54,14 +54,14 @@ class ClipStatus:
 class ClipStage:
     name = "clip"
 
-    def __init__(self, cfg: Config, sink: ClipSink, metrics: Metrics, event_of: Callable[[str], Event | None],
-                 on_event: Callable[[Event], None] | None, live: Callable[[], bool], track: SightingLog):
+    def __init__(self, cfg: Config, sink: ClipSink, metrics: Metrics, events: EventLog,
+                 on_event: Callable[[EventSnapshot], None] | None, live: Callable[[], bool], track: SightingLog):
         self.cfg = cfg
         self.sink = sink
         self.metrics = metrics
         self.maker = ClipMaker(cfg.clip, metrics)
         self.metrics.set("edge_agent_clip_encoding_up", 1)
-        self._event_of = event_of
+        self.events = events  # read here, written here only through `clip_made`
         self._on_event = on_event
         self._live = live
         self.track = track
@@ -140,10 +140,10 @@ class ClipStage:
                 rec.packets = []
 
     def _make(self, rec: Recording) -> None:
-        ev = self._event_of(rec.key)
-        if ev is None:
+        ev = self.events.get(rec.key)
+        if ev is None or ev.queued is not None:  # a recording is handed over once; this one was made
             return
-        ev.closed = True
+        clip_ms: float | None = None
         part = self.sink.part_path(ev.event_id)
         started = time.perf_counter()
         video: Path | None
@@ -157,7 +157,7 @@ class ClipStage:
             clip_info, video = result.info, result.path
             span = (result.start_t, result.start_t + (clip_info.duration_s or 0.0), result.start_t)
             ms = (time.perf_counter() - started) * 1000
-            ev.clip_ms = round(ms, 1)
+            clip_ms = round(ms, 1)
             self.made += 1
             self.metrics.inc("edge_agent_clips_total")
             self.metrics.observe("edge_agent_clip_seconds", ms / 1000)
@@ -178,22 +178,21 @@ class ClipStage:
                       ev.event_id, error, exc_info=not isinstance(exc, ClipError))
         self.metrics.set("edge_agent_clip_encoding_up", 0 if self.maker.status().encoding_error else 1)
         self.track.wait_analysed(span[1], const.TRACK_WAIT_S)
+        ev = self.events.get(ev.event_id) or ev  # the sightings counted while the clip was made
         track, quality = self.track.track(ev.cid, ev.first, *span)
         meta = contract.Metadata(
             event_id=ev.event_id, device_id=self.cfg.device_id, cid=ev.cid, detected_at=ev.detected_at,
             clip=clip_info,
             detection=contract.DetectionInfo(
                 decoder=ev.first.decoder, polygon=list(ev.first.polygon), frame_width=ev.first.frame_width,
-                frame_height=ev.first.frame_height, hits=ev.hits,
-                last_detected_at=contract.rfc3339(ev.first.wall + (ev.last_t - ev.first.t)),
+                frame_height=ev.first.frame_height, hits=ev.hits, last_detected_at=ev.last_detected_at,
                 track=track, quality=quality),
             agent=contract.AgentInfo(version=__version__),
             clock=contract.ClockInfo.model_validate(clock_sync.read(), from_attributes=True),
         ).model_dump(mode="json", exclude_none=True)
-        ev.clip = meta["clip"]
-        ev.clip_error = clip_info.error
-        ev.queued = self.sink.put(ev.event_id, ev.cid, meta, video)
-        if not ev.queued:
+        queued = self.sink.put(ev.event_id, ev.cid, meta, video)
+        if not queued:
             log.error("clip refused by the spool cid=%s clip=%s", ev.cid, ev.event_id)
-        if self._on_event is not None:
-            self._on_event(ev)
+        made = self.events.clip_made(ev.event_id, meta["clip"], error=clip_info.error, ms=clip_ms, queued=queued)
+        if self._on_event is not None and made is not None:
+            self._on_event(made)

@@ -21,7 +21,7 @@ from edge_agent.delivery.cid import CidValidator, escape_payload
 from edge_agent.metrics import Metrics
 from edge_agent.pipeline.base import END, FrameSlot
 from edge_agent.pipeline.detector import Detection, Detector
-from edge_agent.pipeline.events import Action, Event, EventTracker
+from edge_agent.pipeline.events import Action, EventTracker, OpenEvent
 from edge_agent.pipeline.live import Thumbnails, ViewerSlot
 from edge_agent.pipeline.noreads import NoReads
 from edge_agent.pipeline.ring import RingBuffer
@@ -47,12 +47,12 @@ class DetectStage:
     name = "detect"
 
     def __init__(self, cfg: Config, frames: FrameSlot, ring: RingBuffer, metrics: Metrics,
-                 on_new_event: Callable[[Event], None], noreads: NoReads, track: SightingLog):
+                 on_sighting: Callable[[Action, OpenEvent], None], noreads: NoReads, track: SightingLog):
         self.cfg = cfg
         self.frames = frames
         self.ring = ring
         self.metrics = metrics
-        self._on_new_event = on_new_event
+        self._on_sighting = on_sighting  # the event log hears of every sighting folded into an event
         self.noreads = noreads  # located symbols nothing read: counted, kept as pictures
         self.track = track  # every analysed frame's reads and unread symbols: the clips' tracks
         self.detector = Detector(cfg.detector, const.THOROUGH_EVERY)
@@ -132,13 +132,15 @@ class DetectStage:
             self.metrics.inc("edge_agent_events_total")
             log.info("detected cid=%s clip=%s t=%.3f decoder=%s", cid, ev.event_id, det.t, det.decoder)
             self.thumbs.add(ev.event_id, frame, det.polygon)
-            self._on_new_event(ev)
+            self._on_sighting(action, ev)
             self.ring.start_recording(ev.event_id, ev.start_t, ev.end_t)
         elif action is Action.EXTEND:
             if not self.ring.extend(ev.event_id, ev.end_t):
                 self.tracker.close(ev)  # already cut: later sightings are suppressed
             else:
                 log.debug("extended cid=%s clip=%s end_t=%.3f", cid, ev.event_id, ev.end_t)
+        if action is not Action.NEW:
+            self._on_sighting(action, ev)
         return cid
 
     def _reject(self, det: Detection) -> None:

@@ -10,9 +10,7 @@ past its bound); fast replay waits instead, so it is deterministic and finds eve
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +27,7 @@ from edge_agent.pipeline.base import Failure, FailureBox, FrameSlot, StageThread
 from edge_agent.pipeline.clips import ClipStage, ClipStatus
 from edge_agent.pipeline.decode import DecodeStage, DecodeStatus
 from edge_agent.pipeline.detect import DetectStage, DetectStatus
-from edge_agent.pipeline.events import Event
+from edge_agent.pipeline.events import Action, EventLog, EventSnapshot, OpenEvent
 from edge_agent.pipeline.live import ReadTally
 from edge_agent.pipeline.noreads import NoReads
 from edge_agent.pipeline.ring import Recording, RingBuffer
@@ -76,17 +74,16 @@ class Pipeline:
     clips are handed over) or `stop()` (shutdown: open recordings are cut short, not lost)."""
 
     def __init__(self, cfg: Config, sink: ClipSink, *, videos: Sequence[str] | None = None,
-                 metrics: Metrics | None = None, on_event: Callable[[Event], None] | None = None,
-                 on_noread: Callable[[Any], None] | None = None):
+                 metrics: Metrics | None = None, on_event: Callable[[EventSnapshot], None] | None = None,
+                 on_noread: Callable[[Any], None] | None = None, events: EventLog | None = None):
         self.metrics = metrics or Metrics()
         self.failures = FailureBox()
         self.started_mono = time.monotonic()
         self.finished_mono: float | None = None
-        # the last few events (status, the live view); the whole history is a listener's job (replay)
-        self.recent: OrderedDict[str, Event] = OrderedDict()
+        # every event from its sighting to its delivery; by default the last few (status, the live view),
+        # replay passes one that keeps the whole run
+        self.events = events if events is not None else EventLog(keep=const.RECENT_EVENTS)
         self.tally = ReadTally()  # reads and no-reads of the last hour: the live view's read rate
-        self._open: dict[str, Event] = {}  # until the clip stage takes them
-        self._events_lock = threading.Lock()
         self._source_pictures = False  # the source gives the detector's pictures itself (no decode)
         live = cfg.source.kind != "file" or cfg.source.realtime
         self.ring = RingBuffer(Retention.ring_keep_s(cfg), cfg.clip.ring_max_bytes, self._on_recording,
@@ -95,9 +92,9 @@ class Pipeline:
         self.frames = FrameSlot(blocking=not live, metrics=self.metrics)
         self.retention = Retention(cfg, self.ring, self.track)
         self.decode = DecodeStage(self.frames, self.metrics, lambda: cfg.detector.rate_hz, live, cfg)
-        self.detect = DetectStage(cfg, self.frames, self.ring, self.metrics, self._on_new_event,
+        self.detect = DetectStage(cfg, self.frames, self.ring, self.metrics, self._on_sighting,
                                   NoReads(cfg, self.metrics, self._noread_listener(on_noread)), self.track)
-        self.clips = ClipStage(cfg, sink, self.metrics, self._take_event, on_event, lambda: self.decode.live,
+        self.clips = ClipStage(cfg, sink, self.metrics, self.events, on_event, lambda: self.decode.live,
                                self.track)
         self.capture = CaptureSupervisor(cfg, self.metrics, self.failures, self._on_packet, self._on_session,
                                          videos or ())
@@ -153,13 +150,6 @@ class Pipeline:
                               self.clips.status(), self.failures.failure,
                               (self.finished_mono or time.monotonic()) - self.started_mono)
 
-    def mark_upload(self, event_id: str, _cid: str, result: str) -> None:
-        """Uploader listener: the delivery state of a recent event."""
-        with self._events_lock:
-            ev = self.recent.get(event_id)
-            if ev is not None:
-                ev.record_upload(result)
-
     # --- hand-offs between stages (called from their threads) ---------------------------------
 
     def _on_packet(self, pkt: Packet | GrayFrame, live: bool) -> None:
@@ -177,13 +167,13 @@ class Pipeline:
         if n > 1:
             self.ring.reset()  # packets of the old session cannot mix with the new stream
 
-    def _on_new_event(self, ev: Event) -> None:
-        with self._events_lock:
+    def _on_sighting(self, action: Action, ev: OpenEvent) -> None:
+        """Detect thread: a CID opened an event or was folded into one."""
+        if action is Action.NEW:
             self.tally.read()
-            self._open[ev.event_id] = ev
-            self.recent[ev.event_id] = ev
-            while len(self.recent) > const.RECENT_EVENTS:
-                self.recent.popitem(last=False)
+            self.events.opened(ev)
+        else:
+            self.events.sighted(ev)
 
     def _noread_listener(self, then: Callable[[Any], None] | None) -> Callable[[Any], None]:
         def on_noread(nr: Any) -> None:
@@ -191,10 +181,6 @@ class Pipeline:
             if then is not None:
                 then(nr)
         return on_noread
-
-    def _take_event(self, event_id: str) -> Event | None:
-        with self._events_lock:
-            return self._open.pop(event_id, None)
 
     def _on_recording(self, rec: Recording) -> None:
         self.clips.offer(rec)

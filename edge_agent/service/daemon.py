@@ -160,14 +160,16 @@ class Daemon:
         """Build and start the parts (the web server only with `access`); `shutdown()` stops whatever
         was built, also after a failure half-way."""
         from edge_agent.app import Agent
+        from edge_agent.pipeline.events import EventLog
 
         cfg = self.cfg
         self.agent = Agent(cfg, self.metrics)
         self.agent.take_live("service", ("log_level", "device_id", "site"), self)
         self.spool = self.agent.spool()  # recovery happens here, before READY
-        # the delivery state of recent events, for the live view
-        self.uploader = self.agent.uploader(lambda e, c, r: self.pipeline.mark_upload(e, c, r), thread=False)
-        self.pipeline = self.agent.pipeline(on_event=lambda _ev: self.uploader.wake())
+        # recent events and their delivery state, for the live view
+        self.events = EventLog(keep=const.RECENT_EVENTS)
+        self.uploader = self.agent.uploader(self.events.upload_result, thread=False)
+        self.pipeline = self.agent.pipeline(on_event=lambda _ev: self.uploader.wake(), events=self.events)
         if access is not None:
             self._start_http(access)
         if self.path and self.watch:

@@ -24,6 +24,7 @@ import cv2
 from edge_agent.config import Config
 from edge_agent.delivery.cid import CidValidator
 from edge_agent.inspection import Report, annotate, report_from
+from edge_agent.pipeline.events import Delivery, EventSnapshot
 from edge_agent.pipeline.live import Thumbnails, ViewerSlot
 from edge_agent.pipeline.noreads import NoReadStore
 from edge_agent.service.http import MJPEG_BOUNDARY
@@ -205,16 +206,20 @@ class LiveView:
         return self.thumbs.get(event_id) if self.thumbs is not None else None
 
 
-def event_state(ev: Any, quarantine_reason: str | None) -> dict[str, Any]:
-    if ev.upload_result in ("delivered", "duplicate"):
-        return {"state": "delivered", "reason": "already on the server" if ev.upload_result == "duplicate" else None}
-    if ev.upload_result == "quarantined":
+def event_state(ev: EventSnapshot, quarantine_reason: str | None) -> dict[str, Any]:
+    """The page's state of an event: the server's answer first, then whether its clip failed."""
+    state = ev.delivery
+    if state is Delivery.DELIVERED:
+        return {"state": "delivered", "reason": None}
+    if state is Delivery.DUPLICATE:
+        return {"state": "delivered", "reason": "already on the server"}
+    if state is Delivery.QUARANTINED:
         return {"state": "quarantined", "reason": quarantine_reason}
     if ev.clip_error:
         return {"state": "failed", "reason": ev.clip_error}
-    if ev.queued:
-        return {"state": "queued", "reason": None}
-    return {"state": "recording", "reason": None}
+    if state is Delivery.REFUSED:
+        return {"state": "failed", "reason": "not kept by the spool"}
+    return {"state": state.value, "reason": None}
 
 
 def daemon_view(cfg: Config, pipeline: Pipeline, spool: Spool, metrics: Metrics) -> LiveView:
@@ -223,8 +228,7 @@ def daemon_view(cfg: Config, pipeline: Pipeline, spool: Spool, metrics: Metrics)
     def status() -> dict[str, Any]:
         st = pipeline.status()
         sp = spool.status()
-        with pipeline._events_lock:
-            recent = list(pipeline.recent.values())[-EVENTS_SHOWN:]
+        recent = pipeline.events.snapshot()[-EVENTS_SHOWN:]
         thumbs = pipeline.detect.thumbs
         events = [{"cid": ev.cid, "event_id": ev.event_id, "detected_at": ev.detected_at,
                    "thumbnail": f"/thumbs/{ev.event_id}.jpg" if thumbs.get(ev.event_id) else None,
@@ -242,6 +246,6 @@ def daemon_view(cfg: Config, pipeline: Pipeline, spool: Spool, metrics: Metrics)
 
     view = LiveView(cfg, pipeline.detect.viewer,
                     source=lambda: pipeline.status().capture.describe or cfg.source.kind,
-                    decode_ms=lambda: pipeline.detect.detector.last_ms, status=status,
+                    decode_ms=lambda: pipeline.detect.status().last_detect_ms, status=status,
                     thumbs=pipeline.detect.thumbs, noreads=pipeline.detect.noreads.store)
     return view
