@@ -104,6 +104,16 @@ def test_restart_keeps_attempts_and_errors_but_retries_at_once(tmp_path: Path) -
     assert due is not None and due.attempts == 1 and due.last_error == "HTTP 500"
 
 
+def test_a_login_an_upload_error_quotes_is_never_kept_in_the_queue(tmp_path: Path) -> None:
+    spool = Spool(spool_config(tmp_path))
+    event_id = add_clip(spool)[0]
+    spool.mark_failed(event_id, "cannot reach http://edge:Secr3t@10.0.0.2:8000/cid: refused")
+    spool = reopen(tmp_path, spool)
+    due = spool.next_due(time.monotonic())
+    assert due is not None and due.last_error == "cannot reach http://edge:***@10.0.0.2:8000/cid: refused"
+    assert all(b"Secr3t" not in f.read_bytes() for f in tmp_path.glob("queue.sqlite3*"))
+
+
 def test_gauges_and_status_follow_the_queue(tmp_path: Path) -> None:
     m = Metrics()
     spool = Spool(spool_config(tmp_path), m)

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from edge_agent import clock_sync
+from edge_agent.redact import redact
 from edge_agent.config import SpoolConfig
 from edge_agent.delivery import spool_lock
 from edge_agent.delivery.contract import SCHEMA_VERSION
@@ -452,8 +453,9 @@ class Spool:
         with self._lock:
             if self._db is None:
                 return
+            # the queue is read by `spool status` and tickets: never a login an error quoted from a URL
             cur = self._db.execute("UPDATE queue SET attempts = attempts + 1, last_error = ? WHERE event_id=?",
-                                   (error[:500], event_id))
+                                   (redact(error)[:500], event_id))
             if cur.rowcount and retry_at_mono is not None:
                 self._retry_at[event_id] = retry_at_mono
 
