@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from edge_agent import clock_sync
-from edge_agent.redact import redact
 from edge_agent.config import SpoolConfig
 from edge_agent.delivery import spool_lock
 from edge_agent.delivery.contract import SCHEMA_VERSION
@@ -70,6 +69,7 @@ from edge_agent.delivery.spool_quarantine import (
 )
 from edge_agent.delivery.spool_recovery import open_queue, open_readonly, recover, reenqueue
 from edge_agent.metrics import Metrics
+from edge_agent.redact import redact
 
 log = logging.getLogger(__name__)
 
