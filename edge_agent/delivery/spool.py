@@ -1,4 +1,4 @@
-"""The durable on-disk queue of clips waiting for delivery (DESIGN.md section 7).
+"""The durable on-disk queue of clips waiting for delivery (docs/architecture.md section 7).
 
 A clip is written as `tmp/<id>.mp4.part` and fsynced, its metadata written and fsynced as
 `tmp/<id>.json.part`; the metadata is renamed into `clips/<id>.json` (the commit point), the clip

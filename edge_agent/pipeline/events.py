@@ -106,6 +106,3 @@ class EventTracker:
         stale = [c for c, e in self._by_cid.items() if e.closed and now_t - e.last_t > self.cooldown_s]
         for c in stale:
             del self._by_cid[c]
-
-    def open_events(self) -> list[Event]:
-        return [e for e in self._by_cid.values() if not e.closed]
