@@ -221,15 +221,14 @@ def test_spool_commands_beside_a_live_agent_lose_nothing(tmp_path: Path) -> None
         agent = start_agent(tmp_path, receiver.cid_url)
         try:
             wait_until(lambda: len(receiver.events()) >= 1, 60, "a first delivery")
-            ends = time.monotonic() + float(os.environ.get("EDGE_AGENT_TEST_LIVE_S", "12"))  # 60 for the figure
-            calls = 0
-            while time.monotonic() < ends:
+            # a number of runs, however long they take (a wall-clock window gives fewer on a loaded machine)
+            for _ in range(int(os.environ.get("EDGE_AGENT_TEST_LIVE_RUNS", "5"))):  # 25 for the figure
                 for action in ("status", "list"):
                     res = cli("spool", action, "--config", str(cfg))
                     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
-                    calls += 1
             flush = cli("spool", "flush", "--timeout", "5", "--config", str(cfg))
             assert "is running" in flush.stderr and "Traceback" not in flush.stderr
+            wait_until(lambda: len(receiver.events()) >= 3, 60, "three deliveries")
             agent.send_signal(signal.SIGTERM)
             assert agent.wait(20) == 0
         finally:
@@ -237,7 +236,6 @@ def test_spool_commands_beside_a_live_agent_lose_nothing(tmp_path: Path) -> None
                 agent.kill()
         log = (tmp_path / "agent.log").read_text()
         events = receiver.events()
-    assert calls >= 10
     assert "clip worker failed" not in log and "Traceback" not in log, log
     assert "quarantined" not in log
     assert not list((tmp_path / "spool" / "quarantine").iterdir())
