@@ -20,7 +20,7 @@ from edge_agent.capture.media import Packet
 from edge_agent.capture.source import AvSource, SourceError, make_source
 from edge_agent.config import SourceConfig
 from edge_agent.metrics import Metrics
-from edge_agent.pipeline.base import Failure, FailureBox
+from edge_agent.stage import Failure, FailureBox
 
 log = logging.getLogger("edge_agent.pipeline")
 

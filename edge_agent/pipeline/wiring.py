@@ -24,7 +24,7 @@ from edge_agent.capture.supervisor import CaptureStatus, CaptureSupervisor
 from edge_agent.config import Config
 from edge_agent.delivery.sinks import ClipSink
 from edge_agent.metrics import Metrics
-from edge_agent.pipeline.base import Failure, FailureBox, FrameSlot, StageThread
+from edge_agent.pipeline.base import FrameSlot
 from edge_agent.pipeline.clips import ClipStage, ClipStatus
 from edge_agent.pipeline.decode import DecodeStage, DecodeStatus
 from edge_agent.pipeline.detect import DetectStage, DetectStatus
@@ -33,6 +33,7 @@ from edge_agent.pipeline.live import ReadTally
 from edge_agent.pipeline.noreads import NoReads
 from edge_agent.pipeline.ring import Recording, RingBuffer
 from edge_agent.pipeline.track import SightingLog
+from edge_agent.stage import Failure, FailureBox, StageThread
 
 
 @dataclass(frozen=True)
