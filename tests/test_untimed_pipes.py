@@ -108,7 +108,7 @@ def test_raw_yuyv_camera_is_encoded_on_arrival_and_clips_are_remuxed(conveyor: P
 
 
 def test_run_keeps_going_on_a_raw_yuyv_camera(conveyor: Path, tmp_path: Path) -> None:
-    """The daemon on a raw camera for 20 s: it must not exit, and its clips are made."""
+    """The daemon on a raw camera: it keeps running while it makes its clips (two, then still up)."""
     cmd = f"{sys.executable} {ROOT / 'tests' / 'stream_raw.py'} {conveyor} --loop --pix-fmt yuyv422"
     cfg = tmp_path / "config.yaml"
     cfg.write_text(f"source:\n  kind: pipe\n  command: {cmd}\nspool:\n  dir: {tmp_path / 'spool'}\n"
@@ -117,9 +117,10 @@ def test_run_keeps_going_on_a_raw_yuyv_camera(conveyor: Path, tmp_path: Path) ->
     proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(cfg)],
                             stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.5)
+        deadline = time.monotonic() + 60
+        while (time.monotonic() < deadline and proc.poll() is None
+               and (tmp_path / "run.log").read_text().count("clip ready") < 2):
+            time.sleep(0.2)
         assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
     finally:
         proc.terminate()
