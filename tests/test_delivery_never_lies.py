@@ -62,6 +62,7 @@ def trickle_config(tmp_path: Path, url: str) -> Path:
     return cfg
 
 
+@pytest.mark.slow
 def test_flush_against_a_trickling_server_returns_within_its_timeout_and_keeps_the_clips(tmp_path: Path) -> None:
     ids = queue_clips(tmp_path)
     # 0.1 s a byte: the status line "201 Created" is in before the deadline, the headers are not; a
@@ -77,6 +78,7 @@ def test_flush_against_a_trickling_server_returns_within_its_timeout_and_keeps_t
     assert queued(tmp_path) == ids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_stopping_a_flush_keeps_the_clips_queued_and_exits_0(tmp_path: Path, sig: signal.Signals) -> None:
     """A technician (or the service manager) stops a flush stuck on a slow server: the upload in
@@ -159,6 +161,7 @@ def full_fs(tmp_path: Path) -> Iterator[Path]:
         yield mnt
 
 
+@pytest.mark.slow
 def test_a_100_percent_full_spool_disk_is_not_corruption(full_fs: Path, tmp_path: Path) -> None:
     spool_dir = full_fs / "spool"
     spool = Spool(spool_config(spool_dir))

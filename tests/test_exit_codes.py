@@ -54,6 +54,7 @@ def test_usage_error_is_64() -> None:
     assert res.returncode == const.EXIT_USAGE and "unrecognized arguments" in res.stderr
 
 
+@pytest.mark.slow
 def test_run_with_a_missing_file_source_is_66_with_the_cause(tmp_path: Path) -> None:
     cfg = write(tmp_path / "c.yaml", f"source:\n  kind: file\n  path: {tmp_path / 'gone.mp4'}\n"
                 f"spool:\n  dir: {tmp_path / 'spool'}\n")
@@ -62,6 +63,7 @@ def test_run_with_a_missing_file_source_is_66_with_the_cause(tmp_path: Path) -> 
     assert "No such file or directory" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_replay_of_a_missing_file_is_66_and_of_garbage_is_65(tmp_path: Path) -> None:
     res = cli("replay", str(tmp_path / "gone.mp4"), "--no-upload")
     assert res.returncode == const.EXIT_NOINPUT and "no such file" in res.stderr
@@ -70,6 +72,7 @@ def test_replay_of_a_missing_file_is_66_and_of_garbage_is_65(tmp_path: Path) -> 
     assert res.returncode == const.EXIT_DATAERR and "no video could be read" in res.stderr
 
 
+@pytest.mark.slow
 def test_a_stage_that_dies_ends_run_with_70_not_0(tmp_path: Path) -> None:
     """A stage thread that dies ends the process with 70 within seconds (not 0, not a process running
     headless), so systemd restarts it. The test plants a bug in the decode stage of a
@@ -92,6 +95,7 @@ def test_a_stage_that_dies_ends_run_with_70_not_0(tmp_path: Path) -> None:
     assert time.monotonic() - started < 20
 
 
+@pytest.mark.slow
 def test_a_raw_video_camera_file_is_encoded_on_arrival(tmp_path: Path) -> None:
     """Raw YUYV (many USB webcams' default) is encoded to H.264 as it arrives: the run ends 0."""
     cfg = write(tmp_path / "c.yaml", f"source:\n  kind: file\n  path: {raw_video(tmp_path / 'raw.nut')}\n"
@@ -100,6 +104,7 @@ def test_a_raw_video_camera_file_is_encoded_on_arrival(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
 
 
+@pytest.mark.slow
 def test_an_unusable_spool_is_73_with_a_hint(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a folder")
     cfg = write(tmp_path / "c.yaml",
@@ -108,12 +113,14 @@ def test_an_unusable_spool_is_73_with_a_hint(tmp_path: Path) -> None:
     assert res.returncode == const.EXIT_CANTCREAT and "point spool.dir at a writable folder" in res.stderr
 
 
+@pytest.mark.slow
 def test_bad_config_is_78(tmp_path: Path) -> None:
     cfg = write(tmp_path / "c.yaml", "source:\n  kind: fiel\n")
     res = cli("run", "--config", str(cfg))
     assert res.returncode == const.EXIT_CONFIG and "c.yaml:2:9: source.kind" in res.stderr
 
 
+@pytest.mark.slow
 def test_a_requested_stop_is_0_and_a_live_camera_that_is_absent_is_retried(tmp_path: Path) -> None:
     cfg = write(tmp_path / "c.yaml", f"source:\n  kind: v4l2\n  path: {tmp_path / 'video9'}\n"
                 f"spool:\n  dir: {tmp_path / 'spool'}\n")
@@ -130,6 +137,7 @@ def test_a_requested_stop_is_0_and_a_live_camera_that_is_absent_is_retried(tmp_p
     assert "source unavailable, retrying" in text and "run `edge-agent check`" in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_requested_stop_of_replay_is_0_and_keeps_what_was_made(tmp_path: Path, sig: signal.Signals) -> None:
     """Ctrl-C (or systemd's SIGTERM) in the middle of a replay: the pipeline stops as the daemon's does,
@@ -160,6 +168,7 @@ SILENT_CAMERA_STOPS = {  # what each command says when stopped while waiting on 
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", list(SILENT_CAMERA_STOPS))
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_stopping_a_wait_on_a_silent_camera_is_0_at_once(tmp_path: Path, command: str, sig: signal.Signals) -> None:
@@ -268,6 +277,7 @@ def test_an_internal_error_is_one_line_and_70_and_debug_shows_the_traceback(
 # --- a finite job that did not do all of its work is not 0 -----------------------------------------
 
 
+@pytest.mark.slow
 def test_a_replay_that_made_no_clip_for_a_detected_cid_is_1_and_validate_warns(tmp_path: Path) -> None:
     """clip.width asks for re-encoding with only h264_nvenc, which this build cannot open: the CIDs go
     out without video, and the run says so and fails; `config validate` and `check` warn beforehand."""
@@ -299,6 +309,7 @@ def _spool_config(tmp_path: Path, url: str) -> Path:
                  f"spool:\n  dir: {tmp_path / 'spool'}\n  min_free_bytes: 0\n")
 
 
+@pytest.mark.slow
 def test_a_flush_that_leaves_clips_refused_is_1_and_one_that_delivers_all_is_0(tmp_path: Path) -> None:
     from tests.flaky_server import FlakyServer
 
@@ -315,6 +326,7 @@ def test_a_flush_that_leaves_clips_refused_is_1_and_one_that_delivers_all_is_0(t
     assert again.returncode == 0 and "the spool is empty" in again.stdout, (again.stdout, again.stderr)
 
 
+@pytest.mark.slow
 def test_a_requeue_that_leaves_clips_in_quarantine_is_1(tmp_path: Path) -> None:
     """A video without its event (no CID, no metadata) is set aside at the spool's start and can never
     be requeued: `requeue` says so and fails."""

@@ -264,6 +264,7 @@ def test_requeue_brings_quarantined_clips_back(tmp_path: Path) -> None:
     assert spool.status().quarantined == 0
 
 
+@pytest.mark.slow
 def test_kill9_while_putting_leaves_only_whole_clips(tmp_path: Path) -> None:
     """A process putting clips as fast as it can, killed at random moments: after each kill the spool
     opens with every clip it confirmed, each whole (sha256), and nothing half-made."""

@@ -38,6 +38,7 @@ def settled(path: Path) -> int:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_resets_and_bad_requests_are_a_few_lines_not_a_traceback_each(tmp_path: Path) -> None:
     with Web(tmp_path, loop=True) as web:
         wait_for(lambda: requests.get(web.url + "/frame.jpg", timeout=5).status_code == 200, 20, "a first frame")
