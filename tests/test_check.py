@@ -94,6 +94,7 @@ def test_check_passes_on_a_video_file_finds_its_qr_code_and_reaches_the_server(
     assert r["libraries"]["status"] == "PASS" and r["libraries"]["data"]["decoder"] == "zxing"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["/upload", "/"])
 def test_a_wrong_upload_path_fails_the_server_line_and_stores_nothing(tmp_path: Path, path: str) -> None:
     with ReceiverProcess(tmp_path / "receiver") as receiver:

@@ -171,6 +171,7 @@ def test_missing_bucket_and_refused_credentials_stop_the_receiver_with_a_clear_e
     assert res.returncode == 78 and "refused our credentials" in res.stderr
 
 
+@pytest.mark.slow
 def test_store_unreachable_gives_503_with_retry_after(tmp_path: Path, weed: SeaweedFS) -> None:
     port = free_port()
     dead = f"http://127.0.0.1:{free_port()}"

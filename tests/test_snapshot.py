@@ -36,6 +36,7 @@ def test_snapshot_of_each_sample_shows_the_codes(video: str, tmp_path: Path) -> 
     assert "px/module" in res.stdout and "sharpness" in res.stdout and "advice:" in res.stdout
 
 
+@pytest.mark.slow
 def test_snapshot_marks_a_rejected_payload_in_red(tmp_path: Path) -> None:
     out = tmp_path / "bad.jpg"
     res = cli("snapshot", "--source", str(SAMPLES / "invalid_payload_720p30.mp4"), "--at", "8", "-o", str(out))

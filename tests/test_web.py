@@ -52,6 +52,7 @@ def test_status_frames_events_thumbnails_and_mjpeg(tmp_path: Path) -> None:
         assert web.stop() == 0
 
 
+@pytest.mark.slow
 def test_pictures_are_served_by_id_only(tmp_path: Path) -> None:
     (tmp_path / "secret.jpg").write_bytes(b"\xff\xd8not for the web")
     with Web(tmp_path, CONVEYOR) as web:
@@ -62,6 +63,7 @@ def test_pictures_are_served_by_id_only(tmp_path: Path) -> None:
             assert b"not for the web" not in r.content
 
 
+@pytest.mark.slow
 def test_a_password_guards_every_path_but_healthz(tmp_path: Path) -> None:
     with Web(tmp_path, CONVEYOR, password=True) as web:
         for path in ("/", "/api/status", "/frame.jpg", "/metrics", "/live.mjpeg"):
@@ -74,6 +76,7 @@ def test_a_password_guards_every_path_but_healthz(tmp_path: Path) -> None:
         assert requests.get(web.url + "/frame.jpg", auth=("any", PASSWORD), timeout=5).status_code == 200
 
 
+@pytest.mark.slow
 def test_metrics_can_be_public_for_a_scraper(tmp_path: Path) -> None:
     with Web(tmp_path, CONVEYOR, "  metrics_public: true\n", password=True) as web:
         r = requests.get(web.url + "/metrics", timeout=5)
