@@ -43,8 +43,6 @@ ENCODER_RETRY_CAP_S = 1800.0
 X264_PRESET = "veryfast"
 # 64 MiB holds ~25 s of 1080p H.264 at 20 Mbit/s: far beyond pre-roll + post-roll + a GOP.
 RING_MAX_BYTES = 64 << 20
-# Raw-frame fallback ring: 5 s of 720p YUV420 is ~200 MiB; cap lower and keep fewer seconds.
-RAW_RING_MAX_BYTES = 160 << 20
 # Keep pre-roll + post-roll + this much extra video so a clip can start on a keyframe one GOP back.
 RING_MARGIN_S = 4.0
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cv2
 import numpy as np
@@ -19,7 +19,6 @@ from edge_agent.config import Config
 from edge_agent.delivery.cid import CidValidator, escape_payload, payload_text
 
 if TYPE_CHECKING:
-    from edge_agent.app import Agent
     from edge_agent.pipeline.detector import Detector, DetectResult
 
 # BGR
@@ -144,7 +143,13 @@ def report_from(gray: np.ndarray, result: DetectResult, validator: CidValidator,
     return rep
 
 
-def analyse(gray: np.ndarray, agent: Agent, detector: Detector, source: str, t: float) -> Report:
+class ValidatorSource(Protocol):
+    """What `analyse` needs of the agent (`app.Agent`): its CID rule as configured now."""
+
+    def validator(self) -> CidValidator: ...
+
+
+def analyse(gray: np.ndarray, agent: ValidatorSource, detector: Detector, source: str, t: float) -> Report:
     """The daemon's view of one frame, with the figures a technician needs: the daemon's own detector
     (decoder, options, region of interest, downscale) and its one CID rule, so what this shows is what
     the daemon reads."""

@@ -10,7 +10,8 @@ Each request takes the next scripted action (then `ok` for ever):
 - `close_after_body`: read it all, close cleanly without a reply;
 - `trickle`: read it all, then send a 201 reply one byte every `trickle_s` (until stall_s, then close).
 
-GET answers 200 on any path (a page a redirect may point at), recorded in `gets`.
+GET answers 200 on any path (a page a redirect may point at), recorded in `gets`. `post_started` is
+set when the first POST's headers arrive: a test waits on it, not on a sleep, to act mid-upload.
 
 Every request is recorded with its headers and parsed multipart fields (and, with `log_path`, one
 JSON line per complete request: key and the video's sha256). A key already stored gets 409,
@@ -90,6 +91,7 @@ class FlakyServer:
         self.gets: list[str] = []
         self.seen: list[Seen] = []
         self.delivered: dict[str, Seen] = {}
+        self.post_started = threading.Event()  # a POST's headers arrived: an upload is in progress
         self._lock = threading.Lock()
         outer = self
 
@@ -135,6 +137,7 @@ class FlakyServer:
                 self.wfile.write(data)
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                outer.post_started.set()
                 with outer._lock:
                     action = outer.script.pop(0) if outer.script else "ok"
                 length = int(self.headers.get("Content-Length", "0"))

@@ -72,6 +72,7 @@ def check(cfg: Path, *args: str, json_out: bool = True, timeout: float = 60) -> 
     return res.returncode, {r["name"]: r for r in doc["results"]}, res.stdout
 
 
+@pytest.mark.slow
 def test_check_passes_on_a_video_file_finds_its_qr_code_and_reaches_the_server(
         qr_video: Path, tmp_path: Path) -> None:
     with ReceiverProcess(tmp_path / "receiver") as receiver:
@@ -93,6 +94,7 @@ def test_check_passes_on_a_video_file_finds_its_qr_code_and_reaches_the_server(
     assert r["libraries"]["status"] == "PASS" and r["libraries"]["data"]["decoder"] == "zxing"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["/upload", "/"])
 def test_a_wrong_upload_path_fails_the_server_line_and_stores_nothing(tmp_path: Path, path: str) -> None:
     with ReceiverProcess(tmp_path / "receiver") as receiver:
@@ -146,6 +148,7 @@ def test_check_fails_with_an_actionable_hint_for_each_broken_part(tmp_path: Path
     assert r["token"]["status"] == "FAIL" and "missing-token" in r["token"]["detail"]
 
 
+@pytest.mark.slow
 def test_text_output_is_a_table_with_hints_under_failures(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, f"  kind: file\n  path: {tmp_path / 'nowhere.mp4'}\n")
     rc, _, out = check(cfg, json_out=False)
@@ -157,6 +160,7 @@ def test_text_output_is_a_table_with_hints_under_failures(tmp_path: Path) -> Non
     assert lines[-1].startswith("3 passed, 1 failed, 3 skipped")
 
 
+@pytest.mark.slow
 def test_a_live_pipe_camera_is_measured_at_its_real_rate(qr_video: Path, tmp_path: Path) -> None:
     """A subprocess streaming MPEG-TS in real time at 30 fps: the rate comes from the stream's own
     timestamps (stamped capture times), so it is the camera's pace, not the read speed."""
@@ -168,6 +172,7 @@ def test_a_live_pipe_camera_is_measured_at_its_real_rate(qr_video: Path, tmp_pat
     assert r["detector"]["data"]["cids"] == [CID]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("burst", [10, 1], ids=["bursty", "steady"])
 def test_a_raw_h264_pipe_is_measured_from_capture_times(burst: int, tmp_path: Path) -> None:
     """rpicam-vid's raw H.264 has no timestamps and a loaded Pi hands it over ten frames at a time:
@@ -184,6 +189,7 @@ def test_a_raw_h264_pipe_is_measured_from_capture_times(burst: int, tmp_path: Pa
     assert "stamped at 30 fps from sps" in r["source"]["detail"]
 
 
+@pytest.mark.slow
 def test_a_camera_that_sends_nothing_fails_within_the_deadline(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, "  kind: pipe\n  command: sleep 60\n  open_timeout_s: 1\n")
     rc, r, _ = check(cfg, "--seconds", "1", timeout=20)
@@ -199,6 +205,7 @@ def test_a_missing_camera_command_says_what_to_install(tmp_path: Path) -> None:
     assert "rpicam-apps" in r["source"]["hint"]
 
 
+@pytest.mark.slow
 def test_url_source_over_http_is_read_and_measured(qr_video: Path, tmp_path: Path) -> None:
     """An IP camera stand-in: MPEG-TS served over HTTP from 127.0.0.1 (RTSP needs a camera we lack;
     both go through the same `url` source and FFmpeg's network demuxers)."""
@@ -231,6 +238,7 @@ ctypes.util.find_library = lambda name: None if name == "zbar" else _find(name)
 """
 
 
+@pytest.mark.slow
 def test_check_warns_when_zbar_is_missing_and_says_what_it_costs(qr_video: Path, tmp_path: Path) -> None:
     shim = tmp_path / "no-libzbar0"
     shim.mkdir()

@@ -78,6 +78,7 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
                           env={**os.environ, **(env or {})}, check=False)
 
 
+@pytest.mark.slow
 def test_config_validate_exit_codes(tmp_path: Path) -> None:
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
     good.write_text("clip:\n  pre_roll_s: 2\n")

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 import requests
 
 from tests import promtool
@@ -95,6 +96,7 @@ def streamer(*args: str) -> str:
     return f"{sys.executable} {ROOT / 'tests' / 'stream_sample.py'} {SAMPLE} {' '.join(args)}"
 
 
+@pytest.mark.slow
 def test_run_on_a_live_pipe_notifies_systemd_delivers_clips_and_stops_on_sigterm(tmp_path: Path) -> None:
     notify = NotifySocket(tmp_path / "notify.sock")
     port = free_port()
@@ -130,6 +132,7 @@ def test_run_on_a_live_pipe_notifies_systemd_delivers_clips_and_stops_on_sigterm
         promtool.check_metrics(exposition)
 
 
+@pytest.mark.slow
 def test_killed_or_stalled_camera_process_is_reopened(tmp_path: Path) -> None:
     port = free_port()
     proc = start_daemon(tmp_path, streamer("--loop", "--stall-after", "4"), "http://127.0.0.1:9/cid", port)
@@ -146,6 +149,7 @@ def test_killed_or_stalled_camera_process_is_reopened(tmp_path: Path) -> None:
         assert stop(proc) == 0
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_clip_keeps_it_in_the_spool(tmp_path: Path) -> None:
     port = free_port()
     proc = start_daemon(tmp_path, streamer("--loop"), "http://127.0.0.1:9/cid", port)

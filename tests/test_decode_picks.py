@@ -15,8 +15,9 @@ from edge_agent.capture.media import GrayFrame, Packet, luma, open_decoder, to_a
 from edge_agent.capture.source import AvSource
 from edge_agent.config import SourceConfig
 from edge_agent.metrics import Metrics
-from edge_agent.pipeline.base import END, FailureBox, FrameSlot, StageThread
+from edge_agent.pipeline.base import END, FrameSlot
 from edge_agent.pipeline.decode import DecodeStage, FramePicker
+from edge_agent.stage import FailureBox, StageThread
 from tests.media_factory import make_video
 
 

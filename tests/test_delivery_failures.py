@@ -183,6 +183,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_kill9_of_the_delivering_process_loses_nothing(tmp_path: Path) -> None:
     """New clips arrive each round; a process delivering them is killed with SIGKILL 10-300 ms into
     its work, 20 times; then a clean `edge-agent spool flush`. Every clip reaches the server exactly

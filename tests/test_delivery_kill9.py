@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from edge_agent.delivery.spool import Spool
 from tests.flaky_server import FlakyServer
 from tests.spool_helpers import add_clip, spool_config
@@ -26,6 +28,7 @@ def flush(cfg: Path) -> subprocess.Popen[bytes]:
                              "--timeout", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+@pytest.mark.slow
 def test_kill9_during_delivery_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
     spool_dir = tmp_path / "spool"
     rng = random.Random(int(os.environ.get("KILL_SEED", "42")))

@@ -62,6 +62,7 @@ def trickle_config(tmp_path: Path, url: str) -> Path:
     return cfg
 
 
+@pytest.mark.slow
 def test_flush_against_a_trickling_server_returns_within_its_timeout_and_keeps_the_clips(tmp_path: Path) -> None:
     ids = queue_clips(tmp_path)
     # 0.1 s a byte: the status line "201 Created" is in before the deadline, the headers are not; a
@@ -77,6 +78,7 @@ def test_flush_against_a_trickling_server_returns_within_its_timeout_and_keeps_t
     assert queued(tmp_path) == ids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_stopping_a_flush_keeps_the_clips_queued_and_exits_0(tmp_path: Path, sig: signal.Signals) -> None:
     """A technician (or the service manager) stops a flush stuck on a slow server: the upload in
@@ -159,6 +161,7 @@ def full_fs(tmp_path: Path) -> Iterator[Path]:
         yield mnt
 
 
+@pytest.mark.slow
 def test_a_100_percent_full_spool_disk_is_not_corruption(full_fs: Path, tmp_path: Path) -> None:
     spool_dir = full_fs / "spool"
     spool = Spool(spool_config(spool_dir))
@@ -221,15 +224,14 @@ def test_spool_commands_beside_a_live_agent_lose_nothing(tmp_path: Path) -> None
         agent = start_agent(tmp_path, receiver.cid_url)
         try:
             wait_until(lambda: len(receiver.events()) >= 1, 60, "a first delivery")
-            ends = time.monotonic() + float(os.environ.get("EDGE_AGENT_TEST_LIVE_S", "12"))  # 60 for the figure
-            calls = 0
-            while time.monotonic() < ends:
+            # a number of runs, however long they take (a wall-clock window gives fewer on a loaded machine)
+            for _ in range(int(os.environ.get("EDGE_AGENT_TEST_LIVE_RUNS", "5"))):  # 25 for the figure
                 for action in ("status", "list"):
                     res = cli("spool", action, "--config", str(cfg))
                     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
-                    calls += 1
             flush = cli("spool", "flush", "--timeout", "5", "--config", str(cfg))
             assert "is running" in flush.stderr and "Traceback" not in flush.stderr
+            wait_until(lambda: len(receiver.events()) >= 3, 60, "three deliveries")
             agent.send_signal(signal.SIGTERM)
             assert agent.wait(20) == 0
         finally:
@@ -237,7 +239,6 @@ def test_spool_commands_beside_a_live_agent_lose_nothing(tmp_path: Path) -> None
                 agent.kill()
         log = (tmp_path / "agent.log").read_text()
         events = receiver.events()
-    assert calls >= 10
     assert "clip worker failed" not in log and "Traceback" not in log, log
     assert "quarantined" not in log
     assert not list((tmp_path / "spool" / "quarantine").iterdir())

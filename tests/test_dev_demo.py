@@ -60,6 +60,7 @@ def demo(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[
                           check=False, env={**base, "VENV": str(VENV), "DEMO_DATA": str(tmp_path / "demo"), **env})
 
 
+@pytest.mark.slow
 def test_demo_fails_in_one_line_when_its_server_cannot_take_the_port(squatter: int, tmp_path: Path) -> None:
     res = demo(tmp_path, DEMO_PORT=str(squatter))
     assert res.returncode == 1, res.stdout + res.stderr

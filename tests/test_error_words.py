@@ -143,6 +143,7 @@ def test_the_uploader_keeps_the_cause_in_the_log_and_the_spool(tmp_path: Path,
     spool.close()
 
 
+@pytest.mark.slow
 def test_a_clip_too_large_for_the_real_receiver_says_so(tmp_path: Path) -> None:
     with ReceiverProcess(tmp_path / "receiver", max_bytes=20_000) as receiver:
         spool = Spool(spool_config(tmp_path / "spool"))

@@ -42,6 +42,7 @@ def ffprobe(path: Path) -> dict:
 
 @pytest.mark.parametrize(("gop", "bframes"), [(30, 0), (120, 0), (30, 3)],
                          ids=["keyframe-1s", "keyframe-4s", "keyframe-1s-b-frames"])
+@pytest.mark.slow
 def test_a_label_passing_gives_exactly_five_seconds(gop: int, bframes: int, tmp_path: Path) -> None:
     # a 1080p30 conveyor; the label is in view 4.2 s .. 7.2 s, so re-detection goes on for 3 s
     video = make_video(tmp_path / "conveyor.mp4", seconds=12, fps=FPS, size=(1920, 1080), gop=gop, scale=8,
@@ -87,6 +88,7 @@ def test_a_label_passing_gives_exactly_five_seconds(gop: int, bframes: int, tmp_
         assert abs(float(probe["format"]["duration"]) - WANT_S) <= 0.05
 
 
+@pytest.mark.slow
 def test_extension_while_in_view_is_opt_in(tmp_path: Path) -> None:
     video = make_video(tmp_path / "conveyor.mp4", seconds=12, fps=FPS, size=(640, 360), gop=30,
                        codes=[("CID-EXTEND-1", 4.2, 7.2)])
@@ -101,6 +103,7 @@ def test_extension_while_in_view_is_opt_in(tmp_path: Path) -> None:
     assert 7.5 <= event["clip"]["duration_s"] <= 8.1, event["clip"]
 
 
+@pytest.mark.slow
 def test_a_start_a_rounding_error_before_a_keyframe_is_remuxed_on_that_keyframe(tmp_path: Path) -> None:
     """Detected at 4.6 s with a 1.6 s pre-roll: 4.6 - 1.6 is 2.9999999999999996 in floating point, a
     hair before the keyframe at 3.0 s. The clip starts on that keyframe (no earlier GOP kept as a

@@ -53,6 +53,7 @@ def test_the_shipped_prometheus_configuration_passes_promtool() -> None:
     assert ports == example_ports == {"9108"}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(ANSIBLE_PLAYBOOK is None, reason="ansible-core not installed (the test extra has it)")
 def test_the_fleet_playbook_passes_ansible_syntax_check(tmp_path: Path) -> None:
     inventory = tmp_path / "inventory.ini"

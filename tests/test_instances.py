@@ -41,6 +41,7 @@ def write(folder: Path, name: str, text: str) -> Path:
 # --- two instances side by side ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_instances_side_by_side_each_deliver_their_own_clips(tmp_path: Path) -> None:
     etc, state_root = tmp_path / "etc", tmp_path / "var-lib"
     etc.mkdir()
@@ -202,6 +203,7 @@ def check(config: Path) -> tuple[int, str, dict]:
     return text.returncode, text.stdout + text.stderr, json.loads(js.stdout)
 
 
+@pytest.mark.slow
 def test_check_warns_about_a_shared_port_and_passes_without(tmp_path: Path) -> None:
     source = f"source:\n  kind: file\n  path: {SAMPLES / 'conveyor_720p30.mp4'}\n"
     cfg = write(tmp_path, "line1.yaml", f"device_id: a\n{source}spool:\n  dir: {tmp_path / 's1'}\n"

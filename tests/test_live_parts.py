@@ -16,7 +16,8 @@ def frame(t: float = 0.0) -> GrayFrame:
 
 
 def test_the_slot_holds_nothing_until_a_viewer_asks_and_lets_go_after() -> None:
-    slot = ViewerSlot(ttl_s=0.3)
+    now = [100.0]
+    slot = ViewerSlot(ttl_s=5.0, monotonic=lambda: now[0])
     slot.offer(frame(1), ())
     assert slot.latest() == (0, None)  # nobody watching: not even a reference is kept
     slot.want()
@@ -24,8 +25,11 @@ def test_the_slot_holds_nothing_until_a_viewer_asks_and_lets_go_after() -> None:
     slot.offer(f, ())
     seq, item = slot.latest()
     assert seq == 1 and item is not None and item[0] is f
-    time.sleep(0.35)  # the viewer left
+    now[0] += 4.9  # still watched: offers go on
     slot.offer(frame(3), ())
+    assert slot.latest()[0] == 2 and slot.wanted
+    now[0] += 0.2  # 5.1 s since the viewer asked: gone
+    slot.offer(frame(4), ())
     assert slot.latest()[1] is None and not slot.wanted
 
 

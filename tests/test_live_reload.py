@@ -14,6 +14,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests.receiver_fixture import ReceiverProcess, free_port
@@ -51,6 +52,7 @@ def wait_for_log(path: Path, text: str, timeout: float = 20.0, after: int = 0) -
     raise AssertionError(f"{text!r} not in the log after {timeout} s:\n{path.read_text()[-2000:]}")
 
 
+@pytest.mark.slow
 def test_reload_during_realtime_replay_changes_pre_roll_and_decoder_without_drops(tmp_path: Path) -> None:
     port = free_port()
     cfg = tmp_path / "config.yaml"
@@ -86,6 +88,7 @@ def test_reload_during_realtime_replay_changes_pre_roll_and_decoder_without_drop
         assert 1.0 - 0.05 <= pre <= 2.0 + 0.05, json.dumps(meta)  # 1 s pre-roll, within one GOP
 
 
+@pytest.mark.slow
 def test_reload_of_a_restart_only_key_restarts_the_source_in_process(tmp_path: Path) -> None:
     other = SAMPLE.parent / "invalid_payload_720p30.mp4"
     port = free_port()
@@ -106,6 +109,7 @@ def test_reload_of_a_restart_only_key_restarts_the_source_in_process(tmp_path: P
     assert text.count("started version") == 1 and pid == proc.pid
 
 
+@pytest.mark.slow
 def test_sighup_reloads_and_a_bad_config_keeps_the_running_one(tmp_path: Path) -> None:
     """With the file watcher off (`--no-watch`), only SIGHUP can have reloaded: its own effect is seen."""
     port = free_port()
@@ -132,6 +136,7 @@ def test_sighup_reloads_and_a_bad_config_keeps_the_running_one(tmp_path: Path) -
     assert "pre_rol_s: unknown key" in text
 
 
+@pytest.mark.slow
 def test_a_live_change_of_stall_s_neither_reopens_the_source_nor_reads_like_a_fault(tmp_path: Path) -> None:
     camera = f"{sys.executable} {SAMPLE.parent.parent / 'tests' / 'stream_sample.py'} {SAMPLE} --loop"
     cfg = tmp_path / "config.yaml"

@@ -49,6 +49,7 @@ def web(tmp_path: Path) -> Iterator[Web]:
         yield w
 
 
+@pytest.mark.slow
 def test_live_view_in_chromium(web: Web) -> None:
     wrong = browser("not-the-password")
     try:

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from edge_agent.metrics import declared_names
@@ -70,6 +71,7 @@ def test_dashboard_has_unique_panel_ids_and_a_datasource_variable() -> None:
             assert t["datasource"]["uid"] == "${datasource}", panel["title"]
 
 
+@pytest.mark.slow
 @promtool.needs_promtool
 def test_promtool_accepts_the_alert_rules_and_their_unit_tests_pass() -> None:
     res = promtool.run("check", "rules", str(ALERTS))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from edge_agent.capture.media import GrayFrame
 from edge_agent.config import DetectorConfig
@@ -162,6 +163,7 @@ def cli(*args: str, cfg: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, env=env, timeout=60)
 
 
+@pytest.mark.slow
 def test_command_lists_and_clears(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"spool:\n  dir: {tmp_path / 'state' / 'spool'}\n", encoding="utf-8")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from edge_agent.app import Agent
 from edge_agent.capture.media import GrayFrame
@@ -40,6 +41,7 @@ def frame_set() -> dict[str, np.ndarray]:
     }
 
 
+@pytest.mark.slow
 def test_snapshot_and_the_daemon_agree_on_every_frame(tmp_path: Path) -> None:
     frames = frame_set()
     roi = "detector:\n  roi: {left: 0.1, top: 0.0, right: 1.0, bottom: 1.0}\n"
@@ -94,6 +96,7 @@ def _write_frames(video: Path, images: list[np.ndarray], fps: int = 30) -> None:
             out.mux(p)
 
 
+@pytest.mark.slow
 def test_tune_holds_a_pipe_camera_open_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     camera = f"{sys.executable} {ROOT / 'tests' / 'stream_sample.py'} {SAMPLE} --loop"
     cfg = tmp_path / "c.yaml"
@@ -122,6 +125,7 @@ def test_tune_holds_a_pipe_camera_open_and_stops_on_ctrl_c(tmp_path: Path) -> No
     assert stopped < 5  # loosely here; measured by hand in the closing note
 
 
+@pytest.mark.slow
 def test_snapshot_sharpness_scale_and_a_photo(tmp_path: Path) -> None:
     """The PNG path of snapshot still works through the held-open reader (a single picture)."""
     photo = tmp_path / "p.png"

@@ -51,6 +51,7 @@ def config(extra: str = ""):
                         f"    lores_width: {LORES[0]}\n    lores_height: {LORES[1]}\n{extra}", env={})
 
 
+@pytest.mark.slow
 def test_packets_are_the_encoders_and_pictures_the_lores_y_plane_on_one_clock(camera: Path) -> None:
     src = make_source(config().source)
     info = src.open()

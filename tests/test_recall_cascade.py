@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 from edge_agent.config import parse_config
 from edge_agent.delivery.sinks import FolderSink
 from edge_agent.pipeline.events import EventSnapshot
@@ -27,6 +29,7 @@ def generator() -> ModuleType:
     return mod
 
 
+@pytest.mark.slow
 def test_inverted_and_small_codes_are_read_through_the_pipeline(tmp_path: Path) -> None:
     gen = generator()
     manifest = gen.make(tmp_path / "sample", only={"inverted", "small"})

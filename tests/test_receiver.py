@@ -12,6 +12,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests.receiver_fixture import ReceiverProcess, free_port
@@ -30,6 +31,7 @@ def post(url: str, cid: str | None = "CID-1", meta: object = None, video: bytes 
     return requests.post(url, data=data, files=files, headers={"Idempotency-Key": key}, timeout=10)
 
 
+@pytest.mark.slow
 def test_clip_is_stored_with_its_checksum_verified(receiver: ReceiverProcess) -> None:
     r = post(receiver.cid_url, video=b"x" * 5000)
     assert r.status_code == 201, r.text
@@ -38,12 +40,14 @@ def test_clip_is_stored_with_its_checksum_verified(receiver: ReceiverProcess) ->
     assert (receiver.data_dir / ev["video_file"]).read_bytes() == b"x" * 5000
 
 
+@pytest.mark.slow
 def test_cid_only_request_is_accepted(receiver: ReceiverProcess) -> None:
     r = post(receiver.cid_url, video=None, meta={"clip": {"error": "no keyframe"}})
     assert r.status_code == 201
     assert receiver.events()[0]["video_file"] is None
 
 
+@pytest.mark.slow
 def test_bad_requests_get_clear_4xx(receiver: ReceiverProcess) -> None:
     assert post(receiver.cid_url, cid=None).status_code == 400
     r = post(receiver.cid_url, meta="{not json")
@@ -52,6 +56,7 @@ def test_bad_requests_get_clear_4xx(receiver: ReceiverProcess) -> None:
     assert receiver.events() == []
 
 
+@pytest.mark.slow
 def test_hostile_cids_are_refused_and_never_become_paths(receiver: ReceiverProcess) -> None:
     for cid in ("../../etc/passwd", "CID-OK\nX-Injected: 1", "A1;rm -rf /", "x" * 500):
         r = post(receiver.cid_url, cid=cid, meta={})
@@ -60,6 +65,7 @@ def test_hostile_cids_are_refused_and_never_become_paths(receiver: ReceiverProce
     assert not any("passwd" in n or "rm -rf" in n for n in names)
 
 
+@pytest.mark.slow
 def test_body_over_the_cap_is_413(tmp_path: Path) -> None:
     with ReceiverProcess(tmp_path / "r", max_bytes=10_000) as r:
         resp = post(r.cid_url, video=b"x" * 20_000)
@@ -67,6 +73,7 @@ def test_body_over_the_cap_is_413(tmp_path: Path) -> None:
         assert r.events() == []
 
 
+@pytest.mark.slow
 def test_same_key_gets_the_same_reply_and_one_record(receiver: ReceiverProcess) -> None:
     key = str(uuid.uuid4())
     first = post(receiver.cid_url, key=key)
@@ -78,6 +85,7 @@ def test_same_key_gets_the_same_reply_and_one_record(receiver: ReceiverProcess) 
     assert ev["requests"] == 2
 
 
+@pytest.mark.slow
 def test_concurrent_posts_with_one_key_make_one_record(receiver: ReceiverProcess) -> None:
     key = str(uuid.uuid4())
     with ThreadPoolExecutor(8) as pool:
@@ -87,6 +95,7 @@ def test_concurrent_posts_with_one_key_make_one_record(receiver: ReceiverProcess
     assert len(receiver.events()) == 1
 
 
+@pytest.mark.slow
 def test_idempotency_survives_a_restart(receiver: ReceiverProcess) -> None:
     key = str(uuid.uuid4())
     post(receiver.cid_url, key=key)
@@ -95,6 +104,7 @@ def test_idempotency_survives_a_restart(receiver: ReceiverProcess) -> None:
     assert len(receiver.events()) == 1
 
 
+@pytest.mark.slow
 def test_forwarding_to_data_ingestion_creates_one_ldo(tmp_path: Path) -> None:
     port = free_port()
     env = {"USE_DATA_INGESTION": "true", "DATA_INGESTION_URL": f"http://127.0.0.1:{port}"}  # itself
@@ -108,6 +118,7 @@ def test_forwarding_to_data_ingestion_creates_one_ldo(tmp_path: Path) -> None:
         assert ldo["id"] == first.json()["ldo_id"] and ldo["size_bytes"] == 3000 and ldo["status"] == "ingested"
 
 
+@pytest.mark.slow
 def test_ingestion_down_gives_503_with_retry_after_and_a_retry_succeeds(tmp_path: Path) -> None:
     ingest_port = free_port()
     env = {"USE_DATA_INGESTION": "true", "DATA_INGESTION_URL": f"http://127.0.0.1:{ingest_port}"}

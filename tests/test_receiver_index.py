@@ -51,6 +51,7 @@ def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LdoIndex]:
     idx.close()
 
 
+@pytest.mark.slow
 def test_pages_and_totals_equal_a_plain_sort_under_any_filter(index: LdoIndex) -> None:
     rows = synthetic_rows(2500, seed=7)
     assert index.add(rows[:2000]) == 2000  # in bulk
@@ -95,6 +96,7 @@ def file_receiver(data_dir: Path, store: Path, site: str = "plant-a") -> Receive
     return r
 
 
+@pytest.mark.slow
 def test_filters_over_http_and_a_lost_index_is_rebuilt_at_start(tmp_path: Path) -> None:
     store = tmp_path / "store"
     with file_receiver(tmp_path / "r1", store) as r:
@@ -151,6 +153,7 @@ def test_a_crash_between_objects_and_row_is_repaired(tmp_path: Path) -> None:
         assert replay.headers.get("Idempotent-Replay") == "true" and len(r.ldos()) == 3
 
 
+@pytest.mark.slow
 def test_reindex_command_rebuilds_an_index_from_the_store(tmp_path: Path) -> None:
     store = tmp_path / "store"
     with file_receiver(tmp_path / "r", store) as r:

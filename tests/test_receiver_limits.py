@@ -105,6 +105,7 @@ def test_a_refused_body_is_not_read_the_connection_is_closed(quick: ReceiverProc
     assert sent < 64 << 20
 
 
+@pytest.mark.slow
 def test_half_a_request_header_is_disconnected_after_the_timeout(quick: ReceiverProcess) -> None:
     with socket.create_connection(("127.0.0.1", quick.port), timeout=10) as sock:
         t0 = time.monotonic()
@@ -159,6 +160,7 @@ def test_the_key_lock_table_empties_once_requests_finish(quick: ReceiverProcess)
     ('{"event_id": "e", "x": ' + '{"a": ' * 33 + "1" + "}" * 33 + "}", "nested deeper than the 32 level limit"),
     (json.dumps({"event_id": "e", "note": "x" * 70_000}), "over the 65536 byte limit"),
 ])
+@pytest.mark.slow
 def test_metadata_too_deep_or_too_large_is_422_not_a_500(quick: ReceiverProcess, meta: str, said: str) -> None:
     for path, data in (("/cid", {"cid": "CID-1", "metadata": meta}), ("/ingest/ldo", {"metadata": meta})):
         r = requests.post(quick.url + path, data=data, files={"video": ("v.mp4", b"v" * 4000, "video/mp4")},
@@ -168,6 +170,7 @@ def test_metadata_too_deep_or_too_large_is_422_not_a_500(quick: ReceiverProcess,
     assert "Traceback" not in quick.log.read_text()
 
 
+@pytest.mark.slow
 def test_metadata_at_the_limits_is_accepted(quick: ReceiverProcess) -> None:
     # brackets inside strings are text, not nesting; 32 levels is allowed
     meta = {"event_id": "e-ok", "note": "[[[{{{" * 1000, "x": json.loads("[" * 31 + "]" * 31)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import requests
 
 from edge_agent import __version__
@@ -29,6 +30,7 @@ def totals(r: ReceiverProcess) -> tuple[int, int]:
             requests.get(f"{r.url}/ingest/list", timeout=5).json()["total"])
 
 
+@pytest.mark.slow
 def test_ingestion_off_is_said_at_start_and_the_list_stays_empty(tmp_path: Path) -> None:
     r = ReceiverProcess(tmp_path / "receiver", env={"USE_DATA_INGESTION": ""})
     r.extra_args = ["--log-level", "INFO"]
@@ -41,6 +43,7 @@ def test_ingestion_off_is_said_at_start_and_the_list_stays_empty(tmp_path: Path)
     assert "set USE_DATA_INGESTION=true and DATA_INGESTION_URL" in log
 
 
+@pytest.mark.slow
 def test_ingestion_on_is_said_at_start_and_the_list_fills(tmp_path: Path) -> None:
     port = free_port()
     r = ReceiverProcess(tmp_path / "receiver", port=port,

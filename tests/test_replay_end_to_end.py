@@ -49,6 +49,7 @@ def receiver(tmp_path_factory: pytest.TempPathFactory) -> Any:
         yield r
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("video", MANIFEST["videos"], ids=lambda v: v["file"])
 def test_replay_delivers_exactly_the_manifest_cids_with_valid_clips(
         video: dict[str, Any], receiver: ReceiverProcess, tmp_path: Path) -> None:
@@ -97,6 +98,7 @@ def test_replay_delivers_exactly_the_manifest_cids_with_valid_clips(
         assert all(payload not in json.dumps(e) for e in events)
 
 
+@pytest.mark.slow
 def test_replay_with_no_config_writes_clips_to_a_local_folder(tmp_path: Path) -> None:
     video = MANIFEST["videos"][0]
     res = edge_agent("replay", str(SAMPLES / video["file"]), cwd=tmp_path,
@@ -109,6 +111,7 @@ def test_replay_with_no_config_writes_clips_to_a_local_folder(tmp_path: Path) ->
     assert "rejected payloads" in res.stdout and "clips" in res.stdout  # the summary table
 
 
+@pytest.mark.slow
 def test_replay_exits_75_when_the_server_is_down_and_keeps_the_clips(tmp_path: Path) -> None:
     video = MANIFEST["videos"][0]
     cfg = write_config(tmp_path / "config.yaml", "http://127.0.0.1:9/cid", tmp_path / "spool")

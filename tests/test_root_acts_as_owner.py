@@ -228,6 +228,7 @@ def test_an_unprivileged_user_on_another_users_spool_is_refused_with_the_command
     assert not site.spool.exists()
 
 
+@pytest.mark.slow
 def test_root_replay_of_a_video_the_owner_cannot_read_says_so(site: Site) -> None:
     private = site.base / "private"
     private.mkdir(mode=0o700)

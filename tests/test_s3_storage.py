@@ -53,6 +53,7 @@ def new_bucket(weed: SeaweedFS) -> str:
     return name
 
 
+@pytest.mark.slow
 def test_objects_are_laid_out_for_training_and_listed_from_the_store(weed: SeaweedFS, tmp_path: Path) -> None:
     bucket = new_bucket(weed)
     with s3_receiver(weed, tmp_path / "r", bucket) as r:
@@ -73,6 +74,7 @@ def test_objects_are_laid_out_for_training_and_listed_from_the_store(weed: Seawe
     assert len([k for k in objs if "/_keys/" in k]) == 6
 
 
+@pytest.mark.slow
 def test_concurrent_clients_and_a_restart_lose_and_duplicate_nothing(weed: SeaweedFS, tmp_path: Path) -> None:
     bucket = new_bucket(weed)
     r = s3_receiver(weed, tmp_path / "r", bucket)
@@ -86,6 +88,7 @@ def test_concurrent_clients_and_a_restart_lose_and_duplicate_nothing(weed: Seawe
     print(f"\n200 clips through /cid into SeaweedFS with a restart: {200 / secs:.1f} clips/s")
 
 
+@pytest.mark.slow
 def test_two_receivers_racing_on_one_key_make_one_ldo(weed: SeaweedFS, tmp_path: Path) -> None:
     bucket = new_bucket(weed)
     with s3_receiver(weed, tmp_path / "a", bucket) as a, s3_receiver(weed, tmp_path / "b", bucket) as b:
@@ -108,6 +111,7 @@ def test_two_receivers_racing_on_one_key_make_one_ldo(weed: SeaweedFS, tmp_path:
         assert len(a.ldos()) == 1 and len(b.ldos()) == 1
 
 
+@pytest.mark.slow
 def test_an_empty_data_dir_rebuilds_the_index_from_the_store(weed: SeaweedFS, tmp_path: Path) -> None:
     bucket = new_bucket(weed)
     with s3_receiver(weed, tmp_path / "r", bucket) as r:
@@ -120,6 +124,7 @@ def test_an_empty_data_dir_rebuilds_the_index_from_the_store(weed: SeaweedFS, tm
         assert again[0] == [] and (tmp_path / "empty" / "ldo-index.sqlite3").exists()
 
 
+@pytest.mark.slow
 def test_two_receivers_on_one_store_and_one_postgres_index(weed: SeaweedFS, postgres: Postgres,
                                                            tmp_path: Path) -> None:
     bucket, index = new_bucket(weed), postgres.new_database()
@@ -151,6 +156,7 @@ def test_two_receivers_on_one_store_and_one_postgres_index(weed: SeaweedFS, post
     assert len([k for k in objs if "/_keys/" not in k and k.endswith(".json")]) == 24
 
 
+@pytest.mark.slow
 def test_missing_bucket_and_refused_credentials_stop_the_receiver_with_a_clear_error(weed: SeaweedFS,
                                                                                      tmp_path: Path) -> None:
     def start(bucket: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -165,6 +171,7 @@ def test_missing_bucket_and_refused_credentials_stop_the_receiver_with_a_clear_e
     assert res.returncode == 78 and "refused our credentials" in res.stderr
 
 
+@pytest.mark.slow
 def test_store_unreachable_gives_503_with_retry_after(tmp_path: Path, weed: SeaweedFS) -> None:
     port = free_port()
     dead = f"http://127.0.0.1:{free_port()}"

@@ -64,6 +64,7 @@ def test_stopping_the_watcher_while_files_change_logs_no_error(tmp_path: Path,
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
+@pytest.mark.slow
 def test_a_live_edit_and_a_stop_say_what_changed_and_when_queued_clips_go_out(tmp_path: Path) -> None:
     port = free_port()
     closed = f"http://127.0.0.1:{free_port()}/cid"  # the server is down: clips stay queued

@@ -25,6 +25,7 @@ def colour_pixels(img: np.ndarray, bgr: tuple[int, int, int]) -> int:
     return int(np.all(np.abs(img.astype(int) - np.array(bgr)) < 30, axis=2).sum())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("video", ["conveyor_720p30.mp4", "conveyor_1080p30.mp4", "invalid_payload_720p30.mp4"])
 def test_snapshot_of_each_sample_shows_the_codes(video: str, tmp_path: Path) -> None:
     out = tmp_path / "shot.jpg"
@@ -35,6 +36,7 @@ def test_snapshot_of_each_sample_shows_the_codes(video: str, tmp_path: Path) -> 
     assert "px/module" in res.stdout and "sharpness" in res.stdout and "advice:" in res.stdout
 
 
+@pytest.mark.slow
 def test_snapshot_marks_a_rejected_payload_in_red(tmp_path: Path) -> None:
     out = tmp_path / "bad.jpg"
     res = cli("snapshot", "--source", str(SAMPLES / "invalid_payload_720p30.mp4"), "--at", "8", "-o", str(out))
@@ -58,6 +60,7 @@ def test_snapshot_of_a_photo_with_a_small_code_advises_moving_closer(tmp_path: P
     assert colour_pixels(cv2.imread(str(tmp_path / "s.jpg")), (230, 120, 30)) > 200  # the ROI
 
 
+@pytest.mark.slow
 def test_snapshot_of_a_dark_frame_without_codes_gives_advice(tmp_path: Path) -> None:
     photo = tmp_path / "dark.png"
     cv2.imwrite(str(photo), np.full((480, 640), 20, np.uint8))
@@ -72,6 +75,7 @@ def test_tune_prints_a_line_per_second_of_video() -> None:
     assert any("CID-7F3A9C21" in ln for ln in lines[3:])
 
 
+@pytest.mark.slow
 def test_sharpness_comes_with_its_scale_and_at_on_a_camera_says_it_does_not_apply(tmp_path: Path) -> None:
     res = cli("snapshot", "--source", str(SAMPLES / "conveyor_720p30.mp4"), "-o", str(tmp_path / "a.jpg"))
     assert "(sharp: under 50 blurry, 300 and over sharp)" in res.stdout

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from edge_agent import const
 from edge_agent.delivery.spool import Spool
 from tests.flaky_server import FlakyServer
@@ -35,6 +37,7 @@ def queue(tmp_path: Path, n: int) -> list[tuple[str, str]]:
     return clips
 
 
+@pytest.mark.slow
 def test_a_refused_clip_is_quarantined_once_with_a_hint_and_shown_by_status_and_list(tmp_path: Path) -> None:
     (event_id, cid), = queue(tmp_path, 1)
     with FlakyServer([(404, {}, b'{"detail": "Not Found"}')]) as server:
@@ -64,6 +67,7 @@ def test_a_refused_clip_is_quarantined_once_with_a_hint_and_shown_by_status_and_
     assert [(r["event_id"], r["quarantined"], r["last_error"]) for r in rows] == [(event_id, True, reason)]
 
 
+@pytest.mark.slow
 def test_flush_with_the_server_down_says_how_many_wait_and_why(tmp_path: Path) -> None:
     queue(tmp_path, 2)
     port = free_port()  # nothing listens

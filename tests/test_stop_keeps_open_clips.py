@@ -50,6 +50,7 @@ def _m(port: int, name: str) -> float:
         return 0.0
 
 
+@pytest.mark.slow
 def test_sigterm_makes_a_clip_with_video_of_every_open_recording(storm: Path, tmp_path: Path) -> None:
     port = free_port()
     proc = start_daemon(tmp_path, camera(storm), NOWHERE, port, extra=POST_ROLL)
@@ -67,6 +68,7 @@ def test_sigterm_makes_a_clip_with_video_of_every_open_recording(storm: Path, tm
     assert ready == detected
 
 
+@pytest.mark.slow
 def test_a_camera_pipe_that_ends_and_is_reopened_keeps_every_open_recordings_video(storm: Path,
                                                                                    tmp_path: Path) -> None:
     port = free_port()

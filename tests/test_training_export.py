@@ -66,6 +66,7 @@ def store(weed: SeaweedFS, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
     s.storage.index.close()
 
 
+@pytest.mark.slow
 def test_coco_export_loads_in_pycocotools_with_every_frame_and_box_and_resumes(store: Store, clip: Clip,
                                                                                 tmp_path: Path) -> None:
     want = Expected()

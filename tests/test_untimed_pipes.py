@@ -71,6 +71,7 @@ def assert_true_time(events: list[EventSnapshot], t0: float) -> None:
         assert in_view[e.cid] - 0.05 <= seen <= in_view[e.cid] + 0.25, (e.cid, seen)  # a frame or two in
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("burst", [10, 1], ids=["bursty", "steady"])
 def test_raw_h264_pipe_clips_keep_the_cameras_frame_rate(burst: int, conveyor: Path, tmp_path: Path,
                                                        caplog: pytest.LogCaptureFixture) -> None:
@@ -83,6 +84,7 @@ def test_raw_h264_pipe_clips_keep_the_cameras_frame_rate(burst: int, conveyor: P
     assert_true_time(events, float(t0_file.read_text()))
 
 
+@pytest.mark.slow
 def test_a_camera_that_muxes_its_own_timestamps_gives_the_same_clips_and_the_true_time(
         conveyor: Path, tmp_path: Path) -> None:
     """rpicam-vid --codec libav --libav-format mpegts, or GStreamer's mpegtsmux: timestamps from the camera.
@@ -95,6 +97,7 @@ def test_a_camera_that_muxes_its_own_timestamps_gives_the_same_clips_and_the_tru
     assert_true_time(events, float(t0_file.read_text()))
 
 
+@pytest.mark.slow
 def test_raw_yuyv_camera_is_encoded_on_arrival_and_clips_are_remuxed(conveyor: Path, tmp_path: Path,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
@@ -107,8 +110,9 @@ def test_raw_yuyv_camera_is_encoded_on_arrival_and_clips_are_remuxed(conveyor: P
     assert pipeline.ring.bytes < 16 << 20  # compressed: a raw ring would be full (64 MiB) in 3 s
 
 
+@pytest.mark.slow
 def test_run_keeps_going_on_a_raw_yuyv_camera(conveyor: Path, tmp_path: Path) -> None:
-    """The daemon on a raw camera for 20 s: it must not exit, and its clips are made."""
+    """The daemon on a raw camera: it keeps running while it makes its clips (two, then still up)."""
     cmd = f"{sys.executable} {ROOT / 'tests' / 'stream_raw.py'} {conveyor} --loop --pix-fmt yuyv422"
     cfg = tmp_path / "config.yaml"
     cfg.write_text(f"source:\n  kind: pipe\n  command: {cmd}\nspool:\n  dir: {tmp_path / 'spool'}\n"
@@ -117,9 +121,10 @@ def test_run_keeps_going_on_a_raw_yuyv_camera(conveyor: Path, tmp_path: Path) ->
     proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(cfg)],
                             stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.5)
+        deadline = time.monotonic() + 60
+        while (time.monotonic() < deadline and proc.poll() is None
+               and (tmp_path / "run.log").read_text().count("clip ready") < 2):
+            time.sleep(0.2)
         assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
     finally:
         proc.terminate()

@@ -228,7 +228,7 @@ def test_stop_cuts_an_upload_in_progress_and_keeps_the_clip(tmp_path: Path) -> N
     with FlakyServer(["slow_read"], slow_rate=500_000, rcvbuf=16384) as server:
         up = uploader(spool, server.url, m, read_timeout_s=60, min_rate_bytes_per_s=100_000)
         up.start()
-        time.sleep(0.5)  # well into a 40 s upload
+        assert server.post_started.wait(10)  # a 40 s upload has begun
         started = time.monotonic()
         up.stop(timeout=5)
         assert time.monotonic() - started < 1.0

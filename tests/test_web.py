@@ -14,6 +14,7 @@ import requests
 from tests.web_fixture import CONVEYOR, PASSWORD, Web, wait_for
 
 
+@pytest.mark.slow
 def test_status_frames_events_thumbnails_and_mjpeg(tmp_path: Path) -> None:
     with Web(tmp_path, CONVEYOR) as web:
         page = requests.get(web.url + "/", timeout=5)
@@ -51,6 +52,7 @@ def test_status_frames_events_thumbnails_and_mjpeg(tmp_path: Path) -> None:
         assert web.stop() == 0
 
 
+@pytest.mark.slow
 def test_pictures_are_served_by_id_only(tmp_path: Path) -> None:
     (tmp_path / "secret.jpg").write_bytes(b"\xff\xd8not for the web")
     with Web(tmp_path, CONVEYOR) as web:
@@ -61,6 +63,7 @@ def test_pictures_are_served_by_id_only(tmp_path: Path) -> None:
             assert b"not for the web" not in r.content
 
 
+@pytest.mark.slow
 def test_a_password_guards_every_path_but_healthz(tmp_path: Path) -> None:
     with Web(tmp_path, CONVEYOR, password=True) as web:
         for path in ("/", "/api/status", "/frame.jpg", "/metrics", "/live.mjpeg"):
@@ -73,6 +76,7 @@ def test_a_password_guards_every_path_but_healthz(tmp_path: Path) -> None:
         assert requests.get(web.url + "/frame.jpg", auth=("any", PASSWORD), timeout=5).status_code == 200
 
 
+@pytest.mark.slow
 def test_metrics_can_be_public_for_a_scraper(tmp_path: Path) -> None:
     with Web(tmp_path, CONVEYOR, "  metrics_public: true\n", password=True) as web:
         r = requests.get(web.url + "/metrics", timeout=5)
@@ -80,6 +84,7 @@ def test_metrics_can_be_public_for_a_scraper(tmp_path: Path) -> None:
         assert requests.get(web.url + "/api/status", timeout=5).status_code == 401
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 def test_https_with_a_certificate(tmp_path: Path) -> None:
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "web.key", "-out",
@@ -104,6 +109,7 @@ def test_run_refuses_to_listen_beyond_loopback_without_a_password(tmp_path: Path
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_tune_web_refuses_too_and_serves_the_page_without_the_daemon(tmp_path: Path) -> None:
     refused = Web(tmp_path, CONVEYOR, "  host: 0.0.0.0\n", command=("tune", "--web"))
     assert refused.proc.wait(30) == 78

@@ -38,6 +38,7 @@ def settled(path: Path) -> int:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_resets_and_bad_requests_are_a_few_lines_not_a_traceback_each(tmp_path: Path) -> None:
     with Web(tmp_path, loop=True) as web:
         wait_for(lambda: requests.get(web.url + "/frame.jpg", timeout=5).status_code == 200, 20, "a first frame")
@@ -109,6 +110,7 @@ def test_wrong_passwords_are_slowed_for_that_client_only_logged_and_counted(tmp_
     assert not any(g in log for g in [*guesses, "other-wrong", PASSWORD])
 
 
+@pytest.mark.slow
 def test_live_streams_are_capped_with_a_clear_503(tmp_path: Path) -> None:
     def stream() -> tuple[socket.socket, bytes]:
         sock = socket.create_connection(("127.0.0.1", web.port), timeout=10)

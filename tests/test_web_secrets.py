@@ -40,6 +40,7 @@ def _source_error(web: Web) -> str | None:
     ("source:\n  kind: pipe\n  command: \"sh -c 'exit 3' camera --password CamPass123 RTSP_PASS=EnvPass789\"\n",
      "--password *** RTSP_PASS=***", [CAM_PASSWORD, "EnvPass789"]),
 ], ids=["rtsp-url", "pipe-command"])
+@pytest.mark.slow
 def test_no_password_on_any_page_or_in_the_log(tmp_path: Path, source: str, masked: str, secrets: list[str]) -> None:
     closed = free_port()  # nothing listens there: the camera cannot be opened, the server not reached
     upload = f"upload:\n  url: http://edge:{UPLOAD_PASSWORD}@127.0.0.1:{closed}/cid\n"

@@ -20,7 +20,7 @@ from edge_agent.capture.media import Packet
 from edge_agent.capture.source import AvSource, SourceError, make_source
 from edge_agent.config import Config, SourceConfig
 from edge_agent.metrics import Metrics
-from edge_agent.pipeline.base import Failure, FailureBox
+from edge_agent.stage import Failure, FailureBox
 
 log = logging.getLogger("edge_agent.pipeline")
 
@@ -179,7 +179,9 @@ class CaptureSupervisor:
 
     def _read(self, src: AvSource) -> bool:
         got = False
-        live = src.live or src.cfg.realtime
+        # packets come at the camera's pace (a camera, or a file played in real time): the stages
+        # after capture drop what they cannot keep up with rather than make capture wait
+        paced = src.live or src.cfg.realtime
         self._alive = True
         if src.live:
             threading.Thread(target=self._watch_stall, args=(src,), daemon=True, name="stall-watch").start()
@@ -190,7 +192,7 @@ class CaptureSupervisor:
                     self.frames += 1
                     self.last_frame_mono = time.monotonic()
                     self.metrics.inc("edge_agent_frames_total")
-                self._on_packet(pkt, live)
+                self._on_packet(pkt, paced)
                 if not self.ready.is_set():
                     self.ready.set()
                 if self._stop.is_set() or self._restart.is_set():

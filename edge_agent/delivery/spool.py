@@ -1,4 +1,4 @@
-"""The durable on-disk queue of clips waiting for delivery (DESIGN.md section 7).
+"""The durable on-disk queue of clips waiting for delivery (docs/architecture.md section 7).
 
 A clip is written as `tmp/<id>.mp4.part` and fsynced, its metadata written and fsynced as
 `tmp/<id>.json.part`; the metadata is renamed into `clips/<id>.json` (the commit point), the clip
@@ -41,7 +41,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -135,11 +135,15 @@ class QueueRow(NamedTuple):
 class Spool:
     """The queue of clips. Thread-safe: the clip worker puts, the uploader takes, the CLI inspects."""
 
-    def __init__(self, cfg: SpoolConfig, metrics: Metrics | None = None, *, reader: bool = False):
+    def __init__(self, cfg: SpoolConfig, metrics: Metrics | None = None, *, reader: bool = False,
+                 monotonic: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time):
         """The owner (the agent, replay, `spool flush` with no agent running) takes the spool's lock
         and recovers it; SpoolBusy when another process holds it. A reader (`spool status`/`list`)
-        takes no lock, opens the queue read-only and never changes a file."""
+        takes no lock, opens the queue read-only and never changes a file. `monotonic` and `wall` are
+        the clocks a clip's age is read on (spool.max_age_s): a test passes its own."""
         self.cfg = cfg
+        self._monotonic = monotonic
+        self._wall = wall
         self.metrics = metrics or Metrics()
         self.root = Path(cfg.dir)
         self.tmp = self.root / "tmp"
@@ -305,8 +309,8 @@ class Spool:
         if video_part is not None and video_part.exists():
             fsync_path(video_part)
         # the sidecar holds everything the row will, so a crash before the row is inserted loses nothing
-        data = {"cid": cid, "metadata": metadata, "created_at": time.time(), "has_video": video_part is not None,
-                "sha256": sha, "size_bytes": size, "boot_id": boot_id(), "created_mono": time.monotonic(),
+        data = {"cid": cid, "metadata": metadata, "created_at": self._wall(), "has_video": video_part is not None,
+                "sha256": sha, "size_bytes": size, "boot_id": boot_id(), "created_mono": self._monotonic(),
                 "clock_synced": clock_sync.synchronized()}
         write_sidecar(self.tmp / f"{event_id}.json.part", self.clips / f"{event_id}.json", data)
         if video_part is not None and video_part.exists():
@@ -377,8 +381,7 @@ class Spool:
         self._count_drop(f"{reason}_dropped_oldest", oldest[1], oldest[0])
         return True
 
-    @staticmethod
-    def age_s(created_at: float, boot: str | None, mono: float | None, stamped_synced: bool | None,
+    def age_s(self, created_at: float, boot: str | None, mono: float | None, stamped_synced: bool | None,
               synced_now: bool | None) -> float | None:
         """How long a clip has been queued, or None when nobody can tell. Within the boot that queued it:
         the monotonic clock, which no clock step moves. Across a reboot: the wall clock, but only when
@@ -386,15 +389,15 @@ class Spool:
         boots days or a year behind until NTP corrects it; a clip stamped then has no known age, and
         an unknown age never expires a clip (spool.max_bytes still bounds the queue)."""
         if boot is not None and mono is not None and boot == boot_id():
-            return max(0.0, time.monotonic() - mono)
+            return max(0.0, self._monotonic() - mono)
         if stamped_synced and synced_now:
-            return time.time() - created_at
+            return self._wall() - created_at
         return None
 
     def expire(self) -> None:
         if self._db is None:
             return
-        self._next_expire = time.monotonic() + _EXPIRE_EVERY_S
+        self._next_expire = self._monotonic() + _EXPIRE_EVERY_S
         rows = self._db.execute(
             "SELECT event_id, cid, created_at, boot_id, created_mono, clock_synced FROM queue").fetchall()
         synced_now = clock_sync.synchronized() if rows else None

@@ -1,4 +1,4 @@
-"""Opening a spool's queue and bringing disk and queue back in line after a crash (DESIGN.md section 7).
+"""Opening a spool's queue and bringing disk and queue back in line after a crash (docs/architecture.md section 7).
 
 Only the owner runs this, at open: it removes `.part` files the owner's clip worker may be
 writing, so no other process may. It never refuses to start: a damaged queue file goes to

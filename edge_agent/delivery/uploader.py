@@ -1,6 +1,6 @@
 """Delivery of spooled clips to the edge server: `POST /cid`, oldest first, one at a time.
 
-Reply classes (DESIGN.md section 5): 2xx delivered; 409 a duplicate of a delivered clip, also
+Reply classes (docs/architecture.md section 6): 2xx delivered; 409 a duplicate of a delivered clip, also
 delivered; 408, 425, 429, 5xx, connection errors and timeouts retried with full-jitter backoff
 that honours Retry-After; any other 4xx moves the clip to quarantine with the reply logged.
 Two deliberate additions: 401/403 are retried too (a wrong or expired token is the device's

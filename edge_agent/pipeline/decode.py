@@ -35,7 +35,7 @@ REPLAY_QUEUE = 32
 # Live: how much video may wait for the decoder before capture starts dropping to it. Seconds, not
 # packets: a session begins with a backlog handed over at once (FFmpeg's probing and the frame-rate
 # prefetch of an untimed pipe: ~2.3 s on a raw H.264 pipe, measured), which is not a decoder behind;
-# counted in packets (64) it overflowed, and ~2 s of video after it went undecoded until a keyframe.
+# a queue counted in packets (64) would overflow on it, leaving ~2 s of video undecoded until a keyframe.
 LIVE_QUEUE_S = 4.0
 LIVE_QUEUE_MAX = 512  # packets, whatever the timestamps say
 # Live decoding starts on one thread; this much video waiting (beyond a session's start-up backlog of

@@ -62,7 +62,7 @@ class Unread:
 @dataclass(frozen=True, slots=True)
 class DetectResult:
     """What one frame gave: the codes read and the symbols located but not read. Iterating it (and
-    len()) walks the reads, so callers that only want payloads treat it as the list it used to be."""
+    len()) walks the reads, so callers that only want payloads use it as the list of reads."""
 
     reads: tuple[Detection, ...]
     unread: tuple[Unread, ...]

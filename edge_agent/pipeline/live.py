@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -31,8 +32,9 @@ TALLY_MAX = 100_000  # a bound whatever the line speed
 class ViewerSlot:
     """The newest (GrayFrame, DetectResult) for a viewer; `seq` tells a viewer whether it is new."""
 
-    def __init__(self, ttl_s: float = VIEWER_TTL_S):
+    def __init__(self, ttl_s: float = VIEWER_TTL_S, monotonic: Callable[[], float] = time.monotonic):
         self.ttl_s = ttl_s
+        self._monotonic = monotonic  # a test's clock makes "the viewer left" exact
         self._asked = -1e18
         self._lock = threading.Lock()
         self._item: tuple[GrayFrame, Any] | None = None
@@ -40,11 +42,11 @@ class ViewerSlot:
 
     def want(self) -> None:
         """A viewer is looking: frames are offered for the next `ttl_s` seconds."""
-        self._asked = time.monotonic()
+        self._asked = self._monotonic()
 
     @property
     def wanted(self) -> bool:
-        return time.monotonic() - self._asked < self.ttl_s
+        return self._monotonic() - self._asked < self.ttl_s
 
     def offer(self, frame: GrayFrame, result: Any) -> None:
         """Detect thread: one monotonic clock read when nobody watches."""

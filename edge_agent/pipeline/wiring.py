@@ -23,7 +23,7 @@ from edge_agent.config import Config
 from edge_agent.config.live import LivePart
 from edge_agent.delivery.sinks import ClipSink
 from edge_agent.metrics import Metrics
-from edge_agent.pipeline.base import Failure, FailureBox, FrameSlot, StageThread
+from edge_agent.pipeline.base import FrameSlot
 from edge_agent.pipeline.clips import ClipStage, ClipStatus
 from edge_agent.pipeline.decode import DecodeStage, DecodeStatus
 from edge_agent.pipeline.detect import DetectStage, DetectStatus
@@ -32,6 +32,7 @@ from edge_agent.pipeline.live import ReadTally
 from edge_agent.pipeline.noreads import NoReads
 from edge_agent.pipeline.ring import Recording, RingBuffer
 from edge_agent.pipeline.track import SightingLog
+from edge_agent.stage import Failure, FailureBox, StageThread
 
 
 class Retention:

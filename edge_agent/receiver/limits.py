@@ -5,7 +5,7 @@ too long to be keys, and metadata too large or nested too deep to be the contrac
 Metadata limits (422 naming the limit, checked before the JSON is parsed, so a hostile document
 costs one linear scan): at most MAX_METADATA_BYTES of UTF-8, and arrays and objects nested at most
 MAX_METADATA_DEPTH deep. The agent's metadata is about 1 kB and 3 deep; Python's JSON parser
-recurses per level and fails past about 1,000 with an error that used to become a 500, which a
+recurses per level and fails past about 1,000 with an error that would become a 500, which a
 client retries for ever.
 """
 

@@ -177,11 +177,6 @@ class ConfigWatcher:
             self._timer.daemon = True
             self._timer.start()
 
-    def trigger(self) -> None:
-        """SIGHUP: reload now, even if the content looks unchanged."""
-        self._digest = None
-        self._check()
-
     def _check(self) -> None:
         digest = self._hash()
         if digest is None:
