@@ -4,6 +4,7 @@ import pytest
 
 from tests.postgres_fixture import Postgres, pg_binary
 from tests.receiver_fixture import receiver  # noqa: F401  (a real edge server on 127.0.0.1)
+from tests.seaweed_fixture import SeaweedFS
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +21,15 @@ def postgres() -> Iterator[Postgres]:
         pytest.skip(f"PostgreSQL cannot run here: {exc}")
     yield pg
     pg.stop()
+
+
+@pytest.fixture(scope="module")
+def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A real SeaweedFS shared by a test module (skipped with the reason where it cannot run)."""
+    w = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        w.start()
+    except (RuntimeError, OSError) as exc:
+        pytest.skip(f"SeaweedFS cannot run here: {exc}")
+    yield w
+    w.stop()

