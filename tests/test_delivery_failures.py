@@ -214,7 +214,11 @@ def test_kill9_of_the_delivering_process_loses_nothing(tmp_path: Path) -> None:
                        "  min_free_bytes: 0\n")
         flush = subprocess.run([sys.executable, "-m", "edge_agent.cli", "spool", "flush", "--config", str(cfg),
                                 "--timeout", "60"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert flush.returncode == 0, flush.stderr
+        # exit 1 only for what a kill between a delivery's two deletes leaves: a video without its sidecar,
+        # set aside because no CID is known for it; it must be a clip the server already has, whole
+        orphans = sorted(p.stem for p in (spool_dir / "quarantine").glob("*.mp4"))
+        assert flush.returncode == (1 if orphans else 0), flush.stderr
+        assert all(key in server.delivered for key in orphans), (orphans, flush.stderr)
     lines = [json.loads(x) for x in record.read_text().splitlines()]
     complete_keys = [x["key"] for x in lines]
     assert set(server.delivered) == set(made)  # every clip, under its own key, nothing else

@@ -187,6 +187,8 @@ class WebServer:
                 self._httpd.shutdown()  # only valid while serve_forever runs: it waits for it to return
                 thread.join(timeout=5)
             self._httpd.server_close()
+        if self.view is not None:
+            self.view.close()
 
     # --- request handling (called on the server's threads) --------------------------------------
 

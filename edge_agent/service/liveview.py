@@ -86,6 +86,7 @@ class LiveView:
         self._cond = threading.Condition()
         self._shown: Rendered | None = None
         self._renderer: threading.Thread | None = None
+        self._closed = threading.Event()
 
     # --- live config ------------------------------------------------------------------------------
 
@@ -129,9 +130,18 @@ class LiveView:
                 self._cond.wait(left)
             return self._shown
 
+    def close(self) -> None:
+        """No more pictures: the render thread ends and is joined, so it is never inside OpenCV while
+        the interpreter shuts down (a daemon thread there aborts the process)."""
+        self._closed.set()
+        with self._cond:
+            thread = self._renderer
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+
     def _start_renderer(self) -> None:
         with self._cond:
-            if self._renderer is None:
+            if self._renderer is None and not self._closed.is_set():
                 self._renderer = threading.Thread(target=self._render_loop, name="live-render", daemon=True)
                 self._renderer.start()
 
@@ -140,9 +150,9 @@ class LiveView:
         viewer); a viewer arriving as it ends is seen under the lock, so the thread stays."""
         try:
             while True:
-                if not self.viewer.wanted:
+                if self._closed.is_set() or not self.viewer.wanted:
                     with self._cond:
-                        if not self.viewer.wanted:
+                        if self._closed.is_set() or not self.viewer.wanted:
                             self._renderer = None
                             return
                 seq, item = self.viewer.latest()
