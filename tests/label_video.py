@@ -4,13 +4,13 @@ for `in_view_s`, in its own column (i modulo the columns), so labels in view tog
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 
-from tests.media_factory import qr_image
+from tests.media_factory import qr_image, write_gray_h264
 
 
 def cid(i: int) -> str:
@@ -32,11 +32,7 @@ def make_label_video(path: Path, *, seconds: float, per_s: float, first_s: float
     rng = np.random.default_rng(3)
     background = cv2.GaussianBlur((rng.random((h, w)) * 120 + 60).astype(np.uint8), (7, 7), 0)
     images: dict[int, np.ndarray] = {}
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.codec_context.gop_size = fps
-        stream.codec_context.options = {"preset": "ultrafast", "bf": "0"}
+    def frames() -> Iterator[np.ndarray]:
         for n in range(round(seconds * fps)):
             t = n / fps
             img = np.roll(background, n * 3, axis=1).copy()
@@ -47,10 +43,6 @@ def make_label_video(path: Path, *, seconds: float, per_s: float, first_s: float
                     x = 10 + (i % columns) * (side + 10)
                     y = 20 + int((t - a) * 60)
                     img[y:y + side, x:x + side] = q
-            frame = av.VideoFrame.from_ndarray(img, format="gray").reformat(format="yuv420p")
-            frame.pts = n
-            for p in stream.encode(frame):
-                out.mux(p)
-        for p in stream.encode(None):
-            out.mux(p)
-    return path
+            yield img
+
+    return write_gray_h264(path, frames(), size, fps)

@@ -19,12 +19,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import pytest
 
-from tests.media_factory import qr_image
+from tests.media_factory import qr_image, write_gray_h264
 
 ROOT = Path(__file__).resolve().parent.parent
 USER = "nobody"
@@ -102,22 +101,10 @@ def make_label_video(path: Path, seconds: float = 2.0, fps: int = 15) -> Path:
     torn = qr_image("CID-TORN-1", 6)
     n = torn.shape[0]
     cv2.fillPoly(torn, [np.array([[n, n], [n - int(0.75 * n), n], [n, n - int(0.75 * n)]], np.int32)], 120)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.codec_context.gop_size = fps
-        stream.codec_context.options = {"preset": "ultrafast", "bf": "0"}
-        for i in range(round(seconds * fps)):
-            img = np.full((h, w), 120, np.uint8)
-            img[40 : 40 + good.shape[0], 20 : 20 + good.shape[1]] = good
-            img[40 : 40 + n, 330 : 330 + n] = torn
-            frame = av.VideoFrame.from_ndarray(img, format="gray").reformat(format="yuv420p")
-            frame.pts = i
-            for p in stream.encode(frame):
-                out.mux(p)
-        for p in stream.encode(None):
-            out.mux(p)
-    return path
+    img = np.full((h, w), 120, np.uint8)
+    img[40 : 40 + good.shape[0], 20 : 20 + good.shape[1]] = good
+    img[40 : 40 + n, 330 : 330 + n] = torn
+    return write_gray_h264(path, (img for _ in range(round(seconds * fps))), (w, h), fps)
 
 
 @pytest.fixture(scope="module")
