@@ -129,13 +129,18 @@ def _slices(data: bytes, annexb: bool) -> bytes:
     return b"".join(n for n in nals if n[0] & 0x1F in (1, 5))
 
 
-@pytest.mark.slow
-def test_check_reads_the_camera_and_the_code_from_lores(camera: Path, tmp_path: Path) -> None:
+def _camera_config(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A picamera2 config and the environment that puts the stand-in where picamera2 would be."""
     cfg = tmp_path / "agent.yaml"
     cfg.write_text("source:\n  kind: picamera2\n  fps: 30\n  picamera2:\n    width: 960\n    height: 540\n"
                    f"    lores_width: {LORES[0]}\n    lores_height: {LORES[1]}\n"
                    f"spool:\n  dir: {tmp_path / 'spool'}\n")
-    env = {**os.environ, "PYTHONPATH": f"{STANDIN}{os.pathsep}{ROOT}"}
+    return cfg, {**os.environ, "PYTHONPATH": f"{STANDIN}{os.pathsep}{ROOT}"}
+
+
+@pytest.mark.slow
+def test_check_reads_the_camera_and_the_code_from_lores(camera: Path, tmp_path: Path) -> None:
+    cfg, env = _camera_config(tmp_path)
     out = subprocess.run([sys.executable, "-m", "edge_agent.cli", "check", "-c", str(cfg), "--seconds", "20"],
                          capture_output=True, text=True, env=env, timeout=120)
     lines = {ln.split()[1]: ln for ln in out.stdout.splitlines() if ln.startswith(("PASS", "FAIL", "WARN", "SKIP"))}
@@ -145,11 +150,7 @@ def test_check_reads_the_camera_and_the_code_from_lores(camera: Path, tmp_path: 
 
 @pytest.mark.slow
 def test_snapshot_takes_the_cameras_lores_picture(camera: Path, tmp_path: Path) -> None:
-    cfg = tmp_path / "agent.yaml"
-    cfg.write_text("source:\n  kind: picamera2\n  fps: 30\n  picamera2:\n    width: 960\n    height: 540\n"
-                   f"    lores_width: {LORES[0]}\n    lores_height: {LORES[1]}\n"
-                   f"spool:\n  dir: {tmp_path / 'spool'}\n")
-    env = {**os.environ, "PYTHONPATH": f"{STANDIN}{os.pathsep}{ROOT}"}
+    cfg, env = _camera_config(tmp_path)
     out = subprocess.run([sys.executable, "-m", "edge_agent.cli", "snapshot", "-c", str(cfg), "-o",
                           str(tmp_path / "snap.jpg")], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
