@@ -285,7 +285,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         print(f"  encoder {name}: {_encoder_status(name)}")
 
     gray = _gray_at(args.video, PROBE_FRAME_T)
-    from edge_agent.pipeline.detector import make_decoder
+    from edge_agent.pipeline.qr_detector import make_decoder
 
     _, zxing = make_decoder("zxing")
     zxing_payloads = [c.payload.decode() for c in zxing(gray)]

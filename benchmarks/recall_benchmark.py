@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 from edge_agent.capture.media import GrayFrame, luma  # noqa: E402
 from edge_agent.config import DetectorConfig  # noqa: E402
 from edge_agent.delivery.cid import CidValidator  # noqa: E402
-from edge_agent.pipeline.detector import Detector  # noqa: E402
+from edge_agent.pipeline.qr_detector import Detector  # noqa: E402
 
 Decode = Callable[[np.ndarray], list[bytes]]
 

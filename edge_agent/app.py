@@ -31,8 +31,8 @@ from edge_agent.delivery.sinks import ClipSink
 from edge_agent.delivery.spool import Spool
 from edge_agent.delivery.uploader import ResultCallback, Uploader
 from edge_agent.metrics import Metrics
-from edge_agent.pipeline.detector import Detector
 from edge_agent.pipeline.events import EventLog, EventSnapshot
+from edge_agent.pipeline.qr_detector import Detector
 from edge_agent.pipeline.wiring import Pipeline
 
 log = logging.getLogger("edge_agent.app")

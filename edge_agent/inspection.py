@@ -19,7 +19,7 @@ from edge_agent.config import Config
 from edge_agent.delivery.cid import CidValidator, escape_payload, payload_text
 
 if TYPE_CHECKING:
-    from edge_agent.pipeline.detector import Detector, DetectResult
+    from edge_agent.pipeline.qr_detector import Detector, DetectResult
 
 # BGR
 GREEN, RED, BLUE, ORANGE = (40, 200, 40), (40, 40, 230), (230, 120, 30), (0, 150, 255)

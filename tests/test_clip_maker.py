@@ -13,7 +13,7 @@ import pytest
 from edge_agent.capture.media import Packet
 from edge_agent.capture.source import AvSource
 from edge_agent.config import ClipConfig, SourceConfig
-from edge_agent.pipeline.clip import ClipError, ClipMaker, validate
+from edge_agent.pipeline.clip_maker import ClipError, ClipMaker, validate
 from edge_agent.pipeline.edit_list import EditListError, end_presentation
 from edge_agent.pipeline.ring import Recording, RingBuffer
 from tests.media_factory import make_video

@@ -8,7 +8,7 @@ import pytest
 
 from edge_agent.capture.media import GrayFrame
 from edge_agent.config import DetectorConfig, RoiConfig
-from edge_agent.pipeline.detector import Detector
+from edge_agent.pipeline.qr_detector import Detector
 from tests.media_factory import qr_image
 
 

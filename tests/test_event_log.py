@@ -10,8 +10,8 @@ import threading
 import pytest
 
 from edge_agent.delivery.outcome import UploadResult
-from edge_agent.pipeline.detector import Detection
 from edge_agent.pipeline.events import Delivery, EventLog, OpenEvent
+from edge_agent.pipeline.qr_detector import Detection
 
 SIGHTINGS = 5
 

@@ -4,8 +4,8 @@ are separate."""
 
 from __future__ import annotations
 
-from edge_agent.pipeline.detector import Detection
 from edge_agent.pipeline.events import Action, EventTracker
+from edge_agent.pipeline.qr_detector import Detection
 
 
 def det(t: float) -> Detection:

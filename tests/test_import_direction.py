@@ -86,7 +86,7 @@ def upward_imports(layers: list[list[str]]) -> tuple[list[str], list[str]]:
 def test_the_doc_states_the_layers_top_first() -> None:
     layers = layers_from_doc(DOC.read_text(encoding="utf-8"))
     assert layers[0] == ["cli"] and "const" in layers[-1], layers
-    assert layer_of("edge_agent.pipeline.wiring", layers) < layer_of("edge_agent.pipeline.detect", layers)
+    assert layer_of("edge_agent.pipeline.wiring", layers) < layer_of("edge_agent.pipeline.detect_stage", layers)
 
 
 def test_every_module_imports_only_its_layer_and_those_below() -> None:

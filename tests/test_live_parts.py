@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from edge_agent.capture.media import GrayFrame
-from edge_agent.pipeline.live import ReadTally, Thumbnails, ViewerSlot
+from edge_agent.pipeline.view_feed import ReadTally, Thumbnails, ViewerSlot
 
 
 def frame(t: float = 0.0) -> GrayFrame:

@@ -16,8 +16,8 @@ import pytest
 
 from edge_agent.capture.media import GrayFrame
 from edge_agent.config import DetectorConfig
-from edge_agent.pipeline.detector import Detection, Detector, DetectResult, Unread
 from edge_agent.pipeline.noreads import NoRead, NoReadStore, NoReadTracker
+from edge_agent.pipeline.qr_detector import Detection, Detector, DetectResult, Unread
 from tests.media_factory import qr_image
 
 W, H = 640, 360

@@ -68,7 +68,7 @@ def test_a_photographed_code_local_thresholding_misses_is_read_with_a_global_his
 
     from edge_agent.capture.media import GrayFrame
     from edge_agent.config import DetectorConfig
-    from edge_agent.pipeline.detector import Detector
+    from edge_agent.pipeline.qr_detector import Detector
 
     photos = photo_set()
     entry = next(p for p in photos.manifest()["photos"] if p["file"] == "zxing-android1-qrcode-1.jpg")

@@ -12,7 +12,7 @@ import numpy as np
 
 from edge_agent.capture.media import GrayFrame
 from edge_agent.delivery import contract
-from edge_agent.pipeline.detector import Detection, Unread
+from edge_agent.pipeline.qr_detector import Detection, Unread
 from edge_agent.pipeline.track import SightingLog
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -73,7 +73,7 @@ def check_libraries(cfg: Config) -> Result:
     except ImportError as exc:
         return Result("libraries", FAIL, f"PyAV cannot be imported: {exc}",
                       "reinstall edge-agent into its venv: /opt/edge-agent/venv/bin/pip install av")
-    from edge_agent.pipeline.detector import DecoderUnavailable, decoder_error, make_decoder
+    from edge_agent.pipeline.qr_detector import DecoderUnavailable, decoder_error, make_decoder
 
     try:
         name, _ = make_decoder(cfg.detector.decoder)
@@ -105,7 +105,7 @@ def check_detector(agent: Agent, sample: SourceSample) -> Result:
     import av
 
     from edge_agent.capture.media import GrayFrame, luma, open_decoder, to_av_packet
-    from edge_agent.pipeline.detector import DecoderUnavailable
+    from edge_agent.pipeline.qr_detector import DecoderUnavailable
 
     try:
         det = agent.detector()

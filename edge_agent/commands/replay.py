@@ -214,7 +214,7 @@ def run_replay(args: argparse.Namespace) -> int:
 def _lost(report: dict[str, Any], stopped: bool = False) -> str:
     """What the run did not deliver whole, in words; empty when everything went through. A requested
     stop's own cost (clips its budget left without video) is not a loss: the stop was asked for."""
-    from edge_agent.pipeline.clip import STOP_BUDGET_ERROR
+    from edge_agent.pipeline.clip_maker import STOP_BUDGET_ERROR
 
     parts = []
     events = report["events"]

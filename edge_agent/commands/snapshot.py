@@ -31,7 +31,7 @@ from edge_agent.redact import redact
 if TYPE_CHECKING:
     from edge_agent.app import Agent
     from edge_agent.capture.source import AvSource
-    from edge_agent.pipeline.detector import Detector
+    from edge_agent.pipeline.qr_detector import Detector
 
 __all__ = ["FrameReader", "Report", "analyse", "annotate", "pick", "print_report"]
 

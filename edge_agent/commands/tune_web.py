@@ -27,7 +27,7 @@ def serve(cfg: Config, port: int | None) -> int:
     from edge_agent.capture.media import GrayFrame, luma
     from edge_agent.commands.snapshot import open_reader
     from edge_agent.delivery.credentials import CredentialError
-    from edge_agent.pipeline.live import ViewerSlot
+    from edge_agent.pipeline.view_feed import ViewerSlot
     from edge_agent.service.http import ExposureRefused, WebServer, access_for
     from edge_agent.service.liveview import LiveView
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from edge_agent.delivery.contract import rfc3339
 from edge_agent.delivery.outcome import UploadResult
-from edge_agent.pipeline.detector import Detection
+from edge_agent.pipeline.qr_detector import Detection
 
 
 class Action(Enum):

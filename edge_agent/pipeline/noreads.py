@@ -31,7 +31,7 @@ import numpy as np
 from edge_agent.capture.media import GrayFrame
 from edge_agent.config import Config
 from edge_agent.metrics import Metrics
-from edge_agent.pipeline.detector import DetectResult, Polygon
+from edge_agent.pipeline.qr_detector import DetectResult, Polygon
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from edge_agent.capture.media import GrayFrame
 from edge_agent.delivery import contract
 from edge_agent.inspection import code_figures, exposure
-from edge_agent.pipeline.detector import Detection, Unread
+from edge_agent.pipeline.qr_detector import Detection, Unread
 
 Polygon = tuple[tuple[int, int], ...]
 

@@ -24,14 +24,14 @@ from edge_agent.config.live import LivePart
 from edge_agent.delivery.sinks import ClipSink
 from edge_agent.metrics import Metrics
 from edge_agent.pipeline.base import FrameSlot
-from edge_agent.pipeline.clips import ClipStage, ClipStatus
+from edge_agent.pipeline.clip_stage import ClipStage, ClipStatus
 from edge_agent.pipeline.decode import DecodeStage, DecodeStatus
-from edge_agent.pipeline.detect import DetectStage, DetectStatus
+from edge_agent.pipeline.detect_stage import DetectStage, DetectStatus
 from edge_agent.pipeline.events import Action, EventLog, EventSnapshot, OpenEvent
-from edge_agent.pipeline.live import ReadTally
 from edge_agent.pipeline.noreads import NoReads
 from edge_agent.pipeline.ring import Recording, RingBuffer
 from edge_agent.pipeline.track import SightingLog
+from edge_agent.pipeline.view_feed import ReadTally
 from edge_agent.stage import Failure, FailureBox, StageThread
 
 

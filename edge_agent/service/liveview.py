@@ -25,8 +25,8 @@ from edge_agent.config import Config
 from edge_agent.delivery.cid import CidValidator
 from edge_agent.inspection import Report, annotate, report_from
 from edge_agent.pipeline.events import Delivery, EventSnapshot
-from edge_agent.pipeline.live import Thumbnails, ViewerSlot
 from edge_agent.pipeline.noreads import NoReadStore
+from edge_agent.pipeline.view_feed import Thumbnails, ViewerSlot
 from edge_agent.service.http import MJPEG_BOUNDARY
 
 if TYPE_CHECKING:

@@ -20,12 +20,12 @@ from edge_agent.config.live import PendingConfig
 from edge_agent.delivery.cid import CidValidator, escape_payload
 from edge_agent.metrics import Metrics
 from edge_agent.pipeline.base import END, FrameSlot
-from edge_agent.pipeline.detector import Detection, Detector
 from edge_agent.pipeline.events import Action, EventTracker, OpenEvent
-from edge_agent.pipeline.live import Thumbnails, ViewerSlot
 from edge_agent.pipeline.noreads import NoReads
+from edge_agent.pipeline.qr_detector import Detection, Detector
 from edge_agent.pipeline.ring import RingBuffer
 from edge_agent.pipeline.track import SightingLog
+from edge_agent.pipeline.view_feed import Thumbnails, ViewerSlot
 
 log = logging.getLogger("edge_agent.pipeline")
 

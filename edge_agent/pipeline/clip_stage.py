@@ -30,7 +30,7 @@ from edge_agent.delivery import contract
 from edge_agent.delivery.sinks import ClipSink
 from edge_agent.metrics import Metrics
 from edge_agent.pipeline.base import END
-from edge_agent.pipeline.clip import ClipError, ClipMaker, EncoderStatus, OutOfTime
+from edge_agent.pipeline.clip_maker import ClipError, ClipMaker, EncoderStatus, OutOfTime
 from edge_agent.pipeline.events import EventLog, EventSnapshot
 from edge_agent.pipeline.ring import Recording
 from edge_agent.pipeline.track import SightingLog
