@@ -8,21 +8,26 @@ import ctypes
 import importlib
 import os
 import sys
+from collections.abc import Sequence
 from typing import NoReturn
 
 from edge_agent import __version__, const
 
-# Modules with a `register(subparsers)` function, in the order their commands appear in --help.
-COMMAND_MODULES = (
-    "edge_agent.commands.replay",
-    "edge_agent.commands.run",
-    "edge_agent.commands.check",
-    "edge_agent.commands.snapshot",
-    "edge_agent.commands.config",
-    "edge_agent.commands.spool",
-    "edge_agent.commands.noreads",
-    "edge_agent.receiver.cli",
-)
+# Each command and the module whose `register(subparsers)` adds it, in the order of --help. A run of one
+# command imports only its module: all of them (pydantic's schema, OpenCV, PyAV, the web server) take
+# ~0.8 s on this x86 box and several seconds on a Pi 4, paid by every `spool status` and every
+# ExecReload otherwise.
+COMMANDS = {
+    "replay": "edge_agent.commands.replay",
+    "run": "edge_agent.commands.run",
+    "check": "edge_agent.commands.check",
+    "snapshot": "edge_agent.commands.snapshot",
+    "tune": "edge_agent.commands.snapshot",
+    "config": "edge_agent.commands.config",
+    "spool": "edge_agent.commands.spool",
+    "noreads": "edge_agent.commands.noreads",
+    "receiver": "edge_agent.receiver.cli",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,7 +38,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(const.EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_in(argv: Sequence[str]) -> str | None:
+    """The sub-command an argument list names (the first word that is not an option), if it is one."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return word if word in COMMANDS else None
+
+
+def build_parser(command: str | None = None, argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser with every command, or with only `command`'s module when the arguments name one."""
     parser = _Parser(
         prog="edge-agent",
         description="Read QR-coded CIDs from a camera, cut a video clip around each, deliver both.")
@@ -41,7 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an unexpected error (default: one line)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    for name in COMMAND_MODULES:
+    if command:
+        modules = [COMMANDS[command]]
+    elif "--version" in argv and not {"-h", "--help"} & set(argv):
+        modules = []  # argparse prints the version before it asks for a command
+    else:
+        modules = list(dict.fromkeys(COMMANDS.values()))
+    for name in modules:
         importlib.import_module(name).register(sub)
     return parser
 
@@ -62,7 +80,8 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     limit_malloc_arenas()
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(command_in(argv), argv)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
