@@ -139,9 +139,9 @@ ANALYSIS_OPTIONS: dict[str, str] = {"skip_loop_filter": "all"}
 def open_decoder(info: StreamInfo, threads: bool = True, analysis: bool = False) -> av.CodecContext:
     """A decoder for a source's stream, set up in the one place every stage and command uses.
 
-    FFmpeg's default slice threading uses one core on single-slice streams; `AUTO` adds frame
-    threads (measured 40-55% faster on 1080p H.264). A caller decoding a frame or two passes
-    threads=False. `analysis`: the pictures feed the QR detector only, so the cheap
+    `threads`: frame and slice threads (`AUTO`, measured 40-55% faster on 1080p H.264, for more CPU in
+    all); otherwise one thread, the cheapest in CPU, for a live camera that one core keeps up with and
+    for a caller decoding a frame or two. `analysis`: the pictures feed the QR detector only, so the cheap
     ANALYSIS_OPTIONS apply (same reads on the sample videos, measured by benchmarks/analysis_decode.py).
     """
     dec = av.CodecContext.create(info.codec, "r")
@@ -151,6 +151,10 @@ def open_decoder(info: StreamInfo, threads: bool = True, analysis: bool = False)
         dec.width, dec.height, dec.pix_fmt = info.width, info.height, info.pix_fmt
     if threads:
         dec.thread_type = "AUTO"
+    else:
+        # one thread indeed: FFmpeg's default slice threads split a multi-slice picture across cores,
+        # with their own hand-off costs (measured 15% more CPU on 1080p x264, benchmarks/stage_cpu.py)
+        dec.thread_count = 1
     if analysis and info.codec == "h264":
         dec.options = dict(ANALYSIS_OPTIONS)
     return dec
