@@ -26,7 +26,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,7 @@ _INACTIVE_MSG = "InotifyEmitter.queue_events() called when the thread is inactiv
 _RACE_FILTER = _ShutdownRaceFilter()
 
 
-class CheckOutcome(str, Enum):
+class CheckOutcome(StrEnum):
     """What one check of the config decided."""
 
     LOADED = "loaded"  # the content changed and loads: handed to on_config
@@ -93,6 +93,8 @@ class CheckOutcome(str, Enum):
 
 @dataclass(frozen=True)
 class ConfigCheck:
+    """One finished check: its place in the count and what it decided."""
+
     number: int  # checks finished since the watcher was made, this one included
     outcome: CheckOutcome
 
@@ -211,6 +213,7 @@ class ConfigWatcher:
 
     @property
     def last_check(self) -> ConfigCheck | None:
+        """The last finished check; None before the first."""
         with self._lock:
             return self._last
 
@@ -248,7 +251,7 @@ class ConfigWatcher:
                     self._done = seq
                     self._last = ConfigCheck((self._last.number if self._last else 0) + 1, outcome)
                     self._checked.notify_all()
-                log.debug("config checked: %s path=%s", outcome.value, self.path)
+                log.debug("config checked: %s path=%s", outcome, self.path)
 
     def _decide(self) -> CheckOutcome:
         digest = self._hash()
