@@ -15,10 +15,11 @@ uploader of its own, so what they show is what the daemon does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,15 +117,27 @@ class Agent:
     def refuse(self, then: Callable[[], None]) -> None:
         """A reload whose config does not load: nothing changes, and `then` (the caller's bookkeeping)
         runs under the reload lock, in order with the reloads that did apply."""
-        with self._reload_lock:
+        with self._one_reload():
             then()
+
+    @contextlib.contextmanager
+    def _one_reload(self) -> Iterator[None]:
+        """The reload lock. A trigger that finds another reload in progress says so before it waits:
+        the journal then tells why a reload's line came late (and a test knows it is waiting)."""
+        if not self._reload_lock.acquire(blocking=False):
+            log.info("reload waits for the one in progress")
+            self._reload_lock.acquire()
+        try:
+            yield
+        finally:
+            self._reload_lock.release()
 
     def reconfigure(self, new: Config, then: Callable[[Reconfigured], None] | None = None) -> Reconfigured:
         """Hand each registered part the changed keys it registered for (restart-only ones too: a
         part that can apply one in place, the capture's source, does; the others keep theirs), then
         `then(result)` (the caller's bookkeeping), all under one lock: two triggers at once apply one
         after the other, never interleaved."""
-        with self._reload_lock:
+        with self._one_reload():
             old = self.cfg
             live, restart = classify_changes(old, new)
             changed = live + restart

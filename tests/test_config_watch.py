@@ -1,5 +1,6 @@
 """Saving the config reloads it however the editor writes, once per burst; a bad edit keeps the old
-config; live and restart-only keys are told apart."""
+config; live and restart-only keys are told apart. The tests wait on the watcher's own record of its
+checks (`wait_checked`), so "no reload" is asserted after the watcher has looked, not after a pause."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from pathlib import Path
 
 from edge_agent.config import Config, parse_config
-from edge_agent.service.reload import ConfigWatcher, classify_changes
+from edge_agent.service.reload import CheckOutcome, ConfigCheck, ConfigWatcher, classify_changes
 
 SRC = "source: {kind: file, path: x.mp4}\n"
 
@@ -19,18 +20,27 @@ class Collector:
         self.configs: list[Config] = []
         self.errors: list[list[str]] = []
         self.event = threading.Event()
+        self.watcher: ConfigWatcher | None = None
+        self.before = 0  # checks finished before the one that reloaded
 
     def ok(self, cfg: Config) -> None:
         self.configs.append(cfg)
-        self.event.set()
+        self._heard()
 
     def bad(self, lines: list[str]) -> None:
         self.errors.append(lines)
+        self._heard()
+
+    def _heard(self) -> None:
+        assert self.watcher is not None
+        self.before = self.watcher.checks  # the calling check is not counted yet
         self.event.set()
 
     def wait(self, timeout: float = 5.0) -> None:
+        """Until a reload (or its errors), then until that check and every one due after it finished:
+        a second reload from the same save would be in by then."""
         assert self.event.wait(timeout), "no reload"
-        time.sleep(0.3)  # any straggler reload would land now
+        assert self.watcher is not None and self.watcher.wait_checked(self.before, timeout), "check not finished"
         self.event.clear()
 
 
@@ -39,8 +49,16 @@ def watch(tmp_path: Path) -> tuple[Path, Collector, ConfigWatcher]:
     path.write_text("clip:\n  pre_roll_s: 1\n" + SRC)
     c = Collector()
     w = ConfigWatcher(path, c.ok, c.bad, debounce_s=0.2)
+    c.watcher = w
     w.start()
     return path, c, w
+
+
+def checked(w: ConfigWatcher, after: int) -> ConfigCheck:
+    """The watcher's decision on a change made after its check number `after`."""
+    check = w.wait_checked(after, timeout=5.0)
+    assert check is not None, "the watcher did not check the config after the change"
+    return check
 
 
 def test_in_place_write_reloads(tmp_path: Path) -> None:
@@ -78,8 +96,9 @@ def test_burst_of_writes_gives_one_reload_and_unchanged_content_none(tmp_path: P
             time.sleep(0.01)
         c.wait()
         assert [cfg.clip.pre_roll_s for cfg in c.configs] == [1.9]
+        n = w.checks
         path.write_text("clip:\n  pre_roll_s: 1.9\n" + SRC)  # same content: no reload
-        time.sleep(0.6)
+        assert checked(w, n).outcome == CheckOutcome.UNCHANGED
         assert len(c.configs) == 1
     finally:
         w.stop()
@@ -119,8 +138,9 @@ def test_a_fragment_written_renamed_in_or_removed_reloads(tmp_path: Path) -> Non
         frag.unlink()
         c.wait()
         assert [cfg.clip.pre_roll_s for cfg in c.configs] == [2, 3, 1]
+        n = w.checks
         (tmp_path / "config.d" / "10-fleet.yaml~").write_text("clip:\n  pre_roll_s: 4\n")  # not a fragment
-        time.sleep(0.6)
+        assert checked(w, n).outcome == CheckOutcome.UNCHANGED
         assert len(c.configs) == 3
     finally:
         w.stop()
@@ -129,8 +149,10 @@ def test_a_fragment_written_renamed_in_or_removed_reloads(tmp_path: Path) -> Non
 def test_a_fragment_folder_made_after_start_is_watched_and_its_errors_reported(tmp_path: Path) -> None:
     path, c, w = watch(tmp_path)
     try:
+        n = w.checks
         (tmp_path / "config.d").mkdir()
-        time.sleep(0.5)  # the folder's own event, an unchanged config: no reload
+        # the folder's own event: checked (after the folder is watched), an unchanged config
+        assert checked(w, n).outcome == CheckOutcome.UNCHANGED
         assert c.configs == [] and c.errors == []
         (tmp_path / "config.d" / "10-fleet.yaml").write_text("clip:\n  pre_rol_s: 2\n")
         c.wait()

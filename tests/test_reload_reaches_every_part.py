@@ -5,6 +5,7 @@ The live view is checked by what it does too: the new CID rule and the ROI drawn
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -138,9 +139,10 @@ class SlowPart:
         self.applying -= 1
 
 
-def test_two_triggers_at_once_reload_one_after_the_other() -> None:
+def test_two_triggers_at_once_reload_one_after_the_other(caplog: pytest.LogCaptureFixture) -> None:
     """The watcher's thread and the main loop (SIGHUP) both call Agent.reconfigure: the second waits
     for the first, and the last config wins everywhere."""
+    caplog.set_level(logging.INFO, logger="edge_agent.app")
     agent = Agent(Config(device_id="a"))
     part = SlowPart(agent.cfg)
     agent.take_live("slow", ("device_id",), part)
@@ -149,7 +151,10 @@ def test_two_triggers_at_once_reload_one_after_the_other() -> None:
     assert part.inside.wait(10)
     second = threading.Thread(target=agent.reconfigure, args=(Config(device_id="c"),))
     second.start()
-    second.join(0.3)  # without the lock the second reload is inside apply by now (seen: most_at_once 2)
+    # the second either says it waits for the first, or (without the lock) runs into apply beside it
+    left = wait_until(lambda: [] if part.applying > 1 or "reload waits for the one in progress" in caplog.text
+                      else ["the second reload"], timeout=10)
+    assert not left, "the second reload neither waited nor ran"
     part.release.set()
     first.join(10)
     second.join(10)

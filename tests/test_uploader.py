@@ -242,7 +242,7 @@ def test_wake_delivers_a_new_clip_at_once(tmp_path: Path) -> None:
     with FlakyServer() as server:
         up = uploader(spool, server.url)
         up.start()
-        time.sleep(0.2)  # the worker is now idle for IDLE_POLL_S (5 s)
+        assert up.wait_idle(5)  # an empty queue: the worker waits up to IDLE_POLL_S (5 s) unless woken
         add_clip(spool)
         up.wake()
         assert wait_for(lambda: server.delivered, 1.0)

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from edge_agent.service.http import MJPEG_MAX_VIEWERS
-from edge_agent.service.http_limits import FREE_FAILURES
+from edge_agent.service.http_limits import FREE_FAILURES, LOG_INTERVAL_S
 from tests.web_fixture import PASSWORD, Web, wait_for
 
 
@@ -26,23 +26,12 @@ def reset(sock: socket.socket) -> None:
     sock.close()
 
 
-def settled(path: Path) -> int:
-    """The log's line count once it has stopped growing for a second (the server's threads are done)."""
-    last, since = -1, time.monotonic()
-    while True:
-        n = len(path.read_text().splitlines())
-        if n != last:
-            last, since = n, time.monotonic()
-        elif time.monotonic() - since > 1.0:
-            return n
-        time.sleep(0.1)
-
-
 @pytest.mark.slow
 def test_resets_and_bad_requests_are_a_few_lines_not_a_traceback_each(tmp_path: Path) -> None:
     with Web(tmp_path, loop=True) as web:
         wait_for(lambda: requests.get(web.url + "/frame.jpg", timeout=5).status_code == 200, 20, "a first frame")
-        before = settled(web.log)
+        before = len(web.log.read_bytes())
+        started = time.monotonic()
         for i in range(200):
             sock = socket.create_connection(("127.0.0.1", web.port))
             if i % 2:
@@ -56,12 +45,16 @@ def test_resets_and_bad_requests_are_a_few_lines_not_a_traceback_each(tmp_path: 
                 sock.recv(4096)
         assert requests.get(web.url + "/api/status", timeout=5).status_code == 200  # still serving
         wait_for(lambda: "dropped the connection" in web.log.read_text(), 10, "a line about the resets")
-        added = web.log.read_text().splitlines()[before:settled(web.log)]
-        assert web.stop() == 0
+        assert web.stop() == 0  # every line the storm causes is in the log once the process has exited
+        window = time.monotonic() - started
+    added = web.log.read_bytes()[before:].decode(errors="replace").splitlines()
     text = "\n".join(added)
     assert "Traceback" not in text and "ConnectionResetError" not in text.split("dropped the connection")[0]
-    # one line per kind per 10 s: the resets, the bad requests, and the rest of the run's own lines
-    assert len([line for line in added if "web client" in line]) <= 4, text
+    # one line per kind (the resets, the bad requests) per LOG_INTERVAL_S of the storm, however long a
+    # loaded machine takes over it (the limiter's own timing is pinned on a stepped clock in
+    # test_http_limits.py); a line per connection would be 250
+    most = 2 * (1 + int(window // LOG_INTERVAL_S))
+    assert len([line for line in added if "web client" in line]) <= most, (window, text)
     assert any("sent a bad request" in line for line in added), text
 
 

@@ -72,6 +72,7 @@ class Uploader:
         self._session.mount("https://", adapter)
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._idle = threading.Event()  # the worker's last pass found nothing due; it waits
         self._thread: threading.Thread | None = None
         self._attempt_lock = threading.Lock()
         self._cutter: DeadlineCutter | None = None  # one request at a time, whoever asks
@@ -124,6 +125,12 @@ class Uploader:
         """Look at the queue now (a new clip, a new config). A clip backing off stays backing off."""
         self._wake.set()
 
+    def wait_idle(self, timeout: float) -> bool:
+        """True once the worker has found nothing due and waits (for a wake, the head clip's retry
+        time or the poll): every clip it could send has had its attempt. As of the worker's last
+        pass: a clip queued since then counts only after the next one (`wake` asks for it)."""
+        return self._idle.wait(timeout)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()
@@ -132,10 +139,12 @@ class Uploader:
                 if self.deliver_once():
                     continue
                 wait = self._idle_s()
+                self._idle.set()
             except Exception:  # never let one odd clip, a full disk or a closed spool kill delivery
                 log.exception("uploader: unexpected error")
                 wait = ERROR_PAUSE_S
             self._wake.wait(wait)
+            self._idle.clear()
 
     def _idle_s(self) -> float:
         """How long nothing can be done: until the head's retry time, or a poll interval."""

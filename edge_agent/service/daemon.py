@@ -180,8 +180,10 @@ class Daemon:
             self.agent.add_part("config watcher", lambda _s: self._watcher.stop())
         self.uploader.start()
         self.pipeline.start()
-        log.info("started version=%s device_id=%s source=%s upload=%s spool=%s", __version__, cfg.device_id,
-                 cfg.source.kind, cfg.upload.url or "-", cfg.spool.dir)
+        # whether saving the file reloads it (otherwise only SIGHUP does): said from the watcher itself
+        log.info("started version=%s device_id=%s source=%s upload=%s spool=%s config_watch=%s", __version__,
+                 cfg.device_id, cfg.source.kind, cfg.upload.url or "-", cfg.spool.dir,
+                 "on" if self._watcher is not None else "off")
 
     def _start_http(self, access: Any) -> None:
         from edge_agent.service.http import WebServer

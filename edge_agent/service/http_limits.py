@@ -17,6 +17,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 LOG_INTERVAL_S = 10.0
@@ -32,14 +33,15 @@ class LineLimiter:
     """`allow(kind)` is None when a line of that kind was logged less than `interval_s` ago (counted),
     else the number of lines left out since the last one (0 or more): log then, and say it."""
 
-    def __init__(self, interval_s: float = LOG_INTERVAL_S):
+    def __init__(self, interval_s: float = LOG_INTERVAL_S, clock: Callable[[], float] = time.monotonic):
         self.interval_s = interval_s
+        self._clock = clock  # seconds, monotonic; a test passes its own to step through the interval
         self._lock = threading.Lock()
         self._last: dict[str, float] = {}
         self._skipped: dict[str, int] = {}
 
     def allow(self, kind: str) -> int | None:
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             last = self._last.get(kind)
             if last is not None and now - last < self.interval_s:
@@ -77,15 +79,17 @@ class LoginBackoff:
     """Failed logins per client (by `client_key`), and how long each must wait before its next try."""
 
     def __init__(self, free: int = FREE_FAILURES, start_s: float = BACKOFF_START_S, cap_s: float = BACKOFF_CAP_S,
-                 forget_s: float = FORGET_S, max_clients: int = MAX_CLIENTS):
+                 forget_s: float = FORGET_S, max_clients: int = MAX_CLIENTS,
+                 clock: Callable[[], float] = time.monotonic):
         self.free, self.start_s, self.cap_s = free, start_s, cap_s
         self.forget_s, self.max_clients = forget_s, max_clients
+        self._clock = clock  # seconds, monotonic; a test passes its own to step through waits of minutes
         self._lock = threading.Lock()
         self._clients: OrderedDict[str, _Client] = OrderedDict()
 
     def retry_after_s(self, host: str) -> int:
         """Whole seconds `host` must still wait before its password is checked again; 0: check it now."""
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             c = self._clients.get(client_key(host))
             if c is None:
@@ -97,7 +101,7 @@ class LoginBackoff:
 
     def failed(self, host: str) -> tuple[int, float]:
         """Count a wrong password; returns (failures so far, seconds until the next try is checked)."""
-        now = time.monotonic()
+        now = self._clock()
         key = client_key(host)
         with self._lock:
             c = self._clients.pop(key, None)

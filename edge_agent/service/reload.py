@@ -6,6 +6,12 @@ itself misses the rename; watching its folder (the watchdog library, inotify on 
 of them. Events come in bursts, so a reload waits until the folder has been quiet for
 `debounce_s`, and happens only when the content really changed.
 
+Each look at the config after a change (a *check*) ends with a decision: the new config handed
+over, its errors reported, the content unchanged, or the file away mid-save. `checks`,
+`last_check` and `wait_checked` make that decision observable, so a caller that changed the file
+(a deployment step, a test) can wait until the watcher has looked and know what it decided rather
+than wait a guessed time.
+
 The fragments in the config's `.d` folder (config/loader.py) are part of the config: the folder is
 watched too (from the moment it appears), and the content compared is the main file and every
 fragment together.
@@ -19,6 +25,8 @@ import json
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +81,28 @@ _INACTIVE_MSG = "InotifyEmitter.queue_events() called when the thread is inactiv
 _RACE_FILTER = _ShutdownRaceFilter()
 
 
+class CheckOutcome(StrEnum):
+    """What one check of the config decided."""
+
+    LOADED = "loaded"  # the content changed and loads: handed to on_config
+    INVALID = "invalid"  # the content changed and does not load: its errors went to on_error
+    UNCHANGED = "unchanged"  # the same content as the last check (a touch, a save without edits)
+    AWAY = "away"  # the main file is missing (mid-rename, or deleted): the next event brings it back
+    FAILED = "failed"  # on_config or on_error raised (the timer thread logs its traceback)
+
+
+@dataclass(frozen=True)
+class ConfigCheck:
+    """One finished check: its place in the count and what it decided."""
+
+    number: int  # checks finished since the watcher was made, this one included
+    outcome: CheckOutcome
+
+
 class ConfigWatcher:
+    """Calls `on_config` with the new config, or `on_error` with its located errors, once per burst
+    of changes to the config file or its fragments (from the watchdog and timer threads)."""
+
     def __init__(self, path: Path, on_config: Callable[[Config], None], on_error: Callable[[list[str]], None],
                  debounce_s: float = 0.5):
         self.fragment_dir = fragment_dir(Path(path).absolute())
@@ -84,6 +113,11 @@ class ConfigWatcher:
         self._digest = self._hash()
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
+        self._checked = threading.Condition(self._lock)  # a check finished
+        self._check_lock = threading.Lock()  # one check at a time, even when a new timer fires during a slow one
+        self._scheduled = 0  # timers started: only the newest one checks (the debounce)
+        self._done = 0  # the timer whose check finished last
+        self._last: ConfigCheck | None = None
         self._observer: Any = None
         self._fragment_watch: Any = None
 
@@ -169,27 +203,70 @@ class ConfigWatcher:
             self._observer.stop()
             self._observer.join(2)
 
+    # --- what the checks decided (any thread) ---------------------------------------------------
+
+    @property
+    def checks(self) -> int:
+        """Checks finished so far."""
+        with self._lock:
+            return self._last.number if self._last else 0
+
+    @property
+    def last_check(self) -> ConfigCheck | None:
+        """The last finished check; None before the first."""
+        with self._lock:
+            return self._last
+
+    def wait_checked(self, after: int, timeout: float) -> ConfigCheck | None:
+        """Block until a check numbered above `after` has finished and no other is due (the events
+        seen so far are all decided); returns the last check, or None at the timeout. Take `after`
+        from `checks` before changing the file."""
+        with self._checked:
+            settled = self._checked.wait_for(
+                lambda: self._last is not None and self._last.number > after and self._done == self._scheduled,
+                timeout)
+            return self._last if settled else None
+
+    # --- the debounce and the check -------------------------------------------------------------
+
     def _schedule(self) -> None:
         with self._lock:
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer = threading.Timer(self.debounce_s, self._check)
+            self._scheduled += 1
+            self._timer = threading.Timer(self.debounce_s, self._check, args=(self._scheduled,))
             self._timer.daemon = True
             self._timer.start()
 
-    def _check(self) -> None:
+    def _check(self, seq: int) -> None:
+        with self._check_lock:
+            with self._lock:
+                if seq != self._scheduled:
+                    return  # a newer event came as this timer fired: the newer timer checks
+            outcome = CheckOutcome.FAILED
+            try:
+                outcome = self._decide()
+            finally:  # counted even when a callback raised, so no waiter hangs on it
+                with self._checked:
+                    self._done = seq
+                    self._last = ConfigCheck((self._last.number if self._last else 0) + 1, outcome)
+                    self._checked.notify_all()
+                log.debug("config checked: %s path=%s", outcome, self.path)
+
+    def _decide(self) -> CheckOutcome:
         digest = self._hash()
         if digest is None:
-            return  # mid-rename, or deleted: the next event brings it back
+            return CheckOutcome.AWAY
         if digest == self._digest:
-            return
+            return CheckOutcome.UNCHANGED
         self._digest = digest
         try:
             cfg = load_config(self.path)
         except ConfigError as exc:
             self.on_error(exc.lines)
-            return
+            return CheckOutcome.INVALID
         merged = fragments(self.path)
         log.info("config changed: %s%s", self.path, f" + {len(merged)} fragment{'s' if len(merged) > 1 else ''} "
                  f"in {self.fragment_dir}" if merged else "")
         self.on_config(cfg)
+        return CheckOutcome.LOADED
