@@ -27,7 +27,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -35,7 +35,7 @@ import av
 import numpy as np
 
 from edge_agent.capture.media import GrayFrame, Packet, StreamInfo
-from edge_agent.capture.source import SourceError
+from edge_agent.capture.source import SessionEnd, SourceError, read_session
 from edge_agent.config import SourceConfig
 
 log = logging.getLogger(__name__)
@@ -94,20 +94,22 @@ def stream_info(keyframe: bytes, fps: float) -> StreamInfo:
 
 
 class Picamera2Source:
-    """One camera session per `open()`, as `AvSource`: iterate `packets()` until it ends or fails.
+    """One camera session per `open()`, as `AvSource`: iterate `packets()` (or `read`) until it ends or fails.
 
     `packets()` yields the encoder's `Packet`s and the lores `GrayFrame`s, each stamped with its
-    sensor time on the session clock (`t_offset` + seconds since the session's first frame)."""
+    sensor time on the session clock (the `start_t` given to `open` + seconds since the session's first
+    frame)."""
 
     gives_pictures = True  # the detector's frames come from the camera, not from decoding packets
-    live = True
+    camera = True
+    live = True  # the commands' name for `camera` (check, snapshot, tune read it)
 
     def __init__(self, cfg: SourceConfig, path: str | None = None, encoders: Sequence[str] | None = None):
         self.cfg = cfg
         self.path = path
         self.info: StreamInfo | None = None
         self.fps_from: str | None = None
-        self.t_offset = 0.0
+        self._start_t = 0.0
         self._cam: Any = None
         self._encoder: Any = None
         self._encoded: queue.SimpleQueue[tuple[bytes, bool, int]] = queue.SimpleQueue()
@@ -115,7 +117,7 @@ class Picamera2Source:
         self._closed = threading.Event()
         self._lores: tuple[int, int] = (0, 0)
         self._base_us: int | None = None
-        self._wall0 = 0.0
+        self._mono0 = 0.0
         self._base_lock = threading.Lock()
 
     @property
@@ -123,8 +125,11 @@ class Picamera2Source:
         p = self.cfg.picamera2
         return f"picamera2 camera {p.camera} ({p.width}x{p.height}, lores {p.lores_width}x{p.lores_height})"
 
-    def open(self) -> StreamInfo:
+    def open(self, start_t: float = 0.0) -> StreamInfo:
+        """Start the camera; its capture times start at `start_t` (where the session before ended)."""
         self._closed.clear()
+        self._start_t = start_t
+        self._base_us = None
         try:
             picamera2_cls, encoder_cls, output_base = import_picamera2()
         except Picamera2Unavailable as exc:
@@ -169,21 +174,22 @@ class Picamera2Source:
         raise SourceError(f"{self.describe}: stopped while opening")
 
     def _session_t(self, sensor_us: int) -> tuple[float, float]:
-        """(capture time on the session clock, wall-clock time) of a sensor timestamp. The session
-        starts at the first frame either stream gives; both are stamped by the same sensor clock."""
+        """(capture time on the session clock, the capture's moment on the monotonic clock) of a sensor
+        timestamp. The session starts at the first frame either stream gives; both are stamped by the
+        same sensor clock."""
         with self._base_lock:
             if self._base_us is None:
-                self._base_us, self._wall0 = sensor_us, time.time()
+                self._base_us, self._mono0 = sensor_us, time.monotonic()
             rel = (sensor_us - self._base_us) / 1e6
-        return self.t_offset + rel, self._wall0 + rel
+        return self._start_t + rel, self._mono0 + rel
 
     def _packet(self, item: tuple[bytes, bool, int]) -> Packet:
         data, keyframe, ts = item
         assert self.info is not None
         first = self._encoder.firsttimestamp or 0  # sensor microseconds of the encoder's first frame
-        t, wall = self._session_t(first + ts)
-        pts = round((t - self.t_offset) / TIME_BASE)
-        return Packet(data, pts, pts, keyframe, t, wall, self.info)
+        t, mono = self._session_t(first + ts)
+        pts = round((t - self._start_t) / TIME_BASE)
+        return Packet(data, pts, pts, keyframe, t, mono, self.info)
 
     def _picture(self, request: Any) -> GrayFrame:
         """The lores Y plane: `make_array` copies the buffer (YUV420 as a (h*3/2, stride) array) so the
@@ -194,8 +200,8 @@ class Picamera2Source:
             yuv = request.make_array("lores")
         finally:
             request.release()
-        t, wall = self._session_t(sensor_ns // 1000)
-        return GrayFrame(np.asarray(yuv)[:h, :w], t, wall)
+        t, mono = self._session_t(sensor_ns // 1000)
+        return GrayFrame(np.asarray(yuv)[:h, :w], t, mono)
 
     def _drain(self) -> Iterator[Packet]:
         pending, self._pending = self._pending, []
@@ -213,16 +219,12 @@ class Picamera2Source:
         for a request looks up every POLL_S: `interrupt()` (a stall, a stop) ends the session."""
         if self._cam is None or self.info is None:
             raise SourceError("source not open")
-        last_t = self.t_offset
-        frame_s = 1.0 / (self.info.fps or DEFAULT_FPS)
         try:
             while not self._closed.is_set():
                 job = self._cam.capture_request(wait=False)
                 request = None
                 while request is None:
-                    for pkt in self._drain():
-                        last_t = max(last_t, pkt.t)
-                        yield pkt
+                    yield from self._drain()
                     if self._closed.is_set():
                         return
                     try:
@@ -235,8 +237,12 @@ class Picamera2Source:
         except Exception as exc:  # the camera stack's own failures end the session; the supervisor reopens
             if not self._closed.is_set():
                 raise SourceError(f"{self.describe}: read failed: {exc}") from exc
-        finally:
-            self.t_offset = last_t + frame_s
+
+    def read(self, deliver: Callable[[Packet | GrayFrame], bool]) -> SessionEnd:
+        """Hand every packet and picture to `deliver` until it returns False or the session is
+        interrupted; says where the session ended on the capture clock."""
+        fps = self.info.fps if self.info is not None else None
+        return read_session(self.packets(), self._start_t, 1.0 / (fps or DEFAULT_FPS), deliver)
 
     def interrupt(self) -> None:
         """From any thread: `packets()` returns within POLL_S."""
