@@ -105,6 +105,10 @@ def test_the_pipeline_detects_from_lores_and_clips_the_cameras_own_packets(camer
     status = pipeline.status()
     assert heard and heard[0].cid == CID and heard[0].clip and not heard[0].clip_error, heard
     assert status.decode.decoded == 0 and status.detect.frames_analysed > 0  # detection saw lores, nothing decoded
+    # only the pictures picked for the detector (detector.rate_hz of the camera's 30 fps) left the camera's buffers
+    picked = status.detect.frames_analysed + pipeline.metrics.get("edge_agent_frames_skipped_total")
+    assert sys.modules["picamera2"].BUFFER_READS.get("lores") == picked
+    assert picked < status.capture.frames * (cfg.detector.rate_hz + 1) / 30
     # the sensor's time carried to the wall clock: seen while the camera ran, not on some other clock
     detected = datetime.fromisoformat(heard[0].detected_at.replace("Z", "+00:00")).timestamp()
     assert began < detected < time.time(), heard[0].detected_at

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from edge_agent.capture.media import GrayFrame, Packet
+from edge_agent.capture.media import CameraPicture, Packet
 
 
 class PacketConsumer(Protocol):
@@ -31,8 +31,9 @@ class PacketConsumer(Protocol):
 
 
 class PictureConsumer(Protocol):
-    def offer_picture(self, frame: GrayFrame) -> None:
-        """A camera's own picture of a frame (picamera2's lores stream), on the capture thread."""
+    def offer_picture(self, picture: CameraPicture) -> None:
+        """A camera's own picture of a frame (picamera2's lores stream), on the capture thread: still in the
+        camera's buffer, `take()` it (copy it out) before returning if it is wanted."""
 
 
 @dataclass(frozen=True)

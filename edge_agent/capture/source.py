@@ -26,7 +26,7 @@ import av
 from edge_agent import const
 from edge_agent.capture import h264
 from edge_agent.capture.clock import ArrivalFrameClock, CaptureClock, FrameCountClock, PtsClock, measure_fps
-from edge_agent.capture.media import GrayFrame, Packet, StreamInfo
+from edge_agent.capture.media import Packet, StreamInfo
 from edge_agent.capture.raw_encoder import RawEncoder, RawEncoderError
 from edge_agent.config import SourceConfig
 from edge_agent.redact import redact
@@ -108,8 +108,8 @@ class SessionEnd:
     error: SourceError | None  # the read failed (the session ended early); None: the source ended or was stopped
 
 
-def read_session(items: Iterator[Packet | GrayFrame], start_t: float, frame_s: float,
-                 deliver: Callable[[Packet | GrayFrame], bool]) -> SessionEnd:
+def read_session(items: Iterator[Any], start_t: float, frame_s: float,
+                 deliver: Callable[[Any], bool]) -> SessionEnd:
     """Hand each item to `deliver` until it returns False or the items end; the end time follows the
     packets (a camera's pictures are of the same frames)."""
     last_t = start_t - frame_s
@@ -296,7 +296,7 @@ class AvSource:
         fps = self.info.fps if self.info is not None else None
         return 1.0 / fps if fps else 1 / _ASSUMED_FPS
 
-    def read(self, deliver: Callable[[Packet | GrayFrame], bool]) -> SessionEnd:
+    def read(self, deliver: Callable[[Packet], bool]) -> SessionEnd:
         """Hand every packet to `deliver` until it returns False, the source ends or the session is
         interrupted; says where the session ended on the capture clock."""
         return read_session(self.packets(), self._start_t, self._frame_s(), deliver)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from edge_agent import const
 from edge_agent.capture.consumer import Route
-from edge_agent.capture.media import GrayFrame, Packet
+from edge_agent.capture.media import CameraPicture, Packet
 from edge_agent.capture.source import AvSource, SessionEnd, SourceError, make_source
 from edge_agent.config import Config, SourceConfig
 from edge_agent.metrics import Metrics
@@ -184,7 +184,7 @@ class CaptureSupervisor:
         ready = self.ready
         metrics = self.metrics
 
-        def deliver(item: Packet | GrayFrame) -> bool:
+        def deliver(item: Packet | CameraPicture) -> bool:
             if isinstance(item, Packet):
                 self.frames += 1
                 self.last_frame_mono = time.monotonic()

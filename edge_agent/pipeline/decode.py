@@ -26,7 +26,7 @@ from typing import Any
 
 import av
 
-from edge_agent.capture.media import GrayFrame, Packet, StreamInfo, luma, open_decoder, to_av_packet
+from edge_agent.capture.media import CameraPicture, GrayFrame, Packet, StreamInfo, luma, open_decoder, to_av_packet
 from edge_agent.config import Config
 from edge_agent.metrics import Metrics
 from edge_agent.pipeline.base import END, FrameSlot
@@ -155,12 +155,13 @@ class DecodeStage:
             self._drop()
             self._need_keyframe = True
 
-    def offer_picture(self, frame: GrayFrame) -> None:
+    def offer_picture(self, picture: CameraPicture) -> None:
         """Capture thread: a camera's own picture of a frame (picamera2's lores stream), which needs no
-        decoding. The same one-a-slot rule picks them, straight into the detector's hand-off (which
-        never waits for a camera)."""
-        if self._pictures.pick(frame.t, self._rate_hz()):
-            self.out.put(frame)
+        decoding. The same one-a-slot rule picks them, by capture time, before anything is copied: only
+        the picked ones are taken out of the camera's buffer, straight into the detector's hand-off
+        (which never waits for a camera)."""
+        if self._pictures.pick(picture.t, self._rate_hz()):
+            self.out.put(picture.take())
 
     def _drop(self) -> None:
         self.dropped += 1
