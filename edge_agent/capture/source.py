@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import av
 
@@ -131,10 +131,35 @@ def read_session(items: Iterator[Any], start_t: float, frame_s: float,
     return SessionEnd(last_t + frame_s, n, error)
 
 
-def make_source(cfg: SourceConfig, path: str | None = None, encoders: Sequence[str] | None = None) -> Any:
-    """The session object for a source kind: `AvSource` for everything FFmpeg opens, `Picamera2Source`
-    for a Pi CSI camera through picamera2 (imported only for that kind). Both have the same shape:
-    open, packets, read, interrupt, close, camera, describe, info, fps_from, gives_pictures."""
+class Session(Protocol):
+    """What every source kind's session is (`AvSource`, `Picamera2Source`): opened once, read until it
+    ends, fails or is interrupted, closed by the thread that read it."""
+
+    cfg: SourceConfig
+    path: str | None
+    info: StreamInfo | None
+    fps_from: str | None
+    camera: bool  # runs at its own pace and is reopened when it ends; a recorded file does not
+    gives_pictures: bool  # also gives the detector's pictures itself (nothing to decode)
+
+    @property
+    def describe(self) -> str: ...
+
+    def open(self, start_t: float = 0.0) -> StreamInfo: ...
+
+    def packets(self) -> Iterator[Any]: ...
+
+    def read(self, deliver: Callable[[Any], bool]) -> SessionEnd: ...
+
+    def interrupt(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def make_source(cfg: SourceConfig, path: str | None = None, encoders: Sequence[str] | None = None) -> Session:
+    """The session for a source kind: `AvSource` for everything FFmpeg opens (with the kind's opener),
+    `Picamera2Source` for a Pi CSI camera through picamera2 (imported only for that kind). Both are a
+    `Session`."""
     if cfg.kind == "picamera2":
         from edge_agent.capture.picamera2_source import Picamera2Source
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from edge_agent import const
 from edge_agent.capture.consumer import Route
 from edge_agent.capture.media import CameraPicture, Packet
-from edge_agent.capture.source import AvSource, SessionEnd, SourceError, make_source
+from edge_agent.capture.source import Session, SessionEnd, SourceError, make_source
 from edge_agent.config import Config, SourceConfig
 from edge_agent.metrics import Metrics
 from edge_agent.stage import Failure, FailureBox
@@ -47,7 +47,7 @@ class CaptureSupervisor:
     name = "capture"
 
     def __init__(self, cfg: Config, metrics: Metrics, failures: FailureBox,
-                 on_session: Callable[[AvSource, int], Route], videos: Sequence[str] = ()):
+                 on_session: Callable[[Session, int], Route], videos: Sequence[str] = ()):
         # the whole config, replaced (never edited) by a reload: sessions open with its source settings,
         # clip.encoders (raw cameras are encoded as they arrive) and detector.cooldown_s (the gap between
         # replayed files); the stall watch reads source.stall_s from it on every tick
@@ -59,7 +59,7 @@ class CaptureSupervisor:
         self._stop = threading.Event()
         self._restart = threading.Event()
         self._lock = threading.Lock()
-        self._source: AvSource | None = None
+        self._source: Session | None = None
         self._alive = False
         self.ready = threading.Event()  # the source has delivered a frame
         self.frames = 0
@@ -106,7 +106,7 @@ class CaptureSupervisor:
 
     # --- the thread ---------------------------------------------------------------------------
 
-    def _sessions(self) -> Iterator[AvSource]:
+    def _sessions(self) -> Iterator[Session]:
         if self.videos:
             for path in self.videos:
                 yield make_source(self.cfg, path, encoders=self.config.clip.encoders)
@@ -177,7 +177,7 @@ class CaptureSupervisor:
             if not ended.delivered:
                 backoff = min(backoff * 2, const.REOPEN_BACKOFF_CAP_S)
 
-    def _read(self, src: AvSource, route: Route) -> SessionEnd:
+    def _read(self, src: Session, route: Route) -> SessionEnd:
         """One session's packets to the route's consumers, until it ends, fails, or a stop or restart."""
         consumers = tuple(route.packets)
         pictures = route.pictures
@@ -209,7 +209,7 @@ class CaptureSupervisor:
             log.warning("source read failed: %s", ended.error)
         return ended
 
-    def _watch_stall(self, src: AvSource) -> None:
+    def _watch_stall(self, src: Session) -> None:
         """No frame for `source.stall_s`: interrupt the read so the session ends and is reopened."""
         opened = time.monotonic()
         while self._alive and not self._stop.wait(min(1.0, self.cfg.stall_s / 4)):

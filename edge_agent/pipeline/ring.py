@@ -21,7 +21,6 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from edge_agent.capture.media import Packet
 from edge_agent.metrics import Metrics
@@ -222,7 +221,7 @@ class RingBuffer:
 
     # --- introspection ------------------------------------------------------------------------
 
-    def status(self) -> Any:
+    def status(self) -> RingStatus:
         with self._lock:
             span = self._packets[-1].t - self._packets[0].t if self._packets else 0.0
             return RingStatus(len(self._packets), self._bytes, span, len(self._recordings))

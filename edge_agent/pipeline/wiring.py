@@ -19,7 +19,7 @@ from typing import Any
 
 from edge_agent import const
 from edge_agent.capture.consumer import Route
-from edge_agent.capture.source import AvSource
+from edge_agent.capture.source import Session
 from edge_agent.capture.supervisor import CaptureStatus, CaptureSupervisor
 from edge_agent.config import Config, SourceConfig
 from edge_agent.config.live import LivePart
@@ -31,7 +31,7 @@ from edge_agent.pipeline.decode import DecodeStage, DecodeStatus
 from edge_agent.pipeline.detect_stage import DetectStage, DetectStatus
 from edge_agent.pipeline.events import Action, EventLog, EventSnapshot, OpenEvent
 from edge_agent.pipeline.noreads import NoReads
-from edge_agent.pipeline.ring import Recording, RingBuffer
+from edge_agent.pipeline.ring import Recording, RingBuffer, RingStatus
 from edge_agent.pipeline.track import SightingLog
 from edge_agent.pipeline.view_feed import ReadTally
 from edge_agent.stage import Backpressure, Failure, FailureBox, StageThread
@@ -72,6 +72,7 @@ class Retention:
 @dataclass(frozen=True)
 class PipelineStatus:
     capture: CaptureStatus
+    ring: RingStatus
     decode: DecodeStatus
     detect: DetectStatus
     clips: ClipStatus
@@ -155,7 +156,7 @@ class Pipeline:
         return self.detect.events
 
     def status(self) -> PipelineStatus:
-        return PipelineStatus(self.capture.status(), self.decode.status(), self.detect.status(),
+        return PipelineStatus(self.capture.status(), self.ring.status(), self.decode.status(), self.detect.status(),
                               self.clips.status(), self.failures.failure,
                               (self.finished_mono or time.monotonic()) - self.started_mono)
 
@@ -165,7 +166,7 @@ class Pipeline:
 
     # --- hand-offs between stages (called from their threads) ---------------------------------
 
-    def _on_session(self, src: AvSource, n: int) -> Route:
+    def _on_session(self, src: Session, n: int) -> Route:
         """Capture thread, as a session opens: where its packets go. A camera that gives the detector's
         pictures itself (picamera2's lores) has nothing decoded: its packets go to the ring only."""
         self._backpressure = backpressure_for(src.cfg)
