@@ -4,6 +4,7 @@ file played at its recorded pace DROPs (the capture thread never waits)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,21 @@ def test_a_fast_replay_waits_for_every_stage_and_drops_nothing(tmp_path: Path) -
     # a picture a slot of detector.rate_hz, over the 21 s of video: none lost between decode and detect
     assert status.detect.frames_analysed == pytest.approx(21 * cfg.detector.rate_hz, abs=2)
     assert not status.capture.camera
+
+
+def test_a_reload_that_reopens_the_source_decides_the_backpressure_again(tmp_path: Path) -> None:
+    """source.realtime (or kind) reloaded: the capture reopens the source in process, and the session it
+    opens brings its own back-pressure, before its first packet."""
+    cfg = parse_config(f"source:\n  kind: file\n  path: {SAMPLE}\n  realtime: true\n  loop: true\n", env={})
+    pipeline = Pipeline(cfg, FolderSink(tmp_path / "clips"))
+    pipeline.start()
+    try:
+        assert pipeline.ready.wait(10) and pipeline.backpressure() is Backpressure.DROP
+        fast = cfg.model_copy(update={"source": cfg.source.model_copy(update={"realtime": False})})
+        pipeline.capture.apply(fast, frozenset({"source.realtime"}))
+        deadline = time.monotonic() + 10
+        while pipeline.backpressure() is not Backpressure.BLOCK and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert pipeline.backpressure() is Backpressure.BLOCK and pipeline.status().capture.sessions == 2
+    finally:
+        assert pipeline.stop(10)
