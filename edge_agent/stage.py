@@ -15,6 +15,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Protocol
 
 from edge_agent import const
@@ -31,6 +32,21 @@ class Stage(Protocol):
     def run(self) -> None: ...
 
     def status(self) -> Any: ...
+
+
+class Backpressure(Enum):
+    """What a hand-off between stages does when its reader is behind. One setting for the whole pipeline,
+    decided by the wiring from the source (`pipeline.wiring.backpressure_for`) and handed to every part
+    that has a bound, so they cannot disagree.
+
+    BLOCK: a recorded file read as fast as it decodes. The writer waits for room: nothing is dropped, so a
+    replay is deterministic and finds every label.
+    DROP: a camera (or a file played at its recorded pace, as a camera would give it). Frames come whether
+    or not anyone is ready: the writer never waits, and what does not fit is dropped and counted.
+    """
+
+    BLOCK = "block"
+    DROP = "drop"
 
 
 @dataclass(frozen=True)

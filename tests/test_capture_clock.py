@@ -101,7 +101,7 @@ def test_an_encoder_missing_from_this_build_is_skipped_quietly(caplog: pytest.Lo
     assert any("not in this build" in r.message for r in caplog.records)
 
 
-def test_a_timed_live_stream_learns_how_late_its_anchor_was_without_moving_its_clock() -> None:
+def test_a_timed_camera_stream_learns_how_late_its_anchor_was_without_moving_its_clock() -> None:
     """FFmpeg probes an MPEG-TS pipe for 0.7 s and then hands those frames over at once: the first one,
     the anchor, arrived 0.7 s after it was captured. `t` keeps the stream's own spacing (clips need it
     consistent, and it never jumps back); `lag` says how late it runs, for the wall-clock metadata."""
@@ -109,7 +109,7 @@ def test_a_timed_live_stream_learns_how_late_its_anchor_was_without_moving_its_c
 
     from edge_agent.capture.clock import PtsClock
 
-    clock = PtsClock(Fraction(1, 90000), live=True)
+    clock = PtsClock(Fraction(1, 90000), arrival_anchored=True)
     captured = [i / FPS for i in range(300)]
     arrivals = [max(0.7, c + 0.004) for c in captured]  # the probed stretch arrives at 0.7 s, then on time
     ts = [clock.stamp(round(c * 90000), a) for c, a in zip(captured, arrivals, strict=True)]

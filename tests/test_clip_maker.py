@@ -32,8 +32,8 @@ def record(video: Path, start_t: float, end_t: float) -> Recording:
         if not started and p.t >= start_t + 0.5:
             ring.start_recording("ev", start_t, end_t)
             started = True
-        ring.append(p)
-    ring.flush()
+        ring.offer(p)
+    ring.end()
     assert done, "recording did not finish"
     return done[0]
 

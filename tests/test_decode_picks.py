@@ -17,7 +17,7 @@ from edge_agent.config import SourceConfig
 from edge_agent.metrics import Metrics
 from edge_agent.pipeline.base import END, FrameSlot
 from edge_agent.pipeline.decode import DecodeStage, FramePicker
-from edge_agent.stage import FailureBox, StageThread
+from edge_agent.stage import Backpressure, FailureBox, StageThread
 from tests.media_factory import make_video
 
 
@@ -33,8 +33,8 @@ def read_packets(video: Path) -> list[Packet]:
 def through_stage(packets: list[Packet], rate_hz: float) -> tuple[DecodeStage, list[GrayFrame]]:
     """The real stage on its own thread, fed as the capture thread feeds it, drained as detect drains it."""
     metrics = Metrics()
-    slot = FrameSlot(blocking=True, metrics=metrics)
-    stage = DecodeStage(slot, metrics, lambda: rate_hz, live=False)
+    slot = FrameSlot(lambda: Backpressure.BLOCK, metrics=metrics)
+    stage = DecodeStage(slot, metrics, lambda: rate_hz, lambda: Backpressure.BLOCK)
     got: list[GrayFrame] = []
 
     def drain() -> None:
@@ -128,13 +128,14 @@ def test_a_new_session_or_rate_starts_the_slots_again() -> None:
     assert picker.pick(5.02, 5.0) and not picker.pick(5.1, 5.0)  # a reload to 5 Hz: 200 ms slots from now on
 
 
-def test_a_live_sessions_start_up_backlog_waits_for_the_decoder_and_a_decoder_behind_drops_to_a_keyframe(
+def test_a_camera_sessions_start_up_backlog_waits_for_the_decoder_and_a_decoder_behind_drops_to_a_keyframe(
         tmp_path: Path) -> None:
     """An untimed pipe hands over ~2.3 s of video at once when its session opens (FFmpeg's probing, the
     frame-rate prefetch): that backlog is queued, not dropped. Past 4 s of video waiting, the decoder
     is behind: packets are dropped (counted), and go on being dropped up to the next keyframe."""
     packets = read_packets(make_video(tmp_path / "v.mp4", seconds=6, gop=30))  # a keyframe every second
-    stage = DecodeStage(FrameSlot(blocking=False, metrics=Metrics()), Metrics(), lambda: 10.0, live=True)
+    drop = lambda: Backpressure.DROP  # noqa: E731
+    stage = DecodeStage(FrameSlot(drop, metrics=Metrics()), Metrics(), lambda: 10.0, drop)
     for p in packets[:75]:  # 2.5 s at once, the decode thread not yet taking any
         stage.offer(p)
     assert stage.status().dropped == 0 and stage.inbox.qsize() == 75
@@ -145,11 +146,11 @@ def test_a_live_sessions_start_up_backlog_waits_for_the_decoder_and_a_decoder_be
     assert stage.status().dropped == len(packets) - queued
 
 
-def live_stage_fed_ahead(packets: list[Packet]) -> tuple[DecodeStage, list[GrayFrame]]:
-    """A live stage whose inbox holds all of `packets` before its thread starts: the camera ran ahead."""
+def camera_stage_fed_ahead(packets: list[Packet]) -> tuple[DecodeStage, list[GrayFrame]]:
+    """A DROP stage whose inbox holds all of `packets` before its thread starts: the camera ran ahead."""
     metrics = Metrics()
-    slot = FrameSlot(blocking=True, metrics=metrics)
-    stage = DecodeStage(slot, metrics, lambda: 10.0, live=True)
+    slot = FrameSlot(lambda: Backpressure.BLOCK, metrics=metrics)  # the detector keeps every frame here
+    stage = DecodeStage(slot, metrics, lambda: 10.0, lambda: Backpressure.DROP)
     for p in packets:
         stage.offer(p)
     stage.end()
@@ -164,13 +165,13 @@ def live_stage_fed_ahead(packets: list[Packet]) -> tuple[DecodeStage, list[GrayF
 
 
 @pytest.mark.parametrize(("seconds", "threaded"), [(3.9, True), (2.5, False)])
-def test_a_live_decoder_far_behind_the_camera_takes_frame_threads_and_drops_nothing(
+def test_a_decoder_far_behind_the_camera_takes_frame_threads_and_drops_nothing(
         tmp_path: Path, seconds: float, threaded: bool) -> None:
     video = make_video(tmp_path / "live.mp4", seconds=seconds, gop=15, codes=[("CID-T-1", 0.5, 3.0)])
     packets = read_packets(video)
     full, _ = every_picture(packets)
 
-    stage, got = live_stage_fed_ahead(packets)
+    stage, got = camera_stage_fed_ahead(packets)
 
     st = stage.status()
     assert (st.threaded, st.dropped, st.errors) == (threaded, 0, 0)

@@ -40,7 +40,7 @@ def test_the_frame_picker_starts_afresh_when_capture_time_goes_back() -> None:
 
 
 def test_a_files_timestamps_that_go_back_carry_the_capture_clock_on() -> None:
-    clock = PtsClock(Fraction(1, 90_000), live=False, frame_s=1 / 30)
+    clock = PtsClock(Fraction(1, 90_000), arrival_anchored=False, frame_s=1 / 30)
     ts_ = [clock.stamp(pts, 0.0) for pts in [*range(0, 900_000, 3000), *range(0, 90_000, 3000)]]
     assert all(b > a for a, b in zip(ts_, ts_[1:], strict=False))  # never back
     assert abs(ts_[300] - (ts_[299] + 1 / 30)) < 1e-9 and clock.rewinds == 1

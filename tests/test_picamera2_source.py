@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import av
@@ -95,6 +96,7 @@ def test_the_pipeline_detects_from_lores_and_clips_the_cameras_own_packets(camer
     cfg = config("clip:\n  pre_roll_s: 1.0\n  post_roll_s: 1.0\n")
     heard: list[EventSnapshot] = []
     pipeline = Pipeline(cfg, FolderSink(tmp_path / "clips"), on_event=heard.append)
+    began = time.time()
     pipeline.start()
     deadline = time.monotonic() + 30
     while not (heard and heard[0].clip) and time.monotonic() < deadline:
@@ -103,6 +105,13 @@ def test_the_pipeline_detects_from_lores_and_clips_the_cameras_own_packets(camer
     status = pipeline.status()
     assert heard and heard[0].cid == CID and heard[0].clip and not heard[0].clip_error, heard
     assert status.decode.decoded == 0 and status.detect.frames_analysed > 0  # detection saw lores, nothing decoded
+    # only the pictures picked for the detector (detector.rate_hz of the camera's 30 fps) left the camera's buffers
+    picked = status.detect.frames_analysed + pipeline.metrics.get("edge_agent_frames_skipped_total")
+    assert sys.modules["picamera2"].BUFFER_READS.get("lores") == picked
+    assert picked < status.capture.frames * (cfg.detector.rate_hz + 1) / 30
+    # the sensor's time carried to the wall clock: seen while the camera ran, not on some other clock
+    detected = datetime.fromisoformat(heard[0].detected_at.replace("Z", "+00:00")).timestamp()
+    assert began < detected < time.time(), heard[0].detected_at
     with av.open(str(camera), format="h264") as f:
         recorded = {bytes(p) for p in f.demux(video=0) if p.size}
     with av.open(str(tmp_path / "clips" / f"{heard[0].event_id}.mp4")) as c:

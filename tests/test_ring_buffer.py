@@ -24,7 +24,7 @@ def make(keep_s: float = 9.0, max_bytes: int = 1 << 30) -> tuple[RingBuffer, lis
 def test_ring_is_bounded_in_seconds_by_whole_gops() -> None:
     ring, _, _ = make(keep_s=3.0)
     for i in range(30 * FPS):
-        ring.append(pkt(i))
+        ring.offer(pkt(i))
     assert 3.0 <= ring.span_s < 3.0 + 1.0 + 1 / FPS  # at most one extra GOP kept
     first = ring._packets[0]
     assert first.keyframe  # never starts mid-GOP
@@ -33,7 +33,7 @@ def test_ring_is_bounded_in_seconds_by_whole_gops() -> None:
 def test_ring_is_bounded_in_bytes_and_counts_evictions() -> None:
     ring, _, m = make(keep_s=1000.0, max_bytes=50_000)
     for i in range(10 * FPS):
-        ring.append(pkt(i, size=1000))
+        ring.offer(pkt(i, size=1000))
     assert ring.bytes <= 50_000
     assert m.get("edge_agent_ring_evicted_over_cap_total") > 0
 
@@ -41,12 +41,12 @@ def test_ring_is_bounded_in_bytes_and_counts_evictions() -> None:
 def test_recording_starts_on_last_keyframe_at_or_before_start() -> None:
     ring, done, _ = make()
     for i in range(int(6.5 * FPS)):
-        ring.append(pkt(i))
+        ring.offer(pkt(i))
     rec = ring.start_recording("ev", start_t=4.2, end_t=7.0)
     assert rec.packets[0].keyframe and rec.packets[0].t == 4.0
     assert not rec.truncated_start
     for i in range(int(6.5 * FPS), 9 * FPS):
-        ring.append(pkt(i))
+        ring.offer(pkt(i))
     assert done == [rec] and rec.done
     assert rec.packets[-1].t <= 7.0 and rec.packets[-1].t > 7.0 - 2 / FPS
 
@@ -54,7 +54,7 @@ def test_recording_starts_on_last_keyframe_at_or_before_start() -> None:
 def test_recording_exactly_on_a_keyframe_starts_there() -> None:
     ring, _, _ = make()
     for i in range(5 * FPS):
-        ring.append(pkt(i))
+        ring.offer(pkt(i))
     rec = ring.start_recording("ev", start_t=3.0, end_t=10.0)
     assert rec.packets[0].t == 3.0
 
@@ -62,7 +62,7 @@ def test_recording_exactly_on_a_keyframe_starts_there() -> None:
 def test_recording_older_than_the_ring_is_marked_truncated() -> None:
     ring, _, _ = make(keep_s=2.0)
     for i in range(10 * FPS):
-        ring.append(pkt(i))
+        ring.offer(pkt(i))
     rec = ring.start_recording("ev", start_t=1.0, end_t=12.0)
     assert rec.truncated_start
     assert rec.packets[0].keyframe
@@ -71,11 +71,11 @@ def test_recording_older_than_the_ring_is_marked_truncated() -> None:
 def test_extend_pushes_the_end_back_until_the_recording_finishes() -> None:
     ring, done, _ = make()
     for i in range(3 * FPS):
-        ring.append(pkt(i))
+        ring.offer(pkt(i))
     rec = ring.start_recording("ev", start_t=0.5, end_t=4.0)
     assert ring.extend("ev", 6.0)
     for i in range(3 * FPS, 8 * FPS):
-        ring.append(pkt(i))
+        ring.offer(pkt(i))
     assert done == [rec]
     assert 5.9 < rec.packets[-1].t <= 6.0
     assert not ring.extend("ev", 9.0)  # already finished
@@ -84,7 +84,7 @@ def test_extend_pushes_the_end_back_until_the_recording_finishes() -> None:
 def test_detector_lag_past_the_end_cuts_immediately() -> None:
     ring, done, _ = make()
     for i in range(8 * FPS):
-        ring.append(pkt(i))
+        ring.offer(pkt(i))
     rec = ring.start_recording("ev", start_t=1.0, end_t=3.0)
     assert rec.done and done == [rec]
     assert rec.packets[-1].t <= 3.0
@@ -93,11 +93,11 @@ def test_detector_lag_past_the_end_cuts_immediately() -> None:
 def test_two_recordings_share_the_ring() -> None:
     ring, done, _ = make()
     for i in range(4 * FPS):
-        ring.append(pkt(i))
+        ring.offer(pkt(i))
     a = ring.start_recording("a", 1.0, 5.0)
     b = ring.start_recording("b", 2.5, 6.0)
     for i in range(4 * FPS, 7 * FPS):
-        ring.append(pkt(i))
+        ring.offer(pkt(i))
     assert {r.key for r in done} == {"a", "b"}
     assert a.packets[0].t == 1.0 and b.packets[0].t == 2.0
 
@@ -105,19 +105,19 @@ def test_two_recordings_share_the_ring() -> None:
 def test_flush_finishes_open_recordings_with_what_they_have() -> None:
     ring, done, _ = make()
     for i in range(4 * FPS):
-        ring.append(pkt(i))
+        ring.offer(pkt(i))
     rec = ring.start_recording("ev", 1.0, 100.0)
-    ring.flush()
+    ring.end()
     assert done == [rec] and rec.packets[-1].t == (4 * FPS - 1) / FPS
 
 
 def test_a_recording_holds_what_is_shown_in_its_time_range_and_no_more() -> None:
     ring, done, _ = make()
     for i in range(4 * FPS):
-        ring.append(pkt(i))
+        ring.offer(pkt(i))
     ring.start_recording("ev", 2.5, 7.5)
     for i in range(4 * FPS, 10 * FPS):
-        ring.append(pkt(i))
+        ring.offer(pkt(i))
     (rec,) = done
     assert rec.packets[0].t == 2.0  # the keyframe before the wanted start: the clip's hidden lead-in
     assert [p for p in rec.packets if p.t >= 2.5][0].t == 75 / FPS
@@ -131,7 +131,7 @@ def test_a_reference_frame_shown_after_the_end_waits_for_the_b_frames_before_it(
     order = [0, 3, 1, 2, 6, 4, 5, 9, 7, 8, 12, 10, 11, 15, 13, 14, 18, 16, 17]
     ring.start_recording("ev", 0.0, 8 / FPS)
     for i in order:
-        ring.append(Packet(b"\0", i, None, i == 0, i / FPS, 1000.0 + i / FPS, stream=None))  # type: ignore[arg-type]
+        ring.offer(Packet(b"\0", i, None, i == 0, i / FPS, 1000.0 + i / FPS, stream=None))  # type: ignore[arg-type]
     (rec,) = done
     assert sorted(p.pts for p in rec.packets) == [0, 1, 2, 3, 4, 5, 6, 7, 9]  # 9: a reference of 7
     assert {p.pts for p in rec.packets if p.t < 8 / FPS} == set(range(8))
@@ -140,12 +140,12 @@ def test_a_reference_frame_shown_after_the_end_waits_for_the_b_frames_before_it(
 def test_truncated_clips_say_why() -> None:
     ring, done, _ = make()
     for i in range(2 * FPS):  # the video began at 0: a start wanted at -1 s cannot be had
-        ring.append(pkt(i))
+        ring.offer(pkt(i))
     ring.start_recording("early", -1.0, 4.0)
     ring.start_recording("late", 1.0, 6.0)
     for i in range(2 * FPS, 3 * FPS):
-        ring.append(pkt(i))
-    ring.flush("shutdown")  # stopped at 3 s: both end early
+        ring.offer(pkt(i))
+    ring.end("shutdown")  # stopped at 3 s: both end early
     by_key = {r.key: r for r in done}
     assert by_key["early"].truncated == "start_of_video"
     assert by_key["late"].truncated == "shutdown"
@@ -155,7 +155,7 @@ def test_a_recording_complete_when_flushed_is_not_truncated() -> None:
     ring, done, _ = make()
     ring.start_recording("ev", 0.0, 1.0)
     for i in range(FPS + 2):  # up to 1.033 s: complete, but not yet REORDER_S past its end
-        ring.append(pkt(i))
-    ring.flush()
+        ring.offer(pkt(i))
+    ring.end()
     (rec,) = done
     assert rec.truncated is None and len(rec.packets) == FPS

@@ -20,21 +20,35 @@ the usual burst (the camera stopped, frames lost) re-anchors to arrival instead.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from fractions import Fraction
+from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 # Frame rates cameras use; a measured rate this close to one of them is taken as that one.
 _COMMON_FPS = (5.0, 7.5, 10.0, 12.0, 12.5, 15.0, 20.0, 23.976, 24.0, 25.0, 29.97, 30.0, 48.0, 50.0, 59.94,
                60.0, 90.0, 100.0, 120.0)
 _SNAP = 0.03  # relative distance to a common rate
 _SAME_READ_S = 0.005  # arrivals closer than this came out of one read of the pipe
-# When a live source's PTS drifts this far from the arrival clock (camera reboot, RTP
+# When a camera's PTS drifts this far from the arrival clock (camera reboot, RTP
 # wrap), re-anchor to arrival: detection times must stay on the capture clock.
 _REANCHOR_S = 1.0
 # A file's timestamps going back further than any B-frame reordering: another recording joined on
 # (concatenated files each start their timestamps again).
 _REWIND_S = 1.0
+
+
+class CaptureClock(Protocol):
+    """What a session stamps its packets with, chosen once when it opens: `stamp` gives a packet's capture
+    time from its PTS (if the stream has any) and its arrival; `lag` is how late those times run behind
+    the real capture (subtracted from the wall-clock times in the metadata)."""
+
+    lag: float
+
+    def stamp(self, pts: int | None, arrival: float) -> float: ...
 
 
 def wall_at(mono: float) -> float:
@@ -45,9 +59,11 @@ def wall_at(mono: float) -> float:
 class PtsClock:
     """Maps a stream's own PTS to capture seconds `t` (for streams that carry real timestamps).
 
-    Files: `t` is media time from the first PTS, so replay is reproducible at any speed.
-    Live sources: `t` follows PTS (smooth, immune to network bursts) but is anchored to
-    the monotonic clock and re-anchored on jumps, so the ring's seconds are real seconds.
+    Media time (a recorded file, `arrival_anchored=False`): `t` is media time from the first PTS, so
+    replay is reproducible at any speed.
+    Arrival-anchored (a camera, `arrival_anchored=True`): `t` follows PTS (smooth, immune to network
+    bursts) but is anchored to the monotonic clock and re-anchored on jumps, so the ring's seconds are
+    real seconds.
 
     The anchor is the first packet's arrival, and that packet waited: FFmpeg reads a stretch of
     the stream while it probes it (0.7 s on an MPEG-TS pipe, measured), then hands it over at once.
@@ -59,43 +75,75 @@ class PtsClock:
     A file whose timestamps go back (two recordings concatenated) is re-anchored too: `t` carries on
     one frame (`frame_s`) after the latest time so far, so it stays media time within each recording
     and never runs backwards for the ring, the events and the frame picker; `rewinds` counts these and
-    `last_rewind_s` says how far the timestamps went back.
+    `last_rewind_s` says how far the timestamps went back (the first is logged).
     """
 
-    def __init__(self, time_base: Fraction, live: bool, t_offset: float = 0.0, mono0: float | None = None,
-                 frame_s: float = 0.0):
+    def __init__(self, time_base: Fraction, arrival_anchored: bool, start_t: float = 0.0, frame_s: float = 0.0):
         self.time_base = time_base
-        self.live = live
-        self.t_offset = t_offset
-        self.mono0 = time.monotonic() if mono0 is None else mono0
+        self.arrival_anchored = arrival_anchored
+        self.start_t = start_t
         self.frame_s = frame_s
         self._anchor_pts: int | None = None
         self._anchor_t = 0.0
-        self.last_t = t_offset
-        self.lag = 0.0  # seconds `t` runs behind capture (live only)
+        self.last_t = start_t
+        self.lag = 0.0  # seconds `t` runs behind capture (arrival-anchored only)
         self.rewinds = 0
         self.last_rewind_s = 0.0
 
     def stamp(self, pts: int | None, arrival: float) -> float:
-        """`arrival`: seconds on the session clock (monotonic - mono0 + t_offset)."""
+        """`arrival`: seconds on the session clock (monotonic since the session opened, plus `start_t`)."""
+        anchored = self.arrival_anchored
         if pts is None:
-            t = arrival if self.live else self.last_t
+            t = arrival if anchored else self.last_t
         else:
             if self._anchor_pts is None:
-                self._anchor_pts, self._anchor_t = pts, (arrival if self.live else self.t_offset)
+                self._anchor_pts, self._anchor_t = pts, (arrival if anchored else self.start_t)
             t = self._anchor_t + float((pts - self._anchor_pts) * self.time_base)
-            if self.live and abs(t - arrival) > _REANCHOR_S:
+            if anchored and abs(t - arrival) > _REANCHOR_S:
                 self._anchor_pts, self._anchor_t, t = pts, arrival, arrival
                 self.lag = 0.0  # a new anchor, with a delay of its own to learn
-            elif not self.live and t < self.last_t - _REWIND_S:
+            elif not anchored and t < self.last_t - _REWIND_S:
                 self.rewinds += 1
                 self.last_rewind_s = self.last_t - t
                 self._anchor_pts, self._anchor_t = pts, self.last_t + self.frame_s
                 t = self._anchor_t
-        if self.live:
+                if self.rewinds == 1:
+                    log.warning("source timestamps went back %.3f s at t=%.3f (recordings joined in one file?): "
+                                "the capture clock carries on from there", self.last_rewind_s, t)
+        if anchored:
             self.lag = max(self.lag, t - arrival)
         self.last_t = max(self.last_t, t)
         return t
+
+
+class FrameCountClock:
+    """A recorded elementary stream (no timestamps of its own): frame n is at `start_t + n * frame_s`."""
+
+    lag = 0.0
+
+    def __init__(self, start_t: float, frame_s: float):
+        self.start_t = start_t
+        self.frame_s = frame_s
+        self.n = 0
+
+    def stamp(self, pts: int | None, arrival: float) -> float:
+        t = self.start_t + self.n * self.frame_s
+        self.n += 1
+        return t
+
+
+class ArrivalFrameClock:
+    """An untimed camera stream (raw H.264 or MJPEG on a pipe): `FrameClock` stamps each frame from its
+    arrival; the frames read ahead while the session opened are stamped together at the start (`prime`)."""
+
+    lag = 0.0  # the stamps follow the earliest arrivals: they never run late
+
+    def __init__(self, fps: float, read_ahead: list[float], start_t: float):
+        self.frames = FrameClock(fps)
+        self._primed = deque(self.frames.prime(read_ahead, floor=start_t))
+
+    def stamp(self, pts: int | None, arrival: float) -> float:
+        return self._primed.popleft() if self._primed else self.frames.stamp(arrival)
 
 
 class FrameClock:

@@ -4,6 +4,7 @@ a grayscale frame for the detector, and the stream parameters needed to mux pack
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -85,6 +86,20 @@ class GrayFrame:
     @property
     def wall(self) -> float:
         return wall_at(self.mono)
+
+
+@dataclass(slots=True)
+class CameraPicture:
+    """A camera's own picture of a frame (picamera2's lores stream), still in the camera's buffer: `take()`
+    copies out its Y plane, so only the frames the detector will analyse are copied at all. Valid only
+    while the capture thread hands it on; the buffer then goes back to the camera."""
+
+    t: float
+    mono: float  # as Packet.mono
+    copy_luma: Callable[[], np.ndarray] = field(repr=False)
+
+    def take(self) -> GrayFrame:
+        return GrayFrame(self.copy_luma(), self.t, self.mono)
 
 
 # 8-bit formats whose plane 0 is the luma plane.

@@ -9,14 +9,17 @@ packet, audio)`, `timestamp` being microseconds of sensor time since the encoder
 (`encoder.firsttimestamp`, in sensor microseconds); `capture_request()` hands over each completed
 request, whose lores Y plane is the detector's picture and whose `SensorTimestamp` (nanoseconds) is on
 the same sensor clock. A session therefore yields two things on one clock: packets (for the ring and
-clips, remuxed as the encoder wrote them) and `GrayFrame` pictures (for detection).
+clips, remuxed as the encoder wrote them) and pictures (for detection). The capture stage gets each
+picture still in the camera's buffer (`CameraPicture`, seen through picamera2's `MappedArray`): only
+those the decode stage picks for the detector have their Y plane copied out, the rest are never
+copied (a third of the frames are analysed at the default rate).
 
 picamera2 is the `python3-picamera2` package of Raspberry Pi OS (it needs libcamera's Python bindings,
 which PyPI does not have): the agent's virtualenv must see the system's site-packages. It is imported
 only when this source opens, so every other source works without it.
 
-Built to picamera2's source (its `Picamera2`, `H264Encoder`, `Output` and `CompletedRequest`
-interfaces) and tested against tests/picamera2_standin, which keeps that interface and plays a
+Built to picamera2's source (its `Picamera2`, `H264Encoder`, `Output`, `CompletedRequest` and
+`MappedArray` interfaces) and tested against tests/picamera2_standin, which keeps that interface and plays a
 recorded stream; it has not been run on a Raspberry Pi.
 """
 
@@ -27,15 +30,16 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
+from functools import partial
 from typing import Any
 
 import av
 import numpy as np
 
-from edge_agent.capture.media import GrayFrame, Packet, StreamInfo
-from edge_agent.capture.source import SourceError
+from edge_agent.capture.media import CameraPicture, GrayFrame, Packet, StreamInfo
+from edge_agent.capture.source import SessionEnd, SourceError, read_session
 from edge_agent.config import SourceConfig
 
 log = logging.getLogger(__name__)
@@ -54,15 +58,15 @@ class Picamera2Unavailable(Exception):
     """picamera2 cannot be imported; the message is one line with the hint."""
 
 
-def import_picamera2() -> tuple[Any, Any, Any]:
-    """(Picamera2, H264Encoder, Output), or Picamera2Unavailable saying what to install."""
+def import_picamera2() -> tuple[Any, Any, Any, Any]:
+    """(Picamera2, H264Encoder, Output, MappedArray), or Picamera2Unavailable saying what to install."""
     try:
-        from picamera2 import Picamera2
+        from picamera2 import MappedArray, Picamera2
         from picamera2.encoders import H264Encoder
         from picamera2.outputs import Output
     except ImportError as exc:  # also libcamera's bindings missing under an installed picamera2
         raise Picamera2Unavailable(f"picamera2 is not importable ({exc}): {MISSING_HINT}") from exc
-    return Picamera2, H264Encoder, Output
+    return Picamera2, H264Encoder, Output, MappedArray
 
 
 def _output_class(base: Any) -> Any:
@@ -94,28 +98,31 @@ def stream_info(keyframe: bytes, fps: float) -> StreamInfo:
 
 
 class Picamera2Source:
-    """One camera session per `open()`, as `AvSource`: iterate `packets()` until it ends or fails.
+    """One camera session per `open()`, as `AvSource`: iterate `packets()` (or `read`) until it ends or fails.
 
-    `packets()` yields the encoder's `Packet`s and the lores `GrayFrame`s, each stamped with its
-    sensor time on the session clock (`t_offset` + seconds since the session's first frame)."""
+    `packets()` yields the encoder's `Packet`s and the lores `GrayFrame`s (`read` hands on
+    `CameraPicture`s instead, copied only if taken), each stamped with its sensor time on the session
+    clock (the `start_t` given to `open` + seconds since the session's first frame)."""
 
     gives_pictures = True  # the detector's frames come from the camera, not from decoding packets
-    live = True
+    camera = True
+    live = True  # the commands' name for `camera` (check, snapshot, tune read it)
 
     def __init__(self, cfg: SourceConfig, path: str | None = None, encoders: Sequence[str] | None = None):
         self.cfg = cfg
         self.path = path
         self.info: StreamInfo | None = None
         self.fps_from: str | None = None
-        self.t_offset = 0.0
+        self._start_t = 0.0
         self._cam: Any = None
         self._encoder: Any = None
         self._encoded: queue.SimpleQueue[tuple[bytes, bool, int]] = queue.SimpleQueue()
         self._pending: list[tuple[bytes, bool, int]] = []
         self._closed = threading.Event()
         self._lores: tuple[int, int] = (0, 0)
+        self._mapped_array: Any = None  # picamera2.MappedArray: a request's buffer as an array, not copied
         self._base_us: int | None = None
-        self._wall0 = 0.0
+        self._mono0 = 0.0
         self._base_lock = threading.Lock()
 
     @property
@@ -123,10 +130,13 @@ class Picamera2Source:
         p = self.cfg.picamera2
         return f"picamera2 camera {p.camera} ({p.width}x{p.height}, lores {p.lores_width}x{p.lores_height})"
 
-    def open(self) -> StreamInfo:
+    def open(self, start_t: float = 0.0) -> StreamInfo:
+        """Start the camera; its capture times start at `start_t` (where the session before ended)."""
         self._closed.clear()
+        self._start_t = start_t
+        self._base_us = None
         try:
-            picamera2_cls, encoder_cls, output_base = import_picamera2()
+            picamera2_cls, encoder_cls, output_base, self._mapped_array = import_picamera2()
         except Picamera2Unavailable as exc:
             raise SourceError(str(exc)) from exc
         p = self.cfg.picamera2
@@ -169,33 +179,30 @@ class Picamera2Source:
         raise SourceError(f"{self.describe}: stopped while opening")
 
     def _session_t(self, sensor_us: int) -> tuple[float, float]:
-        """(capture time on the session clock, wall-clock time) of a sensor timestamp. The session
-        starts at the first frame either stream gives; both are stamped by the same sensor clock."""
+        """(capture time on the session clock, the capture's moment on the monotonic clock) of a sensor
+        timestamp. The session starts at the first frame either stream gives; both are stamped by the
+        same sensor clock."""
         with self._base_lock:
             if self._base_us is None:
-                self._base_us, self._wall0 = sensor_us, time.time()
+                self._base_us, self._mono0 = sensor_us, time.monotonic()
             rel = (sensor_us - self._base_us) / 1e6
-        return self.t_offset + rel, self._wall0 + rel
+        return self._start_t + rel, self._mono0 + rel
 
     def _packet(self, item: tuple[bytes, bool, int]) -> Packet:
         data, keyframe, ts = item
         assert self.info is not None
         first = self._encoder.firsttimestamp or 0  # sensor microseconds of the encoder's first frame
-        t, wall = self._session_t(first + ts)
-        pts = round((t - self.t_offset) / TIME_BASE)
-        return Packet(data, pts, pts, keyframe, t, wall, self.info)
+        t, mono = self._session_t(first + ts)
+        pts = round((t - self._start_t) / TIME_BASE)
+        return Packet(data, pts, pts, keyframe, t, mono, self.info)
 
-    def _picture(self, request: Any) -> GrayFrame:
-        """The lores Y plane: `make_array` copies the buffer (YUV420 as a (h*3/2, stride) array) so the
-        request can go back to the camera at once; the view drops the chroma rows and the stride padding."""
+    def _lores_luma(self, request: Any) -> np.ndarray:
+        """A copy of the lores Y plane, and of nothing else: `MappedArray` shows the request's buffer (YUV420
+        as a (h*3/2, stride) array) without copying it, and only the first h rows, w bytes each, are copied
+        out (`make_array` would copy the whole buffer, chroma rows and stride padding included)."""
         w, h = self._lores
-        try:
-            sensor_ns = int(request.get_metadata()["SensorTimestamp"])
-            yuv = request.make_array("lores")
-        finally:
-            request.release()
-        t, wall = self._session_t(sensor_ns // 1000)
-        return GrayFrame(np.asarray(yuv)[:h, :w], t, wall)
+        with self._mapped_array(request, "lores") as m:
+            return np.array(m.array[:h, :w])
 
     def _drain(self) -> Iterator[Packet]:
         pending, self._pending = self._pending, []
@@ -209,34 +216,47 @@ class Picamera2Source:
             yield self._packet(item)
 
     def packets(self) -> Iterator[Packet | GrayFrame]:
-        """The encoder's packets as they come, and after them each completed request's picture. A wait
-        for a request looks up every POLL_S: `interrupt()` (a stall, a stop) ends the session."""
+        """The encoder's packets as they come, and after them each completed request's picture (its Y
+        plane copied, to keep). A wait for a request looks up every POLL_S: `interrupt()` (a stall, a stop)
+        ends the session."""
+        for item in self._items():
+            yield item.take() if isinstance(item, CameraPicture) else item
+
+    def _items(self) -> Iterator[Packet | CameraPicture]:
+        """As `packets`, each picture still in the camera's buffer: the request goes back to the camera when
+        the consumer is done with it (the generator resumes)."""
         if self._cam is None or self.info is None:
             raise SourceError("source not open")
-        last_t = self.t_offset
-        frame_s = 1.0 / (self.info.fps or DEFAULT_FPS)
         try:
             while not self._closed.is_set():
                 job = self._cam.capture_request(wait=False)
                 request = None
                 while request is None:
-                    for pkt in self._drain():
-                        last_t = max(last_t, pkt.t)
-                        yield pkt
+                    yield from self._drain()
                     if self._closed.is_set():
                         return
                     try:
                         request = self._cam.wait(job, timeout=POLL_S)
                     except TimeoutError:
                         continue
-                yield self._picture(request)
+                try:
+                    sensor_ns = int(request.get_metadata()["SensorTimestamp"])
+                    t, mono = self._session_t(sensor_ns // 1000)
+                    yield CameraPicture(t, mono, partial(self._lores_luma, request))
+                finally:
+                    request.release()
         except SourceError:
             raise
         except Exception as exc:  # the camera stack's own failures end the session; the supervisor reopens
             if not self._closed.is_set():
                 raise SourceError(f"{self.describe}: read failed: {exc}") from exc
-        finally:
-            self.t_offset = last_t + frame_s
+
+    def read(self, deliver: Callable[[Packet | CameraPicture], bool]) -> SessionEnd:
+        """Hand every packet and picture to `deliver` until it returns False or the session is
+        interrupted; says where the session ended on the capture clock. Pictures are handed on still in
+        the camera's buffer: a consumer takes (copies) only the ones it keeps, before `deliver` returns."""
+        fps = self.info.fps if self.info is not None else None
+        return read_session(self._items(), self._start_t, 1.0 / (fps or DEFAULT_FPS), deliver)
 
     def interrupt(self) -> None:
         """From any thread: `packets()` returns within POLL_S."""

@@ -3,6 +3,11 @@
 PyAV opens all of them, so every source yields the same thing: compressed packets
 (H.264, MJPEG, or raw frames from cameras that give nothing else) each stamped with
 a capture time on one clock. Decoding is left to the consumer that needs pixels.
+
+What differs between kinds is only how FFmpeg is asked to open them: one opener each (`OPENERS`).
+A session's clock is chosen once when it starts reading (`AvSource._clock`), and a session says
+where it ended on the capture clock (`read` returns a `SessionEnd`), so the next one carries on
+from there.
 """
 
 from __future__ import annotations
@@ -12,14 +17,15 @@ import shlex
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import av
 
 from edge_agent import const
 from edge_agent.capture import h264
-from edge_agent.capture.clock import FrameClock, PtsClock, measure_fps
+from edge_agent.capture.clock import ArrivalFrameClock, CaptureClock, FrameCountClock, PtsClock, measure_fps
 from edge_agent.capture.media import Packet, StreamInfo
 from edge_agent.capture.raw_encoder import RawEncoder, RawEncoderError
 from edge_agent.config import SourceConfig
@@ -29,7 +35,7 @@ log = logging.getLogger(__name__)
 
 # Demuxers of elementary streams: no timestamps of their own (FFmpeg invents them at 25 fps).
 _UNTIMED_FORMATS = frozenset({"h264", "hevc", "mjpeg", "rawvideo", "mpjpeg"})
-# Untimed live streams are read this long before the first packet is handed on, so the clock
+# Untimed camera streams are read this long before the first packet is handed on, so the clock
 # starts on the pipe's real rhythm (and FFmpeg's probing backlog is stamped back in its own time);
 # longer when the frame rate itself must be measured.
 _PRIME_S = 1.0
@@ -45,10 +51,115 @@ class SourceError(Exception):
         super().__init__(redact(message))
 
 
-def make_source(cfg: SourceConfig, path: str | None = None, encoders: Sequence[str] | None = None) -> Any:
-    """The session object for a source kind: `AvSource` for everything FFmpeg opens, `Picamera2Source`
-    for a Pi CSI camera through picamera2 (imported only for that kind). Both have the same shape:
-    open, packets, interrupt, close, live, describe, info, t_offset, gives_pictures."""
+@dataclass
+class Opening:
+    """How FFmpeg opens one source: what to open (a path, a URL, a command's stdout), with which
+    demuxer and options, and the command's process if there is one."""
+
+    target: Any
+    format: str | None
+    options: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+
+
+def open_file(cfg: SourceConfig, path: str) -> Opening:
+    """A recorded file: FFmpeg finds the format itself."""
+    return Opening(path, cfg.input_format, dict(cfg.options))
+
+
+def open_v4l2(cfg: SourceConfig, path: str) -> Opening:
+    """A V4L2 camera device (/dev/videoN)."""
+    return Opening(path, cfg.input_format or "video4linux2", dict(cfg.options))
+
+
+def open_url(cfg: SourceConfig, path: str) -> Opening:
+    """An RTSP or HTTP stream. RTSP goes over TCP unless the options say otherwise: UDP loses packets
+    (and so whole GOPs) on any busy network."""
+    options = dict(cfg.options)
+    if path.startswith("rtsp"):
+        options.setdefault("rtsp_transport", "tcp")
+    return Opening(path, cfg.input_format, options)
+
+
+def open_pipe(cfg: SourceConfig, path: str) -> Opening:
+    """A configured command's stdout (trusted: it comes from the technician's config, never from video),
+    as rpicam-vid or ffmpeg write a camera's stream."""
+    argv = shlex.split(cfg.command or "")
+    if not argv:
+        raise SourceError("source.command is empty")
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, bufsize=0)
+    except OSError as exc:
+        raise SourceError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
+    return Opening(proc.stdout, cfg.input_format, dict(cfg.options), proc)
+
+
+# One opener per kind FFmpeg reads; picamera2 has a session class of its own (make_source).
+OPENERS: dict[str, Callable[[SourceConfig, str], Opening]] = {
+    "file": open_file, "v4l2": open_v4l2, "url": open_url, "pipe": open_pipe}
+
+
+@dataclass(frozen=True)
+class SessionEnd:
+    """How a session ended, as `read` returns it."""
+
+    end_t: float  # one frame after its last packet: where the next session's capture clock starts
+    delivered: int  # packets and pictures handed on
+    error: SourceError | None  # the read failed (the session ended early); None: the source ended or was stopped
+
+
+def read_session(items: Iterator[Any], start_t: float, frame_s: float,
+                 deliver: Callable[[Any], bool]) -> SessionEnd:
+    """Hand each item to `deliver` until it returns False or the items end; the end time follows the
+    packets (a camera's pictures are of the same frames)."""
+    last_t = start_t - frame_s
+    n = 0
+    error: SourceError | None = None
+    try:
+        for item in items:
+            n += 1
+            if isinstance(item, Packet) and item.t > last_t:
+                last_t = item.t
+            if not deliver(item):
+                break
+    except SourceError as exc:
+        error = exc
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()  # now, on this thread: a generator left open would be finished whenever it is collected
+    return SessionEnd(last_t + frame_s, n, error)
+
+
+class Session(Protocol):
+    """What every source kind's session is (`AvSource`, `Picamera2Source`): opened once, read until it
+    ends, fails or is interrupted, closed by the thread that read it."""
+
+    cfg: SourceConfig
+    path: str | None
+    info: StreamInfo | None
+    fps_from: str | None
+    camera: bool  # runs at its own pace and is reopened when it ends; a recorded file does not
+    gives_pictures: bool  # also gives the detector's pictures itself (nothing to decode)
+
+    @property
+    def describe(self) -> str: ...
+
+    def open(self, start_t: float = 0.0) -> StreamInfo: ...
+
+    def packets(self) -> Iterator[Any]: ...
+
+    def read(self, deliver: Callable[[Any], bool]) -> SessionEnd: ...
+
+    def interrupt(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def make_source(cfg: SourceConfig, path: str | None = None, encoders: Sequence[str] | None = None) -> Session:
+    """The session for a source kind: `AvSource` for everything FFmpeg opens (with the kind's opener),
+    `Picamera2Source` for a Pi CSI camera through picamera2 (imported only for that kind). Both are a
+    `Session`."""
     if cfg.kind == "picamera2":
         from edge_agent.capture.picamera2_source import Picamera2Source
 
@@ -57,7 +168,7 @@ def make_source(cfg: SourceConfig, path: str | None = None, encoders: Sequence[s
 
 
 class AvSource:
-    """One source session per `open()`; iterate `packets()` until it ends or fails.
+    """One source session per `open()`; iterate `packets()` (or `read`) until it ends or fails.
 
     Reopening (watchdog, loop) belongs to the caller: a session is simple to reason about,
     and the caller owns the backoff and the counters. Raw frames are encoded to H.264 here
@@ -70,6 +181,10 @@ class AvSource:
         self.cfg = cfg
         self.path = path or cfg.path
         self.encoders = list(encoders or const.ENCODERS)
+        self._opener = OPENERS[cfg.kind]
+        # a camera (a device, a stream, a command) runs at its own pace and is reopened when it fails;
+        # a recorded file is read at ours and ends
+        self.camera = cfg.kind != "file"
         self.info: StreamInfo | None = None
         self.fps_from: str | None = None  # where info.fps came from: stream, sps, config, measured, assumed
         self._container: Any = None
@@ -79,36 +194,30 @@ class AvSource:
         self._untimed = False
         self._prefetched: list[tuple[Any, float]] = []
         self._mono0 = time.monotonic()
-        self.t_offset = 0.0
+        self._start_t = 0.0
 
     @property
     def live(self) -> bool:
-        return self.cfg.kind != "file"
+        """The commands' name for `camera` (check, snapshot, tune read it)."""
+        return self.camera
 
     @property
     def describe(self) -> str:
         """The source for messages and pages, its login masked."""
         return redact(self.cfg.command or "" if self.cfg.kind == "pipe" else str(self.path))
 
-    def open(self) -> StreamInfo:
+    def open(self, start_t: float = 0.0) -> StreamInfo:
+        """Open the source; its packets' capture times start at `start_t` (where the session before ended)."""
         self._closed.clear()
         self._prefetched = []
-        options = dict(self.cfg.options)
-        fmt = self.cfg.input_format
+        self._start_t = start_t
         timeout = (self.cfg.open_timeout_s, self.cfg.open_timeout_s)
         self._mono0 = time.monotonic()
         try:
-            if self.cfg.kind == "pipe":
-                target: Any = self._spawn()
-            elif self.cfg.kind == "v4l2":
-                target, fmt = self.path, fmt or "video4linux2"
-            elif self.cfg.kind == "url":
-                target = self.path
-                if str(target).startswith("rtsp"):
-                    options.setdefault("rtsp_transport", "tcp")
-            else:
-                target = self.path
-            self._container = av.open(target, format=fmt, options=options, timeout=timeout)
+            opening = self._opener(self.cfg, str(self.path))
+            self._proc = opening.proc
+            self._container = av.open(opening.target, format=opening.format, options=opening.options,
+                                      timeout=timeout)
         except (av.error.FFmpegError, OSError) as exc:
             self.close()
             raise SourceError(f"cannot open {self.cfg.kind} source {self.describe}: {exc}") from exc
@@ -139,7 +248,7 @@ class AvSource:
 
     def _frame_rate(self, info: StreamInfo) -> float | None:
         """The stream's true rate. Timed streams: what the container says. Elementary streams: the
-        H.264 SPS timing info, else source.fps, else (live) measured on the first seconds of arrivals,
+        H.264 SPS timing info, else source.fps, else (camera) measured on the first seconds of arrivals,
         which are kept to be handed on (file: FFmpeg's guess)."""
         if not self._untimed:
             self.fps_from = "stream"
@@ -148,7 +257,7 @@ class AvSource:
         self.fps_from = "sps"
         if fps is None and self.cfg.fps:
             fps, self.fps_from = self.cfg.fps, "config"
-        if not self.live:
+        if not self.camera:
             if fps is None:
                 fps, self.fps_from = info.fps, "stream"
             return fps
@@ -166,6 +275,10 @@ class AvSource:
                 log.warning("source frame rate unknown: assuming %g fps (set source.fps)", fps)
         return fps
 
+    def _arrival(self) -> float:
+        """Now, on the session clock: seconds since it opened, from `start_t`."""
+        return time.monotonic() - self._mono0 + self._start_t
+
     def _prefetch(self, seconds: float) -> list[float]:
         """Read packets for `seconds` after the first, keeping each with its arrival time."""
         first: float | None = None
@@ -173,7 +286,7 @@ class AvSource:
             for pkt in self._container.demux(self._stream):
                 if pkt.size == 0:
                     continue
-                now = time.monotonic() - self._mono0 + self.t_offset
+                now = self._arrival()
                 self._prefetched.append((pkt, now))
                 first = now if first is None else first
                 if now - first >= seconds or self._closed.is_set():
@@ -184,68 +297,60 @@ class AvSource:
             raise SourceError(f"{self.describe}: read failed: {exc}") from exc
         return [a for _, a in self._prefetched]
 
-    def _spawn(self) -> Any:
-        """A configured command (trusted: it comes from the technician's config, never from video)."""
-        argv = shlex.split(self.cfg.command or "")
-        if not argv:
-            raise SourceError("source.command is empty")
-        try:
-            self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, bufsize=0)
-        except OSError as exc:
-            raise SourceError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
-        return self._proc.stdout
-
     def _arrivals(self) -> Iterator[tuple[Any, float]]:
         """Demuxed packets with their arrival on the session clock, the read-ahead ones first."""
         pre, self._prefetched = self._prefetched, []
         yield from pre
         for pkt in self._container.demux(self._stream):
             if pkt.size:
-                yield pkt, time.monotonic() - self._mono0 + self.t_offset
+                yield pkt, self._arrival()
+
+    def _clock(self, frame_s: float) -> CaptureClock:
+        """The session's clock, chosen once: a stream's own timestamps (media time for a file, anchored to
+        arrival for a camera), or for an elementary stream without any, frames counted at the stream's
+        rate (a file) or stamped from their arrival at that rate (a camera)."""
+        assert self.info is not None
+        if not self._untimed:
+            return PtsClock(self._stream.time_base or self.info.time_base, arrival_anchored=self.camera,
+                            start_t=self._start_t, frame_s=frame_s)
+        if self.camera:
+            return ArrivalFrameClock(1.0 / frame_s, [a for _, a in self._prefetched], self._start_t)
+        return FrameCountClock(self._start_t, frame_s)
+
+    def _frame_s(self) -> float:
+        fps = self.info.fps if self.info is not None else None
+        return 1.0 / fps if fps else 1 / _ASSUMED_FPS
+
+    def read(self, deliver: Callable[[Packet], bool]) -> SessionEnd:
+        """Hand every packet to `deliver` until it returns False, the source ends or the session is
+        interrupted; says where the session ended on the capture clock."""
+        return read_session(self.packets(), self._start_t, self._frame_s(), deliver)
 
     def packets(self) -> Iterator[Packet]:
-        """Demux packets, stamping each with its capture time; paced if `realtime`.
+        """Demux packets, stamping each with its capture time; a file is paced if `realtime`.
 
         Packets without data (demuxer flush markers) are skipped; a corrupt packet stops
         nothing: FFmpeg resynchronises and the counters show it.
         """
         if self._container is None or self.info is None:
             raise SourceError("source not open")
-        info, stream = self.info, self._stream
-        pace = self.cfg.realtime and not self.live
-        frame_s = 1.0 / info.fps if info.fps else 1 / _ASSUMED_FPS
-        pts_clock = PtsClock(stream.time_base or info.time_base, live=self.live, t_offset=self.t_offset,
-                             frame_s=frame_s)
-        frame_clock = FrameClock(1.0 / frame_s) if self._untimed and self.live else None
-        primed: list[float] = []
-        if frame_clock is not None and self._prefetched:
-            primed = frame_clock.prime([a for _, a in self._prefetched], floor=self.t_offset)
-        last_t = self.t_offset - frame_s
-        n = 0
-        rewound = False
+        info = self.info
+        pace = self.cfg.realtime and not self.camera
+        frame_s = self._frame_s()
+        clock = self._clock(frame_s)
+        start_t = self._start_t
         try:
             for pkt, arrival in self._arrivals():
-                if frame_clock is not None:
-                    t = primed[n] if n < len(primed) else frame_clock.stamp(arrival)
-                elif self._untimed:  # a recorded elementary stream: frame n is at n / fps
-                    t = self.t_offset + n * frame_s
-                else:
-                    t = pts_clock.stamp(pkt.pts if pkt.pts is not None else pkt.dts, arrival)
-                    if pts_clock.rewinds and not rewound:  # the first of a session, logged once
-                        rewound = True
-                        log.warning("source timestamps went back %.3f s at t=%.3f (recordings joined in one "
-                                    "file?): the capture clock carries on from there", pts_clock.last_rewind_s, t)
-                n += 1
-                last_t = max(last_t, t)
+                t = clock.stamp(pkt.pts if pkt.pts is not None else pkt.dts, arrival)
                 if pace:
-                    delay = self._mono0 + (t - self.t_offset) - time.monotonic()
+                    delay = self._mono0 + (t - start_t) - time.monotonic()
                     if delay > 0 and self._closed.wait(delay):
                         return
                 # the capture's moment on the monotonic clock (its wall time is computed from it when
-                # asked): a timed live stream's `t` runs late by its anchor's delay (untimed pipes never
-                # stamp through pts_clock: their lag stays 0). A file's is the session's start plus its
-                # media time, so a replay's clips and detections keep their media-time spacing.
-                mono = self._mono0 + (t - self.t_offset) - pts_clock.lag
+                # asked): a timed camera stream's `t` runs late by its anchor's delay (untimed pipes never
+                # run late: their lag stays 0). A file's is the session's start plus its media time, so a
+                # replay's clips and detections keep their media-time spacing.
+                mono = self._mono0 + (t - start_t) - clock.lag
                 if self._raw is not None:
                     yield from self._raw.encode(pkt, t, mono)
                 elif self._untimed:
@@ -266,8 +371,6 @@ class AvSource:
                 raise SourceError(f"{self.describe}: read failed: {exc}") from exc
         except RawEncoderError as exc:
             raise SourceError(f"{self.describe}: {exc}") from exc
-        finally:
-            self.t_offset = last_t + frame_s
         if self._raw is not None and not self._closed.is_set():
             try:
                 yield from self._raw.flush()

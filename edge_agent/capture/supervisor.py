@@ -2,8 +2,10 @@
 
 It owns everything about keeping video coming: the sessions (replay files in turn, or the
 configured source for ever), reopening with backoff when a camera fails or stalls, the stall
-watch, and the capture clock's offset between sessions. Each packet goes to `on_packet` (the
-ring and the decoder's queue): that call must never block on anything slow for a live source.
+watch, and where each session's capture clock starts (where the one before ended). When a session
+opens, `on_session` says where its output goes (a `Route`: packet consumers, and a consumer for a
+camera's own pictures); each packet is offered to those in turn, and none of them may make the
+capture thread wait on anything slow when the source is a camera.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent import const
-from edge_agent.capture.media import Packet
-from edge_agent.capture.source import AvSource, SourceError, make_source
+from edge_agent.capture.consumer import Route
+from edge_agent.capture.media import CameraPicture, Packet
+from edge_agent.capture.source import Session, SessionEnd, SourceError, make_source
 from edge_agent.config import Config, SourceConfig
 from edge_agent.metrics import Metrics
 from edge_agent.stage import Failure, FailureBox
@@ -29,7 +32,7 @@ CHECK_HINT = "run `edge-agent check` to test the camera"
 
 @dataclass(frozen=True)
 class CaptureStatus:
-    live: bool
+    camera: bool  # a camera (reopened for ever), not recorded files played to their end
     frames: int
     sessions: int
     source_error: str | None
@@ -44,8 +47,7 @@ class CaptureSupervisor:
     name = "capture"
 
     def __init__(self, cfg: Config, metrics: Metrics, failures: FailureBox,
-                 on_packet: Callable[[Packet, bool], None], on_session: Callable[[AvSource, int], None],
-                 videos: Sequence[str] = ()):
+                 on_session: Callable[[Session, int], Route], videos: Sequence[str] = ()):
         # the whole config, replaced (never edited) by a reload: sessions open with its source settings,
         # clip.encoders (raw cameras are encoded as they arrive) and detector.cooldown_s (the gap between
         # replayed files); the stall watch reads source.stall_s from it on every tick
@@ -53,12 +55,11 @@ class CaptureSupervisor:
         self.metrics = metrics
         self.failures = failures
         self.videos = list(videos)
-        self._on_packet = on_packet
         self._on_session = on_session
         self._stop = threading.Event()
         self._restart = threading.Event()
         self._lock = threading.Lock()
-        self._source: AvSource | None = None
+        self._source: Session | None = None
         self._alive = False
         self.ready = threading.Event()  # the source has delivered a frame
         self.frames = 0
@@ -99,13 +100,13 @@ class CaptureSupervisor:
     def status(self) -> CaptureStatus:
         last = self.last_frame_mono
         return CaptureStatus(
-            live=self.cfg.kind != "file" and not self.videos, frames=self.frames, sessions=self.sessions,
+            camera=self.cfg.kind != "file" and not self.videos, frames=self.frames, sessions=self.sessions,
             source_error=self.source_error, last_frame_age_s=None if last is None else time.monotonic() - last,
             fps=self._fps, describe=self._describe)
 
     # --- the thread ---------------------------------------------------------------------------
 
-    def _sessions(self) -> Iterator[AvSource]:
+    def _sessions(self) -> Iterator[Session]:
         if self.videos:
             for path in self.videos:
                 yield make_source(self.cfg, path, encoders=self.config.clip.encoders)
@@ -118,16 +119,15 @@ class CaptureSupervisor:
 
     def run(self) -> None:
         backoff = const.REOPEN_BACKOFF_START_S
-        t_offset = 0.0
+        start_t = 0.0
         for src in self._sessions():
             if self._stop.is_set():
                 break
             self._restart.clear()
-            src.t_offset = t_offset
             with self._lock:
                 self._source = src
             try:
-                src.open()
+                src.open(start_t)
             except SourceError as exc:
                 with self._lock:
                     self._source = None
@@ -136,7 +136,7 @@ class CaptureSupervisor:
                 if self.videos:
                     log.error("replay: %s", exc)
                     continue
-                if not src.live:
+                if not src.camera:
                     missing = not Path(str(src.path)).exists()
                     self.failures.set(Failure(self.name, str(exc), const.EXIT_NOINPUT if missing
                                               else const.EXIT_DATAERR))
@@ -152,20 +152,20 @@ class CaptureSupervisor:
             info = src.info
             assert info is not None
             self._fps, self._describe = info.fps, src.describe
-            self._on_session(src, self.sessions)
+            route = self._on_session(src, self.sessions)
             log.info("source open kind=%s source=%s codec=%s size=%dx%d fps=%s", src.cfg.kind, src.describe,
                      info.codec, info.width, info.height, f"{info.fps:.2f}" if info.fps else "?")
-            got = self._read(src)
-            if got:
+            ended = self._read(src, route)
+            if ended.delivered:
                 backoff = const.REOPEN_BACKOFF_START_S
                 self.source_error = None
             # files played back to back: a gap longer than the cooldown between them, so a CID in two
             # recordings makes two events
-            t_offset = src.t_offset + (self.config.detector.cooldown_s + 1 if not src.live else 0)
+            start_t = ended.end_t + (self.config.detector.cooldown_s + 1 if not src.camera else 0)
             with self._lock:
                 self._source = None
             src.close()
-            if not src.live or self._stop.is_set():
+            if not src.camera or self._stop.is_set():
                 continue
             if self._restart.is_set():
                 log.info("source restarting with the reloaded settings source=%s", src.describe)
@@ -174,37 +174,42 @@ class CaptureSupervisor:
             log.warning("source ended or stalled, reopening in %.0f s source=%s", backoff, src.describe)
             if self._stop.wait(backoff):
                 break
-            if not got:
+            if not ended.delivered:
                 backoff = min(backoff * 2, const.REOPEN_BACKOFF_CAP_S)
 
-    def _read(self, src: AvSource) -> bool:
-        got = False
-        # packets come at the camera's pace (a camera, or a file played in real time): the stages
-        # after capture drop what they cannot keep up with rather than make capture wait
-        paced = src.live or src.cfg.realtime
+    def _read(self, src: Session, route: Route) -> SessionEnd:
+        """One session's packets to the route's consumers, until it ends, fails, or a stop or restart."""
+        consumers = tuple(route.packets)
+        pictures = route.pictures
+        ready = self.ready
+        metrics = self.metrics
+
+        def deliver(item: Packet | CameraPicture) -> bool:
+            if isinstance(item, Packet):
+                self.frames += 1
+                self.last_frame_mono = time.monotonic()
+                metrics.inc("edge_agent_frames_total")
+                for consumer in consumers:
+                    consumer.offer(item)
+            elif pictures is not None:  # a camera's own picture of a frame already counted
+                pictures.offer_picture(item)
+            if not ready.is_set():
+                ready.set()
+            return not (self._stop.is_set() or self._restart.is_set())
+
         self._alive = True
-        if src.live:
+        if src.camera:
             threading.Thread(target=self._watch_stall, args=(src,), daemon=True, name="stall-watch").start()
         try:
-            for pkt in src.packets():
-                got = True
-                if isinstance(pkt, Packet):  # not a camera's own picture of a frame already counted
-                    self.frames += 1
-                    self.last_frame_mono = time.monotonic()
-                    self.metrics.inc("edge_agent_frames_total")
-                self._on_packet(pkt, paced)
-                if not self.ready.is_set():
-                    self.ready.set()
-                if self._stop.is_set() or self._restart.is_set():
-                    break
-        except SourceError as exc:
-            self.source_error = str(exc)
-            log.warning("source read failed: %s", exc)
+            ended = src.read(deliver)
         finally:
             self._alive = False
-        return got
+        if ended.error is not None:
+            self.source_error = str(ended.error)
+            log.warning("source read failed: %s", ended.error)
+        return ended
 
-    def _watch_stall(self, src: AvSource) -> None:
+    def _watch_stall(self, src: Session) -> None:
         """No frame for `source.stall_s`: interrupt the read so the session ends and is reopened."""
         opened = time.monotonic()
         while self._alive and not self._stop.wait(min(1.0, self.cfg.stall_s / 4)):

@@ -6,27 +6,29 @@ capture stage too.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from edge_agent.metrics import Metrics
+from edge_agent.stage import Backpressure
 
 END: Any = object()  # end-of-stream marker passed down the queues
 
 
 class FrameSlot:
-    """Hand-off from decode to detect. Live: holds only the newest frame (older ones are counted as
-    skipped, the detector never works on stale video). Fast replay: a short blocking queue, so every
-    frame the rate asks for is analysed."""
+    """Hand-off from decode to detect. DROP (a camera): holds only the newest frame (older ones are
+    counted as skipped, the detector never works on stale video). BLOCK (fast replay): a short blocking
+    queue, so every frame the rate asks for is analysed."""
 
-    def __init__(self, blocking: bool, metrics: Metrics):
-        self.blocking = blocking
+    def __init__(self, backpressure: Callable[[], Backpressure], metrics: Metrics):
+        self._backpressure = backpressure
         self._metrics = metrics
         self._cond = threading.Condition()
         self._items: list[Any] = []
 
     def put(self, item: Any) -> None:
         with self._cond:
-            if self.blocking:
+            if self._backpressure() is Backpressure.BLOCK:
                 while len(self._items) >= 2:
                     self._cond.wait()
             elif item is not END:

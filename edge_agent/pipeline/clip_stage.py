@@ -1,7 +1,7 @@
 """The clip stage: a finished recording becomes a validated MP4 and its metadata, handed to the sink.
 
-Recordings waiting here are bounded (count and bytes): fast replay waits for this stage, so every
-clip is made; a live source never waits: past the bound a recording's video is let go, counted,
+Recordings waiting here are bounded (count and bytes): fast replay (Backpressure.BLOCK) waits for
+this stage, so every clip is made; a camera (DROP) never waits: past the bound a recording's video is let go, counted,
 and its CID still goes out with `clip.error` saying why. No clip that fails is lost either: the
 event goes to the sink without video, with the reason in its metadata.
 
@@ -34,6 +34,7 @@ from edge_agent.pipeline.clip_maker import ClipError, ClipMaker, EncoderStatus, 
 from edge_agent.pipeline.events import EventLog, EventSnapshot
 from edge_agent.pipeline.ring import Recording
 from edge_agent.pipeline.track import SightingLog
+from edge_agent.stage import Backpressure
 
 log = logging.getLogger("edge_agent.pipeline")
 
@@ -44,7 +45,7 @@ _RECONFIGURED: Any = object()  # wakes the worker to take a reloaded config; not
 class ClipStatus:
     made: int
     failed: int
-    dropped: int  # recordings let go because this stage fell behind a live source, or a stop ran out of time
+    dropped: int  # recordings let go because this stage fell behind a camera, or a stop ran out of time
     waiting: int
     encoders: tuple[EncoderStatus, ...]
     # why clips that need re-encoding go without video (every encoder failed the last); None: healthy
@@ -55,7 +56,8 @@ class ClipStage:
     name = "clip"
 
     def __init__(self, cfg: Config, sink: ClipSink, metrics: Metrics, events: EventLog,
-                 on_event: Callable[[EventSnapshot], None] | None, live: Callable[[], bool], track: SightingLog):
+                 on_event: Callable[[EventSnapshot], None] | None, backpressure: Callable[[], Backpressure],
+                 track: SightingLog):
         self.cfg = cfg
         self.sink = sink
         self.metrics = metrics
@@ -63,7 +65,7 @@ class ClipStage:
         self.metrics.set("edge_agent_clip_encoding_up", 1)
         self.events = events  # read here, written here only through `clip_made`
         self._on_event = on_event
-        self._live = live
+        self._backpressure = backpressure
         self.track = track
         self.inbox: queue.Queue[Any] = queue.Queue()
         self._backlog = threading.Condition()
@@ -101,7 +103,7 @@ class ClipStage:
         """Called by the ring (capture or detect thread) when a recording has its post-roll."""
         size = rec.size_bytes
         with self._backlog:
-            if not self._live():
+            if self._backpressure() is Backpressure.BLOCK:
                 while self._count and self._full(size):
                     self._backlog.wait(0.5)
             elif self._full(size) and not rec.flushed:

@@ -7,8 +7,11 @@ picks, and H.264's non-reference pictures (most B-frames) are skipped with FFmpe
 `skip_frame=NONREF`, set packet by packet (frame threads take it per packet). Reference pictures
 are always decoded, since later ones are built from them. On the 1080p sample (x264, B-frames) that
 is 394 pictures decoded of 600, with every pick among them; a camera stream without B-frames has
-every picture a reference and decodes them all. The capture thread offers packets without ever
-waiting on this stage when the source is live.
+every picture a reference and decodes them all.
+
+The stage is one of capture's packet consumers (`capture.consumer.PacketConsumer`: `offer`, `end`,
+`status`). With Backpressure.DROP (a camera) the capture thread offers packets without ever waiting on
+this stage; with BLOCK (a file read as fast as it decodes) it waits for room and nothing is dropped.
 """
 
 from __future__ import annotations
@@ -23,22 +26,23 @@ from typing import Any
 
 import av
 
-from edge_agent.capture.media import GrayFrame, Packet, StreamInfo, luma, open_decoder, to_av_packet
+from edge_agent.capture.media import CameraPicture, GrayFrame, Packet, StreamInfo, luma, open_decoder, to_av_packet
 from edge_agent.config import Config
 from edge_agent.metrics import Metrics
 from edge_agent.pipeline.base import END, FrameSlot
+from edge_agent.stage import Backpressure
 
 # Codecs whose every packet decodes on its own: frames the detector does not want are not decoded.
 INTRA_ONLY = frozenset({"mjpeg", "rawvideo", "png", "bmp", "ljpeg"})
 # Fast replay: how far decode may run ahead of detection, in packets (~1 s at 30 fps).
 REPLAY_QUEUE = 32
-# Live: how much video may wait for the decoder before capture starts dropping to it. Seconds, not
+# DROP: how much video may wait for the decoder before capture starts dropping to it. Seconds, not
 # packets: a session begins with a backlog handed over at once (FFmpeg's probing and the frame-rate
 # prefetch of an untimed pipe: ~2.3 s on a raw H.264 pipe, measured), which is not a decoder behind;
 # a queue counted in packets (64) would overflow on it, leaving ~2 s of video undecoded until a keyframe.
 LIVE_QUEUE_S = 4.0
 LIVE_QUEUE_MAX = 512  # packets, whatever the timestamps say
-# Live decoding starts on one thread; this much video waiting (beyond a session's start-up backlog of
+# A camera's stream is decoded on one thread at first; this much video waiting (beyond a session's start-up backlog of
 # ~2.3 s, before the 4 s at which capture drops) means the core cannot keep up: frame threads then.
 THREADS_BEHIND_S = 3.0
 # Picked packets whose frame never came out (a broken stream): forget the oldest past this.
@@ -54,9 +58,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class DecodeStatus:
     decoded: int
-    dropped: int  # packets the capture thread could not hand over (live, decoder behind)
+    dropped: int  # packets the capture thread could not hand over (DROP, decoder behind)
     errors: int
-    threaded: bool = False  # frame threads: fast replay, or a live stream one core could not keep up with
+    threaded: bool = False  # frame threads: fast replay, or a camera's stream one core could not keep up with
 
 
 class FramePicker:
@@ -105,15 +109,16 @@ class FramePicker:
 class DecodeStage:
     name = "decode"
 
-    def __init__(self, out: FrameSlot, metrics: Metrics, rate_hz: Callable[[], float], live: bool,
-                 cfg: Config | None = None):
+    def __init__(self, out: FrameSlot, metrics: Metrics, rate_hz: Callable[[], float],
+                 backpressure: Callable[[], Backpressure], cfg: Config | None = None):
         self.config = cfg  # what `rate_hz` was last taken from (None: built without a config)
         self.out = out
         self.metrics = metrics
         self._rate_hz = rate_hz
-        self.live = live
-        self.inbox: queue.Queue[Any] = queue.Queue(LIVE_QUEUE_MAX if live else REPLAY_QUEUE)
-        self._queued_t: deque[float] = deque()  # live: capture times of the packets waiting, oldest first
+        self._backpressure = backpressure
+        drop = backpressure() is Backpressure.DROP
+        self.inbox: queue.Queue[Any] = queue.Queue(LIVE_QUEUE_MAX if drop else REPLAY_QUEUE)
+        self._queued_t: deque[float] = deque()  # DROP: capture times of the packets waiting, oldest first
         self._need_keyframe = False
         self._jump_logged = False
         self._pictures = FramePicker()  # capture thread only: pictures that come without decoding
@@ -127,16 +132,11 @@ class DecodeStage:
         hz = new.detector.rate_hz
         self._rate_hz = lambda: hz
 
-    def set_live(self, live: bool) -> None:
-        """A reload may turn a fast replay into a paced one, or back: live drops, replay waits."""
-        self.live = live
-        self.out.blocking = not live
-
     def offer(self, pkt: Packet) -> None:
-        """Capture thread. Fast replay waits for room (deterministic, every label found); a live
-        source never waits: when the decoder falls behind, packets are dropped to it until the next
+        """Capture thread. BLOCK (fast replay) waits for room (deterministic, every label found); DROP (a
+        camera) never waits: when the decoder falls behind, packets are dropped to it until the next
         keyframe (a P-frame without its references would decode to garbage); the ring keeps them all."""
-        if not self.live:
+        if self._backpressure() is Backpressure.BLOCK:
             self.inbox.put(pkt)
             return
         if self._need_keyframe and not pkt.keyframe:
@@ -155,18 +155,20 @@ class DecodeStage:
             self._drop()
             self._need_keyframe = True
 
-    def offer_picture(self, frame: GrayFrame) -> None:
+    def offer_picture(self, picture: CameraPicture) -> None:
         """Capture thread: a camera's own picture of a frame (picamera2's lores stream), which needs no
-        decoding. The same one-a-slot rule picks them, straight into the detector's hand-off (which
-        never waits for a live source)."""
-        if self._pictures.pick(frame.t, self._rate_hz()):
-            self.out.put(frame)
+        decoding. The same one-a-slot rule picks them, by capture time, before anything is copied: only
+        the picked ones are taken out of the camera's buffer, straight into the detector's hand-off
+        (which never waits for a camera)."""
+        if self._pictures.pick(picture.t, self._rate_hz()):
+            self.out.put(picture.take())
 
     def _drop(self) -> None:
         self.dropped += 1
         self.metrics.inc("edge_agent_frames_dropped_total")
 
     def end(self) -> None:
+        """No more packets (the capture thread has ended): decode what is queued, then pass END on."""
         self.inbox.put(END)
 
     def status(self) -> DecodeStatus:
@@ -186,9 +188,9 @@ class DecodeStage:
                 self._queued_t.popleft()
             if pkt.stream is not info:
                 info = pkt.stream
-                # a live camera is paced: one decoding thread keeps up with it, and frame threads' own
-                # work costs ~10% more CPU (measured, benchmarks/stage_cpu.py); fast replay wants throughput
-                threaded = self._threaded = not self.live
+                # a camera is paced: one decoding thread keeps up with it, and frame threads' own work
+                # costs ~10% more CPU (measured, benchmarks/stage_cpu.py); fast replay wants throughput
+                threaded = self._threaded = self._backpressure() is Backpressure.BLOCK
                 decoder = open_decoder(info, threads=threaded, analysis=True)
                 intra = info.codec in INTRA_ONLY
                 skipping = False
@@ -240,7 +242,7 @@ class DecodeStage:
             self.metrics.inc("edge_agent_decode_errors_total")
 
     def _behind(self) -> float:
-        """Seconds of capture time waiting in the inbox (live: the capture thread adds, this one takes)."""
+        """Seconds of capture time waiting in the inbox (DROP: the capture thread adds, this one takes)."""
         try:
             return self._queued_t[-1] - self._queued_t[0] if len(self._queued_t) > 1 else 0.0
         except IndexError:  # emptied between the two reads

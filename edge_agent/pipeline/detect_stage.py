@@ -153,11 +153,9 @@ class DetectStage:
         if len(self._rejected_last) > MAX_REJECTED_REMEMBERED:
             self._rejected_last.clear()
 
-    def finish(self, flush_ring: bool, stopping: bool) -> None:
-        """Every detection has opened its recording: now the end of the video (or a stop) may close them;
-        the metadata of a clip cut short says which."""
+    def finish(self) -> None:
+        """No more frames: every detection has opened its recording (the wiring then ends the ring, which
+        closes them)."""
         self.track.finish()
         self.noreads.flush()
-        if flush_ring:
-            self.ring.flush("shutdown" if stopping else "end_of_video")
 

@@ -10,6 +10,9 @@ before `t - pre_roll` (the clip hides that lead-in) and then receives every new 
 shown before its end time, which later sightings of the same CID may push back when
 clip.extend_while_in_view is on. This way a clip may be longer than the ring (up to
 clip.max_s) and the capture thread only appends to lists.
+
+The ring is one of capture's packet consumers (`capture.consumer.PacketConsumer`): `offer` each
+packet, `end` when the video is over, `status`.
 """
 
 from __future__ import annotations
@@ -77,8 +80,16 @@ class Recording:
         return self.truncated_end
 
 
+@dataclass(frozen=True)
+class RingStatus:
+    packets: int
+    bytes: int
+    span_s: float  # capture seconds between the oldest packet held and the newest
+    open_recordings: int
+
+
 class RingBuffer:
-    """Thread-safe: the capture thread appends, the detector thread opens and extends recordings."""
+    """Thread-safe: the capture thread offers packets, the detector thread opens and extends recordings."""
 
     def __init__(
         self,
@@ -104,8 +115,9 @@ class RingBuffer:
 
     # --- capture side -------------------------------------------------------------------------
 
-    def append(self, pkt: Packet) -> None:
-        """O(1) amortised; never blocks on anything but the short lock."""
+    def offer(self, pkt: Packet) -> None:
+        """Capture thread: keep a packet. O(1) amortised; never blocks on anything but the short lock
+        (a recording it finishes goes to `on_finished`, which must not wait on a camera's thread)."""
         finished: list[Recording] = []
         with self._lock:
             if self._first_t is None:
@@ -144,9 +156,10 @@ class RingBuffer:
                 return i
         return None
 
-    def flush(self, reason: str = "shutdown") -> None:
-        """End of stream: finish every open recording with what it has; `reason` goes in the metadata
-        of those cut short."""
+    def end(self, reason: str = "end_of_video") -> None:
+        """The video is over (no more packets, and no more recordings will be opened: called once the
+        detector is done too): finish every open recording with what it has; `reason` ("end_of_video",
+        "shutdown", "source_restart") goes in the metadata of those cut short."""
         with self._lock:
             recs = list(self._recordings.values())
             self._recordings.clear()
@@ -161,7 +174,7 @@ class RingBuffer:
 
     def reset(self) -> None:
         """A new source session: old packets cannot be decoded with the new stream's parameters."""
-        self.flush("source_restart")
+        self.end("source_restart")
         with self._lock:
             self._packets.clear()
             self._bytes = 0
@@ -207,6 +220,11 @@ class RingBuffer:
             return True
 
     # --- introspection ------------------------------------------------------------------------
+
+    def status(self) -> RingStatus:
+        with self._lock:
+            span = self._packets[-1].t - self._packets[0].t if self._packets else 0.0
+            return RingStatus(len(self._packets), self._bytes, span, len(self._recordings))
 
     @property
     def bytes(self) -> int:

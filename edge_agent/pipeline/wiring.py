@@ -3,9 +3,11 @@
     capture ──packets──> ring ──recordings──> clip ──> sink (spool or folder)
        └──packets──> decode ──newest gray frame──> detect ──opens/extends recordings in the ring
 
-Four threads, one a stage, joined by bounded hand-offs. The capture thread never waits on a slow
-stage when the source is live (decode drops to the next keyframe, the clip stage drops video
-past its bound); fast replay waits instead, so it is deterministic and finds every label.
+Four threads, one a stage, joined by bounded hand-offs. One back-pressure setting, decided here from
+the source (`backpressure_for`), tells every bounded hand-off what to do when its reader is behind:
+with a camera (DROP) the capture thread never waits on a slow stage (decode drops to the next
+keyframe, the detect hand-off keeps the newest frame, the clip stage drops video past its bound);
+fast replay (BLOCK) waits instead, so it is deterministic and finds every label.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_agent import const
-from edge_agent.capture.media import GrayFrame, Packet
-from edge_agent.capture.source import AvSource
+from edge_agent.capture.consumer import Route
+from edge_agent.capture.source import Session
 from edge_agent.capture.supervisor import CaptureStatus, CaptureSupervisor
-from edge_agent.config import Config
+from edge_agent.config import Config, SourceConfig
 from edge_agent.config.live import LivePart
 from edge_agent.delivery.sinks import ClipSink
 from edge_agent.metrics import Metrics
@@ -29,10 +31,17 @@ from edge_agent.pipeline.decode import DecodeStage, DecodeStatus
 from edge_agent.pipeline.detect_stage import DetectStage, DetectStatus
 from edge_agent.pipeline.events import Action, EventLog, EventSnapshot, OpenEvent
 from edge_agent.pipeline.noreads import NoReads
-from edge_agent.pipeline.ring import Recording, RingBuffer
+from edge_agent.pipeline.ring import Recording, RingBuffer, RingStatus
 from edge_agent.pipeline.track import SightingLog
 from edge_agent.pipeline.view_feed import ReadTally
-from edge_agent.stage import Failure, FailureBox, StageThread
+from edge_agent.stage import Backpressure, Failure, FailureBox, StageThread
+
+
+def backpressure_for(source: SourceConfig) -> Backpressure:
+    """A camera gives frames at its own pace whether or not anyone is ready, and so does a file played at
+    its recorded pace (`realtime`, as a camera would give it): DROP. A file read as fast as it decodes:
+    BLOCK, nothing dropped."""
+    return Backpressure.DROP if source.kind != "file" or source.realtime else Backpressure.BLOCK
 
 
 class Retention:
@@ -63,6 +72,7 @@ class Retention:
 @dataclass(frozen=True)
 class PipelineStatus:
     capture: CaptureStatus
+    ring: RingStatus
     decode: DecodeStatus
     detect: DetectStatus
     clips: ClipStatus
@@ -85,23 +95,22 @@ class Pipeline:
         # replay passes one that keeps the whole run
         self.events = events if events is not None else EventLog(keep=const.RECENT_EVENTS)
         self.tally = ReadTally()  # reads and no-reads of the last hour: the live view's read rate
-        self._source_pictures = False  # the source gives the detector's pictures itself (no decode)
-        live = cfg.source.kind != "file" or cfg.source.realtime
+        # decided here and only here; a reload that reopens the source as another kind decides it again,
+        # before that session's first packet (`_on_session`, on the capture thread, the only writer)
+        self._backpressure = backpressure_for(cfg.source)
         self.ring = RingBuffer(Retention.ring_keep_s(cfg), cfg.clip.ring_max_bytes, self._on_recording,
                                self.metrics)
         self.track = SightingLog(Retention.track_keep_s(cfg))
-        self.frames = FrameSlot(blocking=not live, metrics=self.metrics)
+        self.frames = FrameSlot(self.backpressure, metrics=self.metrics)
         self.retention = Retention(cfg, self.ring, self.track)
-        self.decode = DecodeStage(self.frames, self.metrics, lambda: cfg.detector.rate_hz, live, cfg)
+        self.decode = DecodeStage(self.frames, self.metrics, lambda: cfg.detector.rate_hz, self.backpressure, cfg)
         self.detect = DetectStage(cfg, self.frames, self.ring, self.metrics, self._on_sighting,
                                   NoReads(cfg, self.metrics, self._noread_listener(on_noread)), self.track)
-        self.clips = ClipStage(cfg, sink, self.metrics, self.events, on_event, lambda: self.decode.live,
-                               self.track)
-        self.capture = CaptureSupervisor(cfg, self.metrics, self.failures, self._on_packet, self._on_session,
-                                         videos or ())
+        self.clips = ClipStage(cfg, sink, self.metrics, self.events, on_event, self.backpressure, self.track)
+        self.capture = CaptureSupervisor(cfg, self.metrics, self.failures, self._on_session, videos or ())
         self.ready = self.capture.ready
         self._threads = [
-            StageThread(self.capture, self.decode.end, self.failures),
+            StageThread(self.capture, self.decode.end, self.failures),  # the ring ends after detection
             StageThread(self.decode, self.decode.finish, self.failures),
             StageThread(self.detect, self._detect_done, self.failures),
             StageThread(self.clips, None, self.failures),  # the sink is the end of the pipeline
@@ -147,26 +156,25 @@ class Pipeline:
         return self.detect.events
 
     def status(self) -> PipelineStatus:
-        return PipelineStatus(self.capture.status(), self.decode.status(), self.detect.status(),
+        return PipelineStatus(self.capture.status(), self.ring.status(), self.decode.status(), self.detect.status(),
                               self.clips.status(), self.failures.failure,
                               (self.finished_mono or time.monotonic()) - self.started_mono)
 
+    def backpressure(self) -> Backpressure:
+        """What every bounded hand-off does when its reader is behind (any thread)."""
+        return self._backpressure
+
     # --- hand-offs between stages (called from their threads) ---------------------------------
 
-    def _on_packet(self, pkt: Packet | GrayFrame, live: bool) -> None:
-        if live != self.decode.live:
-            self.decode.set_live(live)
-        if isinstance(pkt, GrayFrame):  # the camera's own picture (picamera2 lores): no decode
-            self.decode.offer_picture(pkt)
-            return
-        self.ring.append(pkt)
-        if not self._source_pictures:
-            self.decode.offer(pkt)
-
-    def _on_session(self, src: AvSource, n: int) -> None:
-        self._source_pictures = src.gives_pictures  # capture thread, as _on_packet
+    def _on_session(self, src: Session, n: int) -> Route:
+        """Capture thread, as a session opens: where its packets go. A camera that gives the detector's
+        pictures itself (picamera2's lores) has nothing decoded: its packets go to the ring only."""
+        self._backpressure = backpressure_for(src.cfg)
         if n > 1:
             self.ring.reset()  # packets of the old session cannot mix with the new stream
+        if src.gives_pictures:
+            return Route(packets=(self.ring,), pictures=self.decode)
+        return Route(packets=(self.ring, self.decode))
 
     def _on_sighting(self, action: Action, ev: OpenEvent) -> None:
         """Detect thread: a CID opened an event or was folded into one."""
@@ -187,6 +195,8 @@ class Pipeline:
         self.clips.offer(rec)
 
     def _detect_done(self) -> None:
-        stopping = self.capture.stopping
-        self.detect.finish(flush_ring=not self.capture.status().live or stopping, stopping=stopping)
+        """The detect thread's last act: no recording will be opened any more, so the ring ends (every open
+        recording is finished with what it has, marked cut short by the stop or by the end of the video)."""
+        self.detect.finish()
+        self.ring.end("shutdown" if self.capture.stopping else "end_of_video")
         self.clips.end()

@@ -245,7 +245,7 @@ def daemon_view(cfg: Config, pipeline: Pipeline, spool: Spool, metrics: Metrics)
                    **event_state(ev, sp.quarantine_reason)} for ev in reversed(recent)]
         return {
             "mode": "daemon", "device_id": view.config.device_id,
-            "source": {"describe": st.capture.describe, "live": st.capture.live, "fps": metrics.get("edge_agent_fps"),
+            "source": {"describe": st.capture.describe, "live": st.capture.camera, "fps": metrics.get("edge_agent_fps"),
                        "nominal_fps": st.capture.fps, "frames": st.capture.frames, "dropped": st.decode.dropped,
                        "error": st.capture.source_error},
             "reads": pipeline.tally.rates(),

@@ -30,7 +30,7 @@ import numpy as np
 
 from .encoders import Encoder
 
-__all__ = ["Picamera2", "CompletedRequest", "prepare_lores"]
+__all__ = ["Picamera2", "CompletedRequest", "MappedArray", "prepare_lores"]
 
 
 def _stride(width: int) -> int:
@@ -84,6 +84,7 @@ class CompletedRequest:
     def make_buffer(self, name: str) -> np.ndarray:
         if self._released:
             raise RuntimeError("request already released")
+        BUFFER_READS[name] = BUFFER_READS.get(name, 0) + 1
         return np.frombuffer(self._buffers[name], np.uint8)
 
     def make_array(self, name: str) -> np.ndarray:
@@ -97,6 +98,35 @@ class CompletedRequest:
     def release(self) -> None:
         self._released = True
         self._buffers = {}
+
+
+# Lores pictures read out of the camera's buffers (mapped or copied), by stream: what a test can count.
+BUFFER_READS: dict[str, int] = {}
+
+
+class MappedArray:
+    """A request's stream buffer as a numpy array, without a copy, valid inside the `with` (picamera2's
+    MappedArray: YUV420 reshaped to (h*3/2, stride), as make_array gives it)."""
+
+    def __init__(self, request: CompletedRequest, stream: str, reshape: bool = True, write: bool = True):
+        self._request = request
+        self._stream = stream
+        self._reshape = reshape
+        self.array: np.ndarray | None = None
+
+    def __enter__(self) -> MappedArray:
+        array = self._request.make_buffer(self._stream)
+        if self._reshape:
+            cfg = self._request.config[self._stream]
+            w, h = cfg["size"]
+            if cfg["format"] not in ("YUV420", "YVU420"):
+                raise RuntimeError("Format " + cfg["format"] + " not supported by the stand-in")
+            array = array.reshape((h * 3 // 2, cfg["stride"]))
+        self.array = array
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.array = None
 
 
 class _Job:
