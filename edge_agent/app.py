@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_agent import __version__
-from edge_agent.capture.source import AvSource, make_source
+from edge_agent.capture.source import Session, make_source
 from edge_agent.config import Config
 from edge_agent.config.live import LivePart, classify_changes, covers
 from edge_agent.delivery.cid import CidValidator
@@ -200,7 +200,7 @@ class Agent:
         """The one CID rule."""
         return CidValidator(self.cfg.detector.cid_pattern, self.cfg.detector.cid_max_length)
 
-    def source(self) -> AvSource:
+    def source(self) -> Session:
         """The configured source, not opened; raw cameras are encoded with clip.encoders as they arrive."""
         return make_source(self.cfg.source, encoders=self.cfg.clip.encoders)
 

@@ -106,7 +106,6 @@ class Picamera2Source:
 
     gives_pictures = True  # the detector's frames come from the camera, not from decoding packets
     camera = True
-    live = True  # the commands' name for `camera` (check, snapshot, tune read it)
 
     def __init__(self, cfg: SourceConfig, path: str | None = None, encoders: Sequence[str] | None = None):
         self.cfg = cfg

@@ -197,11 +197,6 @@ class AvSource:
         self._start_t = 0.0
 
     @property
-    def live(self) -> bool:
-        """The commands' name for `camera` (check, snapshot, tune read it)."""
-        return self.camera
-
-    @property
     def describe(self) -> str:
         """The source for messages and pages, its login masked."""
         return redact(self.cfg.command or "" if self.cfg.kind == "pipe" else str(self.path))

@@ -35,7 +35,7 @@ class SourceSample:
     """What one bounded read of the source gave: arrival times, keyframe times, kept packets."""
 
     describe: str
-    live: bool
+    paced: bool  # a camera, or a file played at its own pace: measured against the clock
     info: Any = None  # StreamInfo once open
     error: str | None = None
     timed_out: bool = False
@@ -63,7 +63,7 @@ def sample_source(agent: Agent, frames: int, seconds: float, stop: threading.Eve
 
     cfg = agent.cfg
     src = agent.source()
-    sample = SourceSample(src.describe, src.live or cfg.source.realtime)
+    sample = SourceSample(src.describe, src.camera or cfg.source.realtime)
     done = threading.Event()
 
     def read() -> None:
@@ -94,7 +94,7 @@ def sample_source(agent: Agent, frames: int, seconds: float, stop: threading.Eve
                         sample.kept_bytes + pkt.size <= KEEP_MAX_BYTES:
                     sample.kept.append(pkt)
                     sample.kept_bytes += pkt.size
-                enough = (measured if sample.live else sample.count) >= frames
+                enough = (measured if sample.paced else sample.count) >= frames
                 kept_enough = len(sample.kept) >= min(frames, 3 * DETECT_FRAMES) or \
                     sample.kept_bytes + pkt.size > KEEP_MAX_BYTES
                 if (enough and kept_enough) or now - opened > seconds or stop.is_set():
@@ -110,7 +110,7 @@ def sample_source(agent: Agent, frames: int, seconds: float, stop: threading.Eve
 
     began = time.monotonic()
     threading.Thread(target=read, name="check-source", daemon=True).start()
-    deadline = began + seconds + (cfg.source.open_timeout_s if src.live else 10.0) + 2.0
+    deadline = began + seconds + (cfg.source.open_timeout_s if src.camera else 10.0) + 2.0
     while not done.wait(0.1):
         if stop.is_set() or time.monotonic() > deadline:
             sample.stopped = stop.is_set()
@@ -179,7 +179,7 @@ def check_source(cfg: Config, sample: SourceSample, seconds: float) -> Result:
     head = f"{where}: {info.codec} {info.width}x{info.height}"
     fps = _measured_fps(sample)
     data["fps"] = None if fps is None else round(fps, 2)
-    if sample.live:
+    if sample.paced:
         rate = f"{fps:.1f} fps measured over {sample.count} frames" if fps else f"{sample.count} frame(s), rate unknown"
         if sample.fps_from in ("sps", "config", "measured", "assumed"):
             rate += f" (no timestamps in the stream: stamped at {info.fps:g} fps from {sample.fps_from})"
@@ -200,7 +200,7 @@ def check_source(cfg: Config, sample: SourceSample, seconds: float) -> Result:
     if sample.error:  # frames came, then the stream broke
         return Result("source", FAIL, f"{detail}; then: {sample.error}",
                       "the stream broke while reading: check the cable, power and network", data)
-    if sample.live and fps and info.fps and fps < SLOW_FPS_RATIO * info.fps:
+    if sample.paced and fps and info.fps and fps < SLOW_FPS_RATIO * info.fps:
         return Result("source", FAIL, f"{detail}; the camera announces {info.fps:.1f} fps", (
             "frames arrive slower than announced: in low light many webcams lower their rate (turn off "
             "exposure_dynamic_framerate with v4l2-ctl), the USB bus may be shared, or the network is saturated"), data)
@@ -210,7 +210,7 @@ def check_source(cfg: Config, sample: SourceSample, seconds: float) -> Result:
 def _measured_fps(sample: SourceSample) -> float | None:
     """Frames per second of capture time, from the source's stamps (a bursty pipe's arrival times say
     nothing about the camera). Files: the recorded rate."""
-    if not sample.live and sample.info.fps:  # a file's rate is what it was recorded at
+    if not sample.paced and sample.info.fps:  # a file's rate is what it was recorded at
         return float(sample.info.fps)
     t = sorted(sample.media_t)  # decode order is not presentation order when there are B-frames
     return (len(t) - 1) / (t[-1] - t[0]) if len(t) >= 2 and t[-1] > t[0] else None

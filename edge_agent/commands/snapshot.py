@@ -50,8 +50,8 @@ class FrameReader:
         self._packets = self.src.packets()
 
     @property
-    def live(self) -> bool:
-        return self.src.live
+    def camera(self) -> bool:
+        return self.src.camera
 
     def frames(self) -> Iterator[tuple[Any, float]]:
         import av
@@ -82,9 +82,9 @@ class FrameReader:
     def every(self, period_s: float) -> Iterator[tuple[Any, float]]:
         """One frame per `period_s`: of media time for a file, of wall time for a camera (reading all the
         frames in between, so the pipe never backs up)."""
-        next_at = time.monotonic() if self.live else 0.0
+        next_at = time.monotonic() if self.camera else 0.0
         for f, t in self.frames():
-            now = time.monotonic() if self.live else t
+            now = time.monotonic() if self.camera else t
             if now >= next_at:
                 next_at = now + period_s
                 yield f, t
@@ -102,7 +102,7 @@ def pick(reader: FrameReader, agent: Agent, detector: Detector, at: float | None
     started = time.monotonic()
     for n, (f, t) in enumerate(reader.frames()):
         best = (f, t)
-        if reader.live:
+        if reader.camera:
             if time.monotonic() - started > 1.0:
                 break
             continue
@@ -205,10 +205,10 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     stop = threading.Event()
     reader = open_reader(agent, "snapshot", stop)
     try:
-        if args.at is not None and reader.live:
+        if args.at is not None and reader.camera:
             print(f"edge-agent snapshot: --at applies to files; {cfg.source.kind} sources give the newest frame",
                   file=sys.stderr)
-        frame, t = pick(reader, agent, detector, None if reader.live else args.at)
+        frame, t = pick(reader, agent, detector, None if reader.camera else args.at)
     except SourceProblem as exc:
         if stop.is_set():
             print("edge-agent snapshot: stopped before a frame came; nothing written", file=sys.stderr)

@@ -46,7 +46,7 @@ def serve(cfg: Config, port: int | None) -> int:
 
     def status() -> dict[str, Any]:
         return {"mode": "tune", "device_id": cfg.device_id,
-                "source": {"describe": reader.src.describe, "live": reader.live, "fps": counts["fps"],
+                "source": {"describe": reader.src.describe, "live": reader.camera, "fps": counts["fps"],
                            "frames": counts["frames"], "dropped": None, "error": None},
                 "reads": None, "events": [], "spool": None}
 
@@ -64,7 +64,7 @@ def serve(cfg: Config, port: int | None) -> int:
     try:
         while not stop.is_set():
             n = _play(reader, detector, viewer, stop, counts, GrayFrame, luma)
-            if stop.is_set() or reader.live:
+            if stop.is_set() or reader.camera:
                 break
             reader.close()  # a file: again from the start, so the picture stays on
             if n == 0:
@@ -95,7 +95,7 @@ def _play(reader: Any, detector: Any, viewer: Any, stop: threading.Event, counts
         if now - window_start >= 1.0:
             counts["fps"] = round(window_frames / (now - window_start), 1)
             window_start, window_frames = now, 0
-        if not reader.live:  # a file: its own pace
+        if not reader.camera:  # a file: its own pace
             t0 = t if t0 is None else t0
             ahead = (t - t0) - (now - started)
             if ahead > 0:
