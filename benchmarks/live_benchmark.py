@@ -114,8 +114,8 @@ def wait_for_metrics(port: int, proc: subprocess.Popen, timeout: float = 120.0) 
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds of a process's threads, summed by thread name (FFmpeg names its workers av:h264:...;
-    Python threads are all named after the interpreter)."""
+    """CPU seconds of a process's threads, summed by their kernel name: the agent names its stage
+    threads (edge_agent/thread_names.py), FFmpeg its workers av:h264:...; the rest are `python`."""
     tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -125,7 +125,7 @@ def thread_cpu(pid: int) -> dict[str, float]:
             continue
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
-        key = "ffmpeg " + name.split(":")[1] if name.startswith("av:") else "python"
+        key = "ffmpeg " + name.split(":")[1] if name.startswith("av:") else name
         out[key] = out.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / tick
     return out
 

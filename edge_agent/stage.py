@@ -19,6 +19,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 from edge_agent import const
+from edge_agent.thread_names import name_os_thread
 
 log = logging.getLogger("edge_agent.pipeline")
 
@@ -85,6 +86,7 @@ class StageThread:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
 
     def _run(self) -> None:
+        name_os_thread(self.name)
         try:
             self._stage.run()
         except Exception as exc:

@@ -24,6 +24,7 @@ from edge_agent.capture.source import Session, SessionEnd, SourceError, make_sou
 from edge_agent.config import Config, SourceConfig
 from edge_agent.metrics import Metrics
 from edge_agent.stage import Failure, FailureBox
+from edge_agent.thread_names import name_os_thread
 
 log = logging.getLogger("edge_agent.pipeline")
 
@@ -211,6 +212,7 @@ class CaptureSupervisor:
 
     def _watch_stall(self, src: Session) -> None:
         """No frame for `source.stall_s`: interrupt the read so the session ends and is reopened."""
+        name_os_thread("stall-watch")
         opened = time.monotonic()
         while self._alive and not self._stop.wait(min(1.0, self.cfg.stall_s / 4)):
             last = max(self.last_frame_mono or opened, opened)

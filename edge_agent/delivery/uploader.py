@@ -37,6 +37,7 @@ from edge_agent.delivery.outcome import UploadResult
 from edge_agent.delivery.request import BodyAborted, DeadlineCutter, MultipartBody, UploadAdapter, send_limits
 from edge_agent.delivery.spool import Entry, Spool
 from edge_agent.metrics import Metrics
+from edge_agent.thread_names import name_os_thread
 
 log = logging.getLogger(__name__)
 # urllib3 logs a reply whose headers were cut short with a full traceback at WARNING; the attempt's own
@@ -132,6 +133,7 @@ class Uploader:
         return self._idle.wait(timeout)
 
     def _run(self) -> None:
+        name_os_thread("uploader")
         while not self._stop.is_set():
             self._wake.clear()
             try:

@@ -28,6 +28,7 @@ from edge_agent.pipeline.events import Delivery, EventSnapshot
 from edge_agent.pipeline.noreads import NoReadStore
 from edge_agent.pipeline.view_feed import Thumbnails, ViewerSlot
 from edge_agent.service.http import MJPEG_BOUNDARY
+from edge_agent.thread_names import name_os_thread
 
 if TYPE_CHECKING:
     from edge_agent.delivery.spool import Spool
@@ -148,6 +149,7 @@ class LiveView:
     def _render_loop(self) -> None:
         """Render each new frame the slot offers while anyone watches, then end (no thread without a
         viewer); a viewer arriving as it ends is seen under the lock, so the thread stays."""
+        name_os_thread("live-render")
         try:
             while True:
                 if self._closed.is_set() or not self.viewer.wanted:
