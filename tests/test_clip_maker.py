@@ -50,6 +50,7 @@ def h264_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_video(tmp_path_factory.mktemp("v") / "in.mp4", seconds=8, bframes=2)
 
 
+@pytest.mark.slow
 def test_remuxed_clip_starts_on_keyframe_with_rebased_pts(h264_video: Path, tmp_path: Path) -> None:
     rec = record(h264_video, start_t=2.3, end_t=6.0)
     result = ClipMaker(ClipConfig()).make(rec, tmp_path / "clip.mp4")

@@ -239,6 +239,7 @@ EXPECTED: dict[tuple[str, str], tuple[int, str]] = {
 
 
 @pytest.mark.parametrize(("fault", "command"), list(EXPECTED), ids=[f"{f}: {c.split(' -')[0]}" for f, c in EXPECTED])
+@pytest.mark.slow
 def test_an_expected_fault_exits_with_its_code_and_says_its_cause(tmp_path: Path, fault: str, command: str) -> None:
     (tmp_path / "file").write_text("not a folder")
     spool = tmp_path / "file" / "spool" if fault == "unwritable spool" else tmp_path / "spool"

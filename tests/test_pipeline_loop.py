@@ -16,6 +16,7 @@ from edge_agent.pipeline.wiring import Pipeline
 from tests.media_factory import make_video
 
 
+@pytest.mark.slow
 def test_looping_file_source_makes_one_event_per_pass_and_remembers_only_recent_ones(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(const, "RECENT_EVENTS", 2)  # a daemon running for months keeps a window, not a history

@@ -132,6 +132,7 @@ def test_ingestion_down_gives_503_with_retry_after_and_a_retry_succeeds(tmp_path
             assert len(ingest.ldos()) == 1 and len(edge.events()) == 1
 
 
+@pytest.mark.slow
 def test_ingest_ldo_reply_shape_and_list_pagination(receiver: ReceiverProcess) -> None:
     ids = []
     for i in range(5):
@@ -155,6 +156,7 @@ def test_ingest_ldo_reply_shape_and_list_pagination(receiver: ReceiverProcess) -
     assert requests.get(f"{receiver.url}/ingest/list", params={"limit": 0}, timeout=10).status_code == 422
 
 
+@pytest.mark.slow
 def test_a_key_reused_for_another_cid_is_422_naming_both_and_stores_nothing(receiver: ReceiverProcess) -> None:
     key = str(uuid.uuid4())
     assert post(receiver.cid_url, cid="CID-FIRST", key=key).status_code == 201
@@ -168,6 +170,7 @@ def test_a_key_reused_for_another_cid_is_422_naming_both_and_stores_nothing(rece
     assert len(list((receiver.data_dir / "videos").iterdir())) == 1
 
 
+@pytest.mark.slow
 def test_one_receiver_per_data_dir(receiver: ReceiverProcess) -> None:
     second = subprocess.run([sys.executable, "-m", "edge_agent.receiver", "--port", str(free_port()), "--data-dir",
                              str(receiver.data_dir)], capture_output=True, text=True, timeout=30)

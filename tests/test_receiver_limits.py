@@ -58,6 +58,7 @@ def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
 
 
 @pytest.mark.parametrize("clip", ["just a string", ["a", "list"], {"sha256": 12}, {"size_bytes": "many"}])
+@pytest.mark.slow
 def test_malformed_metadata_is_refused_before_anything_is_stored(quick: ReceiverProcess, clip: object) -> None:
     key = str(uuid.uuid4())
     meta = json.dumps({"event_id": key, "cid": "CID-1", "clip": clip})
@@ -74,6 +75,7 @@ def test_malformed_metadata_is_refused_before_anything_is_stored(quick: Receiver
     assert quick.events() == [] and quick.ldos() == []
 
 
+@pytest.mark.slow
 def test_other_malformed_fields_name_the_field(quick: ReceiverProcess) -> None:
     for meta, field in (({"detected_at": "yesterday"}, "metadata.detected_at"),
                         ({"device_id": ["x"]}, "metadata.device_id"),
@@ -86,6 +88,7 @@ def test_other_malformed_fields_name_the_field(quick: ReceiverProcess) -> None:
 
 
 @pytest.mark.parametrize("length_header", ["Content-Length: 10000000000", "Transfer-Encoding: chunked"])
+@pytest.mark.slow
 def test_a_refused_body_is_not_read_the_connection_is_closed(quick: ReceiverProcess, length_header: str) -> None:
     with socket.create_connection(("127.0.0.1", quick.port), timeout=10) as sock:
         sock.sendall(f"POST /cid HTTP/1.1\r\nHost: x\r\n{length_header}\r\n"
@@ -126,6 +129,7 @@ def test_half_a_request_header_is_disconnected_after_the_timeout(quick: Receiver
     assert requests.get(f"{quick.url}/healthz", timeout=5).ok
 
 
+@pytest.mark.slow
 def test_oversized_idempotency_keys_are_refused(quick: ReceiverProcess) -> None:
     long_key = "k" * 16_000
     r = requests.post(quick.cid_url, data={"cid": "CID-1", "metadata": "{}"},
@@ -141,6 +145,7 @@ def test_oversized_idempotency_keys_are_refused(quick: ReceiverProcess) -> None:
     assert ok.status_code == 201, ok.text
 
 
+@pytest.mark.slow
 def test_the_key_lock_table_empties_once_requests_finish(quick: ReceiverProcess) -> None:
     def post(i: int) -> int:
         key = str(uuid.uuid4()) if i % 3 else "shared-key"

@@ -121,6 +121,7 @@ def test_replay_exits_75_when_the_server_is_down_and_keeps_the_clips(tmp_path: P
     assert len(list((tmp_path / "spool").rglob("*.mp4"))) == len(video["cids"])
 
 
+@pytest.mark.slow
 def test_replay_refuses_a_bad_config_with_its_location(tmp_path: Path) -> None:
     cfg = tmp_path / "config.yaml"
     cfg.write_text("clip:\n  pre_rol_s: 3\n", encoding="utf-8")
@@ -129,6 +130,7 @@ def test_replay_refuses_a_bad_config_with_its_location(tmp_path: Path) -> None:
     assert f"{cfg}:2:3: clip.pre_rol_s: unknown key (did you mean pre_roll_s?)" in res.stderr
 
 
+@pytest.mark.slow
 def test_replay_of_a_file_that_is_not_video_fails_clearly(tmp_path: Path) -> None:
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"\x00not a video" * 100)

@@ -35,6 +35,7 @@ def test_a_reload_names_old_and_new_values_and_masks_passwords(tmp_path: Path) -
     assert said == "source.path rtsp://op:***@cam/a -> rtsp://op:***@cam/b" and "s3cret" not in said
 
 
+@pytest.mark.slow
 def test_stopping_the_watcher_while_files_change_logs_no_error(tmp_path: Path,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     """watchdog's inotify emitter logged `queue_events() called when the thread is inactive` at ERROR when

@@ -46,6 +46,7 @@ def test_snapshot_marks_a_rejected_payload_in_red(tmp_path: Path) -> None:
     assert colour_pixels(cv2.imread(str(out)), (40, 40, 230)) > 200
 
 
+@pytest.mark.slow
 def test_snapshot_of_a_photo_with_a_small_code_advises_moving_closer(tmp_path: Path) -> None:
     photo = tmp_path / "photo.png"
     img = np.full((720, 1280), 170, np.uint8)
@@ -68,6 +69,7 @@ def test_snapshot_of_a_dark_frame_without_codes_gives_advice(tmp_path: Path) -> 
     assert "no code found" in res.stdout and "image is dark" in res.stdout
 
 
+@pytest.mark.slow
 def test_tune_prints_a_line_per_second_of_video() -> None:
     res = cli("tune", "--source", str(SAMPLES / "conveyor_720p30.mp4"), "--count", "5")
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("t=")]

@@ -79,6 +79,7 @@ def test_flush_with_the_server_down_says_how_many_wait_and_why(tmp_path: Path) -
                     "shows the queue)")
 
 
+@pytest.mark.slow
 def test_flush_with_the_server_up_delivers_and_says_the_spool_is_empty(tmp_path: Path) -> None:
     clips = queue(tmp_path, 2)
     with FlakyServer() as server:

@@ -56,6 +56,7 @@ def attempt(tmp_path: Path, server: FlakyServer, **upload: object) -> str:
     return up.attempt(head)
 
 
+@pytest.mark.slow
 def test_unknown_ca_is_refused_by_default(pki: Path, tmp_path: Path) -> None:
     with FlakyServer(tls=server_context(pki, False)) as server:
         assert attempt(tmp_path, server) == "retry"

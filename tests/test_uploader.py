@@ -205,6 +205,7 @@ def test_a_bursty_slow_reader_is_not_cut_by_the_connect_timeout(tmp_path: Path) 
     assert server.seen[0].video_sha256 == sha
 
 
+@pytest.mark.slow
 def test_an_upload_slower_than_min_rate_is_cut_and_retried(tmp_path: Path) -> None:
     spool = Spool(spool_config(tmp_path))
     event_id, _, sha = add_clip(spool, size=6_000_000)
