@@ -211,6 +211,9 @@ class AvSource:
         try:
             opening = self._opener(self.cfg, str(self.path))
             self._proc = opening.proc
+            if self._closed.is_set():  # interrupted while the command started, before `_proc` was there
+                self.close()
+                raise SourceError(f"{self.describe}: stopped while opening")
             self._container = av.open(opening.target, format=opening.format, options=opening.options,
                                       timeout=timeout)
         except (av.error.FFmpegError, OSError) as exc:
