@@ -191,3 +191,26 @@ def test_a_live_change_of_stall_s_neither_reopens_the_source_nor_reads_like_a_fa
     text = log.read_text()[at:]
     assert "source ended or stalled" not in text and "WARNING" not in text.split("signal SIGTERM")[0]
     assert text.count("source open kind=") == 0  # the same session ran on
+
+
+@pytest.mark.slow
+def test_sighup_and_sigterm_are_acted_on_at_once_not_at_the_main_loops_next_tick(tmp_path: Path) -> None:
+    """The main loop ticks once a second (here: once an hour), yet a signal wakes it: the reload and
+    the stop happen at once, not at the next tick."""
+    cfg = tmp_path / "config.yaml"
+    log = tmp_path / "run.log"
+    cfg.write_text(config("http://127.0.0.1:9/cid", tmp_path / "spool", free_port(), 2.5, "zxing"))
+    slow_tick = ("import sys\nimport edge_agent.service.daemon as d\nfrom edge_agent.cli import main\n"
+                 "d.TICK_S = 3600.0\nsys.exit(main(sys.argv[1:]))\n")
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-c", slow_tick, "run", "--no-watch", "--config", str(cfg)],
+                                stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        at = wait_for_log(log, "started version")
+        proc.send_signal(signal.SIGHUP)
+        wait_for_log(log, "reload requested (SIGHUP)", after=at)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
