@@ -7,6 +7,7 @@ Each request takes the next scripted action (then `ok` for ever):
 - `slow_read`: read the body at `slow_rate` bytes/s, `slow_chunk` at a time (a poor uplink), answer 201;
 - `reset_mid_body`: read half, send a TCP reset;
 - `reset_after_body`: read it all, store it, reset before replying (the retry must be deduped);
+- `stored_then_stall`: read it all, store it, hold the reply back (until stall_s, then close);
 - `close_after_body`: read it all, close cleanly without a reply;
 - `trickle`: read it all, then send a 201 reply one byte every `trickle_s` (until stall_s, then close).
 
@@ -164,6 +165,11 @@ class FlakyServer:
                 if action == "reset_after_body":
                     outer._store(key, seen)  # the server did store it: the retry must be deduped
                     self._reset()
+                    return
+                if action == "stored_then_stall":  # stored, and the reply held back: a kill now loses it
+                    outer._store(key, seen)
+                    time.sleep(outer.stall_s)
+                    self.close_connection = True
                     return
                 if action == "close_after_body":
                     self.close_connection = True

@@ -53,7 +53,8 @@ def _m(port: int, name: str) -> float:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 def test_a_full_disk_fails_encodes_and_once_freed_clips_are_encoded_with_video_again(tmp_path: Path) -> None:
-    video = make_label_video(tmp_path / "labels.mp4", seconds=40, per_s=1)
+    # looped: 15 s of labels (a new CID each second, beyond the 5 s cooldown when it comes round again)
+    video = make_label_video(tmp_path / "labels.mp4", seconds=15, per_s=1)
     spool = tmp_path / "spool"
     _mount_tmpfs(spool, "32m")
     log = tmp_path / "daemon.log"

@@ -17,17 +17,33 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.media_factory import make_video
 from tests.receiver_fixture import ReceiverProcess, free_port
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_media" / "conveyor_720p30.mp4"
+LABELS = ["CID-5A5A5A5A", "CID-C0FFEE01"]
+
+
+@pytest.fixture(scope="module")
+def labels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 s played in real time, two labels from 3.2 s (after a reload saved at start-up has landed): the
+    reload tests replay this rather than the 21 s 720p sample, which shows nothing more here."""
+    return make_video(tmp_path_factory.mktemp("reload") / "labels.mp4", seconds=8, fps=30, gop=30,
+                      codes=[(LABELS[0], 3.2, 4.0), (LABELS[1], 4.8, 5.6)])
+
+
+@pytest.fixture(scope="module")
+def quiet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 s without a label, small: a source that only has to be running when it is replaced."""
+    return make_video(tmp_path_factory.mktemp("reload") / "quiet.mp4", seconds=30, fps=30, size=(160, 96))
 
 
 def ts(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def config(url: str, spool: Path, port: int, pre_roll: float, decoder: str) -> str:
-    return (f"source:\n  kind: file\n  path: {SAMPLE}\n  realtime: true\n"
+def config(url: str, spool: Path, port: int, pre_roll: float, decoder: str, video: Path = SAMPLE) -> str:
+    return (f"source:\n  kind: file\n  path: {video}\n  realtime: true\n"
             f"detector:\n  decoder: {decoder}\nclip:\n  pre_roll_s: {pre_roll}\n"
             f"upload:\n  url: {url}\nspool:\n  dir: {spool}\n  min_free_bytes: 0\nhttp:\n  port: {port}\n")
 
@@ -61,15 +77,16 @@ def wait_for_log(path: Path, text: str, timeout: float = 20.0, after: int = 0) -
 
 
 @pytest.mark.slow
-def test_reload_during_realtime_replay_changes_pre_roll_and_decoder_without_drops(tmp_path: Path) -> None:
+def test_reload_during_realtime_replay_changes_pre_roll_and_decoder_without_drops(tmp_path: Path,
+                                                                                  labels: Path) -> None:
     port = free_port()
     cfg = tmp_path / "config.yaml"
     with ReceiverProcess(tmp_path / "receiver") as receiver:
-        cfg.write_text(config(receiver.cid_url, tmp_path / "spool", port, 2.5, "zxing"))
+        cfg.write_text(config(receiver.cid_url, tmp_path / "spool", port, 2.5, "zxing", labels))
         proc = start_run(cfg, tmp_path / "run.log")
         wait_for_log(tmp_path / "run.log", "ready: frames are flowing")  # before the first label (3.2 s)
         tmp = tmp_path / ".config.yaml.swp"
-        tmp.write_text(config(receiver.cid_url, tmp_path / "spool", port, 1.0, "zbar"))
+        tmp.write_text(config(receiver.cid_url, tmp_path / "spool", port, 1.0, "zbar", labels))
         os.replace(tmp, cfg)  # saved the way editors do
         deadline = time.monotonic() + 8
         text = ""
@@ -88,7 +105,7 @@ def test_reload_during_realtime_replay_changes_pre_roll_and_decoder_without_drop
             in log_text), log_text[-2000:]
     values = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line and not line.startswith("#"))
     assert float(values["edge_agent_frames_dropped_total"]) <= 0.01 * float(values["edge_agent_frames_total"])
-    assert [e["cid"] for e in events] == ["CID-7F3A9C21", "lot42.box:0007", "CID-00B15E88"]
+    assert [e["cid"] for e in events] == LABELS
     for e in events:
         meta = e["metadata"]
         assert meta["detection"]["decoder"] == "zbar"
@@ -97,23 +114,23 @@ def test_reload_during_realtime_replay_changes_pre_roll_and_decoder_without_drop
 
 
 @pytest.mark.slow
-def test_reload_of_a_restart_only_key_restarts_the_source_in_process(tmp_path: Path) -> None:
-    other = SAMPLE.parent / "invalid_payload_720p30.mp4"
+def test_reload_of_a_restart_only_key_restarts_the_source_in_process(tmp_path: Path, labels: Path,
+                                                                     quiet: Path) -> None:
+    other = labels
     port = free_port()
     cfg = tmp_path / "config.yaml"
     with ReceiverProcess(tmp_path / "receiver") as receiver:
-        cfg.write_text(config(receiver.cid_url, tmp_path / "spool", port, 2.5, "zxing"))
+        cfg.write_text(config(receiver.cid_url, tmp_path / "spool", port, 2.5, "zxing", quiet))
         proc = start_run(cfg, tmp_path / "run.log")
         wait_for_log(tmp_path / "run.log", "ready: frames are flowing")
-        cfg.write_text(config(receiver.cid_url, tmp_path / "spool", port, 2.5, "zxing").replace(str(SAMPLE),
-                                                                                                 str(other)))
+        cfg.write_text(config(receiver.cid_url, tmp_path / "spool", port, 2.5, "zxing", other))
         pid = proc.pid
         assert proc.wait(60) == 0  # the new file ends: the daemon stops
         events = receiver.events()
     text = (tmp_path / "run.log").read_text()
-    assert f"source restarted: source.path {SAMPLE} -> {other}" in text, text[-2000:]
+    assert f"source restarted: source.path {quiet} -> {other}" in text, text[-2000:]
     assert f"source={other}" in text
-    assert [e["cid"] for e in events] == ["CID-5A5A5A5A", "CID-C0FFEE01"]  # from the new video, same process
+    assert [e["cid"] for e in events] == LABELS  # from the new video, same process
     assert text.count("started version") == 1 and pid == proc.pid
 
 
@@ -174,3 +191,26 @@ def test_a_live_change_of_stall_s_neither_reopens_the_source_nor_reads_like_a_fa
     text = log.read_text()[at:]
     assert "source ended or stalled" not in text and "WARNING" not in text.split("signal SIGTERM")[0]
     assert text.count("source open kind=") == 0  # the same session ran on
+
+
+@pytest.mark.slow
+def test_sighup_and_sigterm_are_acted_on_at_once_not_at_the_main_loops_next_tick(tmp_path: Path) -> None:
+    """The main loop ticks once a second (here: once an hour), yet a signal wakes it: the reload and
+    the stop happen at once, not at the next tick."""
+    cfg = tmp_path / "config.yaml"
+    log = tmp_path / "run.log"
+    cfg.write_text(config("http://127.0.0.1:9/cid", tmp_path / "spool", free_port(), 2.5, "zxing"))
+    slow_tick = ("import sys\nimport edge_agent.service.daemon as d\nfrom edge_agent.cli import main\n"
+                 "d.TICK_S = 3600.0\nsys.exit(main(sys.argv[1:]))\n")
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-c", slow_tick, "run", "--no-watch", "--config", str(cfg)],
+                                stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        at = wait_for_log(log, "started version")
+        proc.send_signal(signal.SIGHUP)
+        wait_for_log(log, "reload requested (SIGHUP)", after=at)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

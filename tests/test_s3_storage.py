@@ -63,18 +63,22 @@ def test_objects_are_laid_out_for_training_and_listed_from_the_store(weed: Seawe
     assert len([k for k in objs if "/_keys/" in k]) == 6
 
 
+CLIPS = 80
+
+
 @pytest.mark.slow
 def test_concurrent_clients_and_a_restart_lose_and_duplicate_nothing(weed: SeaweedFS, tmp_path: Path) -> None:
     bucket = new_bucket(weed)
     r = s3_receiver(weed, tmp_path / "r", bucket)
     with r:
-        keys, lat, secs = deliver_clips(r.cid_url, 200, clients=4, on_half=r.restart)
+        # enough that all four clients are mid-request when the receiver restarts at half-way
+        keys, lat, secs = deliver_clips(r.cid_url, CLIPS, clients=4, on_half=r.restart)
         listing = r.ldos()
         events = r.events()
-    assert len(listing) == 200 and len({x["id"] for x in listing}) == 200  # each clip listed once
+    assert len(listing) == CLIPS and len({x["id"] for x in listing}) == CLIPS  # each clip listed once
     assert sorted(e["idempotency_key"] for e in events) == sorted(keys)
-    assert len(lat) == 200
-    print(f"\n200 clips through /cid into SeaweedFS with a restart: {200 / secs:.1f} clips/s")
+    assert len(lat) == CLIPS
+    print(f"\n{CLIPS} clips through /cid into SeaweedFS with a restart: {CLIPS / secs:.1f} clips/s")
 
 
 @pytest.mark.slow

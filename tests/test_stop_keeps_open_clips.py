@@ -27,8 +27,8 @@ NOWHERE = "http://127.0.0.1:9/cid"  # the server is away: every clip stays in th
 
 @pytest.fixture(scope="module")
 def storm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """30 s of labels at 4 a second, ~3 in view at once."""
-    return make_label_video(tmp_path_factory.mktemp("storm") / "storm.mp4", seconds=30, per_s=4)
+    """20 s of labels at 4 a second, ~3 in view at once (each test stops or ends the camera by ~12 s)."""
+    return make_label_video(tmp_path_factory.mktemp("storm") / "storm.mp4", seconds=20, per_s=4)
 
 
 def camera(video: Path, *args: str) -> str:
@@ -55,7 +55,8 @@ def test_sigterm_makes_a_clip_with_video_of_every_open_recording(storm: Path, tm
     port = free_port()
     proc = start_daemon(tmp_path, camera(storm), NOWHERE, port, extra=POST_ROLL)
     try:
-        wait_until(lambda: _m(port, "edge_agent_events_total") >= 90, 60, "90 labels read")
+        # 10 s of labels: with the 8 s post-roll ~32 recordings are open at the stop, as many as ever
+        wait_until(lambda: _m(port, "edge_agent_events_total") >= 40, 60, "40 labels read")
     finally:
         started = time.monotonic()
         rc = stop(proc, timeout=20)
@@ -63,7 +64,7 @@ def test_sigterm_makes_a_clip_with_video_of_every_open_recording(storm: Path, tm
     detected, ready, failed = outcomes((tmp_path / "daemon.log").read_text())
     print(f"SIGTERM: {len(detected)} CIDs, {len(detected - ready)} without video, stop took {took:.1f} s")
     assert rc == 0 and took < 15
-    assert len(detected) >= 90
+    assert len(detected) >= 40
     assert failed == [], f"{len(failed)} of {len(detected)} clips without video:\n" + "\n".join(failed[:3])
     assert ready == detected
 
@@ -72,8 +73,9 @@ def test_sigterm_makes_a_clip_with_video_of_every_open_recording(storm: Path, tm
 def test_a_camera_pipe_that_ends_and_is_reopened_keeps_every_open_recordings_video(storm: Path,
                                                                                    tmp_path: Path) -> None:
     port = free_port()
-    # 14 s of video, then the camera process ends: its pipe's EOF restarts the source
-    proc = start_daemon(tmp_path, camera(storm, "--seconds", "14"), NOWHERE, port, extra=POST_ROLL)
+    # 11 s of video (10 s of labels: ~32 recordings open at its end), then the camera process ends: its
+    # pipe's EOF restarts the source
+    proc = start_daemon(tmp_path, camera(storm, "--seconds", "11"), NOWHERE, port, extra=POST_ROLL)
     try:
         wait_until(lambda: _m(port, "edge_agent_source_restarts_total") >= 1, 60, "the pipe's end and a reopen")
         events = _m(port, "edge_agent_events_total")  # all opened before the end: the new run's first label is 1 s in
@@ -84,7 +86,7 @@ def test_a_camera_pipe_that_ends_and_is_reopened_keeps_every_open_recordings_vid
         assert stop(proc, timeout=20) == 0
     print(f"pipe EOF: {events:.0f} events, {m['edge_agent_clip_errors_total']:.0f} without video, "
           f"{m['edge_agent_clips_dropped_total']:.0f} let go")
-    assert events >= 40
+    assert events >= 36  # more than a post-roll's worth: the end came with every slot of it open
     assert m["edge_agent_clips_dropped_total"] == 0
     assert m["edge_agent_clip_errors_total"] == 0
 

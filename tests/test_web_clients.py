@@ -17,7 +17,15 @@ import requests
 
 from edge_agent.service.http import MJPEG_MAX_VIEWERS
 from edge_agent.service.http_limits import FREE_FAILURES, LOG_INTERVAL_S
+from tests.media_factory import make_video
 from tests.web_fixture import PASSWORD, Web, wait_for
+
+
+@pytest.fixture(scope="module")
+def camera(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small picture looped in real time: these tests need a running `run` with a web server, not the
+    720p sample's labels (it would only cost a decoder's CPU beside the clients under test)."""
+    return make_video(tmp_path_factory.mktemp("web") / "camera.mp4", seconds=3, size=(320, 180))
 
 
 def reset(sock: socket.socket) -> None:
@@ -27,8 +35,8 @@ def reset(sock: socket.socket) -> None:
 
 
 @pytest.mark.slow
-def test_resets_and_bad_requests_are_a_few_lines_not_a_traceback_each(tmp_path: Path) -> None:
-    with Web(tmp_path, loop=True) as web:
+def test_resets_and_bad_requests_are_a_few_lines_not_a_traceback_each(tmp_path: Path, camera: Path) -> None:
+    with Web(tmp_path, camera, loop=True) as web:
         wait_for(lambda: requests.get(web.url + "/frame.jpg", timeout=5).status_code == 200, 20, "a first frame")
         before = len(web.log.read_bytes())
         started = time.monotonic()
@@ -71,9 +79,9 @@ def _get(port: int, path: str, password: str | None, source: str = "127.0.0.1") 
 
 
 @pytest.mark.slow
-def test_wrong_passwords_are_slowed_for_that_client_only_logged_and_counted(tmp_path: Path) -> None:
+def test_wrong_passwords_are_slowed_for_that_client_only_logged_and_counted(tmp_path: Path, camera: Path) -> None:
     guesses = [f"guess-{i:03d}" for i in range(FREE_FAILURES + 1)]
-    with Web(tmp_path, password=True) as web:
+    with Web(tmp_path, camera, password=True, loop=True) as web:
         # a browser's first request carries no password: never counted
         assert all(_get(web.port, "/api/status", None).status == 401 for _ in range(FREE_FAILURES + 5))
         for guess in guesses[:FREE_FAILURES]:
@@ -104,7 +112,7 @@ def test_wrong_passwords_are_slowed_for_that_client_only_logged_and_counted(tmp_
 
 
 @pytest.mark.slow
-def test_live_streams_are_capped_with_a_clear_503(tmp_path: Path) -> None:
+def test_live_streams_are_capped_with_a_clear_503(tmp_path: Path, camera: Path) -> None:
     def stream() -> tuple[socket.socket, bytes]:
         sock = socket.create_connection(("127.0.0.1", web.port), timeout=10)
         sock.sendall(b"GET /live.mjpeg HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -113,7 +121,7 @@ def test_live_streams_are_capped_with_a_clear_503(tmp_path: Path) -> None:
             head += sock.recv(4096)
         return sock, head
 
-    with Web(tmp_path, loop=True) as web:
+    with Web(tmp_path, camera, loop=True) as web:
         open_ = [stream() for _ in range(MJPEG_MAX_VIEWERS)]
         assert all(head.split(b"\r\n")[0].endswith(b"200 OK") for _, head in open_)
         with requests.get(web.url + "/live.mjpeg", stream=True, timeout=10) as over:  # served, it never ends

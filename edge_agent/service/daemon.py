@@ -19,6 +19,7 @@ from edge_agent.config import Config, ConfigError, config_sha256, load_config
 from edge_agent.logs import setup_logging
 from edge_agent.metrics import Metrics
 from edge_agent.service.sdnotify import Notifier
+from edge_agent.service.wakeup import Wakeup
 
 if TYPE_CHECKING:
     from edge_agent.app import Reconfigured
@@ -39,6 +40,7 @@ class Daemon:
         self.notifier = Notifier()
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._wakeup: Wakeup | None = None  # made by run(): signals wake the main loop at once
         self._watcher: Any = None
         self._metrics_server: Any = None
         self.live_view: Any = None  # with the web server: the technician's live view
@@ -149,11 +151,14 @@ class Daemon:
             except (ExposureRefused, CredentialError) as exc:
                 log.error("web server refused: %s", exc)
                 return const.EXIT_CONFIG
+        self._wakeup = Wakeup()
+        self._wakeup.on_signals()  # a signal that came before this is already in _stop/_reload
         try:
             self.start(access)
             code = self._loop()
         finally:
             self.shutdown()
+            self._wakeup.close()
         return code
 
     def start(self, access: Any = None) -> None:
@@ -221,8 +226,12 @@ class Daemon:
         last_tick = time.monotonic()
         interval = min(TICK_S, (self.notifier.watchdog_interval_s() or 2 * TICK_S) / 2)
         failures = self.pipeline.failures
+        wakeup = self._wakeup or Wakeup()
+        # a failed stage or a finished file source is acted on at once, not at the next tick
+        wakeup.after("failure", failures.event.wait)
+        wakeup.after("source end", self.pipeline.wait)
         while not self._stop.is_set():
-            failures.event.wait(interval)
+            wakeup.wait(interval)
             if failures.failure is not None:
                 f = failures.failure
                 log.error("stopping: the %s stage failed: %s (exit %d)", f.stage, f.reason, f.exit_code)

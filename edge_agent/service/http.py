@@ -66,6 +66,10 @@ Health = Callable[[], tuple[bool, dict[str, Any]]]
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # the listen backlog: socketserver's 5 overflows when clients connect faster than a busy process
+    # (decode and detect threads holding the GIL) accepts them, and each connection dropped then waits
+    # out the kernel's 1 s SYN retry: a page's burst of requests, or reconnecting viewers, stall
+    request_queue_size = 64
     # socketserver's own handle_error prints a traceback to stderr for every connection a client
     # resets (30 lines each, outside logging); this one hands the error to the WebServer instead
     on_error: Callable[[BaseException | None, Any], None] | None = None
