@@ -2,7 +2,7 @@
 # Set-up and the two everyday commands, from a clean clone on Debian / Ubuntu / Raspberry Pi OS:
 #   ./dev.sh demo   install, start a local receiver, replay a sample video into it end to end
 #   ./dev.sh test   install, lint, run the test suite (extra arguments go to pytest;
-#                   ./dev.sh test -m "not slow" is the fast tier: the tests under ~5 s, about a minute)
+#                   ./dev.sh test -m "not slow" is the fast tier: the tests under ~1.5 s, under a minute)
 #   ./dev.sh deb amd64|arm64        build dist/cid-edge-agent_<version>_<arch>.deb (offline-installable)
 #   ./dev.sh deb-test amd64|arm64   install, upgrade, roll back and purge it in a clean Debian root (root)
 # Installs system packages with apt (only those missing; sudo when not root), makes ./.venv,
