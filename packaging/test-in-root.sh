@@ -241,6 +241,14 @@ main_steps() {
         sh -c "chroot '$ROOT' dpkg-query -W -f '\${Conffiles}' cid-edge-agent | grep -q /etc/edge-agent/config.yaml \
                && test -d '$ROOT/etc/edge-agent/config.d'"
     check "the shipped config validates" in_root edge-agent config validate /etc/edge-agent/config.yaml
+    # what python3-picamera2 is on Raspberry Pi OS: a system package the agent's venv must import, while
+    # its own requirements stay those of the shipped wheels
+    mkdir -p "$ROOT/usr/lib/python3/dist-packages"
+    printf 'SEEN = True\n' >"$ROOT/usr/lib/python3/dist-packages/system_site_probe.py"
+    check "the venv sees system packages (python3-picamera2) and keeps its own numpy" in_root \
+        /usr/lib/edge-agent/current/bin/python -c \
+        "import system_site_probe, numpy; assert numpy.__file__.startswith('/usr/lib/edge-agent/'), numpy.__file__"
+    rm -f "$ROOT/usr/lib/python3/dist-packages/system_site_probe.py"
     # what an administrator does after installing: enable the unit, add a drop-in (purge must take both)
     in_root systemctl enable edge-agent.service >/dev/null 2>&1
     mkdir -p "$ROOT/etc/systemd/system/edge-agent.service.d"
