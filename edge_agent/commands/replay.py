@@ -117,7 +117,11 @@ def run_replay(args: argparse.Namespace) -> int:
     cfg = load_config_or_exit(args, strict_source=False)
     upload = bool(cfg.upload.url) and not args.no_upload
     try:  # the report is the operator's file: made by whoever typed the command, before it becomes another user
-        report_file = open(args.report, "w", encoding="utf-8") if args.report and args.report != "-" else None  # noqa: SIM115
+        report_file = None
+        if args.report and args.report != "-":
+            # its folder too, as --output-dir's is (`--output-dir out --report out/report.json`)
+            Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+            report_file = open(args.report, "w", encoding="utf-8")  # noqa: SIM115
     except OSError as exc:
         print(f"edge-agent replay: --report {args.report}: {exc.strerror or exc}", file=sys.stderr)
         return const.EXIT_CANTCREAT
