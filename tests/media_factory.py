@@ -92,15 +92,3 @@ def make_video(
         for p in stream.encode(None):
             out.mux(p)
     return path
-
-
-CONVEYOR_CIDS = ("CID-7F3A9C21", "lot42.box:0007", "CID-00B15E88")
-
-
-def make_small_conveyor(path: Path, *, fps: int = 30) -> Path:
-    """A 480x270 stand-in for sample_media/conveyor_720p30.mp4 where a test needs a live camera with
-    the conveyor's CIDs in the same order but not its frame size: a seventh of the pixels to decode
-    and scan each frame. 14 s; each code in view for 1 s, from 1 s, 8 s and 11 s."""
-    return make_video(path, seconds=14, fps=fps, size=(480, 270),
-                      codes=[(CONVEYOR_CIDS[0], 1.0, 2.0), (CONVEYOR_CIDS[1], 8.0, 9.0),
-                             (CONVEYOR_CIDS[2], 11.0, 12.0)])
