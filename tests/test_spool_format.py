@@ -84,7 +84,6 @@ def format1_spool(tmp_path: Path) -> Path:
     return spool
 
 
-@pytest.mark.slow
 def test_a_format_1_spool_is_read_unchanged_then_migrated_in_place_and_delivered(
         tmp_path: Path, cmd: Cli, receiver: ReceiverProcess) -> None:
     spool = format1_spool(tmp_path)
@@ -141,7 +140,6 @@ def test_a_spool_from_a_newer_build_is_refused_with_exit_73_and_left_untouched(t
     assert tree(spool) == before  # not a byte changed, no file added (no lock, no journal, no recovery)
 
 
-@pytest.mark.slow
 def test_a_lost_and_a_torn_sidecar_still_send_their_clips_with_cid_and_video(tmp_path: Path, cmd: Cli,
                                                                              receiver: ReceiverProcess) -> None:
     """Power cut on an SD card: one sidecar gone, one cut short. The queue row has the CID and the
@@ -166,7 +164,6 @@ def test_a_lost_and_a_torn_sidecar_still_send_their_clips_with_cid_and_video(tmp
     assert "written again from the queue" in res.stderr
 
 
-@pytest.mark.slow
 def test_requeue_brings_back_a_clip_quarantined_with_a_torn_sidecar(tmp_path: Path, cmd: Cli,
                                                                     receiver: ReceiverProcess) -> None:
     """A build before format 2 quarantined a clip whose sidecar a power cut had torn; the CID the torn
