@@ -5,8 +5,6 @@ and the same file, decoded and scaled, as the lores stream."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import time
 from datetime import datetime
@@ -23,6 +21,7 @@ from edge_agent.delivery.sinks import FolderSink
 from edge_agent.pipeline.events import EventSnapshot
 from edge_agent.pipeline.wiring import Pipeline
 from tests.media_factory import make_video
+from tests.test_snapshot import run_in_process
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDIN = ROOT / "tests" / "picamera2_standin"
@@ -138,30 +137,31 @@ def _slices(data: bytes, annexb: bool) -> bytes:
     return b"".join(n for n in nals if n[0] & 0x1F in (1, 5))
 
 
-def _camera_config(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """A picamera2 config and the environment that puts the stand-in where picamera2 would be."""
+def _camera_config(tmp_path: Path) -> Path:
+    """A picamera2 config; `check` and `snapshot` run through the CLI's entry point in this process, where
+    the `camera` fixture has put the stand-in where picamera2 would be."""
     cfg = tmp_path / "agent.yaml"
     cfg.write_text("source:\n  kind: picamera2\n  fps: 30\n  picamera2:\n    width: 960\n    height: 540\n"
                    f"    lores_width: {LORES[0]}\n    lores_height: {LORES[1]}\n"
                    f"spool:\n  dir: {tmp_path / 'spool'}\n")
-    return cfg, {**os.environ, "PYTHONPATH": f"{STANDIN}{os.pathsep}{ROOT}"}
+    return cfg
 
 
 @pytest.mark.slow
-def test_check_reads_the_camera_and_the_code_from_lores(camera: Path, tmp_path: Path) -> None:
-    cfg, env = _camera_config(tmp_path)
-    out = subprocess.run([sys.executable, "-m", "edge_agent.cli", "check", "-c", str(cfg), "--seconds", "20"],
-                         capture_output=True, text=True, env=env, timeout=120)
+def test_check_reads_the_camera_and_the_code_from_lores(camera: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    out = run_in_process(capsys, monkeypatch, "check", "-c", str(_camera_config(tmp_path)), "--seconds", "20")
     lines = {ln.split()[1]: ln for ln in out.stdout.splitlines() if ln.startswith(("PASS", "FAIL", "WARN", "SKIP"))}
     assert lines["source"].startswith("PASS") and "h264 960x540" in lines["source"], out.stdout + out.stderr
     assert "lores" in lines["detector"] and CID in lines["detector"], out.stdout + out.stderr
 
 
 @pytest.mark.slow
-def test_snapshot_takes_the_cameras_lores_picture(camera: Path, tmp_path: Path) -> None:
-    cfg, env = _camera_config(tmp_path)
-    out = subprocess.run([sys.executable, "-m", "edge_agent.cli", "snapshot", "-c", str(cfg), "-o",
-                          str(tmp_path / "snap.jpg")], capture_output=True, text=True, env=env, timeout=60)
+def test_snapshot_takes_the_cameras_lores_picture(camera: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    out = run_in_process(capsys, monkeypatch, "snapshot", "-c", str(_camera_config(tmp_path)), "-o",
+                         str(tmp_path / "snap.jpg"))
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"{LORES[0]}x{LORES[1]}" in out.stdout
     import cv2

@@ -63,7 +63,7 @@ def test_objects_are_laid_out_for_training_and_listed_from_the_store(weed: Seawe
     assert len([k for k in objs if "/_keys/" in k]) == 6
 
 
-CLIPS = 80
+CLIPS = 40
 
 
 @pytest.mark.slow
@@ -108,12 +108,12 @@ def test_two_receivers_racing_on_one_key_make_one_ldo(weed: SeaweedFS, tmp_path:
 def test_an_empty_data_dir_rebuilds_the_index_from_the_store(weed: SeaweedFS, tmp_path: Path) -> None:
     bucket = new_bucket(weed)
     with s3_receiver(weed, tmp_path / "r", bucket) as r:
-        deliver_clips(r.cid_url, 40, clients=4, size=2000)
+        deliver_clips(r.cid_url, 12, clients=4, size=2000)
         before = r.ldos()
-    assert len(before) == 40
+    assert len(before) == 12
     with s3_receiver(weed, tmp_path / "empty", bucket) as r2:  # a new --data-dir: no index at all
         assert r2.ldos() == before
-        again = deliver_clips(r2.cid_url, 0)  # nothing new, yet the index already held all 40 at start
+        again = deliver_clips(r2.cid_url, 0)  # nothing new, yet the index already held all 12 at start
         assert again[0] == [] and (tmp_path / "empty" / "ldo-index.sqlite3").exists()
 
 

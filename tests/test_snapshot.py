@@ -1,24 +1,61 @@
 """`snapshot` writes a picture showing the codes found (valid in green, rejected in red, the ROI in
-blue) and prints code size, sharpness, exposure and advice; `tune` repeats the figures."""
+blue) and prints code size, sharpness, exposure and advice; `tune` repeats the figures.
+
+The commands run in this process through the CLI's own entry point: what they print and return is
+what a shell sees (exit codes as a real process are pinned in test_exit_codes.py), without an
+interpreter start and the media libraries' import for each."""
 
 from __future__ import annotations
 
+import functools
+import logging
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from edge_agent.cli import main
+from edge_agent.commands import snapshot
 from tests.media_factory import qr_image
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_media"
 
 
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge_agent.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, check=False, timeout=120)
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+_print_report = snapshot.print_report
+
+
+def run_in_process(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                   *args: str) -> subprocess.CompletedProcess[str]:
+    """`edge-agent ARGS` in this process: its exit code, stdout and stderr. What a command sets up as for
+    a process of its own (the root logger's level and handlers, its SIGINT/SIGTERM handlers) is put back."""
+    # print_report's default stream is the sys.stdout of import time, not the one captured now
+    monkeypatch.setattr(snapshot, "print_report", lambda rep, out=None: _print_report(rep, out, sys.stdout))
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    on_signal = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    finally:
+        root.setLevel(level)
+        for h in root.handlers[:]:
+            if h not in handlers:
+                root.removeHandler(h)
+        for sig, handler in on_signal.items():
+            signal.signal(sig, handler)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
+    return functools.partial(run_in_process, capsys, monkeypatch)
 
 
 def colour_pixels(img: np.ndarray, bgr: tuple[int, int, int]) -> int:
@@ -27,7 +64,7 @@ def colour_pixels(img: np.ndarray, bgr: tuple[int, int, int]) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("video", ["conveyor_720p30.mp4", "conveyor_1080p30.mp4", "invalid_payload_720p30.mp4"])
-def test_snapshot_of_each_sample_shows_the_codes(video: str, tmp_path: Path) -> None:
+def test_snapshot_of_each_sample_shows_the_codes(video: str, tmp_path: Path, cli: Cli) -> None:
     out = tmp_path / "shot.jpg"
     res = cli("snapshot", "--source", str(SAMPLES / video), "-o", str(out))
     assert res.returncode == 0, res.stderr
@@ -36,8 +73,7 @@ def test_snapshot_of_each_sample_shows_the_codes(video: str, tmp_path: Path) -> 
     assert "px/module" in res.stdout and "sharpness" in res.stdout and "advice:" in res.stdout
 
 
-@pytest.mark.slow
-def test_snapshot_marks_a_rejected_payload_in_red(tmp_path: Path) -> None:
+def test_snapshot_marks_a_rejected_payload_in_red(tmp_path: Path, cli: Cli) -> None:
     out = tmp_path / "bad.jpg"
     res = cli("snapshot", "--source", str(SAMPLES / "invalid_payload_720p30.mp4"), "--at", "8", "-o", str(out))
     assert res.returncode == 0, res.stderr
@@ -46,8 +82,7 @@ def test_snapshot_marks_a_rejected_payload_in_red(tmp_path: Path) -> None:
     assert colour_pixels(cv2.imread(str(out)), (40, 40, 230)) > 200
 
 
-@pytest.mark.slow
-def test_snapshot_of_a_photo_with_a_small_code_advises_moving_closer(tmp_path: Path) -> None:
+def test_snapshot_of_a_photo_with_a_small_code_advises_moving_closer(tmp_path: Path, cli: Cli) -> None:
     photo = tmp_path / "photo.png"
     img = np.full((720, 1280), 170, np.uint8)
     q = qr_image("CID-SMALL-1", 2)  # 2 px per module: readable, but marginal
@@ -61,16 +96,14 @@ def test_snapshot_of_a_photo_with_a_small_code_advises_moving_closer(tmp_path: P
     assert colour_pixels(cv2.imread(str(tmp_path / "s.jpg")), (230, 120, 30)) > 200  # the ROI
 
 
-@pytest.mark.slow
-def test_snapshot_of_a_dark_frame_without_codes_gives_advice(tmp_path: Path) -> None:
+def test_snapshot_of_a_dark_frame_without_codes_gives_advice(tmp_path: Path, cli: Cli) -> None:
     photo = tmp_path / "dark.png"
     cv2.imwrite(str(photo), np.full((480, 640), 20, np.uint8))
     res = cli("snapshot", "--source", str(photo), "-o", str(tmp_path / "d.jpg"))
     assert "no code found" in res.stdout and "image is dark" in res.stdout
 
 
-@pytest.mark.slow
-def test_tune_prints_a_line_per_second_of_video() -> None:
+def test_tune_prints_a_line_per_second_of_video(cli: Cli) -> None:
     res = cli("tune", "--source", str(SAMPLES / "conveyor_720p30.mp4"), "--count", "5")
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("t=")]
     assert res.returncode == 0 and len(lines) == 5
@@ -78,7 +111,8 @@ def test_tune_prints_a_line_per_second_of_video() -> None:
 
 
 @pytest.mark.slow
-def test_sharpness_comes_with_its_scale_and_at_on_a_camera_says_it_does_not_apply(tmp_path: Path) -> None:
+def test_sharpness_comes_with_its_scale_and_at_on_a_camera_says_it_does_not_apply(tmp_path: Path,
+                                                                                    cli: Cli) -> None:
     res = cli("snapshot", "--source", str(SAMPLES / "conveyor_720p30.mp4"), "-o", str(tmp_path / "a.jpg"))
     assert "(sharp: under 50 blurry, 300 and over sharp)" in res.stdout
     assert "for the whole image (scene-dependent" in res.stdout

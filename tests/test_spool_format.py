@@ -1,8 +1,10 @@
 """The spool's format version, and the queue row as the source of truth for a clip's CID and metadata,
-through real processes: a format 1 spool (written by the build before versioning, kept in
+against a real receiver process: a format 1 spool (written by the build before versioning, kept in
 tests/data/spool_format1) is migrated in place and delivered; a spool from a newer build is refused
-with exit 73 and left byte for byte as it was; a clip whose sidecar is lost or torn goes out with its
-CID and video."""
+with exit 73 (by each command, as a real process) and left byte for byte as it was; a clip whose sidecar
+is lost or torn goes out with its CID and video. The commands whose exit code is not the subject run
+through the CLI's entry point in this process, and those tests share one receiver, each checking only
+what its own flush delivered."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +25,7 @@ from edge_agent.delivery import spool_format
 from edge_agent.delivery.spool import Spool
 from tests.receiver_fixture import ReceiverProcess, free_port
 from tests.spool_helpers import add_clip, spool_config
+from tests.test_snapshot import Cli, run_in_process
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_media" / "conveyor_720p30.mp4"
 FORMAT1 = Path(__file__).resolve().parent / "data" / "spool_format1"
@@ -38,6 +43,26 @@ FORMAT1_CLIPS = [
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "edge_agent.cli", *args], capture_output=True, text=True,
                           timeout=timeout, check=False)
+
+
+@pytest.fixture
+def cmd(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
+    """`edge-agent ARGS` in this process (stdout, stderr, exit code as a shell sees them)."""
+    return lambda *args: run_in_process(capsys, monkeypatch, *args)
+
+
+@pytest.fixture(scope="module")
+def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReceiverProcess]:
+    with ReceiverProcess(tmp_path_factory.mktemp("receiver")) as r:
+        yield r
+
+
+def delivered_by(receiver: ReceiverProcess, flush: Callable[[], subprocess.CompletedProcess[str]],
+                 ) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
+    """Run `flush` against the shared receiver: its result and the events the receiver got during it."""
+    before = {e["event_id"] for e in receiver.events()}
+    res = flush()
+    return res, [e for e in receiver.events() if e["event_id"] not in before]
 
 
 def config(tmp_path: Path, spool: Path, url: str) -> Path:
@@ -59,12 +84,12 @@ def format1_spool(tmp_path: Path) -> Path:
     return spool
 
 
-@pytest.mark.slow
-def test_a_format_1_spool_is_read_unchanged_then_migrated_in_place_and_delivered(tmp_path: Path) -> None:
+def test_a_format_1_spool_is_read_unchanged_then_migrated_in_place_and_delivered(
+        tmp_path: Path, cmd: Cli, receiver: ReceiverProcess) -> None:
     spool = format1_spool(tmp_path)
     cfg = config(tmp_path, spool, "http://127.0.0.1:9/cid")
     before = tree(spool)
-    res = cli("spool", "list", "--json", "--config", str(cfg))  # a reader beside an agent not yet upgraded
+    res = cmd("spool", "list", "--json", "--config", str(cfg))  # a reader beside an agent not yet upgraded
     assert res.returncode == 0, res.stderr
     assert [(e["event_id"], e["cid"]) for e in json.loads(res.stdout)] == [c[:2] for c in FORMAT1_CLIPS]
     after = tree(spool)
@@ -80,9 +105,8 @@ def test_a_format_1_spool_is_read_unchanged_then_migrated_in_place_and_delivered
         assert json.loads(meta)["cid"] == cid and json.loads(meta)["clip"]["sha256"] == sha
 
     (spool / "clips" / f"{FORMAT1_CLIPS[0][0]}.json").unlink()  # the row holds the metadata now
-    with ReceiverProcess(tmp_path / "receiver") as receiver:
-        res = cli("spool", "flush", "--config", str(config(tmp_path, spool, receiver.cid_url)))
-        events = receiver.events()
+    cfg = config(tmp_path, spool, receiver.cid_url)
+    res, events = delivered_by(receiver, lambda: cmd("spool", "flush", "--config", str(cfg)))
     assert res.returncode == 0, res.stderr
     assert sorted((e["event_id"], e["cid"], e["sha256"]) for e in events) == sorted(FORMAT1_CLIPS)
     assert all(e["sha256_ok"] and e["metadata"]["device_id"] == "test" for e in events)
@@ -116,8 +140,8 @@ def test_a_spool_from_a_newer_build_is_refused_with_exit_73_and_left_untouched(t
     assert tree(spool) == before  # not a byte changed, no file added (no lock, no journal, no recovery)
 
 
-@pytest.mark.slow
-def test_a_lost_and_a_torn_sidecar_still_send_their_clips_with_cid_and_video(tmp_path: Path) -> None:
+def test_a_lost_and_a_torn_sidecar_still_send_their_clips_with_cid_and_video(tmp_path: Path, cmd: Cli,
+                                                                             receiver: ReceiverProcess) -> None:
     """Power cut on an SD card: one sidecar gone, one cut short. The queue row has the CID and the
     metadata, so both clips go out whole to a real server. (Before: both quarantined with cid=?.)"""
     spool_dir = tmp_path / "spool"
@@ -127,9 +151,8 @@ def test_a_lost_and_a_torn_sidecar_still_send_their_clips_with_cid_and_video(tmp
     (spool_dir / "clips" / f"{clips[0][0]}.json").unlink()
     torn = spool_dir / "clips" / f"{clips[1][0]}.json"
     torn.write_bytes(torn.read_bytes()[:40])
-    with ReceiverProcess(tmp_path / "receiver") as receiver:
-        res = cli("spool", "flush", "--config", str(config(tmp_path, spool_dir, receiver.cid_url)))
-        events = receiver.events()
+    cfg = config(tmp_path, spool_dir, receiver.cid_url)
+    res, events = delivered_by(receiver, lambda: cmd("spool", "flush", "--config", str(cfg)))
     quarantined = list((spool_dir / "quarantine").glob("*.reason"))
     print(f"\nlost/torn sidecars: {len(quarantined)} quarantined, {len(events)} of 3 delivered")
     assert res.returncode == 0, res.stderr
@@ -141,8 +164,8 @@ def test_a_lost_and_a_torn_sidecar_still_send_their_clips_with_cid_and_video(tmp
     assert "written again from the queue" in res.stderr
 
 
-@pytest.mark.slow
-def test_requeue_brings_back_a_clip_quarantined_with_a_torn_sidecar(tmp_path: Path) -> None:
+def test_requeue_brings_back_a_clip_quarantined_with_a_torn_sidecar(tmp_path: Path, cmd: Cli,
+                                                                    receiver: ReceiverProcess) -> None:
     """A build before format 2 quarantined a clip whose sidecar a power cut had torn; the CID the torn
     sidecar starts with is enough for `spool requeue` to send it with its video."""
     spool_dir = tmp_path / "spool"
@@ -160,12 +183,10 @@ def test_requeue_brings_back_a_clip_quarantined_with_a_torn_sidecar(tmp_path: Pa
     shutil.move(spool_dir / "clips" / f"{event_id}.mp4", q / f"{event_id}.mp4")
     (spool_dir / "clips" / f"{event_id}.json").unlink()
     (q / f"{event_id}.reason").write_text("metadata sidecar unreadable: Unterminated string\n")
-    with ReceiverProcess(tmp_path / "receiver") as receiver:
-        cfg = config(tmp_path, spool_dir, receiver.cid_url)
-        res = cli("spool", "requeue", "--config", str(cfg))
-        assert res.returncode == 0 and "requeued 1 clip(s)" in res.stdout, res.stdout + res.stderr
-        res = cli("spool", "flush", "--config", str(cfg))
-        events = receiver.events()
+    cfg = config(tmp_path, spool_dir, receiver.cid_url)
+    res = cmd("spool", "requeue", "--config", str(cfg))
+    assert res.returncode == 0 and "requeued 1 clip(s)" in res.stdout, res.stdout + res.stderr
+    res, events = delivered_by(receiver, lambda: cmd("spool", "flush", "--config", str(cfg)))
     assert res.returncode == 0, res.stderr
     assert [(e["event_id"], e["cid"], e["sha256"]) for e in events] == [(event_id, cid, sha)]
     assert events[0]["sha256_ok"] is True

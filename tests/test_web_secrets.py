@@ -5,8 +5,6 @@ carry passwords, with nothing listening, so the source error naming them is show
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ import requests
 from edge_agent.redact import redact, redact_data
 from edge_agent.service.http import STATUS_WORDS
 from tests.receiver_fixture import free_port
+from tests.test_snapshot import run_in_process
 from tests.web_fixture import PASSWORD, Web, wait_for
 
 CAM_PASSWORD = "CamPass123"
@@ -41,7 +40,9 @@ def _source_error(web: Web) -> str | None:
      "--password *** RTSP_PASS=***", [CAM_PASSWORD, "EnvPass789"]),
 ], ids=["rtsp-url", "pipe-command"])
 @pytest.mark.slow
-def test_no_password_on_any_page_or_in_the_log(tmp_path: Path, source: str, masked: str, secrets: list[str]) -> None:
+def test_no_password_on_any_page_or_in_the_log(tmp_path: Path, source: str, masked: str, secrets: list[str],
+                                               capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     closed = free_port()  # nothing listens there: the camera cannot be opened, the server not reached
     upload = f"upload:\n  url: http://edge:{UPLOAD_PASSWORD}@127.0.0.1:{closed}/cid\n"
     secrets = [*secrets, UPLOAD_PASSWORD]
@@ -58,9 +59,8 @@ def test_no_password_on_any_page_or_in_the_log(tmp_path: Path, source: str, mask
     log = web.log.read_text()
     assert masked in log  # the log names the source too
     shown = {**pages, "log": log}
-    for cmd in (["check"], ["config", "show"]):
-        out = subprocess.run([sys.executable, "-m", "edge_agent.cli", *cmd, "--config", str(web.config)],
-                             capture_output=True, text=True, timeout=120)
+    for cmd in (["check"], ["config", "show"]):  # what they print, through the CLI's entry point in this process
+        out = run_in_process(capsys, monkeypatch, *cmd, "--config", str(web.config))
         shown[" ".join(cmd)] = out.stdout + out.stderr
     assert "***" in shown["config show"]
     for where, text in shown.items():
