@@ -20,8 +20,8 @@ from edge_agent.config import parse_config
 from edge_agent.delivery.sinks import FolderSink
 from edge_agent.pipeline.events import EventSnapshot
 from edge_agent.pipeline.wiring import Pipeline
+from tests.cli_in_process import run_in_process
 from tests.media_factory import make_video
-from tests.test_snapshot import run_in_process
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDIN = ROOT / "tests" / "picamera2_standin"

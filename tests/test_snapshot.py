@@ -8,49 +8,17 @@ interpreter start and the media libraries' import for each."""
 from __future__ import annotations
 
 import functools
-import logging
-import signal
-import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from edge_agent.cli import main
-from edge_agent.commands import snapshot
+from tests.cli_in_process import Cli, run_in_process
 from tests.media_factory import qr_image
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_media"
-
-
-Cli = Callable[..., subprocess.CompletedProcess[str]]
-_print_report = snapshot.print_report
-
-
-def run_in_process(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-                   *args: str) -> subprocess.CompletedProcess[str]:
-    """`edge-agent ARGS` in this process: its exit code, stdout and stderr. What a command sets up as for
-    a process of its own (the root logger's level and handlers, its SIGINT/SIGTERM handlers) is put back."""
-    # print_report's default stream is the sys.stdout of import time, not the one captured now
-    monkeypatch.setattr(snapshot, "print_report", lambda rep, out=None: _print_report(rep, out, sys.stdout))
-    root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
-    on_signal = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    capsys.readouterr()
-    try:
-        code = main(list(args))
-    finally:
-        root.setLevel(level)
-        for h in root.handlers[:]:
-            if h not in handlers:
-                root.removeHandler(h)
-        for sig, handler in on_signal.items():
-            signal.signal(sig, handler)
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(list(args), code, out, err)
 
 
 @pytest.fixture

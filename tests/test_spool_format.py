@@ -23,9 +23,9 @@ import pytest
 from edge_agent import const
 from edge_agent.delivery import spool_format
 from edge_agent.delivery.spool import Spool
+from tests.cli_in_process import Cli, run_in_process
 from tests.receiver_fixture import ReceiverProcess, free_port
 from tests.spool_helpers import add_clip, spool_config
-from tests.test_snapshot import Cli, run_in_process
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_media" / "conveyor_720p30.mp4"
 FORMAT1 = Path(__file__).resolve().parent / "data" / "spool_format1"

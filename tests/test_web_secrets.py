@@ -12,8 +12,8 @@ import requests
 
 from edge_agent.redact import redact, redact_data
 from edge_agent.service.http import STATUS_WORDS
+from tests.cli_in_process import run_in_process
 from tests.receiver_fixture import free_port
-from tests.test_snapshot import run_in_process
 from tests.web_fixture import PASSWORD, Web, wait_for
 
 CAM_PASSWORD = "CamPass123"

@@ -118,7 +118,8 @@ def pick(reader: FrameReader, agent: Agent, detector: Detector, at: float | None
     return best
 
 
-def print_report(rep: Report, out: Path | None = None, stream: Any = sys.stdout) -> None:
+def print_report(rep: Report, out: Path | None = None, stream: Any = None) -> None:
+    stream = stream or sys.stdout  # looked up now: a caller may have replaced sys.stdout since import
     print(f"source {rep.source} at {rep.t:.2f} s, {rep.width}x{rep.height}", file=stream)
     print(f"exposure: mean {rep.mean:.0f}/255, {rep.clipped_dark:.1%} black, {rep.clipped_bright:.1%} white; "
           f"sharpness (Laplacian variance) {rep.sharpness:.0f} for the whole image (scene-dependent: compare "

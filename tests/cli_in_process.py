@@ -1,0 +1,37 @@
+"""`edge-agent ARGS` run through the CLI's own entry point inside the test process: what a command prints
+and returns is what a shell sees, without an interpreter start and the media libraries' import for each
+(exit codes as a real process are pinned in test_exit_codes.py)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+from collections.abc import Callable
+
+import pytest
+
+from edge_agent.cli import main
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def run_in_process(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                   *args: str) -> subprocess.CompletedProcess[str]:
+    """`edge-agent ARGS` in this process: its exit code, stdout and stderr. What a command sets up as for
+    a process of its own (the root logger's level and handlers, its SIGINT/SIGTERM handlers) is put back."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    on_signal = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    finally:
+        root.setLevel(level)
+        for h in root.handlers[:]:
+            if h not in handlers:
+                root.removeHandler(h)
+        for sig, handler in on_signal.items():
+            signal.signal(sig, handler)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
