@@ -23,6 +23,7 @@ from edge_agent.service.instances import (
     read_env_file,
     state_dir,
 )
+from tests.media_factory import make_video
 from tests.receiver_fixture import ReceiverProcess, free_port
 from tests.test_daemon import NotifySocket
 
@@ -196,25 +197,29 @@ def test_under_systemd_the_units_state_directory_wins(tmp_path: Path, monkeypatc
 # --- edge-agent check ----------------------------------------------------------------------------
 
 
-def check(config: Path) -> tuple[int, str, dict]:
-    common = [sys.executable, "-m", "edge_agent.cli", "check", "--config", str(config), "--frames", "10"]
-    text = subprocess.run(common, capture_output=True, text=True, check=False, timeout=120)
-    js = subprocess.run([*common, "--json"], capture_output=True, text=True, check=False, timeout=120)
-    return text.returncode, text.stdout + text.stderr, json.loads(js.stdout)
+def check(config: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, dict]:
+    """`edge-agent check` as typed, in this process: the warning comes from the configs beside it."""
+    common = ["check", "--config", str(config), "--frames", "10"]
+    capsys.readouterr()
+    rc = main(common)
+    text = "".join(capsys.readouterr())
+    assert main([*common, "--json"]) == rc
+    return rc, text, json.loads(capsys.readouterr().out)
 
 
-@pytest.mark.slow
-def test_check_warns_about_a_shared_port_and_passes_without(tmp_path: Path) -> None:
-    source = f"source:\n  kind: file\n  path: {SAMPLES / 'conveyor_720p30.mp4'}\n"
+def test_check_warns_about_a_shared_port_and_passes_without(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a small camera of its own: what is checked is the configs beside each other, not the picture
+    video = make_video(tmp_path / "qr.mp4", seconds=1, size=(320, 240), codes=[("CID-LINE-1", 0.0, 1.0)], scale=4)
+    source = f"source:\n  kind: file\n  path: {video}\n"
     cfg = write(tmp_path, "line1.yaml", f"device_id: a\n{source}spool:\n  dir: {tmp_path / 's1'}\n"
                 "  min_free_bytes: 0\nhttp:\n  port: 9101\n")
     write(tmp_path, "line2.yaml", f"device_id: b\n{source}spool:\n  dir: {tmp_path / 's2'}\nhttp:\n  port: 9102\n")
-    rc, out, js = check(cfg)
+    rc, out, js = check(cfg, capsys)
     assert rc == 0 and "WARN" not in out, out
     assert "instances" not in [r["name"] for r in js["results"]]
 
     write(tmp_path, "line2.env", "EDGE_AGENT__HTTP__PORT=9101\n")
-    rc, out, js = check(cfg)
+    rc, out, js = check(cfg, capsys)
     assert rc == 0, out  # a warning, not a failure: the camera itself works
     warn = [ln for ln in out.splitlines() if ln.startswith("WARN")]
     assert warn == ["WARN  instances line1.yaml (edge-agent@line1.service) shares http port 9101 with line2.yaml"]
