@@ -4,17 +4,22 @@ subprocess cameras, real HTTP servers on 127.0.0.1, a real spool folder."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import socket
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
+from edge_agent.cli import main
 from tests.media_factory import make_video
 from tests.receiver_fixture import ReceiverProcess
 
@@ -62,14 +67,19 @@ def write_config(tmp_path: Path, source: str, *, url: str | None = None, spool: 
 
 
 def check(cfg: Path, *args: str, json_out: bool = True, timeout: float = 60) -> tuple[int, dict, str]:
+    """`edge-agent check` as typed, run in this process (a process of its own adds nothing to what check
+    reports), without the shell's EDGE_AGENT_* settings; it must be done within `timeout` seconds."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_AGENT", "CREDENTIALS_DIRECTORY"))}
-    cmd = [sys.executable, "-m", "edge_agent.cli", "check", "--config", str(cfg), *args]
-    res = subprocess.run(cmd + (["--json"] if json_out else []), capture_output=True, text=True, check=False,
-                         timeout=timeout, env=env, cwd=ROOT)
+    out, err = io.StringIO(), io.StringIO()
+    started = time.monotonic()
+    with mock.patch.dict(os.environ, env, clear=True), contextlib.chdir(ROOT), \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["check", "--config", str(cfg), *args, *(["--json"] if json_out else [])])
+    assert time.monotonic() - started < timeout, f"check took over {timeout} s"
     if not json_out:
-        return res.returncode, {}, res.stdout
-    doc = json.loads(res.stdout)
-    return res.returncode, {r["name"]: r for r in doc["results"]}, res.stdout
+        return rc, {}, out.getvalue()
+    doc = json.loads(out.getvalue())
+    return rc, {r["name"]: r for r in doc["results"]}, out.getvalue()
 
 
 @pytest.mark.slow
