@@ -38,6 +38,13 @@ def qr_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_qr_video(tmp_path_factory.mktemp("media") / "qr.mp4")
 
 
+@pytest.fixture(scope="module")
+def qr_video_4s(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A camera's 4 s, a keyframe every second: read only, shared by the raw H.264 pipe tests."""
+    return make_video(tmp_path_factory.mktemp("media") / "cam.mp4", seconds=4, fps=30, size=(320, 240), gop=30,
+                      codes=[(CID, 0.0, 4.0)], scale=4)
+
+
 class _Answer(BaseHTTPRequestHandler):
     status = 200
 
@@ -187,12 +194,10 @@ def test_a_live_pipe_camera_is_measured_at_its_real_rate(qr_video: Path, tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.parametrize("burst", [10, 1], ids=["bursty", "steady"])
-def test_a_raw_h264_pipe_is_measured_from_capture_times(burst: int, tmp_path: Path) -> None:
+def test_a_raw_h264_pipe_is_measured_from_capture_times(burst: int, qr_video_4s: Path, tmp_path: Path) -> None:
     """rpicam-vid's raw H.264 has no timestamps and a loaded Pi hands it over ten frames at a time:
     check still reports 30 fps and a keyframe every second (the camera's settings), within 5%."""
-    video = make_video(tmp_path / "cam.mp4", seconds=4, fps=30, size=(320, 240), gop=30,
-                       codes=[(CID, 0.0, 4.0)], scale=4)
-    cmd = f"{sys.executable} {ROOT / 'tests' / 'bursty_h264.py'} {video} --loop --burst {burst}"
+    cmd = f"{sys.executable} {ROOT / 'tests' / 'bursty_h264.py'} {qr_video_4s} --loop --burst {burst}"
     cfg = write_config(tmp_path, f"  kind: pipe\n  command: {cmd}\n  input_format: h264\n")
     rc, r, out = check(cfg, "--frames", "120")
     assert rc == 0, out
