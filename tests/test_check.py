@@ -130,7 +130,6 @@ def test_a_wrong_upload_path_fails_the_server_line_and_stores_nothing(tmp_path: 
     (201, {}, "this is not an edge server's /cid endpoint"),
     (503, {}, "look at the edge server's logs"),
 ])
-@pytest.mark.slow
 def test_the_server_line_says_what_is_wrong_with_the_endpoint(tmp_path: Path, status: int,
                                                               headers: dict[str, str], says: str) -> None:
     from tests.flaky_server import FlakyServer
@@ -142,7 +141,6 @@ def test_the_server_line_says_what_is_wrong_with_the_endpoint(tmp_path: Path, st
     assert says.format(port=port) in r["server"]["hint"]
 
 
-@pytest.mark.slow
 def test_a_label_that_is_not_a_cid_is_reported_as_rejected(tmp_path: Path) -> None:
     video = make_qr_video(tmp_path / "bad.mp4", payload="http://example.com/x y", seconds=1.0)
     rc, r, out = check(write_config(tmp_path, f"  kind: file\n  path: {video}\n"))
@@ -151,7 +149,6 @@ def test_a_label_that_is_not_a_cid_is_reported_as_rejected(tmp_path: Path) -> No
     assert "rejected" in r["detector"]["detail"]
 
 
-@pytest.mark.slow
 def test_check_fails_with_an_actionable_hint_for_each_broken_part(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the spool folder should be")
@@ -168,7 +165,6 @@ def test_check_fails_with_an_actionable_hint_for_each_broken_part(tmp_path: Path
     assert r["token"]["status"] == "FAIL" and "missing-token" in r["token"]["detail"]
 
 
-@pytest.mark.slow
 def test_text_output_is_a_table_with_hints_under_failures(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, f"  kind: file\n  path: {tmp_path / 'nowhere.mp4'}\n")
     rc, _, out = check(cfg, json_out=False)
@@ -216,7 +212,6 @@ def test_a_camera_that_sends_nothing_fails_within_the_deadline(tmp_path: Path) -
     assert "source.command" in r["source"]["hint"]
 
 
-@pytest.mark.slow
 def test_a_missing_camera_command_says_what_to_install(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, "  kind: pipe\n  command: rpicam-vid-not-installed -t 0 -o -\n")
     rc, r, _ = check(cfg)
