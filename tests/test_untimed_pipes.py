@@ -24,15 +24,15 @@ from tests.media_factory import make_video
 
 ROOT = Path(__file__).resolve().parent.parent
 CIDS = ["CID-PIPE-A", "CID-PIPE-B"]
-IN_VIEW = {CIDS[0]: 1.5, CIDS[1]: 4.0}  # when each label comes into view, after FFmpeg's 0.7 s probe
-ROLLS = "clip:\n  pre_roll_s: 1\n  post_roll_s: 1\n"  # 2 s clips: 60 frame gaps each, two clips by 5 s
+IN_VIEW = {CIDS[0]: 2.8, CIDS[1]: 4.8}  # after FFmpeg's 0.7 s probe and start-up; mid-burst (frames 84, 144)
+ROLLS = "clip:\n  pre_roll_s: 1\n  post_roll_s: 1\n"  # 2 s clips: 60 frame gaps each
 
 
 @pytest.fixture(scope="module")
 def conveyor(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two labels, each in view 1 s, far enough apart for full clips (ROLLS); a keyframe every second.
     Small: what is checked is time, not the picture."""
-    return make_video(tmp_path_factory.mktemp("media") / "conveyor.mp4", seconds=6, fps=30, size=(320, 240),
+    return make_video(tmp_path_factory.mktemp("media") / "conveyor.mp4", seconds=7, fps=30, size=(320, 240),
                       gop=30, codes=[(CIDS[0], IN_VIEW[CIDS[0]], IN_VIEW[CIDS[0]] + 1.0),
                                      (CIDS[1], IN_VIEW[CIDS[1]], IN_VIEW[CIDS[1]] + 1.0)])
 
