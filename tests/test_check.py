@@ -4,17 +4,22 @@ subprocess cameras, real HTTP servers on 127.0.0.1, a real spool folder."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import socket
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
+from edge_agent.cli import main
 from tests.media_factory import make_video
 from tests.receiver_fixture import ReceiverProcess
 
@@ -31,6 +36,13 @@ def make_qr_video(path: Path, payload: str = CID, seconds: float = 2.0, fps: int
 @pytest.fixture(scope="module")
 def qr_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_qr_video(tmp_path_factory.mktemp("media") / "qr.mp4")
+
+
+@pytest.fixture(scope="module")
+def qr_video_4s(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A camera's 4 s, a keyframe every second: read only, shared by the raw H.264 pipe tests."""
+    return make_video(tmp_path_factory.mktemp("media") / "cam.mp4", seconds=4, fps=30, size=(320, 240), gop=30,
+                      codes=[(CID, 0.0, 4.0)], scale=4)
 
 
 class _Answer(BaseHTTPRequestHandler):
@@ -62,14 +74,19 @@ def write_config(tmp_path: Path, source: str, *, url: str | None = None, spool: 
 
 
 def check(cfg: Path, *args: str, json_out: bool = True, timeout: float = 60) -> tuple[int, dict, str]:
+    """`edge-agent check` as typed, run in this process (a process of its own adds nothing to what check
+    reports), without the shell's EDGE_AGENT_* settings; it must be done within `timeout` seconds."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_AGENT", "CREDENTIALS_DIRECTORY"))}
-    cmd = [sys.executable, "-m", "edge_agent.cli", "check", "--config", str(cfg), *args]
-    res = subprocess.run(cmd + (["--json"] if json_out else []), capture_output=True, text=True, check=False,
-                         timeout=timeout, env=env, cwd=ROOT)
+    out, err = io.StringIO(), io.StringIO()
+    started = time.monotonic()
+    with mock.patch.dict(os.environ, env, clear=True), contextlib.chdir(ROOT), \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["check", "--config", str(cfg), *args, *(["--json"] if json_out else [])])
+    assert time.monotonic() - started < timeout, f"check took over {timeout} s"
     if not json_out:
-        return res.returncode, {}, res.stdout
-    doc = json.loads(res.stdout)
-    return res.returncode, {r["name"]: r for r in doc["results"]}, res.stdout
+        return rc, {}, out.getvalue()
+    doc = json.loads(out.getvalue())
+    return rc, {r["name"]: r for r in doc["results"]}, out.getvalue()
 
 
 @pytest.mark.slow
@@ -113,7 +130,6 @@ def test_a_wrong_upload_path_fails_the_server_line_and_stores_nothing(tmp_path: 
     (201, {}, "this is not an edge server's /cid endpoint"),
     (503, {}, "look at the edge server's logs"),
 ])
-@pytest.mark.slow
 def test_the_server_line_says_what_is_wrong_with_the_endpoint(tmp_path: Path, status: int,
                                                               headers: dict[str, str], says: str) -> None:
     from tests.flaky_server import FlakyServer
@@ -125,7 +141,6 @@ def test_the_server_line_says_what_is_wrong_with_the_endpoint(tmp_path: Path, st
     assert says.format(port=port) in r["server"]["hint"]
 
 
-@pytest.mark.slow
 def test_a_label_that_is_not_a_cid_is_reported_as_rejected(tmp_path: Path) -> None:
     video = make_qr_video(tmp_path / "bad.mp4", payload="http://example.com/x y", seconds=1.0)
     rc, r, out = check(write_config(tmp_path, f"  kind: file\n  path: {video}\n"))
@@ -134,7 +149,6 @@ def test_a_label_that_is_not_a_cid_is_reported_as_rejected(tmp_path: Path) -> No
     assert "rejected" in r["detector"]["detail"]
 
 
-@pytest.mark.slow
 def test_check_fails_with_an_actionable_hint_for_each_broken_part(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the spool folder should be")
@@ -151,7 +165,6 @@ def test_check_fails_with_an_actionable_hint_for_each_broken_part(tmp_path: Path
     assert r["token"]["status"] == "FAIL" and "missing-token" in r["token"]["detail"]
 
 
-@pytest.mark.slow
 def test_text_output_is_a_table_with_hints_under_failures(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, f"  kind: file\n  path: {tmp_path / 'nowhere.mp4'}\n")
     rc, _, out = check(cfg, json_out=False)
@@ -177,12 +190,10 @@ def test_a_live_pipe_camera_is_measured_at_its_real_rate(qr_video: Path, tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.parametrize("burst", [10, 1], ids=["bursty", "steady"])
-def test_a_raw_h264_pipe_is_measured_from_capture_times(burst: int, tmp_path: Path) -> None:
+def test_a_raw_h264_pipe_is_measured_from_capture_times(burst: int, qr_video_4s: Path, tmp_path: Path) -> None:
     """rpicam-vid's raw H.264 has no timestamps and a loaded Pi hands it over ten frames at a time:
     check still reports 30 fps and a keyframe every second (the camera's settings), within 5%."""
-    video = make_video(tmp_path / "cam.mp4", seconds=4, fps=30, size=(320, 240), gop=30,
-                       codes=[(CID, 0.0, 4.0)], scale=4)
-    cmd = f"{sys.executable} {ROOT / 'tests' / 'bursty_h264.py'} {video} --loop --burst {burst}"
+    cmd = f"{sys.executable} {ROOT / 'tests' / 'bursty_h264.py'} {qr_video_4s} --loop --burst {burst}"
     cfg = write_config(tmp_path, f"  kind: pipe\n  command: {cmd}\n  input_format: h264\n")
     rc, r, out = check(cfg, "--frames", "120")
     assert rc == 0, out
@@ -201,7 +212,6 @@ def test_a_camera_that_sends_nothing_fails_within_the_deadline(tmp_path: Path) -
     assert "source.command" in r["source"]["hint"]
 
 
-@pytest.mark.slow
 def test_a_missing_camera_command_says_what_to_install(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, "  kind: pipe\n  command: rpicam-vid-not-installed -t 0 -o -\n")
     rc, r, _ = check(cfg)

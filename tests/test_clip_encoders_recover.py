@@ -53,14 +53,17 @@ def _m(port: int, name: str) -> float:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 def test_a_full_disk_fails_encodes_and_once_freed_clips_are_encoded_with_video_again(tmp_path: Path) -> None:
-    # looped: 15 s of labels (a new CID each second, beyond the 5 s cooldown when it comes round again)
-    video = make_label_video(tmp_path / "labels.mp4", seconds=15, per_s=1)
+    # looped: 8 s of labels (a new CID each second, beyond the 5 s cooldown when it comes round again);
+    # small, as the subject is the disk, not the picture: still wider than the clips' 320 px
+    video = make_label_video(tmp_path / "labels.mp4", seconds=8, per_s=1, size=(384, 216))
     spool = tmp_path / "spool"
     _mount_tmpfs(spool, "32m")
     log = tmp_path / "daemon.log"
     port = free_port()
     camera = f"{sys.executable} {ROOT / 'tests' / 'stream_sample.py'} {video} --loop"
-    proc = start_daemon(tmp_path, camera, "http://127.0.0.1:9/cid", port, extra="clip:\n  width: 320\n")
+    # 2 s clips: each one re-encoded is still far more than FREE_LEFT
+    proc = start_daemon(tmp_path, camera, "http://127.0.0.1:9/cid", port,
+                        extra="clip:\n  width: 320\n  pre_roll_s: 1\n  post_roll_s: 1\n")
     failures = 'edge_agent_clip_encoder_failures_total{encoder="libx264"}'
     try:
         wait_until(lambda: "encoder=libx264" in log.read_text(), 40, "a first clip encoded")

@@ -30,8 +30,11 @@ def generator() -> ModuleType:
 
 
 @pytest.mark.slow
-def test_inverted_and_small_codes_are_read_through_the_pipeline(tmp_path: Path) -> None:
+def test_inverted_and_small_codes_are_read_through_the_pipeline(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     gen = generator()
+    # the labels as the sample has them (in view as long, encoded alike) with less empty video between them
+    monkeypatch.setattr(gen, "GAP_S", 0.2)
     manifest = gen.make(tmp_path / "sample", only={"inverted", "small"})
     expected = {p for ps in manifest["categories"].values() for p in ps}
     assert {a["px_per_module"] for a in manifest["appearances"] if a["category"] == "small"} == {3.0, 2.5, 2.0}

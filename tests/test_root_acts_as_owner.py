@@ -116,16 +116,32 @@ def python() -> list[str]:
     return found
 
 
-@pytest.fixture
-def site(python: list[str]) -> Iterator[Site]:
-    user = pwd.getpwnam(USER)
-    base = Path(tempfile.mkdtemp(prefix="edge-agent-owner-"))  # not under pytest's 0700 tmp: the user must reach it
+def _readable_dir(prefix: str) -> Path:
+    """A folder not under pytest's 0700 tmp: the service's user must reach it."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    base.chmod(0o755)
+    return base
+
+
+@pytest.fixture(scope="module")
+def labels() -> Iterator[Path]:
+    """The camera's video, made once: the commands only read it."""
+    base = _readable_dir("edge-agent-owner-media-")
     try:
-        base.chmod(0o755)
+        yield make_label_video(base / "labels.mp4")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def site(python: list[str], labels: Path) -> Iterator[Site]:
+    user = pwd.getpwnam(USER)
+    base = _readable_dir("edge-agent-owner-")
+    try:
         state = base / "state"  # what the package's tmpfiles.d entry makes: /var/lib/edge-agent, the user's
         state.mkdir()
         os.chown(state, user.pw_uid, user.pw_gid)
-        video = make_label_video(base / "labels.mp4")
+        video = labels
         config = base / "config.yaml"
         config.write_text(f"upload:\n  url: http://127.0.0.1:{closed_port()}/cid\n  connect_timeout_s: 1\n"
                           f"spool:\n  dir: {state / 'spool'}\n  min_free_bytes: 0\n"
