@@ -198,3 +198,17 @@ def test_a_timestamp_jump_that_cannot_be_remuxed_is_re_encoded(h264_video: Path,
     pts = pts_of(result.path)
     assert len(pts) >= len(rec.packets) - 2 and sorted(pts) == sorted(set(pts))
     assert 3.8 <= result.info.duration_s <= 4.2
+
+
+def test_a_capture_clock_step_of_a_few_ms_is_one_moment_when_a_15_fps_clip_is_encoded(tmp_path: Path) -> None:
+    """A live camera's clock re-anchored to arrival can give two frames capture times a few ms apart
+    (seen at the start of a 15 fps pipe session). Encoded at the camera's rate, both fell on one
+    encoder tick and the muxer refused the clip (EINVAL): the later is dropped instead."""
+    video = make_video(tmp_path / "cam15.mp4", seconds=4.0, fps=15, codes=[("CID-15", 1.0, 3.0)])
+    rec = record(video, start_t=0.5, end_t=3.5)
+    step = len(rec.packets) // 2
+    shift = rec.packets[step].t - rec.packets[step - 1].t - 0.002  # frame `step` 2 ms after the one before
+    rec.packets[step:] = [dataclasses.replace(p, t=p.t - shift) for p in rec.packets[step:]]
+    result = ClipMaker(ClipConfig(width=320)).make(rec, tmp_path / "clip.mp4")
+    assert not result.remuxed and result.encoder == "libx264"
+    assert 43 <= result.info.frames <= 45  # 3 s at 15 fps, the frame 2 ms after another one dropped

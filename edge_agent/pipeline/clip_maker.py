@@ -257,7 +257,10 @@ class ClipMaker:
         decoder = open_decoder(info)
         width, height = self._size(info)
         fps = self.cfg.fps or info.fps or 30.0
-        min_step = 1.0 / self.cfg.fps if self.cfg.fps else 0.0
+        # frames closer than this are one moment: the clip.fps cap, else half the output's frame interval
+        # (a live clock re-anchored to arrival can give two frames capture times ms apart; on one encoder
+        # tick the muxer refuses the second one's timestamp, and the whole clip with it)
+        min_step = 1.0 / self.cfg.fps if self.cfg.fps else 0.5 / fps
         # decode on capture times, not the stream's own timestamps: those may jump or repeat (a camera
         # that restarted its clock), which is why a recording comes here instead of being remuxed
         packets = [dataclasses.replace(p, pts=round((p.t - t0) / info.time_base), dts=None) for p in packets]
