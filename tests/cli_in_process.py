@@ -19,8 +19,14 @@ Cli = Callable[..., subprocess.CompletedProcess[str]]
 def run_in_process(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
                    *args: str) -> subprocess.CompletedProcess[str]:
     """`edge-agent ARGS` in this process: its exit code, stdout and stderr. What a command sets up as for
-    a process of its own (the root logger's level and handlers, its SIGINT/SIGTERM handlers) is put back."""
+    a process of its own (the root logger's level and handlers, its SIGINT/SIGTERM handlers) is undone
+    after it."""
     root = logging.getLogger()
+    # a handler an earlier in-process command left (bound to that test's stderr) would stop the command
+    # from adding its own: it goes for the run, and comes back after
+    stale = [h for h in root.handlers if getattr(h, "is_edge_agent_handler", False)]
+    for h in stale:
+        root.removeHandler(h)
     level, handlers = root.level, list(root.handlers)
     on_signal = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     capsys.readouterr()
@@ -31,6 +37,8 @@ def run_in_process(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.Monke
         for h in root.handlers[:]:
             if h not in handlers:
                 root.removeHandler(h)
+        for h in stale:
+            root.addHandler(h)
         for sig, handler in on_signal.items():
             signal.signal(sig, handler)
     out, err = capsys.readouterr()
