@@ -13,23 +13,18 @@ raise RSS by more than MAX_GROWTH_MB at their peak, or leave more than MAX_LEFT_
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import psutil
-import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.receiver_fixture import free_port  # noqa: E402
+from benchmarks.web_daemon import web_daemon  # noqa: E402
 
 # the bound: MJPEG_MAX_VIEWERS streams of shared frames, one render thread's working set
 MAX_GROWTH_MB = 40
@@ -78,29 +73,10 @@ def main() -> int:
     ap.add_argument("--video", type=Path, default=ROOT / "sample_media" / "conveyor_720p30.mp4")
     args = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="live-viewers-"))
-    port = free_port()
-    config = tmp / "config.yaml"
-    config.write_text(f"device_id: bench\nsource:\n  kind: file\n  path: {args.video.resolve()}\n  realtime: true\n"
-                      f"  loop: true\nspool:\n  dir: {tmp / 'spool'}\n  min_free_bytes: 0\nhttp:\n  port: {port}\n",
-                      encoding="utf-8")
-    log = (tmp / "daemon.log").open("wb")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(config)],
-                            stdout=log, stderr=log, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                print(f"the daemon did not come up: {(tmp / 'daemon.log').read_text()[-2000:]}", file=sys.stderr)
-                return 2
-            try:
-                if requests.get(url + "/frame.jpg", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
+    # up once the pipeline has a picture to show
+    with web_daemon("live-viewers-", args.video, ready_path="/frame.jpg",
+                    ready=lambda reply: reply.status_code == 200) as daemon:
+        proc, port = daemon.proc, daemon.port
         time.sleep(8)  # the render thread ends 5 s after its last viewer; the pipeline settles
         before = rss_mb(proc.pid)
 
@@ -122,12 +98,6 @@ def main() -> int:
             t.join(10)
         time.sleep(10)  # the streams end within a frame, the render thread 5 s later
         after = rss_mb(proc.pid)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
     mb_read = sum(read) / 1e6
     print(f"viewers asked {args.viewers}: served {len(served)}, refused {len(refused)}; "
