@@ -22,11 +22,6 @@ def run_in_process(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.Monke
     a process of its own (the root logger's level and handlers, its SIGINT/SIGTERM handlers) is undone
     after it."""
     root = logging.getLogger()
-    # a handler an earlier in-process command left (bound to that test's stderr) would stop the command
-    # from adding its own: it goes for the run, and comes back after
-    stale = [h for h in root.handlers if getattr(h, "is_edge_agent_handler", False)]
-    for h in stale:
-        root.removeHandler(h)
     level, handlers = root.level, list(root.handlers)
     on_signal = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     capsys.readouterr()
@@ -37,8 +32,6 @@ def run_in_process(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.Monke
         for h in root.handlers[:]:
             if h not in handlers:
                 root.removeHandler(h)
-        for h in stale:
-            root.addHandler(h)
         for sig, handler in on_signal.items():
             signal.signal(sig, handler)
     out, err = capsys.readouterr()

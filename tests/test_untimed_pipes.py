@@ -62,13 +62,16 @@ def assert_steady_30fps(events: list[EventSnapshot], tmp_path: Path, median_ms: 
         assert min(gaps) >= 20 and max(gaps) <= 50, (e.cid, min(gaps), max(gaps))
 
 
-def assert_true_time(events: list[EventSnapshot], t0: float) -> None:
+def assert_true_time(events: list[EventSnapshot], t0: float, burst: int = 1) -> None:
     """detected_at is when the camera saw the label (`t0`: the wall-clock time of the stream's first
-    frame), not when the agent got the frame: the first pass's labels come into view at 3.0 and 6.5 s."""
+    frame), not when the agent got the frame: the first pass's labels come into view at 3.0 and 6.5 s.
+    A busy detector takes the newest frame a burst brought (a camera source never waits for it), so the
+    first frame it reads may be a whole burst into the view; a few frames more on a loaded machine."""
     in_view = {CIDS[0]: 3.0, CIDS[1]: 6.5}
+    late = 0.25 + (burst - 1) / 30
     for e in events[:2]:
         seen = datetime.fromisoformat(e.detected_at.replace("Z", "+00:00")).timestamp() - t0
-        assert in_view[e.cid] - 0.05 <= seen <= in_view[e.cid] + 0.25, (e.cid, seen)  # a frame or two in
+        assert in_view[e.cid] - 0.05 <= seen <= in_view[e.cid] + late, (e.cid, seen)
 
 
 @pytest.mark.slow
@@ -81,7 +84,7 @@ def test_raw_h264_pipe_clips_keep_the_cameras_frame_rate(burst: int, conveyor: P
     events, _ = run_pipeline(cmd, tmp_path, "  input_format: h264\n")
     assert_steady_30fps(events, tmp_path)
     assert any("source open" in r.message and "fps=30.00" in r.message for r in caplog.records)
-    assert_true_time(events, float(t0_file.read_text()))
+    assert_true_time(events, float(t0_file.read_text()), burst)
 
 
 @pytest.mark.slow
