@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import signal
 import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -27,6 +28,10 @@ def run_in_process(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.Monke
     capsys.readouterr()
     try:
         code = main(list(args))
+    except SystemExit as exc:  # what a process would exit with (a command may end by sys.exit)
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
     finally:
         root.setLevel(level)
         for h in root.handlers[:]:
