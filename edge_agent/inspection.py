@@ -105,17 +105,24 @@ def sharpness(gray: np.ndarray) -> float:
     return float(cv2.Laplacian(gray, cv2.CV_64F).var()) if gray.size else 0.0
 
 
-# exposure() looks at about this many pixels, evenly spread: a mean and two fractions need no more
-# (+-0.5 % on a 1080p frame), and the detect stage computes them for every frame with a code in it:
-# all 2 million pixels of a 1080p frame took 14 ms, the sample 1.5 ms (a busy 2-core x86 machine)
+# exposure() counts every row of about this many pixels, spread evenly (whole rows: contiguous memory,
+# one histogram pass in C): a mean and two fractions need no more (+-0.5 % on a 1080p frame), and the
+# detect stage computes them for every analysed frame with a code in it. Measured on a 1080p frame:
+# all 2 million pixels 14 ms with numpy; every third pixel of every third row, with numpy, 0.63 ms;
+# every third row through one histogram, 0.21 ms.
 EXPOSURE_SAMPLES = 130_000
+_LEVELS = np.arange(256, dtype=np.float64)
 
 
 def exposure(gray: np.ndarray) -> tuple[float, float, float]:
     """(mean luma, fraction of pixels under 5, fraction over 250) of a frame."""
+    if not gray.size:
+        return 0.0, 0.0, 0.0
     step = max(1, int(math.sqrt(gray.size / EXPOSURE_SAMPLES)))
-    sample = gray[::step, ::step]
-    return float(sample.mean()), float((sample < 5).mean()), float((sample > 250).mean())
+    # a view, no copy: OpenCV reads rows at any stride (the decoder's padded planes too)
+    hist = cv2.calcHist([gray[::step]], [0], None, [256], [0, 256]).ravel()
+    n = float(hist.sum())
+    return float(hist @ _LEVELS) / n, float(hist[:5].sum()) / n, float(hist[251:].sum()) / n
 
 
 def code_figures(gray: np.ndarray, polygon: Sequence[tuple[int, int]],
