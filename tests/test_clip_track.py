@@ -49,17 +49,22 @@ def small(img: np.ndarray) -> np.ndarray:
 class Replayed:
     def __init__(self, clips: Path, labels: dict[int, list[tuple[Any, tuple[int, int, int, int]]]],
                  source: list[np.ndarray], metas: list[dict]):
-        self.clips, self.labels, self.source, self.metas = clips, labels, source, metas
+        self.clips, self.labels, self.metas = clips, labels, metas
+        self.source = np.stack(source)  # (frames, 54, 96): one picture against all of them at once
+        self._shown: dict[str, list[tuple[float, int]]] = {}
 
     def where(self, n: int, cid: str) -> tuple[int, int, int, int] | None:
         return next((box for p, box in self.labels.get(n, []) if p == cid), None)
 
     def shown(self, meta: dict) -> list[tuple[float, int]]:
-        """(presentation time, source frame index) of every frame the clip presents."""
-        with av.open(str(self.clips / f"{meta['event_id']}.mp4")) as c:
-            pictures = [(f.time, small(f.to_ndarray(format="gray"))) for f in c.decode(c.streams.video[0])]
-        return [(t, min(range(len(self.source)), key=lambda k: float(np.abs(self.source[k] - p).mean())))
-                for t, p in pictures]
+        """(presentation time, source frame index) of every frame the clip presents: the source frame
+        closest to the picture, pixel by pixel."""
+        if meta["event_id"] not in self._shown:
+            with av.open(str(self.clips / f"{meta['event_id']}.mp4")) as c:
+                pictures = [(f.time, small(f.to_ndarray(format="gray"))) for f in c.decode(c.streams.video[0])]
+            self._shown[meta["event_id"]] = [(t, int(np.abs(self.source - p).mean(axis=(1, 2)).argmin()))
+                                             for t, p in pictures]
+        return self._shown[meta["event_id"]]
 
 
 @pytest.fixture(scope="module")
