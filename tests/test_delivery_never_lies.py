@@ -83,12 +83,15 @@ def test_flush_against_a_trickling_server_returns_within_its_timeout_and_keeps_t
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_stopping_a_flush_keeps_the_clips_queued_and_exits_0(tmp_path: Path, sig: signal.Signals) -> None:
     """A technician (or the service manager) stops a flush stuck on a slow server: the upload in
-    flight is cut, never counted as delivered, the clips stay queued, and a requested stop is 0."""
+    flight is cut, never counted as delivered, the clips stay queued, and a requested stop is 0. The flush
+    starts with SIGINT ignored, as a background job (`... &` in a script) does: Ctrl-C or `kill -INT`
+    still stops it, as it stops every other command."""
     ids = queue_clips(tmp_path)
     with FlakyServer(["trickle"] * 20, stall_s=60, trickle_s=0.3) as server:
         cfg = trickle_config(tmp_path, server.url)
         proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "spool", "flush", "--timeout", "60",
-                                 "--config", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 "--config", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
         wait_until(lambda: server.seen, 30, "the first upload")  # in, its reply trickling
         started = time.monotonic()
         proc.send_signal(sig)

@@ -204,7 +204,10 @@ def cmd_flush(args: argparse.Namespace) -> int:
     stopped = False
     spool: Any = None
     before = 0
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a service manager's stop is a Ctrl-C
+    # a service manager's stop is a Ctrl-C; and Ctrl-C is one even where SIGINT was ignored at start (a
+    # background job), as for every command that stops on request (commands.common.stop_on_signals)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if agent_pid is None:
             spool = agent.spool()
