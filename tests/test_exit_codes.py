@@ -216,6 +216,9 @@ FAULTS = {
 NO_CAMERA = "no camera at {tmp}/video9: list cameras with `v4l2-ctl --list-devices`"
 MISSING = "{tmp}/gone.mp4 does not exist: fix source.path"
 SPOOL_NOT_A_DIR = "cannot use spool.dir {tmp}/file/spool: Not a directory (point spool.dir at a writable folder"
+# status and list only read (a spool not made yet is empty) and say which part of the path is a file
+SPOOL_UNDER_A_FILE = ("cannot use spool.dir {tmp}/file/spool: Not a directory: {tmp}/file is a file (point "
+                      "spool.dir at a writable folder")
 BAD_CONFIG = "c.yaml:2:9: source.kind: Input should be 'file', 'v4l2'"
 # (fault, command): the exit code and what the output must say (its cause and hint). Each command
 # that reaches the faulty part, once; `bad config` for every way a command loads it. An exit code
@@ -235,6 +238,8 @@ EXPECTED: dict[tuple[str, str], tuple[int, str]] = {
     ("unwritable spool", "check --seconds 1"): (const.EXIT_FAILED, "{tmp}/file/spool cannot be created or written"),
     ("unwritable spool", "spool flush --timeout 2"): (const.EXIT_CANTCREAT, SPOOL_NOT_A_DIR),
     ("unwritable spool", "spool requeue"): (const.EXIT_CANTCREAT, SPOOL_NOT_A_DIR),
+    ("unwritable spool", "spool status"): (const.EXIT_CANTCREAT, SPOOL_UNDER_A_FILE),
+    ("unwritable spool", "spool list"): (const.EXIT_CANTCREAT, SPOOL_UNDER_A_FILE),
     ("bad config", "check --seconds 1"): (const.EXIT_CONFIG, BAD_CONFIG),
     ("bad config", "snapshot -o {tmp}/s.jpg"): (const.EXIT_CONFIG, BAD_CONFIG),
     ("bad config", "tune --count 1"): (const.EXIT_CONFIG, BAD_CONFIG),

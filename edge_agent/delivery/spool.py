@@ -34,6 +34,7 @@ quarantine/ without the lock in spool_quarantine.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -132,6 +133,19 @@ class QueueRow(NamedTuple):
     size_bytes: int
 
 
+def _unusable(root: Path, why: str) -> SpoolError:
+    return SpoolError(f"cannot use spool.dir {root}: {why} (point spool.dir at a writable folder on a local "
+                      "disk; the service's is /var/lib/edge-agent/spool)")
+
+
+def _file_in_the_way(root: Path) -> Path | None:
+    """The regular file that `root` is or lies under, if any (its nearest existing ancestor, not a folder)."""
+    path = root
+    while not path.exists() and path != path.parent:  # exists() is False under a file (ENOTDIR) too
+        path = path.parent
+    return path if path.exists() and not path.is_dir() else None
+
+
 class Spool:
     """The queue of clips. Thread-safe: the clip worker puts, the uploader takes, the CLI inspects."""
 
@@ -158,6 +172,11 @@ class Spool:
         self._lock_fd: int | None = None
         self._db: sqlite3.Connection | None = None
         if reader:
+            # a spool not made yet reads as empty; one that is, or lies under, a regular file is a typo in
+            # spool.dir, said as the owner would say it (not an empty spool on a disk of absurd size)
+            blocker = _file_in_the_way(self.root)
+            if blocker is not None:
+                raise _unusable(self.root, os.strerror(errno.ENOTDIR) + f": {blocker} is a file")
             self.owner, self.owner_pid = False, spool_lock.owner_pid(self.root)
             self._db = open_readonly(self.root, self.clips)
             return
@@ -169,8 +188,7 @@ class Spool:
             self.owner = fd is not None
             self._lock_fd = fd if fd is not None and fd >= 0 else None
         except OSError as exc:
-            raise SpoolError(f"cannot use spool.dir {self.root}: {exc.strerror or exc} (point spool.dir at a "
-                             "writable folder on a local disk; the service's is /var/lib/edge-agent/spool)") from exc
+            raise _unusable(self.root, exc.strerror or str(exc)) from exc
         if not self.owner:
             raise SpoolBusy(self.root, self.owner_pid)
         try:
