@@ -1,8 +1,11 @@
-import logging
 from collections.abc import Iterator
 
 import pytest
 
+from tests.cli_in_process import (
+    in_process,  # noqa: F401  (`edge-agent ARGS` in this process)
+    root_logger_as_found,
+)
 from tests.postgres_fixture import Postgres, pg_binary
 from tests.receiver_fixture import receiver  # noqa: F401  (a real edge server on 127.0.0.1)
 from tests.seaweed_fixture import SeaweedFS
@@ -13,13 +16,8 @@ def _root_logger_as_found() -> Iterator[None]:
     """A test that runs a command in this process (`main([...])`) gets the command's log handler, bound to
     that test's captured stderr: it goes with the test, or a later test's threads would log into a closed
     file ("Logging error ... I/O operation on closed file")."""
-    root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
-    yield
-    for h in root.handlers[:]:
-        if h not in handlers:
-            root.removeHandler(h)
-    root.setLevel(level)
+    with root_logger_as_found():
+        yield
 
 
 @pytest.fixture(scope="session")

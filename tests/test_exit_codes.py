@@ -3,7 +3,7 @@ real process, and an expected fault is one line with its cause and a hint, never
 
 Each code is pinned once on a real process (the code reaching the shell, signals); the matrix of every
 fault in every command it reaches, and the spool commands' outcomes, run the same entry point in this
-process (`run_in_process`): what they pin is the code and the message each command gives."""
+process (the `in_process` fixture): what they pin is the code and the message each command gives."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from edge_agent import const
-from tests.cli_in_process import run_in_process
+from tests.cli_in_process import Cli
 from tests.receiver_fixture import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -250,9 +250,8 @@ EXPECTED: dict[tuple[str, str], tuple[int, str]] = {
 
 @pytest.mark.parametrize(("fault", "command"), list(EXPECTED), ids=[f"{f}: {c.split(' -')[0]}" for f, c in EXPECTED])
 @pytest.mark.slow
-def test_an_expected_fault_exits_with_its_code_and_says_its_cause(
-        tmp_path: Path, fault: str, command: str, capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_expected_fault_exits_with_its_code_and_says_its_cause(tmp_path: Path, fault: str, command: str,
+                                                                 in_process: Cli) -> None:
     (tmp_path / "file").write_text("not a folder")
     spool = tmp_path / "file" / "spool" if fault == "unwritable spool" else tmp_path / "spool"
     if fault == "unreachable server":  # one clip waiting, so delivery is tried
@@ -261,7 +260,7 @@ def test_an_expected_fault_exits_with_its_code_and_says_its_cause(
     text = FAULTS[fault].format(tmp=tmp_path, port=port) + f"spool:\n  dir: {spool}\n  min_free_bytes: 0\n"
     cfg = write(tmp_path / "c.yaml", text if fault != "bad config" else FAULTS[fault])
     code, says = EXPECTED[(fault, command)]
-    res = run_in_process(capsys, monkeypatch, *command.format(tmp=tmp_path).split(), "--config", str(cfg))
+    res = in_process(*command.format(tmp=tmp_path).split(), "--config", str(cfg))
     out = res.stdout + res.stderr
     assert res.returncode == code, (res.returncode, out[-2000:])
     assert says.format(tmp=tmp_path, port=port) in out, out[-2000:]
@@ -323,34 +322,30 @@ def _spool_config(tmp_path: Path, url: str) -> Path:
 
 
 @pytest.mark.slow
-def test_a_flush_that_leaves_clips_refused_is_1_and_one_that_delivers_all_is_0(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_flush_that_leaves_clips_refused_is_1_and_one_that_delivers_all_is_0(tmp_path: Path,
+                                                                              in_process: Cli) -> None:
     from tests.flaky_server import FlakyServer
-
-    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
-        return run_in_process(capsys, monkeypatch, *argv)
 
     _spool_with_clips(tmp_path, 3)
     with FlakyServer([(422, {}, b'{"detail": "device unknown"}')] + ["ok"] * 10) as server:
         cfg = _spool_config(tmp_path, server.url)
-        res = cli("spool", "flush", "--timeout", "20", "--config", str(cfg))
+        res = in_process("spool", "flush", "--timeout", "20", "--config", str(cfg))
         assert res.returncode == const.EXIT_FAILED, (res.stdout, res.stderr)
         assert "delivered 2 clip(s); 1 refused by the server and quarantined" in res.stdout
         assert "1 clip(s) in quarantine, not delivered" in res.stderr and "spool requeue" in res.stderr
-        requeued = cli("spool", "requeue", "--config", str(cfg))
+        requeued = in_process("spool", "requeue", "--config", str(cfg))
         assert requeued.returncode == 0 and "requeued 1 clip(s)" in requeued.stdout, requeued.stderr
-        again = cli("spool", "flush", "--timeout", "20", "--config", str(cfg))
+        again = in_process("spool", "flush", "--timeout", "20", "--config", str(cfg))
     assert again.returncode == 0 and "the spool is empty" in again.stdout, (again.stdout, again.stderr)
 
 
 @pytest.mark.slow
-def test_a_requeue_that_leaves_clips_in_quarantine_is_1(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_requeue_that_leaves_clips_in_quarantine_is_1(tmp_path: Path, in_process: Cli) -> None:
     """A video without its event (no CID, no metadata) is set aside at the spool's start and can never
     be requeued: `requeue` says so and fails."""
     spool_dir = _spool_with_clips(tmp_path, 1)
     (spool_dir / "clips" / "stray.mp4").write_bytes(b"not a clip of any event")
     cfg = _spool_config(tmp_path, "http://127.0.0.1:9/cid")
-    res = run_in_process(capsys, monkeypatch, "spool", "requeue", "--config", str(cfg))
+    res = in_process("spool", "requeue", "--config", str(cfg))
     assert res.returncode == const.EXIT_FAILED, (res.stdout, res.stderr)
     assert "could not be requeued" in res.stdout and "still in quarantine" in res.stderr

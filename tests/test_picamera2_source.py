@@ -20,7 +20,7 @@ from edge_agent.config import parse_config
 from edge_agent.delivery.sinks import FolderSink
 from edge_agent.pipeline.events import EventSnapshot
 from edge_agent.pipeline.wiring import Pipeline
-from tests.cli_in_process import run_in_process
+from tests.cli_in_process import Cli
 from tests.media_factory import make_video
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,19 +148,16 @@ def _camera_config(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_check_reads_the_camera_and_the_code_from_lores(camera: Path, tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str],
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    out = run_in_process(capsys, monkeypatch, "check", "-c", str(_camera_config(tmp_path)), "--seconds", "20")
+def test_check_reads_the_camera_and_the_code_from_lores(camera: Path, tmp_path: Path, in_process: Cli) -> None:
+    out = in_process("check", "-c", str(_camera_config(tmp_path)), "--seconds", "20")
     lines = {ln.split()[1]: ln for ln in out.stdout.splitlines() if ln.startswith(("PASS", "FAIL", "WARN", "SKIP"))}
     assert lines["source"].startswith("PASS") and "h264 960x540" in lines["source"], out.stdout + out.stderr
     assert "lores" in lines["detector"] and CID in lines["detector"], out.stdout + out.stderr
 
 
 @pytest.mark.slow
-def test_snapshot_takes_the_cameras_lores_picture(camera: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    out = run_in_process(capsys, monkeypatch, "snapshot", "-c", str(_camera_config(tmp_path)), "-o",
+def test_snapshot_takes_the_cameras_lores_picture(camera: Path, tmp_path: Path, in_process: Cli) -> None:
+    out = in_process("snapshot", "-c", str(_camera_config(tmp_path)), "-o",
                          str(tmp_path / "snap.jpg"))
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"{LORES[0]}x{LORES[1]}" in out.stdout

@@ -7,7 +7,6 @@ interpreter start and the media libraries' import for each."""
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
@@ -15,15 +14,10 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.cli_in_process import Cli, run_in_process
+from tests.cli_in_process import Cli
 from tests.media_factory import qr_image
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_media"
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
-    return functools.partial(run_in_process, capsys, monkeypatch)
 
 
 def colour_pixels(img: np.ndarray, bgr: tuple[int, int, int]) -> int:
@@ -32,25 +26,25 @@ def colour_pixels(img: np.ndarray, bgr: tuple[int, int, int]) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("video", ["conveyor_720p30.mp4", "conveyor_1080p30.mp4", "invalid_payload_720p30.mp4"])
-def test_snapshot_of_each_sample_shows_the_codes(video: str, tmp_path: Path, cli: Cli) -> None:
+def test_snapshot_of_each_sample_shows_the_codes(video: str, tmp_path: Path, in_process: Cli) -> None:
     out = tmp_path / "shot.jpg"
-    res = cli("snapshot", "--source", str(SAMPLES / video), "-o", str(out))
+    res = in_process("snapshot", "--source", str(SAMPLES / video), "-o", str(out))
     assert res.returncode == 0, res.stderr
     img = cv2.imread(str(out))
     assert img is not None and colour_pixels(img, (40, 200, 40)) > 200  # a green outline
     assert "px/module" in res.stdout and "sharpness" in res.stdout and "advice:" in res.stdout
 
 
-def test_snapshot_marks_a_rejected_payload_in_red(tmp_path: Path, cli: Cli) -> None:
+def test_snapshot_marks_a_rejected_payload_in_red(tmp_path: Path, in_process: Cli) -> None:
     out = tmp_path / "bad.jpg"
-    res = cli("snapshot", "--source", str(SAMPLES / "invalid_payload_720p30.mp4"), "--at", "8", "-o", str(out))
+    res = in_process("snapshot", "--source", str(SAMPLES / "invalid_payload_720p30.mp4"), "--at", "8", "-o", str(out))
     assert res.returncode == 0, res.stderr
     assert 'REJECTED "../../etc/passwd"' in res.stdout
     assert "is not a valid CID" in res.stdout
     assert colour_pixels(cv2.imread(str(out)), (40, 40, 230)) > 200
 
 
-def test_snapshot_of_a_photo_with_a_small_code_advises_moving_closer(tmp_path: Path, cli: Cli) -> None:
+def test_snapshot_of_a_photo_with_a_small_code_advises_moving_closer(tmp_path: Path, in_process: Cli) -> None:
     photo = tmp_path / "photo.png"
     img = np.full((720, 1280), 170, np.uint8)
     q = qr_image("CID-SMALL-1", 2)  # 2 px per module: readable, but marginal
@@ -58,21 +52,21 @@ def test_snapshot_of_a_photo_with_a_small_code_advises_moving_closer(tmp_path: P
     cv2.imwrite(str(photo), img)
     cfg = tmp_path / "c.yaml"
     cfg.write_text("detector:\n  roi: {left: 0.25, top: 0.25, right: 0.75, bottom: 0.75}\n")
-    res = cli("snapshot", "--config", str(cfg), "--source", str(photo), "-o", str(tmp_path / "s.jpg"))
+    res = in_process("snapshot", "--config", str(cfg), "--source", str(photo), "-o", str(tmp_path / "s.jpg"))
     assert res.returncode == 0, res.stderr
     assert "2.0 px/module" in res.stdout and "move closer" in res.stdout
     assert colour_pixels(cv2.imread(str(tmp_path / "s.jpg")), (230, 120, 30)) > 200  # the ROI
 
 
-def test_snapshot_of_a_dark_frame_without_codes_gives_advice(tmp_path: Path, cli: Cli) -> None:
+def test_snapshot_of_a_dark_frame_without_codes_gives_advice(tmp_path: Path, in_process: Cli) -> None:
     photo = tmp_path / "dark.png"
     cv2.imwrite(str(photo), np.full((480, 640), 20, np.uint8))
-    res = cli("snapshot", "--source", str(photo), "-o", str(tmp_path / "d.jpg"))
+    res = in_process("snapshot", "--source", str(photo), "-o", str(tmp_path / "d.jpg"))
     assert "no code found" in res.stdout and "image is dark" in res.stdout
 
 
-def test_tune_prints_a_line_per_second_of_video(cli: Cli) -> None:
-    res = cli("tune", "--source", str(SAMPLES / "conveyor_720p30.mp4"), "--count", "5")
+def test_tune_prints_a_line_per_second_of_video(in_process: Cli) -> None:
+    res = in_process("tune", "--source", str(SAMPLES / "conveyor_720p30.mp4"), "--count", "5")
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("t=")]
     assert res.returncode == 0 and len(lines) == 5
     assert any("CID-7F3A9C21" in ln for ln in lines[3:])
@@ -80,14 +74,14 @@ def test_tune_prints_a_line_per_second_of_video(cli: Cli) -> None:
 
 @pytest.mark.slow
 def test_sharpness_comes_with_its_scale_and_at_on_a_camera_says_it_does_not_apply(tmp_path: Path,
-                                                                                    cli: Cli) -> None:
-    res = cli("snapshot", "--source", str(SAMPLES / "conveyor_720p30.mp4"), "-o", str(tmp_path / "a.jpg"))
+                                                                                    in_process: Cli) -> None:
+    res = in_process("snapshot", "--source", str(SAMPLES / "conveyor_720p30.mp4"), "-o", str(tmp_path / "a.jpg"))
     assert "(sharp: under 50 blurry, 300 and over sharp)" in res.stdout
     assert "for the whole image (scene-dependent" in res.stdout
     camera = f"{sys.executable} {SAMPLES.parent / 'tests' / 'stream_sample.py'} {SAMPLES / 'conveyor_720p30.mp4'}"
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"source:\n  kind: pipe\n  command: {camera}\n", encoding="utf-8")
-    res = cli("snapshot", "--config", str(cfg), "--at", "5", "-o", str(tmp_path / "b.jpg"))
+    res = in_process("snapshot", "--config", str(cfg), "--at", "5", "-o", str(tmp_path / "b.jpg"))
     assert res.returncode == 0, res.stderr
     assert "--at applies to files; pipe sources give the newest frame" in res.stderr
 

@@ -23,7 +23,7 @@ import pytest
 from edge_agent import const
 from edge_agent.delivery import spool_format
 from edge_agent.delivery.spool import Spool
-from tests.cli_in_process import Cli, run_in_process
+from tests.cli_in_process import Cli
 from tests.receiver_fixture import ReceiverProcess, free_port
 from tests.spool_helpers import add_clip, spool_config
 
@@ -43,12 +43,6 @@ FORMAT1_CLIPS = [
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "edge_agent.cli", *args], capture_output=True, text=True,
                           timeout=timeout, check=False)
-
-
-@pytest.fixture
-def cmd(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
-    """`edge-agent ARGS` in this process (stdout, stderr, exit code as a shell sees them)."""
-    return lambda *args: run_in_process(capsys, monkeypatch, *args)
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +79,11 @@ def format1_spool(tmp_path: Path) -> Path:
 
 
 def test_a_format_1_spool_is_read_unchanged_then_migrated_in_place_and_delivered(
-        tmp_path: Path, cmd: Cli, receiver: ReceiverProcess) -> None:
+        tmp_path: Path, in_process: Cli, receiver: ReceiverProcess) -> None:
     spool = format1_spool(tmp_path)
     cfg = config(tmp_path, spool, "http://127.0.0.1:9/cid")
     before = tree(spool)
-    res = cmd("spool", "list", "--json", "--config", str(cfg))  # a reader beside an agent not yet upgraded
+    res = in_process("spool", "list", "--json", "--config", str(cfg))  # a reader beside an agent not yet upgraded
     assert res.returncode == 0, res.stderr
     assert [(e["event_id"], e["cid"]) for e in json.loads(res.stdout)] == [c[:2] for c in FORMAT1_CLIPS]
     after = tree(spool)
@@ -106,7 +100,7 @@ def test_a_format_1_spool_is_read_unchanged_then_migrated_in_place_and_delivered
 
     (spool / "clips" / f"{FORMAT1_CLIPS[0][0]}.json").unlink()  # the row holds the metadata now
     cfg = config(tmp_path, spool, receiver.cid_url)
-    res, events = delivered_by(receiver, lambda: cmd("spool", "flush", "--config", str(cfg)))
+    res, events = delivered_by(receiver, lambda: in_process("spool", "flush", "--config", str(cfg)))
     assert res.returncode == 0, res.stderr
     assert sorted((e["event_id"], e["cid"], e["sha256"]) for e in events) == sorted(FORMAT1_CLIPS)
     assert all(e["sha256_ok"] and e["metadata"]["device_id"] == "test" for e in events)
@@ -140,7 +134,7 @@ def test_a_spool_from_a_newer_build_is_refused_with_exit_73_and_left_untouched(t
     assert tree(spool) == before  # not a byte changed, no file added (no lock, no journal, no recovery)
 
 
-def test_a_lost_and_a_torn_sidecar_still_send_their_clips_with_cid_and_video(tmp_path: Path, cmd: Cli,
+def test_a_lost_and_a_torn_sidecar_still_send_their_clips_with_cid_and_video(tmp_path: Path, in_process: Cli,
                                                                              receiver: ReceiverProcess) -> None:
     """Power cut on an SD card: one sidecar gone, one cut short. The queue row has the CID and the
     metadata, so both clips go out whole to a real server. (Before: both quarantined with cid=?.)"""
@@ -152,7 +146,7 @@ def test_a_lost_and_a_torn_sidecar_still_send_their_clips_with_cid_and_video(tmp
     torn = spool_dir / "clips" / f"{clips[1][0]}.json"
     torn.write_bytes(torn.read_bytes()[:40])
     cfg = config(tmp_path, spool_dir, receiver.cid_url)
-    res, events = delivered_by(receiver, lambda: cmd("spool", "flush", "--config", str(cfg)))
+    res, events = delivered_by(receiver, lambda: in_process("spool", "flush", "--config", str(cfg)))
     quarantined = list((spool_dir / "quarantine").glob("*.reason"))
     print(f"\nlost/torn sidecars: {len(quarantined)} quarantined, {len(events)} of 3 delivered")
     assert res.returncode == 0, res.stderr
@@ -164,7 +158,7 @@ def test_a_lost_and_a_torn_sidecar_still_send_their_clips_with_cid_and_video(tmp
     assert "written again from the queue" in res.stderr
 
 
-def test_requeue_brings_back_a_clip_quarantined_with_a_torn_sidecar(tmp_path: Path, cmd: Cli,
+def test_requeue_brings_back_a_clip_quarantined_with_a_torn_sidecar(tmp_path: Path, in_process: Cli,
                                                                     receiver: ReceiverProcess) -> None:
     """A build before format 2 quarantined a clip whose sidecar a power cut had torn; the CID the torn
     sidecar starts with is enough for `spool requeue` to send it with its video."""
@@ -184,9 +178,9 @@ def test_requeue_brings_back_a_clip_quarantined_with_a_torn_sidecar(tmp_path: Pa
     (spool_dir / "clips" / f"{event_id}.json").unlink()
     (q / f"{event_id}.reason").write_text("metadata sidecar unreadable: Unterminated string\n")
     cfg = config(tmp_path, spool_dir, receiver.cid_url)
-    res = cmd("spool", "requeue", "--config", str(cfg))
+    res = in_process("spool", "requeue", "--config", str(cfg))
     assert res.returncode == 0 and "requeued 1 clip(s)" in res.stdout, res.stdout + res.stderr
-    res, events = delivered_by(receiver, lambda: cmd("spool", "flush", "--config", str(cfg)))
+    res, events = delivered_by(receiver, lambda: in_process("spool", "flush", "--config", str(cfg)))
     assert res.returncode == 0, res.stderr
     assert [(e["event_id"], e["cid"], e["sha256"]) for e in events] == [(event_id, cid, sha)]
     assert events[0]["sha256_ok"] is True

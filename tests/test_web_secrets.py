@@ -12,7 +12,7 @@ import requests
 
 from edge_agent.redact import redact, redact_data
 from edge_agent.service.http import STATUS_WORDS
-from tests.cli_in_process import run_in_process
+from tests.cli_in_process import Cli
 from tests.receiver_fixture import free_port
 from tests.web_fixture import PASSWORD, Web, wait_for
 
@@ -41,8 +41,7 @@ def _source_error(web: Web) -> str | None:
 ], ids=["rtsp-url", "pipe-command"])
 @pytest.mark.slow
 def test_no_password_on_any_page_or_in_the_log(tmp_path: Path, source: str, masked: str, secrets: list[str],
-                                               capsys: pytest.CaptureFixture[str],
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+                                               in_process: Cli) -> None:
     closed = free_port()  # nothing listens there: the camera cannot be opened, the server not reached
     upload = f"upload:\n  url: http://edge:{UPLOAD_PASSWORD}@127.0.0.1:{closed}/cid\n"
     secrets = [*secrets, UPLOAD_PASSWORD]
@@ -60,7 +59,7 @@ def test_no_password_on_any_page_or_in_the_log(tmp_path: Path, source: str, mask
     assert masked in log  # the log names the source too
     shown = {**pages, "log": log}
     for cmd in (["check"], ["config", "show"]):  # what they print, through the CLI's entry point in this process
-        out = run_in_process(capsys, monkeypatch, *cmd, "--config", str(web.config))
+        out = in_process(*cmd, "--config", str(web.config))
         shown[" ".join(cmd)] = out.stdout + out.stderr
     assert "***" in shown["config show"]
     for where, text in shown.items():
