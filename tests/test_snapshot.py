@@ -95,6 +95,8 @@ def test_exposure_is_the_frames_mean_and_its_dark_and_bright_fractions() -> None
     frame = rng.integers(0, 256, (1080, 1920), dtype=np.uint8)
     frame[:270] = 0  # a dark quarter
     frame[270:400, :960] = 255  # a bright band
+    # bands on each side of both thresholds: 4 is dark and 5 is not, 251 is bright and 250 is not
+    frame[400:500], frame[500:600], frame[600:700], frame[700:800] = 4, 5, 250, 251
     padded = np.zeros((1080, 2048), np.uint8)
     padded[:, :1920] = frame
     truth = (frame.mean(), (frame < 5).mean(), (frame > 250).mean())
