@@ -25,7 +25,7 @@ def test_ring_is_bounded_in_seconds_by_whole_gops() -> None:
     ring, _, _ = make(keep_s=3.0)
     for i in range(30 * FPS):
         ring.offer(pkt(i))
-    assert 3.0 <= ring.span_s < 3.0 + 1.0 + 1 / FPS  # at most one extra GOP kept
+    assert 3.0 <= ring.status().span_s < 3.0 + 1.0 + 1 / FPS  # at most one extra GOP kept
     first = ring._packets[0]
     assert first.keyframe  # never starts mid-GOP
 
@@ -34,7 +34,7 @@ def test_ring_is_bounded_in_bytes_and_counts_evictions() -> None:
     ring, _, m = make(keep_s=1000.0, max_bytes=50_000)
     for i in range(10 * FPS):
         ring.offer(pkt(i, size=1000))
-    assert ring.bytes <= 50_000
+    assert ring.status().bytes <= 50_000
     assert m.get("edge_agent_ring_evicted_over_cap_total") > 0
 
 

@@ -110,7 +110,7 @@ def test_raw_yuyv_camera_is_encoded_on_arrival_and_clips_are_remuxed(conveyor: P
     ready = [r.message for r in caplog.records if r.message.startswith("clip ready")]
     assert ready and all(" remux " in m for m in ready), ready
     assert any("raw video encoded on arrival encoder=libx264" in r.message for r in caplog.records)
-    assert pipeline.ring.bytes < 16 << 20  # compressed: a raw ring would be full (64 MiB) in 3 s
+    assert pipeline.ring.status().bytes < 16 << 20  # compressed: a raw ring would be full (64 MiB) in 3 s
 
 
 @pytest.mark.slow

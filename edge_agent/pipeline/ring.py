@@ -222,22 +222,7 @@ class RingBuffer:
     # --- introspection ------------------------------------------------------------------------
 
     def status(self) -> RingStatus:
+        """What the ring holds, read under its lock (any thread)."""
         with self._lock:
             span = self._packets[-1].t - self._packets[0].t if self._packets else 0.0
             return RingStatus(len(self._packets), self._bytes, span, len(self._recordings))
-
-    @property
-    def bytes(self) -> int:
-        return self._bytes
-
-    @property
-    def span_s(self) -> float:
-        with self._lock:
-            return self._packets[-1].t - self._packets[0].t if self._packets else 0.0
-
-    def __len__(self) -> int:
-        return len(self._packets)
-
-    @property
-    def open_recordings(self) -> int:
-        return len(self._recordings)
