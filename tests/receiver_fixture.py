@@ -1,18 +1,16 @@
 """A real reference receiver in a process of its own on 127.0.0.1, for tests that need an edge server.
 
-The process is forked from a server that has already imported FastAPI and uvicorn (multiprocessing's
-forkserver, started once per test process): the suite starts some sixty receivers, and importing them
-cost each one about a CPU-second before it could listen. What runs after the fork is what
-`python -m edge_agent.receiver ARGS` runs: the same `main`, its own pid, signals, stdout and stderr."""
+The process is forked from a server that has already imported FastAPI and uvicorn (tests/agent_process.py):
+the suite starts some sixty receivers, and importing them cost each one about a CPU-second before it could
+listen. What runs after the fork is what `python -m edge_agent.receiver ARGS` runs: the same `main`, its own
+pid, signals, stdout and stderr."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,47 +18,9 @@ from typing import Any
 import pytest
 import requests
 
+from tests.agent_process import AgentProcess
+
 _HANDED_OUT: set[int] = set()
-_FORKSERVER = multiprocessing.get_context("forkserver")
-_FORKSERVER.set_forkserver_preload(["edge_agent.receiver.app", "edge_agent.receiver.cli", "uvicorn"])
-
-
-def _serve(argv: list[str], env: dict[str, str], log: str) -> None:
-    """The receiver's process: stdout and stderr to `log`, the environment it was given, then main()."""
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    os.environ.clear()
-    os.environ.update(env)
-    from edge_agent.receiver.cli import main
-
-    sys.exit(main(argv))
-
-
-class _Forked:
-    """The part of subprocess.Popen's interface the tests use, for a process from the fork server."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path):
-        self._p = _FORKSERVER.Process(target=_serve, args=(argv, env, str(log)), daemon=False)
-        self._p.start()
-        self.pid = self._p.pid
-
-    def poll(self) -> int | None:
-        return self._p.exitcode
-
-    def send_signal(self, sig: int) -> None:
-        if self._p.exitcode is None:
-            os.kill(self.pid, sig)
-
-    def wait(self, timeout: float | None = None) -> int:
-        self._p.join(timeout)
-        if self._p.exitcode is None:
-            raise subprocess.TimeoutExpired(["edge_agent.receiver"], timeout or 0)
-        return self._p.exitcode
-
-    def kill(self) -> None:
-        self._p.kill()
 
 
 def free_port() -> int:
@@ -84,7 +44,7 @@ class ReceiverProcess:
         self.env = env or {}
         self.port = port or free_port()
         self.max_bytes = max_bytes
-        self.proc: _Forked | None = None
+        self.proc: AgentProcess | None = None
         self.log = self.data_dir / "receiver.log"
         self.extra_args: list[str] = []
 
@@ -102,7 +62,9 @@ class ReceiverProcess:
         if self.max_bytes:
             argv += ["--max-bytes", str(self.max_bytes)]
         argv += self.extra_args
-        self.proc = _Forked(argv, {**os.environ, **self.env}, self.log)
+        with self.log.open("ab") as log:
+            self.proc = AgentProcess(argv, program="receiver", env={**os.environ, **self.env}, stdout=log,
+                                     stderr=log)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
+from tests import agent_process
 from tests.media_factory import make_video
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,10 +75,10 @@ def replayed(tmp_path_factory: pytest.TempPathFactory) -> Replayed:
     with av.open(str(video)) as c:
         source = [small(f.to_ndarray(format="gray")) for f in c.decode(c.streams.video[0])]
     (tmp / "config.yaml").write_text(CONFIG)
-    res = subprocess.run([sys.executable, "-m", "edge_agent.cli", "replay", "--config", "config.yaml", "--no-upload",
-                          "--output-dir", "clips", "-q", str(video)], cwd=tmp, capture_output=True, text=True,
-                         timeout=300, check=False, env={**os.environ, "XDG_STATE_HOME": str(tmp / "state"),
-                                                        "PYTHONPATH": str(ROOT)})
+    res = agent_process.run(["replay", "--config", "config.yaml", "--no-upload",
+                             "--output-dir", "clips", "-q", str(video)], cwd=tmp, capture_output=True, text=True,
+                            timeout=300, check=False, env={**os.environ, "XDG_STATE_HOME": str(tmp / "state"),
+                                                           "PYTHONPATH": str(ROOT)})
     assert res.returncode == 0, res.stderr[-3000:]
     metas = [json.loads(p.read_text()) for p in sorted((tmp / "clips").glob("*.json"))]
     return Replayed(tmp / "clips", labels, source, metas)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from edge_agent.config import Config, ConfigError, load_config, parse_config
+from tests import agent_process
 
 CASES = [
     ("clip:\n  pre_rol_s: 3\n", "c.yaml:2:3: clip.pre_rol_s: unknown key (did you mean pre_roll_s?)"),
@@ -74,8 +74,8 @@ def test_defaults_need_no_file() -> None:
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, "-m", "edge_agent.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, check=False)
+    return agent_process.run([*args], capture_output=True, text=True,
+                             env={**os.environ, **(env or {})}, check=False)
 
 
 @pytest.mark.slow

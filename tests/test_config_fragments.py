@@ -9,12 +9,12 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from edge_agent.config import ConfigError, config_sha256, config_sources, fragment_dir, load_config
+from tests import agent_process
 
 MAIN = ("device_id: line4-cam1\nsource:\n  kind: file\n  path: a.mp4\nclip:\n  pre_roll_s: 1\n  post_roll_s: 2\n"
         "upload:\n  url: http://edge:8000/cid\n")
@@ -32,8 +32,8 @@ def setup(tmp_path: Path, **frags: str) -> Path:
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT")}
-    return subprocess.run([sys.executable, "-m", "edge_agent.cli", *args], capture_output=True, text=True,
-                          timeout=60, env={**clean, **(env or {})})
+    return agent_process.run([*args], capture_output=True, text=True,
+                             timeout=60, env={**clean, **(env or {})})
 
 
 def test_fragments_merge_over_the_main_file_in_name_order_and_the_environment_wins(tmp_path: Path) -> None:

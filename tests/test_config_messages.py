@@ -8,13 +8,13 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from edge_agent.config import ConfigError, parse_config
+from tests import agent_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,8 +42,8 @@ def errors(text: str, env: dict[str, str] | None = None) -> list[str]:
 def validate(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`edge-agent config validate FILE` as the technician runs it, in its own process."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT")}
-    return subprocess.run([sys.executable, "-m", "edge_agent.cli", "config", "validate", str(path)],
-                          capture_output=True, text=True, env={**clean, **(env or {})}, check=False, timeout=60)
+    return agent_process.run(["config", "validate", str(path)],
+                             capture_output=True, text=True, env={**clean, **(env or {})}, check=False, timeout=60)
 
 
 # --- 1. a key without its colon ----------------------------------------------------------------------

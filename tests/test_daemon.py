@@ -16,7 +16,7 @@ import psutil
 import pytest
 import requests
 
-from tests import promtool
+from tests import agent_process, promtool
 from tests.receiver_fixture import ReceiverProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +64,7 @@ def metrics(port: int) -> dict[str, float]:
 
 
 def start_daemon(tmp_path: Path, command: str, upload_url: str, metrics_port: int, extra: str = "",
-                 notify: Path | None = None) -> subprocess.Popen[bytes]:
+                 notify: Path | None = None) -> agent_process.AgentProcess:
     cfg = tmp_path / "config.yaml"
     cfg.write_text(
         f"device_id: test-cam\nsource:\n  kind: pipe\n  command: {command}\n  stall_s: 3\n"
@@ -74,11 +74,11 @@ def start_daemon(tmp_path: Path, command: str, upload_url: str, metrics_port: in
     if notify:
         env["NOTIFY_SOCKET"] = str(notify)
         env["WATCHDOG_USEC"] = "2000000"
-    return subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "daemon.log", "wb"), env=env)
+    with (tmp_path / "daemon.log").open("wb") as log:
+        return agent_process.popen(["run", "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=log, env=env)
 
 
-def stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> int:
+def stop(proc: agent_process.AgentProcess | subprocess.Popen[bytes], timeout: float = 15) -> int:
     proc.send_signal(signal.SIGTERM)
     return proc.wait(timeout)
 
@@ -158,7 +158,7 @@ def test_sigterm_during_a_clip_keeps_it_in_the_spool(tmp_path: Path) -> None:
     finally:
         assert stop(proc) == 0
     # the open clip was cut short at shutdown and queued (the server is down): nothing lost
-    res = subprocess.run([sys.executable, "-m", "edge_agent.cli", "spool", "list", "--json", "--config",
+    res = agent_process.run(["spool", "list", "--json", "--config",
                           str(tmp_path / "config.yaml")], capture_output=True, text=True, check=True)
     assert '"cid": "CID-7F3A9C21"' in res.stdout
 

@@ -22,6 +22,7 @@ from edge_agent import __version__
 from edge_agent.delivery.spool import Spool
 from edge_agent.delivery.uploader import Uploader
 from edge_agent.metrics import Metrics
+from tests import agent_process
 from tests.flaky_server import FlakyServer
 from tests.kill_windows import WINDOWS, kill_in
 from tests.spool_helpers import add_clip, fast_upload, spool_config
@@ -212,8 +213,8 @@ def test_kill9_of_the_delivering_process_loses_nothing(tmp_path: Path) -> None:
         cfg = tmp_path / "config.yaml"
         cfg.write_text(f"upload:\n  url: {server.url}\n  backoff_base_s: 0.05\nspool:\n  dir: {spool_dir}\n"
                        "  min_free_bytes: 0\n")
-        flush = subprocess.run([sys.executable, "-m", "edge_agent.cli", "spool", "flush", "--config", str(cfg),
-                                "--timeout", "60"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        flush = agent_process.run(["spool", "flush", "--config", str(cfg),
+                                   "--timeout", "60"], cwd=ROOT, capture_output=True, text=True, timeout=120)
         # exit 1 only for what a kill between a delivery's two deletes leaves: a video without its sidecar,
         # set aside because no CID is known for it; it must be a clip the server already has, whole
         orphans = sorted(p.stem for p in (spool_dir / "quarantine").glob("*.mp4"))

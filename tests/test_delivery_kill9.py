@@ -8,12 +8,12 @@ import json
 import os
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from edge_agent.delivery.spool import Spool
+from tests import agent_process
 from tests.flaky_server import FlakyServer
 from tests.kill_windows import WINDOWS, kill_in
 from tests.spool_helpers import add_clip, spool_config
@@ -23,9 +23,9 @@ ROUNDS = 6  # each window of kill_windows.WINDOWS twice
 CLIPS = PER_ROUND * ROUNDS
 
 
-def flush(cfg: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "spool", "flush", "--config", str(cfg),
-                             "--timeout", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def flush(cfg: Path) -> agent_process.AgentProcess:
+    return agent_process.popen(["spool", "flush", "--config", str(cfg),
+                                "--timeout", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 @pytest.mark.slow

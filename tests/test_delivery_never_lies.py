@@ -20,6 +20,7 @@ from edge_agent.cli import main
 from edge_agent.delivery.spool import Spool
 from edge_agent.delivery.uploader import Uploader
 from edge_agent.metrics import Metrics
+from tests import agent_process
 from tests.flaky_server import FlakyServer
 from tests.receiver_fixture import ReceiverProcess
 from tests.spool_helpers import add_clip, fast_upload, fill, small_filesystem, spool_config
@@ -30,8 +31,8 @@ SAMPLE = ROOT / "sample_media" / "conveyor_720p30.mp4"
 
 
 def cli(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge_agent.cli", *argv], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return agent_process.run([*argv], capture_output=True, text=True,
+                             timeout=timeout, check=False)
 
 
 def config(tmp_path: Path, url: str | None, spool_dir: Path | None = None, extra: str = "") -> Path:
@@ -208,15 +209,15 @@ def test_two_damaged_queue_files_in_one_second_are_both_kept(tmp_path: Path) -> 
 # --- the spool commands beside a live agent --------------------------------------------------------
 
 
-def start_agent(tmp_path: Path, url: str) -> subprocess.Popen[bytes]:
+def start_agent(tmp_path: Path, url: str) -> agent_process.AgentProcess:
     cfg = tmp_path / "agent.yaml"
     cfg.write_text(
         f"device_id: live-cam\nsource:\n  kind: file\n  path: {SAMPLE}\n  loop: true\n"
         f"upload:\n  url: {url}\n  backoff_base_s: 0.2\nspool:\n  dir: {tmp_path / 'spool'}\n  min_free_bytes: 0\n"
         "clip:\n  pre_roll_s: 1\n  post_roll_s: 1\n", encoding="utf-8")
-    return subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "agent.log", "wb"),
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return agent_process.popen(["run", "--config", str(cfg)],
+                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / "agent.log", "wb"),
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 @pytest.mark.slow

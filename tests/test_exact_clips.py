@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import av
@@ -17,6 +16,7 @@ import cv2
 import pytest
 
 from edge_agent import const
+from tests import agent_process
 from tests.media_factory import make_video
 
 FPS = 30
@@ -26,9 +26,9 @@ WANT_FRAMES = round(WANT_S * FPS)
 
 def replay(video: Path, cwd: Path) -> list[dict]:
     """`edge-agent replay` with no config at all: clips land in ./clips with their metadata."""
-    res = subprocess.run([sys.executable, "-m", "edge_agent.cli", "replay", str(video)], cwd=cwd,
-                         capture_output=True, text=True, timeout=300, check=False,
-                         env={**os.environ, "XDG_STATE_HOME": str(cwd / "state")})
+    res = agent_process.run(["replay", str(video)], cwd=cwd,
+                            capture_output=True, text=True, timeout=300, check=False,
+                            env={**os.environ, "XDG_STATE_HOME": str(cwd / "state")})
     assert res.returncode == 0, res.stderr[-3000:]
     return [json.loads(p.read_text()) for p in sorted((cwd / "clips").glob("*.json"))]
 
@@ -95,9 +95,9 @@ def test_extension_while_in_view_is_opt_in(tmp_path: Path) -> None:
                        codes=[("CID-EXTEND-1", 4.2, 7.2)])
     cfg = tmp_path / "config.yaml"
     cfg.write_text(f"clip:\n  extend_while_in_view: true\nspool:\n  dir: {tmp_path / 'spool'}\n", encoding="utf-8")
-    res = subprocess.run([sys.executable, "-m", "edge_agent.cli", "replay", "--config", str(cfg), "--report",
-                          str(tmp_path / "report.json"), str(video)], capture_output=True, text=True, timeout=300,
-                         check=False, env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")})
+    res = agent_process.run(["replay", "--config", str(cfg), "--report",
+                             str(tmp_path / "report.json"), str(video)], capture_output=True, text=True, timeout=300,
+                            check=False, env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")})
     assert res.returncode == 0, res.stderr[-3000:]
     (event,) = json.loads((tmp_path / "report.json").read_text())["events"]
     # in view 3 s: the clip runs from 2.5 s before the first sighting to 2.5 s after the last
@@ -112,9 +112,9 @@ def test_a_start_a_rounding_error_before_a_keyframe_is_remuxed_on_that_keyframe(
     video = make_video(tmp_path / "edge.mp4", seconds=10, fps=FPS, gop=FPS, codes=[("CID-EDGE-1", 4.6, 6.0)])
     config = tmp_path / "edge.yaml"
     config.write_text("detector:\n  rate_hz: 30\nclip:\n  pre_roll_s: 1.6\n  post_roll_s: 2.4\n", encoding="utf-8")
-    res = subprocess.run([sys.executable, "-m", "edge_agent.cli", "replay", "--config", str(config), str(video)],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
-                         env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")})
+    res = agent_process.run(["replay", "--config", str(config), str(video)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+                            env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")})
     assert res.returncode == 0, res.stderr[-3000:]
     assert "t=4.600" in res.stderr  # the detection the float edge comes from
     assert "remux failed" not in res.stderr, res.stderr[-2000:]

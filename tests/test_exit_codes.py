@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from edge_agent import const
+from tests import agent_process
 from tests.cli_in_process import Cli
 from tests.receiver_fixture import free_port
 
@@ -131,8 +132,8 @@ def test_a_requested_stop_is_0_and_a_live_camera_that_is_absent_is_retried(tmp_p
                 f"spool:\n  dir: {tmp_path / 'spool'}\n")
     log = tmp_path / "run.log"
     with log.open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(cfg)],
-                                stderr=err, stdout=subprocess.DEVNULL)
+        proc = agent_process.popen(["run", "--config", str(cfg)],
+                                   stderr=err, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while "source unavailable" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -149,9 +150,9 @@ def test_a_requested_stop_of_replay_is_0_and_keeps_what_was_made(tmp_path: Path,
     the clip in progress is cut short and kept (its metadata says so), the summary and report are
     written, and the exit is 0, not 130 or death by signal."""
     report = tmp_path / "report.json"
-    proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "replay", "--realtime", "--no-upload",
-                             "--output-dir", str(tmp_path / "clips"), "--report", str(report), str(SAMPLE)],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    proc = agent_process.popen(["replay", "--realtime", "--no-upload",
+                                "--output-dir", str(tmp_path / "clips"), "--report", str(report), str(SAMPLE)],
+                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     assert proc.stderr is not None
     for line in proc.stderr:  # the first label read (3.2 s into the video): its clip is still recording
         if "detected cid=" in line:
@@ -184,8 +185,8 @@ def test_stopping_a_wait_on_a_silent_camera_is_0_at_once(tmp_path: Path, command
     cfg = write(tmp_path / "c.yaml", f"source:\n  kind: pipe\n  command: sh -c 'touch {ready}; exec sleep 60'\n"
                 f"spool:\n  dir: {tmp_path / 'spool'}\n")
     argv = [a.format(tmp=tmp_path, port=free_port()) for a in SILENT_CAMERA_STOPS[command]]
-    proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", *argv, "--config", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = agent_process.popen([*argv, "--config", str(cfg)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 30
     while not ready.exists() and time.monotonic() < deadline:  # the camera runs: the command waits on it
         time.sleep(0.05)

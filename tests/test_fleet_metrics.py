@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests import promtool
+from tests import agent_process, promtool
 from tests.receiver_fixture import free_port
 from tests.test_live_reload import SAMPLE, start_run, wait_for_log
 from tests.test_metrics_server import parse_exposition
@@ -32,8 +30,8 @@ def info(port: int) -> dict[str, str]:
 
 
 def shown_sha(cfg: Path) -> str:
-    res = subprocess.run([sys.executable, "-m", "edge_agent.cli", "config", "show", "--json", "--config", str(cfg)],
-                         capture_output=True, text=True, timeout=60)
+    res = agent_process.run(["config", "show", "--json", "--config", str(cfg)],
+                            capture_output=True, text=True, timeout=60)
     return str(json.loads(res.stdout)["config_sha256"])
 
 

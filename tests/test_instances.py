@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from edge_agent.service.instances import (
     read_env_file,
     state_dir,
 )
+from tests import agent_process
 from tests.media_factory import make_video
 from tests.receiver_fixture import ReceiverProcess, free_port
 from tests.test_daemon import NotifySocket
@@ -47,7 +47,7 @@ def test_two_instances_side_by_side_each_deliver_their_own_clips(tmp_path: Path)
     etc.mkdir()
     videos = {name: make_video(tmp_path / f"{name}.mp4", seconds=6, size=(320, 240), scale=4,
                                codes=[(cids[0], 1.0, 1.5), (cids[1], 3.0, 3.5)]) for name, cids in CAMERAS.items()}
-    procs: dict[str, subprocess.Popen[bytes]] = {}
+    procs: dict[str, agent_process.AgentProcess] = {}
     notify: dict[str, NotifySocket] = {}
     with ReceiverProcess(tmp_path / "receiver") as receiver:
         for name, video in videos.items():
@@ -62,8 +62,8 @@ def test_two_instances_side_by_side_each_deliver_their_own_clips(tmp_path: Path)
             env = {**os.environ, "STATE_DIRECTORY": str(state), "NOTIFY_SOCKET": str(notify[name].path),
                    "WATCHDOG_USEC": "2000000", "PYTHONUNBUFFERED": "1"}
             with (tmp_path / f"{name}.log").open("wb") as log:  # the child keeps its own descriptor
-                procs[name] = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(cfg)],
-                                               stdout=subprocess.DEVNULL, stderr=log, env=env)
+                procs[name] = agent_process.popen(["run", "--config", str(cfg)],
+                                                  stdout=subprocess.DEVNULL, stderr=log, env=env)
         try:
             for name in CAMERAS:
                 notify[name].wait_for("READY=1", 30)

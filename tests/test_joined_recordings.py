@@ -6,8 +6,6 @@ back, starts afresh."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import datetime
 from fractions import Fraction
 from pathlib import Path
@@ -17,6 +15,7 @@ import pytest
 
 from edge_agent.capture.clock import PtsClock
 from edge_agent.pipeline.decode import FramePicker
+from tests import agent_process
 from tests.media_factory import make_video
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,10 +60,10 @@ def test_a_label_early_in_the_second_of_two_joined_recordings_is_found(tmp_path:
     assert min(pts[len(pts) // 2 + 5:]) < max(pts[: len(pts) // 2 - 5])
 
     out = tmp_path / "clips"
-    res = subprocess.run([sys.executable, "-m", "edge_agent.cli", "replay", "--output-dir", str(out), str(joined)],
-                         capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
-                         env={"PATH": "/usr/bin:/bin", "XDG_STATE_HOME": str(tmp_path / "state"),
-                              "PYTHONPATH": str(ROOT)})
+    res = agent_process.run(["replay", "--output-dir", str(out), str(joined)],
+                            capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+                            env={"PATH": "/usr/bin:/bin", "XDG_STATE_HOME": str(tmp_path / "state"),
+                                 "PYTHONPATH": str(ROOT)})
     metas = sorted((json.loads(p.read_text()) for p in out.glob("*.json")), key=lambda m: m["detected_at"])
     print(f"\njoined recordings: found {[m['cid'] for m in metas]}")
     assert res.returncode == 0, res.stderr[-3000:]

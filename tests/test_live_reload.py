@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests import agent_process
 from tests.media_factory import make_video
 from tests.receiver_fixture import ReceiverProcess, free_port
 
@@ -56,11 +57,11 @@ def frames(port: int) -> float:
     raise AssertionError("no edge_agent_frames_total in /metrics")
 
 
-def start_run(cfg: Path, log_path: Path, *extra: str) -> subprocess.Popen[bytes]:
+def start_run(cfg: Path, log_path: Path, *extra: str) -> agent_process.AgentProcess:
     """`edge-agent run` with its stderr (the log) in a file."""
     log = open(log_path, "wb")  # noqa: SIM115 - the daemon writes to it until it exits
-    return subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(cfg), *extra],
-                            stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return agent_process.popen(["run", "--config", str(cfg), *extra],
+                               stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def wait_for_log(path: Path, text: str, timeout: float = 20.0, after: int = 0) -> int:

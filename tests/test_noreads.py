@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -18,6 +17,7 @@ from edge_agent.capture.media import GrayFrame
 from edge_agent.config import DetectorConfig
 from edge_agent.pipeline.noreads import NoRead, NoReadStore, NoReadTracker
 from edge_agent.pipeline.qr_detector import Detection, Detector, DetectResult, Unread
+from tests import agent_process
 from tests.media_factory import qr_image
 
 W, H = 640, 360
@@ -159,8 +159,8 @@ def test_store_with_max_files_zero_keeps_nothing(tmp_path: Path) -> None:
 
 def cli(*args: str, cfg: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT")}
-    return subprocess.run([sys.executable, "-m", "edge_agent.cli", "noreads", "--config", str(cfg), *args],
-                          capture_output=True, text=True, env=env, timeout=60)
+    return agent_process.run(["noreads", "--config", str(cfg), *args],
+                             capture_output=True, text=True, env=env, timeout=60)
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from edge_agent.app import Agent
 from edge_agent.capture.media import GrayFrame
 from edge_agent.commands.snapshot import analyse
 from edge_agent.config import parse_config
+from tests import agent_process
 from tests.media_factory import make_video, qr_image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,9 +57,9 @@ def test_snapshot_and_the_daemon_agree_on_every_frame(tmp_path: Path) -> None:
     report = tmp_path / "r.json"
     (tmp_path / "c.yaml").write_text("detector:\n  roi: {left: 0.1, top: 0.0, right: 1.0, bottom: 1.0}\n"
                                      "  cooldown_s: 0.5\nclip:\n  pre_roll_s: 0.2\n  post_roll_s: 0.2\n")
-    res = subprocess.run([sys.executable, "-m", "edge_agent.cli", "replay", str(video), "--no-upload", "-q",
-                          "--config", str(tmp_path / "c.yaml"), "--output-dir", str(tmp_path / "clips"),
-                          "--report", str(report)], capture_output=True, text=True, timeout=120, check=False)
+    res = agent_process.run(["replay", str(video), "--no-upload", "-q",
+                             "--config", str(tmp_path / "c.yaml"), "--output-dir", str(tmp_path / "clips"),
+                             "--report", str(report)], capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == 0, res.stderr
     daemon_cids = {e["cid"] for e in json.loads(report.read_text())["events"]}
     # what snapshot reports on the same frames
@@ -101,8 +102,8 @@ def test_tune_holds_a_pipe_camera_open_and_stops_on_ctrl_c(tmp_path: Path) -> No
     camera = f"{sys.executable} {ROOT / 'tests' / 'stream_sample.py'} {SAMPLE} --loop"
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"source:\n  kind: pipe\n  command: {camera}\n", encoding="utf-8")
-    proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "tune", "--config", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = agent_process.popen(["tune", "--config", str(cfg)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     lines: list[tuple[float, str]] = []
     try:
@@ -130,6 +131,6 @@ def test_snapshot_sharpness_scale_and_a_photo(tmp_path: Path) -> None:
     """The PNG path of snapshot still works through the held-open reader (a single picture)."""
     photo = tmp_path / "p.png"
     cv2.imwrite(str(photo), frame_set()["plain"])
-    res = subprocess.run([sys.executable, "-m", "edge_agent.cli", "snapshot", "--source", str(photo), "-o",
-                          str(tmp_path / "o.jpg")], capture_output=True, text=True, timeout=60, check=False)
+    res = agent_process.run(["snapshot", "--source", str(photo), "-o",
+                             str(tmp_path / "o.jpg")], capture_output=True, text=True, timeout=60, check=False)
     assert res.returncode == 0 and "CID-PLAIN-1" in res.stdout, res.stderr

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 import zxingcpp
 
 from edge_agent import const
+from tests import agent_process
 from tests.media_factory import make_video
 from tests.receiver_fixture import ReceiverProcess
 
@@ -34,8 +34,8 @@ def ts(text: str) -> float:
 
 def edge_agent(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
                timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge_agent.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout, check=False)
+    return agent_process.run([*args], capture_output=True, text=True,
+                             cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout, check=False)
 
 
 def write_config(path: Path, url: str, spool: Path, extra: str = "") -> Path:

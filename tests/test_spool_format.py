@@ -13,7 +13,6 @@ import json
 import shutil
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import pytest
 from edge_agent import const
 from edge_agent.delivery import spool_format
 from edge_agent.delivery.spool import Spool
+from tests import agent_process
 from tests.cli_in_process import Cli
 from tests.receiver_fixture import ReceiverProcess, free_port
 from tests.spool_helpers import add_clip, spool_config
@@ -41,8 +41,8 @@ FORMAT1_CLIPS = [
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge_agent.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return agent_process.run([*args], capture_output=True, text=True,
+                             timeout=timeout, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -6,21 +6,21 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from edge_agent import const
 from edge_agent.delivery.spool import Spool
+from tests import agent_process
 from tests.flaky_server import FlakyServer
 from tests.receiver_fixture import free_port
 from tests.spool_helpers import add_clip, spool_config
 
 
 def edge_agent(config: Path, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge_agent.cli", *argv, "--config", str(config)],
-                          capture_output=True, text=True, timeout=timeout)
+    return agent_process.run([*argv, "--config", str(config)],
+                             capture_output=True, text=True, timeout=timeout)
 
 
 def write_config(tmp_path: Path, url: str) -> Path:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import agent_process
 from tests.label_video import make_label_video
 from tests.receiver_fixture import free_port
 from tests.test_daemon import ROOT, metrics, start_daemon, stop, wait_until
@@ -101,8 +102,8 @@ def test_beyond_the_stop_budget_the_rest_go_out_without_video_and_none_is_lost(s
     err = tmp_path / "replay.log"
     out = tmp_path / "clips"
     with err.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "replay", "-q", "--realtime", "--no-upload",
-                                 "--output-dir", str(out), "--config", str(cfg), str(storm)], stderr=log)
+        proc = agent_process.popen(["replay", "-q", "--realtime", "--no-upload",
+                                    "--output-dir", str(out), "--config", str(cfg), str(storm)], stderr=log)
     try:
         wait_until(lambda: err.read_text().count("detected cid=") >= 40, 60, "40 labels read")
     finally:

@@ -20,6 +20,7 @@ from edge_agent.config import parse_config
 from edge_agent.delivery.sinks import FolderSink
 from edge_agent.pipeline.events import EventSnapshot
 from edge_agent.pipeline.wiring import Pipeline
+from tests import agent_process
 from tests.media_factory import make_video
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,8 +122,8 @@ def test_run_keeps_going_on_a_raw_yuyv_camera(conveyor: Path, tmp_path: Path) ->
     cfg.write_text(f"source:\n  kind: pipe\n  command: {cmd}\nspool:\n  dir: {tmp_path / 'spool'}\n"
                    "  min_free_bytes: 0\n", encoding="utf-8")
     log = (tmp_path / "run.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(cfg)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = agent_process.popen(["run", "--config", str(cfg)],
+                               stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while (time.monotonic() < deadline and proc.poll() is None

@@ -5,12 +5,12 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import requests
 
+from tests import agent_process
 from tests.web_fixture import CONVEYOR, PASSWORD, Web, wait_for
 
 
@@ -129,7 +129,7 @@ def test_tune_web_refuses_too_and_serves_the_page_without_the_daemon(tmp_path: P
 def test_the_old_metrics_section_names_its_new_name(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("metrics:\n  port: 9108\n", encoding="utf-8")
-    res = subprocess.run([sys.executable, "-m", "edge_agent.cli", "check", "--config", str(cfg)],
-                         capture_output=True, text=True, timeout=60)
+    res = agent_process.run(["check", "--config", str(cfg)],
+                            capture_output=True, text=True, timeout=60)
     assert res.returncode == 78
     assert "http:" in res.stderr and "renamed" in res.stderr

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import requests
 
+from tests import agent_process
 from tests.receiver_fixture import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,9 +43,9 @@ class Web:
             f"http:\n  port: {self.port}\n{http}", encoding="utf-8")
         self.log = tmp_path / "web.log"
         with open(tmp_path / "web.out", "wb") as out, open(self.log, "wb") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", *command, "--config",
-                                          str(self.config)], stdout=out, stderr=err,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            self.proc = agent_process.popen([*command, "--config",
+                                             str(self.config)], stdout=out, stderr=err,
+                                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 20) -> Web:
