@@ -64,6 +64,9 @@ def _child(program: str, argv: list[str], env: dict[str, str], cwd: str, fds: tu
         os.dup2(fd, target)
         if fd > 2:
             os.close(fd)
+    # multiprocessing's default as a process of its own has it (fork), not the server's: a library that
+    # makes a lock with it (tqdm) would otherwise register it with the test process's resource tracker
+    multiprocessing.set_start_method(None, force=True)
     os.environ.clear()
     os.environ.update(env)
     time.tzset()
