@@ -14,9 +14,10 @@ includes the post-roll the clip must wait for).
 
 --annexb also measures the yardstick: the stream is the sample re-encoded as a Pi camera sends it
 (1080p30, no B-frames, a keyframe a second), and after the run bare PyAV decoding of as many frames as
-the agent decoded in the measured window (benchmarks/bare_decode.py, its own process) gives the CPU the
-agent is compared with; exits 1 above --max-ratio (1.0). The agent's threads' CPU a frame is printed
-by name (FFmpeg's frame-thread workers apart from the Python threads).
+the camera sent in the measured window (benchmarks/bare_decode.py, its own process) gives the CPU the
+agent is compared with; exits 1 above --max-ratio (1.0). The agent may decode fewer frames than it read
+(detector.max_blind_s; --max-blind S sets it for the run): both counts are printed. The agent's
+threads' CPU a frame is printed by name (FFmpeg's frame-thread workers apart from the Python threads).
 
 --viewer measures the live view's cost: the daemon runs --seconds with no viewer, then --seconds
 with one page watching (what the page does: /frame.jpg again 300 ms after each picture arrives,
@@ -145,6 +146,8 @@ def main() -> int:
                     help="raw H.264 without timestamps, as rpicam-vid --codec h264 -o - writes it (the Pi CSI "
                     "default), BURST frames at a time (1: steady)")
     ap.add_argument("--viewer", action="store_true", help="--seconds without, then --seconds with one page watching")
+    ap.add_argument("--max-blind", type=float, default=None, metavar="S",
+                    help="detector.max_blind_s for the run (default: the agent's default)")
     ap.add_argument("--max-ratio", type=float, default=1.0,
                     help="--annexb: the most CPU the agent may use against bare PyAV decoding of the same frames")
     args = ap.parse_args()
@@ -170,7 +173,9 @@ def main() -> int:
             cfg = tmpd / "config.yaml"
             cfg.write_text(f"source:\n  kind: pipe\n  command: {cmd}\n{fmt}upload:\n  url: {receiver.cid_url}\n"
                            f"spool:\n  dir: {tmpd / 'spool'}\n  min_free_bytes: 0\nhttp:\n  port: {port}\n"
-                           + ("clip:\n  width: 1280\n" if args.encode else ""), encoding="utf-8")
+                           + ("clip:\n  width: 1280\n" if args.encode else "")
+                           + (f"detector:\n  max_blind_s: {args.max_blind}\n" if args.max_blind is not None else ""),
+                           encoding="utf-8")
             proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(cfg)],
                                     stderr=subprocess.DEVNULL)
             ps = psutil.Process(proc.pid)
@@ -202,9 +207,9 @@ def main() -> int:
             proc.wait(20)
             events = receiver.events()
             bare = None
-            if args.annexb:  # the yardstick, on the same frames, after the agent has stopped
+            if args.annexb:  # the yardstick: decoding every frame the camera sent, after the agent has stopped
                 out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bare_decode.py"), args.video,
-                                      "--frames", str(int(window_decoded or window_frames))],
+                                      "--frames", str(int(max(window_frames, window_decoded)))],
                                      capture_output=True, text=True, check=True)
                 bare = float(out.stdout.split()[1])
     lat = sorted(ts(e["received_at"]) - ts(e["metadata"]["detected_at"]) for e in events)
@@ -216,6 +221,7 @@ def main() -> int:
           f"clips {'re-encoded (libx264, 1280 px)' if args.encode else 'remuxed'}")
     print(f"frames           {m.get('edge_agent_frames_total', 0):.0f} read, "
           f"{m.get('edge_agent_frames_dropped_total', 0):.0f} dropped, "
+          f"{m.get('edge_agent_frames_undecoded_total', 0):.0f} left undecoded (max_blind_s), "
           f"{m.get('edge_agent_frames_skipped_total', 0):.0f} skipped by the detector, "
           f"{m.get('edge_agent_frames_analysed_total', 0):.0f} analysed")
     print(f"clips            {len(events)} delivered ({m.get('edge_agent_clips_total', 0):.0f} made)")

@@ -7,7 +7,8 @@ The pipeline runs in this process on a live 1080p30 camera without B-frames (the
 a Pi's encoder writes it, a keyframe a second):
 
 - pipe: raw Annex-B H.264 on a pipe, one frame at a time (tests/bursty_h264.py --burst 1), as
-  `rpicam-vid --codec h264 -o -` writes it (configs/pi-csi.yaml): every frame is decoded;
+  `rpicam-vid --codec h264 -o -` writes it (configs/pi-csi.yaml): decoded but for the end of each
+  keyframe interval (detector.max_blind_s);
 - picamera2: source.kind picamera2 through tests/picamera2_standin, which plays the same stream as the
   camera's encoder output and its decoded, scaled copy as the 1280x720 lores stream (configs/
   pi-csi-picamera2.yaml): nothing is decoded. The stand-in's own thread (what the ISP and the encoder do
@@ -17,7 +18,7 @@ Each thread's CPU comes from /proc/self/task/<tid>/stat over a window after a wa
 by stage name (capture: demux, ring and hand-offs; decode: the decode calls and the luma plane; detect;
 clips), FFmpeg's frame-thread workers as `ffmpeg`, threads Python does not know (FFmpeg's slice
 workers) as `other`. After each run, benchmarks/bare_decode.py decodes as many frames of the same stream
-as the agent decoded in the window (as many as it read, for picamera2), in its own process. Prints
+as the camera sent in the window (or the agent decoded, when more), in its own process. Prints
 microseconds of CPU a frame per stage, the agent's total against bare decoding, and over --repeat runs
 the median and spread of the ratio. Exits 1 when the pipe path's median ratio is above --max-ratio
 (1.0) or the picamera2 path decodes anything or costs more a frame than the pipe path.
@@ -140,9 +141,10 @@ def main() -> int:
                 cpu, frames, dec = run(path, mp4, work / f"{path}-{i}", args.seconds)
                 decoded[path] += dec
                 agent = sum(v for k, v in cpu.items() if k not in CAMERA)
-                # the yardstick decodes as many frames as the agent decoded in the window (a decoder catching
-                # up a start-up backlog decodes more than the camera sent meanwhile); none decoded: as many as read
-                yard = bare(mp4, dec or frames)
+                # the yardstick decodes every frame the camera sent in the window, or as many as the agent
+                # decoded when more (a decoder catching up a start-up backlog decodes more than the camera sent
+                # meanwhile); the agent may decode fewer (detector.max_blind_s)
+                yard = bare(mp4, max(dec, frames))
                 ratios[path].append(agent / yard)
                 per_frame[path].append(agent * 1e6 / max(1, frames))
                 us = {k: v * 1e6 / max(1, frames) for k, v in cpu.items()}

@@ -192,7 +192,8 @@ def test_a_live_pipe_camera_is_measured_at_its_real_rate(qr_video: Path, tmp_pat
 @pytest.mark.parametrize("burst", [10, 1], ids=["bursty", "steady"])
 def test_a_raw_h264_pipe_is_measured_from_capture_times(burst: int, qr_video_4s: Path, tmp_path: Path) -> None:
     """rpicam-vid's raw H.264 has no timestamps and a loaded Pi hands it over ten frames at a time:
-    check still reports 30 fps and a keyframe every second (the camera's settings), within 5%."""
+    check still reports 30 fps and a keyframe every second (the camera's settings), within 5%, and how
+    much of each second detection decodes (detector.max_blind_s, the default 0.5 s left undecoded)."""
     cmd = f"{sys.executable} {ROOT / 'tests' / 'bursty_h264.py'} {qr_video_4s} --loop --burst {burst}"
     cfg = write_config(tmp_path, f"  kind: pipe\n  command: {cmd}\n  input_format: h264\n")
     rc, r, out = check(cfg, "--frames", "120")
@@ -201,6 +202,8 @@ def test_a_raw_h264_pipe_is_measured_from_capture_times(burst: int, qr_video_4s:
     assert data["fps"] == pytest.approx(30, rel=0.05), r["source"]
     assert data["keyframe_interval_s"] == pytest.approx(1.0, rel=0.05), r["source"]
     assert "stamped at 30 fps from sps" in r["source"]["detail"]
+    assert data["decoded_of_interval_s"] == pytest.approx(0.5, abs=0.05), r["source"]
+    assert "detection decodes the first 0.5" in r["source"]["detail"]
 
 
 @pytest.mark.slow

@@ -35,7 +35,7 @@ def new_values(tmp: Path) -> dict[str, Any]:
         "device_id": "line-7", "site": "hall 2", "log_level": "DEBUG",
         "source.stall_s": 42.0,
         "detector.decoder": "zbar", "detector.cid_pattern": "^LOT-[0-9]+$", "detector.cid_max_length": 40,
-        "detector.cooldown_s": 2.0, "detector.rate_hz": 4.0, "detector.max_width_px": 640,
+        "detector.cooldown_s": 2.0, "detector.rate_hz": 4.0, "detector.max_blind_s": 0.3, "detector.max_width_px": 640,
         "detector.roi": {"left": 0.5, "top": 0.0, "right": 1.0, "bottom": 1.0},
         "clip.pre_roll_s": 1.0, "clip.post_roll_s": 1.5, "clip.extend_while_in_view": True, "clip.max_s": 20.0,
         "clip.encoders": ["libx264"], "clip.width": 640, "clip.height": 360, "clip.fps": 15.0, "clip.crf": 30,

@@ -22,7 +22,8 @@ from tests.test_daemon import ROOT, metrics, start_daemon, stop, wait_until
 
 pytestmark = pytest.mark.slow
 
-POST_ROLL = "clip:\n  post_roll_s: 8\n"
+# labels in view 0.6 s, 4 a second: every frame decoded (detector.max_blind_s: 0) so that every one is read
+POST_ROLL = "detector:\n  max_blind_s: 0\nclip:\n  post_roll_s: 8\n"
 NOWHERE = "http://127.0.0.1:9/cid"  # the server is away: every clip stays in the spool
 
 

@@ -36,7 +36,9 @@ def conveyor(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_pipeline(command: str, tmp_path: Path, extra: str = "", clips: int = 2,
                  timeout: float = 60) -> tuple[list[EventSnapshot], Pipeline]:
-    cfg = parse_config(f"source:\n  kind: pipe\n  command: {command}\n{extra}", env={})
+    # every frame decoded (detector.max_blind_s: 0): detected_at is pinned to the frame a label came into view
+    cfg = parse_config(f"source:\n  kind: pipe\n  command: {command}\n{extra}detector:\n  max_blind_s: 0\n",
+                       env={})
     heard: list[EventSnapshot] = []
     pipeline = Pipeline(cfg, FolderSink(tmp_path / "clips"), on_event=heard.append)
     pipeline.start()

@@ -11,10 +11,12 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.commands.check_result import FAIL, PASS, SKIP, Result
 from edge_agent.config import Config
+from edge_agent.pipeline.keyframe_window import decoded_s
 
 if TYPE_CHECKING:
     from edge_agent.app import Agent
@@ -195,6 +197,11 @@ def check_source(cfg: Config, sample: SourceSample, seconds: float) -> Result:
             detail += f", a keyframe every {gop:.1f} s"
             if gop > 2.0:
                 detail += " (set the camera's keyframe/I-frame interval to 1 s for predictable pre-roll)"
+            decoded = decoded_s(gop, cfg.detector.max_blind_s) if sample.paced and _in_order(sample) else None
+            data["decoded_of_interval_s"] = decoded
+            if decoded is not None:
+                detail += (f"; detection decodes the first {decoded:.2f} s of each "
+                           f"(detector.max_blind_s {cfg.detector.max_blind_s:g})")
         elif not sample.key_t:
             detail += ", no keyframe seen (set the camera's keyframe/I-frame interval to 1 s)"
     if sample.error:  # frames came, then the stream broke
@@ -214,6 +221,11 @@ def _measured_fps(sample: SourceSample) -> float | None:
         return float(sample.info.fps)
     t = sorted(sample.media_t)  # decode order is not presentation order when there are B-frames
     return (len(t) - 1) / (t[-1] - t[0]) if len(t) >= 2 and t[-1] > t[0] else None
+
+
+def _in_order(sample: SourceSample) -> bool:
+    """Frames arrive in presentation order (no B-frames), which the decode stage needs to skip any."""
+    return all(a <= b for a, b in pairwise(sample.media_t))
 
 
 def _keyframe_interval(sample: SourceSample) -> float | None:

@@ -30,6 +30,7 @@ from edge_agent.capture.media import CameraPicture, GrayFrame, Packet, StreamInf
 from edge_agent.config import Config
 from edge_agent.metrics import Metrics
 from edge_agent.pipeline.base import END, FrameSlot
+from edge_agent.pipeline.keyframe_window import KeyframeWindow
 from edge_agent.stage import Backpressure
 
 # Codecs whose every packet decodes on its own: frames the detector does not want are not decoded.
@@ -59,6 +60,7 @@ log = logging.getLogger(__name__)
 class DecodeStatus:
     decoded: int
     dropped: int  # packets the capture thread could not hand over (DROP, decoder behind)
+    undecoded: int  # packets left undecoded at the end of a keyframe interval (detector.max_blind_s)
     errors: int
     threaded: bool = False  # frame threads: fast replay, or a camera's stream one core could not keep up with
 
@@ -110,8 +112,12 @@ class DecodeStage:
     name = "decode"
 
     def __init__(self, out: FrameSlot, metrics: Metrics, rate_hz: Callable[[], float],
-                 backpressure: Callable[[], Backpressure], cfg: Config | None = None):
+                 backpressure: Callable[[], Backpressure], cfg: Config | None = None,
+                 watched: Callable[[], bool] = lambda: False):
+        """`watched`: whether a live view is looking, when every frame is decoded whatever
+        detector.max_blind_s says (a picture that stops for half of each second is no view to aim by)."""
         self.config = cfg  # what `rate_hz` was last taken from (None: built without a config)
+        self._watched = watched
         self.out = out
         self.metrics = metrics
         self._rate_hz = rate_hz
@@ -122,15 +128,21 @@ class DecodeStage:
         self._need_keyframe = False
         self._jump_logged = False
         self._pictures = FramePicker()  # capture thread only: pictures that come without decoding
-        self.decoded = self.dropped = self.errors = 0
+        # capture thread only: which packets of a camera's keyframe interval are decoded at all
+        self._window = KeyframeWindow()
+        self._max_blind_s = cfg.detector.max_blind_s if cfg is not None else 0.0
+        self._window_stream: StreamInfo | None = None
+        self.decoded = self.dropped = self.errors = self.undecoded = 0
         self._threaded = False  # written by the decode thread only, read by status()
 
     def apply(self, new: Config, changed: frozenset[str]) -> None:
-        """Live part: detector.rate_hz. One number, read by the capture thread (camera pictures) and the
-        decode thread at their next packet; replacing the reader whole keeps both consistent."""
+        """Live parts: detector.rate_hz, one number read by the capture thread (camera pictures) and the
+        decode thread at their next packet (replacing the reader whole keeps both consistent); and
+        detector.max_blind_s, a number the capture thread's keyframe window reads at the next keyframe."""
         self.config = new
         hz = new.detector.rate_hz
         self._rate_hz = lambda: hz
+        self._max_blind_s = new.detector.max_blind_s
 
     def offer(self, pkt: Packet) -> None:
         """Capture thread. BLOCK (fast replay) waits for room (deterministic, every label found); DROP (a
@@ -138,6 +150,13 @@ class DecodeStage:
         keyframe (a P-frame without its references would decode to garbage); the ring keeps them all."""
         if self._backpressure() is Backpressure.BLOCK:
             self.inbox.put(pkt)
+            return
+        if pkt.stream is not self._window_stream:
+            self._window_stream = pkt.stream
+            self._window.reset()
+        if not self._window.decode(pkt, self._blind_s() if pkt.keyframe else 0.0):
+            self.undecoded += 1
+            self.metrics.inc("edge_agent_frames_undecoded_total")
             return
         if self._need_keyframe and not pkt.keyframe:
             self._drop()
@@ -154,6 +173,10 @@ class DecodeStage:
             self._queued_t.pop()
             self._drop()
             self._need_keyframe = True
+
+    def _blind_s(self) -> float:
+        """Capture thread, at a keyframe: how much of this keyframe interval may go undecoded."""
+        return 0.0 if self._watched() else self._max_blind_s
 
     def offer_picture(self, picture: CameraPicture) -> None:
         """Capture thread: a camera's own picture of a frame (picamera2's lores stream), which needs no
@@ -172,7 +195,7 @@ class DecodeStage:
         self.inbox.put(END)
 
     def status(self) -> DecodeStatus:
-        return DecodeStatus(self.decoded, self.dropped, self.errors, self._threaded)
+        return DecodeStatus(self.decoded, self.dropped, self.undecoded, self.errors, self._threaded)
 
     def run(self) -> None:
         info: StreamInfo | None = None

@@ -103,7 +103,8 @@ class Pipeline:
         self.track = SightingLog(Retention.track_keep_s(cfg))
         self.frames = FrameSlot(self.backpressure, metrics=self.metrics)
         self.retention = Retention(cfg, self.ring, self.track)
-        self.decode = DecodeStage(self.frames, self.metrics, lambda: cfg.detector.rate_hz, self.backpressure, cfg)
+        self.decode = DecodeStage(self.frames, self.metrics, lambda: cfg.detector.rate_hz, self.backpressure, cfg,
+                                  watched=lambda: self.detect.viewer.wanted)
         self.detect = DetectStage(cfg, self.frames, self.ring, self.metrics, self._on_sighting,
                                   NoReads(cfg, self.metrics, self._noread_listener(on_noread)), self.track)
         self.clips = ClipStage(cfg, sink, self.metrics, self.events, on_event, self.backpressure, self.track)
@@ -122,7 +123,7 @@ class Pipeline:
         rolls = ("clip.pre_roll_s", "clip.post_roll_s", "clip.max_s")
         return [
             ("capture", ("source", "detector.cooldown_s", "clip.encoders"), self.capture),
-            ("decode", ("detector.rate_hz",), self.decode),
+            ("decode", ("detector.rate_hz", "detector.max_blind_s"), self.decode),
             ("detect", ("detector", *rolls, "clip.extend_while_in_view", "noreads"), self.detect),
             ("ring", rolls, self.retention),
             ("clip", ("device_id", "clip"), self.clips),

@@ -1,0 +1,81 @@
+"""detector.max_blind_s on a live camera: the end of each keyframe interval is not decoded, every label
+in view longer than max_blind_s is still read, and clips keep every frame the camera sent (the ring has
+them all). A live view that is watched gets every frame decoded. pipeline/keyframe_window.py decides."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import av
+import pytest
+
+from edge_agent.capture.media import Packet
+from edge_agent.config import parse_config
+from edge_agent.delivery.sinks import FolderSink
+from edge_agent.metrics import Metrics
+from edge_agent.pipeline.base import FrameSlot
+from edge_agent.pipeline.decode import DecodeStage
+from edge_agent.pipeline.events import EventSnapshot
+from edge_agent.pipeline.wiring import Pipeline
+from edge_agent.stage import Backpressure
+from tests.media_factory import make_video
+
+ROOT = Path(__file__).resolve().parent.parent
+FPS = 30
+# in view 0.7 s each, coming into view at every phase of the keyframe interval (.15 s apart), after the
+# first keyframes (the interval must be known before anything is skipped)
+LABELS = [(f"CID-BLIND-{i}", 3.15 + 1.15 * i, 3.85 + 1.15 * i) for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def camera_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_video(tmp_path_factory.mktemp("blind") / "line.mp4", seconds=12.5, fps=FPS, size=(640, 360),
+                      gop=FPS, codes=LABELS)
+
+
+def presented_frames(clip: Path) -> int:
+    with av.open(str(clip)) as c:
+        return sum(1 for p in c.demux(c.streams.video[0]) if p.size and not p.is_discard)
+
+
+@pytest.mark.slow
+def test_a_camera_decodes_half_of_each_second_reads_every_label_and_clips_keep_every_frame(
+        camera_video: Path, tmp_path: Path) -> None:
+    camera = f"{sys.executable} {ROOT / 'tests' / 'stream_sample.py'} {camera_video}"
+    cfg = parse_config(f"source:\n  kind: pipe\n  command: {camera}\ndetector:\n  max_blind_s: 0.5\n", env={})
+    heard: list[EventSnapshot] = []
+    pipeline = Pipeline(cfg, FolderSink(tmp_path / "clips"), on_event=heard.append)
+    pipeline.start()
+    deadline = time.monotonic() + 60
+    while len(heard) < len(LABELS) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pipeline.stop(10)
+    status = pipeline.status().decode
+    assert {e.cid for e in heard} == {cid for cid, *_ in LABELS}, heard
+    # from the 4th keyframe (3 s) on, 14 frames of each 30 are left undecoded (0.5 s to the next keyframe)
+    assert 0.4 * 14 * 9 <= status.undecoded <= 14 * 10, status
+    assert status.dropped == 0
+    for e in heard:
+        assert e.clip and not e.clip_error, e
+        assert presented_frames(tmp_path / "clips" / f"{e.event_id}.mp4") == 5 * FPS, e.cid
+
+
+def packets(seconds: float, stream: object) -> list[Packet]:
+    return [Packet(b"", n, n, n % FPS == 0, n / FPS, n / FPS, stream)  # type: ignore[arg-type]
+            for n in range(round(seconds * FPS))]
+
+
+@pytest.mark.parametrize(("watched", "undecoded"), [(False, 14), (True, 0)])
+def test_while_a_live_view_is_watched_every_frame_is_decoded(watched: bool, undecoded: int) -> None:
+    """The camera's packets as the capture thread offers them (nothing consumes them: the decoder's
+    inbox only fills): 3 s to learn the interval, then one interval of which 14 frames go undecoded."""
+    cfg = parse_config("source:\n  kind: pipe\n  command: camera\ndetector:\n  max_blind_s: 0.5\n", env={})
+    metrics = Metrics(process=False)
+    stage = DecodeStage(FrameSlot(lambda: Backpressure.DROP, metrics), metrics, lambda: 10.0,
+                        lambda: Backpressure.DROP, cfg, watched=lambda: watched)
+    for pkt in packets(4.0, object()):
+        stage.offer(pkt)
+    assert stage.status().undecoded == undecoded
+    assert stage.status().dropped == 0
