@@ -166,17 +166,6 @@ class AgentProcess:
             t.join(timeout)
         return got.get("out"), got.get("err")
 
-    def __enter__(self) -> AgentProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for s in (self.stdout, self.stderr):
-            if s is not None:
-                s.close()
-        if self.poll() is None:
-            self.kill()
-        self.wait()
-
 
 def popen(argv: list[str], **kwargs: Any) -> AgentProcess:
     """`python -m edge_agent.cli ARGV` started as subprocess.Popen would (stdout, stderr, env, cwd, text)."""
@@ -184,13 +173,13 @@ def popen(argv: list[str], **kwargs: Any) -> AgentProcess:
 
 
 def run(argv: list[str], *, capture_output: bool = False, text: bool = False, env: dict[str, str] | None = None,
-        cwd: str | os.PathLike[str] | None = None, timeout: float | None = None, check: bool = False,
-        stdout: Any = None, stderr: Any = None) -> subprocess.CompletedProcess[Any]:
+        cwd: str | os.PathLike[str] | None = None, timeout: float | None = None,
+        check: bool = False) -> subprocess.CompletedProcess[Any]:
     """`python -m edge_agent.cli ARGV` to its end, as subprocess.run would; output captured through files
     (no pipe to drain while it runs)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = AgentProcess(argv, env=env, cwd=cwd, stdout=out if capture_output else stdout,
-                            stderr=err if capture_output else stderr)
+        proc = AgentProcess(argv, env=env, cwd=cwd, stdout=out if capture_output else None,
+                            stderr=err if capture_output else None)
         try:
             code = proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -158,8 +158,8 @@ def test_sigterm_during_a_clip_keeps_it_in_the_spool(tmp_path: Path) -> None:
     finally:
         assert stop(proc) == 0
     # the open clip was cut short at shutdown and queued (the server is down): nothing lost
-    res = agent_process.run(["spool", "list", "--json", "--config",
-                          str(tmp_path / "config.yaml")], capture_output=True, text=True, check=True)
+    res = agent_process.run(["spool", "list", "--json", "--config", str(tmp_path / "config.yaml")],
+                            capture_output=True, text=True, check=True)
     assert '"cid": "CID-7F3A9C21"' in res.stdout
 
 
