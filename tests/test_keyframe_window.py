@@ -1,25 +1,34 @@
 """detector.max_blind_s: which packets of a camera's keyframe interval are decoded for detection.
 
-The decisions of pipeline/keyframe_window.py packet by packet; tests/test_max_blind_camera.py runs it in
-the daemon on a live camera."""
+The decisions of pipeline/keyframe_window.py packet by packet, and the decode stage asking for them;
+tests/test_max_blind_camera.py runs it in the pipeline on a live camera."""
 
 from __future__ import annotations
 
+import pytest
+
 from edge_agent.capture.media import Packet
-from edge_agent.pipeline.keyframe_window import INTERVALS, KeyframeWindow
+from edge_agent.config import parse_config
+from edge_agent.metrics import Metrics
+from edge_agent.pipeline.base import FrameSlot
+from edge_agent.pipeline.decode import DecodeStage
+from edge_agent.pipeline.keyframe_window import INTERVALS, KeyframeWindow, steady_interval
+from edge_agent.stage import Backpressure
 
 FPS = 30
 
 
-def packets(seconds: float, gop_s: float = 1.0, fps: int = FPS, start: float = 0.0) -> list[Packet]:
+def packets(seconds: float, gop_s: float = 1.0, fps: int = FPS, start: float = 0.0,
+            stream: object = None) -> list[Packet]:
     """A camera's packets without B-frames: a keyframe every gop_s, capture times at the frame rate."""
     per_gop, first = round(gop_s * fps), round(start * fps)
-    return [Packet(b"", first + n, first + n, n % per_gop == 0, start + n / fps, start + n / fps, None)  # type: ignore[arg-type]
+    return [Packet(b"", first + n, first + n, n % per_gop == 0, start + n / fps, start + n / fps,
+                   stream)  # type: ignore[arg-type]
             for n in range(round(seconds * fps))]
 
 
 def decided(window: KeyframeWindow, pkts: list[Packet], max_blind_s: float) -> list[tuple[float, bool]]:
-    return [(p.t, window.decode(p, max_blind_s)) for p in pkts]
+    return [(p.t, window.decode(p, lambda: max_blind_s)) for p in pkts]
 
 
 def blind_spans(decisions: list[tuple[float, bool]]) -> list[float]:
@@ -82,3 +91,23 @@ def test_a_new_session_or_a_timeline_that_starts_again_learns_the_interval_afres
     window = KeyframeWindow()
     decided(window, packets(6, start=100.0), 0.5)
     assert all(d for t, d in decided(window, packets(3, start=0.0), 0.5))  # capture time went back
+
+
+@pytest.mark.parametrize(("watched", "undecoded"), [(False, 14), (True, 0)])
+def test_while_a_live_view_is_watched_every_frame_is_decoded(watched: bool, undecoded: int) -> None:
+    """The camera's packets as the capture thread offers them to the decode stage (nothing consumes them:
+    its inbox only fills): 3 s to learn the interval, then one interval of which 14 frames go undecoded."""
+    cfg = parse_config("source:\n  kind: pipe\n  command: camera\ndetector:\n  max_blind_s: 0.5\n", env={})
+    metrics = Metrics(process=False)
+    stage = DecodeStage(FrameSlot(lambda: Backpressure.DROP, metrics), metrics, lambda: 10.0,
+                        lambda: Backpressure.DROP, cfg, watched=lambda: watched)
+    for pkt in packets(4.0, stream=object()):
+        stage.offer(pkt)
+    assert stage.status().undecoded == undecoded
+    assert stage.status().dropped == 0
+
+
+def test_the_rule_check_and_the_window_share_for_a_steady_interval() -> None:
+    assert steady_interval([0.0, 1.0, 2.0, 3.02]) == 1.0  # a pipe camera's few ms of jitter: the shortest
+    assert steady_interval([0.0, 1.0, 3.0]) is None  # stretched in a still scene
+    assert steady_interval([5.0]) is None  # one keyframe: no interval yet

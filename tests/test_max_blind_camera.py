@@ -1,6 +1,6 @@
 """detector.max_blind_s on a live camera: the end of each keyframe interval is not decoded, every label
 in view longer than max_blind_s is still read, and clips keep every frame the camera sent (the ring has
-them all). A live view that is watched gets every frame decoded. pipeline/keyframe_window.py decides."""
+them all). pipeline/keyframe_window.py decides; tests/test_keyframe_window.py pins its decisions."""
 
 from __future__ import annotations
 
@@ -11,15 +11,10 @@ from pathlib import Path
 import av
 import pytest
 
-from edge_agent.capture.media import Packet
 from edge_agent.config import parse_config
 from edge_agent.delivery.sinks import FolderSink
-from edge_agent.metrics import Metrics
-from edge_agent.pipeline.base import FrameSlot
-from edge_agent.pipeline.decode import DecodeStage
 from edge_agent.pipeline.events import EventSnapshot
 from edge_agent.pipeline.wiring import Pipeline
-from edge_agent.stage import Backpressure
 from tests.media_factory import make_video
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,22 +55,3 @@ def test_a_camera_decodes_half_of_each_second_reads_every_label_and_clips_keep_e
     for e in heard:
         assert e.clip and not e.clip_error, e
         assert presented_frames(tmp_path / "clips" / f"{e.event_id}.mp4") == 5 * FPS, e.cid
-
-
-def packets(seconds: float, stream: object) -> list[Packet]:
-    return [Packet(b"", n, n, n % FPS == 0, n / FPS, n / FPS, stream)  # type: ignore[arg-type]
-            for n in range(round(seconds * FPS))]
-
-
-@pytest.mark.parametrize(("watched", "undecoded"), [(False, 14), (True, 0)])
-def test_while_a_live_view_is_watched_every_frame_is_decoded(watched: bool, undecoded: int) -> None:
-    """The camera's packets as the capture thread offers them (nothing consumes them: the decoder's
-    inbox only fills): 3 s to learn the interval, then one interval of which 14 frames go undecoded."""
-    cfg = parse_config("source:\n  kind: pipe\n  command: camera\ndetector:\n  max_blind_s: 0.5\n", env={})
-    metrics = Metrics(process=False)
-    stage = DecodeStage(FrameSlot(lambda: Backpressure.DROP, metrics), metrics, lambda: 10.0,
-                        lambda: Backpressure.DROP, cfg, watched=lambda: watched)
-    for pkt in packets(4.0, object()):
-        stage.offer(pkt)
-    assert stage.status().undecoded == undecoded
-    assert stage.status().dropped == 0

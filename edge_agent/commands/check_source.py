@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent.commands.check_result import FAIL, PASS, SKIP, Result
 from edge_agent.config import Config
-from edge_agent.pipeline.keyframe_window import decoded_s
+from edge_agent.pipeline.keyframe_window import decoded_s, steady_interval
 
 if TYPE_CHECKING:
     from edge_agent.app import Agent
@@ -197,7 +197,8 @@ def check_source(cfg: Config, sample: SourceSample, seconds: float) -> Result:
             detail += f", a keyframe every {gop:.1f} s"
             if gop > 2.0:
                 detail += " (set the camera's keyframe/I-frame interval to 1 s for predictable pre-roll)"
-            decoded = decoded_s(gop, cfg.detector.max_blind_s) if sample.paced and _in_order(sample) else None
+            steady = steady_interval(sample.key_t) if sample.paced and _in_order(sample) else None
+            decoded = None if steady is None else decoded_s(steady, cfg.detector.max_blind_s)
             data["decoded_of_interval_s"] = decoded
             if decoded is not None:
                 detail += (f"; detection decodes the first {decoded:.2f} s of each "
@@ -224,7 +225,8 @@ def _measured_fps(sample: SourceSample) -> float | None:
 
 
 def _in_order(sample: SourceSample) -> bool:
-    """Frames arrive in presentation order (no B-frames), which the decode stage needs to skip any."""
+    """Frames arrive in presentation order (no B-frames), which the decode stage needs to skip any (its
+    keyframe window sees it by packet order; a sample's capture times say the same)."""
     return all(a <= b for a, b in pairwise(sample.media_t))
 
 

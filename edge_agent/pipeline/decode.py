@@ -154,7 +154,7 @@ class DecodeStage:
         if pkt.stream is not self._window_stream:
             self._window_stream = pkt.stream
             self._window.reset()
-        if not self._window.decode(pkt, self._blind_s() if pkt.keyframe else 0.0):
+        if not self._window.decode(pkt, self._blind_s):
             self.undecoded += 1
             self.metrics.inc("edge_agent_frames_undecoded_total")
             return

@@ -23,6 +23,7 @@ A new `max_blind_s` (a live reload) applies from the next keyframe.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Sequence
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,13 @@ if TYPE_CHECKING:
 
 INTERVALS = 3  # keyframe intervals that must agree before anything is skipped
 STEADY_S = 0.07  # how closely: two frames at 30 fps (capture times of a pipe camera jitter by a few ms)
+
+
+def steady_interval(keys: Sequence[float]) -> float | None:
+    """The interval of keyframes at these capture times when it is steady (every gap within STEADY_S of the
+    others; the shortest, to be safe), else None. `check` judges a camera's sample by the same rule."""
+    gaps = [b - a for a, b in pairwise(keys)]
+    return min(gaps) if gaps and max(gaps) - min(gaps) <= STEADY_S else None
 
 
 def decoded_s(interval_s: float, max_blind_s: float) -> float | None:
@@ -56,10 +64,10 @@ class KeyframeWindow:
         self._skipping = self._reordered = False
         self._last_pts = None
 
-    def decode(self, pkt: Packet, max_blind_s: float) -> bool:
+    def decode(self, pkt: Packet, max_blind_s: Callable[[], float]) -> bool:
         """Whether this packet goes to the decoder. A packet that does not is never needed by one that
-        does: everything from the first skipped packet to the next keyframe is skipped. `max_blind_s`
-        is read at keyframes only (0: decode everything until the next one)."""
+        does: everything from the first skipped packet to the next keyframe is skipped. `max_blind_s()`
+        is asked at keyframes only (0: decode everything until the next one)."""
         if pkt.pts is not None:
             if self._last_pts is not None and pkt.pts < self._last_pts:
                 self._reordered = True  # B-frames: never skip in this session
@@ -69,7 +77,7 @@ class KeyframeWindow:
                 self._keys.clear()  # time went back: a new timeline, its interval unknown
             self._keys.append(pkt.t)
             self._skipping = False
-            self._until = self._window_end(max_blind_s)
+            self._until = self._window_end(max_blind_s())
             return True
         if self._skipping:
             return False
@@ -81,8 +89,6 @@ class KeyframeWindow:
     def _window_end(self, max_blind_s: float) -> float:
         if max_blind_s <= 0 or len(self._keys) <= INTERVALS:
             return float("inf")
-        gaps = [b - a for a, b in pairwise(self._keys)]
-        if max(gaps) - min(gaps) > STEADY_S:
-            return float("inf")
-        decoded = decoded_s(min(gaps), max_blind_s)
+        interval = steady_interval(self._keys)
+        decoded = None if interval is None else decoded_s(interval, max_blind_s)
         return float("inf") if decoded is None else self._keys[-1] + decoded
