@@ -105,11 +105,10 @@ def sharpness(gray: np.ndarray) -> float:
     return float(cv2.Laplacian(gray, cv2.CV_64F).var()) if gray.size else 0.0
 
 
-# exposure() counts every row of about this many pixels, spread evenly (whole rows: contiguous memory,
-# one histogram pass in C): a mean and two fractions need no more (+-0.5 % on a 1080p frame), and the
-# detect stage computes them for every analysed frame with a code in it. Measured on a 1080p frame:
-# all 2 million pixels 14 ms with numpy; every third pixel of every third row, with numpy, 0.63 ms;
-# every third row through one histogram, 0.21 ms.
+# exposure() counts a grid of about this many pixels, every n-th pixel of every n-th row: a mean and two
+# fractions need no more (+-0.5 % on a 1080p frame), and the detect stage computes them for every
+# analysed frame with a code in it. Measured: every 3rd pixel of every 3rd row of a 720p frame 0.09 ms,
+# every 4th of a 1080p one 0.12 ms; whole rows instead (every 2nd of a 720p frame) 0.7 ms.
 EXPOSURE_SAMPLES = 130_000
 _LEVELS = np.arange(256, dtype=np.float64)
 
@@ -118,9 +117,9 @@ def exposure(gray: np.ndarray) -> tuple[float, float, float]:
     """(mean luma, fraction of pixels under 5, fraction over 250) of a frame."""
     if not gray.size:
         return 0.0, 0.0, 0.0
-    step = max(1, int(math.sqrt(gray.size / EXPOSURE_SAMPLES)))
-    # a view, no copy: OpenCV reads rows at any stride (the decoder's padded planes too)
-    hist = cv2.calcHist([gray[::step]], [0], None, [256], [0, 256]).ravel()
+    step = max(1, round(math.sqrt(gray.size / EXPOSURE_SAMPLES)))
+    # a strided view: OpenCV copies the ~130k pixels it counts, not the frame
+    hist = cv2.calcHist([gray[::step, ::step]], [0], None, [256], [0, 256]).ravel()
     n = float(hist.sum())
     return float(hist @ _LEVELS) / n, float(hist[:5].sum()) / n, float(hist[251:].sum()) / n
 
