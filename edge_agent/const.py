@@ -15,7 +15,7 @@ COOLDOWN_S = 5.0
 # Frames of *video time* per second handed to the QR decoder. A label crossing a 1080p frame on a
 # conveyor is in view for >= 1 s, so 10 Hz gives several chances while costing a third of 30 fps.
 DETECT_RATE_HZ = 10.0
-# Of each keyframe interval of a camera (steady keyframes, no B-frames), how much video detection may leave
+# Of each keyframe interval (steady keyframes, closed GOPs), how much video detection may leave
 # undecoded (pipeline/keyframe_window.py): a label in view for >= 1 s is still analysed ~5 times at 10 Hz.
 MAX_BLIND_S = 0.5
 # Frames wider than this are downscaled before QR decoding. Measured on the 1080p sample: zxing-cpp

@@ -56,11 +56,13 @@ def make_video(
     scale: int = 5,
     speed_px_s: float = 40.0,
     labels: dict[int, list[tuple[str | bytes, Box]]] | None = None,
+    open_gop: bool = False,
 ) -> Path:
     """Write a video where each (payload, t_from, t_to[, y]) code is in view over [t_from, t_to],
     moving right at `speed_px_s` (y: its top row, default 20). `labels`, when given, is filled with
     where each code was drawn: frame index -> [(payload, its symbol's box x0, y0, x1, y1)], the box
-    in edge coordinates (x1 = the column after its last dark module)."""
+    in edge coordinates (x1 = the column after its last dark module). `open_gop` (x264 with B-frames): the
+    B-frames shown just before a keyframe are coded after it, referencing the interval before."""
     w, h = size
     gop = gop or fps
     rng = np.random.default_rng(7)
@@ -73,7 +75,8 @@ def make_video(
         stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
         stream.codec_context.gop_size = gop
         if codec == "libx264":
-            stream.codec_context.options = {"preset": "ultrafast", "bf": str(bframes if bframes is not None else 0)}
+            stream.codec_context.options = {"preset": "ultrafast", "bf": str(bframes if bframes is not None else 0),
+                                            **({"x264-params": "open-gop=1"} if open_gop else {})}
         for i in range(round(seconds * fps)):
             t = i / fps
             img = np.roll(background, i * 3, axis=1).copy()

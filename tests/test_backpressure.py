@@ -33,7 +33,8 @@ def test_the_backpressure_follows_the_source(source: str, expected: Backpressure
 def test_a_fast_replay_waits_for_every_stage_and_drops_nothing(tmp_path: Path) -> None:
     """Capture demuxes a file ~20x faster than it decodes: only waiting keeps every packet for the
     decoder and every picked frame for the detector."""
-    cfg = parse_config(f"source:\n  kind: file\n  path: {SAMPLE}\n", env={})
+    # max_blind_s 0: every slot's picture is analysed (what the keyframe window skips is its tests' subject)
+    cfg = parse_config(f"source:\n  kind: file\n  path: {SAMPLE}\ndetector:\n  max_blind_s: 0\n", env={})
     pipeline = Pipeline(cfg, FolderSink(tmp_path / "clips"))
     assert pipeline.backpressure() is Backpressure.BLOCK
     pipeline.start()

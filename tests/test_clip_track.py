@@ -36,7 +36,8 @@ CODES = [("CID-TRACK-A1", 3.0, 6.0, 40), ("CID-TRACK-B2", 3.8, 6.8, 300), ("CID-
 SPEED = 200.0
 # the detector reads a 640 px wide copy of a region of interest without the top rows: its outlines
 # must come back in the source's pixels all the same
-CONFIG = "detector:\n  max_width_px: 640\n  roi: {left: 0.0, top: 0.05, right: 1.0, bottom: 1.0}\n"
+# max_blind_s 0: the track is compared with every frame detection would analyse at its rate
+CONFIG = "detector:\n  max_width_px: 640\n  max_blind_s: 0\n  roi: {left: 0.0, top: 0.05, right: 1.0, bottom: 1.0}\n"
 BOX_PX = 4.0
 FRAME_S = 1 / FPS
 

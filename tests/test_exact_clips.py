@@ -94,7 +94,9 @@ def test_extension_while_in_view_is_opt_in(tmp_path: Path) -> None:
     video = make_video(tmp_path / "conveyor.mp4", seconds=12, fps=FPS, size=(640, 360), gop=30,
                        codes=[("CID-EXTEND-1", 4.2, 7.2)])
     cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"clip:\n  extend_while_in_view: true\nspool:\n  dir: {tmp_path / 'spool'}\n", encoding="utf-8")
+    # max_blind_s 0: the subject is the first and last sighting exactly, not the keyframe window's trade
+    cfg.write_text(f"clip:\n  extend_while_in_view: true\ndetector:\n  max_blind_s: 0\nspool:\n"
+                   f"  dir: {tmp_path / 'spool'}\n", encoding="utf-8")
     res = agent_process.run(["replay", "--config", str(cfg), "--report",
                              str(tmp_path / "report.json"), str(video)], capture_output=True, text=True, timeout=300,
                             check=False, env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")})
@@ -111,7 +113,9 @@ def test_a_start_a_rounding_error_before_a_keyframe_is_remuxed_on_that_keyframe(
     lead-in, which FFmpeg's reader drops) and is remuxed, its 120 frames [3.0 s, 7.0 s) presented."""
     video = make_video(tmp_path / "edge.mp4", seconds=10, fps=FPS, gop=FPS, codes=[("CID-EDGE-1", 4.6, 6.0)])
     config = tmp_path / "edge.yaml"
-    config.write_text("detector:\n  rate_hz: 30\nclip:\n  pre_roll_s: 1.6\n  post_roll_s: 2.4\n", encoding="utf-8")
+    # max_blind_s 0: detected at 4.6 s exactly, which the keyframe window would leave undecoded
+    config.write_text("detector:\n  rate_hz: 30\n  max_blind_s: 0\nclip:\n  pre_roll_s: 1.6\n  post_roll_s: 2.4\n",
+                      encoding="utf-8")
     res = agent_process.run(["replay", "--config", str(config), str(video)],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
                             env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")})

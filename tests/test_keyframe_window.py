@@ -1,9 +1,12 @@
 """detector.max_blind_s: which packets of a camera's keyframe interval are decoded for detection.
 
 The decisions of pipeline/keyframe_window.py packet by packet, and the decode stage asking for them;
-tests/test_max_blind_camera.py runs it in the pipeline on a live camera."""
+tests/test_max_blind_pipeline.py runs it in the pipeline, on a camera and on a replayed file."""
 
 from __future__ import annotations
+
+import math
+from itertools import pairwise
 
 import pytest
 
@@ -12,7 +15,7 @@ from edge_agent.config import parse_config
 from edge_agent.metrics import Metrics
 from edge_agent.pipeline.base import FrameSlot
 from edge_agent.pipeline.decode import DecodeStage
-from edge_agent.pipeline.keyframe_window import INTERVALS, KeyframeWindow, steady_interval
+from edge_agent.pipeline.keyframe_window import INTERVALS, KeyframeWindow, closed_gops, steady_interval
 from edge_agent.stage import Backpressure
 
 FPS = 30
@@ -74,13 +77,58 @@ def test_a_late_keyframe_ends_skipping_until_the_interval_is_steady_again() -> N
     assert not all(d for t, d in got if t >= 7.5 + INTERVALS)
 
 
-def test_b_frames_are_never_skipped() -> None:
-    """Presentation order differing from decode order: a picture after a keyframe may need one before it."""
-    pkts = packets(8)
-    for a, b in zip(pkts[1::3], pkts[2::3], strict=False):
-        if not (a.keyframe or b.keyframe):
-            a.pts, b.pts = b.pts, a.pts
+def b_frame_packets(seconds: int, open_gop: bool = False) -> list[Packet]:
+    """x264's pattern at 30 fps, a keyframe a second, in decode order: I0 P3 B1 B2 P6 B4 B5 ... P27 B25 B26
+    P29 B28 (closed: nothing after a keyframe is shown before it). Open: the interval's last two pictures
+    are B-frames coded after the next keyframe (... P27 B25 B26 I30 B28 B29 P33 ...), leading it."""
+    shown = {n: Packet(b"", n, None, n % FPS == 0, n / FPS, n / FPS, None)  # type: ignore[arg-type]
+             for n in range(seconds * FPS)}
+    order: list[int] = []
+    for g in range(0, seconds * FPS, FPS):
+        order.append(g)
+        anchors = [*range(g + 3, g + FPS - 2, 3), *([] if open_gop else [g + FPS - 1])]
+        prev = g
+        for a in anchors:
+            order += [a, *range(prev + 1, a)]
+            prev = a
+        if open_gop and g + FPS < seconds * FPS:
+            order += [g + FPS, g + FPS - 2, g + FPS - 1]  # the next keyframe, then its leading pictures
+        elif open_gop:
+            order += [g + FPS - 2, g + FPS - 1]
+    seen: list[int] = []
+    for n in order:  # the open pattern names each next keyframe twice: once is its place
+        if n not in seen:
+            seen.append(n)
+    return [shown[n] for n in seen]
+
+
+@pytest.mark.parametrize("max_blind_s", [0.5, 0.45])
+def test_b_frames_of_closed_gops_are_skipped_and_every_picture_shown_before_the_window_end_is_decoded(
+        max_blind_s: float) -> None:
+    """0.45: the window ends at frame 16.5, between an anchor (P18) coded before the B-frames (B16, B17)
+    shown before it: P18 is decoded for them."""
+    pkts = b_frame_packets(8)
+    got = decided(KeyframeWindow(), pkts, max_blind_s)
+    decoded = {round(t * FPS) for t, d in got if d}
+    shown = math.floor((1 - max_blind_s) * FPS)  # the last frame shown before the window's end
+    for k in range(INTERVALS, 8):
+        assert set(range(k * FPS, k * FPS + shown + 1)) <= decoded, k  # all decoded
+        assert len(decoded & set(range(k * FPS, (k + 1) * FPS))) <= shown + 4, k  # the rest (but a B-run) not
+    # skipping runs in decode order from one packet to the next keyframe: a decoded B-frame's references
+    # (the anchors shown before and after it) are decoded too
+    anchors = [n for n in range(8 * FPS) if n % FPS % 3 == 0 or n % FPS == FPS - 1]
+    for n in decoded - set(anchors):
+        assert max(a for a in anchors if a < n) in decoded and min(a for a in anchors if a > n) in decoded, n
+    assert max(b - a for a, b in pairwise(sorted(decoded))) <= max_blind_s * FPS + 1  # blind <= max_blind_s
+
+
+def test_an_open_gop_is_never_skipped() -> None:
+    """A picture after a keyframe in decode order but shown before it may reference the interval before."""
+    pkts = b_frame_packets(8, open_gop=True)
     assert all(d for _, d in decided(KeyframeWindow(), pkts, 0.5))
+    assert not closed_gops((p.pts, p.keyframe) for p in pkts)
+    assert closed_gops((p.pts, p.keyframe) for p in b_frame_packets(8))
+    assert closed_gops((p.pts, p.keyframe) for p in packets(8))
 
 
 def test_a_new_session_or_a_timeline_that_starts_again_learns_the_interval_afresh() -> None:

@@ -11,12 +11,11 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.commands.check_result import FAIL, PASS, SKIP, Result
 from edge_agent.config import Config
-from edge_agent.pipeline.keyframe_window import decoded_s, steady_interval
+from edge_agent.pipeline.keyframe_window import closed_gops, decoded_s, steady_interval
 
 if TYPE_CHECKING:
     from edge_agent.app import Agent
@@ -49,6 +48,7 @@ class SourceSample:
     arrivals: list[float] = field(default_factory=list)
     media_t: list[float] = field(default_factory=list)
     key_t: list[float] = field(default_factory=list)
+    order: list[tuple[int | None, bool]] = field(default_factory=list)  # (pts, keyframe) in arrival order
     kept: list[Any] = field(default_factory=list)  # Packets from the first keyframe on, for decoding
     kept_bytes: int = 0
     pictures: list[Any] = field(default_factory=list)  # GrayFrames a camera gives itself (picamera2 lores)
@@ -90,6 +90,7 @@ def sample_source(agent: Agent, frames: int, seconds: float, stop: threading.Eve
                 last = now
                 sample.arrivals.append(now)
                 sample.media_t.append(pkt.t)
+                sample.order.append((pkt.pts, pkt.keyframe))
                 if pkt.keyframe:
                     sample.key_t.append(pkt.t)
                 if (pkt.keyframe or sample.kept) and len(sample.kept) < frames and \
@@ -197,7 +198,7 @@ def check_source(cfg: Config, sample: SourceSample, seconds: float) -> Result:
             detail += f", a keyframe every {gop:.1f} s"
             if gop > 2.0:
                 detail += " (set the camera's keyframe/I-frame interval to 1 s for predictable pre-roll)"
-            steady = steady_interval(sample.key_t) if sample.paced and _in_order(sample) else None
+            steady = steady_interval(sample.key_t) if closed_gops(sample.order) else None
             decoded = None if steady is None else decoded_s(steady, cfg.detector.max_blind_s)
             data["decoded_of_interval_s"] = decoded
             if decoded is not None:
@@ -222,12 +223,6 @@ def _measured_fps(sample: SourceSample) -> float | None:
         return float(sample.info.fps)
     t = sorted(sample.media_t)  # decode order is not presentation order when there are B-frames
     return (len(t) - 1) / (t[-1] - t[0]) if len(t) >= 2 and t[-1] > t[0] else None
-
-
-def _in_order(sample: SourceSample) -> bool:
-    """Frames arrive in presentation order (no B-frames), which the decode stage needs to skip any (its
-    keyframe window sees it by packet order; a sample's capture times say the same)."""
-    return all(a <= b for a, b in pairwise(sample.media_t))
 
 
 def _keyframe_interval(sample: SourceSample) -> float | None:

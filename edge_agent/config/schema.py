@@ -130,9 +130,10 @@ class DetectorConfig(_Section):
     rate_hz: float = Field(const.DETECT_RATE_HZ, gt=0, le=120, **_live(
         "Frames per second of video handed to the QR decoder; more finds fast-moving labels, costs CPU."))
     max_blind_s: float = Field(const.MAX_BLIND_S, ge=0, le=10, **_live(
-        "A camera's video detection may leave undecoded at the end of each keyframe interval, at most this long, "
-        "to save decoding (most of the agent's CPU): a label in view longer than this is still seen. Only on a "
-        "camera with steady keyframes and no B-frames; clips keep every frame. 0: decode everything."))
+        "Video detection may leave undecoded at the end of each keyframe interval, at most this long, to save "
+        "decoding (most of the agent's CPU): a label in view longer than this is still seen. Only with steady "
+        "keyframes and closed GOPs, on a camera and in replay alike; clips keep every frame. 0: decode "
+        "everything."))
     max_width_px: int = Field(const.DETECT_MAX_WIDTH_PX, ge=0, le=8192, **_live(
         "Downscale frames wider than this before decoding; 0 keeps full resolution."))
     roi: RoiConfig | None = Field(None, **_live(

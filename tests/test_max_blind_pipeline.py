@@ -1,6 +1,7 @@
-"""detector.max_blind_s on a live camera: the end of each keyframe interval is not decoded, every label
-in view longer than max_blind_s is still read, and clips keep every frame the camera sent (the ring has
-them all). pipeline/keyframe_window.py decides; tests/test_keyframe_window.py pins its decisions."""
+"""detector.max_blind_s through the pipeline, on a live camera and on a replayed file with B-frames: the end
+of each keyframe interval is not decoded, every label in view longer than max_blind_s is still read, and
+clips keep every frame the source sent (the ring has them all). pipeline/keyframe_window.py decides;
+tests/test_keyframe_window.py pins its decisions."""
 
 from __future__ import annotations
 
@@ -52,6 +53,33 @@ def test_a_camera_decodes_half_of_each_second_reads_every_label_and_clips_keep_e
     # from the 4th keyframe (3 s) on, 14 frames of each 30 are left undecoded (0.5 s to the next keyframe)
     assert 0.4 * 14 * 9 <= status.undecoded <= 14 * 10, status
     assert status.dropped == 0
+    for e in heard:
+        assert e.clip and not e.clip_error, e
+        assert presented_frames(tmp_path / "clips" / f"{e.event_id}.mp4") == 5 * FPS, e.cid
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("open_gop", [False, True])
+def test_a_replayed_file_with_b_frames_is_skipped_like_a_camera_unless_its_gops_are_open(
+        open_gop: bool, tmp_path: Path) -> None:
+    """Fast replay (BLOCK) applies the same window: a closed-GOP x264 file with B-frames leaves the ends of
+    its intervals undecoded, decoded on one thread from there on, without a decoding error; an open GOP's
+    leading pictures (coded after a keyframe, referencing the interval before it) turn skipping off."""
+    video = make_video(tmp_path / "line.mp4", seconds=12.5, fps=FPS, size=(640, 360), gop=FPS, codes=LABELS,
+                       bframes=2, open_gop=open_gop)
+    cfg = parse_config(f"source:\n  kind: file\n  path: {video}\n", env={})
+    heard: list[EventSnapshot] = []
+    pipeline = Pipeline(cfg, FolderSink(tmp_path / "clips"), on_event=heard.append)
+    pipeline.start()
+    assert pipeline.wait(120)
+    status = pipeline.status().decode
+    assert {e.cid for e in heard} == {cid for cid, *_ in LABELS}, heard
+    assert status.errors == 0 and status.dropped == 0
+    if open_gop:
+        assert status.undecoded == 0 and status.threaded, status
+    else:
+        # from the 4th keyframe (3 s) on, up to 14 frames of each 30 (fewer by the B-frames' reordering)
+        assert 10 * 9 <= status.undecoded <= 14 * 10 and not status.threaded, status
     for e in heard:
         assert e.clip and not e.clip_error, e
         assert presented_frames(tmp_path / "clips" / f"{e.event_id}.mp4") == 5 * FPS, e.cid
