@@ -10,10 +10,11 @@ By default measures both samples in one run and checks the targets:
 - peak RSS of any replay process at most 200 MB (default clip settings);
 - every CID of sample_media/manifest.json found, none extra.
 The replay decodes only the reference pictures and the pictures detection analyses (non-reference
-B-frames outside the picks are skipped), so it also prints how many pictures it decoded and its time
-against PyAV decoding the reference pictures alone (`skip_frame=NONREF`), and it measures the 1080p
-sample a second time re-encoded without B-frames (every picture a reference, as most cameras send
-it), where nothing can be skipped, against the same 1.0 target.
+B-frames outside the picks are skipped), and of each keyframe interval only the part detection looks at
+(detector.max_blind_s, the default, as on a camera), so it also prints how many pictures it decoded and
+its time against PyAV decoding the reference pictures alone (`skip_frame=NONREF`), and it measures the
+1080p sample a second time re-encoded without B-frames (every picture a reference, as most cameras send
+it) against the same 1.0 target.
 Also prints the decode baselines with frame threads (`thread_type=AUTO`): references only, the Y
 plane as the agent takes it, and `to_ndarray("gray")`; clip cut+remux ms, and cut+encode ms with
 clip.width set (libx264 re-encode).
@@ -158,7 +159,7 @@ def measure(video: Path, runs: int, manifest: dict, target: str | None, note: st
           + (f"  (target <= {DECODE_RATIO_1080P:g})" if target == "decode" else ""))
     print(f"replay / Y-plane decode    {elapsed / base['y'][1]:8.2f}")
     print(f"replay / reference decode  {elapsed / base['ref'][1]:8.2f}  (replay decoded {report.get('frames_decoded')}"
-          f" pictures, analysed {report.get('frames_analysed')})")
+          f" pictures, left {report.get('frames_undecoded')} undecoded, analysed {report.get('frames_analysed')})")
     if target == "realtime" and speed < REALTIME_720P:
         missed.append(f"{video.name}: replay {speed:.1f}x real time < {REALTIME_720P:g}x")
     if target == "decode" and ratio > DECODE_RATIO_1080P:

@@ -85,11 +85,6 @@ class KeyframeWindow:
         self._newest: tuple[int, float] | None = None  # (pts, t) of the latest-shown picture since the keyframe
         self._reorder_s = 0.0  # how much earlier than one before it a picture has been shown: B-frame depth
 
-    @property
-    def skipping(self) -> bool:
-        """Whether the end of this interval is being skipped (from its first undecoded packet on)."""
-        return self._skipping
-
     def decode(self, pkt: Packet, max_blind_s: Callable[[], float]) -> bool:
         """Whether this packet goes to the decoder. A packet that does not is never needed by one that
         does: everything from the first skipped packet to the next keyframe is skipped. `max_blind_s()`
