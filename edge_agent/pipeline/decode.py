@@ -53,12 +53,6 @@ SLOTS_KEPT = 64
 # Capture time going back further than this is a new timeline, not B-frame reordering (a few frames).
 JUMP_BACK_S = 1.0
 
-# Fast replay decodes with frame threads, for a whole file as fast as two cores go; once the keyframe
-# window skips the end of each interval, the decoder has half the work and detection is the slower
-# stage, and the frame threads' own overhead (~30% more CPU, measured) takes the core detection runs
-# on: one thread from there on (the 720p sample replayed in 0.53-0.65 s against 0.68-0.80 s, measured).
-ONE_THREAD = object()
-
 log = logging.getLogger(__name__)
 
 
@@ -138,7 +132,6 @@ class DecodeStage:
         self._window = KeyframeWindow()
         self._max_blind_s = cfg.detector.max_blind_s if cfg is not None else 0.0
         self._window_stream: StreamInfo | None = None
-        self._one_thread_sent = False
         self.decoded = self.dropped = self.errors = self.undecoded = 0
         self._threaded = False  # written by the decode thread only, read by status()
 
@@ -159,13 +152,9 @@ class DecodeStage:
         if pkt.stream is not self._window_stream:
             self._window_stream = pkt.stream
             self._window.reset()
-            self._one_thread_sent = False
         if not self._window.decode(pkt, self._blind_s):
             self.undecoded += 1
             self.metrics.inc("edge_agent_frames_undecoded_total")
-            if not self._one_thread_sent and self._backpressure() is Backpressure.BLOCK:
-                self._one_thread_sent = True
-                self.inbox.put(ONE_THREAD)
             return
         if self._backpressure() is Backpressure.BLOCK:
             self.inbox.put(pkt)
@@ -219,13 +208,6 @@ class DecodeStage:
             pkt = self.inbox.get()
             if pkt is END:
                 break
-            if pkt is ONE_THREAD:
-                if threaded and info is not None:
-                    self._flush(decoder, picks)  # nothing more of this interval comes: the next packet is a keyframe
-                    threaded = self._threaded = False
-                    decoder = open_decoder(info, threads=False, analysis=True)
-                    skipping = False
-                continue
             if self._queued_t:
                 self._queued_t.popleft()
             if pkt.stream is not info:
