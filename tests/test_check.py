@@ -206,6 +206,21 @@ def test_a_raw_h264_pipe_is_measured_from_capture_times(burst: int, qr_video_4s:
     assert "detection decodes the first 0.5" in r["source"]["detail"]
 
 
+@pytest.mark.parametrize(("open_gop", "says"), [
+    (False, "detection decodes the first 0.50 s of each (detector.max_blind_s 0.5)"),
+    (True, "detection decodes every frame (open GOPs: a picture shown before the keyframe it follows)"),
+])
+def test_check_says_how_much_of_each_interval_replay_decodes_and_why_all_of_it(
+        open_gop: bool, says: str, tmp_path: Path) -> None:
+    """A file with B-frames: closed GOPs leave the end of each interval undecoded, as the decode stage does
+    (tests/test_max_blind_pipeline.py), open ones are decoded whole and check says why."""
+    video = make_video(tmp_path / "line.mp4", seconds=5, fps=30, gop=30, bframes=2, open_gop=open_gop)
+    rc, r, out = check(write_config(tmp_path, f"  kind: file\n  path: {video}\n"), "--frames", "150")
+    assert rc == 0, out
+    assert says in r["source"]["detail"], r["source"]
+    assert (r["source"]["data"]["decoded_of_interval_s"] is None) == open_gop
+
+
 @pytest.mark.slow
 def test_a_camera_that_sends_nothing_fails_within_the_deadline(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, "  kind: pipe\n  command: sleep 60\n  open_timeout_s: 1\n")

@@ -198,12 +198,7 @@ def check_source(cfg: Config, sample: SourceSample, seconds: float) -> Result:
             detail += f", a keyframe every {gop:.1f} s"
             if gop > 2.0:
                 detail += " (set the camera's keyframe/I-frame interval to 1 s for predictable pre-roll)"
-            steady = steady_interval(sample.key_t) if closed_gops(sample.order) else None
-            decoded = None if steady is None else decoded_s(steady, cfg.detector.max_blind_s)
-            data["decoded_of_interval_s"] = decoded
-            if decoded is not None:
-                detail += (f"; detection decodes the first {decoded:.2f} s of each "
-                           f"(detector.max_blind_s {cfg.detector.max_blind_s:g})")
+            detail += _decoded_part(sample, cfg.detector.max_blind_s, data)
         elif not sample.key_t:
             detail += ", no keyframe seen (set the camera's keyframe/I-frame interval to 1 s)"
     if sample.error:  # frames came, then the stream broke
@@ -223,6 +218,24 @@ def _measured_fps(sample: SourceSample) -> float | None:
         return float(sample.info.fps)
     t = sorted(sample.media_t)  # decode order is not presentation order when there are B-frames
     return (len(t) - 1) / (t[-1] - t[0]) if len(t) >= 2 and t[-1] > t[0] else None
+
+
+def _decoded_part(sample: SourceSample, max_blind_s: float, data: dict[str, Any]) -> str:
+    """How much of each keyframe interval detection decodes, by the decode stage's own rules
+    (pipeline/keyframe_window.py), and why all of it when max_blind_s asks for less."""
+    steady = steady_interval(sample.key_t)
+    closed = closed_gops(sample.order)
+    decoded = decoded_s(steady, max_blind_s) if steady is not None and closed else None
+    data["decoded_of_interval_s"] = decoded
+    if decoded is not None:
+        return f"; detection decodes the first {decoded:.2f} s of each (detector.max_blind_s {max_blind_s:g})"
+    if max_blind_s <= 0:
+        return ""
+    if not closed:
+        return "; detection decodes every frame (open GOPs: a picture shown before the keyframe it follows)"
+    if steady is None:
+        return "; detection decodes every frame (keyframes at an unsteady interval)"
+    return ""  # an interval no longer than max_blind_s: nothing to leave out
 
 
 def _keyframe_interval(sample: SourceSample) -> float | None:
