@@ -152,6 +152,7 @@ def test_check_reads_the_camera_and_the_code_from_lores(camera: Path, tmp_path: 
     out = in_process("check", "-c", str(_camera_config(tmp_path)), "--seconds", "20")
     lines = {ln.split()[1]: ln for ln in out.stdout.splitlines() if ln.startswith(("PASS", "FAIL", "WARN", "SKIP"))}
     assert lines["source"].startswith("PASS") and "h264 960x540" in lines["source"], out.stdout + out.stderr
+    assert "detection decodes" not in lines["source"]  # no keyframe window: the video is not decoded at all
     assert "lores" in lines["detector"] and CID in lines["detector"], out.stdout + out.stderr
 
 

@@ -198,7 +198,10 @@ def check_source(cfg: Config, sample: SourceSample, seconds: float) -> Result:
             detail += f", a keyframe every {gop:.1f} s"
             if gop > 2.0:
                 detail += " (set the camera's keyframe/I-frame interval to 1 s for predictable pre-roll)"
-            detail += _decoded_part(sample, cfg.detector.max_blind_s, data)
+            if sample.pictures:  # the camera's own pictures go to detection: its video is not decoded at all
+                data["decoded_of_interval_s"] = None
+            else:
+                detail += _decoded_part(sample, cfg.detector.max_blind_s, data)
         elif not sample.key_t:
             detail += ", no keyframe seen (set the camera's keyframe/I-frame interval to 1 s)"
     if sample.error:  # frames came, then the stream broke
