@@ -71,7 +71,7 @@ DECLARED: dict[str, MetricSpec] = {s.name: s for s in (
     _counter("edge_agent_frames_dropped_total",
              "Frames read but dropped before decoding because the decoder fell behind (live sources)."),
     _counter("edge_agent_frames_undecoded_total",
-             "Frames of a camera left undecoded at the end of a keyframe interval (detector.max_blind_s); "
+             "Frames left undecoded at the end of a keyframe interval (detector.max_blind_s); "
              "clips keep them."),
     _counter("edge_agent_frames_skipped_total",
              "Decoded frames not analysed because a newer frame arrived first (live sources)."),

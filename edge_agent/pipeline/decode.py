@@ -128,7 +128,7 @@ class DecodeStage:
         self._need_keyframe = False
         self._jump_logged = False
         self._pictures = FramePicker()  # capture thread only: pictures that come without decoding
-        # capture thread only: which packets of a camera's keyframe interval are decoded at all
+        # capture thread only: which packets of each keyframe interval are decoded at all
         self._window = KeyframeWindow()
         self._max_blind_s = cfg.detector.max_blind_s if cfg is not None else 0.0
         self._window_stream: StreamInfo | None = None
