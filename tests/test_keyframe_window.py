@@ -1,4 +1,4 @@
-"""detector.max_blind_s: which packets of a camera's keyframe interval are decoded for detection.
+"""detector.max_blind_s: which packets of a keyframe interval are decoded for detection.
 
 The decisions of pipeline/keyframe_window.py packet by packet, and the decode stage asking for them;
 tests/test_max_blind_pipeline.py runs it in the pipeline, on a camera and on a replayed file."""
@@ -83,23 +83,18 @@ def b_frame_packets(seconds: int, open_gop: bool = False) -> list[Packet]:
     are B-frames coded after the next keyframe (... P27 B25 B26 I30 B28 B29 P33 ...), leading it."""
     shown = {n: Packet(b"", n, None, n % FPS == 0, n / FPS, n / FPS, None)  # type: ignore[arg-type]
              for n in range(seconds * FPS)}
+    total = seconds * FPS
     order: list[int] = []
-    for g in range(0, seconds * FPS, FPS):
-        order.append(g)
-        anchors = [*range(g + 3, g + FPS - 2, 3), *([] if open_gop else [g + FPS - 1])]
+    for g in range(0, total, FPS):
+        if g == 0 or not open_gop:
+            order.append(g)  # open: the interval before placed this keyframe, ahead of its leading pictures
         prev = g
-        for a in anchors:
+        for a in [*range(g + 3, g + FPS - 2, 3), *([] if open_gop else [g + FPS - 1])]:
             order += [a, *range(prev + 1, a)]
             prev = a
-        if open_gop and g + FPS < seconds * FPS:
-            order += [g + FPS, g + FPS - 2, g + FPS - 1]  # the next keyframe, then its leading pictures
-        elif open_gop:
-            order += [g + FPS - 2, g + FPS - 1]
-    seen: list[int] = []
-    for n in order:  # the open pattern names each next keyframe twice: once is its place
-        if n not in seen:
-            seen.append(n)
-    return [shown[n] for n in seen]
+        if open_gop:
+            order += [*([g + FPS] if g + FPS < total else []), g + FPS - 2, g + FPS - 1]
+    return [shown[n] for n in order]
 
 
 @pytest.mark.parametrize("max_blind_s", [0.5, 0.45])
