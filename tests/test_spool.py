@@ -595,6 +595,31 @@ def test_cli_flush_beside_the_running_agent_waits_for_it(tmp_path: Path, capsys:
         assert server.seen == []  # it did not race the agent's uploader
 
 
+def test_cli_flush_beside_the_running_agent_counts_what_it_did_with_the_waiting_clips(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """While flush waits, the agent delivers one waiting clip, sets the other aside and queues two new ones:
+    1 delivered, 1 quarantined, 2 still queued (counting the queue before and after said 0, or less than 0
+    with more new clips than delivered ones)."""
+    agent = Spool(spool_config(tmp_path / "spool"))
+    delivered, refused = add_clip(agent)[0], add_clip(agent)[0]
+    acted = []
+
+    def agent_meanwhile(seconds: float) -> None:  # flush's first poll: it has read the queue by now
+        if not acted:
+            agent.mark_delivered(delivered)
+            agent.quarantine(refused, "HTTP 422")
+            acted.extend([add_clip(agent)[0], add_clip(agent)[0]])
+        time.sleep(seconds)
+
+    monkeypatch.setattr(spool_cli, "time", argparse.Namespace(monotonic=time.monotonic, sleep=agent_meanwhile))
+    with FlakyServer() as server:
+        code, out, err = run_cli(capsys, write_config(tmp_path, server.url), "flush", "--timeout", "0.3")
+    assert acted, "flush never waited"
+    assert code == const.EXIT_FAILED and "is running" in err, err
+    assert "delivered 1 clip(s); 1 refused by the server and quarantined" in err
+    assert "2 clip(s) still queued" in err
+
+
 def test_cli_requeue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spool = Spool(spool_config(tmp_path / "spool"))
     event_id = add_clip(spool)[0]

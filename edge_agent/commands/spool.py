@@ -191,6 +191,7 @@ def cmd_flush(args: argparse.Namespace) -> int:
     would race it for the same clip); the answer comes within --timeout + 2 s either way."""
     from edge_agent.delivery.spool import Spool
     from edge_agent.delivery.spool_files import disk_full_note
+    from edge_agent.delivery.spool_quarantine import quarantine_list
 
     agent, agent_pid = _owner(args)
     cfg = agent.cfg
@@ -203,7 +204,7 @@ def cmd_flush(args: argparse.Namespace) -> int:
     results: Counter[str] = Counter()
     stopped = False
     spool: Any = None
-    before = 0
+    waiting: set[str] = set()  # beside the agent: the clips queued when the wait began
     # a service manager's stop is a Ctrl-C; and Ctrl-C is one even where SIGINT was ignored at start (a
     # background job), as for every command that stops on request (commands.common.stop_on_signals)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -217,7 +218,7 @@ def cmd_flush(args: argparse.Namespace) -> int:
             print(f"edge-agent is running (pid {agent_pid or '?'}) and delivers the queue; "
                   f"waiting up to {args.timeout:g} s for it to empty", file=sys.stderr)
             spool = Spool.open_reader(cfg.spool)
-            before = spool.status().clips
+            waiting = {e.event_id for e in spool.entries()}
             while spool.status().clips and time.monotonic() < deadline:
                 time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
     except KeyboardInterrupt:
@@ -229,8 +230,12 @@ def cmd_flush(args: argparse.Namespace) -> int:
     if agent_pid is None:
         agent.close()
     else:
+        # what the agent did with the clips that were waiting: the ones gone from the queue were delivered
+        # or set aside (clips it queued meanwhile are neither, so counts alone would not tell)
+        gone = waiting - {e.event_id for e in spool.entries()}
+        set_aside = {q.event_id for q in quarantine_list(spool.quarantine_dir)}
         spool.close()
-        results["delivered"] = before - left.clips
+        results["delivered"], results["quarantined"] = len(gone - set_aside), len(gone & set_aside)
     done = results["delivered"] + results["duplicate"]
     quarantined = (f"; {results['quarantined']} refused by the server and quarantined "
                    f"({left.quarantine_reason or '-'}: fix the cause, then `edge-agent spool requeue`)"
