@@ -28,9 +28,10 @@ def fast_upload(url: str, **kw: Any) -> UploadConfig:
     return UploadConfig(**{**base, **kw})
 
 
-def add_clip(spool: Spool, size: int = 50_000, cid: str | None = None) -> tuple[str, str, str]:
-    """Queue one clip; returns (event_id, cid, sha256)."""
-    event_id = str(uuid.uuid4())
+def add_clip(spool: Spool, size: int = 50_000, cid: str | None = None,
+             event_id: str | None = None) -> tuple[str, str, str]:
+    """Queue one clip (for the read `event_id`, if one was committed); returns (event_id, cid, sha256)."""
+    event_id = event_id or str(uuid.uuid4())
     cid = cid or f"CID-{event_id[:8].upper()}"
     data = os.urandom(size)
     sha = hashlib.sha256(data).hexdigest()

@@ -57,9 +57,8 @@ def test_put_writes_clip_sidecar_and_row(tmp_path: Path) -> None:
 def test_queue_file_is_wal_with_full_sync(tmp_path: Path) -> None:
     spool = Spool(spool_config(tmp_path))
     add_clip(spool)
-    assert spool._db is not None
-    assert spool._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert spool._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert spool.store.setting("journal_mode") == "wal"
+    assert spool.store.setting("synchronous") == 2  # FULL
 
 
 def test_cid_only_event_is_queued_without_video(tmp_path: Path) -> None:
@@ -140,6 +139,116 @@ def test_calls_after_close_are_harmless(tmp_path: Path) -> None:
     assert spool.head() is None and spool.next_due(time.monotonic()) is None
     assert not spool.put(str(uuid.uuid4()), "CID", {}, None)
     assert reopen(tmp_path).head() is not None  # the clip was kept: it is sent again
+
+
+# --- reads committed at detection -----------------------------------------------------------------
+
+
+def read_meta(event_id: str, cid: str) -> dict:
+    return {"schema_version": 1, "event_id": event_id, "device_id": "test", "cid": cid,
+            "detected_at": "2026-12-07T00:00:00.000Z", "clip": {},
+            "detection": {"decoder": "zxing", "polygon": [], "frame_width": 1, "frame_height": 1, "hits": 1},
+            "agent": {"version": "test"}}
+
+
+def test_a_read_waits_for_its_clip_without_holding_back_the_reads_after_it(tmp_path: Path) -> None:
+    spool = Spool(spool_config(tmp_path))
+    first = str(uuid.uuid4())
+    assert spool.detected(first, "CID-FIRST", read_meta(first, "CID-FIRST"))
+    later = add_clip(spool)[0]  # a later read whose clip was made sooner
+    head = spool.head()
+    assert head is not None and head.event_id == later  # a pending read is not sent
+    assert [(e.event_id, e.pending) for e in spool.entries()] == [(first, True), (later, False)]
+    assert (spool.status().clips, spool.status().pending) == (2, 1)
+    assert not (tmp_path / "clips" / f"{first}.json").exists()  # a pending read is a row, no files
+    add_clip(spool, event_id=first, cid="CID-FIRST")  # its clip joins it where it stands in the queue
+    assert [(e.event_id, e.pending) for e in spool.entries()] == [(first, False), (later, False)]
+    assert spool.head() is not None and spool.head().event_id == first  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("what_stopped", ["process", "device"])
+def test_a_read_whose_clip_was_never_made_goes_out_cid_only_after_a_restart(tmp_path: Path,
+                                                                            what_stopped: str) -> None:
+    m = Metrics()
+    event_id = str(uuid.uuid4())
+    # a process that commits a read and dies before its clip is made (no close, no clean-up)
+    code = (f"import os, sys; from edge_agent.delivery.spool import Spool; from tests.spool_helpers import "
+            f"spool_config; from tests.test_spool import read_meta; s = Spool(spool_config(sys.argv[1])); "
+            f"ok = s.detected('{event_id}', 'CID-CUT', read_meta('{event_id}', 'CID-CUT')); os._exit(0 if ok else 1)")
+    assert subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT).returncode == 0
+    if what_stopped == "device":  # a power cut: the next start is in another boot
+        with sqlite3.connect(tmp_path / "queue.sqlite3") as db:
+            db.execute("UPDATE queue SET boot_id='an-earlier-boot'")
+    spool = Spool(spool_config(tmp_path), m)
+    (entry,) = spool.entries()
+    assert (entry.event_id, entry.cid, entry.pending, entry.video_path) == (event_id, "CID-CUT", False, None)
+    error = entry.metadata["clip"]["error"]
+    assert ("lost power" in error) if what_stopped == "device" else ("killed or crashed" in error)
+    assert entry.metadata["detected_at"] == "2026-12-07T00:00:00.000Z"  # what was known at detection goes too
+    assert json.loads((tmp_path / "clips" / f"{event_id}.json").read_text())["metadata"]["clip"]["error"] == error
+    assert m.get("edge_agent_spool_recovered_total", reason="read_without_clip") == 1
+
+
+def test_a_read_still_waiting_for_its_clip_when_the_spool_closes_goes_out_cid_only(tmp_path: Path) -> None:
+    """The pipeline stops before the spool: a clip not made by then never will be (a stop out of time)."""
+    spool = Spool(spool_config(tmp_path))
+    event_id = str(uuid.uuid4())
+    spool.detected(event_id, "CID-LATE", read_meta(event_id, "CID-LATE"))
+    spool = reopen(tmp_path, spool)
+    (entry,) = spool.entries()
+    assert not entry.pending and "its stop ran out of time" in entry.metadata["clip"]["error"]
+
+
+def test_a_full_disk_never_refuses_a_read_its_row(tmp_path: Path) -> None:
+    """The spool keeps a reserve file it gives up when SQLite cannot grow its log on a full disk."""
+    with small_filesystem(tmp_path / "small", "4m") as small_fs:
+        _never_refuses_a_read_its_row(small_fs)
+
+
+def _never_refuses_a_read_its_row(small_fs: Path) -> None:
+    spool = Spool(spool_config(small_fs / "spool"))
+    assert (small_fs / "spool" / "reserve").stat().st_size == 1 << 20
+    fill(small_fs / "ballast")
+    ids = [str(uuid.uuid4()) for _ in range(40)]
+    for event_id in ids:  # 40 reads, each committed at detection then sent CID-only: the disk has no room
+        assert spool.detected(event_id, "CID-FULL", read_meta(event_id, "CID-FULL"))
+        assert spool.put(event_id, "CID-FULL", {**read_meta(event_id, "CID-FULL"), "clip": {"error": "x"}}, None)
+    assert [e.event_id for e in spool.entries()] == ids and not (small_fs / "spool" / "reserve").exists()
+    (small_fs / "ballast").unlink()
+    spool.update_gauges()  # room again: the reserve is made again
+    assert (small_fs / "spool" / "reserve").exists()
+
+
+def test_a_read_whose_put_passed_its_commit_point_gets_its_video_after_a_restart(tmp_path: Path) -> None:
+    spool = Spool(spool_config(tmp_path))
+    event_id = str(uuid.uuid4())
+    spool.detected(event_id, "CID-PUT", read_meta(event_id, "CID-PUT"))
+    data = os.urandom(20_000)
+    part = spool.part_path(event_id)
+    part.write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    meta = {**read_meta(event_id, "CID-PUT"), "clip": {"sha256": sha, "size_bytes": len(data)}}
+    # the put's files are durable in clips/, and the process dies before the row takes them
+    spool.files.commit(event_id, {"cid": "CID-PUT", "metadata": meta, "created_at": time.time(), "has_video": True,
+                                  "sha256": sha, "size_bytes": len(data)}, part)
+    spool.close()
+    spool = Spool(spool_config(tmp_path))
+    (entry,) = spool.entries()
+    assert not entry.pending and entry.video_path is not None and entry.sha256 == sha
+    assert entry.metadata["clip"]["sha256"] == sha
+
+
+def test_a_delivered_clip_half_deleted_by_a_crash_is_finished_not_quarantined(tmp_path: Path) -> None:
+    m = Metrics()
+    spool = Spool(spool_config(tmp_path))
+    event_id = add_clip(spool)[0]
+    assert spool.store.set_state(event_id, "delivered")  # the server answered 2xx, the row says so
+    (tmp_path / "clips" / f"{event_id}.json").unlink()  # then the crash: the sidecar gone, the video not
+    spool.close()
+    spool = Spool(spool_config(tmp_path), m)
+    assert spool.entries() == [] and list((tmp_path / "clips").iterdir()) == []
+    assert list((tmp_path / "quarantine").iterdir()) == []
+    assert m.get("edge_agent_spool_recovered_total", reason="delivered_deleted") == 1
 
 
 # --- recovery -------------------------------------------------------------------------------------
@@ -341,28 +450,41 @@ def test_a_reader_beside_the_owner_changes_nothing_and_a_second_owner_is_refused
 # --- bounds ---------------------------------------------------------------------------------------
 
 
-def test_max_bytes_drop_oldest_counts_and_keeps_newest(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def with_video(spool: Spool) -> list[str]:
+    return [e.event_id for e in spool.entries() if e.video_path is not None]
+
+
+def test_max_bytes_drops_the_oldest_videos_and_keeps_every_read(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
     m = Metrics()
     spool = Spool(spool_config(tmp_path, max_bytes=1 << 20), m)
     clips = [add_clip(spool, size=300_000) for _ in range(5)]
     ids = [c[0] for c in clips]
-    assert [e.event_id for e in spool.entries()] == ids[2:]
-    assert m.get("edge_agent_spool_dropped_total", reason="max_bytes_dropped_oldest") == 2
-    assert spool.status().bytes <= 1 << 20
+    assert [e.event_id for e in spool.entries()] == ids  # every read still goes out
+    assert with_video(spool) == ids[2:]
+    assert m.get("edge_agent_spool_videos_dropped_total", reason="max_bytes_dropped_oldest") == 2
+    assert m.total("edge_agent_spool_dropped_total") == 0
+    assert spool.status().bytes <= 1 << 20 and spool.status().videos_dropped == {"max_bytes_dropped_oldest": 2}
     for event_id, cid, _ in clips[:2]:
         assert f"cid={cid} clip={event_id} reason=max_bytes_dropped_oldest" in caplog.text
+        entry = next(e for e in spool.entries() if e.event_id == event_id)
+        assert "spool.max_bytes" in entry.metadata["clip"]["error"] and "sha256" not in entry.metadata["clip"]
+        assert not (tmp_path / "clips" / f"{event_id}.mp4").exists()
+        assert json.loads((tmp_path / "clips" / f"{event_id}.json").read_text())["has_video"] is False
 
 
-def test_max_bytes_reject_new_keeps_oldest(tmp_path: Path) -> None:
+def test_max_bytes_reject_new_keeps_the_new_read_without_its_video(tmp_path: Path) -> None:
     m = Metrics()
     spool = Spool(spool_config(tmp_path, max_bytes=1 << 20, on_full="reject_new"), m)
     ids = [add_clip(spool, size=300_000)[0] for _ in range(3)]
     event_id = str(uuid.uuid4())
     part = spool.part_path(event_id)
     part.write_bytes(os.urandom(300_000))
-    assert not spool.put(event_id, "CID-NEW", {}, part)
-    assert [e.event_id for e in spool.entries()] == ids
-    assert m.get("edge_agent_spool_dropped_total", reason="max_bytes_rejected_new") == 1
+    stored = spool.put(event_id, "CID-NEW", {"clip": {"sha256": "x", "duration_s": 5.0}}, part)
+    assert stored.kept and "spool.max_bytes" in (stored.video_error or "")
+    assert [e.event_id for e in spool.entries()] == ids + [event_id] and with_video(spool) == ids
+    assert spool.entries()[-1].metadata["clip"] == {"duration_s": 5.0, "error": stored.video_error}
+    assert m.get("edge_agent_spool_videos_dropped_total", reason="max_bytes_rejected_new") == 1
     assert not list((tmp_path / "tmp").iterdir())
 
 
@@ -373,7 +495,8 @@ def test_bounds_change_live(tmp_path: Path) -> None:
     assert spool.root == tmp_path and spool.cfg.dir == str(tmp_path)  # the folder is restart-only
     part = spool.part_path(str(uuid.uuid4()))
     part.write_bytes(os.urandom(600_000))
-    assert not spool.put(part.name.split(".")[0], "CID", {}, part)
+    stored = spool.put(part.name.split(".")[0], "CID", {}, part)
+    assert stored.kept and stored.video_error is not None
 
 
 def test_old_clips_expire(tmp_path: Path) -> None:
@@ -403,13 +526,13 @@ def test_a_wall_clock_jump_does_not_age_clips_made_this_boot(tmp_path: Path,
     assert kept in {e.event_id for e in spool.entries()}
     assert m.get("edge_agent_spool_dropped_total", reason="max_age") == 0
     # a clip from an earlier boot is aged by the wall clock only if it was synchronised then and is now
-    assert spool._db is not None
-    spool._db.execute("UPDATE queue SET boot_id='an-earlier-boot', clock_synced=0 WHERE event_id=?", (kept,))
+    db = sqlite3.connect(tmp_path / "queue.sqlite3", isolation_level=None)
+    db.execute("UPDATE queue SET boot_id='an-earlier-boot', clock_synced=0 WHERE event_id=?", (kept,))
     monkeypatch.setenv("EDGE_AGENT_CLOCK_SYNCED", "1")
     spool.update_config(spool_config(tmp_path, max_age_s=3600))
     add_clip(spool)
     assert kept in {e.event_id for e in spool.entries()}  # stamped unsynchronised: its age is unknown
-    spool._db.execute("UPDATE queue SET clock_synced=1 WHERE event_id=?", (kept,))
+    db.execute("UPDATE queue SET clock_synced=1 WHERE event_id=?", (kept,))
     monkeypatch.setenv("EDGE_AGENT_CLOCK_SYNCED", "0")
     spool.update_config(spool_config(tmp_path, max_age_s=3600))
     add_clip(spool)
@@ -421,12 +544,12 @@ def test_a_wall_clock_jump_does_not_age_clips_made_this_boot(tmp_path: Path,
     assert m.get("edge_agent_spool_dropped_total", reason="max_age") == 1
 
 
-def test_missing_part_is_refused_and_counted_not_raised(tmp_path: Path) -> None:
-    m = Metrics()
-    spool = Spool(spool_config(tmp_path), m)
+def test_a_missing_clip_file_keeps_the_read_without_video(tmp_path: Path) -> None:
+    spool = Spool(spool_config(tmp_path))
     event_id = str(uuid.uuid4())
-    assert not spool.put(event_id, "CID", {}, spool.part_path(event_id))
-    assert m.get("edge_agent_spool_dropped_total", reason="write_error") == 1
+    assert spool.put(event_id, "CID", {}, spool.part_path(event_id))
+    (entry,) = spool.entries()
+    assert entry.video_path is None and "clip file unreadable" in entry.metadata["clip"]["error"]
 
 
 @pytest.fixture
@@ -436,26 +559,34 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.mark.parametrize("on_full", ["drop_oldest", "reject_new"])
-def test_a_really_full_disk_drops_or_rejects_and_carries_on(small_fs: Path, on_full: str) -> None:
+def test_a_really_full_disk_keeps_every_read_and_carries_on(small_fs: Path, on_full: str) -> None:
     m = Metrics()
     spool = Spool(spool_config(small_fs / "spool", on_full=on_full), m)
     ids = [add_clip(spool, size=250_000)[0] for _ in range(4)]
+    made = str(uuid.uuid4())  # a clip made just before the disk filled up
+    part = spool.part_path(made)
+    part.write_bytes(os.urandom(250_000))
+    spool.detected(made, "CID-MADE", {"event_id": made, "clip": {}})
     fill(small_fs / "ballast")
-    # the clip maker cannot write its clip either, so the event goes as a CID-only one
-    event_id = str(uuid.uuid4())
-    kept = spool.put(event_id, "CID-DISKFULL", {"clip": {"error": "no space left on device"}}, None)
+    stored = spool.put(made, "CID-MADE", {"event_id": made, "clip": {"sha256": "x"}}, part)
+    # the clip maker cannot write the next clip at all: that read goes CID-only
+    cid_only = str(uuid.uuid4())
+    assert spool.put(cid_only, "CID-DISKFULL", {"clip": {"error": "no space left on device"}}, None)
     queued = [e.event_id for e in spool.entries()]
-    if on_full == "drop_oldest":
-        assert kept and queued == ids[1:] + [event_id]
-        assert m.get("edge_agent_spool_dropped_total", reason="disk_full_dropped_oldest") == 1
+    assert queued == ids + [made, cid_only] and stored.kept
+    if on_full == "drop_oldest":  # the oldest video made room for the newest
+        assert stored.video_error is None and with_video(spool) == ids[1:] + [made]
+        assert m.get("edge_agent_spool_videos_dropped_total", reason="disk_full_dropped_oldest") == 1
     else:
-        assert not kept and queued == ids
-        assert m.get("edge_agent_spool_dropped_total", reason="disk_full") == 1
+        assert "spool disk full" in (stored.video_error or "") and with_video(spool) == ids
+        assert m.get("edge_agent_spool_videos_dropped_total", reason="disk_full") == 1
+    assert m.total("edge_agent_spool_dropped_total") == 0
     assert not list((small_fs / "spool" / "tmp").iterdir())
     # restart on the full disk: it opens, and what it holds is consistent
     spool = reopen(small_fs / "spool", spool, on_full=on_full)
     assert [e.event_id for e in spool.entries()] == queued
-    assert {p.stem for p in (small_fs / "spool" / "clips").iterdir()} == set(queued)
+    videos = with_video(spool)
+    assert {p.stem for p in (small_fs / "spool" / "clips").glob("*.mp4")} == set(videos)
     # and it delivers everything it kept
     (small_fs / "ballast").unlink()
     from edge_agent import __version__
@@ -465,6 +596,7 @@ def test_a_really_full_disk_drops_or_rejects_and_carries_on(small_fs: Path, on_f
     with FlakyServer() as server:
         assert Uploader(spool, fast_upload(server.url), Metrics(), __version__).drain(10)
     assert list(server.delivered) == queued
+    assert {k for k, seen in server.delivered.items() if seen.video_sha256} == set(videos)
 
 
 def test_a_zeroed_queue_file_on_a_full_disk_still_starts(small_fs: Path) -> None:
@@ -487,9 +619,9 @@ def test_the_free_space_floor_drops_the_oldest(small_fs: Path) -> None:
     spool = Spool(spool_config(small_fs / "spool", min_free_bytes=1 << 20), m)
     for _ in range(8):
         add_clip(spool, size=250_000)
-    assert m.get("edge_agent_spool_dropped_total", reason="min_free_bytes_dropped_oldest") >= 3
-    assert 2 <= spool.status().clips <= 4
-    assert reopen(small_fs / "spool", spool, min_free_bytes=1 << 20).status().clips >= 2  # restarts fine
+    assert m.get("edge_agent_spool_videos_dropped_total", reason="min_free_bytes_dropped_oldest") >= 3
+    assert spool.status().clips == 8 and 2 <= len(with_video(spool)) <= 4
+    assert len(with_video(reopen(small_fs / "spool", spool, min_free_bytes=1 << 20))) >= 2  # restarts fine
 
 
 @pytest.mark.parametrize("on_full", ["drop_oldest", "reject_new"])
@@ -503,15 +635,16 @@ def test_the_free_space_floor_on_any_disk(tmp_path: Path, on_full: str) -> None:
     event_id = str(uuid.uuid4())
     part = spool.part_path(event_id)
     part.write_bytes(b"x" * 1000)
-    kept = spool.put(event_id, "CID-FLOOR", {"event_id": event_id, "clip": {}}, part)
-    ids = [e.event_id for e in spool.entries()]
+    stored = spool.put(event_id, "CID-FLOOR", {"event_id": event_id, "clip": {}}, part)
+    assert stored.kept and [e.event_id for e in spool.entries()] == [first, event_id]  # every read stays
     if on_full == "drop_oldest":
-        assert not kept and ids == []  # the oldest went first, then the new one: the floor still holds
-        assert spool.status().dropped == {"min_free_bytes_dropped_oldest": 1, "min_free_bytes_rejected_new": 1}
+        assert with_video(spool) == []  # the oldest video went first, then the new one: the floor still holds
+        assert spool.status().videos_dropped == {"min_free_bytes_dropped_oldest": 1,
+                                                 "min_free_bytes_rejected_new": 1}
     else:
-        assert not kept and ids == [first]  # the queue is kept, the new clip refused
-        assert spool.status().dropped == {"min_free_bytes_rejected_new": 1}
-    assert not part.exists()
+        assert with_video(spool) == [first]  # the queued video is kept, the new one let go
+        assert spool.status().videos_dropped == {"min_free_bytes_rejected_new": 1}
+    assert spool.status().dropped == {} and not part.exists()
 
 
 # --- the CLI --------------------------------------------------------------------------------------
@@ -631,38 +764,62 @@ def test_cli_requeue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_sqlite_row_and_files_agree_after_every_operation(tmp_path: Path) -> None:
-    """A model check: random puts, deliveries, failures, quarantines and requeues; after each step the
-    rows, the files and the counts agree, and a reopen sees the same queue."""
+    """A model check: random reads made, clips put, deliveries, failures, quarantines, requeues and restarts;
+    after each step the rows, the files and the counts agree with the model, and a reopen sees the same
+    queue. A restart sends the reads whose clip was not made CID-only; max_bytes lets the oldest videos go."""
     rng = random.Random(11)
     spool = Spool(spool_config(tmp_path, max_bytes=2 << 20))
     model: list[str] = []
-    sizes: dict[str, int] = {}
-    for _ in range(60):
-        op = rng.choice(["put", "put", "deliver", "fail", "quarantine", "requeue", "reopen"])
-        if op == "put":
-            size = rng.randint(1, 400_000)
-            while model and sum(sizes[i] for i in model) + size > 2 << 20:
-                model.pop(0)  # dropped by max_bytes
-            event_id = add_clip(spool, size=size)[0]
-            sizes[event_id] = size
+    pending: set[str] = set()
+    video: dict[str, int] = {}  # reads with a video queued, and its size
+    for _ in range(120):
+        op = rng.choice(["detect", "put", "put", "deliver", "fail", "quarantine", "requeue", "reopen"])
+        if op == "detect":
+            event_id = str(uuid.uuid4())
+            assert spool.detected(event_id, "CID-P", {"event_id": event_id, "clip": {}})
             model.append(event_id)
-        elif op in ("deliver", "fail", "quarantine") and model:
-            head = spool.head()
-            assert head is not None and head.event_id == model[0]
-            if op == "deliver":
-                spool.mark_delivered(model.pop(0))
-            elif op == "fail":
-                spool.mark_failed(model[0], "x")
+            pending.add(event_id)
+        elif op == "put":
+            size = rng.randint(1, 400_000)
+            for oldest in [i for i in model if i in video]:
+                if sum(video.values()) + size <= 2 << 20:
+                    break
+                del video[oldest]  # max_bytes: its read stays, CID-only
+            event_id = rng.choice(sorted(pending)) if pending and rng.random() < 0.7 else str(uuid.uuid4())
+            add_clip(spool, size=size, event_id=event_id)
+            if event_id in pending:
+                pending.discard(event_id)  # the clip joins its read where it stands
             else:
-                spool.quarantine(model.pop(0), "x")
+                model.append(event_id)
+            video[event_id] = size
+        elif op in ("deliver", "fail", "quarantine") and set(model) - pending:
+            head = spool.head()
+            first = next(i for i in model if i not in pending)  # pending reads hold nobody back
+            assert head is not None and head.event_id == first
+            if op == "deliver":
+                spool.mark_delivered(first)
+                model.remove(first)
+            elif op == "fail":
+                spool.mark_failed(first, "x")
+            else:
+                spool.quarantine(first, "x")
+                model.remove(first)
+            if op != "fail":
+                video.pop(first, None)
         elif op == "requeue":
             back = {p.stem for p in (tmp_path / "quarantine").glob("*.json")}
             assert spool.requeue() == len(back)
             model += [e.event_id for e in spool.entries() if e.event_id in back]
+            video.update({e.event_id: e.size_bytes for e in spool.entries() if e.event_id in back and e.video_path})
         elif op == "reopen":
             spool = reopen(tmp_path, spool, max_bytes=2 << 20)
-        assert [e.event_id for e in spool.entries()] == model
-        assert {p.name for p in (tmp_path / "clips").iterdir()} == {f"{i}{s}" for i in model for s in (".mp4", ".json")}
+            pending.clear()  # their clips will never come: they go out CID-only
+        entries = spool.entries()
+        assert [e.event_id for e in entries] == model
+        assert {e.event_id for e in entries if e.pending} == pending
+        assert {e.event_id: e.size_bytes for e in entries if e.video_path} == video
+        assert {p.name for p in (tmp_path / "clips").iterdir()} == (
+            {f"{i}.json" for i in model if i not in pending} | {f"{i}.mp4" for i in video})
     with sqlite3.connect(tmp_path / "queue.sqlite3") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 

@@ -90,13 +90,12 @@ def test_a_format_1_spool_is_read_unchanged_then_migrated_in_place_and_delivered
     assert {k: after.get(k) for k in before} == before  # a reader never migrates (SQLite may add its -shm)
 
     s = Spool(spool_config(spool))  # the owner migrates, in place
-    assert s._db is not None
-    assert s._db.execute("PRAGMA user_version").fetchone()[0] == spool_format.FORMAT
-    rows = s._db.execute("SELECT event_id, metadata FROM queue ORDER BY seq").fetchall()
+    assert s.store.setting("user_version") == spool_format.FORMAT
+    rows = s.store.rows()
     s.close()
-    assert [r[0] for r in rows] == [c[0] for c in FORMAT1_CLIPS]
-    for (_, meta), (_, cid, sha) in zip(rows, FORMAT1_CLIPS, strict=True):
-        assert json.loads(meta)["cid"] == cid and json.loads(meta)["clip"]["sha256"] == sha
+    assert [r.event_id for r in rows] == [c[0] for c in FORMAT1_CLIPS]
+    for row, (_, cid, sha) in zip(rows, FORMAT1_CLIPS, strict=True):
+        assert row.metadata["cid"] == cid and row.metadata["clip"]["sha256"] == sha and row.state == "ready"
 
     (spool / "clips" / f"{FORMAT1_CLIPS[0][0]}.json").unlink()  # the row holds the metadata now
     cfg = config(tmp_path, spool, receiver.cid_url)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import sqlite3
 import threading
 import time
 import tracemalloc
@@ -416,12 +417,12 @@ def test_detection_to_delivery_is_not_measured_across_a_clock_that_synchronised_
     step, not a delay, and would swamp the histogram."""
     m = Metrics()
     spool = Spool(spool_config(tmp_path))
+    db = sqlite3.connect(tmp_path / "queue.sqlite3", isolation_level=None)  # what an older clip's row holds
     for stamped_synced in (False, True):
         event_id = add_clip(spool, size=1000)[0]
-        assert spool._db is not None
-        meta = json.loads(spool._db.execute("SELECT metadata FROM queue WHERE event_id=?", (event_id,)).fetchone()[0])
+        meta = json.loads(db.execute("SELECT metadata FROM queue WHERE event_id=?", (event_id,)).fetchone()[0])
         meta.update(detected_at="2025-10-27T08:00:00.000Z", clock={"synchronized": stamped_synced})
-        spool._db.execute("UPDATE queue SET metadata=? WHERE event_id=?", (json.dumps(meta), event_id))
+        db.execute("UPDATE queue SET metadata=? WHERE event_id=?", (json.dumps(meta), event_id))
     monkeypatch.setenv("EDGE_AGENT_CLOCK_SYNCED", "1")
     with FlakyServer() as server:
         assert Uploader(spool, fast_upload(server.url), m, __version__).drain(10)

@@ -266,7 +266,7 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     agent, agent_pid = _owner(args)
     if agent_pid is not None:
         from edge_agent.delivery.spool import Spool
-        from edge_agent.delivery.spool_quarantine import request_requeue
+        from edge_agent.delivery.spool_requests import request_requeue
 
         reader = Spool.open_reader(agent.cfg.spool)
         n = request_requeue(reader.root, REQUEST_TIMEOUT_S)

@@ -13,6 +13,10 @@ Format history:
      boot_id, created_mono), drops; the sidecar is the only copy of a clip's metadata.
   2  queue gains `metadata` (the clip's metadata as JSON: the queue row is the source of truth,
      the sidecar a copy) and `clock_synced` (the kernel's NTP state when the clip was queued).
+  3  queue gains `state`: `pending` (a read committed at detection, its clip not made yet: no
+     sidecar, no files), `ready` (to deliver) or `delivered` (the server has it; its files are being
+     deleted). Rows of older formats are `ready`. `video_drops` counts the videos the spool let go
+     while keeping their reads (bounds, a full disk), as `drops` counts reads given up.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from pathlib import Path
 
 log = logging.getLogger("edge_agent.delivery.spool")
 
-FORMAT = 2
+FORMAT = 3
 QUEUE_FILE = "queue.sqlite3"
 # bytes 60-63 of an SQLite file header: the user version, big-endian
 _HEADER_MAGIC = b"SQLite format 3\x00"
@@ -34,13 +38,17 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue (
     event_id TEXT PRIMARY KEY, cid TEXT NOT NULL, created_at REAL NOT NULL, size_bytes INTEGER NOT NULL,
     has_video INTEGER NOT NULL, sha256 TEXT, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
-    seq INTEGER NOT NULL, boot_id TEXT, created_mono REAL, metadata TEXT, clock_synced INTEGER);
+    seq INTEGER NOT NULL, boot_id TEXT, created_mono REAL, metadata TEXT, clock_synced INTEGER,
+    state TEXT NOT NULL DEFAULT 'ready');
 CREATE INDEX IF NOT EXISTS queue_seq ON queue (seq);
 CREATE TABLE IF NOT EXISTS drops (
     reason TEXT PRIMARY KEY, count INTEGER NOT NULL, last_at REAL NOT NULL, last_cid TEXT, last_event_id TEXT);
+CREATE TABLE IF NOT EXISTS video_drops (
+    reason TEXT PRIMARY KEY, count INTEGER NOT NULL, last_at REAL NOT NULL, last_cid TEXT, last_event_id TEXT);
 """
 # columns older queue files lack, added in place (format 1 files may lack the first two as well)
-_LATER_COLUMNS = {"boot_id": "TEXT", "created_mono": "REAL", "metadata": "TEXT", "clock_synced": "INTEGER"}
+_LATER_COLUMNS = {"boot_id": "TEXT", "created_mono": "REAL", "metadata": "TEXT", "clock_synced": "INTEGER",
+                  "state": "TEXT NOT NULL DEFAULT 'ready'"}
 
 
 class SpoolError(Exception):

@@ -1,24 +1,27 @@
-"""What sits in a spool's quarantine/, read from the files alone, and how a command asks the owner to
-bring it back.
+"""A spool's quarantine/: clips set aside (the owner's `Quarantine`), and what sits there, read from the
+files alone (`quarantine_list` and its kin: safe beside the running agent, they take no lock and
+change nothing).
 
-Both are safe beside the running agent: listing takes no lock and changes nothing, and
-`spool requeue` never moves the owner's files itself but leaves a request the owner answers
-(`Spool.serve_requests`).
+A clip is set aside when the server refused it for good, or when recovery found files it cannot
+queue; each with a `<id>.reason` note. A read whose video alone was damaged stays queued CID-only and
+its video is kept here as `<id>.video-lost.mp4`, for whoever wants to look. `spool requeue` brings
+set-aside clips back (`Quarantine.take_back`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.delivery.spool_files import read_sidecar, safe_id
+from edge_agent.delivery.clip_files import ClipFiles
+from edge_agent.delivery.spool_files import read_sidecar, safe_id, salvage_sidecar, sidecar_created_at, write_sidecar
+from edge_agent.metrics import Metrics
 
-# Files by which `spool requeue` asks the running agent to requeue, and its answer.
-REQUEUE_REQUEST = "requeue.request"
-REQUEUE_ANSWER = "requeue.answer"
+log = logging.getLogger("edge_agent.delivery.spool")
 
 
 @dataclass
@@ -68,20 +71,70 @@ def quarantine_list(quarantine_dir: Path) -> list[Quarantined]:
     return sorted(out, key=lambda q: (q.quarantined_at, q.event_id))
 
 
-def request_requeue(root: Path, timeout_s: float) -> int | None:
-    """Ask the owner (the running agent) to requeue quarantined clips; the count it requeued, or None
-    if it did not answer in time. The commands never move the owner's files themselves."""
-    req = root / REQUEUE_REQUEST
-    answer = root / REQUEUE_ANSWER
-    answer.unlink(missing_ok=True)
-    req.write_text(f"{os.getpid()}\n", encoding="ascii")
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not req.exists() and answer.exists():
-            with contextlib.suppress(OSError, ValueError):
-                n = int(answer.read_text(encoding="ascii").strip())
-                answer.unlink(missing_ok=True)
-                return n
-        time.sleep(0.1)
-    req.unlink(missing_ok=True)
-    return None
+class Quarantine:
+    """The owner's side of quarantine/: moving clips in and back out."""
+
+    def __init__(self, folder: Path, files: ClipFiles, metrics: Metrics):
+        self.dir = folder
+        self._files = files
+        self._metrics = metrics
+
+    def set_aside(self, event_id: str, reason: str, cid: str | None = None, hint: str = "") -> bool:
+        """Move a clip's files from clips/ to here with a .reason note, logged with `hint` (what to fix before
+        requeueing); False when there was nothing to move."""
+        moved = False
+        for src in (self._files.video(event_id), self._files.sidecar(event_id)):
+            if not src.exists():
+                continue
+            try:
+                os.replace(src, self.dir / src.name)
+                moved = True
+            except OSError as exc:
+                log.error("spool: cannot quarantine %s error=%s", src.name, exc.strerror or exc)
+        if moved:
+            with contextlib.suppress(OSError):
+                (self.dir / f"{event_id}.reason").write_text(reason + "\n", encoding="utf-8")
+            self._metrics.inc("edge_agent_spool_quarantined_total")
+            log.error("spool: quarantined cid=%s clip=%s reason=%s%s", cid or "?", event_id, reason,
+                      f" -> {hint}" if hint else "")
+        return moved
+
+    def keep_damaged_video(self, event_id: str, reason: str) -> None:
+        """A queued read's video that cannot be sent (missing bytes, a wrong hash): kept here for people to
+        look at while the read goes out CID-only; deleted where it cannot be moved."""
+        mp4 = self._files.video(event_id)
+        if not mp4.exists():
+            return
+        try:
+            os.replace(mp4, self.dir / f"{event_id}.video-lost.mp4")
+            (self.dir / f"{event_id}.video-lost.reason").write_text(reason + "\n", "utf-8")
+        except OSError:
+            self._files.delete_video(event_id)
+
+    def take_back(self) -> Iterator[Path]:
+        """Move each set-aside clip that still names its CID back into clips/, oldest first; yields its
+        sidecar there, for the caller to queue."""
+        for side in sorted(self.dir.glob("*.json"), key=sidecar_created_at):
+            event_id = side.stem
+            if not safe_id(event_id):
+                continue
+            try:
+                read_sidecar(side)
+            except (OSError, ValueError, KeyError, TypeError):
+                # torn (set aside so by a build whose queue row did not keep the metadata): the CID
+                # it still starts with sends the clip with its video
+                salvaged = salvage_sidecar(side, event_id, self.dir / f"{event_id}.mp4")
+                if salvaged is None:
+                    continue
+                with contextlib.suppress(OSError):
+                    write_sidecar(self._files.tmp / f"{event_id}.json.part", side, salvaged)
+            try:
+                mp4 = self.dir / f"{event_id}.mp4"
+                if mp4.exists():
+                    os.replace(mp4, self._files.video(event_id))
+                os.replace(side, self._files.sidecar(event_id))
+                (self.dir / f"{event_id}.reason").unlink(missing_ok=True)
+            except OSError as exc:
+                log.error("spool requeue: cannot move clip=%s error=%s", event_id, exc.strerror or exc)
+                continue
+            yield self._files.sidecar(event_id)

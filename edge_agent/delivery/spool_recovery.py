@@ -4,7 +4,8 @@ Only the owner runs this, at open: it removes `.part` files the owner's clip wor
 writing, so no other process may. It never refuses to start: a damaged queue file goes to
 quarantine/ and the queue is rebuilt from the clips' sidecars; a queue file that cannot be opened
 for another reason (a full disk, an I/O error) stays where it is and the queue is kept in memory
-until the next start; a clip whose bytes no longer match is set aside or goes out CID-only.
+until the next start; a clip whose bytes no longer match is set aside or goes out CID-only. A read
+committed at detection whose clip was never attached goes out CID-only, saying what stopped it.
 A reader (`spool status` beside the running agent) opens the queue read-only, or lists the
 sidecars when even that fails, and changes no file.
 """
@@ -18,10 +19,13 @@ import os
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from edge_agent.delivery.clip_files import ClipFiles
+from edge_agent.delivery.queue_store import DELIVERED, PENDING, QueueStore, Row
 from edge_agent.delivery.spool_files import (
+    boot_id,
     bytes_in,
     disk_full_note,
     fsync_path,
@@ -32,16 +36,21 @@ from edge_agent.delivery.spool_files import (
     sidecar_created_at,
 )
 from edge_agent.delivery.spool_format import FORMAT, SpoolTooNew, prepare, probe, version_of
+from edge_agent.delivery.spool_quarantine import Quarantine
 from edge_agent.metrics import Metrics
-
-if TYPE_CHECKING:
-    from edge_agent.delivery.spool import Spool
 
 # the spool's lines keep one logger name, wherever in the package the code lives
 log = logging.getLogger("edge_agent.delivery.spool")
 
-# check_row's prefix for a problem with the video alone (the event then goes out CID-only)
-_VIDEO_PROBLEM = "video: "
+# The spool's way to keep a read CID-only: (event id, why its video cannot go, whether the video is damaged
+# and is set aside for people to look at).
+WithoutVideo = Callable[[str, str, bool], object]
+
+# clip.error of a read whose clip was not made when the agent stopped, by what stopped it: the boot it was
+# made in tells a process that died (same boot) from a device that lost power or restarted
+STOPPED_BEFORE_CLIP = "edge-agent stopped (killed or crashed) before this read's clip was made: no video"
+POWER_LOST_BEFORE_CLIP = "the device lost power or restarted before this read's clip was made: no video"
+STOPPED_AT_SHUTDOWN = "edge-agent stopped before this read's clip was made (its stop ran out of time): no video"
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -61,7 +70,7 @@ def connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-def open_queue(root: Path, clips: Path, quarantine_dir: Path, metrics: Metrics) -> tuple[sqlite3.Connection, bool]:
+def open_queue(root: Path, clips: Path, quarantine_dir: Path, metrics: Metrics) -> tuple[QueueStore, bool]:
     """The owner's queue, and whether opening it met a full disk."""
     path = root / "queue.sqlite3"
     try:
@@ -74,7 +83,7 @@ def open_queue(root: Path, clips: Path, quarantine_dir: Path, metrics: Metrics) 
         except sqlite3.Error:
             db.close()
             raise
-        return db, False
+        return QueueStore(db), False
     except sqlite3.Error as exc:
         if not is_corrupt(exc):
             # a full disk or an I/O error: the queue file is healthy and stays where it is; the
@@ -84,7 +93,7 @@ def open_queue(root: Path, clips: Path, quarantine_dir: Path, metrics: Metrics) 
             log.error("spool queue file cannot be opened error=%s%s: keeping the queue in memory until the "
                       "next start", exc, f" ({disk_full_note(root, bytes_in(clips))})" if disk_full else "")
             metrics.inc("edge_agent_spool_recovered_total", reason="queue_in_memory")
-            return connect(Path(":memory:")), disk_full
+            return QueueStore(connect(Path(":memory:")), memory=True), disk_full
         stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"  # two in a second stay apart
         for suffix in ("", "-wal", "-shm"):
             p = Path(str(path) + suffix)
@@ -97,19 +106,19 @@ def open_queue(root: Path, clips: Path, quarantine_dir: Path, metrics: Metrics) 
                   exc)
         metrics.inc("edge_agent_spool_recovered_total", reason="queue_rebuilt")
         try:
-            return connect(path), False
+            return QueueStore(connect(path)), False
         except sqlite3.Error as again:
             log.error("spool queue file cannot be created error=%s: keeping the queue in memory until the "
                       "next start (clips and their sidecars stay on disk)", again)
             metrics.inc("edge_agent_spool_recovered_total", reason="queue_in_memory")
-            return connect(Path(":memory:")), False
+            return QueueStore(connect(Path(":memory:")), memory=True), False
 
 
-def open_readonly(root: Path, clips: Path) -> sqlite3.Connection | None:
+def open_readonly(root: Path, clips: Path) -> QueueStore:
     """A reader's view of the queue, changing no file; None when there is no queue file yet."""
     path = root / "queue.sqlite3"
     if not path.exists():
-        return None
+        return QueueStore(None)
     probe(root)  # SpoolTooNew: a newer build's queue is not read, and nothing is created beside it
     try:
         db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, check_same_thread=False,
@@ -120,21 +129,24 @@ def open_readonly(root: Path, clips: Path) -> sqlite3.Connection | None:
             raise SpoolTooNew(root, found)
         db.execute("SELECT COUNT(*) FROM queue").fetchone()
         if version_of(db) < FORMAT:  # the owner migrates it at its next start; a reader changes nothing
-            return _copy_of_older(db)
-        return db
+            return QueueStore(_copy_of_older(db))
+        return QueueStore(db)
     except sqlite3.Error as exc:
         # e.g. a full disk, where SQLite cannot make the shared-memory file a WAL reader needs: the
-        # sidecars say the same as the queue, so read those instead of failing
-        log.warning("spool queue file not readable (%s): listing the clips from their sidecars", exc)
-        return queue_from_sidecars(clips)
+        # sidecars say the same as the queue for every read with a clip, so read those instead of failing
+        log.warning("spool queue file not readable (%s): listing the clips from their sidecars (reads still "
+                    "waiting for their clip are not listed)", exc)
+        return QueueStore(queue_from_sidecars(clips), memory=True)
 
 
 def _copy_of_older(old: sqlite3.Connection) -> sqlite3.Connection:
     """An older format's queue as an in-memory queue of this format (columns it lacks are NULL)."""
     db = connect(Path(":memory:"))
-    cols = "event_id, cid, created_at, size_bytes, has_video, sha256, attempts, last_error, seq"
-    db.executemany(f"INSERT INTO queue ({cols}) VALUES (?,?,?,?,?,?,?,?,?)",
-                   old.execute(f"SELECT {cols} FROM queue").fetchall())
+    new = [r[1] for r in db.execute("PRAGMA table_info(queue)")]
+    have = {r[1] for r in old.execute("PRAGMA table_info(queue)")}
+    cols = ", ".join(c for c in new if c in have)
+    marks = ", ".join("?" for c in new if c in have)
+    db.executemany(f"INSERT INTO queue ({cols}) VALUES ({marks})", old.execute(f"SELECT {cols} FROM queue").fetchall())
     with contextlib.suppress(sqlite3.Error):  # a queue file from before drops were recorded
         db.executemany("INSERT INTO drops VALUES (?,?,?,?,?)", old.execute(
             "SELECT reason, count, last_at, last_cid, last_event_id FROM drops").fetchall())
@@ -158,107 +170,148 @@ def queue_from_sidecars(clips: Path) -> sqlite3.Connection:
     return db
 
 
-def recover(spool: Spool) -> None:
-    """Bring disk and queue back in line after a crash. Each clip is handled on its own, so one bad
-    file (or an I/O error reading it) never stops the others, nor the start."""
+def recover(store: QueueStore, files: ClipFiles, quarantine: Quarantine, metrics: Metrics,
+            without_video: WithoutVideo) -> None:
+    """Bring disk and queue back in line after a crash or a power cut. Each read is handled on its own, so
+    one bad file (or an I/O error reading it) never stops the others, nor the start. `without_video`
+    is the spool's way to keep a read CID-only (event id, why, whether its video is damaged)."""
     started = time.monotonic()
-    with spool.exclusive():
-        finish_interrupted_puts(spool.clips, spool.tmp)
-        for part in list(spool.tmp.iterdir()) + list(spool.clips.glob("*.part")):
+    with store.exclusive():
+        finish_interrupted_puts(files)
+        for part in files.parts():
             try:
                 part.unlink()
                 log.info("spool recovery: removed unfinished file %s", part.name)
             except OSError as exc:
                 log.error("spool recovery: cannot remove %s error=%s", part.name, exc.strerror or exc)
-        for event_id, cid, has_video, sha, size in spool.rows():
-            restore_sidecar(spool, event_id, cid)
+        for row in store.rows():
             try:
-                problem = check_row(spool.clips, event_id, has_video, sha, size)
+                _recover_row(row, store, files, quarantine, metrics, without_video)
             except Exception as exc:  # never refuse to start
-                problem = f"cannot check: {exc}"
-            if problem is None:
-                continue
-            if problem.startswith(_VIDEO_PROBLEM):  # the metadata is sound: the CID still goes out
-                spool.drop_video(event_id, problem[len(_VIDEO_PROBLEM):])
-                continue
-            spool.forget(event_id)
-            if not spool.quarantine_files(event_id, problem):
-                spool.metrics.inc("edge_agent_spool_dropped_total", reason="lost")
-                log.error("spool recovery: clip lost cid=%s clip=%s reason=%s", cid, event_id, problem)
-        known = {row.event_id for row in spool.rows()}
-        orphans = [side for side in spool.clips.glob("*.json") if side.stem not in known]
+                log.error("spool recovery: cannot check cid=%s clip=%s error=%s", row.cid, row.event_id, exc)
+        known = {row.event_id for row in store.rows()}
+        orphans = [side for side in files.sidecars() if side.stem not in known]
         for side in sorted(orphans, key=sidecar_created_at):  # keep delivery in the order clips were made
-            reenqueue(spool, side)
-        for mp4 in spool.clips.glob("*.mp4"):
-            if not (spool.clips / f"{mp4.stem}.json").exists():
-                spool.quarantine_files(mp4.stem, "clip without metadata sidecar (a delivery or quarantine "
-                                                  "interrupted by a crash: usually already delivered)")
+            reenqueue(store, files, quarantine, metrics, without_video, side)
+        for mp4 in files.videos():
+            if store.get(mp4.stem) is None and not files.sidecar(mp4.stem).exists():
+                quarantine.set_aside(mp4.stem, "clip without metadata sidecar or queue row (left by a build "
+                                               "that deleted a delivered clip's files before its row)")
         with contextlib.suppress(OSError):
-            fsync_path(spool.clips)
-            fsync_path(spool.quarantine_dir)
-        spool.expire()
-    n, b = spool.totals()
-    log.info("spool ready dir=%s clips=%d bytes=%d recovery_s=%.2f", spool.root, n, b, time.monotonic() - started)
+            files.sync()
+            fsync_path(quarantine.dir)
+    n, pending, b = store.totals()
+    log.info("spool ready dir=%s clips=%d bytes=%d recovery_s=%.2f", files.root, n, b, time.monotonic() - started)
 
 
-def finish_interrupted_puts(clips: Path, tmp: Path) -> None:
+def _recover_row(row: Row, store: QueueStore, files: ClipFiles, quarantine: Quarantine, metrics: Metrics,
+                 without_video: WithoutVideo) -> None:
+    event_id = row.event_id
+    if row.state == DELIVERED:
+        # the server had it; a crash came between the row's mark and its delete: finish the delete
+        files.delete(event_id)
+        store.delete(event_id)
+        metrics.inc("edge_agent_spool_recovered_total", reason="delivered_deleted")
+        log.info("spool recovery: finished deleting delivered cid=%s clip=%s", row.cid, event_id)
+        return
+    if row.state == PENDING:
+        why = (STOPPED_BEFORE_CLIP if row.boot_id is not None and row.boot_id == boot_id()
+               else POWER_LOST_BEFORE_CLIP)
+        row = settle_pending(row, store, files, metrics, why)
+        if row.state == PENDING:
+            return
+    if not row.has_video and files.delete_video(event_id):
+        log.info("spool recovery: deleted the video of cid=%s clip=%s, queued without it", row.cid, event_id)
+    _restore_sidecar(row, files, metrics)
+    try:
+        problem = check_video(files, row)
+    except Exception as exc:  # never refuse to start
+        problem = f"cannot check: {exc}"
+    if problem is not None:
+        without_video(event_id, problem, True)
+
+
+def settle_pending(row: Row, store: QueueStore, files: ClipFiles, metrics: Metrics, why: str) -> Row:
+    """A read committed at detection whose clip was not attached when the agent stopped: its clip, if the put
+    got past its commit point (the sidecar in clips/); else the read goes out CID-only, `why` saying so."""
+    try:
+        side = read_sidecar(files.sidecar(row.event_id))
+    except (OSError, ValueError, KeyError, TypeError):
+        side = None
+    if side is not None:
+        store.attach(row.event_id, {**side, "size_bytes": files.size(row.event_id) or 0})
+        metrics.inc("edge_agent_spool_recovered_total", reason="put_finished")
+        log.info("spool recovery: finished an interrupted put cid=%s clip=%s", row.cid, row.event_id)
+    else:
+        store.without_video(row.event_id, {**row.metadata, "clip": {"error": why}})
+        settled = store.get(row.event_id)
+        if settled is not None:
+            with contextlib.suppress(OSError):  # the row holds it all; recovery writes a missing sidecar again
+                files.rewrite_sidecar(row.event_id, settled.record())
+        metrics.inc("edge_agent_spool_recovered_total", reason="read_without_clip")
+        log.warning("spool recovery: read kept without its clip cid=%s clip=%s reason=%s", row.cid,
+                    row.event_id, why)
+    return store.get(row.event_id) or row
+
+
+def finish_interrupted_puts(files: ClipFiles) -> None:
     """A crash between a put's two renames leaves the sidecar in clips/ and the clip, whole and
     fsynced, still in tmp/: move it in when its bytes match the sidecar."""
-    for side in clips.glob("*.json"):
-        part = tmp / f"{side.stem}.mp4.part"
-        if not part.exists() or (clips / f"{side.stem}.mp4").exists():
+    for side in files.sidecars():
+        event_id = side.stem
+        part = files.tmp / f"{event_id}.mp4.part"
+        if not part.exists() or files.video(event_id).exists():
             continue
         try:
             data = read_sidecar(side)
             whole = (data.get("has_video") and part.stat().st_size == data.get("size_bytes")
                      and (not data.get("sha256") or sha256_file(part) == data["sha256"]))
             if whole:
-                os.replace(part, clips / f"{side.stem}.mp4")
-                log.info("spool recovery: finished an interrupted put clip=%s", side.stem)
+                os.replace(part, files.video(event_id))
+                log.info("spool recovery: finished an interrupted put clip=%s", event_id)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.error("spool recovery: cannot finish put clip=%s error=%s", side.stem, exc)
+            log.error("spool recovery: cannot finish put clip=%s error=%s", event_id, exc)
 
 
-def restore_sidecar(spool: Spool, event_id: str, cid: str) -> None:
-    """The queue row is the source of truth and the sidecar its copy: a sidecar lost or torn (a power cut
-    on an SD card) is written again from the row, so the clip goes out with its CID and video."""
-    side = spool.clips / f"{event_id}.json"
-    try:
-        read_sidecar(side)
+def _restore_sidecar(row: Row, files: ClipFiles, metrics: Metrics) -> None:
+    """The queue row is the source of truth and the sidecar its copy: a sidecar lost, torn (a power cut on
+    an SD card) or behind its row (a crash between the row's change and the sidecar's) is written again."""
+    agrees = files.sidecar_agrees(row.event_id, row.record())
+    if agrees:
         return
-    except FileNotFoundError:
-        why = "missing"
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        why = f"unreadable: {exc}"
     try:
-        spool.restore_sidecar(event_id)
-        spool.metrics.inc("edge_agent_spool_recovered_total", reason="sidecar_restored")
-        log.warning("spool recovery: sidecar of cid=%s clip=%s %s: written again from the queue", cid, event_id, why)
+        files.rewrite_sidecar(row.event_id, row.record())
     except OSError as exc:  # the row still holds it all: delivery reads the row, not the sidecar
-        log.error("spool recovery: cannot rewrite the sidecar of cid=%s clip=%s error=%s", cid, event_id,
+        log.error("spool recovery: cannot rewrite the sidecar of cid=%s clip=%s error=%s", row.cid, row.event_id,
                   exc.strerror or exc)
+        return
+    if agrees is None:
+        metrics.inc("edge_agent_spool_recovered_total", reason="sidecar_restored")
+        log.warning("spool recovery: sidecar of cid=%s clip=%s missing or unreadable: written again from the "
+                    "queue", row.cid, row.event_id)
 
 
-def check_row(clips: Path, event_id: str, has_video: bool, sha: str | None, size: int) -> str | None:
-    """Why a queued clip's video cannot be sent as it is, or None when it is sound. (Its metadata is in
-    its row: never a reason to hold the clip back.)"""
-    mp4 = clips / f"{event_id}.mp4"
-    if not has_video:
+def check_video(files: ClipFiles, row: Row) -> str | None:
+    """Why a queued read's video cannot be sent as it is, or None when it is sound (or it has none). Its
+    metadata is in its row: never a reason to hold the read back."""
+    if not row.has_video:
         return None
+    mp4 = files.video(row.event_id)
     if not mp4.exists():
-        return _VIDEO_PROBLEM + "clip file missing after restart"
+        return "clip file missing after restart"
     try:
         actual = mp4.stat().st_size
-        if actual != size:
-            return _VIDEO_PROBLEM + f"clip is {actual} bytes, {size} were queued (torn write?)"
-        if sha and sha256_file(mp4) != sha:
-            return _VIDEO_PROBLEM + "clip bytes do not match their sha256 (torn write or bit rot?)"
+        if actual != row.size_bytes:
+            return f"clip is {actual} bytes, {row.size_bytes} were queued (torn write?)"
+        if row.sha256 and sha256_file(mp4) != row.sha256:
+            return "clip bytes do not match their sha256 (torn write or bit rot?)"
     except OSError as exc:
-        return _VIDEO_PROBLEM + f"clip unreadable: {exc.strerror or exc}"
+        return f"clip unreadable: {exc.strerror or exc}"
     return None
 
 
-def reenqueue(spool: Spool, side: Path) -> bool:
+def reenqueue(store: QueueStore, files: ClipFiles, quarantine: Quarantine, metrics: Metrics,
+              without_video: WithoutVideo, side: Path) -> bool:
     """Queue a clip again from its sidecar alone (an orphan after a crash, or a clip `spool requeue`
     brought back); a sidecar that cannot be read sends the clip to quarantine/."""
     event_id = side.stem
@@ -268,9 +321,9 @@ def reenqueue(spool: Spool, side: Path) -> bool:
         has_video = bool(data.get("has_video", True))
         sha = data.get("sha256")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        spool.quarantine_files(event_id, f"cannot re-enqueue: {exc}")
+        quarantine.set_aside(event_id, f"cannot re-enqueue: {exc}")
         return False
-    mp4 = spool.clips / f"{event_id}.mp4"
+    mp4 = files.video(event_id)
     size = 0
     problem = None
     if has_video:
@@ -280,9 +333,9 @@ def reenqueue(spool: Spool, side: Path) -> bool:
                 problem = "clip bytes do not match their sha256"
         except OSError as exc:
             problem = f"clip file unreadable: {exc.strerror or exc}"
-    spool.insert(event_id, {**data, "size_bytes": size})
-    spool.metrics.inc("edge_agent_spool_recovered_total", reason="orphan_reenqueued")
+    store.add(event_id, {**data, "size_bytes": size})
+    metrics.inc("edge_agent_spool_recovered_total", reason="orphan_reenqueued")
     log.info("spool: re-enqueued cid=%s clip=%s", cid, event_id)
     if problem is not None:
-        spool.drop_video(event_id, problem)
+        without_video(event_id, problem, True)
     return True

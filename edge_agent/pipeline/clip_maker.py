@@ -11,10 +11,12 @@ which the file holds and the edit list's duration hides (`edit_list.py`). It car
 `+faststart` (moov first, so a server can read it while it streams), and it is opened again
 and its first keyframe decoded before anyone is told it exists.
 
-An encoder that fails (a full disk mid-encode, no thread left under a task limit, an absent device)
-is not given up: the clip is tried with the next encoder of `clip.encoders`, and the failed one
-waits a back-off during which it is tried only after the others. A clip goes without video only
-when every encoder failed for it; the maker's status says so until an encode succeeds again.
+A full disk is the disk's fault, not an encoder's: the clip fails at once with that cause (`DiskFull`)
+and its read goes out without video. An encoder that fails (no thread left under a task limit, an
+absent device, a driver error) is not given up: the clip is tried with the next encoder of
+`clip.encoders`, and the failed one waits a back-off during which it is tried only after the others.
+A clip goes without video only when every encoder failed for it; the maker's status says so until an
+encode succeeds again.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from edge_agent.capture import encoders as enc
 from edge_agent.capture.media import Packet, StreamInfo, open_decoder, owned_packet, to_av_packet
 from edge_agent.config import ClipConfig
 from edge_agent.delivery import contract
-from edge_agent.delivery.spool_files import sha256_file
+from edge_agent.delivery.spool_files import is_disk_full, sha256_file
 from edge_agent.metrics import Metrics
 from edge_agent.pipeline.edit_list import EditListError, end_presentation
 from edge_agent.pipeline.ring import Recording, half_frame
@@ -147,9 +149,10 @@ class ClipMaker:
                     end_presentation(out_path, self._shown_s(shown, info, first))
                 clip = validate(out_path, len(shown))
             except (av.error.FFmpegError, OSError, ClipError, EditListError) as exc:
+                out_path.unlink(missing_ok=True)
+                _raise_if_disk_full(exc, out_path)
                 # a resolution change or a timestamp jump inside the recording: copying packets cannot
                 # make a valid MP4 of it, decoding and encoding on the capture times can
-                out_path.unlink(missing_ok=True)
                 log.warning("remux failed, re-encoding the clip error=%s", exc)
                 causes.append(f"remux: {exc}")
                 remux = False
@@ -213,6 +216,7 @@ class ClipMaker:
                 raise
             except (*_ENCODE_FAULTS, ClipError) as exc:
                 out_path.unlink(missing_ok=True)
+                _raise_if_disk_full(exc, out_path)  # the disk's fault, not the encoder's: no other encoder helps
                 error = f"{type(exc).__name__}: {exc}" if isinstance(exc, RuntimeError | MemoryError) else str(exc)
                 causes.append(f"{name}: {error}")
                 self._failed(name, error)
@@ -305,6 +309,17 @@ class ClipMaker:
             w = round(info.width * h / info.height)
         w, h = w or info.width, h or info.height
         return w - w % 2, h - h % 2  # yuv420p needs even dimensions
+
+
+class DiskFull(ClipError):
+    """The clip's file could not be written: its disk is full. Not an encoder's fault: the read goes out
+    without video and no encoder is backed off for it."""
+
+
+def _raise_if_disk_full(exc: BaseException, out_path: Path) -> None:
+    if is_disk_full(exc):
+        raise DiskFull(f"disk full writing the clip in {out_path.parent} ({getattr(exc, 'strerror', None) or exc}): "
+                       "free space on the spool's disk, or lower spool.max_bytes") from exc
 
 
 def _usable(packets: list[Packet]) -> list[Packet]:

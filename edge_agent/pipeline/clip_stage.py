@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_agent import __version__, clock_sync, const
+from edge_agent import const
 from edge_agent.config import Config
 from edge_agent.config.live import PendingConfig
 from edge_agent.delivery import contract
@@ -32,6 +32,7 @@ from edge_agent.metrics import Metrics
 from edge_agent.pipeline.base import END
 from edge_agent.pipeline.clip_maker import ClipError, ClipMaker, EncoderStatus, OutOfTime
 from edge_agent.pipeline.events import EventLog, EventSnapshot
+from edge_agent.pipeline.read_metadata import read_metadata
 from edge_agent.pipeline.ring import Recording
 from edge_agent.pipeline.track import SightingLog
 from edge_agent.stage import Backpressure
@@ -182,19 +183,15 @@ class ClipStage:
         self.track.wait_analysed(span[1], const.TRACK_WAIT_S)
         ev = self.events.get(ev.event_id) or ev  # the sightings counted while the clip was made
         track, quality = self.track.track(ev.cid, ev.first, *span)
-        meta = contract.Metadata(
-            event_id=ev.event_id, device_id=self.cfg.device_id, cid=ev.cid, detected_at=ev.detected_at,
-            clip=clip_info,
-            detection=contract.DetectionInfo(
-                decoder=ev.first.decoder, polygon=list(ev.first.polygon), frame_width=ev.first.frame_width,
-                frame_height=ev.first.frame_height, hits=ev.hits, last_detected_at=ev.last_detected_at,
-                track=track, quality=quality),
-            agent=contract.AgentInfo(version=__version__),
-            clock=contract.ClockInfo.model_validate(clock_sync.read(), from_attributes=True),
-        ).model_dump(mode="json", exclude_none=True)
-        queued = self.sink.put(ev.event_id, ev.cid, meta, video)
-        if not queued:
+        meta = read_metadata(self.cfg.device_id, ev.event_id, ev.cid, ev.first, ev.hits, ev.last_t, clip_info,
+                             track, quality)
+        stored = self.sink.put(ev.event_id, ev.cid, meta, video)
+        if not stored.kept:
             log.error("clip refused by the spool cid=%s clip=%s", ev.cid, ev.event_id)
-        made = self.events.clip_made(ev.event_id, meta["clip"], error=clip_info.error, ms=clip_ms, queued=queued)
+        error = clip_info.error
+        if stored.video_error is not None:
+            error, meta = stored.video_error, {**meta, "clip": contract.ClipInfo(error=stored.video_error)
+                                               .model_dump(mode="json", exclude_none=True)}
+        made = self.events.clip_made(ev.event_id, meta["clip"], error=error, ms=clip_ms, queued=stored.kept)
         if self._on_event is not None and made is not None:
             self._on_event(made)

@@ -2,13 +2,17 @@
 
 Payloads are untrusted bytes: each goes through the one CID rule (`CidValidator.from_payload`);
 a rejected one is counted and logged escaped, at most once per cooldown. A valid CID either opens
-an event (and its recording in the ring) or is folded into the open one. A reloaded config is
-swapped in here, between two frames, so detector and event settings change at a frame boundary.
+an event (and its recording in the ring) or is folded into the open one. A new event is a read: it
+is committed to the spool (`commit`, one fsync) before the next frame is looked at, and only then
+logged as detected, so a read the log shows survives a crash or a power cut before its clip is made.
+A reloaded config is swapped in here, between two frames, so detector and event settings change at a
+frame boundary.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,12 +21,14 @@ from edge_agent import const
 from edge_agent.capture.media import GrayFrame
 from edge_agent.config import Config
 from edge_agent.config.live import PendingConfig
+from edge_agent.delivery import contract
 from edge_agent.delivery.cid import CidValidator, escape_payload
 from edge_agent.metrics import Metrics
 from edge_agent.pipeline.base import END, FrameSlot
 from edge_agent.pipeline.events import Action, EventTracker, OpenEvent
 from edge_agent.pipeline.noreads import NoReads
 from edge_agent.pipeline.qr_detector import Detection, Detector
+from edge_agent.pipeline.read_metadata import read_metadata
 from edge_agent.pipeline.ring import RingBuffer
 from edge_agent.pipeline.track import SightingLog
 from edge_agent.pipeline.view_feed import Thumbnails, ViewerSlot
@@ -31,6 +37,9 @@ log = logging.getLogger("edge_agent.pipeline")
 
 # Rejected payloads remembered for log throttling; forgotten all at once past this.
 MAX_REJECTED_REMEMBERED = 1024
+
+# Commits a read: (event id, CID, its metadata so far) -> whether it is durable (the sink's `detected`).
+CommitRead = Callable[[str, str, dict], bool]
 
 
 @dataclass(frozen=True)
@@ -47,8 +56,10 @@ class DetectStage:
     name = "detect"
 
     def __init__(self, cfg: Config, frames: FrameSlot, ring: RingBuffer, metrics: Metrics,
-                 on_sighting: Callable[[Action, OpenEvent], None], noreads: NoReads, track: SightingLog):
+                 on_sighting: Callable[[Action, OpenEvent], None], noreads: NoReads, track: SightingLog,
+                 commit: CommitRead):
         self.cfg = cfg
+        self._commit = commit  # the spool keeps each read before the next frame is looked at
         self.frames = frames
         self.ring = ring
         self.metrics = metrics
@@ -62,6 +73,7 @@ class DetectStage:
         self._pending = PendingConfig()
         self._rejected_last: OrderedDict[bytes, float] = OrderedDict()
         self.analysed = self.sightings = self.events = self.rejected = 0
+        self._read_at = 0.0  # monotonic: when the frame being handled was analysed
         self.viewer = ViewerSlot()  # the live view's frames: offered only while someone watches
         self.thumbs = Thumbnails()  # each recent event's first sighting, small
 
@@ -110,6 +122,7 @@ class DetectStage:
                 log.exception("QR decoder failed on a frame t=%.3f", frame.t)
                 self.metrics.inc("edge_agent_detector_errors_total")
                 continue
+            self._read_at = time.monotonic()
             self.analysed += 1
             self.metrics.inc("edge_agent_frames_analysed_total")
             self.metrics.observe("edge_agent_detect_seconds", self.detector.last_ms / 1000)
@@ -130,7 +143,9 @@ class DetectStage:
         if action is Action.NEW:
             self.events += 1
             self.metrics.inc("edge_agent_events_total")
-            log.info("detected cid=%s clip=%s t=%.3f decoder=%s", cid, ev.event_id, det.t, det.decoder)
+            durable = self._keep(ev)
+            log.info("detected cid=%s clip=%s t=%.3f decoder=%s%s", cid, ev.event_id, det.t, det.decoder,
+                     "" if durable else " not_durable")
             self.thumbs.add(ev.event_id, frame, det.polygon)
             self._on_sighting(action, ev)
             self.ring.start_recording(ev.event_id, ev.start_t, ev.end_t)
@@ -142,6 +157,16 @@ class DetectStage:
         if action is not Action.NEW:
             self._on_sighting(action, ev)
         return cid
+
+    def _keep(self, ev: OpenEvent) -> bool:
+        """Commit the read before anything else is done with it; how long that took from the frame's
+        analysis is `edge_agent_read_durable_seconds` (an SD card's fsync is most of it)."""
+        meta = read_metadata(self.cfg.device_id, ev.event_id, ev.cid, ev.first, ev.hits, ev.last_t,
+                             contract.ClipInfo())
+        durable = self._commit(ev.event_id, ev.cid, meta)
+        if durable:
+            self.metrics.observe("edge_agent_read_durable_seconds", time.monotonic() - self._read_at)
+        return durable
 
     def _reject(self, det: Detection) -> None:
         self.rejected += 1

@@ -166,11 +166,11 @@ class RingBuffer:
         for rec in recs:
             rec.done = True
             rec.flushed = True
-            if rec.packets:
-                if max(p.t for p in rec.packets) + 3 * half_frame(rec.packets) < rec.end_t:  # a frame is missing
-                    rec.truncated_end = reason
-                _trim_end(rec)
-                self._on_finished(rec)
+            # every recording is handed over, one without packets too: its read goes out without video
+            if not rec.packets or max(p.t for p in rec.packets) + 3 * half_frame(rec.packets) < rec.end_t:
+                rec.truncated_end = reason  # a frame is missing
+            _trim_end(rec)
+            self._on_finished(rec)
 
     def reset(self) -> None:
         """A new source session: old packets cannot be decoded with the new stream's parameters."""

@@ -106,7 +106,8 @@ class Pipeline:
         self.decode = DecodeStage(self.frames, self.metrics, lambda: cfg.detector.rate_hz, self.backpressure, cfg,
                                   watched=lambda: self.detect.viewer.wanted)
         self.detect = DetectStage(cfg, self.frames, self.ring, self.metrics, self._on_sighting,
-                                  NoReads(cfg, self.metrics, self._noread_listener(on_noread)), self.track)
+                                  NoReads(cfg, self.metrics, self._noread_listener(on_noread)), self.track,
+                                  sink.detected)
         self.clips = ClipStage(cfg, sink, self.metrics, self.events, on_event, self.backpressure, self.track)
         self.capture = CaptureSupervisor(cfg, self.metrics, self.failures, self._on_session, videos or ())
         self.ready = self.capture.ready

@@ -213,11 +213,14 @@ class Daemon:
         cap = st.capture
         age = cap.last_frame_age_s
         # /healthz is open without a password: figures only, never the error's text (it names the source)
-        # frames flowing, and clips that need re-encoding getting video (some encoder works)
-        ok = age is not None and age < self.cfg.source.stall_s and st.clips.encoding_error is None
+        # frames flowing, clips that need re-encoding getting video (some encoder works), room for clips
+        spool = self.spool.status()
+        ok = (age is not None and age < self.cfg.source.stall_s and st.clips.encoding_error is None
+              and not spool.disk_full)
         return ok, {"last_frame_age_s": None if age is None else round(age, 2),
-                    "spool_clips": self.spool.status().clips, "source_error": cap.source_error is not None,
+                    "spool_clips": spool.clips, "source_error": cap.source_error is not None,
                     "clip_encoding": "down" if st.clips.encoding_error else "ok",
+                    "spool_disk": "full" if spool.disk_full else "ok",
                     "config_reload": self._last_reload}
 
     def _loop(self) -> int:
