@@ -17,6 +17,7 @@ import zxingcpp
 
 from edge_agent import const
 from tests import agent_process
+from tests.label_video import make_label_video
 from tests.media_factory import make_video
 from tests.receiver_fixture import ReceiverProcess
 
@@ -119,6 +120,31 @@ def test_replay_with_no_config_writes_clips_to_a_local_folder(small_video: Path,
     for m in metas:
         assert (tmp_path / "clips" / f"{m['event_id']}.mp4").stat().st_size == m["clip"]["size_bytes"]
     assert "rejected payloads" in res.stdout and "clips" in res.stdout  # the summary table
+
+
+@pytest.mark.slow
+def test_replay_of_several_files_cuts_each_files_last_clips_from_its_own_frames(tmp_path: Path) -> None:
+    """Each file's last labels are read after capture has moved on to the next file (detection lags it): their
+    clips still come from their own file (its size tells), cut short where that file ends."""
+    sizes = {"a.mp4": (640, 360), "b.mp4": (480, 272), "c.mp4": (320, 192)}
+    for name, size in sizes.items():  # labels at 1..5 s of 6 s: the last two end past the file's end
+        make_label_video(tmp_path / name, seconds=6, per_s=1, size=size)
+    res = edge_agent("replay", "--output-dir", str(tmp_path / "out"), *(str(tmp_path / n) for n in sizes),
+                     cwd=tmp_path, env={"XDG_STATE_HOME": str(tmp_path / "state")})
+    assert res.returncode == 0, res.stderr[-3000:]
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.json")]
+    assert len(metas) == 15 and all("error" not in m["clip"] for m in metas), [m["clip"] for m in metas]
+    for width, height in sizes.values():  # each file's five labels, each clip of that file's size
+        mine = sorted((m for m in metas if m["clip"]["width"] == width), key=lambda m: m["cid"])
+        assert [m["cid"] for m in mine] == [f"CID-L{i:04d}" for i in range(5)], (width, [m["cid"] for m in mine])
+        for i, m in enumerate(mine):
+            assert m["clip"]["height"] == height
+            with av.open(str(tmp_path / "out" / f"{m['event_id']}.mp4")) as clip:
+                frame = next(clip.decode(video=0))
+                assert (frame.width, frame.height) == (width, height)
+            if i >= 3:  # its file ends before its post-roll does
+                assert m["clip"]["truncated"] == "end_of_video"
+                assert m["clip"]["duration_s"] == pytest.approx(6.0 - (1.0 + i - 2.5), abs=0.05)
 
 
 @pytest.mark.slow

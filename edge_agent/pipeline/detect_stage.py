@@ -148,7 +148,7 @@ class DetectStage:
                      "" if durable else " not_durable")
             self.thumbs.add(ev.event_id, frame, det.polygon)
             self._on_sighting(action, ev)
-            self.ring.start_recording(ev.event_id, ev.start_t, ev.end_t)
+            self.ring.start_recording(ev.event_id, ev.start_t, ev.end_t, at=det.t)
         elif action is Action.EXTEND:
             if not self.ring.extend(ev.event_id, ev.end_t):
                 self.tracker.close(ev)  # already cut: later sightings are suppressed

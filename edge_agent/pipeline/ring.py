@@ -13,6 +13,12 @@ clip.max_s) and the capture thread only appends to lists.
 
 The ring is one of capture's packet consumers (`capture.consumer.PacketConsumer`): `offer` each
 packet, `end` when the video is over, `status`.
+
+A source session (a camera reopened, the next file of a replay) starts a new stream that cannot be
+decoded with the old one's parameters, so a recording holds one session's packets only. Detection lags
+capture, so a read of the old session's last seconds may come after the new session began: the old
+packets stay in the ring (evicted by time like any other) and such a read's recording is cut from its
+own session's packets, finished at once since no more will come.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ class Recording:
     start_t: float
     end_t: float
     packets: list[Packet] = field(default_factory=list)
+    session: int = 0  # the source session its packets come from
     done: bool = False
     truncated_start: bool = False  # the ring did not hold `start_t`: pre-roll is short
     # why the start is short: "start_of_video" (the video began after start_t), "ring" (evicted)
@@ -78,6 +85,15 @@ class Recording:
         if self.truncated_start:
             return self.truncated_start_reason or "start_of_video"
         return self.truncated_end
+
+
+@dataclass
+class _Session:
+    """A source session whose packets the ring holds."""
+
+    id: int
+    first_t: float | None = None  # capture time of its first packet; None: none yet
+    end_reason: str = "source_restart"  # what ended it, for the recordings it cuts short
 
 
 @dataclass(frozen=True)
@@ -106,7 +122,9 @@ class RingBuffer:
         self._bytes = 0
         self._lock = threading.Lock()
         self._recordings: dict[str, Recording] = {}
-        self._first_t: float | None = None  # the first packet since the last reset: the start of the video
+        # the sessions whose packets are held, oldest first, the last one current: a session's packets are
+        # those from its first to the next session's first
+        self._sessions: deque[_Session] = deque([_Session(0)])
 
     def retain(self, keep_s: float) -> None:
         """Live reload of the rolls: the ring keeps `keep_s` from the next packet on."""
@@ -120,8 +138,8 @@ class RingBuffer:
         (a recording it finishes goes to `on_finished`, which must not wait on a camera's thread)."""
         finished: list[Recording] = []
         with self._lock:
-            if self._first_t is None:
-                self._first_t = pkt.t
+            if self._sessions[-1].first_t is None:
+                self._sessions[-1].first_t = pkt.t
             self._packets.append(pkt)
             self._bytes += pkt.size
             for rec in list(self._recordings.values()):
@@ -138,17 +156,32 @@ class RingBuffer:
 
     def _evict(self) -> None:
         """Drop whole GOPs older than `keep_s` (a GOP is useless without its keyframe), then
-        anything over the byte cap, oldest first."""
+        anything over the byte cap, oldest first. Ended sessions are kept whole until the current one
+        holds `keep_s` of its own: capture times jump between sessions (a replay spaces files apart), and
+        the reads of an ended session's last seconds still need its packets."""
         newest = self._packets[-1].t
+        if len(self._sessions) > 1:
+            current = self._sessions[-1].first_t
+            assert current is not None  # the packet just offered began it at the latest
+            if newest - current < self.keep_s:
+                return self._cap_bytes()
+            while self._packets[0].t < current:
+                self._bytes -= self._packets.popleft().size
         while len(self._packets) > 1:
             nxt = self._next_keyframe_index(1)
             if nxt is None or self._packets[nxt].t > newest - self.keep_s:
                 break
             for _ in range(nxt):
                 self._bytes -= self._packets.popleft().size
+        self._cap_bytes()
+
+    def _cap_bytes(self) -> None:
         while self._bytes > self.max_bytes and len(self._packets) > 1:
             self._bytes -= self._packets.popleft().size
             self._metrics.inc("edge_agent_ring_evicted_over_cap_total")
+        oldest = self._packets[0].t
+        while len(self._sessions) > 1 and (nxt := self._sessions[1].first_t) is not None and nxt <= oldest:
+            self._sessions.popleft()  # a session none of whose packets are held any more
 
     def _next_keyframe_index(self, start: int) -> int | None:
         for i in range(start, len(self._packets)):
@@ -172,22 +205,46 @@ class RingBuffer:
             _trim_end(rec)
             self._on_finished(rec)
 
-    def reset(self) -> None:
-        """A new source session: old packets cannot be decoded with the new stream's parameters."""
-        self.end("source_restart")
+    def reset(self, reason: str = "source_restart") -> None:
+        """A new source session: the old one's open recordings are finished with what they have (its packets
+        cannot be decoded with the new stream's parameters), `reason` ("source_restart", or "end_of_video"
+        for the next file of a replay) in their metadata; its packets stay for reads of its last seconds that
+        detection has not made yet."""
+        self.end(reason)
         with self._lock:
-            self._packets.clear()
-            self._bytes = 0
-            self._first_t = None
+            ended = self._sessions[-1]
+            ended.end_reason = reason
+            if ended.first_t is None:
+                self._sessions.pop()  # a session that gave no packet
+            self._sessions.append(_Session(ended.id + 1))
+
+    def _session_at(self, t: float) -> _Session:
+        """The session whose packets hold capture time `t`: the last one that began at or before it."""
+        found = self._sessions[0]
+        for session in self._sessions:
+            if session.first_t is not None and session.first_t <= t:
+                found = session
+        return found
+
+    def _session_packets(self, session: _Session) -> list[Packet]:
+        """The packets held of `session`, in order."""
+        later = [s.first_t for s in self._sessions if s.id > session.id and s.first_t is not None]
+        lo, hi = session.first_t, (later[0] if later else None)
+        if lo is None:
+            return []
+        return [p for p in self._packets if p.t >= lo and (hi is None or p.t < hi)]
 
     # --- detector side ------------------------------------------------------------------------
 
-    def start_recording(self, key: str, start_t: float, end_t: float) -> Recording:
+    def start_recording(self, key: str, start_t: float, end_t: float, at: float | None = None) -> Recording:
         """Open a recording from the last keyframe at or before `start_t`, within half a frame (or the
-        oldest keyframe held, marked `truncated_start`)."""
-        rec = Recording(key, start_t, end_t)
+        oldest keyframe held, marked `truncated_start`), of the session that holds `at` (the read's capture
+        time; None: the current session)."""
         with self._lock:
-            pkts = list(self._packets)
+            session = self._sessions[-1] if at is None else self._session_at(at)
+            rec = Recording(key, start_t, end_t, session=session.id)
+            pkts = list(self._packets) if len(self._sessions) == 1 else self._session_packets(session)
+            first_t = session.first_t
             # the last keyframe at or before the first frame shown (keyframes are in time order even with
             # B-frames); a keyframe half a frame after start_t is that frame, whatever the float rounding
             edge = start_t + half_frame(pkts)
@@ -195,7 +252,7 @@ class RingBuffer:
             if i < 0:
                 i = next((j for j, p in enumerate(pkts) if p.keyframe), len(pkts))
                 rec.truncated_start = bool(pkts)  # an empty ring: the video has not begun, nothing is lost yet
-                before_video = self._first_t is None or start_t < self._first_t
+                before_video = first_t is None or start_t < first_t
                 rec.truncated_start_reason = "start_of_video" if before_video else "ring"
             rec.packets = pkts[i:]
             # detector lag may already have carried the ring past end_t: finish it now
@@ -204,6 +261,12 @@ class RingBuffer:
                 rec.packets = rec.packets[:past]
                 _trim_end(rec)
                 rec.done = True
+            elif session is not self._sessions[-1]:
+                # a read of a session that has ended: its packets are all here, and no more will come
+                rec.done = rec.flushed = True
+                if not rec.packets or max(p.t for p in rec.packets) + 3 * half_frame(rec.packets) < end_t:
+                    rec.truncated_end = session.end_reason
+                _trim_end(rec)
             else:
                 self._recordings[key] = rec
         if rec.done:

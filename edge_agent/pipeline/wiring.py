@@ -172,8 +172,8 @@ class Pipeline:
         """Capture thread, as a session opens: where its packets go. A camera that gives the detector's
         pictures itself (picamera2's lores) has nothing decoded: its packets go to the ring only."""
         self._backpressure = backpressure_for(src.cfg)
-        if n > 1:
-            self.ring.reset()  # packets of the old session cannot mix with the new stream
+        if n > 1:  # packets of the old session cannot mix with the new stream; a replay's next file: its end
+            self.ring.reset("end_of_video" if src.cfg.kind == "file" else "source_restart")
         if src.gives_pictures:
             return Route(packets=(self.ring,), pictures=self.decode)
         return Route(packets=(self.ring, self.decode))
