@@ -181,18 +181,33 @@ def test_a_camera_stack_that_fails_to_import_is_retried_as_a_missing_one(
 STALL_AFTER = 15  # frames each start of the stand-in's camera completes before it stalls
 
 
+def _session_read_on_a_thread() -> tuple[Session, threading.Thread, Any, Any]:
+    """A session opened and read on a thread of its own, as the capture thread reads it; with the stand-in
+    module and the camera it made."""
+    src = make_source(config().source)
+    src.open()
+    picamera2 = sys.modules["picamera2"]
+    reader = threading.Thread(target=src.read, args=(lambda item: True,), daemon=True)
+    reader.start()
+    return src, reader, picamera2, picamera2.CAMERAS[-1]
+
+
+def _close_on_a_thread(src: Session) -> float | None:
+    """Seconds `src.close()` took, or None when it had not returned CLOSE_TIMEOUT_S + 5 s later."""
+    closing = threading.Thread(target=src.close, daemon=True)
+    began = time.monotonic()
+    closing.start()
+    closing.join(CLOSE_TIMEOUT_S + 5)
+    return None if closing.is_alive() else time.monotonic() - began
+
+
 @pytest.mark.parametrize("frame_after_interrupt", [False, True], ids=["job-waiting", "job-holding-a-request"])
 def test_a_stalled_camera_closes_and_gives_every_request_back(
         camera: Path, monkeypatch: pytest.MonkeyPatch, frame_after_interrupt: bool) -> None:
     """picamera2 queues its stop behind the session's capture job, which no frame completes; a frame that
     comes after the session ended completes the job, which then holds a request nobody takes."""
     monkeypatch.setenv("PICAMERA2_STANDIN_STALL_AFTER", str(STALL_AFTER))
-    src = make_source(config().source)
-    src.open()
-    picamera2 = sys.modules["picamera2"]
-    cam = picamera2.CAMERAS[-1]
-    reader = threading.Thread(target=src.read, args=(lambda item: True,), daemon=True)
-    reader.start()
+    src, reader, picamera2, cam = _session_read_on_a_thread()
     # every frame processed, and the source waiting on its next capture job
     assert cam.standin_wait_jobs(1, timeout=10, processed=STALL_AFTER)
     src.interrupt()  # what the stall watch does after source.stall_s
@@ -201,12 +216,9 @@ def test_a_stalled_camera_closes_and_gives_every_request_back(
     if frame_after_interrupt:
         cam.standin_deliver(1)
         assert cam.standin_wait_jobs(0, timeout=5, processed=STALL_AFTER + 1)
-    closing = threading.Thread(target=src.close, daemon=True)
-    began = time.monotonic()
-    closing.start()
-    closing.join(CLOSE_TIMEOUT_S + 5)
-    assert not closing.is_alive(), "close() waits behind picamera2's capture job"
-    assert time.monotonic() - began < CLOSE_TIMEOUT_S  # stopped, not given up on
+    took = _close_on_a_thread(src)
+    assert took is not None, "close() waits behind picamera2's capture job"
+    assert took < CLOSE_TIMEOUT_S  # stopped, not given up on
     assert cam.closed.is_set() and picamera2.requests_held() == 0
     picamera2.Picamera2(0).close()  # the camera was given back: it opens again
 
@@ -235,22 +247,14 @@ def test_a_hung_encoder_holds_the_capture_thread_for_the_close_bound_only(
     lock: nothing picamera2 offers returns, so the capture thread gives up on the close after its bound."""
     monkeypatch.setenv("PICAMERA2_STANDIN_ENCODER_HANGS_AFTER", "10")
     caplog.set_level(logging.WARNING)
-    src = make_source(config().source)
-    src.open()
-    picamera2 = sys.modules["picamera2"]
-    cam = picamera2.CAMERAS[-1]
-    reader = threading.Thread(target=src.read, args=(lambda item: True,), daemon=True)
-    reader.start()
+    src, reader, picamera2, cam = _session_read_on_a_thread()
     try:
         assert cam.standin_wait_frames(11, timeout=10)  # the 11th frame is the one the encoder hangs on
         src.interrupt()
         reader.join(5)
-        closing = threading.Thread(target=src.close, daemon=True)
-        began = time.monotonic()
-        closing.start()
-        closing.join(CLOSE_TIMEOUT_S + 5)
-        assert not closing.is_alive(), "close() hangs with picamera2"
-        assert time.monotonic() - began >= CLOSE_TIMEOUT_S - 0.1
+        took = _close_on_a_thread(src)
+        assert took is not None, "close() hangs with picamera2"
+        assert took >= CLOSE_TIMEOUT_S - 0.1
         assert f"did not stop in {CLOSE_TIMEOUT_S:g} s" in caplog.text
         # still held by picamera2's hung loop: opening it again fails as a busy camera does (and is retried)
         with pytest.raises(SourceError, match="did not complete"):
@@ -262,6 +266,21 @@ def test_a_hung_encoder_holds_the_capture_thread_for_the_close_bound_only(
     again.open()
     again.close()
     assert picamera2.requests_held() == 0
+
+
+def _pictures(cfg: Any, count: int) -> int:
+    """Read a session until `count` lores pictures came; how many did."""
+    src = make_source(cfg.source)
+    src.open()
+    pictures = 0
+    try:
+        for item in src.packets():
+            pictures += isinstance(item, GrayFrame)
+            if pictures >= count:
+                break
+    finally:
+        src.close()
+    return pictures
 
 
 @pytest.fixture
@@ -279,31 +298,12 @@ def futures_of_python_310(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_waits_for_a_slow_camera_time_out_quietly_on_python_310(camera: Path, futures_of_python_310: None) -> None:
     """At 2 fps every wait for a picture outlasts the source's poll: each one ends in picamera2's
     TimeoutError, which must read as "no picture yet", not as a failed camera."""
-    src = make_source(config(fps=2).source)
-    src.open()
-    pictures = 0
-    try:
-        for item in src.packets():
-            pictures += isinstance(item, GrayFrame)
-            if pictures >= 3:
-                break
-    finally:
-        src.close()
-    assert pictures >= 3
+    assert _pictures(config(fps=2), 3) == 3
 
 
 def test_lores_pictures_are_mapped_read_only(camera: Path) -> None:
     """A mapping opened for writing syncs the buffer's cache for writing too at every picture copied."""
-    src = make_source(config().source)
-    src.open()
-    pictures = 0
-    try:
-        for item in src.packets():
-            pictures += isinstance(item, GrayFrame)
-            if pictures >= 5:
-                break
-    finally:
-        src.close()
+    assert _pictures(config(), 5) == 5
     syncs = sys.modules["picamera2"].BUFFER_SYNCS
     assert syncs.get(("lores", False), 0) >= 5 and syncs.get(("lores", True), 0) == 0, syncs
 
