@@ -20,6 +20,7 @@ import av
 import numpy as np
 import pytest
 
+from edge_agent.capture import picamera2_source
 from edge_agent.capture.consumer import Route
 from edge_agent.capture.media import CameraPicture, GrayFrame, Packet
 from edge_agent.capture.picamera2_source import CLOSE_TIMEOUT_S
@@ -59,10 +60,10 @@ def camera(recording: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     return recording
 
 
-def config(extra: str = "", fps: float = 30, stall_s: float = 10):
+def config(extra: str = "", fps: float = 30, stall_s: float = 10, model: str = "auto"):
     return parse_config(f"source:\n  kind: picamera2\n  fps: {fps}\n  stall_s: {stall_s}\n  picamera2:\n"
-                        f"    width: 960\n    height: 540\n    lores_width: {LORES[0]}\n    lores_height: {LORES[1]}\n"
-                        f"{extra}", env={})
+                        f"    model: {model}\n    width: 960\n    height: 540\n"
+                        f"    lores_width: {LORES[0]}\n    lores_height: {LORES[1]}\n{extra}", env={})
 
 
 @pytest.mark.slow
@@ -306,6 +307,20 @@ def test_lores_pictures_are_mapped_read_only(camera: Path) -> None:
     assert _pictures(config(), 5) == 5
     syncs = sys.modules["picamera2"].BUFFER_SYNCS
     assert syncs.get(("lores", False), 0) >= 5 and syncs.get(("lores", True), 0) == 0, syncs
+
+
+def test_a_pi5_software_encode_beyond_1080p30_is_said_once_a_process(
+        camera: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Said when the camera starts, not at every reopen after a stall."""
+    monkeypatch.setattr(picamera2_source, "_warned", set())
+    caplog.set_level(logging.WARNING)
+    cfg = config(fps=240, model="pi5")  # 960x540 at 240 fps: 489,600 macroblocks a second, 1080p30 is 245,760
+    for _ in range(2):
+        src = make_source(cfg.source)
+        src.open()
+        src.close()
+    said = [r.getMessage() for r in caplog.records if "libx264 in software" in r.getMessage()]
+    assert len(said) == 1 and "source.picamera2.model: pi5" in said[0], caplog.text
 
 
 @pytest.mark.slow
