@@ -1,25 +1,37 @@
 """A Pi CSI camera through picamera2: the camera's H.264 goes to the ring, its lores picture to the
-detector, nothing is decoded. There is no Pi here: picamera2 is played by a stand-in with its exact
-interface (tests/picamera2_standin), which plays a recorded Annex-B H.264 file as the encoder's output
-and the same file, decoded and scaled, as the lores stream."""
+detector, nothing is decoded. There is no Pi here: picamera2 is played by a stand-in with its interface and
+its job queue (tests/picamera2_standin), which plays a recorded Annex-B H.264 file as the encoder's output
+and the same file, decoded and scaled, as the lores stream; the test environment makes its camera stall,
+its encoder hang, or its import fail as libcamera's bindings and simplejpeg fail on a device."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import importlib
+import logging
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
 import pytest
 
-from edge_agent.capture.media import GrayFrame, Packet
-from edge_agent.capture.source import SourceError, make_source
+from edge_agent.capture import picamera2_source
+from edge_agent.capture.consumer import Route
+from edge_agent.capture.media import CameraPicture, GrayFrame, Packet
+from edge_agent.capture.picamera2_source import CLOSE_TIMEOUT_S
+from edge_agent.capture.source import Session, SourceError, make_source
+from edge_agent.capture.supervisor import CaptureSupervisor
 from edge_agent.config import parse_config
 from edge_agent.delivery.sinks import FolderSink
+from edge_agent.metrics import Metrics
 from edge_agent.pipeline.events import EventSnapshot
 from edge_agent.pipeline.wiring import Pipeline
+from edge_agent.stage import FailureBox, StageThread
 from tests.cli_in_process import Cli
 from tests.media_factory import make_video
 
@@ -38,16 +50,19 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def camera(recording: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The stand-in where picamera2 would be, imported afresh (with its libcamera and simplejpeg) so the
+    PICAMERA2_STANDIN_* variables a test sets apply."""
     monkeypatch.syspath_prepend(str(STANDIN))
     monkeypatch.setenv("PICAMERA2_STANDIN_VIDEO", str(recording))
     monkeypatch.setenv("PICAMERA2_STANDIN_CACHE", str(tmp_path))
-    for name in [m for m in sys.modules if m == "picamera2" or m.startswith("picamera2.")]:
+    for name in [m for m in sys.modules if m.split(".")[0] in ("picamera2", "libcamera", "simplejpeg")]:
         monkeypatch.delitem(sys.modules, name)
     return recording
 
 
-def config(extra: str = ""):
-    return parse_config("source:\n  kind: picamera2\n  fps: 30\n  picamera2:\n    width: 960\n    height: 540\n"
+def config(extra: str = "", fps: float = 30, stall_s: float = 10, model: str = "auto"):
+    return parse_config(f"source:\n  kind: picamera2\n  fps: {fps}\n  stall_s: {stall_s}\n  picamera2:\n"
+                        f"    model: {model}\n    width: 960\n    height: 540\n"
                         f"    lores_width: {LORES[0]}\n    lores_height: {LORES[1]}\n{extra}", env={})
 
 
@@ -88,6 +103,224 @@ def test_a_missing_picamera2_is_one_line_with_the_hint(monkeypatch: pytest.Monke
         make_source(config().source).open()
     text = str(err.value)
     assert "\n" not in text and "python3-picamera2" in text and "--system-site-packages" in text
+
+
+# What fails where the agent imports picamera2 on a device, made to fail the same way by the stand-in's
+# libcamera and simplejpeg: (variable, value, the cause the line must carry, the hint it must give)
+IMPORT_FAILURES = [
+    ("PICAMERA2_STANDIN_SIMPLEJPEG_NUMPY", "1", "ValueError: numpy.dtype size changed", "numpy<2"),
+    ("PICAMERA2_STANDIN_LIBCAMERA", "older", "AttributeError:", "python3-picamera2"),
+    ("PICAMERA2_STANDIN_LIBCAMERA", "unloadable", "OSError: libpisp.so.1", "python3-picamera2"),
+    ("PICAMERA2_STANDIN_LIBCAMERA", "mismatched", "ImportError: libcamera.so.0.4", "python3-picamera2"),
+    ("PICAMERA2_STANDIN_LIBCAMERA", "absent", "ModuleNotFoundError: No module named 'libcamera'", "--system-site"),
+]
+
+
+@pytest.mark.parametrize(("var", "value", "cause", "hint"), IMPORT_FAILURES,
+                         ids=[f"{v}={x}" for v, x, *_ in IMPORT_FAILURES])
+def test_a_camera_stack_that_fails_to_import_is_one_line_with_its_cause_and_hint(
+        camera: Path, monkeypatch: pytest.MonkeyPatch, var: str, value: str, cause: str, hint: str) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(SourceError) as err:
+        make_source(config().source).open()
+    text = str(err.value)
+    assert "\n" not in text and cause in text and hint in text, text
+
+
+class _Counting:
+    """A route's consumers: packets counted, pictures taken (copied) as the decode stage takes them."""
+
+    def __init__(self) -> None:
+        self.packets = 0
+        self.pictures = 0
+
+    def offer(self, pkt: Packet) -> None:
+        self.packets += 1
+
+    def end(self) -> None:
+        pass
+
+    def status(self) -> Any:
+        return None
+
+    def offer_picture(self, picture: CameraPicture) -> None:
+        picture.take()
+        self.pictures += 1
+
+
+def _capture_stage(cfg: Any) -> tuple[CaptureSupervisor, StageThread, FailureBox, _Counting]:
+    """The capture stage on its thread, as the pipeline runs it, handing everything to a counter."""
+    counting = _Counting()
+    failures = FailureBox()
+
+    def route(src: Session, n: int) -> Route:
+        return Route([counting], counting)
+
+    sup = CaptureSupervisor(cfg, Metrics(), failures, route)
+    thread = StageThread(sup, None, failures)
+    thread.start()
+    return sup, thread, failures, counting
+
+
+def test_a_camera_stack_that_fails_to_import_is_retried_as_a_missing_one(
+        camera: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("PICAMERA2_STANDIN_SIMPLEJPEG_NUMPY", "1")  # the system's simplejpeg, numpy 2 in the venv
+    caplog.set_level(logging.WARNING)
+    sup, thread, failures, _ = _capture_stage(config())
+    deadline = time.monotonic() + 15
+    while sup.metrics.get("edge_agent_source_errors_total") < 2 and time.monotonic() < deadline:
+        if failures.event.wait(0.1):
+            break
+    sup.stop()
+    assert thread.join(10)
+    assert failures.failure is None, failures.failure  # the capture thread lived on
+    assert sup.metrics.get("edge_agent_source_errors_total") >= 2  # and tried again
+    retried = [r.getMessage() for r in caplog.records if "source unavailable, retrying" in r.getMessage()]
+    assert retried and "numpy.dtype size changed" in retried[0] and "\n" not in retried[0], caplog.text
+
+
+STALL_AFTER = 15  # frames each start of the stand-in's camera completes before it stalls
+
+
+def _session_read_on_a_thread() -> tuple[Session, threading.Thread, Any, Any]:
+    """A session opened and read on a thread of its own, as the capture thread reads it; with the stand-in
+    module and the camera it made."""
+    src = make_source(config().source)
+    src.open()
+    picamera2 = sys.modules["picamera2"]
+    reader = threading.Thread(target=src.read, args=(lambda item: True,), daemon=True)
+    reader.start()
+    return src, reader, picamera2, picamera2.CAMERAS[-1]
+
+
+def _close_on_a_thread(src: Session) -> float | None:
+    """Seconds `src.close()` took, or None when it had not returned CLOSE_TIMEOUT_S + 5 s later."""
+    closing = threading.Thread(target=src.close, daemon=True)
+    began = time.monotonic()
+    closing.start()
+    closing.join(CLOSE_TIMEOUT_S + 5)
+    return None if closing.is_alive() else time.monotonic() - began
+
+
+@pytest.mark.parametrize("frame_after_interrupt", [False, True], ids=["job-waiting", "job-holding-a-request"])
+def test_a_stalled_camera_closes_and_gives_every_request_back(
+        camera: Path, monkeypatch: pytest.MonkeyPatch, frame_after_interrupt: bool) -> None:
+    """picamera2 queues its stop behind the session's capture job, which no frame completes; a frame that
+    comes after the session ended completes the job, which then holds a request nobody takes."""
+    monkeypatch.setenv("PICAMERA2_STANDIN_STALL_AFTER", str(STALL_AFTER))
+    src, reader, picamera2, cam = _session_read_on_a_thread()
+    # every frame processed, and the source waiting on its next capture job
+    assert cam.standin_wait_jobs(1, timeout=10, processed=STALL_AFTER)
+    src.interrupt()  # what the stall watch does after source.stall_s
+    reader.join(5)
+    assert not reader.is_alive()
+    if frame_after_interrupt:
+        cam.standin_deliver(1)
+        assert cam.standin_wait_jobs(0, timeout=5, processed=STALL_AFTER + 1)
+    took = _close_on_a_thread(src)
+    assert took is not None, "close() waits behind picamera2's capture job"
+    assert took < CLOSE_TIMEOUT_S  # stopped, not given up on
+    assert cam.closed.is_set() and picamera2.requests_held() == 0
+    picamera2.Picamera2(0).close()  # the camera was given back: it opens again
+
+
+def test_a_stalled_camera_is_reopened_with_backoff(
+        camera: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("PICAMERA2_STANDIN_STALL_AFTER", str(STALL_AFTER))
+    caplog.set_level(logging.INFO)
+    picamera2 = importlib.import_module("picamera2")  # the stand-in, as the source will import it
+    sup, thread, failures, counting = _capture_stage(config(stall_s=1))
+    reopened = picamera2.wait_for_cameras(2, timeout=20)
+    delivered = reopened and picamera2.CAMERAS[1].standin_wait_frames(STALL_AFTER, timeout=10)
+    sup.stop()
+    assert thread.join(10)
+    assert reopened and delivered, caplog.text
+    assert failures.failure is None
+    assert counting.packets >= STALL_AFTER + 1 and counting.pictures > STALL_AFTER  # the second session's too
+    text = caplog.text
+    assert "source stalled" in text and "reopening in 1 s" in text, text
+    assert all(c.closed.is_set() for c in picamera2.CAMERAS) and picamera2.requests_held() == 0
+
+
+def test_a_hung_encoder_holds_the_capture_thread_for_the_close_bound_only(
+        camera: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The encoder waits for a buffer the hardware never gives back, holding picamera2's event loop and its
+    lock: nothing picamera2 offers returns, so the capture thread gives up on the close after its bound."""
+    monkeypatch.setenv("PICAMERA2_STANDIN_ENCODER_HANGS_AFTER", "10")
+    caplog.set_level(logging.WARNING)
+    src, reader, picamera2, cam = _session_read_on_a_thread()
+    try:
+        assert cam.standin_wait_frames(11, timeout=10)  # the 11th frame is the one the encoder hangs on
+        src.interrupt()
+        reader.join(5)
+        took = _close_on_a_thread(src)
+        assert took is not None, "close() hangs with picamera2"
+        assert took >= CLOSE_TIMEOUT_S - 0.1
+        assert f"did not stop in {CLOSE_TIMEOUT_S:g} s" in caplog.text
+        # still held by picamera2's hung loop: opening it again fails as a busy camera does (and is retried)
+        with pytest.raises(SourceError, match="did not complete"):
+            make_source(config().source).open()
+    finally:
+        cam.standin_unhang()
+    assert cam.closed.wait(10)  # the encoder came back: the close went on and gave the camera back
+    again = make_source(config().source)
+    again.open()
+    again.close()
+    assert picamera2.requests_held() == 0
+
+
+def _pictures(cfg: Any, count: int) -> int:
+    """Read a session until `count` lores pictures came; how many did."""
+    src = make_source(cfg.source)
+    src.open()
+    pictures = 0
+    try:
+        for item in src.packets():
+            pictures += isinstance(item, GrayFrame)
+            if pictures >= count:
+                break
+    finally:
+        src.close()
+    return pictures
+
+
+@pytest.fixture
+def futures_of_python_310(monkeypatch: pytest.MonkeyPatch) -> None:
+    """concurrent.futures as Python 3.10 (JetPack 6) has it: a Future's timeout is a TimeoutError of its own
+    (deriving from concurrent.futures' Error), not the built-in one (they are one class from 3.11 on)."""
+
+    class TimeoutError(concurrent.futures._base.Error):  # noqa: A001 (the name Python 3.10 gives it)
+        pass
+
+    monkeypatch.setattr(concurrent.futures._base, "TimeoutError", TimeoutError)
+    monkeypatch.setattr(concurrent.futures, "TimeoutError", TimeoutError)
+
+
+def test_waits_for_a_slow_camera_time_out_quietly_on_python_310(camera: Path, futures_of_python_310: None) -> None:
+    """At 2 fps every wait for a picture outlasts the source's poll: each one ends in picamera2's
+    TimeoutError, which must read as "no picture yet", not as a failed camera."""
+    assert _pictures(config(fps=2), 3) == 3
+
+
+def test_lores_pictures_are_mapped_read_only(camera: Path) -> None:
+    """A mapping opened for writing syncs the buffer's cache for writing too at every picture copied."""
+    assert _pictures(config(), 5) == 5
+    syncs = sys.modules["picamera2"].BUFFER_SYNCS
+    assert syncs.get(("lores", False), 0) >= 5 and syncs.get(("lores", True), 0) == 0, syncs
+
+
+def test_a_pi5_software_encode_beyond_1080p30_is_said_once_a_process(
+        camera: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Said when the camera starts, not at every reopen after a stall."""
+    monkeypatch.setattr(picamera2_source, "_warned", set())
+    caplog.set_level(logging.WARNING)
+    cfg = config(fps=240, model="pi5")  # 960x540 at 240 fps: 489,600 macroblocks a second, 1080p30 is 245,760
+    for _ in range(2):
+        src = make_source(cfg.source)
+        src.open()
+        src.close()
+    said = [r.getMessage() for r in caplog.records if "libx264 in software" in r.getMessage()]
+    assert len(said) == 1 and "source.picamera2.model: pi5" in said[0], caplog.text
 
 
 @pytest.mark.slow

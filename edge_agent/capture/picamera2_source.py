@@ -18,19 +18,21 @@ picamera2 is the `python3-picamera2` package of Raspberry Pi OS (it needs libcam
 which PyPI does not have): the agent's virtualenv must see the system's site-packages. It is imported
 only when this source opens, so every other source works without it.
 
-Built to picamera2's source (its `Picamera2`, `H264Encoder`, `Output`, `CompletedRequest` and
-`MappedArray` interfaces) and tested against tests/picamera2_standin, which keeps that interface and plays a
-recorded stream; it has not been run on a Raspberry Pi.
+Built to picamera2's source (its `Picamera2` and job queue, `H264Encoder`, `Output`, `CompletedRequest`
+and `MappedArray` interfaces, read at 0.3.36) and tested against tests/picamera2_standin, which keeps that
+interface and behaviour and plays a recorded stream; it has not been run on a Raspberry Pi.
 """
 
 from __future__ import annotations
 
+import inspect
 import io
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
 from fractions import Fraction
 from functools import partial
 from typing import Any
@@ -41,17 +43,27 @@ import numpy as np
 from edge_agent.capture.media import CameraPicture, GrayFrame, Packet, StreamInfo
 from edge_agent.capture.source import SessionEnd, SourceError, read_session
 from edge_agent.config import SourceConfig
+from edge_agent.config.pi_models import PICAMERA2_FPS, picamera2_warnings
 
 log = logging.getLogger(__name__)
 
 MISSING_HINT = ("install Raspberry Pi OS's python3-picamera2 (apt install python3-picamera2) and let the agent's "
                 "virtualenv see it (python3 -m venv --system-site-packages), or use the rpicam-vid pipe source "
                 "(configs/pi-csi.yaml)")
+# The system's picamera2 stack (simplejpeg, libcamera's bindings) is built on the OS's own numpy; a numpy 2
+# in the virtualenv fails its import with "numpy.dtype size changed" (a ValueError).
+NUMPY_HINT = ("the virtualenv's numpy {version} is not the one Raspberry Pi OS built its picamera2 stack for: let the "
+              "virtualenv use the system's numpy (python3-numpy; pip uninstall numpy in the virtualenv) or install "
+              "numpy<2 in it, or use the rpicam-vid pipe source (configs/pi-csi.yaml)")
 # Packet timestamps are sensor microseconds: muxing keeps them exactly.
 TIME_BASE = Fraction(1, 1_000_000)
 # How often a wait for the next picture looks up to see whether the session was interrupted.
 POLL_S = 0.25
-DEFAULT_FPS = 30.0
+DEFAULT_FPS = PICAMERA2_FPS
+# How long closing may take: a healthy camera stops in about a frame (the stop job) plus the encoder's
+# last output (picamera2's V4L2 encoder gives up on it after 400 ms). Past this the camera or its encoder
+# hangs, and the capture thread goes on without it.
+CLOSE_TIMEOUT_S = 3.0
 
 
 class Picamera2Unavailable(Exception):
@@ -64,9 +76,22 @@ def import_picamera2() -> tuple[Any, Any, Any, Any]:
         from picamera2 import MappedArray, Picamera2
         from picamera2.encoders import H264Encoder
         from picamera2.outputs import Output
-    except ImportError as exc:  # also libcamera's bindings missing under an installed picamera2
-        raise Picamera2Unavailable(f"picamera2 is not importable ({exc}): {MISSING_HINT}") from exc
+    except Exception as exc:
+        # any failure of the camera stack's import is the same fault to a technician: ImportError (not
+        # installed, libcamera's bindings missing or built for another libcamera), ValueError (simplejpeg
+        # built on numpy 1 under numpy 2), AttributeError (bindings older than picamera2), OSError (a
+        # native library that does not load)
+        cause = " ".join(f"{type(exc).__name__}: {exc}".split())
+        hint = NUMPY_HINT.format(version=np.__version__) if "numpy" in cause else MISSING_HINT
+        raise Picamera2Unavailable(f"picamera2 cannot be imported ({cause}): {hint}") from exc
     return Picamera2, H264Encoder, Output, MappedArray
+
+
+def read_only(mapped_array: Any) -> dict[str, bool]:
+    """MappedArray's keyword for a read-only mapping: `write=False` syncs the buffer for reading only
+    (DMA_BUF_SYNC_READ; the default, write=True, syncs it for writing too, cache maintenance on every copy).
+    picamera2 before 0.3.13 has no `write`: it maps the buffer with no sync at all."""
+    return {"write": False} if "write" in inspect.signature(mapped_array).parameters else {}
 
 
 def _output_class(base: Any) -> Any:
@@ -120,6 +145,10 @@ class Picamera2Source:
         self._closed = threading.Event()
         self._lores: tuple[int, int] = (0, 0)
         self._mapped_array: Any = None  # picamera2.MappedArray: a request's buffer as an array, not copied
+        self._read_only: dict[str, bool] = {}
+        # the capture job picamera2 has queued or finished and nobody has taken the result of: close() must
+        # cancel it (it holds every job behind it, the stop job too) or give back the request it holds
+        self._job: Any = None
         self._base_us: int | None = None
         self._mono0 = 0.0
         self._base_lock = threading.Lock()
@@ -138,8 +167,10 @@ class Picamera2Source:
             picamera2_cls, encoder_cls, output_base, self._mapped_array = import_picamera2()
         except Picamera2Unavailable as exc:
             raise SourceError(str(exc)) from exc
+        self._read_only = read_only(self._mapped_array)
         p = self.cfg.picamera2
         fps = self.cfg.fps or DEFAULT_FPS
+        _warn_once(self.cfg)
         self.fps_from = "camera"  # the sensor runs at the configured rate and stamps every frame
         try:
             self._cam = picamera2_cls(p.camera)
@@ -200,7 +231,7 @@ class Picamera2Source:
         as a (h*3/2, stride) array) without copying it, and only the first h rows, w bytes each, are copied
         out (`make_array` would copy the whole buffer, chroma rows and stride padding included)."""
         w, h = self._lores
-        with self._mapped_array(request, "lores") as m:
+        with self._mapped_array(request, "lores", **self._read_only) as m:
             return np.array(m.array[:h, :w])
 
     def _drain(self) -> Iterator[Packet]:
@@ -228,16 +259,20 @@ class Picamera2Source:
             raise SourceError("source not open")
         try:
             while not self._closed.is_set():
-                job = self._cam.capture_request(wait=False)
+                self._job = job = self._cam.capture_request(wait=False)
                 request = None
                 while request is None:
                     yield from self._drain()
                     if self._closed.is_set():
-                        return
+                        return  # the job stays in self._job for close()
                     try:
                         request = self._cam.wait(job, timeout=POLL_S)
-                    except TimeoutError:
+                    # picamera2's Job.get_result times out with concurrent.futures.TimeoutError: the built-in
+                    # TimeoutError only from Python 3.11 on (JetPack 6 runs 3.10). Folding the pair into
+                    # TimeoutError (ruff's UP041) is right only once the project requires 3.11.
+                    except (TimeoutError, futures.TimeoutError):
                         continue
+                self._job = None
                 try:
                     sensor_ns = int(request.get_metadata()["SensorTimestamp"])
                     t, mono = self._session_t(sensor_ns // 1000)
@@ -262,13 +297,41 @@ class Picamera2Source:
         self._closed.set()
 
     def close(self) -> None:
-        """From the reading thread: stop the encoder and the camera, and give the camera back."""
+        """From the reading thread: give back what the session holds, stop the encoder and the camera, and
+        give the camera back, waiting at most CLOSE_TIMEOUT_S.
+
+        picamera2 runs a stop as a job queued behind the others, and a capture job waits for a frame with no
+        timeout: with the camera stalled, `stop_recording()` behind the session's pending capture never
+        returns. So the pending jobs are cancelled first (`cancel_all_and_flush`, as picamera2's own
+        tests/wait_cancel_test.py does before stopping), and a request the capture job already took is
+        released. Even so a hung encoder holds picamera2's lock (its V4L2 encoder waits for a buffer with no
+        timeout), so all of it runs on a thread of its own: past the bound, the capture thread goes on, the
+        camera left to that thread (reopening it then fails while it is busy, and is retried)."""
         self._closed.set()
         cam, self._cam = self._cam, None
+        job, self._job = self._job, None
+        recording, self._encoder = self._encoder is not None, None
         if cam is None:
             return
+        done = threading.Event()
+        threading.Thread(target=_give_back, args=(cam, job, recording, done), daemon=True,
+                         name="picamera2-close").start()
+        if not done.wait(CLOSE_TIMEOUT_S):
+            log.warning("picamera2 camera %d did not stop in %g s (the camera or its encoder hangs): going on "
+                        "without it; it stays busy until it stops or the agent restarts", self.cfg.picamera2.camera,
+                        CLOSE_TIMEOUT_S)
+
+
+def _give_back(cam: Any, job: Any, recording: bool, done: threading.Event) -> None:
+    """Cancel the pending jobs, release the request a finished capture job holds, stop, close."""
+    try:
+        cancel = getattr(cam, "cancel_all_and_flush", None)  # picamera2 0.3.20 and later
+        if cancel is not None:
+            cancel()
+        if job is not None:
+            _release_result(cam, job)
         try:
-            if self._encoder is not None:
+            if recording:
                 cam.stop_recording()
         except Exception:  # a camera that failed half-way must still be closed
             log.debug("picamera2 stop_recording failed", exc_info=True)
@@ -276,4 +339,31 @@ class Picamera2Source:
             cam.close()
         except Exception:
             log.debug("picamera2 close failed", exc_info=True)
-        self._encoder = None
+    finally:
+        done.set()
+
+
+def _release_result(cam: Any, job: Any) -> None:
+    """A capture job's request back to the camera: a job cancelled has none; one that finished before the
+    cancel holds a request (or is about to: picamera2 signals it just after its loop takes the lock off)."""
+    try:
+        request = cam.wait(job, timeout=CLOSE_TIMEOUT_S)
+    except (futures.CancelledError, TimeoutError, futures.TimeoutError):  # the pair: see _items
+        return
+    except Exception:  # the job failed in picamera2's loop: nothing to give back
+        log.debug("picamera2 capture job failed", exc_info=True)
+        return
+    request.release()
+
+
+_warned: set[tuple[str, int, int, float | None]] = set()
+
+
+def _warn_once(cfg: SourceConfig) -> None:
+    """The main stream's cost on this Pi (a Pi 5 encodes in software), once a process, not at every reopen."""
+    p = cfg.picamera2
+    key = (p.model, p.width, p.height, cfg.fps)
+    if key not in _warned:
+        _warned.add(key)
+        for note in picamera2_warnings(cfg):
+            log.warning("%s", note)

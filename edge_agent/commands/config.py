@@ -23,6 +23,7 @@ from edge_agent.config import (
     fragments,
     load_config,
 )
+from edge_agent.config.pi_models import picamera2_warnings
 from edge_agent.redact import redact_data
 
 
@@ -93,6 +94,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         return EXIT_CONFIG
     _warn_encoders(cfg.clip.encoders)
+    if cfg.source.kind == "picamera2":  # valid, but costly on this Pi, or not checkable on this machine
+        for note in picamera2_warnings(cfg.source):
+            print(f"warning: {note}", file=sys.stderr)
     print(f"ok: {what}")
     return 0
 

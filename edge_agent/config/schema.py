@@ -10,9 +10,10 @@ import re
 import socket
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from edge_agent import const
+from edge_agent.config import pi_models
 
 # A conservative camera bitrate (1080p30 H.264 from an IP camera at high quality) for checking that
 # the ring can hold the configured pre- and post-roll.
@@ -44,6 +45,12 @@ class _Section(BaseModel):
 
 class Picamera2Config(_Section):
     camera: int = Field(0, ge=0, le=7, **_restart("Camera number, as `rpicam-hello --list-cameras` lists it."))
+    model: Literal["auto", "pi3", "pi4", "pi5"] = Field("auto", **_restart(
+        "The Raspberry Pi the camera is on, for the main stream's H.264 encoder: pi4 (also 400, CM4) and pi3 (also "
+        "Zero 2 W, CM3, older) encode in hardware, at most 1920x1080; pi5 (also 500, CM5) has no H.264 encoder, "
+        "picamera2 encodes with libx264 in software. auto: the Pi the config is loaded on "
+        "(/proc/device-tree/model; on a machine that is not a Pi nothing is checked). A main stream beyond the "
+        "model's encoder is refused, for the model named here and for the Pi it runs on."))
     width: int = Field(1920, ge=64, le=4608, **_restart("Main stream width: the H.264 kept for clips."))
     height: int = Field(1080, ge=64, le=2592, **_restart("Main stream height."))
     lores_width: int = Field(1280, ge=64, le=4608, **_restart(
@@ -68,7 +75,8 @@ class SourceConfig(_Section):
         "pipe (a command writing video to stdout), picamera2 (a Raspberry Pi CSI camera through picamera2: "
         "H.264 from the camera's encoder, the detector reads its small lores stream, nothing is decoded)."))
     picamera2: Picamera2Config = Field(default_factory=Picamera2Config, **_restart(
-        "picamera2 only: stream sizes and encoder settings (frame rate: source.fps, default 30)."))
+        "picamera2 only: stream sizes, the Pi it runs on (model: auto, pi3, pi4, pi5, for its H.264 encoder's "
+        "limits) and encoder settings (frame rate: source.fps, default 30)."))
     path: str | None = Field(None, **_restart(
         "File path (file), device node such as /dev/video0 (v4l2), or stream URL (url)."))
     command: str | None = Field(None, **_restart(
@@ -92,6 +100,16 @@ class SourceConfig(_Section):
         "Seconds without a frame before the source is reopened (a change applies to the running session)."))
     open_timeout_s: float = Field(const.SOURCE_OPEN_TIMEOUT_S, gt=0, le=600, **_restart(
         "Seconds to wait for a network or pipe source to open and for each read."))
+
+    @field_validator("picamera2")
+    @classmethod
+    def _picamera2_encoder_fits(cls, v: Picamera2Config, info: ValidationInfo) -> Picamera2Config:
+        # only a camera in use: a picamera2 section left over beside another kind of source refuses nothing
+        if info.data.get("kind") == "picamera2":
+            refusal = pi_models.picamera2_refusal(v.model, v.width, v.height, pi_models.read_device_model())
+            if refusal:
+                raise ValueError(refusal)
+        return v
 
     @field_validator("options", mode="before")
     @classmethod
