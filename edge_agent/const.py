@@ -72,6 +72,10 @@ CLIP_BACKLOG_COUNT = 16
 # At a stop the clip stage makes clips until this long before the stop's budget ends, then sends the CIDs
 # still waiting without video: one encode in progress (~1 s on a Pi) and the uploader and spool closing fit.
 CLIP_STOP_RESERVE_S = 3.0
+# A camera's clip stage this many recordings behind copies the camera's H.264 into the clips that
+# clip.width/height/fps would re-encode (a remux takes milliseconds, a re-encode about a second): every read
+# keeps its video, at the camera's own size, rather than the overflow going without. A stop does the same.
+CLIP_HURRY_BACKLOG = 4
 
 # Sightings kept for clip tracks beyond the longest clip: the clip stage's backlog may run this far
 # behind detection. And how long the clip stage waits for detection to reach a recording's end.

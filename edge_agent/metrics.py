@@ -106,6 +106,9 @@ DECLARED: dict[str, MetricSpec] = {s.name: s for s in (
              "Failed encode attempts by encoder; the clip is tried with the next one in clip.encoders.", "encoder"),
     _gauge("edge_agent_clip_encoding_up",
            "1 while clips that need re-encoding get video; 0 when every encoder failed the last one."),
+    _counter("edge_agent_clips_not_reencoded_total",
+             "Clips that kept the camera's H.264 although clip.width/height/fps ask to re-encode: a stop had no "
+             "time, or re-encoding fell behind the reads (reason).", "reason"),
     _histogram("edge_agent_clip_seconds", "Time to make one clip (encode or remux, and write it).", _CLIP_BUCKETS),
     # --- spool ---
     _gauge("edge_agent_spool_clips", "Reads queued for upload in the spool, with their clip or waiting for it."),

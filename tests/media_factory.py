@@ -30,6 +30,25 @@ def write_gray_h264(path: Path, frames: Iterable[np.ndarray], size: tuple[int, i
     return path
 
 
+def transcode(src: Path, dst: Path, codec: str) -> Path:
+    """The same pictures at the same times in another codec (e.g. "mjpeg" into .mkv): a camera whose clips
+    must be encoded, there being no H.264 to copy."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        ins = inp.streams.video[0]
+        stream = out.add_stream(codec, rate=ins.average_rate)
+        stream.width, stream.height = ins.width, ins.height
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        for n, decoded in enumerate(inp.decode(ins)):
+            frame = av.VideoFrame.from_ndarray(decoded.to_ndarray(format="gray"), format="gray").reformat(
+                format=stream.pix_fmt)
+            frame.pts = n
+            for p in stream.encode(frame):
+                out.mux(p)
+        for p in stream.encode(None):
+            out.mux(p)
+    return dst
+
+
 def _symbol_box(q: np.ndarray) -> Box:
     """The dark modules' extent in a QR image (its quiet zone left out)."""
     ys, xs = np.nonzero(q < 128)

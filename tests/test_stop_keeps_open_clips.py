@@ -17,6 +17,7 @@ import pytest
 
 from tests import agent_process
 from tests.label_video import make_label_video
+from tests.media_factory import transcode
 from tests.receiver_fixture import free_port
 from tests.test_daemon import ROOT, metrics, start_daemon, stop, wait_until
 
@@ -72,12 +73,15 @@ def test_sigterm_makes_a_clip_with_video_of_every_open_recording(storm: Path, tm
 
 
 @pytest.mark.slow
-def test_a_camera_pipe_that_ends_and_is_reopened_keeps_every_open_recordings_video(storm: Path,
-                                                                                   tmp_path: Path) -> None:
+@pytest.mark.parametrize("clip", ["", "  width: 480\n"], ids=["remux", "re-encode"])
+def test_a_camera_pipe_that_ends_and_is_reopened_keeps_every_open_recordings_video(storm: Path, tmp_path: Path,
+                                                                                   clip: str) -> None:
+    """Re-encoding (clip.width) a clip a second takes about as long as the labels come: when the worker
+    falls behind, the camera's H.264 is copied instead (`not_reencoded: behind`), so none goes without."""
     port = free_port()
     # 11 s of video (10 s of labels: ~32 recordings open at its end), then the camera process ends: its
     # pipe's EOF restarts the source
-    proc = start_daemon(tmp_path, camera(storm, "--seconds", "11"), NOWHERE, port, extra=POST_ROLL)
+    proc = start_daemon(tmp_path, camera(storm, "--seconds", "11"), NOWHERE, port, extra=POST_ROLL + clip)
     try:
         wait_until(lambda: _m(port, "edge_agent_source_restarts_total") >= 1, 60, "the pipe's end and a reopen")
         events = _m(port, "edge_agent_events_total")  # all opened before the end: the new run's first label is 1 s in
@@ -93,18 +97,16 @@ def test_a_camera_pipe_that_ends_and_is_reopened_keeps_every_open_recordings_vid
     assert m["edge_agent_clip_errors_total"] == 0
 
 
-def test_beyond_the_stop_budget_the_rest_go_out_without_video_and_none_is_lost(storm: Path, tmp_path: Path) -> None:
-    """Re-encoding every clip (clip.width) with ~32 open at the stop: more work than `replay`'s 10 s stop
-    budget holds. Clips are made until the budget's reserve, the rest are sent at once without video,
-    each with clip.error saying why and a log line; every CID detected is in the output, and the stop
-    (requested) ends with 0 in time."""
+def stop_replay(video: Path, tmp_path: Path, extra: str) -> tuple[int, float, str, list[dict]]:
+    """`replay --realtime` of `video` stopped with SIGTERM once 40 labels are read: (exit code, seconds the
+    stop took, the log, each clip's metadata)."""
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(POST_ROLL + "  width: 480\n", encoding="utf-8")
+    cfg.write_text(POST_ROLL + extra, encoding="utf-8")
     err = tmp_path / "replay.log"
     out = tmp_path / "clips"
     with err.open("wb") as log:
         proc = agent_process.popen(["replay", "-q", "--realtime", "--no-upload",
-                                    "--output-dir", str(out), "--config", str(cfg), str(storm)], stderr=log)
+                                    "--output-dir", str(out), "--config", str(cfg), str(video)], stderr=log)
     try:
         wait_until(lambda: err.read_text().count("detected cid=") >= 40, 60, "40 labels read")
     finally:
@@ -115,10 +117,34 @@ def test_beyond_the_stop_budget_the_rest_go_out_without_video_and_none_is_lost(s
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
-    took = time.monotonic() - started
-    text = err.read_text()
+    return rc, time.monotonic() - started, err.read_text(), [json.loads(p.read_text()) for p in out.glob("*.json")]
+
+
+def test_a_stop_copies_the_cameras_h264_where_re_encoding_would_not_fit_its_budget(storm: Path,
+                                                                                   tmp_path: Path) -> None:
+    """Re-encoding every clip (clip.width) with ~32 open at the stop is more work than `replay`'s 10 s stop
+    budget holds; the camera's H.264 copied into the clip takes milliseconds: every read keeps its video, at
+    the camera's size, saying why (`clip.not_reencoded: stopping`)."""
+    rc, took, text, metas = stop_replay(storm, tmp_path, "  width: 480\n")
     detected, ready, failed = outcomes(text)
-    metas = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    copied = [m for m in metas if m["clip"].get("not_reencoded") == "stopping"]
+    print(f"stop with re-encoding: {len(detected)} CIDs, {len(ready)} with video ({len(copied)} copied at the "
+          f"stop), {len(failed)} without, stop took {took:.1f} s")
+    assert rc == 0 and took < 15
+    assert {m["cid"] for m in metas} == detected and ready == detected and failed == []
+    assert len(copied) >= 20  # the open recordings, as many as ever
+    assert all(m["clip"]["width"] == 640 for m in copied)  # the camera's own size
+    assert all(m["clip"]["width"] == 480 for m in metas if "not_reencoded" not in m["clip"])
+
+
+def test_beyond_the_stop_budget_the_rest_go_out_without_video_and_none_is_lost(storm: Path, tmp_path: Path) -> None:
+    """An MJPEG camera has no H.264 to copy: re-encoding every clip with ~32 open at the stop is more work
+    than `replay`'s 10 s stop budget holds. Clips are made until the budget's reserve, the rest are sent at
+    once without video, each with clip.error saying why and a log line; every CID detected is in the
+    output, and the stop (requested) ends with 0 in time."""
+    mjpeg = transcode(storm, tmp_path / "storm.mkv", "mjpeg")
+    rc, took, text, metas = stop_replay(mjpeg, tmp_path, "  width: 480\n")
+    detected, ready, failed = outcomes(text)
     budget = [m for m in metas if "stop budget ran out" in (m["clip"].get("error") or "")]
     print(f"stop beyond its budget: {len(detected)} CIDs, {len(ready)} with video, {len(budget)} without "
           f"(budget), stop took {took:.1f} s")

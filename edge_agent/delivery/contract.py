@@ -66,6 +66,10 @@ class ClipInfo(_Model):
     codec: str | None = None
     size_bytes: int | None = None
     sha256: str | None = None
+    not_reencoded: str | None = Field(None, description=(
+        "Set when the clip keeps the camera's own H.264 (its size and frame rate) although clip.width, height or "
+        "fps ask to re-encode: `stopping` (the agent's stop had no time to re-encode) or `behind` (re-encoding "
+        "could not keep up with the reads). A remux takes milliseconds, so every read keeps its video."))
     error: str | None = Field(None, description="Set, and video omitted, when no clip could be made.")
 
 

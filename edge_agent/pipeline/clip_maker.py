@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -55,6 +56,18 @@ class ClipError(Exception):
 
 # clip.error of a recording a stop had no time left for (replay's exit code tells it from a failure)
 STOP_BUDGET_ERROR = "stopping: the stop budget ran out before this clip was made"
+
+
+class _Hurry(Exception):
+    """A re-encode given up for a remux (the stage fell behind, or a stop began): `reason` says which."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+# what make() asks while it works: why to remux instead of re-encoding now ("stopping", "behind"), or None
+Hurry = Callable[[], str | None]
 
 
 class OutOfTime(ClipError):
@@ -122,9 +135,12 @@ class ClipMaker:
                 for name in self.cfg.encoders for h in [self._health.get(name, _Health())])
             return MakerStatus(encoders, self._encoding_error)
 
-    def make(self, rec: Recording, out_path: Path, deadline: float | None = None) -> ClipResult:
+    def make(self, rec: Recording, out_path: Path, deadline: float | None = None,
+             hurry: Hurry = lambda: None) -> ClipResult:
         """The clip of `rec` at `out_path`; an encode still running at `deadline` (monotonic, a stop's)
-        is given up with OutOfTime."""
+        is given up with OutOfTime. While `hurry()` gives a reason, an H.264 recording that clip.width,
+        height or fps would re-encode is remuxed instead (its clip says `not_reencoded`), an encode in
+        progress included."""
         packets = _usable(rec.packets)
         if not packets:
             raise ClipError("no decodable video in the recording (no keyframe)")
@@ -139,9 +155,17 @@ class ClipMaker:
         if not shown:
             raise ClipError("no frame in the clip's time range")
         first = min(shown, key=lambda p: p.t)
-        remux = info.remuxable and not self.cfg.reencode
+        not_reencoded = hurry() if info.remuxable and self.cfg.reencode else None
+        remux = info.remuxable and (not self.cfg.reencode or not_reencoded is not None)
         encoder: str | None = None
         causes: list[str] = []
+        if not remux:
+            try:
+                encoder, clip = self._encode(packets, info, out_path, first.t, end_t, causes, deadline,
+                                             hurry if info.remuxable else lambda: None)
+            except _Hurry as exc:
+                out_path.unlink(missing_ok=True)
+                not_reencoded, remux = exc.reason, True
         if remux:
             try:
                 self._remux(packets, info, out_path, first.pts)
@@ -155,9 +179,9 @@ class ClipMaker:
                 # make a valid MP4 of it, decoding and encoding on the capture times can
                 log.warning("remux failed, re-encoding the clip error=%s", exc)
                 causes.append(f"remux: {exc}")
-                remux = False
-        if not remux:
-            encoder, clip = self._encode(packets, info, out_path, first.t, end_t, causes, deadline)
+                remux, not_reencoded = False, None
+                encoder, clip = self._encode(packets, info, out_path, first.t, end_t, causes, deadline)
+        clip.not_reencoded = not_reencoded if remux else None
         clip.start_at = contract.rfc3339(first.wall)
         clip.end_at = contract.rfc3339(first.wall + (clip.duration_s or 0.0))
         clip.lead_in_s = round(first.t - packets[0].t, 3) if remux else 0.0
@@ -200,7 +224,8 @@ class ClipMaker:
             return sorted(names, key=lambda n: max(0.0, self._health.get(n, _Health()).retry_at - now))
 
     def _encode(self, packets: list[Packet], info: StreamInfo, out_path: Path, t0: float, end_t: float,
-                causes: list[str], deadline: float | None = None) -> tuple[str, contract.ClipInfo]:
+                causes: list[str], deadline: float | None = None,
+                hurry: Hurry = lambda: None) -> tuple[str, contract.ClipInfo]:
         """Encode with each encoder in turn until one gives a valid clip; ClipError naming every
         encoder's error when none does."""
         names = self._order()
@@ -209,9 +234,9 @@ class ClipMaker:
                           "(or its driver is absent)")
         for name in names:
             try:
-                frames = self._encode_with(name, packets, info, out_path, t0, end_t, deadline)
+                frames = self._encode_with(name, packets, info, out_path, t0, end_t, deadline, hurry)
                 clip = validate(out_path, frames)
-            except OutOfTime:
+            except (OutOfTime, _Hurry):
                 out_path.unlink(missing_ok=True)
                 raise
             except (*_ENCODE_FAULTS, ClipError) as exc:
@@ -256,7 +281,7 @@ class ClipMaker:
             log.info("clip encoding works again encoder=%s", name)
 
     def _encode_with(self, name: str, packets: list[Packet], info: StreamInfo, out_path: Path, t0: float,
-                     end_t: float, deadline: float | None = None) -> int:
+                     end_t: float, deadline: float | None = None, hurry: Hurry = lambda: None) -> int:
         """One attempt with encoder `name`; the number of frames given to it."""
         decoder = open_decoder(info)
         width, height = self._size(info)
@@ -276,6 +301,8 @@ class ClipMaker:
             for frame in _decode_all(decoder, packets, info):
                 if deadline is not None and time.monotonic() >= deadline:
                     raise OutOfTime()
+                if (reason := hurry()) is not None:
+                    raise _Hurry(reason)
                 t = times.get(frame.pts, 0.0) - t0 if frame.pts is not None else last_t + 1 / fps
                 if t < 0 or t >= end_t - t0 or (last_t >= 0 and t - last_t < min_step - 1e-6) or t <= last_t:
                     continue

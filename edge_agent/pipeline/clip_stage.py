@@ -117,6 +117,15 @@ class ClipStage:
             self._count += 1
         self.inbox.put(rec)
 
+    def _hurry(self) -> str | None:
+        """Clip worker's thread, while it makes a clip: why to copy the camera's H.264 rather than re-encode it
+        now (a stop began, or a camera's reads pile up behind this clip), or None."""
+        if self._deadline is not None:
+            return "stopping"
+        if self._backpressure() is Backpressure.DROP and self._count > const.CLIP_HURRY_BACKLOG:
+            return "behind"
+        return None
+
     def _full(self, size: int) -> bool:
         return self._bytes + size > const.CLIP_BACKLOG_BYTES or self._count >= const.CLIP_BACKLOG_COUNT
 
@@ -156,7 +165,7 @@ class ClipStage:
                 raise ClipError(rec.dropped)
             if self._deadline is not None and time.monotonic() >= self._deadline:
                 raise OutOfTime()
-            result = self.maker.make(rec, part, self._deadline)
+            result = self.maker.make(rec, part, self._deadline, self._hurry)
             clip_info, video = result.info, result.path
             span = (result.start_t, result.start_t + (clip_info.duration_s or 0.0), result.start_t)
             ms = (time.perf_counter() - started) * 1000
@@ -164,9 +173,12 @@ class ClipStage:
             self.made += 1
             self.metrics.inc("edge_agent_clips_total")
             self.metrics.observe("edge_agent_clip_seconds", ms / 1000)
+            if clip_info.not_reencoded:
+                self.metrics.inc("edge_agent_clips_not_reencoded_total", reason=clip_info.not_reencoded)
             log.info("clip ready cid=%s clip=%s duration_s=%.2f frames=%s bytes=%s %s ms=%.0f%s", ev.cid,
                      ev.event_id, clip_info.duration_s or 0, clip_info.frames, clip_info.size_bytes,
-                     "remux" if result.remuxed else f"encoder={result.encoder}", ms,
+                     ("remux" + (f" not_reencoded={clip_info.not_reencoded}" if clip_info.not_reencoded else ""))
+                     if result.remuxed else f"encoder={result.encoder}", ms,
                      " pre_roll_short" if rec.truncated_start else "")
         except Exception as exc:  # the CID goes out whatever failed; an unexpected fault also with its traceback
             part.unlink(missing_ok=True)
