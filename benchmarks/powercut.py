@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import os
 import random
 import select
@@ -49,19 +48,18 @@ import shutil
 import signal
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests import spool_watch  # noqa: E402
 from tests.flaky_server import FlakyServer  # noqa: E402
 from tests.kill_windows import arm  # noqa: E402
 from tests.read_ledger import detections, judge, read_log  # noqa: E402
@@ -84,48 +82,6 @@ BUILD_HINT = ("build it from github dsrhaslab/lazyfs with Debian's libfuse3-dev 
 def fail_unavailable(why: str) -> None:
     print(f"powercut: {why}", file=sys.stderr)
     raise SystemExit(EX_UNAVAILABLE)
-
-
-# --- inotify: the moment a file in the spool is created, written, renamed or deleted -------------------
-# watchdog's observer batches and delays events (it pairs moves); a cut aimed at a write needs the event
-# as the kernel gives it, so the three libc calls are used directly.
-IN_MODIFY, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x2, 0x80, 0x100, 0x200
-_EVENT = struct.Struct("iIII")
-
-
-class Inotify:
-    def __init__(self, watches: dict[Path, int]):
-        self._libc = ctypes.CDLL(None, use_errno=True)
-        self.fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if self.fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1")
-        self._dirs: dict[int, Path] = {}
-        for path, mask in watches.items():
-            wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
-            if wd < 0:
-                raise OSError(ctypes.get_errno(), f"inotify_add_watch {path}")
-            self._dirs[wd] = path
-
-    def wait(self, match: Callable[[Path, str, int], bool], timeout: float,
-             give_up: Callable[[], bool] = lambda: False) -> bool:
-        """Block until an event (folder, name, mask) matches; False after `timeout` or once `give_up()`."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not give_up():
-            ready, _, _ = select.select([self.fd], [], [], 0.1)
-            if not ready:
-                continue
-            buf = os.read(self.fd, 65536)
-            at = 0
-            while at < len(buf):
-                wd, mask, _cookie, n = _EVENT.unpack_from(buf, at)
-                name = buf[at + _EVENT.size:at + _EVENT.size + n].rstrip(b"\0").decode(errors="replace")
-                at += _EVENT.size + n
-                if wd in self._dirs and match(self._dirs[wd], name, mask):
-                    return True
-        return False
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 # --- LazyFS -----------------------------------------------------------------------------------------
@@ -269,6 +225,7 @@ def write_config(work: Path, spool_dir: Path, url: str, port: int) -> Path:
     cfg = work / "config.yaml"
     cfg.write_text(
         f"device_id: powercut\nsource:\n  kind: pipe\n  command: {camera}\n  stall_s: 5\n"
+        "  options: {probesize: '32768', analyzeduration: '200000'}\n"  # FFmpeg probes a raw pipe 5 s by default
         f"upload:\n  url: {url}\n  backoff_base_s: 0.2\n  backoff_cap_s: 2\n  read_timeout_s: 5\n"
         f"spool:\n  dir: {spool_dir}\n  min_free_bytes: 0\nnoreads:\n  dir: {work / 'noreads'}\n"
         f"clip:\n  pre_roll_s: 1.0\n  post_roll_s: 1.5\nhttp:\n  port: {port}\n", encoding="utf-8")
@@ -309,16 +266,6 @@ def power_cut(life: Life) -> None:
 
 # --- aiming a cut -------------------------------------------------------------------------------------
 
-def wait_log(life: Life, pattern: str, after: int, timeout: float) -> bool:
-    """A line containing `pattern` appears in the log past offset `after`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and life.proc.poll() is None:
-        if pattern in life.log_text()[after:]:
-            return True
-        time.sleep(0.003)
-    return False
-
-
 def aim(window: str, life: Life, spool: Path, server: FlakyServer, fs: LazyFs, rng: random.Random,
         timeout: float) -> bool:
     """Wait for `window` to open (True), or for `timeout` (False); the caller cuts either way."""
@@ -327,7 +274,7 @@ def aim(window: str, life: Life, spool: Path, server: FlakyServer, fs: LazyFs, r
         time.sleep(rng.uniform(0.2, 8.0))
         return True
     if window == "detect":
-        ok = wait_log(life, "detected cid=", len(life.log_text()), timeout)
+        ok = spool_watch.log_line(life.log, "detected cid=", timeout, gone)
         time.sleep(rng.uniform(0.0, 0.25))
         return ok
     if window in ("upload-mid-body", "upload-stored"):
@@ -342,29 +289,12 @@ def aim(window: str, life: Life, spool: Path, server: FlakyServer, fs: LazyFs, r
         while fs.alive and not gone() and time.monotonic() < deadline:
             time.sleep(0.002)
         return not fs.alive
-    watch = Inotify({spool / "tmp": IN_CREATE | IN_MODIFY, spool / "clips": IN_DELETE, spool: IN_MODIFY})
-    try:
-        if window == "clip-write":
-            writes = rng.randint(1, 4)  # the clip is written in several writes: cut after one of the first few
-
-            def clip_write(folder: Path, name: str, mask: int) -> bool:
-                nonlocal writes
-                if folder.name == "tmp" and name.endswith(".mp4.part") and mask & IN_MODIFY:
-                    writes -= 1
-                return writes <= 0
-            return watch.wait(clip_write, timeout, gone)
-        if window == "queue-insert":
-            # once no clip waits, the queue's next write is a new read's insert, not a delivered clip's delete
-            deadline = time.monotonic() + timeout
-            while any((spool / "clips").glob("*.json")) and time.monotonic() < deadline and not gone():
-                time.sleep(0.01)
-            return watch.wait(lambda folder, name, mask: folder == spool and name == "queue.sqlite3-wal",
-                              max(0.0, deadline - time.monotonic()), gone)
-        if window == "delete":
-            return watch.wait(lambda folder, name, mask: folder.name == "clips" and name.endswith(".json")
-                              and bool(mask & IN_DELETE), timeout, gone)
-    finally:
-        watch.close()
+    if window == "clip-write":
+        return spool_watch.clip_write(spool, rng, timeout, gone)
+    if window == "queue-insert":
+        return spool_watch.queue_insert(spool, timeout, gone)
+    if window == "delete":
+        return spool_watch.delete_after_delivery(spool, timeout, gone)
     raise ValueError(window)
 
 
