@@ -27,9 +27,11 @@ gone with it) just before the call, then the agent is killed:
   fs-fsync-wal    fsync of queue.sqlite3-wal (any commit)
   fs-unlink-clip  unlink of clips/<id>.mp4 (the delete after delivery)
 
-After the last cut the camera shows no more labels (a stop file), the agent drains, and the server's
-records are judged (tests/read_ledger.py): reads lost, ghost reads (one CID under two event ids),
-corrupt videos (sha256, size, PyAV decode). Prints a table and exits 1 on any loss, ghost or corrupt
+After the last cut the agent runs once more without a cut: it reads two labels, then the camera shows no
+more (a stop file), the agent drains and stops on SIGTERM. The server's records are then judged
+(tests/read_ledger.py): reads lost (split into those a cut took before their clip was queued, those lost
+although queued, and those of the run with no cut), ghost reads (one CID under two event ids), corrupt
+videos (sha256, size, PyAV decode). Prints a table and exits 1 on any loss, ghost or corrupt
 video, or an agent that did not come up; 69 when LazyFS or FUSE is not usable here.
 
 Building LazyFS on Debian: its CMake fetches toml11 and spdlog; Debian's libtoml11-dev and libspdlog-dev
@@ -52,7 +54,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,7 +63,7 @@ sys.path.insert(0, str(ROOT))
 from tests import spool_watch  # noqa: E402
 from tests.flaky_server import FlakyServer  # noqa: E402
 from tests.kill_windows import arm  # noqa: E402
-from tests.read_ledger import detections, judge, read_log  # noqa: E402
+from tests.read_ledger import detections, judge, queued, read_log  # noqa: E402
 
 EX_UNAVAILABLE = 69  # sysexits: LazyFS or FUSE not usable here
 HARNESS_WINDOWS = ("random", "detect", "clip-write", "queue-insert", "upload-mid-body", "upload-stored", "delete")
@@ -208,9 +209,13 @@ class Life:
     landed: bool = False  # the cut fell in its window (else it fell at the window's timeout)
     exited: int | None = None  # the agent ended by itself before the cut
     reads: dict[str, str] = field(default_factory=dict)
+    queued: set[str] = field(default_factory=set)
 
     def log_text(self) -> str:
         return read_log(self.log)
+
+    def gone(self) -> bool:
+        return self.proc.poll() is not None
 
 
 def free_port() -> int:
@@ -269,7 +274,7 @@ def power_cut(life: Life) -> None:
 def aim(window: str, life: Life, spool: Path, server: FlakyServer, fs: LazyFs, rng: random.Random,
         timeout: float) -> bool:
     """Wait for `window` to open (True), or for `timeout` (False); the caller cuts either way."""
-    gone = lambda: life.proc.poll() is not None  # noqa: E731
+    gone = life.gone
     if window == "random":
         time.sleep(rng.uniform(0.2, 8.0))
         return True
@@ -307,26 +312,13 @@ def schedule(cuts: int, windows: list[str], rng: random.Random) -> list[str]:
     return plan
 
 
-def queued(port: int) -> float | None:
-    """The agent's own count of what its spool holds (edge_agent_spool_clips), None while it cannot say."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("edge_agent_spool_clips "):
-            return float(line.split()[1])
-    return None
-
-
 def drain(life: Life, server: FlakyServer, port: int, timeout: float) -> None:
     """Wait until the agent's spool has been empty for 2 s with every read of this run delivered (what a cut
     lost never comes), or `timeout`."""
     deadline = time.monotonic() + timeout
     empty_since: float | None = None
     while time.monotonic() < deadline and life.proc.poll() is None:
-        done = queued(port) == 0 and set(detections(life.log_text())) <= set(server.delivered)
+        done = spool_watch.spool_clips(port) == 0 and set(detections(life.log_text())) <= set(server.delivered)
         empty_since = (empty_since or time.monotonic()) if done else None
         if empty_since is not None and time.monotonic() - empty_since >= 2.0:
             return
@@ -335,7 +327,8 @@ def drain(life: Life, server: FlakyServer, port: int, timeout: float) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--lazyfs", type=Path, default=os.environ.get("LAZYFS"), help="the lazyfs binary (env LAZYFS)")
+    ap.add_argument("--lazyfs", type=Path, default=os.environ.get("LAZYFS") or None,
+                    help="the lazyfs binary (env LAZYFS)")
     ap.add_argument("--cuts", type=int, default=55)
     ap.add_argument("--min-cuts", type=int, default=50, help="fewer landed cuts than this is a failed run")
     ap.add_argument("--seed", type=int, default=1)
@@ -368,14 +361,15 @@ def main() -> int:
         try:
             for n, window in enumerate([*plan, "drain"]):
                 fs.mount()
-                if window == "drain":
-                    (work / "no-more-labels").touch()
                 life = start_agent(n, window, cfg, work, notify)
                 lives.append(life)
                 if not wait_up(life, notify, args.up_timeout):
                     life.exited = life.proc.poll()
                     print(f"cut {n}: the agent did not come up (exit {life.exited}); see {life.log}", file=sys.stderr)
                 elif window == "drain":
+                    for _ in range(2):
+                        spool_watch.log_line(life.log, "detected cid=", args.window_timeout, life.gone)
+                    (work / "no-more-labels").touch()
                     drain(life, server, port, args.drain_timeout)
                     life.proc.send_signal(signal.SIGTERM)
                     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -386,11 +380,12 @@ def main() -> int:
                 if life.proc.poll() is None:
                     power_cut(life)
                 server.script = []
-                life.reads = detections(life.log_text())
+                life.reads, life.queued = detections(life.log_text()), queued(life.log_text())
                 if fs.alive:
                     fs.clear_cache()
                 fs.unmount()
-                print(f"cut {n:3d} {window:16s} {'landed' if life.landed else 'missed':6s} "
+                aimed = "landed" if life.landed else "-" if window == "drain" else "missed"
+                print(f"cut {n:3d} {window:16s} {aimed:6s} "
                       f"reads={len(life.reads)} up_s={life.up_s or 0:.1f}", file=sys.stderr, flush=True)
         finally:
             with contextlib.suppress(Exception):
@@ -408,7 +403,11 @@ def report(lives: list[Life], server: FlakyServer, fs: LazyFs, work: Path, args:
     detected = {e: c for x in lives for e, c in x.reads.items()}
     verdict = judge(detected, server.delivered, [s for s in server.seen if s.complete])
     not_up = [x.n for x in lives if x.up_s is None]
-    died = [(x.n, x.exited) for x in cut_lives if x.exited is not None]
+    # an agent whose disk vanished under it (LazyFS crashed) may end by itself: only other windows count
+    died = [(x.n, x.exited) for x in cut_lives if x.exited is not None and x.window not in FS_WINDOWS]
+    after_queued = set(verdict.lost_after_queued({e for x in lives for e in x.queued}))
+    uncut = set(lives[-1].reads) & set(verdict.lost) if lives and lives[-1].window == "drain" else set()
+    before_put = set(verdict.lost) - after_queued - uncut
     drain_rc = lives[-1].exited if lives and lives[-1].window == "drain" else None
     quarantined = sorted(p.name for p in (fs.root / "spool" / "quarantine").glob("*") if p.is_file())
     print(f"\npower cuts on LazyFS: seed {args.seed}, {took_s:.0f} s, work {work}")
@@ -428,6 +427,8 @@ def report(lives: list[Life], server: FlakyServer, fs: LazyFs, work: Path, args:
     print(f"agent up after {len(ups)} of {len(lives)} starts (p50 {statistics.median(ups) if ups else 0:.1f} s, "
           f"max {max(ups, default=0):.1f} s); ended by itself before a cut: {died or 'never'}; "
           f"drain run exit {drain_rc}; files left in quarantine/: {len(quarantined)}")
+    print(f"lost: {len(before_put)} cut between detection and the clip's put, {len(after_queued - uncut)} although "
+          f"queued, {len(uncut)} by the run with no cut")
     for e, c in sorted(verdict.lost.items(), key=lambda kv: kv[1]):
         print(f"  lost: cid {c} clip {e}")
     for g in verdict.ghosts:
@@ -436,7 +437,7 @@ def report(lives: list[Life], server: FlakyServer, fs: LazyFs, work: Path, args:
         print(f"  corrupt: clip {e}: {why}")
     for e, why in sorted(verdict.cid_only.items()):
         print(f"  cid-only: clip {e}: {why}")
-    failed = (not verdict.ok or not_up or drain_rc != 0 or landed < args.min_cuts)
+    failed = not verdict.ok or bool(not_up) or bool(died) or drain_rc != 0 or landed < args.min_cuts
     if landed < args.min_cuts:
         print(f"only {landed} cuts landed in their windows, {args.min_cuts} wanted")
     if not args.work:

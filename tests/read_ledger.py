@@ -29,11 +29,17 @@ from typing import Any
 import av
 
 DETECTED = re.compile(r"detected cid=(\S+) clip=([0-9A-Za-z-]+)")
+QUEUED = re.compile(r"queued cid=\S+ clip=([0-9A-Za-z-]+)")
 
 
 def detections(log_text: str) -> dict[str, str]:
     """event id -> CID for every read an agent's log says it made."""
     return {m.group(2): m.group(1) for m in DETECTED.finditer(log_text)}
+
+
+def queued(log_text: str) -> set[str]:
+    """Event ids whose clip the spool said it holds (`queued cid=... clip=...`, logged once the put returned)."""
+    return {m.group(1) for m in QUEUED.finditer(log_text)}
 
 
 def read_log(path: Path) -> str:
@@ -67,6 +73,10 @@ class Verdict:
     ghosts: list[str] = field(default_factory=list)
     corrupt: dict[str, str] = field(default_factory=dict)  # event id -> what is wrong
     wire_duplicates: int = 0
+
+    def lost_after_queued(self, queued_ids: set[str]) -> dict[str, str]:
+        """Reads lost although the spool had said it held them: never the price of a kill."""
+        return {e: c for e, c in self.lost.items() if e in queued_ids}
 
     @property
     def ok(self) -> bool:

@@ -7,6 +7,8 @@
 - delete: between a delivered clip's sidecar unlink and its video's;
 - detection: just after a `detected cid=` line.
 
+and what the agent says its spool holds, to know when it has drained.
+
 watchdog's observer batches and delays events (it pairs moves); a kill aimed at one write needs the event
 as the kernel gives it, so inotify's three libc calls are used directly.
 """
@@ -20,6 +22,7 @@ import random
 import select
 import struct
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -103,6 +106,18 @@ def delete_after_delivery(spool: Path, timeout: float, give_up: Callable[[], boo
     """Returns just after a delivered clip's sidecar is unlinked, before its video is."""
     with Inotify({spool / "clips": IN_DELETE}) as watch:
         return watch.wait(lambda _f, name, _m: name.endswith(".json"), timeout, give_up)
+
+
+def spool_clips(port: int) -> float | None:
+    """What the running agent says its spool holds (edge_agent_spool_clips on /metrics); None while it
+    cannot say."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    return next((float(line.split()[1]) for line in text.splitlines() if line.startswith("edge_agent_spool_clips ")),
+                None)
 
 
 def log_line(log: Path, text: str, timeout: float, give_up: Callable[[], bool]) -> bool:
