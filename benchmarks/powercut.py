@@ -63,7 +63,9 @@ sys.path.insert(0, str(ROOT))
 from tests import spool_watch  # noqa: E402
 from tests.flaky_server import FlakyServer  # noqa: E402
 from tests.kill_windows import arm  # noqa: E402
+from tests.label_camera import agent_config  # noqa: E402
 from tests.read_ledger import detections, judge, queued, read_log  # noqa: E402
+from tests.receiver_fixture import free_port  # noqa: E402
 
 EX_UNAVAILABLE = 69  # sysexits: LazyFS or FUSE not usable here
 HARNESS_WINDOWS = ("random", "detect", "clip-write", "queue-insert", "upload-mid-body", "upload-stored", "delete")
@@ -218,25 +220,6 @@ class Life:
         return self.proc.poll() is not None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def write_config(work: Path, spool_dir: Path, url: str, port: int) -> Path:
-    camera = (f"{sys.executable} {ROOT / 'tests' / 'label_camera.py'} --counter {work / 'labels.counter'} "
-              f"--stop-file {work / 'no-more-labels'}")
-    cfg = work / "config.yaml"
-    cfg.write_text(
-        f"device_id: powercut\nsource:\n  kind: pipe\n  command: {camera}\n  stall_s: 5\n"
-        "  options: {probesize: '32768', analyzeduration: '200000'}\n"  # FFmpeg probes a raw pipe 5 s by default
-        f"upload:\n  url: {url}\n  backoff_base_s: 0.2\n  backoff_cap_s: 2\n  read_timeout_s: 5\n"
-        f"spool:\n  dir: {spool_dir}\n  min_free_bytes: 0\nnoreads:\n  dir: {work / 'noreads'}\n"
-        f"clip:\n  pre_roll_s: 1.0\n  post_roll_s: 1.5\nhttp:\n  port: {port}\n", encoding="utf-8")
-    return cfg
-
-
 def start_agent(n: int, window: str, cfg: Path, work: Path, notify: Notify) -> Life:
     log = work / f"agent-{n:03d}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "NOTIFY_SOCKET": str(notify.path)}
@@ -356,7 +339,9 @@ def main() -> int:
     started = time.monotonic()
     with FlakyServer(stall_s=2.0) as server:
         port = free_port()
-        cfg = write_config(work, spool, server.url, port)
+        # LazyFS's statfs says 0 bytes free: the spool's min_free_bytes is 0 (agent_config's)
+        cfg = agent_config(work, spool, server.url, port, device_id="powercut", pre_roll_s=1.0, post_roll_s=1.5,
+                           backoff_s=0.2)
         notify = Notify(work / "notify.sock")
         try:
             for n, window in enumerate([*plan, "drain"]):

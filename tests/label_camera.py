@@ -49,6 +49,23 @@ def take_number(counter: Path) -> int:
     return n
 
 
+def agent_config(folder: Path, spool: Path, url: str, http_port: int, *, device_id: str, pre_roll_s: float,
+                 post_roll_s: float, backoff_s: float, camera_args: str = "") -> Path:
+    """An agent's config.yaml in `folder` reading this camera through a pipe (its counter and stop file beside
+    the config, outside `spool`), delivering to `url`, with its metrics on `http_port`."""
+    camera = (f"{sys.executable} {Path(__file__).resolve()} --counter {folder / 'labels.counter'} "
+              f"--stop-file {folder / 'no-more-labels'} {camera_args}")
+    cfg = folder / "config.yaml"
+    cfg.write_text(
+        f"device_id: {device_id}\nsource:\n  kind: pipe\n  command: {camera.strip()}\n  stall_s: 5\n"
+        "  options: {probesize: '32768', analyzeduration: '200000'}\n"  # FFmpeg probes a raw pipe 5 s by default
+        f"upload:\n  url: {url}\n  backoff_base_s: {backoff_s}\n  backoff_cap_s: {backoff_s * 10}\n"
+        f"  read_timeout_s: 5\nspool:\n  dir: {spool}\n  min_free_bytes: 0\nnoreads:\n  dir: {folder / 'noreads'}\n"
+        f"clip:\n  pre_roll_s: {pre_roll_s}\n  post_roll_s: {post_roll_s}\nhttp:\n  port: {http_port}\n",
+        encoding="utf-8")
+    return cfg
+
+
 def label_cid(prefix: str, n: int) -> str:
     return f"{prefix}-{n:06d}"
 

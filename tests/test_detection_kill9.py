@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,10 +20,10 @@ import pytest
 from tests import agent_process, spool_watch
 from tests.flaky_server import FlakyServer
 from tests.kill_windows import arm
+from tests.label_camera import agent_config
 from tests.read_ledger import detections, judge, queued, read_log
 from tests.receiver_fixture import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 WINDOWS = ("detect", "clip-write", "upload-mid-body", "delete", "random")
 KILLS = 10
 
@@ -82,9 +81,6 @@ def test_kill9_of_a_running_daemon_loses_no_detected_read(tmp_path: Path) -> Non
     rng = random.Random(int(os.environ.get("KILL_SEED", "7")))
     spool = tmp_path / "spool"
     port = free_port()
-    camera = (f"{sys.executable} {ROOT / 'tests' / 'label_camera.py'} --counter "
-              f"{tmp_path / 'labels.counter'} --stop-file {tmp_path / 'no-more-labels'} --every-s 0.8 "
-              "--in-view-s 0.5 --first-s 0.2")
     plan = [WINDOWS[i % len(WINDOWS)] for i in range(KILLS)]
     rng.shuffle(plan)
     reads: dict[str, str] = {}
@@ -92,13 +88,8 @@ def test_kill9_of_a_running_daemon_loses_no_detected_read(tmp_path: Path) -> Non
     landed: list[str] = []
     not_up: list[int] = []
     with FlakyServer(stall_s=1.0) as server:
-        cfg = tmp_path / "config.yaml"
-        cfg.write_text(
-            f"device_id: kill9\nsource:\n  kind: pipe\n  command: {camera}\n  stall_s: 5\n"
-            "  options: {probesize: '32768', analyzeduration: '200000'}\n"  # FFmpeg probes a raw pipe 5 s by default
-            f"upload:\n  url: {server.url}\n  backoff_base_s: 0.1\n  backoff_cap_s: 1\n  read_timeout_s: 3\n"
-            f"spool:\n  dir: {spool}\n  min_free_bytes: 0\nnoreads:\n  dir: {tmp_path / 'noreads'}\n"
-            f"clip:\n  pre_roll_s: 0.5\n  post_roll_s: 0.8\nhttp:\n  port: {port}\n", encoding="utf-8")
+        cfg = agent_config(tmp_path, spool, server.url, port, device_id="kill9", pre_roll_s=0.5, post_roll_s=0.8,
+                           backoff_s=0.1, camera_args="--every-s 0.8 --in-view-s 0.5 --first-s 0.2")
         for n, window in enumerate(plan):
             proc, log = start(tmp_path, n, cfg)
             if not came_up(proc, log):
