@@ -70,6 +70,7 @@ def first(steps: list[tuple[str, ...]], step: tuple[str, ...], after: int = -1) 
     raise AssertionError(f"{step} never happens after step {after}: {steps}")
 
 
+@pytest.mark.slow  # a fresh interpreter under strace: about 2 s
 def test_a_put_syncs_each_file_before_its_rename_the_folder_after_and_the_row_last(tmp_path: Path) -> None:
     event_id, steps = trace_put(tmp_path)
     spool = (tmp_path / "spool").resolve()
