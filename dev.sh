@@ -19,7 +19,8 @@ SYSTEM_PACKAGES=(python3-venv python3-pip libzbar0)
 # prometheus: its promtool checks /metrics and monitoring/alerts.yml in the tests
 # ffmpeg: the tests check with ffprobe that clips show what their metadata says (the agent uses PyAV only)
 # chromium, chromium-driver: the live view is tested in a real browser (Selenium, headless)
-TEST_PACKAGES=(postgresql prometheus ffmpeg chromium chromium-driver)
+# strace: the spool's fsync and rename order is read from a real put's system calls
+TEST_PACKAGES=(postgresql prometheus ffmpeg chromium chromium-driver strace)
 
 bootstrap() {
     local missing=()

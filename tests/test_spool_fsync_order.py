@@ -1,0 +1,89 @@
+"""A put's durability, as the kernel sees it: the fsyncs and renames of a real `Spool.put` in a real process,
+traced by strace. A power cut keeps only what was fsynced (benchmarks/powercut.py cuts the power under a
+running agent with LazyFS, which CI cannot mount); this pins the order that makes every state a cut can
+leave recoverable (docs/architecture.md section 7), so an fsync removed or moved fails here:
+
+1. the clip's bytes are fsynced before the clip is renamed into clips/;
+2. the sidecar's bytes are fsynced before its rename into clips/, which comes first (the commit point);
+3. clips/ itself is fsynced after both renames (a rename is durable only once its directory is);
+4. the queue row's commit then reaches the disk before the put returns: the WAL is synced after that
+   directory fsync (SQLite's synchronous=FULL; NORMAL would sync it only at a checkpoint).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+STRACE = shutil.which("strace")
+SYSCALLS = "fsync,fdatasync,rename,renameat,renameat2"
+# one put in a fresh process: the spool is opened (and its queue made) first, then one clip queued; the
+# fsync of a marker file says in the trace where the put returned (what the spool closes syncs after it)
+PUT = """
+import os, sys
+from pathlib import Path
+from edge_agent.delivery.spool import Spool
+from tests.spool_helpers import add_clip, spool_config
+spool = Spool(spool_config(Path(sys.argv[1])))
+event_id = add_clip(spool, size=200_000)[0]
+fd = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT)
+os.fsync(fd)
+print(event_id)
+spool.close()
+"""
+_SYNC = re.compile(r"^\d+\s+(fsync|fdatasync)\(\d+<([^>]*)>\)\s+=\s+0")
+_RENAME = re.compile(r"^\d+\s+rename(?:at2?)?\(.*\)\s+=\s+0")
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+def trace_put(tmp_path: Path) -> tuple[str, list[tuple[str, ...]]]:
+    """(event id, the put's syncs and renames in order: ("sync", path) or ("rename", from, to))."""
+    if STRACE is None:
+        pytest.fail("strace is missing: ./dev.sh installs it (apt-get install strace)")
+    spool = tmp_path / "spool"
+    out = tmp_path / "strace.txt"
+    res = subprocess.run([STRACE, "-f", "-y", "-qq", "-e", f"trace={SYSCALLS}", "-o", str(out), sys.executable,
+                          "-c", PUT, str(spool), str(tmp_path / "put-returned")],
+                         capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert res.returncode == 0, res.stderr[-2000:]
+    event_id = res.stdout.strip().splitlines()[-1]
+    steps: list[tuple[str, ...]] = []
+    for line in out.read_text().splitlines():
+        if m := _SYNC.match(line):
+            steps.append(("sync", m.group(2)))
+        elif _RENAME.match(line):
+            paths = _QUOTED.findall(line)
+            steps.append(("rename", paths[-2], paths[-1]))
+    return event_id, steps
+
+
+def first(steps: list[tuple[str, ...]], step: tuple[str, ...], after: int = -1) -> int:
+    """Where `step` first happens after position `after`; fails the test if never."""
+    for i, s in enumerate(steps):
+        if i > after and s == step:
+            return i
+    raise AssertionError(f"{step} never happens after step {after}: {steps}")
+
+
+@pytest.mark.slow  # a fresh interpreter under strace: about 2 s
+def test_a_put_syncs_each_file_before_its_rename_the_folder_after_and_the_row_last(tmp_path: Path) -> None:
+    event_id, steps = trace_put(tmp_path)
+    spool = (tmp_path / "spool").resolve()
+    tmp, clips = spool / "tmp", spool / "clips"
+    mp4_part, json_part = str(tmp / f"{event_id}.mp4.part"), str(tmp / f"{event_id}.json.part")
+    mp4, side = str(clips / f"{event_id}.mp4"), str(clips / f"{event_id}.json")
+
+    clip_renamed = first(steps, ("rename", mp4_part, mp4))
+    side_renamed = first(steps, ("rename", json_part, side))
+    assert first(steps, ("sync", mp4_part)) < clip_renamed, "the clip is renamed before its bytes are on disk"
+    assert first(steps, ("sync", json_part)) < side_renamed, "the sidecar is renamed before its bytes are on disk"
+    assert side_renamed < clip_renamed, "the sidecar's rename is the commit point: it goes first"
+    folder_synced = first(steps, ("sync", str(clips)), after=clip_renamed)
+    row_synced = first(steps, ("sync", str(spool / "queue.sqlite3-wal")), after=folder_synced)
+    assert row_synced < first(steps, ("sync", str(tmp_path.resolve() / "put-returned"))), \
+        "put returned before the queue row's commit was on disk"
