@@ -74,9 +74,6 @@ def aim(window: str, proc: agent_process.AgentProcess, log: Path, spool: Path, s
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=LostReads, reason=(
-    "a read is not durable when it is detected: the spool first hears of it when its clip is made, so a kill "
-    "between the `detected` line and the clip's put loses it (issue 29, 'a read is durable when it is made')"))
 def test_kill9_of_a_running_daemon_loses_no_detected_read(tmp_path: Path) -> None:
     rng = random.Random(int(os.environ.get("KILL_SEED", "7")))
     spool = tmp_path / "spool"

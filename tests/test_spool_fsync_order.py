@@ -22,17 +22,22 @@ import pytest
 
 STRACE = shutil.which("strace")
 SYSCALLS = "fsync,fdatasync,rename,renameat,renameat2"
-# one put in a fresh process: the spool is opened (and its queue made) first, then one clip queued; the
-# fsync of a marker file says in the trace where the put returned (what the spool closes syncs after it)
+# one read in a fresh process: the spool is opened (and its queue made) first, then the read committed at
+# detection, then its clip put; the fsync of a marker file after each says in the trace where each returned
 PUT = """
-import os, sys
+import os, sys, uuid
 from pathlib import Path
 from edge_agent.delivery.spool import Spool
 from tests.spool_helpers import add_clip, spool_config
+def mark(name):
+    os.fsync(os.open(os.path.join(sys.argv[2], name), os.O_WRONLY | os.O_CREAT))
 spool = Spool(spool_config(Path(sys.argv[1])))
-event_id = add_clip(spool, size=200_000)[0]
-fd = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT)
-os.fsync(fd)
+mark("opened")
+event_id = str(uuid.uuid4())
+assert spool.detected(event_id, "CID-TRACE", {"event_id": event_id, "cid": "CID-TRACE", "clip": {}})
+mark("detected-returned")
+add_clip(spool, size=200_000, event_id=event_id)
+mark("put-returned")
 print(event_id)
 spool.close()
 """
@@ -48,7 +53,7 @@ def trace_put(tmp_path: Path) -> tuple[str, list[tuple[str, ...]]]:
     spool = tmp_path / "spool"
     out = tmp_path / "strace.txt"
     res = subprocess.run([STRACE, "-f", "-y", "-qq", "-e", f"trace={SYSCALLS}", "-o", str(out), sys.executable,
-                          "-c", PUT, str(spool), str(tmp_path / "put-returned")],
+                          "-c", PUT, str(spool), str(tmp_path)],
                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
     assert res.returncode == 0, res.stderr[-2000:]
     event_id = res.stdout.strip().splitlines()[-1]
@@ -87,3 +92,14 @@ def test_a_put_syncs_each_file_before_its_rename_the_folder_after_and_the_row_la
     row_synced = first(steps, ("sync", str(spool / "queue.sqlite3-wal")), after=folder_synced)
     assert row_synced < first(steps, ("sync", str(tmp_path.resolve() / "put-returned"))), \
         "put returned before the queue row's commit was on disk"
+
+
+@pytest.mark.slow
+def test_a_read_is_on_disk_before_detected_returns(tmp_path: Path) -> None:
+    """The detect stage logs a read only after `detected` returns: the row's commit must be on disk by then."""
+    _, steps = trace_put(tmp_path)
+    spool = (tmp_path / "spool").resolve()
+    opened = first(steps, ("sync", str(tmp_path.resolve() / "opened")))
+    returned = first(steps, ("sync", str(tmp_path.resolve() / "detected-returned")))
+    assert opened < first(steps, ("sync", str(spool / "queue.sqlite3-wal")), after=opened) < returned, \
+        "detected returned before the read's row was on disk"

@@ -78,6 +78,14 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def write_note(path: Path, text: str) -> None:
+    """A small text file (a quarantine reason) with its bytes on disk; the caller fsyncs its folder."""
+    with path.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:

@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.delivery.clip_files import ClipFiles
-from edge_agent.delivery.spool_files import read_sidecar, safe_id, salvage_sidecar, sidecar_created_at, write_sidecar
+from edge_agent.delivery.spool_files import (
+    fsync_path,
+    read_sidecar,
+    safe_id,
+    salvage_sidecar,
+    sidecar_created_at,
+    write_note,
+    write_sidecar,
+)
 from edge_agent.metrics import Metrics
 
 log = logging.getLogger("edge_agent.delivery.spool")
@@ -92,8 +100,10 @@ class Quarantine:
             except OSError as exc:
                 log.error("spool: cannot quarantine %s error=%s", src.name, exc.strerror or exc)
         if moved:
-            with contextlib.suppress(OSError):
-                (self.dir / f"{event_id}.reason").write_text(reason + "\n", encoding="utf-8")
+            with contextlib.suppress(OSError):  # a power cut must not leave the clip set aside without its reason
+                write_note(self.dir / f"{event_id}.reason", reason + "\n")
+                fsync_path(self.dir)
+                self._files.sync()
             self._metrics.inc("edge_agent_spool_quarantined_total")
             log.error("spool: quarantined cid=%s clip=%s reason=%s%s", cid or "?", event_id, reason,
                       f" -> {hint}" if hint else "")
@@ -107,7 +117,8 @@ class Quarantine:
             return
         try:
             os.replace(mp4, self.dir / f"{event_id}.video-lost.mp4")
-            (self.dir / f"{event_id}.video-lost.reason").write_text(reason + "\n", "utf-8")
+            write_note(self.dir / f"{event_id}.video-lost.reason", reason + "\n")
+            fsync_path(self.dir)
         except OSError:
             self._files.delete_video(event_id)
 
