@@ -13,16 +13,22 @@ transaction, one fsync of the log; SQLite also fsyncs the folder when it creates
 
 The detect, clip and uploader threads and the commands share one connection, each statement under
 the store's lock: no method hands out the connection, so nothing reads or writes the queue around it.
+SQLite's automatic checkpoint is off: it would run inside whichever commit grew the log past its limit,
+the detect thread's too, copying the log into the database and fsyncing both. `checkpoint` runs it on a
+connection of its own, from the clip and uploader threads, without the store's lock: in WAL mode a
+checkpoint does not stop a commit, so a read's commit waits for one fsync of the log and nothing else.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from edge_agent.delivery.contract import SCHEMA_VERSION
@@ -34,6 +40,10 @@ DELIVERED = "delivered"  # the server has it; its files are being deleted
 # Drop tables: reads given up, and videos let go while their reads stay queued.
 READS = "drops"
 VIDEOS = "video_drops"
+
+# The log is copied into the queue file past this size: about 250 reads of ~14 kB (a read's commit writes
+# ~3 pages of 4 kB), a few seconds of checkpoint work on an SD card, done off the detect thread.
+CHECKPOINT_LOG_BYTES = 4 << 20
 
 _ROW = ("event_id, cid, state, has_video, sha256, size_bytes, created_at, attempts, last_error, metadata, boot_id,"
         " created_mono, clock_synced")
@@ -79,10 +89,14 @@ class QueueStore:
     """The queue's rows. Thread-safe; `memory` tells a queue kept in memory because its file could not be
     opened (a full disk, an I/O error), which lasts until the next start."""
 
-    def __init__(self, db: sqlite3.Connection | None, *, memory: bool = False):
+    def __init__(self, db: sqlite3.Connection | None, *, memory: bool = False, path: Path | None = None):
+        """`path`: the queue file, for checkpoints (None: a queue in memory or read-only, none to run)."""
         self._db = db
         self.memory = memory
         self._lock = threading.RLock()
+        self._path = path
+        self._checkpointer: sqlite3.Connection | None = None
+        self._checkpoint_lock = threading.Lock()
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -96,11 +110,37 @@ class QueueStore:
             return self._db is not None
 
     def close(self) -> None:
+        with self._checkpoint_lock:
+            if self._checkpointer is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._checkpointer.close()
+                self._checkpointer = None
         with self._lock:
             if self._db is not None:
                 with contextlib.suppress(sqlite3.Error):
-                    self._db.close()
+                    self._db.close()  # the last connection checkpoints the log into the file and removes it
                 self._db = None
+
+    def checkpoint(self, min_log_bytes: int = CHECKPOINT_LOG_BYTES) -> None:
+        """Copy the write-ahead log into the queue file once it has grown past `min_log_bytes`, on a
+        connection of its own (PASSIVE: commits go on meanwhile). Called from threads that may wait: the
+        clip stage after a put, the uploader between deliveries."""
+        if self._path is None:
+            return
+        try:
+            if os.stat(f"{self._path}-wal").st_size < min_log_bytes:
+                return
+        except OSError:
+            return
+        with self._checkpoint_lock:
+            try:
+                if self._checkpointer is None:
+                    self._checkpointer = sqlite3.connect(str(self._path), check_same_thread=False,
+                                                         isolation_level=None, timeout=30)
+                    self._checkpointer.execute("PRAGMA synchronous=FULL")
+                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.Error:
+                pass  # the next one tries again; the log stays whole meanwhile
 
     def _run(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         if self._db is None:

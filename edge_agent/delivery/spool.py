@@ -228,7 +228,7 @@ class Spool:
             log.error("spool: read not committed cid=%s clip=%s error=%s (it is queued when its clip is made)",
                       cid, event_id, exc)
             return False
-        self.update_gauges()
+        self._count_gauges()
         return True
 
     def put(self, event_id: str, cid: str, metadata: dict[str, Any], video_part: Path | None) -> Stored:
@@ -296,6 +296,7 @@ class Spool:
             self._count_drop("write_error", cid, event_id, str(exc))
             return Stored(False)
         self.update_gauges()
+        self.store.checkpoint()
         log.info("queued cid=%s clip=%s bytes=%d%s", cid, event_id, size if video_part is not None else 0,
                  "" if video_error is None else " without video")
         return Stored(True, video_error)
@@ -426,7 +427,8 @@ class Spool:
                 self._expire()
                 self.update_gauges()
             entry = self.head()
-            return entry if entry is not None and entry.retry_at <= now_mono else None
+        self.store.checkpoint()
+        return entry if entry is not None and entry.retry_at <= now_mono else None
 
     def entries(self) -> list[Entry]:
         """Every waiting read, oldest first, those still waiting for their clip included (`spool list`)."""
@@ -589,11 +591,14 @@ class Spool:
         """The spool's gauges, from the queue and the disk as they are now (the owner, after each change and
         from the uploader's loop)."""
         self._keep_reserve()
+        self._count_gauges()
+        self.metrics.set("edge_agent_spool_disk_free_bytes", int(min(self._free_bytes(), 2**62)))
+
+    def _count_gauges(self) -> None:
         n, pending, b = self.store.totals()
         self.metrics.set("edge_agent_spool_clips", n)
         self.metrics.set("edge_agent_spool_reads_pending", pending)
         self.metrics.set("edge_agent_spool_bytes", b)
-        self.metrics.set("edge_agent_spool_disk_free_bytes", int(min(self._free_bytes(), 2**62)))
 
     def update_config(self, cfg: SpoolConfig) -> None:
         """Live reload of the bounds (they apply at the next put); the folder itself is restart-only."""

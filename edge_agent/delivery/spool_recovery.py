@@ -63,6 +63,9 @@ def connect(path: Path) -> sqlite3.Connection:
             raise SpoolTooNew(path.parent, version_of(db))
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
+        # checkpoints are the queue store's to run, off the commit that made the log long: a read's commit on
+        # the detect thread never waits for one (QueueStore.checkpoint)
+        db.execute("PRAGMA wal_autocheckpoint=0")
         prepare(db, None if str(path) == ":memory:" else path.parent)
     except (sqlite3.DatabaseError, SpoolTooNew):
         db.close()
@@ -83,7 +86,7 @@ def open_queue(root: Path, clips: Path, quarantine_dir: Path, metrics: Metrics) 
         except sqlite3.Error:
             db.close()
             raise
-        return QueueStore(db), False
+        return QueueStore(db, path=path), False
     except sqlite3.Error as exc:
         if not is_corrupt(exc):
             # a full disk or an I/O error: the queue file is healthy and stays where it is; the
@@ -106,7 +109,7 @@ def open_queue(root: Path, clips: Path, quarantine_dir: Path, metrics: Metrics) 
                   exc)
         metrics.inc("edge_agent_spool_recovered_total", reason="queue_rebuilt")
         try:
-            return QueueStore(connect(path)), False
+            return QueueStore(connect(path), path=path), False
         except sqlite3.Error as again:
             log.error("spool queue file cannot be created error=%s: keeping the queue in memory until the "
                       "next start (clips and their sidecars stay on disk)", again)
