@@ -29,6 +29,21 @@ CID_PATH = "/cid"
 INGEST_LDO_PATH = "/ingest/ldo"
 INGEST_LIST_PATH = "/ingest/list"
 
+# The receipt: a 2xx reply's JSON may echo the sha256 of the video as the server stored it (null when it
+# stored none). The agent then deletes its copy only when that is the sha256 it sent; a 2xx without the
+# field is taken at its word (servers that do not send it).
+RECEIPT_SHA256 = "sha256"
+
+# Why a request was refused, for a sender to act on: the `reason` of a 4xx reply's JSON (beside `detail`,
+# the words for people). A refusal without a reason is judged by its status alone.
+FIELD_REASON = "reason"
+# 400: the body ended before the multipart closing boundary (a transfer cut short): send it again.
+REASON_INCOMPLETE_BODY = "incomplete_body"
+# 422: the video's size or sha256 is not what metadata.clip says: the sender's file may be damaged.
+REASON_VIDEO_MISMATCH = "video_mismatch"
+# 408: the body came too slowly and the connection was closed: send it again.
+REASON_BODY_TOO_SLOW = "body_too_slow"
+
 
 def user_agent(version: str) -> str:
     return f"edge-agent/{version}"
