@@ -210,11 +210,11 @@ def _strace_events(log: Path) -> list[tuple[str, str]]:
     return done
 
 
-def _first(events: list[tuple[str, str]], after: int, pred: Any) -> int:
+def _first(events: list[tuple[str, str]], after: int, pred: Any, what: str) -> int:
     for i in range(after, len(events)):
         if pred(*events[i]):
             return i
-    raise AssertionError("not found")
+    raise AssertionError(f"no {what} after call {after}: {events[after:after + 40]}")
 
 
 @pytest.mark.slow
@@ -263,19 +263,22 @@ def test_a_201_leaves_only_once_the_video_and_its_row_are_on_disk(tmp_path: Path
         return name in ("sendto", "write") and '"HTTP/1.1 201 ' in text
 
     # POST /cid: the part file fsynced, renamed into videos/, videos/ fsynced, the row's commit synced: then 201
-    fsync_part = _first(ev, 0, lambda n, t: n in ("fsync", "fdatasync") and "/incoming/" in t and ".part>" in t)
-    renamed = _first(ev, fsync_part, lambda n, t: n.startswith("rename") and "/incoming/" in t and videos in t)
-    dir_synced = _first(ev, renamed, synced(videos))
-    committed = _first(ev, dir_synced, synced(index))
-    reply = _first(ev, 0, replied)
+    fsync_part = _first(ev, 0, lambda n, t: n in ("fsync", "fdatasync") and "/incoming/" in t and ".part>" in t,
+                        "fsync of the received part file")
+    renamed = _first(ev, fsync_part, lambda n, t: n.startswith("rename") and "/incoming/" in t and videos in t,
+                     "rename into videos/")
+    dir_synced = _first(ev, renamed, synced(videos), "fsync of videos/")
+    committed = _first(ev, dir_synced, synced(index), "sync of the receiver's WAL")
+    reply = _first(ev, 0, replied, "201 reply")
     assert fsync_part < renamed < dir_synced < committed < reply, ev[fsync_part:reply + 1]
     # POST /ingest/ldo: the video object fsynced, renamed, its folder fsynced; the index commit synced: then 201
-    second = _first(ev, reply + 1, replied)
-    obj_renamed = _first(ev, reply, lambda n, t: n.startswith("rename") and ldos in t and t.count(".mp4") >= 2)
+    second = _first(ev, reply + 1, replied, "second 201 reply")
+    obj_renamed = _first(ev, reply, lambda n, t: n.startswith("rename") and ldos in t and t.count(".mp4") >= 2,
+                         "rename of the video object")
     obj_folder = re.search(r'"(' + re.escape(ldos) + r'[^"]*)/[^/"]+\.mp4"\)', ev[obj_renamed][1])
     assert obj_folder is not None, ev[obj_renamed]
-    folder_synced = _first(ev, obj_renamed, synced(obj_folder.group(1)))
-    index_synced = _first(ev, folder_synced, synced(f"{data}/ldo-index.sqlite3-wal"))
+    folder_synced = _first(ev, obj_renamed, synced(obj_folder.group(1)), "fsync of the object's folder")
+    index_synced = _first(ev, folder_synced, synced(f"{data}/ldo-index.sqlite3-wal"), "sync of the index's WAL")
     assert obj_renamed < folder_synced < index_synced < second, ev[reply:second + 1]
 
 

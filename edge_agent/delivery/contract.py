@@ -3,6 +3,12 @@
 This is the one module that both the agent (sender) and the reference receiver
 import, so that field names, header names and the metadata shape cannot drift
 apart. Integrators building their own server can read it as the specification.
+
+The agent deletes its copy of a clip on a 2xx (or a 409), so a server answers 2xx only when:
+the body arrived whole (the multipart closing boundary seen); the video's size and sha256 are
+metadata.clip.size_bytes and .sha256; the video and its record are durable (fsynced, or the
+database's or object store's commit returned). It should echo the stored video's sha256 as
+RECEIPT_SHA256, and dedupe by Idempotency-Key (a key it has stored: the first reply again, or 409).
 """
 
 from __future__ import annotations
