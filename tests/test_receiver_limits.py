@@ -158,6 +158,17 @@ def test_trickled_bodies_get_408_and_are_closed_while_a_normal_upload_is_stored(
 
 
 @pytest.mark.slow
+def test_a_reply_sent_before_its_body_has_arrived_closes_the_connection(tmp_path: Path) -> None:
+    r = ReceiverProcess(tmp_path / "receiver")
+    r.extra_args = ["--body-timeout", "60"]  # so the body's own deadline cannot be what closes it
+    with r:
+        for path in ("/healthz", "/nowhere"):  # answered (405, 404) without reading the body being trickled
+            t = trickle(r.port, 10_000_000, 0.2, 20, path=path)
+            assert t.status in (404, 405) and t.closed_after_s is not None and t.closed_after_s < 5, (path, t)
+        assert requests.get(f"{r.url}/healthz", timeout=5).ok
+
+
+@pytest.mark.slow
 def test_oversized_idempotency_keys_are_refused(quick: ReceiverProcess) -> None:
     long_key = "k" * 16_000
     r = requests.post(quick.cid_url, data={"cid": "CID-1", "metadata": "{}"},

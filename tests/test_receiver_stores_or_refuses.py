@@ -5,6 +5,7 @@ keeps its clip until the receiver has all of it."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -18,6 +19,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,7 @@ def part(name: str, value: bytes, filename: str | None = None) -> bytes:
 
 
 def clip_request(key: str, video: bytes, cid: str | None = "CID-CUT") -> tuple[dict[str, Any], bytes]:
-    """The agent's request for a clip (metadata with the video's size and sha256), whole."""
+    """The agent's request for a clip of `video` under `key` (metadata with its size and sha256), whole."""
     meta = {"event_id": key, "cid": cid, "device_id": "cam-1",
             "clip": {"size_bytes": len(video), "sha256": hashlib.sha256(video).hexdigest()}}
     body = (part("cid", cid.encode()) if cid else b"") + part("metadata", json.dumps(meta).encode())
@@ -89,8 +91,7 @@ def cut(body: bytes, where: str) -> bytes:
 @pytest.mark.parametrize("path", ["/cid", "/ingest/ldo"])
 def test_a_body_cut_off_before_its_closing_boundary_is_400_and_stores_nothing(
         receiver: ReceiverProcess, path: str) -> None:
-    key = str(uuid.uuid4())
-    video = os.urandom(40_000)
+    key, video = str(uuid.uuid4()), os.urandom(40_000)
     meta, whole = clip_request(key, video, cid="CID-CUT" if path == "/cid" else None)
     for where in ("inside_video", "before_video", "no_closing_boundary"):
         status, reply = raw_post(receiver.port, path, cut(whole, where), key)
@@ -114,8 +115,7 @@ def test_a_body_cut_off_before_its_closing_boundary_is_400_and_stores_nothing(
 @pytest.mark.parametrize("path", ["/cid", "/ingest/ldo"])
 def test_a_video_that_is_not_the_one_its_metadata_describes_is_422_and_stores_nothing(
         receiver: ReceiverProcess, path: str) -> None:
-    key = str(uuid.uuid4())
-    video = os.urandom(40_000)
+    key, video = str(uuid.uuid4()), os.urandom(40_000)
     meta, _ = clip_request(key, video)
     fields = {"metadata": json.dumps(meta)} | ({"cid": "CID-CUT"} if path == "/cid" else {})
     cases = {"other bytes": video[:-1] + bytes([video[-1] ^ 1]), "fewer bytes": video[:-1], "no video": None}
@@ -285,49 +285,40 @@ def test_a_201_leaves_only_once_the_video_and_its_row_are_on_disk(tmp_path: Path
 # --- the agent through a link that cuts its body short ----------------------------------------------
 
 
-class CuttingProxy:
-    """Forwards POSTs to the receiver; the first has its video cut to 100 bytes and its closing boundary
+@contextlib.contextmanager
+def cutting_proxy(target_port: int) -> Iterator[str]:
+    """A proxy to the receiver whose first POST has its video cut to 100 bytes and its closing boundary
     dropped, Content-Length made to match (a proxy that lost the end of the body): the request the
-    receiver once acknowledged with 201 and size_bytes 0."""
+    receiver once acknowledged with 201 and size_bytes 0. Yields the /cid URL to post to."""
+    cuts = [1]
 
-    def __init__(self, target_port: int):
-        self.cuts = 1
-        outer = self
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        def log_message(self, *_a: Any) -> None:
+            pass
 
-            def log_message(self, *_a: Any) -> None:
-                pass
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if cuts[0]:
+                cuts[0] -= 1
+                body = body[:body.index(b"\r\n\r\n", body.index(b'name="video"')) + 4 + 100]
+            headers = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items()
+                              if k.lower() not in ("content-length", "connection"))
+            with socket.create_connection(("127.0.0.1", target_port), timeout=30) as upstream:
+                upstream.sendall(f"POST {self.path} HTTP/1.1\r\n{headers}Content-Length: {len(body)}\r\n"
+                                 "Connection: close\r\n\r\n".encode() + body)
+                while chunk := upstream.recv(65536):  # the receiver's reply, as it sent it, to its end
+                    self.wfile.write(chunk)
+            self.close_connection = True
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if outer.cuts:
-                    outer.cuts -= 1
-                    body = body[:body.index(b"\r\n\r\n", body.index(b'name="video"')) + 4 + 100]
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("content-length", "host")}
-                conn = http.client.HTTPConnection("127.0.0.1", target_port, timeout=30)
-                conn.request("POST", self.path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                self.send_response(resp.status)
-                self.send_header("Content-Type", resp.headers.get("Content-Type", "application/json"))
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                conn.close()
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/cid"
-
-    def __enter__(self) -> CuttingProxy:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/cid"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 @pytest.mark.slow
@@ -336,8 +327,8 @@ def test_a_clip_cut_short_on_the_way_stays_on_the_device_until_the_receiver_has_
     spool = Spool(spool_config(tmp_path / "spool"))
     event_id, cid, sha = add_clip(spool, size=40_000)
     results: list[str] = []
-    with CuttingProxy(receiver.port) as proxy:
-        up = Uploader(spool, fast_upload(proxy.url), Metrics(), __version__,
+    with cutting_proxy(receiver.port) as url:
+        up = Uploader(spool, fast_upload(url), Metrics(), __version__,
                       on_result=lambda _e, _c, r: results.append(r))
         assert up.drain(20)
     assert results == ["retry", "delivered"]

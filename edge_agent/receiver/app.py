@@ -23,6 +23,7 @@ import re
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,20 +66,28 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-async def _receive(request: Request, store: Store, what: str) -> ReceivedForm | JSONResponse | Response:
-    """The request's form, read whole, or the reply that refuses it (nothing of it left stored)."""
-    key = request.headers.get(contract.HEADER_IDEMPOTENCY_KEY) or "-"  # printable: h11 checks header values
+async def _take(request: Request, store: Store, what: str,
+                keep: Callable[[ReceivedForm, str | None], JSONResponse]) -> Response:
+    """Read the request's form whole, then `keep` it (its checks and its store) on a worker thread; or
+    the reply that refuses it. Either way no part file of it is left."""
+    key = request.headers.get(contract.HEADER_IDEMPOTENCY_KEY)  # printable: h11 checks header values
+    if err := key_error(key):
+        return _error(400, err)
     try:
-        return await read_form(request, store.incoming)
+        form = await read_form(request, store.incoming)
     except BodyRefused as exc:
-        log.warning("refused %s clip=%s: %s", what, key, exc.detail)
+        log.warning("refused %s clip=%s: %s", what, key or "-", exc.detail)
         return _error(exc.status, exc.detail, reason=exc.reason)
     except ClientDisconnect:
-        log.warning("client went away mid-body on %s clip=%s: nothing stored", what, key)
+        log.warning("client went away mid-body on %s clip=%s: nothing stored", what, key or "-")
         return Response(status_code=400)  # nobody is left to read it
     except OSError as exc:
-        log.error("could not write the body of %s clip=%s error=%s: answered 503, nothing kept", what, key, exc)
+        log.error("could not write the body of %s clip=%s error=%s: answered 503, nothing kept", what, key or "-", exc)
         return _retry_later(f"could not store the request body ({exc.strerror or exc}), retry later")
+    try:
+        return await run_in_threadpool(keep, form, key)
+    finally:
+        form.discard()
 
 
 def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion: bool | None = None,
@@ -224,8 +233,11 @@ def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion
                 prior = ldo_storage.replay(key, meta)
                 if prior is not None:
                     return JSONResponse(prior, status_code=201, headers={"Idempotent-Replay": "true"})
-                body = ldo_storage.ingest(key, meta, video.path if video else None, video.size if video else 0,
-                                          video.sha256 if video else None)
+                if video is None:
+                    body = ldo_storage.ingest(key, meta, None, None)
+                else:
+                    with video.path.open("rb") as src:
+                        body = ldo_storage.ingest(key, meta, src, video.filename, (video.size, video.sha256))
         except (StorageUnavailable, OSError, sqlite3.Error) as exc:
             log.error("ingest failed key=%s error=%s", key or "-", exc)
             return _retry_later("storage unavailable, retry later")
@@ -238,29 +250,11 @@ def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion
 
     @app.post(contract.CID_PATH, status_code=201)
     async def post_cid(request: Request) -> Response:
-        key = request.headers.get(contract.HEADER_IDEMPOTENCY_KEY)
-        if err := key_error(key):
-            return _error(400, err)
-        form = await _receive(request, store, "cid")
-        if not isinstance(form, ReceivedForm):
-            return form
-        try:
-            return await run_in_threadpool(_store_cid, form, key)
-        finally:
-            form.discard()
+        return await _take(request, store, "cid", _store_cid)
 
     @app.post(contract.INGEST_LDO_PATH, status_code=201)
     async def ingest_ldo(request: Request) -> Response:
-        key = request.headers.get(contract.HEADER_IDEMPOTENCY_KEY)
-        if err := key_error(key):
-            return _error(400, err)
-        form = await _receive(request, store, "ldo")
-        if not isinstance(form, ReceivedForm):
-            return form
-        try:
-            return await run_in_threadpool(_store_ldo, form, key)
-        finally:
-            form.discard()
+        return await _take(request, store, "ldo", _store_ldo)
 
     @app.get(contract.INGEST_LIST_PATH)
     def ingest_list(skip: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
