@@ -199,6 +199,7 @@ def _strace_events(log: Path) -> list[tuple[str, str]]:
     done: list[tuple[str, str]] = []
     for line in log.read_text(errors="replace").splitlines():
         pid, _, rest = line.partition(" ")
+        rest = rest.lstrip()  # strace pads short pids
         if rest.endswith("<unfinished ...>"):
             pending[pid] = rest[: -len("<unfinished ...>")]
             continue
