@@ -8,9 +8,10 @@ second record, across restarts.
 Durable before acknowledged: a video arrives in `incoming/<id>.part` (body.py); once the request is
 checked it is fsynced, renamed into `videos/` and the directory fsynced; then the event row and the
 key's reply are committed in one SQLite transaction (WAL, synchronous=FULL: the commit is on disk when
-it returns). Only then does the client get its 2xx. A crash before the commit leaves at most a part
-file (removed at the next start) or a video no row names (never served; removed by `forget_video`
-when the request fails), never a row whose video is not on disk.
+it returns). Only then does the client get its 2xx. A request that fails after the rename removes its
+video (`forget_video`); a crash before the commit leaves at most a part file (removed at the next
+start) or a video no row names (never listed; the sender's retry stores its own copy), never a row
+whose video is not on disk.
 """
 
 from __future__ import annotations
