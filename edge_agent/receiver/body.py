@@ -20,15 +20,20 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import parse_qsl
 
-from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, parse_options_header
+try:
+    from python_multipart.exceptions import FormParserError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+except ModuleNotFoundError:  # pragma: no cover - python-multipart before 0.0.13 (the extra allows 0.0.9)
+    from multipart.exceptions import FormParserError  # type: ignore[no-redef]
+    from multipart.multipart import MultipartParser, parse_options_header  # type: ignore[no-redef]
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from ..delivery import contract
 
 # python-multipart logs each parse error itself; the refusal's own line (app.py) says it with the request's key
-logging.getLogger("python_multipart").setLevel(logging.ERROR)
+for _name in ("python_multipart", "multipart"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 
 # A text field larger than this is no field of the contract (metadata is capped far lower, in limits.py).
 MAX_FIELD_BYTES = 1 << 20
