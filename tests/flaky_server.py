@@ -9,7 +9,9 @@ Each request takes the next scripted action (then `ok` for ever):
 - `reset_after_body`: read it all, store it, reset before replying (the retry must be deduped);
 - `stored_then_stall`: read it all, store it, hold the reply back (until stall_s, then close);
 - `close_after_body`: read it all, close cleanly without a reply;
-- `trickle`: read it all, then send a 201 reply one byte every `trickle_s` (until stall_s, then close).
+- `trickle`: read it all, then send a 201 reply one byte every `trickle_s` (until stall_s, then close);
+- `("receipt", sha256)`: read it all, answer 201 whose receipt names `sha256` (None: no video stored),
+  storing nothing: a server that kept other bytes than it was sent.
 
 GET answers 200 on any path (a page a redirect may point at), recorded in `gets`. `post_started` is
 set when the first POST's headers arrive: a test waits on it, not on a sleep, to act mid-upload.
@@ -194,6 +196,9 @@ class FlakyServer:
                     return
                 if outer.reply_delay_s:
                     time.sleep(outer.reply_delay_s)
+                if isinstance(action, tuple) and action[0] == "receipt":  # 201, nothing stored under the key
+                    self._reply(201, {}, json.dumps({"id": "x", "sha256": action[1]}).encode())
+                    return
                 if action in ("ok", "slow_read"):
                     status, extra, payload = 201, {}, None
                 else:
@@ -201,7 +206,9 @@ class FlakyServer:
                     status, extra, payload = t[0], (t[1] if len(t) > 1 else {}), (t[2] if len(t) > 2 else None)
                 if 200 <= status < 300 and not outer._store(key, seen):
                     status = 409
-                data = payload if payload is not None else f'{{"status": {status}}}'.encode()
+                self._reply(status, extra, payload if payload is not None else f'{{"status": {status}}}'.encode())
+
+            def _reply(self, status: int, extra: dict[str, str], data: bytes) -> None:
                 self.send_response(status)
                 for k, v in extra.items():
                     self.send_header(k, v)

@@ -49,6 +49,8 @@ RETRYABLE = {
     "reset-mid-body": ["reset_mid_body"],
     "closed-without-reply": ["close_after_body"],
     "401-403": [401, 403],  # a device credential problem: retried, not quarantined
+    # a body cut short on the way (a proxy): the server says so, the clip is sent again
+    "400-incomplete-body": [(400, {}, b'{"detail": "incomplete request body", "reason": "incomplete_body"}')],
 }
 
 
@@ -112,6 +114,63 @@ def test_409_counts_as_delivered(tmp_path: Path) -> None:
         m = drain(spool, server)
     assert len(server.seen) == 1 and spool.head() is None
     assert m.get("edge_agent_uploads_total", result="duplicate") == 1
+
+
+def test_a_2xx_whose_receipt_names_other_bytes_keeps_the_clip_until_one_names_its_own(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    spool = Spool(spool_config(tmp_path))
+    first, cid, sha = add_clip(spool)
+    second, _, second_sha = add_clip(spool)
+    results: list[str] = []
+    # other bytes, no video, then its own sha256; the second clip gets a 201 without a receipt at all
+    with FlakyServer([("receipt", "0" * 64), ("receipt", None), ("receipt", sha.upper())]) as server:
+        up = Uploader(spool, fast_upload(server.url), Metrics(), __version__,
+                      on_result=lambda e, _c, r: results.append(f"{r}:{'first' if e == first else 'second'}"))
+        assert up.drain(10)
+    assert results == ["retry:first", "retry:first", "delivered:first", "delivered:second"]
+    assert [s.key for s in server.seen] == [first, first, first, second]
+    assert all(s.video_sha256 == sha for s in server.seen[:3])  # the whole clip, every time
+    assert server.delivered[second].video_sha256 == second_sha
+    lines = [r.getMessage() for r in caplog.records if f"clip={first}" in r.getMessage() and "failed" in r.getMessage()]
+    assert len(lines) == 2 and all(f"cid={cid}" in line and "receipt" in line for line in lines)
+    assert "0" * 64 in lines[0] and "stored no video" in lines[1]
+
+
+@pytest.mark.parametrize("damaged", [False, True], ids=["intact", "damaged"])
+def test_a_422_video_mismatch_sends_an_intact_clip_again_and_a_damaged_one_cid_only(
+        tmp_path: Path, damaged: bool) -> None:
+    spool = Spool(spool_config(tmp_path))
+    event_id, cid, sha = add_clip(spool)
+    clip = tmp_path / "clips" / f"{event_id}.mp4"
+    mismatch = (422, {}, b'{"detail": "the video sha256 is 00, metadata.clip.sha256 says 11", '
+                         b'"reason": "video_mismatch"}')
+    results: list[str] = []
+    with FlakyServer([mismatch], reply_delay_s=1.0 if damaged else 0.0) as server:
+        up = Uploader(spool, fast_upload(server.url, read_timeout_s=10.0), Metrics(), __version__,
+                      on_result=lambda _e, _c, r: results.append(r))
+        if damaged:  # the card goes bad between the send and the reply: the server saw the good bytes
+            up.start()
+            deadline = time.monotonic() + 10
+            while not server.seen and time.monotonic() < deadline:  # the whole body is in
+                time.sleep(0.01)
+            data = bytearray(clip.read_bytes())
+            data[100] ^= 0xFF
+            clip.write_bytes(bytes(data))
+            assert up.drain(10)
+            up.stop()
+        else:
+            assert up.drain(10)
+    assert results == ["delivered"] if damaged else ["retry", "delivered"]  # the CID-only resend follows at once
+    assert not (tmp_path / "quarantine" / f"{event_id}.mp4").exists()  # never set aside as refused
+    final = server.delivered[event_id]
+    assert final.fields["cid"] == cid.encode()
+    if damaged:
+        assert final.filename is None
+        error = json.loads(final.fields["metadata"])["clip"]["error"]
+        assert "sha256" in error and "video_mismatch" not in error and "metadata.clip.sha256 says 11" in error
+        assert (tmp_path / "quarantine" / f"{event_id}.video-lost.mp4").exists()
+    else:
+        assert final.video_sha256 == sha and [s.video_sha256 for s in server.seen] == [sha, sha]
 
 
 @pytest.mark.parametrize("status", [413, 422, 400, 404])

@@ -1,11 +1,13 @@
 """What a real receiver refuses, and that refusing costs it nothing: malformed metadata before any
-byte is stored, refused bodies not read, half-sent headers timed out, oversized idempotency keys,
-and a lock table that does not grow with every key ever seen."""
+byte is stored, refused bodies not read, half-sent headers and trickled bodies timed out, oversized
+idempotency keys, and a lock table that does not grow with every key ever seen."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ import pytest
 import requests
 
 from tests.receiver_fixture import ReceiverProcess
+from tests.trickle_client import trickle
 
 
 @pytest.fixture
@@ -127,6 +130,42 @@ def test_half_a_request_header_is_disconnected_after_the_timeout(quick: Receiver
     with socket.create_connection(("127.0.0.1", quick.port), timeout=10) as sock:
         assert closed_by_peer(sock, 5)
     assert requests.get(f"{quick.url}/healthz", timeout=5).ok
+
+
+@pytest.mark.slow
+def test_trickled_bodies_get_408_and_are_closed_while_a_normal_upload_is_stored(tmp_path: Path) -> None:
+    r = ReceiverProcess(tmp_path / "receiver")
+    r.extra_args = ["--body-timeout", "2"]
+    n = 20
+    ready = threading.Barrier(n + 1)
+    with r, ThreadPoolExecutor(n) as pool:
+        futures = [pool.submit(trickle, r.port, 10_000_000, 0.2, 30, ready) for _ in range(n)]
+        ready.wait(30)  # every trickler has sent its headers and the start of its video
+        video = b"n" * 1_000_000
+        key = str(uuid.uuid4())
+        meta = {"event_id": key, "cid": "CID-NORMAL", "clip": {"sha256": hashlib.sha256(video).hexdigest()}}
+        ok = requests.post(r.cid_url, data={"cid": "CID-NORMAL", "metadata": json.dumps(meta)},
+                           files={"video": (f"{key}.mp4", video, "video/mp4")}, headers={"Idempotency-Key": key},
+                           timeout=30)
+        results = [f.result() for f in futures]
+        assert ok.status_code == 201, ok.text
+        assert [(t.status, t.reason) for t in results] == [(408, "body_too_slow")] * n
+        # cut once 2 s are spent (a byte every 0.2 s earns nothing), not later; slack for a loaded machine
+        assert all(t.closed_after_s is not None and 1.9 <= t.closed_after_s <= 6 for t in results), results
+        (ev,) = r.events()
+        assert ev["cid"] == "CID-NORMAL" and (r.data_dir / ev["video_file"]).read_bytes() == video
+        assert list((r.data_dir / "incoming").iterdir()) == []  # no trickler left a part file
+
+
+@pytest.mark.slow
+def test_a_reply_sent_before_its_body_has_arrived_closes_the_connection(tmp_path: Path) -> None:
+    r = ReceiverProcess(tmp_path / "receiver")
+    r.extra_args = ["--body-timeout", "60"]  # so the body's own deadline cannot be what closes it
+    with r:
+        for path in ("/healthz", "/nowhere"):  # answered (405, 404) without reading the body being trickled
+            t = trickle(r.port, 10_000_000, 0.2, 20, path=path)
+            assert t.status in (404, 405) and t.closed_after_s is not None and t.closed_after_s < 5, (path, t)
+        assert requests.get(f"{r.url}/healthz", timeout=5).ok
 
 
 @pytest.mark.slow

@@ -3,6 +3,12 @@
 This is the one module that both the agent (sender) and the reference receiver
 import, so that field names, header names and the metadata shape cannot drift
 apart. Integrators building their own server can read it as the specification.
+
+The agent deletes its copy of a clip on a 2xx (or a 409), so a server answers 2xx only when:
+the body arrived whole (the multipart closing boundary seen); the video's size and sha256 are
+metadata.clip.size_bytes and .sha256; the video and its record are durable (fsynced, or the
+database's or object store's commit returned). It should echo the stored video's sha256 as
+RECEIPT_SHA256, and dedupe by Idempotency-Key (a key it has stored: the first reply again, or 409).
 """
 
 from __future__ import annotations
@@ -28,6 +34,21 @@ HEADER_RETRY_AFTER = "Retry-After"
 CID_PATH = "/cid"
 INGEST_LDO_PATH = "/ingest/ldo"
 INGEST_LIST_PATH = "/ingest/list"
+
+# The receipt: a 2xx reply's JSON may echo the sha256 of the video as the server stored it (null when it
+# stored none). The agent then deletes its copy only when that is the sha256 it sent; a 2xx without the
+# field is taken at its word (servers that do not send it).
+RECEIPT_SHA256 = "sha256"
+
+# Why a request was refused, for a sender to act on: the `reason` of a 4xx reply's JSON (beside `detail`,
+# the words for people). A refusal without a reason is judged by its status alone.
+FIELD_REASON = "reason"
+# 400: the body ended before the multipart closing boundary (a transfer cut short): send it again.
+REASON_INCOMPLETE_BODY = "incomplete_body"
+# 422: the video's size or sha256 is not what metadata.clip says: the sender's file may be damaged.
+REASON_VIDEO_MISMATCH = "video_mismatch"
+# 408: the body came too slowly and the connection was closed: send it again.
+REASON_BODY_TOO_SLOW = "body_too_slow"
 
 
 def user_agent(version: str) -> str:

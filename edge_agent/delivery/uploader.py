@@ -1,12 +1,18 @@
 """Delivery of spooled clips to the edge server: `POST /cid`, oldest first, one at a time.
 
-Reply classes (docs/architecture.md section 6): 2xx delivered; 409 a duplicate of a delivered clip, also
-delivered; 408, 425, 429, 5xx, connection errors and timeouts retried with full-jitter backoff
-that honours Retry-After; any other 4xx moves the clip to quarantine with the reply logged.
-Two deliberate additions: 401/403 are retried too (a wrong or expired token is the device's
+What a reply means is one table, replies.py (docs/architecture.md section 6): 2xx delivered; 409 a
+duplicate of a delivered clip, also delivered; 408, 425, 429, 5xx, a 400 whose reason is
+`incomplete_body`, connection errors and timeouts retried with full-jitter backoff that honours
+Retry-After; a 422 whose reason is `video_mismatch` re-hashes the clip file (intact: sent again;
+damaged: the CID goes out without it, as for any damaged video); any other 4xx moves the clip to
+quarantine with the reply logged. 401/403 are retried too (a wrong or expired token is the device's
 problem, not the clip's, and fixing it must not require requeueing a fleet's worth of clips; the
 token file is re-read on each), and so are 3xx (redirects are not followed: a POST body cannot be
 replayed safely across one, and a moved endpoint is a config fix, logged with its Location).
+
+A 2xx whose JSON carries the receipt (contract.RECEIPT_SHA256) deletes the clip only when it names the
+sha256 that was sent: a server that stored other bytes, or none, must not make the agent drop the only
+good copy. That attempt counts as failed and the clip is sent again.
 
 The Idempotency-Key is the event id, fixed when the clip was made. The request itself (the body
 streamed from the clip file, hashed on the way out, and the deadlines that cut a trickling link or
@@ -34,8 +40,10 @@ from edge_agent.delivery.cid import escape_payload
 from edge_agent.delivery.credentials import CredentialError, load_token
 from edge_agent.delivery.errors import describe_error, describe_reply
 from edge_agent.delivery.outcome import UploadResult
+from edge_agent.delivery.replies import Verdict, classify, reason_of, receipt_problem, reply_json
 from edge_agent.delivery.request import BodyAborted, DeadlineCutter, MultipartBody, UploadAdapter, send_limits
 from edge_agent.delivery.spool import Entry, Spool
+from edge_agent.delivery.spool_files import sha256_file
 from edge_agent.metrics import Metrics
 from edge_agent.thread_names import name_os_thread
 
@@ -44,7 +52,6 @@ log = logging.getLogger(__name__)
 # one-line result (timed out, retried) says it for a technician
 logging.getLogger("urllib3.connection").setLevel(logging.ERROR)
 
-RETRY_STATUSES = frozenset({401, 403, 408, 425, 429})
 # With no upload.url the worker re-checks the queue this often (a `spool requeue` from another process
 # adds clips without waking it).
 IDLE_POLL_S = 5.0
@@ -213,6 +220,7 @@ class Uploader:
         except OSError as exc:
             return self._retry(entry, f"cannot read clip: {exc.strerror or exc}", None)
         headers["Content-Type"] = body.content_type
+        sent_sha = (entry.sha256 or (entry.metadata.get("clip") or {}).get("sha256")) if entry.video_path else None
         cutter = DeadlineCutter()
         by_caller = deadline < own_deadline
         timer = threading.Timer(max(0.0, deadline - started), cutter.cut, args=("deadline",))
@@ -249,24 +257,40 @@ class Uploader:
         elapsed = time.monotonic() - started
         self.metrics.observe("edge_agent_upload_seconds", elapsed)
         status = resp.status_code
-        if 200 <= status < 300:
-            return self._finish(entry, UploadResult.DELIVERED, f"HTTP {status}", elapsed)
-        if status == 409:
-            return self._finish(entry, UploadResult.DUPLICATE, "HTTP 409: already delivered", elapsed)
         text = resp.text or ""
         if self._token:
             text = text.replace(self._token, "***")  # a server echoing the request must not leak it to logs
+        said = reply_json(text)
+        verdict = classify(status, reason_of(said) if status >= 400 else None)
+        if verdict is Verdict.DELIVERED:
+            problem = receipt_problem(sent_sha, said)
+            if problem is not None:
+                return self._retry(entry, f"HTTP {status}, but {problem}: the clip stays queued and is sent again",
+                                   None)
+            return self._finish(entry, UploadResult.DELIVERED, f"HTTP {status}", elapsed)
+        if verdict is Verdict.DUPLICATE:
+            return self._finish(entry, UploadResult.DUPLICATE, "HTTP 409: already delivered", elapsed)
         reply = describe_reply(status, text, entry.size_bytes)
-        if 300 <= status < 400:
+        if verdict is Verdict.REDIRECT:
             where = escape_payload(urljoin(cfg.url, resp.headers.get("Location", "")), limit=REPLY_LOG_CHARS)
             return self._retry(entry, f"HTTP {status} redirect to {where.strip(chr(34))}: set upload.url to the "
                                       "final URL (redirects are not followed: a POST cannot be replayed safely)", None)
-        if status in RETRY_STATUSES or status >= 500:
+        if verdict is Verdict.RETRY:
             if status in (401, 403):
                 self._load_token()  # a rotated credential is picked up without a restart
             retry_after = parse_retry_after(resp.headers.get(contract.HEADER_RETRY_AFTER), time.time())
             return self._retry(entry, reply, retry_after)
+        if verdict is Verdict.CHECK_VIDEO and entry.video_path is not None:
+            return self._check_video(entry, reply)
         return self._finish(entry, UploadResult.QUARANTINED, reply, hint=_quarantine_hint(status, cfg.url))
+
+    def _check_video(self, entry: Entry, reply: str) -> UploadResult:
+        """The server received other bytes than the metadata describes. Our file intact: the bytes changed
+        on the way, send again. Damaged: the CID goes out without it, as for any damaged video."""
+        damage = _video_damage(entry)
+        if damage is None:
+            return self._retry(entry, f"{reply} (the clip file here matches its metadata: sent again)", None)
+        return self._retry_now(entry, self._without_video(entry, f"{damage}, after the server said: {reply}"))
 
     def _cut(self, entry: Entry, by_caller: bool, waited_s: float) -> UploadResult:
         """We ended the request, not the server. A stop or the caller's deadline leave the clip due as it
@@ -364,6 +388,25 @@ def _video_problem(entry: Entry) -> str | None:
         return f"clip file unreadable: {exc.strerror or exc}"
     if size != entry.size_bytes:
         return f"clip file is {size} bytes, {entry.size_bytes} were queued"
+    return None
+
+
+def _video_damage(entry: Entry) -> str | None:
+    """How the queued clip file differs from what its row and metadata say it is, or None (read whole)."""
+    assert entry.video_path is not None
+    problem = _video_problem(entry)
+    if problem is not None:
+        return problem
+    clip = entry.metadata.get("clip") or {}
+    if clip.get("size_bytes") is not None and clip["size_bytes"] != entry.size_bytes:
+        return f"clip file is {entry.size_bytes} bytes, metadata.clip.size_bytes says {clip['size_bytes']}"
+    try:
+        actual = sha256_file(entry.video_path)
+    except OSError as exc:
+        return f"clip file unreadable: {exc.strerror or exc}"
+    for said, where in ((entry.sha256, "the queue"), (clip.get("sha256"), "metadata.clip.sha256")):
+        if said and said.lower() != actual:
+            return f"clip file's sha256 is {actual}, {where} says {said}"
     return None
 
 

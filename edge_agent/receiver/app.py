@@ -1,9 +1,17 @@
 """The receiver's HTTP API (the integration guide's /cid, /ingest/ldo and /ingest/list), a FastAPI app.
 
-`POST /cid` accepts what the agent sends (cid, metadata, video) and, when USE_DATA_INGESTION is
-true, forwards the clip to the data-ingestion service's `POST /ingest/ldo` before answering: if
-that service is down the edge gets 503 with Retry-After and retries later, so nothing is lost and
-nothing is recorded twice (the idempotency key travels along).
+Stores or refuses, never half of either: a 2xx means the request's body arrived whole (the multipart
+closing boundary seen, body.py), its video is the one metadata.clip describes (size and sha256, when
+the metadata gives them), and the video and its record are on disk (store.py) or in the object store
+(storage.py). The reply echoes the stored video's sha256 (contract.RECEIPT_SHA256), so a sender can
+check it before deleting its copy. Anything else is a 4xx naming what is wrong and a `reason` a sender
+acts on (400 incomplete_body, 422 video_mismatch, 408 body_too_slow: limits.py), or a 503 with
+Retry-After when storing failed; in every case nothing of the request is left stored.
+
+`POST /cid` forwards the clip to the data-ingestion service's `POST /ingest/ldo` when
+USE_DATA_INGESTION is true, after storing it itself and before recording it: if that service is down
+or refuses, or its receipt names other bytes, the edge gets 503 with Retry-After and retries later, so
+nothing is lost and nothing is recorded twice (the idempotency key travels along).
 """
 
 from __future__ import annotations
@@ -12,14 +20,18 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 try:
-    from fastapi import FastAPI, File, Form, Header, Query, Request, UploadFile
-    from fastapi.responses import JSONResponse
+    from fastapi import FastAPI, Query, Request
+    from fastapi.responses import JSONResponse, Response
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import ClientDisconnect
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("the reference receiver needs FastAPI: pip install 'edge-agent[receiver]'") from exc
 
@@ -28,8 +40,9 @@ import requests
 from .. import const
 from ..delivery import contract
 from ..delivery.cid import escape_payload
-from .limits import BodyLimit, key_error
-from .metadata import parse_metadata
+from .body import BodyRefused, ReceivedForm, read_form
+from .limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MIN_BODY_RATE, BodyLimit, key_error
+from .metadata import parse_metadata, video_mismatch
 from .storage import StorageUnavailable, make_storage, parse_time_us
 from .store import Store
 
@@ -40,17 +53,47 @@ RETRY_AFTER_S = 5
 _CID = re.compile(const.CID_PATTERN)
 
 
-def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+def _error(status: int, detail: str, headers: dict[str, str] | None = None, reason: str | None = None) -> JSONResponse:
+    body = {"detail": detail, **({contract.FIELD_REASON: reason} if reason else {})}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _retry_later(detail: str) -> JSONResponse:
+    return _error(503, detail, {contract.HEADER_RETRY_AFTER: str(RETRY_AFTER_S)})
 
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+async def _take(request: Request, store: Store, what: str,
+                keep: Callable[[ReceivedForm, str | None], JSONResponse]) -> Response:
+    """Read the request's form whole, then `keep` it (its checks and its store) on a worker thread; or
+    the reply that refuses it. Either way no part file of it is left."""
+    key = request.headers.get(contract.HEADER_IDEMPOTENCY_KEY)  # printable: h11 checks header values
+    if err := key_error(key):
+        return _error(400, err)
+    try:
+        form = await read_form(request, store.incoming)
+    except BodyRefused as exc:
+        log.warning("refused %s clip=%s: %s", what, key or "-", exc.detail)
+        return _error(exc.status, exc.detail, reason=exc.reason)
+    except ClientDisconnect:
+        log.warning("client went away mid-body on %s clip=%s: nothing stored", what, key or "-")
+        return Response(status_code=400)  # nobody is left to read it
+    except OSError as exc:
+        log.error("could not write the body of %s clip=%s error=%s: answered 503, nothing kept", what, key or "-", exc)
+        return _retry_later(f"could not store the request body ({exc.strerror or exc}), retry later")
+    try:
+        return await run_in_threadpool(keep, form, key)
+    finally:
+        form.discard()
+
+
 def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion: bool | None = None,
                ingestion_url: str | None = None, storage: str | None = None, s3_endpoint: str | None = None,
-               site: str | None = None, index: str | None = None) -> Any:
+               site: str | None = None, index: str | None = None, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+               min_body_rate: float = DEFAULT_MIN_BODY_RATE) -> Any:
     store = Store(Path(data_dir))
     ldo_storage = make_storage(storage, Path(data_dir), s3_endpoint, site, index)
     try:
@@ -63,7 +106,7 @@ def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion
     if use_ingestion and not ingestion_url:
         raise ValueError("USE_DATA_INGESTION is true but DATA_INGESTION_URL is not set")
     app = FastAPI(title="edge-agent reference receiver", version="1")
-    app.add_middleware(BodyLimit, max_bytes=max_bytes)
+    app.add_middleware(BodyLimit, max_bytes=max_bytes, body_timeout_s=body_timeout_s, min_body_rate=min_body_rate)
     app.state.store = store
     app.state.use_ingestion, app.state.ingestion_url = use_ingestion, ingestion_url  # for the start-up log
     session = requests.Session()
@@ -74,8 +117,22 @@ def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion
         except ValueError as exc:
             return _error(422, str(exc))
 
-    def _forward(key: str | None, meta: dict[str, Any] | None, video_path: Path | None) -> str:
-        """Send to data-ingestion; return its LDO id. Raises on failure (the edge will retry)."""
+    def _checked(form: ReceivedForm, what: str, key: str | None) -> dict[str, Any] | JSONResponse | None:
+        """The form's metadata, parsed and matched against its video, or the 422 refusing it."""
+        meta = _parse_metadata(form.fields.get(contract.FIELD_METADATA))
+        if isinstance(meta, JSONResponse):
+            return meta
+        video = form.video
+        problem = video_mismatch(meta, video.size if video else None, video.sha256 if video else None)
+        if problem is not None:
+            log.warning("refused %s clip=%s: %s", what, key or "-", problem)
+            return _error(422, f"{problem}: the video is not the one the metadata describes; nothing was stored",
+                          reason=contract.REASON_VIDEO_MISMATCH)
+        return meta
+
+    def _forward(key: str | None, meta: dict[str, Any] | None, video_path: Path | None, sha: str | None) -> str:
+        """Send to data-ingestion; return its LDO id. Raises on failure (the edge will retry), and when
+        its receipt names other bytes than ours."""
         files: dict[str, Any] = {contract.FIELD_METADATA: (None, json.dumps(meta or {}), "application/json")}
         headers = {contract.HEADER_IDEMPOTENCY_KEY: key} if key else {}
         fh = video_path.open("rb") if video_path else None
@@ -89,7 +146,10 @@ def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion
                 fh.close()
         if resp.status_code not in (200, 201):
             raise RuntimeError(f"data-ingestion answered {resp.status_code}: {resp.text[:200]}")
-        return str(resp.json()["id"])
+        reply = resp.json()
+        if contract.RECEIPT_SHA256 in reply and reply[contract.RECEIPT_SHA256] != sha:
+            raise RuntimeError(f"data-ingestion stored sha256 {reply[contract.RECEIPT_SHA256]}, this clip is {sha}")
+        return str(reply["id"])
 
     def _replay(key: str | None, cid: str, prior: tuple[int, dict[str, Any]]) -> JSONResponse:
         """The reply a key got before, for a retry of the same clip. A key already used for another
@@ -106,91 +166,95 @@ def create_app(data_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES, use_ingestion
         log.info("replay cid=%s clip=%s", cid, key)
         return JSONResponse(prior[1], status_code=prior[0], headers={"Idempotent-Replay": "true"})
 
-    @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
-        return {"status": "ok", "locked_keys": store.locked_keys()}
-
-    @app.post(contract.CID_PATH, status_code=201)
-    def post_cid(
-        cid: str | None = Form(None),
-        metadata: str | None = Form(None),
-        video: UploadFile | None = File(None),
-        idempotency_key: str | None = Header(None),
-    ) -> Any:
+    def _store_cid(form: ReceivedForm, idempotency_key: str | None) -> JSONResponse:
+        """Everything after the body has arrived, on a worker thread: checks, then store, then reply."""
+        cid = form.fields.get(contract.FIELD_CID)
         if not cid:
             return _error(400, "missing form field 'cid'")
-        if err := key_error(idempotency_key):
-            return _error(400, err)
         if not _CID.fullmatch(cid) or not cid.isprintable():
             log.warning("refused cid=%s: not a valid CID", escape_payload(cid))
             return _error(422, f"cid is not a valid CID (must match {const.CID_PATTERN})")
-        meta = _parse_metadata(metadata)
+        meta = _checked(form, f"cid={cid}", idempotency_key)
         if isinstance(meta, JSONResponse):
             return meta
         if meta is not None and meta.get("cid") not in (None, cid):
             return _error(422, "metadata.cid differs from the cid field")
         key = idempotency_key or (str(meta.get("event_id")) if meta and meta.get("event_id") else None)
+        video = form.video
         with store.key_lock("cid", key):
             prior = store.reply_for("cid", key)
             if prior is not None:
                 return _replay(key, cid, prior)
-            video_file = sha = None
-            size = 0
-            if video is not None and video.filename is not None:
-                video_file, size, sha = store.save_video("videos", video.file)
-            expected = ((meta or {}).get("clip") or {}).get("sha256")
-            sha_ok = None if sha is None or not expected else expected == sha
-            ldo_id = None
-            if use_ingestion:
-                try:
-                    ldo_id = _forward(key, meta, store.data_dir / video_file if video_file else None)
-                except (requests.RequestException, RuntimeError, ValueError, KeyError) as exc:
-                    if video_file:
-                        (store.data_dir / video_file).unlink(missing_ok=True)
-                    log.error("data-ingestion unavailable cid=%s clip=%s error=%s", cid, key, exc)
-                    return _error(503, "data-ingestion service unavailable, retry later",
-                                  {contract.HEADER_RETRY_AFTER: str(RETRY_AFTER_S)})
-            event_row = {
-                "id": uuid.uuid4().hex, "cid": cid, "event_id": (meta or {}).get("event_id"),
-                "idempotency_key": key, "metadata": json.dumps(meta) if meta is not None else None,
-                "video_file": video_file, "size_bytes": size, "sha256": sha,
-                "sha256_ok": None if sha_ok is None else int(sha_ok), "ldo_id": ldo_id, "received_at": time.time(),
-            }
-            body = {"id": event_row["id"], "cid": cid, "event_id": event_row["event_id"], "size_bytes": size,
-                    "sha256": sha, "sha256_ok": sha_ok, "ldo_id": ldo_id}
-            prior = store.add_event(event_row, 201, body)
+            video_file = None
+            try:
+                if video is not None:
+                    video_file = store.keep_video("videos", video.path)
+                ldo_id = None
+                if use_ingestion:
+                    try:
+                        ldo_id = _forward(key, meta, store.data_dir / video_file if video_file else None,
+                                          video.sha256 if video else None)
+                    except (requests.RequestException, RuntimeError, ValueError, KeyError) as exc:
+                        log.error("data-ingestion unavailable cid=%s clip=%s error=%s", cid, key, exc)
+                        if video_file:
+                            store.forget_video(video_file)
+                        return _retry_later("data-ingestion service unavailable, retry later")
+                size, sha = (video.size, video.sha256) if video else (0, None)
+                sha_ok = None if sha is None or not ((meta or {}).get("clip") or {}).get("sha256") else True
+                event_row = {
+                    "id": uuid.uuid4().hex, "cid": cid, "event_id": (meta or {}).get("event_id"),
+                    "idempotency_key": key, "metadata": json.dumps(meta) if meta is not None else None,
+                    "video_file": video_file, "size_bytes": size, "sha256": sha,
+                    "sha256_ok": None if sha_ok is None else int(sha_ok), "ldo_id": ldo_id,
+                    "received_at": time.time(),
+                }
+                body = {"id": event_row["id"], "cid": cid, "event_id": event_row["event_id"], "size_bytes": size,
+                        contract.RECEIPT_SHA256: sha, "sha256_ok": sha_ok, "ldo_id": ldo_id}
+                prior = store.add_event(event_row, 201, body)
+            except (OSError, sqlite3.Error) as exc:
+                log.error("could not store cid=%s clip=%s error=%s: answered 503, nothing kept", cid, key, exc)
+                if video_file:
+                    store.forget_video(video_file)
+                return _retry_later(f"could not store the clip ({exc}), retry later")
             if prior is not None:  # recorded first by another request: keep no second copy of the video
                 if video_file:
-                    (store.data_dir / video_file).unlink(missing_ok=True)
+                    store.forget_video(video_file)
                 return _replay(key, cid, prior)
         log.info("stored cid=%s clip=%s bytes=%d sha256_ok=%s ldo=%s", cid, key, size, sha_ok, ldo_id or "-")
         return JSONResponse(body, status_code=201)
 
-    @app.post(contract.INGEST_LDO_PATH, status_code=201)
-    def ingest_ldo(
-        metadata: str | None = Form(None),
-        video: UploadFile | None = File(None),
-        idempotency_key: str | None = Header(None),
-    ) -> Any:
-        if err := key_error(idempotency_key):
-            return _error(400, err)
-        meta = _parse_metadata(metadata)
+    def _store_ldo(form: ReceivedForm, key: str | None) -> JSONResponse:
+        meta = _checked(form, "ldo", key)
         if isinstance(meta, JSONResponse):
             return meta
-        key = idempotency_key
+        video = form.video
         try:
             with store.key_lock("ldo", key):
                 prior = ldo_storage.replay(key, meta)
                 if prior is not None:
                     return JSONResponse(prior, status_code=201, headers={"Idempotent-Replay": "true"})
-                has_video = video is not None and video.filename is not None
-                body = ldo_storage.ingest(key, meta, video.file if has_video else None,
-                                          video.filename if has_video else None)
-        except StorageUnavailable as exc:
+                if video is None:
+                    body = ldo_storage.ingest(key, meta, None, None)
+                else:
+                    with video.path.open("rb") as src:
+                        body = ldo_storage.ingest(key, meta, src, video.filename, (video.size, video.sha256))
+        except (StorageUnavailable, OSError, sqlite3.Error) as exc:
             log.error("ingest failed key=%s error=%s", key or "-", exc)
-            return _error(503, "storage unavailable, retry later", {contract.HEADER_RETRY_AFTER: str(RETRY_AFTER_S)})
+            return _retry_later("storage unavailable, retry later")
         log.info("ingested ldo=%s key=%s bytes=%d", body["id"], key or "-", body["size_bytes"])
         return JSONResponse(body, status_code=201)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "locked_keys": store.locked_keys()}
+
+    @app.post(contract.CID_PATH, status_code=201)
+    async def post_cid(request: Request) -> Response:
+        return await _take(request, store, "cid", _store_cid)
+
+    @app.post(contract.INGEST_LDO_PATH, status_code=201)
+    async def ingest_ldo(request: Request) -> Response:
+        return await _take(request, store, "ldo", _store_ldo)
 
     @app.get(contract.INGEST_LIST_PATH)
     def ingest_list(skip: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),

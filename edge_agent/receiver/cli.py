@@ -21,6 +21,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "get 413 (default 209715200, 200 MiB)")
     p.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="close connections that send no complete request header within this time (default 10)")
+    p.add_argument("--body-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="a request body gets this long, plus 1 s per --min-body-rate bytes received, or the "
+                   "request gets 408 and its connection is closed (default 10)")
+    p.add_argument("--min-body-rate", type=float, default=25_000, metavar="BYTES_PER_S",
+                   help="the slowest body accepted once --body-timeout is spent: keep it at or below the "
+                   "agents' upload.min_rate_bytes_per_s (default 25000)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="(default INFO)")
     p.add_argument("--storage", metavar="file:DIR|s3://BUCKET/PREFIX",
@@ -65,9 +71,11 @@ def serve_args(args: argparse.Namespace) -> int:
     from .limits import header_timeout_protocol
     from .lock import DataDirInUse
 
-    if args.header_timeout <= 0:
-        print("edge-agent receiver: --header-timeout must be > 0 seconds", file=sys.stderr)
-        return 64
+    for flag, value in (("--header-timeout", args.header_timeout), ("--body-timeout", args.body_timeout),
+                        ("--min-body-rate", args.min_body_rate)):
+        if value <= 0:
+            print(f"edge-agent receiver: {flag} must be > 0", file=sys.stderr)
+            return 64
     setup_logging(args.log_level)
     if args.action == "reindex":
         return reindex(args)
@@ -77,7 +85,8 @@ def serve_args(args: argparse.Namespace) -> int:
         return export_args(args)
     try:
         app = create_app(Path(args.data_dir), max_bytes=args.max_bytes, storage=args.storage,
-                         s3_endpoint=args.s3_endpoint, site=args.site, index=args.index)
+                         s3_endpoint=args.s3_endpoint, site=args.site, index=args.index,
+                         body_timeout_s=args.body_timeout, min_body_rate=args.min_body_rate)
     except ValueError as exc:
         print(f"edge-agent receiver: {exc}", file=sys.stderr)
         return 78

@@ -84,3 +84,20 @@ def parse_metadata(text: str | None) -> dict[str, Any] | None:
         where = ".".join(str(p) for p in ("metadata", *err["loc"]))
         raise ValueError(f"{where}: {err['msg']}") from None
     return meta
+
+
+def video_mismatch(meta: dict[str, Any] | None, size: int | None, sha256: str | None) -> str | None:
+    """Why the video received (`size`, `sha256`; None when the request had no video part) is not the one
+    metadata.clip describes, or None. Only what the metadata states is checked: a sender that gives no
+    size or sha256 gets its video stored as it came."""
+    clip = (meta or {}).get("clip") or {}
+    want_size, want_sha = clip.get("size_bytes"), clip.get("sha256")
+    if sha256 is None:
+        if want_sha:
+            return "metadata.clip.sha256 describes a video but the request has no video part"
+        return None
+    if want_size is not None and want_size != size:
+        return f"the video is {size} bytes, metadata.clip.size_bytes says {want_size}"
+    if want_sha and want_sha.lower() != sha256:
+        return f"the video's sha256 is {sha256}, metadata.clip.sha256 says {want_sha.lower()}"
+    return None

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from ..delivery.spool_files import fsync_path
+
 log = logging.getLogger("edge_agent.receiver")
 
 
@@ -21,19 +23,22 @@ class StorageUnavailable(Exception):
     """The store cannot be reached or refused us; the client should retry later (503)."""
 
 
-def _copy_hashing(src: IO[bytes], out: IO[bytes]) -> tuple[int, str]:
+def _copy_hashing(src: IO[bytes], out: IO[bytes] | None) -> tuple[int, str]:
+    """Read `src` to its end (into `out` when given); its size and sha256."""
     h = hashlib.sha256()
     size = 0
     while block := src.read(1 << 20):
         h.update(block)
         size += len(block)
-        out.write(block)
+        if out is not None:
+            out.write(block)
     return size, h.hexdigest()
 
 
 class LocalObjects:
-    """Objects as files under one folder, each written to a temporary name, fsynced, then renamed,
-    so a reader (or a reindex after a crash) never sees half an object."""
+    """Objects as files under one folder, each written to a temporary name, fsynced, then renamed, and
+    the folder fsynced (with every folder made for it), so a reader (or a reindex after a crash) never
+    sees half an object, and an object that was acknowledged is still there after a power cut."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -45,9 +50,19 @@ class LocalObjects:
     def _path(self, key: str) -> Path:
         return self.root / key
 
+    def _folder(self, folder: Path) -> None:
+        """Make `folder` and its missing parents, each durable (its parent fsynced once it exists)."""
+        missing = []
+        while not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        for made in reversed(missing):
+            made.mkdir(exist_ok=True)
+            fsync_path(made.parent)
+
     def _write(self, key: str, fill: Any) -> Any:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._folder(path.parent)
         tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.part"
         try:
             with tmp.open("wb") as out:
@@ -55,6 +70,7 @@ class LocalObjects:
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, path)
+            fsync_path(path.parent)
         finally:
             tmp.unlink(missing_ok=True)
         return result
@@ -73,15 +89,22 @@ class LocalObjects:
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self._folder(path.parent)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot write {key}: {exc}") from exc
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            fsync_path(path.parent)
+        except OSError as exc:
+            path.unlink(missing_ok=True)  # a torn marker would answer every retry of its key with garbage
+            raise StorageUnavailable(f"cannot write {key}: {exc}") from exc
         return True
 
     def get(self, key: str) -> bytes | None:
@@ -134,9 +157,10 @@ class S3Objects:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _errors(self) -> tuple[type[BaseException], ...]:
+        from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
-        return (BotoCoreError, ClientError)
+        return (BotoCoreError, ClientError, S3UploadFailedError)
 
     def _check_bucket(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
@@ -157,14 +181,22 @@ class S3Objects:
             raise ValueError(f"object store: {exc}") from exc
 
     def put_stream(self, key: str, src: IO[bytes], content_type: str) -> tuple[int, str]:
-        # hash and size first (the upload may be streamed from a spooled temporary file)
+        """Size and sha256 first, then the upload: a file is read twice, any other stream copied to a
+        temporary file. Returns only once the store has answered the put (boto3 raises otherwise; its
+        default request checksum has the store verify the bytes it got)."""
         try:
+            if src.seekable():
+                start = src.tell()
+                size, sha = _copy_hashing(src, None)
+                src.seek(start)
+                self.s3.upload_fileobj(src, self.bucket, self._key(key), ExtraArgs={"ContentType": content_type})
+                return size, sha
             with tempfile.TemporaryFile() as tmp:
                 size, sha = _copy_hashing(src, tmp)
                 tmp.seek(0)
                 self.s3.upload_fileobj(tmp, self.bucket, self._key(key), ExtraArgs={"ContentType": content_type})
             return size, sha
-        except self._errors() as exc:
+        except (*self._errors(), OSError) as exc:
             raise StorageUnavailable(f"object store: {exc}") from exc
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:

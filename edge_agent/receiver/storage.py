@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
+from ..delivery import contract
 from ..delivery.contract import rfc3339
 from .index import LdoIndex, open_index
 from .objects import LocalObjects, S3Objects, StorageUnavailable
@@ -132,16 +133,23 @@ class LdoStorage:
         return self.index.add([row_from_record(base, json.loads(raw))], done_base=base) > 0
 
     def ingest(self, key: str | None, meta: dict[str, Any] | None, video: IO[bytes] | None,
-               filename: str | None) -> dict[str, Any]:
+               filename: str | None, expect: tuple[int, str] | None = None) -> dict[str, Any]:
+        """Store an LDO; its video and record are durable when this returns, so the reply (echoing the
+        video's sha256) may be sent. `expect`, the (size, sha256) the video arrived with: a store that
+        took other bytes fails the request. Raises StorageUnavailable when a put or the index commit failed."""
         self.prepare()
         ldo_id, base = self._place(key, meta)
         self.index.pending_add(base)
-        size, sha = self.objects.put_stream(base + ".mp4", video, "video/mp4") if video is not None else (0, None)
+        size, sha = (self.objects.put_stream(base + ".mp4", video, contract.VIDEO_CONTENT_TYPE)
+                     if video is not None else (0, None))
+        if video is not None and expect is not None and (size, sha) != expect:
+            raise StorageUnavailable(f"{base}.mp4: {size} bytes with sha256 {sha} went to the store, {expect[0]} "
+                                     f"bytes with sha256 {expect[1]} were received")
         record = {"id": ldo_id, "status": "ingested", "filename": f"{ldo_id}.mp4" if video is not None else None,
                   "size_bytes": size, "sha256": sha, "created_at": rfc3339(time.time()),
                   "idempotency_key": key, "site": self.site, "device_id": base.split("/")[1], "metadata": meta}
         self.objects.put_bytes(base + ".json", json.dumps(record).encode(), "application/json")
-        body = {"id": ldo_id, "status": "ingested", "size_bytes": size}
+        body = {"id": ldo_id, "status": "ingested", "size_bytes": size, contract.RECEIPT_SHA256: sha}
         if key:
             self.objects.put_if_absent(self._marker(key), json.dumps(body).encode())
         self.index.add([row_from_record(base, record)], done_base=base)

@@ -4,11 +4,18 @@
 Paths are always made from server-generated ids, never from anything a client sent. Every
 idempotency key is recorded with the reply it got, so a retry gets the same answer and no
 second record, across restarts.
+
+Durable before acknowledged: a video arrives in `incoming/<id>.part` (body.py); once the request is
+checked it is fsynced, renamed into `videos/` and the directory fsynced; then the event row and the
+key's reply are committed in one SQLite transaction (WAL, synchronous=FULL: the commit is on disk when
+it returns). Only then does the client get its 2xx. A request that fails after the rename removes its
+video (`forget_video`); a crash before the commit leaves at most a part file (removed at the next
+start) or a video no row names (never listed; the sender's retry stores its own copy), never a row
+whose video is not on disk.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -18,8 +25,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from ..delivery.spool_files import fsync_path
 from .lock import hold
 
 _SCHEMA = """
@@ -40,6 +48,10 @@ class Store:
         self.data_dir = Path(data_dir)
         self._lock_fd = hold(self.data_dir)  # DataDirInUse before anything is opened or written
         (self.data_dir / "videos").mkdir(parents=True, exist_ok=True)
+        self.incoming = self.data_dir / "incoming"
+        self.incoming.mkdir(exist_ok=True)
+        for stale in [*self.incoming.glob("*.part"), *(self.data_dir / "videos").glob("*.part")]:
+            stale.unlink(missing_ok=True)  # bodies a crash or a kill cut short: never acknowledged
         self._db = sqlite3.connect(str(self.data_dir / "receiver.sqlite3"), check_same_thread=False,
                                    isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -92,22 +104,18 @@ class Store:
 
     # --- files ----------------------------------------------------------------------------------
 
-    def save_video(self, folder: str, src: IO[bytes]) -> tuple[str, int, str]:
-        """Copy an upload to `<folder>/<random id>.mp4`, fsynced; return (relative path, size, sha256)."""
+    def keep_video(self, folder: str, part: Path) -> str:
+        """Make a received part file a stored video: fsync it, rename it to `<folder>/<random id>.mp4`,
+        fsync the folder (a rename is durable only once its directory is). Returns the relative path."""
         name = f"{folder}/{uuid.uuid4().hex}.mp4"
-        path = self.data_dir / name
-        tmp = path.with_suffix(".part")
-        h = hashlib.sha256()
-        size = 0
-        with tmp.open("wb") as out:
-            while block := src.read(1 << 20):
-                h.update(block)
-                size += len(block)
-                out.write(block)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-        return name, size, h.hexdigest()
+        fsync_path(part)
+        os.replace(part, self.data_dir / name)
+        fsync_path(self.data_dir / folder)
+        return name
+
+    def forget_video(self, name: str) -> None:
+        """Remove a kept video that no event names (its request failed before the commit)."""
+        (self.data_dir / name).unlink(missing_ok=True)
 
     # --- records --------------------------------------------------------------------------------
 
