@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,3 +65,32 @@ def test_kill9_during_delivery_loses_nothing_and_duplicates_nothing(tmp_path: Pa
           f"{wire_duplicates} duplicate requests on the wire (deduplicated by the server)")
     assert killed >= ROUNDS * 2 // 3, "the kills should land while delivering"
     assert Spool(spool_config(spool_dir)).status().clips == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace kills the process at one exact system call")
+def test_a_delivery_killed_between_its_two_deletes_is_finished_by_the_next_start(tmp_path: Path) -> None:
+    """The server has the clip; the agent deleted its sidecar and is killed (SIGKILL, delivered by strace on
+    the video's unlink, which does not run) before it deletes the video. The next owner finishes the delete:
+    nothing set aside in quarantine/, nothing sent twice, and the commands that judge quarantine exit 0."""
+    spool_dir = tmp_path / "spool"
+    spool = Spool(spool_config(spool_dir))
+    event_id = add_clip(spool)[0]
+    spool.close()
+    mp4 = spool_dir / "clips" / f"{event_id}.mp4"
+    with FlakyServer() as server:
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text(f"upload:\n  url: {server.url}\nspool:\n  dir: {spool_dir}\n  min_free_bytes: 0\n")
+        killed = subprocess.run(
+            ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(mp4), "-e", "trace=unlink,unlinkat",
+             "-e", "inject=unlink,unlinkat:error=ENOENT:signal=SIGKILL",
+             sys.executable, "-m", "edge_agent.cli", "spool", "flush", "--config", str(cfg)],
+            cwd=agent_process.ROOT, capture_output=True, text=True, timeout=60)
+        assert killed.returncode == -signal.SIGKILL or killed.returncode == 128 + signal.SIGKILL, killed
+        assert mp4.exists() and not mp4.with_suffix(".json").exists()  # killed between the two deletes
+        assert list(server.delivered) == [event_id]
+        again = agent_process.run(["spool", "flush", "--config", str(cfg)], capture_output=True, text=True)
+        requeue = agent_process.run(["spool", "requeue", "--config", str(cfg)], capture_output=True, text=True)
+    assert again.returncode == 0 and requeue.returncode == 0, again.stderr + requeue.stderr
+    assert list((spool_dir / "quarantine").iterdir()) == [] and list((spool_dir / "clips").iterdir()) == []
+    assert len([s for s in server.seen if s.complete]) == 1  # the next start did not send it again
