@@ -64,7 +64,7 @@ from tests import spool_watch  # noqa: E402
 from tests.flaky_server import FlakyServer  # noqa: E402
 from tests.kill_windows import arm  # noqa: E402
 from tests.label_camera import agent_config  # noqa: E402
-from tests.read_ledger import detections, judge, queued, read_log  # noqa: E402
+from tests.read_ledger import detections, judge, not_durable, queued, read_log  # noqa: E402
 from tests.receiver_fixture import free_port  # noqa: E402
 
 EX_UNAVAILABLE = 69  # sysexits: LazyFS or FUSE not usable here
@@ -409,6 +409,10 @@ def report(lives: list[Life], server: FlakyServer, fs: LazyFs, work: Path, args:
     print(f"\nreads detected {len(detected)}, delivered {verdict.delivered} ({verdict.with_video} with video, "
           f"{len(verdict.cid_only)} CID-only), lost {len(verdict.lost)}, ghosts/duplicates {len(verdict.ghosts)}, "
           f"corrupt {len(verdict.corrupt)}; requests sent again under their key {verdict.wire_duplicates}")
+    refused = {e: c for x in lives for e, c in not_durable(x.log_text()).items()}
+    arrived = len(set(refused) & set(server.delivered))
+    print(f"reads whose commit the disk refused (an I/O error as LazyFS went down first, logged not_durable: "
+          f"nothing promised): {len(refused)}, of them delivered all the same {arrived}")
     print(f"agent up after {len(ups)} of {len(lives)} starts (p50 {statistics.median(ups) if ups else 0:.1f} s, "
           f"max {max(ups, default=0):.1f} s); ended by itself before a cut: {died or 'never'}; "
           f"drain run exit {drain_rc}; files left in quarantine/: {len(quarantined)}")

@@ -28,13 +28,20 @@ from typing import Any
 
 import av
 
-DETECTED = re.compile(r"detected cid=(\S+) clip=([0-9A-Za-z-]+)")
+# the agent logs a read once it is committed; a commit the disk refused (an I/O error) says `not_durable`:
+# no promise is made for that read (after a real power cut it could not even have been logged)
+DETECTED = re.compile(r"detected cid=(\S+) clip=([0-9A-Za-z-]+)(?P<rest>[^\n]*)")
 QUEUED = re.compile(r"queued cid=\S+ clip=([0-9A-Za-z-]+)")
 
 
 def detections(log_text: str) -> dict[str, str]:
-    """event id -> CID for every read an agent's log says it made."""
-    return {m.group(2): m.group(1) for m in DETECTED.finditer(log_text)}
+    """event id -> CID for every read an agent's log says it made durable."""
+    return {m.group(2): m.group(1) for m in DETECTED.finditer(log_text) if "not_durable" not in m.group("rest")}
+
+
+def not_durable(log_text: str) -> dict[str, str]:
+    """event id -> CID for every read whose commit the disk refused (logged `not_durable`)."""
+    return {m.group(2): m.group(1) for m in DETECTED.finditer(log_text) if "not_durable" in m.group("rest")}
 
 
 def queued(log_text: str) -> set[str]:
