@@ -15,6 +15,7 @@ import yaml
 
 from edge_agent.config import ConfigError, parse_config
 from tests import agent_process
+from tests.hostile_yaml import ALIAS_BOMB, ALIAS_BOMB_AT, NESTED_5000, RECURSIVE_ALIAS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -242,3 +243,57 @@ def test_config_validate_suggests_the_environment_variable(tmp_path: Path) -> No
     assert res.returncode == 78
     assert res.stderr == ("environment EDGE_AGENT__UPLOAD__URLL: upload.urll: unknown key "
                           "(did you mean EDGE_AGENT__UPLOAD__URL?)\n")
+
+
+# --- 6. a document past the bounds: aliases, depth, size ---------------------------------------------
+
+BOUNDS = [
+    (ALIAS_BOMB, f"c.yaml:{ALIAS_BOMB_AT}: the document stands for more than 10000 values here (aliases expanded): "
+                 "a config has a few hundred; write the values out, or use fewer aliases"),
+    (RECURSIVE_ALIAS, "c.yaml:1:8: alias *a repeats the collection it is in (a recursive alias, which never ends): "
+                     "write the values out"),
+    (NESTED_5000, "c.yaml:1:35: nested more than 32 levels deep (a config's sections are "
+                                             "at most four): is it the right file?"),
+    ("".join(f"{'  ' * i}k{i}:\n" for i in range(40)), "c.yaml:33:65: nested more than 32 levels deep (a config's "
+                                                       "sections are at most four): is it the right file?"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BOUNDS, ids=["alias-bomb", "recursive-alias", "flow-5000-deep",
+                                                             "block-40-deep"])
+def test_a_document_past_the_bounds_is_refused_where_it_crosses_them(text: str, expected: str) -> None:
+    """Refused before anything is built from it (a scan of the parser's events): not the memory of a
+    billion values, not a RecursionError as an internal error."""
+    assert errors(text) == [expected]
+
+
+def test_an_alias_bomb_in_an_environment_value_is_refused_by_its_variable() -> None:
+    bomb = "{" + ", ".join(ALIAS_BOMB.splitlines()) + "}"
+    assert errors("device_id: a\n", env={"EDGE_AGENT__SOURCE__OPTIONS": bomb}) == [
+        "environment EDGE_AGENT__SOURCE__OPTIONS:1:171: the document stands for more than 10000 values here "
+        "(aliases expanded): a config has a few hundred; write the values out, or use fewer aliases"]
+
+
+def test_aliases_within_the_bounds_still_work() -> None:
+    cfg = parse_config("source:\n  options: {a: &v '7', b: *v}\n", "c.yaml", env={}, strict_source=False)
+    assert cfg.source.options == {"a": "7", "b": "7"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("what", ["alias-bomb", "nested-5000", "dev-zero", "over-1-MiB"])
+def test_config_validate_refuses_a_document_past_the_bounds_with_78_at_once(tmp_path: Path, what: str) -> None:
+    cfg = tmp_path / "config.yaml"
+    text = {"alias-bomb": ALIAS_BOMB, "nested-5000": NESTED_5000,
+            "over-1-MiB": "device_id: a\n" + "# padding\n" * 120_000}.get(what)
+    if text is None:
+        cfg = Path("/dev/zero")  # named by mistake: it never ends
+    else:
+        cfg.write_text(text)
+    res = validate(cfg)
+    assert res.returncode == 78, res.stderr
+    line, = res.stderr.splitlines()
+    want = {"alias-bomb": f"{cfg}:{ALIAS_BOMB_AT}: the document stands for more than 10000 values",
+            "nested-5000": f"{cfg}:1:35: nested more than 32 levels deep",
+            "dev-zero": "/dev/zero: larger than a config may be (1 MiB): is it the right file?",
+            "over-1-MiB": f"{cfg}: larger than a config may be (1 MiB)"}[what]
+    assert line.startswith(want), line
