@@ -297,3 +297,49 @@ def test_config_validate_refuses_a_document_past_the_bounds_with_78_at_once(tmp_
             "dev-zero": "/dev/zero: larger than a config may be (1 MiB): is it the right file?",
             "over-1-MiB": f"{cfg}: larger than a config may be (1 MiB)"}[what]
     assert line.startswith(want), line
+
+
+# --- 7. device_id and site: printable text, as they go into every log line and metric label ------------
+
+PRINTABLE = ("only printable characters (letters, digits, spaces, punctuation; no newline, tab or other control "
+             "character)")
+
+
+@pytest.mark.parametrize(("value", "shown"), [("cam\n<3>forged: x", "'\\n' at character 4"),
+                                              ("cam\nforged", "'\\n' at character 4"),
+                                              ("cam\x1b[31m", "'\\x1b' at character 4"),
+                                              ("cam\u202egnp.exe", "'\\u202e' at character 4")],
+                         ids=["log-line", "folded-by-yaml", "escape", "bidi-override"])
+def test_a_device_id_from_the_environment_with_a_control_character_is_refused_by_its_variable(
+        value: str, shown: str) -> None:
+    """A newline in EDGE_AGENT__DEVICE_ID would forge a log line and a metric label: refused, naming the
+    variable, the key, what is allowed and where; YAML folding the newline into a space would hide it."""
+    assert errors("site: a\n", env={"EDGE_AGENT__DEVICE_ID": value}) == [
+        f"environment EDGE_AGENT__DEVICE_ID: device_id: {PRINTABLE}: {shown}"]
+
+
+def test_a_device_id_or_site_in_the_file_with_a_control_character_is_refused_at_its_line() -> None:
+    assert errors('device_id: "line\\t3"\nsite: "hall\\n2"\n') == [
+        f"c.yaml:1:12: device_id: {PRINTABLE}: '\\t' at character 5, got 'line\\t3'",
+        f"c.yaml:2:7: site: {PRINTABLE}: '\\n' at character 5, got 'hall\\n2'"]
+
+
+def test_device_ids_and_sites_with_spaces_and_any_script_stay_valid_within_200_characters() -> None:
+    """The rule refuses what forges lines, not what devices are called: 'Halle 2 – Linie 3', 'カメラ1'
+    (the reference receiver files ids that are not plain path segments under unknown-device, keeping the id)."""
+    cfg = parse_config("device_id: Halle 2 – Linie 3\nsite: 第二工場\n", "c.yaml", env={}, strict_source=False)
+    assert (cfg.device_id, cfg.site) == ("Halle 2 – Linie 3", "第二工場")
+    from_env = parse_config("", "c.yaml", env={"EDGE_AGENT__DEVICE_ID": "カメラ1"}, strict_source=False)
+    assert from_env.device_id == "カメラ1"
+    assert errors("device_id: ''\n") == ["c.yaml:1:12: device_id: String should have at least 1 character, got ''"]
+    assert errors(f"device_id: {'x' * 201}\n")[0].startswith("c.yaml:1:12: device_id: String should have at most "
+                                                            "200 characters")
+
+
+@pytest.mark.slow
+def test_config_validate_refuses_a_newline_in_the_device_id_variable_with_78(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("site: plant-a\n")
+    res = validate(cfg, env={"EDGE_AGENT__DEVICE_ID": "cam-1\n<3>edge_agent: forged line"})
+    assert res.returncode == 78
+    assert res.stderr == f"environment EDGE_AGENT__DEVICE_ID: device_id: {PRINTABLE}: '\\n' at character 6\n"

@@ -92,6 +92,8 @@ def env_overrides(env: Mapping[str, str] | None = None) -> dict[tuple[str, ...],
             value = raw
         if value is not None and not isinstance(value, str | dict | list) and wants_text(path):
             value = raw.strip()  # a text key takes the text as given: DEVICE_ID=0042 is "0042", not 34
+        elif isinstance(value, str) and not raw.strip().isprintable() and wants_text(path):
+            value = raw.strip()  # and keeps a newline in it: YAML would fold it into a space, unseen
         out[path] = (var, value)
     return out
 
