@@ -237,9 +237,9 @@ class HttpConfig(_Section):
 
 class Config(_Section):
     device_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=LABEL_MAX_CHARS, **_live(
-        "Name of this device in metadata and in the edge_agent_info metric; default: the host name. Printable "
-        "characters only (no newline, tab or other control character). The reference receiver files clips "
-        "under it when it is letters, digits, '.', '_' and '-' (at most 64), else under unknown-device."))
+        "Name of this device in metadata and in the edge_agent_info metric; default (or empty): the host name. "
+        "Printable characters only (no newline, tab or other control character). The reference receiver files "
+        "clips under it when it is letters, digits, '.', '_' and '-' (at most 64), else under unknown-device."))
     site: str | None = Field(None, max_length=LABEL_MAX_CHARS, **_live(
         "Where the device stands (plant, hall, line), the `site` label of edge_agent_info for fleet dashboards. "
         "Printable characters only. Empty: no site."))
@@ -251,6 +251,12 @@ class Config(_Section):
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     noreads: NoReadsConfig = Field(default_factory=NoReadsConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+
+    @field_validator("device_id", mode="before")
+    @classmethod
+    def _host_name_when_empty(cls, v: Any) -> Any:
+        # the packaged config.yaml ships `device_id: ""  # empty: the host name`
+        return socket.gethostname() if v is None or v == "" else v
 
     @field_validator("device_id", "site")
     @classmethod
