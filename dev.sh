@@ -58,13 +58,14 @@ demo() {
     "$VENV/bin/edge-agent" receiver --host 127.0.0.1 --port "$port" --data-dir "$data/receiver" 2>"$data/receiver.log" &
     RECEIVER_PID=$!
     trap 'kill "$RECEIVER_PID" 2>/dev/null; wait "$RECEIVER_PID" 2>/dev/null || true' EXIT
-    # up means *our* server says it listens (uvicorn logs it once bound); another program answering on
+    # up means *our* server says it listens (it logs it once bound); another program answering on
     # that port must not pass for it, or the demo would queue its clips and deliver none
     local waited=0 limit=${DEMO_START_TIMEOUT:-60}
-    until grep -q "Uvicorn running on http://127.0.0.1:$port" "$data/receiver.log" 2>/dev/null; do
+    until grep -q "receiver listening host=127.0.0.1 port=$port " "$data/receiver.log" 2>/dev/null; do
         if ! kill -0 "$RECEIVER_PID" 2>/dev/null || [ "$waited" -ge $((limit * 5)) ]; then
             local why
-            why=$(grep -m1 -E "ERROR|Error|error" "$data/receiver.log" | sed 's/^ERROR: *//' || true)
+            why=$(grep -m1 -E "^edge-agent receiver: |ERROR|Error|error" "$data/receiver.log" \
+                  | sed 's/^ERROR: *//; s/^edge-agent receiver: *//' || true)
             echo "dev.sh demo: the local edge server did not come up on 127.0.0.1:$port: ${why:-no answer within ${limit} s} (see $data/receiver.log; another port: DEMO_PORT=NNNN ./dev.sh demo)" >&2
             exit 1
         fi

@@ -1,5 +1,6 @@
 """`edge-agent` command line: thin on purpose. Each sub-command module registers its own parser
-and handler; this module only assembles them and maps exceptions to exit codes."""
+and handler; this module only assembles them, maps exceptions to exit codes and puts every command's
+output behind the one redaction rule (redact.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from edge_agent import __version__, const
+from edge_agent.redact import redacted_output
 
 # Each command and the module whose `register(subparsers)` adds it, in the order of --help. A run of one
 # command imports only its module: all of them (pydantic's schema, OpenCV, PyAV, the web server) take
@@ -80,7 +82,11 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     limit_malloc_arenas()
-    argv = sys.argv[1:] if argv is None else argv
+    with redacted_output():  # whatever any command prints, a password in it is masked (redact.py)
+        return _run(sys.argv[1:] if argv is None else argv)
+
+
+def _run(argv: list[str]) -> int:
     parser = build_parser(command_in(argv), argv)
     args = parser.parse_args(argv)
     try:

@@ -4,9 +4,10 @@ A camera URL carries its login (`rtsp://admin:CamPass123@10.0.0.7/stream`), and 
 command line may carry one too (`--password X`, `user-pw=X`, `RTSP_PASS=X`, `-u user:X`,
 `Authorization: Basic ...`). `redact()` masks them in any text, wherever the text came from: the
 configured value itself, or an FFmpeg or OS error that quotes it. It is applied where such text
-leaves the process (the log formatter, the web server's JSON) and where the agent makes a message
-out of a source (`SourceError`, a source's `describe`), so a message copied into another message
-is already clean.
+leaves the process: the log formatter, the web server's JSON, and every command's output (the CLI
+runs each command with stdout and stderr behind `RedactedStream`; JSON output is `redact_data`ed
+first, which also masks secret-named keys); and where the agent makes a message out of a source
+(`SourceError`, a source's `describe`), so a message copied into another message is already clean.
 
 Masking keeps what helps a technician (the scheme, the user name, the host, the option's name) and
 replaces only the secret with `***`. It errs on the side of masking: an option whose name merely
@@ -15,7 +16,11 @@ looks secret (`passthrough=1`) loses its value in messages, never a password its
 
 from __future__ import annotations
 
+import contextlib
 import re
+import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 MASK = "***"
@@ -82,3 +87,53 @@ def redact_data(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [redact_data(v) for v in value]
     return value
+
+
+class RedactedStream:
+    """A text stream (stdout, stderr) whose every line is `redact()`ed on its way out: one rule for
+    whatever a command prints, its own lines, a library's, a warning's. A line is masked whole once
+    it ends (or on `flush()`), so a secret printed in pieces (`print("--password", value)`) is masked
+    as it would be in one piece. What is not text (`.buffer`) passes unmasked: nothing writes there."""
+
+    def __init__(self, target: Any):
+        self.target = target
+        self._pending = ""
+        self._lock = threading.Lock()  # the daemon's threads log through one stream
+
+    def write(self, text: str) -> int:
+        written = len(text)
+        with self._lock:
+            text = self._pending + text
+            end = max(text.rfind("\n"), text.rfind("\r")) + 1  # tqdm redraws its bar after a '\r'
+            self._pending = text[end:]
+            if end:
+                self.target.write(redact(text[:end]))
+        return written
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, ""
+            if pending:
+                self.target.write(redact(pending))
+        self.target.flush()
+
+    def __getattr__(self, name: str) -> Any:  # encoding, isatty, fileno, ... as the stream it wraps
+        return getattr(self.target, name)
+
+
+@contextlib.contextmanager
+def redacted_output() -> Iterator[None]:
+    """sys.stdout and sys.stderr masked for the duration (a command's run); as found afterwards."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactedStream(saved[0]), RedactedStream(saved[1])
+    try:
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # a closed pipe (`| head`), a closed stream
+                stream.flush()
+        sys.stdout, sys.stderr = saved

@@ -54,8 +54,28 @@ def test_only_yaml_files_join_not_backups_leftovers_or_hidden_ones(tmp_path: Pat
     d = tmp_path / "config.d"
     for name in ("10-fleet.yaml~", "10-fleet.yaml.dpkg-old", ".10-fleet.yaml", "10-fleet.yaml.new", "10-fleet.yml"):
         (d / name).write_text("clip:\n  pre_rol_s: 9\n")  # would be refused if read
-    (d / "sub.yaml").mkdir()
     assert load_config(main, env={}).clip.pre_roll_s == 1
+
+
+@pytest.mark.parametrize(("make", "says"), [
+    (lambda p: p.mkdir(), "a folder, not a file (only files named *.yaml are config fragments): move it out of "
+                          "the folder"),
+    (lambda p: p.symlink_to("/srv/fleet/gone.yaml"), "a symbolic link to /srv/fleet/gone.yaml, which does not "
+                                                      "exist: restore its target, or remove the link"),
+    (lambda p: os.mkfifo(p), "not a regular file (a device, a pipe or a socket): only files are config fragments"),
+], ids=["folder", "dangling-link", "fifo"])
+def test_a_fragment_name_that_is_no_readable_file_refuses_the_config_in_one_line(tmp_path: Path, make, says) -> None:
+    """Named *.yaml, it was meant as config (a copy that made a folder, a link whose target went): the
+    config is refused as for an unreadable fragment, never run without it unseen; a pipe is not read
+    (it would never end)."""
+    main = setup(tmp_path)
+    frag = tmp_path / "config.d" / "10-fleet.yaml"
+    make(frag)
+    with pytest.raises(ConfigError) as err:
+        load_config(main, env={})
+    assert err.value.lines == [f"{frag}: cannot read config fragment: {says}"]
+    res = cli("config", "validate", str(main))
+    assert res.returncode == 78 and res.stderr.strip() == f"{frag}: cannot read config fragment: {says}", res.stderr
 
 
 def test_the_fragment_folder_is_named_after_the_config_file() -> None:

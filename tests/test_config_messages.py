@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import yaml
 
 from edge_agent.config import ConfigError, parse_config
 from tests import agent_process
+from tests.hostile_yaml import ALIAS_BOMB, ALIAS_BOMB_AT, NESTED_5000, RECURSIVE_ALIAS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -242,3 +244,104 @@ def test_config_validate_suggests_the_environment_variable(tmp_path: Path) -> No
     assert res.returncode == 78
     assert res.stderr == ("environment EDGE_AGENT__UPLOAD__URLL: upload.urll: unknown key "
                           "(did you mean EDGE_AGENT__UPLOAD__URL?)\n")
+
+
+# --- 6. a document past the bounds: aliases, depth, size ---------------------------------------------
+
+BOUNDS = [
+    (ALIAS_BOMB, f"c.yaml:{ALIAS_BOMB_AT}: the document stands for more than 10000 values here (aliases expanded): "
+                 "a config has a few hundred; write the values out, or use fewer aliases"),
+    (RECURSIVE_ALIAS, "c.yaml:1:8: alias *a repeats the collection it is in (a recursive alias, which never ends): "
+                     "write the values out"),
+    (NESTED_5000, "c.yaml:1:35: nested more than 32 levels deep (a config's sections are "
+                                             "at most four): is it the right file?"),
+    ("".join(f"{'  ' * i}k{i}:\n" for i in range(40)), "c.yaml:33:65: nested more than 32 levels deep (a config's "
+                                                       "sections are at most four): is it the right file?"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BOUNDS, ids=["alias-bomb", "recursive-alias", "flow-5000-deep",
+                                                             "block-40-deep"])
+def test_a_document_past_the_bounds_is_refused_where_it_crosses_them(text: str, expected: str) -> None:
+    """Refused before anything is built from it (a scan of the parser's events): not the memory of a
+    billion values, not a RecursionError as an internal error."""
+    assert errors(text) == [expected]
+
+
+def test_an_alias_bomb_in_an_environment_value_is_refused_by_its_variable() -> None:
+    bomb = "{" + ", ".join(ALIAS_BOMB.splitlines()) + "}"
+    assert errors("device_id: a\n", env={"EDGE_AGENT__SOURCE__OPTIONS": bomb}) == [
+        "environment EDGE_AGENT__SOURCE__OPTIONS:1:171: the document stands for more than 10000 values here "
+        "(aliases expanded): a config has a few hundred; write the values out, or use fewer aliases"]
+
+
+def test_aliases_within_the_bounds_still_work() -> None:
+    cfg = parse_config("source:\n  options: {a: &v '7', b: *v}\n", "c.yaml", env={}, strict_source=False)
+    assert cfg.source.options == {"a": "7", "b": "7"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("what", ["alias-bomb", "nested-5000", "dev-zero", "over-1-MiB"])
+def test_config_validate_refuses_a_document_past_the_bounds_with_78_at_once(tmp_path: Path, what: str) -> None:
+    cfg = tmp_path / "config.yaml"
+    text = {"alias-bomb": ALIAS_BOMB, "nested-5000": NESTED_5000,
+            "over-1-MiB": "device_id: a\n" + "# padding\n" * 120_000}.get(what)
+    if text is None:
+        cfg = Path("/dev/zero")  # named by mistake: it never ends
+    else:
+        cfg.write_text(text)
+    res = validate(cfg)
+    assert res.returncode == 78, res.stderr
+    line, = res.stderr.splitlines()
+    want = {"alias-bomb": f"{cfg}:{ALIAS_BOMB_AT}: the document stands for more than 10000 values",
+            "nested-5000": f"{cfg}:1:35: nested more than 32 levels deep",
+            "dev-zero": "/dev/zero: larger than a config may be (1 MiB): is it the right file?",
+            "over-1-MiB": f"{cfg}: larger than a config may be (1 MiB)"}[what]
+    assert line.startswith(want), line
+
+
+# --- 7. device_id and site: printable text, as they go into every log line and metric label ------------
+
+PRINTABLE = ("only printable characters (letters, digits, spaces, punctuation; no newline, tab or other control "
+             "character)")
+
+
+@pytest.mark.parametrize(("value", "shown"), [("cam\n<3>forged: x", "'\\n' at character 4"),
+                                              ("cam\nforged", "'\\n' at character 4"),
+                                              ("cam\x1b[31m", "'\\x1b' at character 4"),
+                                              ("cam\u202egnp.exe", "'\\u202e' at character 4")],
+                         ids=["log-line", "folded-by-yaml", "escape", "bidi-override"])
+def test_a_device_id_from_the_environment_with_a_control_character_is_refused_by_its_variable(
+        value: str, shown: str) -> None:
+    """A newline in EDGE_AGENT__DEVICE_ID would forge a log line and a metric label: refused, naming the
+    variable, the key, what is allowed and where; YAML folding the newline into a space would hide it."""
+    assert errors("site: a\n", env={"EDGE_AGENT__DEVICE_ID": value}) == [
+        f"environment EDGE_AGENT__DEVICE_ID: device_id: {PRINTABLE}: {shown}"]
+
+
+def test_a_device_id_or_site_in_the_file_with_a_control_character_is_refused_at_its_line() -> None:
+    assert errors('device_id: "line\\t3"\nsite: "hall\\n2"\n') == [
+        f"c.yaml:1:12: device_id: {PRINTABLE}: '\\t' at character 5, got 'line\\t3'",
+        f"c.yaml:2:7: site: {PRINTABLE}: '\\n' at character 5, got 'hall\\n2'"]
+
+
+def test_device_ids_and_sites_with_spaces_and_any_script_stay_valid_within_200_characters() -> None:
+    """The rule refuses what forges lines, not what devices are called: 'Halle 2 – Linie 3', 'カメラ1'
+    (the reference receiver files ids that are not plain path segments under unknown-device, keeping the id)."""
+    cfg = parse_config("device_id: Halle 2 – Linie 3\nsite: 第二工場\n", "c.yaml", env={}, strict_source=False)
+    assert (cfg.device_id, cfg.site) == ("Halle 2 – Linie 3", "第二工場")
+    from_env = parse_config("", "c.yaml", env={"EDGE_AGENT__DEVICE_ID": "カメラ1"}, strict_source=False)
+    assert from_env.device_id == "カメラ1"
+    # empty is the host name, as the packaged config.yaml says (`device_id: ""  # empty: the host name`)
+    assert parse_config("device_id: ''\n", "c.yaml", env={}, strict_source=False).device_id == socket.gethostname()
+    assert errors(f"device_id: {'x' * 201}\n")[0].startswith("c.yaml:1:12: device_id: String should have at most "
+                                                            "200 characters")
+
+
+@pytest.mark.slow
+def test_config_validate_refuses_a_newline_in_the_device_id_variable_with_78(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("site: plant-a\n")
+    res = validate(cfg, env={"EDGE_AGENT__DEVICE_ID": "cam-1\n<3>edge_agent: forged line"})
+    assert res.returncode == 78
+    assert res.stderr == f"environment EDGE_AGENT__DEVICE_ID: device_id: {PRINTABLE}: '\\n' at character 6\n"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from edge_agent.config import Config, parse_config
 from edge_agent.service.reload import CheckOutcome, ConfigCheck, ConfigWatcher, classify_changes
+from tests.hostile_yaml import ALIAS_BOMB, ALIAS_BOMB_AT
 
 SRC = "source: {kind: file, path: x.mp4}\n"
 
@@ -177,5 +178,45 @@ def test_a_fragment_the_agent_cannot_read_is_reported_not_skipped(tmp_path: Path
         os.replace(link, frag)
         c.wait()
         assert c.errors == [[f"{frag}: cannot read config fragment: Input/output error"]]
+    finally:
+        w.stop()
+
+
+def test_an_alias_bomb_saved_as_a_fragment_is_refused_where_it_crosses_the_bound_and_nothing_applies(
+        tmp_path: Path) -> None:
+    """The same bound as `config validate`'s, on the watcher's path: the running config stays, the next good
+    save applies."""
+    (tmp_path / "config.d").mkdir()
+    path, c, w = watch(tmp_path)
+    frag = tmp_path / "config.d" / "50-bomb.yaml"
+    try:
+        frag.write_text(ALIAS_BOMB)
+        c.wait()
+        assert c.configs == [] and len(c.errors) == 1
+        assert c.errors[0] == [f"{frag}:{ALIAS_BOMB_AT}: the document stands for more than 10000 values here "
+                               "(aliases expanded): a config has a few hundred; write the values out, or use fewer "
+                               "aliases"]
+        frag.write_text("clip:\n  pre_roll_s: 2\n")
+        c.wait()
+        assert [cfg.clip.pre_roll_s for cfg in c.configs] == [2]
+    finally:
+        w.stop()
+
+
+def test_a_fragment_that_becomes_a_dangling_link_is_refused_not_skipped(tmp_path: Path) -> None:
+    """The watcher looks at what the loader reads: a fragment replaced by a link whose target is gone is
+    an error of its own (not the main file away, not a fragment silently dropped)."""
+    (tmp_path / "config.d").mkdir()
+    path, c, w = watch(tmp_path)
+    frag = tmp_path / "config.d" / "10-fleet.yaml"
+    try:
+        frag.write_text("clip:\n  pre_roll_s: 2\n")
+        c.wait()
+        link = tmp_path / "config.d" / ".link"
+        link.symlink_to(tmp_path / "gone.yaml")
+        os.replace(link, frag)
+        c.wait()
+        assert c.errors == [[f"{frag}: cannot read config fragment: a symbolic link to {tmp_path / 'gone.yaml'}, "
+                             "which does not exist: restore its target, or remove the link"]]
     finally:
         w.stop()

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -350,3 +352,81 @@ def test_a_requeue_that_leaves_clips_in_quarantine_is_1(tmp_path: Path, in_proce
     res = in_process("spool", "requeue", "--config", str(cfg))
     assert res.returncode == const.EXIT_FAILED, (res.stdout, res.stderr)
     assert "could not be requeued" in res.stdout and "still in quarantine" in res.stderr
+
+
+# --- odd inputs: one line with the cause and its sysexits code, never a traceback ------------------
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A folder on a read-only file system (a tmpfs mounted ro; root, as CI is), skipped where none can be
+    mounted: the test's root would write through mode bits anyway."""
+    where = tmp_path / "ro"
+    where.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(where)], capture_output=True,
+                         check=False)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {res.stderr.decode().strip() or res.returncode}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _one_line(res: subprocess.CompletedProcess[str], code: int, says: str) -> None:
+    """The run ended with `code` and its last stderr line says `says`; nothing looks like a traceback."""
+    out = res.stdout + res.stderr
+    assert res.returncode == code, (res.returncode, out[-2000:])
+    assert says in res.stderr.strip().splitlines()[-1], out[-2000:]
+    assert "Traceback" not in out and "internal error" not in out and "uvicorn" not in out.lower(), out[-2000:]
+
+
+def test_a_receiver_port_out_of_range_is_a_usage_error(tmp_path: Path) -> None:
+    res = cli("receiver", "--port", "70000", "--data-dir", str(tmp_path / "data"))
+    _one_line(res, const.EXIT_USAGE, "argument --port: 70000 is not a port number (0-65535)")
+
+
+@pytest.mark.slow
+def test_a_receiver_port_in_use_is_one_line_and_75(tmp_path: Path, in_process: Cli) -> None:
+    """Another program (another receiver) has the port: a temporary failure, as a data dir another receiver
+    holds is (75), said in one line instead of uvicorn's lines and its exit 3."""
+    with socket.create_server(("127.0.0.1", 0)) as squatter:
+        port = squatter.getsockname()[1]
+        res = in_process("receiver", "--port", str(port), "--data-dir", str(tmp_path / "data"))
+    _one_line(res, const.EXIT_QUEUED, f"edge-agent receiver: cannot listen on 127.0.0.1:{port}: address already in "
+                                      "use (another receiver?): stop the program that has it, or choose another --port")
+
+
+@pytest.mark.parametrize("where", ["a-file", "under-a-file", "read-only"])
+def test_a_receiver_data_dir_it_cannot_use_is_one_line_and_73(tmp_path: Path, where: str, in_process: Cli,
+                                                              request: pytest.FixtureRequest) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    data, why = {"a-file": (tmp_path / "file", f"{tmp_path / 'file'} is a file, not a folder"),
+                 "under-a-file": (tmp_path / "file" / "data", f"{tmp_path / 'file'} is a file"),
+                 "read-only": (None, "Read-only file system")}[where]
+    if data is None:
+        data = request.getfixturevalue("read_only_dir") / "data"
+    res = in_process("receiver", "--port", str(free_port()), "--data-dir", str(data))
+    _one_line(res, const.EXIT_CANTCREAT, f"edge-agent receiver: cannot use --data-dir {data}: {why} (give --data-dir "
+                                         "a folder this user can write, on a writable disk)")
+
+
+def test_config_reference_into_a_read_only_folder_is_one_line_and_73(read_only_dir: Path, in_process: Cli) -> None:
+    res = in_process("config", "reference", "--out", str(read_only_dir))
+    _one_line(res, const.EXIT_CANTCREAT, f"edge-agent config reference: cannot write into --out {read_only_dir}: "
+                                         "Read-only file system")
+
+
+@pytest.mark.parametrize(("video", "says"), [
+    ("/dev/zero", "not a regular video file (a character device): give a video file (a camera is source.kind v4l2 "
+                  "or pipe)"),
+    ("/dev/null", "not a regular video file (a character device)"),
+    ("{tmp}", "a folder, not a regular video file: give the video files in it (e.g. FOLDER/*.mp4)"),
+    ("{tmp}/gone.mp4", "no such file"),
+], ids=["dev-zero", "dev-null", "a-folder", "missing"])
+def test_replay_of_what_is_not_a_regular_video_file_says_what_it_is_and_is_66(tmp_path: Path, video: str, says: str,
+                                                                              in_process: Cli) -> None:
+    """Nothing is read from it: /dev/zero never ends, and replay counts a file's frames before playing it."""
+    video = video.format(tmp=tmp_path)
+    res = in_process("replay", "-q", "--no-upload", "--output-dir", str(tmp_path / "clips"), video)
+    _one_line(res, const.EXIT_NOINPUT, f"edge-agent replay: {video}: {says}")

@@ -215,3 +215,39 @@ def test_sighup_and_sigterm_are_acted_on_at_once_not_at_the_main_loops_next_tick
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc/PID/status")
+
+
+@pytest.mark.slow
+def test_an_alias_bomb_dropped_into_config_d_is_refused_at_its_line_and_the_daemon_keeps_running(
+        tmp_path: Path, quiet: Path) -> None:
+    """What took a running daemon from 110 MB to a gigabyte in seconds: refused where it crosses the
+    bound, the running config kept, no memory spent on it, and the next good fragment applies."""
+    from tests.hostile_yaml import ALIAS_BOMB, ALIAS_BOMB_AT
+
+    cfg = tmp_path / "config.yaml"
+    log = tmp_path / "run.log"
+    (tmp_path / "config.d").mkdir()
+    cfg.write_text(config("http://127.0.0.1:9/cid", tmp_path / "spool", free_port(), 2.5, "zxing", quiet))
+    proc = start_run(cfg, log)
+    try:
+        at = wait_for_log(log, "ready: frames are flowing")
+        before = _peak_rss_mb(proc.pid)
+        frag = tmp_path / "config.d" / "50-bomb.yaml"
+        frag.write_text(ALIAS_BOMB)
+        at = wait_for_log(log, f"reload refused, keeping the running config: {frag}:{ALIAS_BOMB_AT}: the document "
+                               "stands for more than 10000 values", after=at)
+        grown = _peak_rss_mb(proc.pid) - before
+        assert proc.poll() is None and grown < 30, f"peak RSS grew {grown:.0f} MB"
+        frag.write_text("clip:\n  pre_roll_s: 1.5\n")
+        wait_for_log(log, "config reloaded live: clip.pre_roll_s 2.5 -> 1.5", after=at)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0

@@ -40,6 +40,7 @@ def until(what: str, fn: Any, timeout: float = 90.0) -> Any:
 def test_the_shipped_scrape_config_and_the_refused_reload_alert_work_in_prometheus(tmp_path: Path) -> None:
     agent_port, prom_port = free_port(), free_port()
     (tmp_path / "http-password").write_text("s3cret\n")
+    (tmp_path / "http-password").chmod(0o600)  # a secret file must be private, or the agent refuses it
     cfg = tmp_path / "config.yaml"
     cfg.write_text(f"device_id: line4-cam1\nsource:\n  kind: file\n  path: {SAMPLE}\n  realtime: true\n  loop: true\n"
                    f"spool:\n  dir: {tmp_path / 'spool'}\n  min_free_bytes: 0\n"

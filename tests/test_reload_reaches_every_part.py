@@ -31,6 +31,7 @@ def new_values(tmp: Path) -> dict[str, Any]:
     """A changed value for every live key (the defaults are the old ones)."""
     token = tmp / "token"
     token.write_text("s3cret\n")
+    token.chmod(0o600)  # a secret file must be private, or the agent refuses it
     return {
         "device_id": "line-7", "site": "hall 2", "log_level": "DEBUG",
         "source.stall_s": 42.0,

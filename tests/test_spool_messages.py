@@ -5,7 +5,10 @@ real server: a refused clip is quarantined with one log line that says what to f
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -13,9 +16,12 @@ import pytest
 from edge_agent import const
 from edge_agent.delivery.spool import Spool
 from tests import agent_process
+from tests.cli_in_process import Cli
 from tests.flaky_server import FlakyServer
 from tests.receiver_fixture import free_port
 from tests.spool_helpers import add_clip, spool_config
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def edge_agent(config: Path, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -88,3 +94,72 @@ def test_flush_with_the_server_up_delivers_and_says_the_spool_is_empty(tmp_path:
     assert flush.returncode == 0, flush.stderr
     assert flush.stdout.strip() == "delivered 2 clip(s); the spool is empty"
     assert delivered == [event_id for event_id, _ in clips]
+
+
+@pytest.mark.slow
+def test_flush_that_sends_a_cid_without_its_video_says_so_and_is_1_as_replay_is(tmp_path: Path) -> None:
+    """A clip queued without video (every encoder failed: clip.error says why) goes out CID-only: delivered,
+    but not all the work a flush is for, and waiting will not mend it (docs/architecture.md section 8), so
+    `flush` exits 1 and says why, as `replay` does for the same CIDs."""
+    spool = Spool(spool_config(tmp_path / "spool"))
+    (event_id, _cid, _sha), = [add_clip(spool)]
+    error = "no H.264 encoder could encode it: h264_nvenc: not in this build"
+    meta = {"schema_version": 1, "event_id": "0ddba11-0000-4000-8000-000000000001", "device_id": "test",
+            "cid": "CID-N0V1DE0", "detected_at": "2026-11-24T00:00:00.000Z", "clip": {"error": error}}
+    assert spool.put(meta["event_id"], meta["cid"], meta, None)
+    spool.close()
+    with FlakyServer() as server:
+        flush = edge_agent(write_config(tmp_path, server.url), "spool", "flush", "--timeout", "20")
+        delivered = list(server.delivered)
+    assert sorted(delivered) == sorted([event_id, meta["event_id"]])  # both went out
+    assert flush.returncode == 1, flush.stderr
+    assert flush.stdout.strip() == "delivered 2 clip(s); the spool is empty"
+    assert flush.stderr.strip().splitlines()[-1] == ("edge-agent spool flush: 1 of 2 CID(s) went out without video: "
+                                                      f"{error}")
+
+
+def _stale_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Two clips queued now on a clock 400 days behind and not synchronised (a Pi without its RTC, before
+    NTP), then the clock corrected: the wall-clock stamps say 9600 h, which is not their age."""
+    monkeypatch.setenv("EDGE_AGENT_CLOCK_SYNCED", "0")
+    spool = Spool(spool_config(tmp_path / "spool"), wall=lambda: time.time() - 400 * 86_400)
+    add_clip(spool)
+    add_clip(spool)
+    spool.close()
+    monkeypatch.setenv("EDGE_AGENT_CLOCK_SYNCED", "1")
+    return write_config(tmp_path, "http://127.0.0.1:9/cid")
+
+
+def test_status_and_list_age_clips_by_the_spools_rule_not_a_stale_wall_clock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_process: Cli) -> None:
+    cfg = _stale_spool(tmp_path, monkeypatch)
+    status = in_process("spool", "status", "--config", str(cfg))
+    assert status.returncode == 0, status.stderr
+    oldest = next(line for line in status.stdout.splitlines() if line.startswith("oldest"))
+    assert re.fullmatch(r"oldest +\d+ s old", oldest), oldest  # queued this boot: the monotonic clock's age
+    doc = json.loads(in_process("spool", "status", "--json", "--config", str(cfg)).stdout)
+    assert 0 <= doc["oldest_age_s"] < 60, doc
+    rows = json.loads(in_process("spool", "list", "--json", "--config", str(cfg)).stdout)
+    assert [0 <= r["age_s"] < 60 for r in rows] == [True, True], rows
+    listing = in_process("spool", "list", "--config", str(cfg)).stdout
+    assert " h " not in listing and "CID-" in listing, listing
+
+
+@pytest.mark.slow
+def test_after_a_reboot_a_clip_stamped_under_an_unsynchronised_clock_has_an_unknown_age(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Across a reboot only a wall clock synchronised then and now tells an age: these were stamped
+    unsynchronised, so nobody can tell, and status says that rather than 9600 h."""
+    from tests.clock_env import Boot, agent_argv, require_boots
+
+    require_boots(tmp_path)
+    cfg = _stale_spool(tmp_path, monkeypatch)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run(Boot(tmp_path).argv(agent_argv("spool", "status", "--config", str(cfg))), env=env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 0, res.stderr
+    oldest = next(line for line in res.stdout.splitlines() if line.startswith("oldest"))
+    assert oldest.split(None, 1)[1] == "age unknown (queued under an unsynchronised clock before this boot)"
+    res = subprocess.run(Boot(tmp_path).argv(agent_argv("spool", "list", "--json", "--config", str(cfg))), env=env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert [r["age_s"] for r in json.loads(res.stdout)] == [None, None]

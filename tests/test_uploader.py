@@ -57,6 +57,7 @@ def test_request_is_exactly_the_wire_contract(tmp_path: Path) -> None:
     queued_meta = spool.entries()[0].metadata
     token = tmp_path / "token"
     token.write_text("s3cret-token\n")
+    token.chmod(0o600)  # a secret file must be private, or the agent refuses it
     with FlakyServer() as server:
         assert uploader(spool, server.url, token_file=str(token)).drain(10)
     (seen,) = server.seen
@@ -363,6 +364,7 @@ def test_no_secret_in_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> 
     add_clip(spool)
     token = tmp_path / "token"
     token.write_text("topsecret-123")
+    token.chmod(0o600)
     with FlakyServer([401, (403, {}, b"bad token topsecret-123?")]) as server:
         assert uploader(spool, server.url, token_file=str(token)).drain(10)
     assert server.seen[0].headers["Authorization"] == "Bearer topsecret-123"
@@ -394,6 +396,7 @@ def test_unreadable_token_file_is_named_and_the_clip_waits(tmp_path: Path, caplo
         assert server.seen == [] and spool.head() is not None
         assert f"cannot read upload token file {missing}" in caplog.text
         missing.write_text("now-there\n")  # fixed without a restart
+        missing.chmod(0o600)
         assert up.drain(5)
     assert server.seen[-1].headers["Authorization"] == "Bearer now-there"
 
@@ -403,6 +406,7 @@ def test_a_rotated_token_is_picked_up_after_a_401(tmp_path: Path) -> None:
     add_clip(spool)
     token = tmp_path / "token"
     token.write_text("old-token")
+    token.chmod(0o600)
     with FlakyServer([401]) as server:
         up = uploader(spool, server.url, token_file=str(token))
         token.write_text("new-token")

@@ -1,7 +1,7 @@
 """What one misbehaving client costs the device's web server, through a real `run` and real sockets:
 connections reset mid-request and garbage requests are a few log lines (never a traceback each),
-wrong passwords are logged without the password, counted, and slowed for that client alone, and
-live streams are capped with a clear 503."""
+wrong passwords are logged without the password, counted, and slowed for that client alone and for
+every address together, and live streams are capped with a clear 503."""
 
 from __future__ import annotations
 
@@ -109,6 +109,27 @@ def test_wrong_passwords_are_slowed_for_that_client_only_logged_and_counted(tmp_
     failed = [line for line in log.splitlines() if "login failed" in line]
     assert failed and "client=127.0.0.1" in failed[0] and len(failed) <= 2, log  # rate-limited
     assert not any(g in log for g in [*guesses, "other-wrong", PASSWORD])
+
+
+@pytest.mark.slow
+def test_guesses_from_sixty_addresses_mostly_get_429_and_the_right_password_waits_too(tmp_path: Path,
+                                                                                     camera: Path) -> None:
+    """600 guesses from 60 loopback addresses, each within its own free ten, answered 401 all: the budget
+    of every address together holds them (one log line says so), a new address with the right password
+    is held as well (a 200 would tell the guesser), and the technician logged in before is not."""
+    with Web(tmp_path, camera, password=True, loop=True) as web:
+        assert _get(web.port, "/api/status", PASSWORD, source="127.0.0.200").status == 200  # logged in before
+        replies = [_get(web.port, "/api/status", f"guess-{n}", source=f"127.0.0.{n % 60 + 1}").status
+                   for n in range(600)]
+        right = _get(web.port, "/api/status", PASSWORD, source="127.0.0.99")
+        assert right.status == 429 and int(right.headers["Retry-After"]) >= 1
+        assert _get(web.port, "/api/status", PASSWORD, source="127.0.0.200").status == 200
+        assert web.stop() == 0
+    assert set(replies) == {401, 429} and replies.count(429) >= 540, (replies.count(401), replies.count(429))
+    log = web.log.read_text()
+    held = [line for line in log.splitlines() if "web logins held for every address" in line]
+    assert len(held) == 1 and "next try in" in held[0], log[-3000:]  # rate-limited: one line for the lot
+    assert not any(f"guess-{n}" in log for n in range(600)) and PASSWORD not in log
 
 
 @pytest.mark.slow

@@ -30,6 +30,7 @@ class Web:
         self.port = free_port()
         if password:
             (tmp_path / "http-password").write_text(PASSWORD + "\n", encoding="utf-8")
+            (tmp_path / "http-password").chmod(0o600)  # a secret file must be private, or the agent refuses it
             http += f"  password_file: {tmp_path / 'http-password'}\n"
         if tls:
             http += f"  cert_file: {tls[0]}\n  key_file: {tls[1]}\n"

@@ -1,5 +1,5 @@
 """`edge-agent check`: is this device ready? One PASS/FAIL/SKIP line per part (config, libraries,
-camera, QR decoding, spool, server, token), with a hint a field technician can act on for each
+camera, QR decoding, spool, server, token, web password), with a hint a field technician can act on for each
 failure, and exit 1 when anything failed.
 
 The source is sampled and measured in check_source.py; decoding and QR search run here afterwards
@@ -277,9 +277,30 @@ def check_token(cfg: Config) -> Result:
         load_token(cfg.upload)
     except CredentialError as exc:
         return Result("token", FAIL, str(exc),
-                      "put the token on one line in the file, readable by the service user "
+                      exc.fix or "put the token on one line in the file, private to the service user (0600) "
                       "(or use LoadCredential=upload-token:/etc/edge-agent/upload-token in the unit)")
     return Result("token", PASS, f"read from {path} (content not shown)")
+
+
+def check_web(cfg: Config) -> Result | None:
+    """The web server's password and exposure, as `run` would refuse them (exit 78); None when there is
+    no web server and no password to check."""
+    from edge_agent.delivery.credentials import CredentialError
+    from edge_agent.service.http import ExposureRefused, access_for
+
+    h = cfg.http
+    if not h.port and not h.password_file:
+        return None
+    try:
+        access = access_for(h)
+    except CredentialError as exc:
+        return Result("web", FAIL, str(exc), exc.fix or "put the password on one line in http.password_file, "
+                      "private to the service user (0600), or use the systemd credential http-password")
+    except ExposureRefused as exc:
+        return Result("web", FAIL, str(exc), "`edge-agent run` would refuse to start (exit 78)")
+    where = f"{h.host}:{h.port}" if h.port else "(http.port not set: no web server)"
+    return Result("web", PASS, f"{where}: " + ("password-protected (content not shown)" if access.password
+                                               else "open, on loopback only"))
 
 
 # --- command -------------------------------------------------------------------------------------
@@ -303,6 +324,8 @@ def run_checks(cfg: Config, path: str | None, frames: int = DEFAULT_FRAMES,
         results += [check_source(cfg, sample, seconds), check_detector(agent, sample)]
         sample.kept.clear()
     results += [check_spool(cfg), check_server(cfg), check_token(cfg)]
+    if (web := check_web(cfg)) is not None:
+        results.append(web)
     if (shared := clash_warning(path)) is not None:  # several cameras on one device: edge-agent@.service
         results.append(Result("instances", WARN, *shared))
     return results

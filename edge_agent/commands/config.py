@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from edge_agent import const
 from edge_agent.commands.common import add_config_arg, config_path, load_config_or_exit
 from edge_agent.config import (
     ENV_PREFIX,
@@ -199,8 +200,14 @@ def cmd_reference(args: argparse.Namespace) -> int:
         sys.stdout.write(reference_markdown())
         return 0
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config-reference.md").write_text(reference_markdown(), encoding="utf-8")
-    (out / "config.schema.json").write_text(json.dumps(schema(), indent=2) + "\n", encoding="utf-8")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config-reference.md").write_text(reference_markdown(), encoding="utf-8")
+        (out / "config.schema.json").write_text(json.dumps(schema(), indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename and str(exc.filename) != str(out) else ""
+        print(f"edge-agent config reference: cannot write into --out {out}: {exc.strerror or exc}{where} (give "
+              "--out a folder you can write, or leave it out to print the reference)", file=sys.stderr)
+        return const.EXIT_CANTCREAT
     print(f"wrote {out / 'config-reference.md'} and {out / 'config.schema.json'}")
     return 0

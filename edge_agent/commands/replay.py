@@ -11,6 +11,7 @@ import errno
 import json
 import logging
 import os
+import stat
 import sys
 import threading
 from pathlib import Path
@@ -51,13 +52,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_replay)
 
 
+# What a path is when it is not a regular file, for "not a regular video file (a ...)"
+_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a pipe"),
+          (stat.S_ISSOCK, "a socket"))
+
+
 def _unreadable(video: str, owner: Owner | None) -> str:
-    """Why `video` cannot be replayed ("" when it can), in the words of the user this runs as."""
+    """Why `video` cannot be replayed ("" when it can), in the words of the user this runs as. Only a
+    regular file is replayed: a device (`/dev/zero` never ends, `/dev/null` holds nothing) or a pipe
+    would be read to its end to count its frames before playing it, and a folder is not a video."""
     try:
-        if not Path(video).is_file():
-            return "no such file"
+        mode = os.stat(video).st_mode
+        if stat.S_ISDIR(mode):
+            return "a folder, not a regular video file: give the video files in it (e.g. FOLDER/*.mp4)"
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _KINDS if test(mode)), "not a file")
+            return f"not a regular video file ({kind}): give a video file (a camera is source.kind v4l2 or pipe)"
         with open(video, "rb"):
             return ""
+    except FileNotFoundError:
+        return "no such file"
     except PermissionError:
         if owner is None:
             return "permission denied"

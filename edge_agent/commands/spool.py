@@ -21,10 +21,11 @@ from edge_agent.commands.common import add_config_arg, load_config_or_exit
 from edge_agent.commands.ownership import act_as_state_owner
 from edge_agent.config import Config
 from edge_agent.logs import setup_logging
+from edge_agent.redact import redact_data
 
 if TYPE_CHECKING:
     from edge_agent.app import Agent
-    from edge_agent.delivery.spool import Spool
+    from edge_agent.delivery.spool import Entry, Spool
 
 # How often `flush` looks at the queue while the running agent delivers it.
 POLL_S = 0.5
@@ -104,11 +105,30 @@ def _owner(args: argparse.Namespace) -> tuple[Agent, int | None]:
         raise _fail(exc) from None
 
 
-def _age(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    s = max(0.0, time.time() - ts)
+def _age(s: float | None) -> str:
+    """An age for people; "?" when nobody can tell it (a clip stamped under an unsynchronised clock
+    in an earlier boot)."""
+    if s is None:
+        return "?"
+    s = max(0.0, s)
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+def _queued_age_s(spool: Spool, entry: Entry, synced_now: bool | None) -> float | None:
+    """How long `entry` has waited, by the spool's own rule (`Spool.age_s`, docs/architecture.md section
+    4): the monotonic clock within the boot that queued it; across a reboot the wall clock only when it
+    was synchronised both then and now; else unknown (None). A clip stamped under a clock a year behind
+    is not a year old. The boot and the monotonic time of the enqueue are in the clip's sidecar (a copy
+    of its queue row); without it the age is the wall clock's, and only when both clocks were synced."""
+    from edge_agent.delivery.spool_files import read_sidecar
+
+    try:
+        stamp = read_sidecar(spool.clips / f"{entry.event_id}.json")
+    except (OSError, ValueError, KeyError, TypeError):
+        stamp = {}
+    synced = stamp.get("clock_synced", (entry.metadata.get("clock") or {}).get("synchronized"))
+    return spool.age_s(entry.created_at, stamp.get("boot_id"), stamp.get("created_mono"),
+                       None if synced is None else bool(synced), synced_now)
 
 
 def _size(n: int) -> str:
@@ -120,23 +140,29 @@ def _owner_note(spool: Spool) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from edge_agent import clock_sync
     from edge_agent.delivery.spool_files import disk_full_note
 
     cfg, spool = _reader(args)
     st = spool.status()
+    head = spool.head()  # the first queued is the one waiting longest, whatever the clock said then
+    oldest_s = _queued_age_s(spool, head, clock_sync.synchronized()) if head is not None else None
     owner = _owner_note(spool)
     spool.close()
     full = disk_full_note(Path(cfg.spool.dir), st.bytes) if st.disk_full else None
     if args.json:
-        print(json.dumps({"dir": cfg.spool.dir, "clips": st.clips, "bytes": st.bytes, "oldest_at": st.oldest_at,
-                          "last_error": st.last_error, "quarantined": st.quarantined,
-                          "quarantine_reason": st.quarantine_reason, "dropped": st.dropped,
-                          "free_bytes": st.free_bytes, "disk_full": st.disk_full, "upload_url": cfg.upload.url}))
+        print(json.dumps(redact_data({
+            "dir": cfg.spool.dir, "clips": st.clips, "bytes": st.bytes, "oldest_at": st.oldest_at,
+            "oldest_age_s": None if oldest_s is None else round(oldest_s, 1), "last_error": st.last_error,
+            "quarantined": st.quarantined, "quarantine_reason": st.quarantine_reason, "dropped": st.dropped,
+            "free_bytes": st.free_bytes, "disk_full": st.disk_full, "upload_url": cfg.upload.url})))
     else:
         dropped = ", ".join(f"{k} {v}" for k, v in st.dropped.items()) or "0"
+        oldest = ("-" if head is None else f"{_age(oldest_s)} old" if oldest_s is not None
+                  else "age unknown (queued under an unsynchronised clock before this boot)")
         rows = [("spool", cfg.spool.dir), ("clips waiting", str(st.clips)),
                 ("bytes", f"{st.bytes} ({_size(st.bytes)})"),
-                ("oldest", _age(st.oldest_at) + (" old" if st.oldest_at else "")),
+                ("oldest", oldest),
                 ("last error", st.last_error or "-"), ("quarantined", _quarantine_note(st.quarantined,
                                                                                        st.quarantine_reason)),
                 ("dropped", dropped), ("free space", _size(st.free_bytes)),
@@ -156,30 +182,36 @@ def _quarantine_note(n: int, reason: str | None) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from edge_agent import clock_sync
     from edge_agent.delivery.spool_quarantine import quarantine_list
 
     _, spool = _reader(args)
     entries = spool.entries()
+    synced_now = clock_sync.synchronized() if entries else None
+    ages = [_queued_age_s(spool, e, synced_now) for e in entries]
     held = quarantine_list(spool.quarantine_dir)
     spool.close()
+    now = time.time()
     if args.json:
-        print(json.dumps([{"event_id": e.event_id, "cid": e.cid, "size_bytes": e.size_bytes,
-                           "created_at": e.created_at, "attempts": e.attempts, "last_error": e.last_error,
-                           "quarantined": False} for e in entries]
-                         + [{"event_id": q.event_id, "cid": q.cid, "size_bytes": q.size_bytes,
-                             "created_at": q.created_at, "attempts": None, "last_error": q.reason,
-                             "quarantined": True, "quarantined_at": q.quarantined_at} for q in held]))
+        print(json.dumps(redact_data(
+            [{"event_id": e.event_id, "cid": e.cid, "size_bytes": e.size_bytes, "created_at": e.created_at,
+              "age_s": None if age is None else round(age, 1), "attempts": e.attempts, "last_error": e.last_error,
+              "quarantined": False} for e, age in zip(entries, ages, strict=True)]
+            + [{"event_id": q.event_id, "cid": q.cid, "size_bytes": q.size_bytes,
+                "created_at": q.created_at, "attempts": None, "last_error": q.reason,
+                "quarantined": True, "quarantined_at": q.quarantined_at} for q in held])))
         return 0
     if not entries and not held:
         print("spool is empty")
         return 0
     cw = max(3, *(len(e.cid) for e in entries), *(len(q.cid) for q in held))
     print(f"{'EVENT ID':<36}  {'CID':<{cw}}  {'SIZE':>9}  {'AGE':>8}  {'TRIES':>5}  LAST ERROR")
-    for e in entries:
-        print(f"{e.event_id:<36}  {e.cid:<{cw}}  {_size(e.size_bytes):>9}  {_age(e.created_at):>8}  "
+    for e, age in zip(entries, ages, strict=True):
+        print(f"{e.event_id:<36}  {e.cid:<{cw}}  {_size(e.size_bytes):>9}  {_age(age):>8}  "
               f"{e.attempts:>5}  {e.last_error or '-'}")
-    for q in held:
-        print(f"{q.event_id:<36}  {q.cid:<{cw}}  {_size(q.size_bytes):>9}  {_age(q.created_at):>8}  "
+    for q in held:  # set aside: its age in the queue no longer counts, its wall-clock age is for people
+        shown = "-" if q.created_at is None else _age(now - q.created_at)
+        print(f"{q.event_id:<36}  {q.cid:<{cw}}  {_size(q.size_bytes):>9}  {shown:>8}  "
               f"{'-':>5}  QUARANTINED: {q.reason}")
     if held:
         print(f"{len(held)} quarantined clip(s) are not sent: fix the cause, then `edge-agent spool requeue`")
@@ -202,9 +234,19 @@ def cmd_flush(args: argparse.Namespace) -> int:
               "config or EDGE_AGENT__UPLOAD__URL)", file=sys.stderr)
         return const.EXIT_QUEUED
     results: Counter[str] = Counter()
+    delivered: set[str] = set()
     stopped = False
     spool: Any = None
     waiting: set[str] = set()  # beside the agent: the clips queued when the wait began
+    # events queued without video (clip.error says why): delivered, they are CIDs without video, which a
+    # waiting flush cannot mend, as replay counts them (docs/architecture.md section 8: exit 1)
+    novideo: dict[str, str] = {}
+
+    def on_result(event_id: str, _cid: str, result: str) -> None:
+        results.update([result])
+        if result in ("delivered", "duplicate"):
+            delivered.add(event_id)
+
     # a service manager's stop is a Ctrl-C; and Ctrl-C is one even where SIGINT was ignored at start (a
     # background job), as for every command that stops on request (commands.common.stop_on_signals)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -212,13 +254,14 @@ def cmd_flush(args: argparse.Namespace) -> int:
     try:
         if agent_pid is None:
             spool = agent.spool()
-            agent.uploader(lambda _e, _c, r: results.update([r]), thread=False).drain(
-                max(0.0, deadline - time.monotonic()))
+            novideo = _without_video(spool)
+            agent.uploader(on_result, thread=False).drain(max(0.0, deadline - time.monotonic()))
         else:
             print(f"edge-agent is running (pid {agent_pid or '?'}) and delivers the queue; "
                   f"waiting up to {args.timeout:g} s for it to empty", file=sys.stderr)
             spool = Spool.open_reader(cfg.spool)
             waiting = {e.event_id for e in spool.entries()}
+            novideo = _without_video(spool)
             while spool.status().clips and time.monotonic() < deadline:
                 time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
     except KeyboardInterrupt:
@@ -228,6 +271,7 @@ def cmd_flush(args: argparse.Namespace) -> int:
         return 0
     left = spool.status()
     if agent_pid is None:
+        lost_on_the_way = int(agent.metrics.total("edge_agent_spool_videos_lost_total"))  # damaged or gone
         agent.close()
     else:
         # what the agent did with the clips that were waiting: the ones gone from the queue were delivered
@@ -236,7 +280,13 @@ def cmd_flush(args: argparse.Namespace) -> int:
         set_aside = {q.event_id for q in quarantine_list(spool.quarantine_dir)}
         spool.close()
         results["delivered"], results["quarantined"] = len(gone - set_aside), len(gone & set_aside)
+        delivered, lost_on_the_way = gone - set_aside, 0
     done = results["delivered"] + results["duplicate"]
+    without = [novideo[e] for e in delivered if e in novideo]
+    n_without = len(without) + lost_on_the_way
+    # like replay's: a CID delivered without its video is work not done, and waiting will not do it
+    short = (f"edge-agent spool flush: {n_without} of {done} CID(s) went out without video: "
+             f"{without[0] if without else 'the queued video was damaged or gone'}" if n_without else "")
     quarantined = (f"; {results['quarantined']} refused by the server and quarantined "
                    f"({left.quarantine_reason or '-'}: fix the cause, then `edge-agent spool requeue`)"
                    if results["quarantined"] else "")
@@ -247,19 +297,27 @@ def cmd_flush(args: argparse.Namespace) -> int:
     if left.clips == 0:
         print(f"delivered {done} clip(s){quarantined}; "
               + ("no clip left waiting" if quarantined else "the spool is empty"))
-        if held:
-            print(held, file=sys.stderr)
-        return const.EXIT_FAILED if held and not stopped else 0
+        for line in (held, short):
+            if line:
+                print(line, file=sys.stderr)
+        return const.EXIT_FAILED if (held or short) and not stopped else 0
     why = f"last error: {left.last_error}" if left.last_error else "not delivered in time"
     if left.disk_full:
         why += f"; {disk_full_note(Path(cfg.spool.dir), left.bytes)}"
     print(f"delivered {done} clip(s){quarantined}; {left.clips} clip(s) still queued, {why}; they go out "
           "when the server answers (`edge-agent spool status` shows the queue)", file=sys.stderr)
-    if held:
-        print(held, file=sys.stderr)
+    for line in (held, short):
+        if line:
+            print(line, file=sys.stderr)
     if stopped:
         return 0  # a requested stop leaves them queued on purpose
-    return const.EXIT_FAILED if held else const.EXIT_QUEUED
+    return const.EXIT_FAILED if held or short else const.EXIT_QUEUED
+
+
+def _without_video(spool: Spool) -> dict[str, str]:
+    """The queued events that carry no video, each with why (its metadata's clip.error)."""
+    return {e.event_id: str((e.metadata.get("clip") or {}).get("error") or "no video queued")
+            for e in spool.entries() if e.video_path is None}
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:

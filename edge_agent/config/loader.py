@@ -29,6 +29,7 @@ from edge_agent.config.yaml_errors import (
     text_as_written,
     wants_text,
 )
+from edge_agent.config.yaml_limits import TooBig, check_document, read_text, regular_file_problem
 
 # Only these are read from the fragment folder: an editor's backup (`10-fleet.yaml~`), a package
 # manager's leftover (`.dpkg-old`) or a staged upload (`.new`) must never join the config.
@@ -44,11 +45,15 @@ def fragment_dir(path: str | os.PathLike[str]) -> Path:
 
 def fragments(path: str | os.PathLike[str]) -> list[Path]:
     """The fragments merged over `path`, in the order they apply (byte order of their names, as
-    `ls` in the C locale and telegraf sort them): later ones win. Hidden files are skipped."""
+    `ls` in the C locale and telegraf sort them): later ones win. Hidden files are skipped.
+
+    The name decides what is a fragment: an entry named *.yaml that is not a readable file (a folder,
+    a link whose target is gone) is listed too, and refused when read, as an unreadable fragment is,
+    so the device never runs a config other than the one written for it without a word."""
     folder = fragment_dir(path)
     try:
         names = sorted(e.name for e in os.scandir(folder)
-                       if e.name.endswith(FRAGMENT_SUFFIX) and not e.name.startswith(".") and e.is_file())
+                       if e.name.endswith(FRAGMENT_SUFFIX) and not e.name.startswith("."))
     except (FileNotFoundError, NotADirectoryError):
         return []
     except OSError as exc:
@@ -78,11 +83,17 @@ def env_overrides(env: Mapping[str, str] | None = None) -> dict[tuple[str, ...],
             continue
         path = tuple(part.lower() for part in var[len(ENV_PREFIX):].split("__"))
         try:
+            check_document(raw, f"environment {var}")  # a value is YAML too: an alias bomb fits in one
+        except TooBig as exc:
+            raise ConfigError([str(exc)]) from None
+        try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
         if value is not None and not isinstance(value, str | dict | list) and wants_text(path):
             value = raw.strip()  # a text key takes the text as given: DEVICE_ID=0042 is "0042", not 34
+        elif isinstance(value, str) and not raw.strip().isprintable() and wants_text(path):
+            value = raw.strip()  # and keeps a newline in it: YAML would fold it into a space, unseen
         out[path] = (var, value)
     return out
 
@@ -112,7 +123,12 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> None:
 
 
 def parse_layer(text: str, filename: str) -> Layer:
-    """One YAML document, checked on its own: syntax, a mapping at the top, no key given twice."""
+    """One YAML document, checked on its own: its bounds (size, depth, aliases), syntax, a mapping at
+    the top, no key given twice."""
+    try:
+        check_document(text, filename)  # before anything is built from it
+    except TooBig as exc:
+        raise ConfigError([str(exc)]) from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -194,9 +210,14 @@ def _check_source(cfg: Config) -> None:
         raise ValueError("source.command: required for source.kind pipe")
 
 
-def _read(p: Path, what: str) -> str:
+def _read(p: Path, what: str, *, fragment: bool = False) -> str:
+    problem = regular_file_problem(p) if fragment else None
+    if problem is not None:
+        raise ConfigError([f"{p}: cannot read {what}: {problem}"])
     try:
-        return p.read_text(encoding="utf-8")
+        return read_text(p)
+    except TooBig as exc:
+        raise ConfigError([str(exc)]) from None
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read {what}: {exc.strerror or exc}"]) from exc
     except UnicodeDecodeError as exc:
@@ -211,12 +232,13 @@ def read_layers(path: str | os.PathLike[str], extra: Mapping[str, Path] | None =
     p = Path(path)
     files: dict[str, Path] = {f.name: f for f in fragments(p)}
     files.update(extra or {})
-    sources = [(p, "config")] + [(files[name], "config fragment") for name in sorted(files)]
+    sources = [(p, False)] + [(files[name], True) for name in sorted(files)]
     layers: list[Layer] = []
     errors: list[str] = []
-    for file, what in sources:
+    for file, fragment in sources:
         try:
-            layers.append(parse_layer(_read(file, what), str(file)))
+            text = _read(file, "config fragment" if fragment else "config", fragment=fragment)
+            layers.append(parse_layer(text, str(file)))
         except ConfigError as exc:
             errors += exc.lines
     if errors:

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from edge_agent import const
 from edge_agent.config import pi_models
 
+# Longest device_id and site: what the reference receiver's /ingest/list takes as a filter for either.
+LABEL_MAX_CHARS = 200
 # A conservative camera bitrate (1080p30 H.264 from an IP camera at high quality) for checking that
 # the ring can hold the configured pre- and post-roll.
 ASSUMED_BITRATE_BPS = 20_000_000
@@ -252,11 +254,13 @@ class HttpConfig(_Section):
 
 
 class Config(_Section):
-    device_id: str = Field(default_factory=socket.gethostname, **_live(
-        "Name of this device in metadata and in the edge_agent_info metric; default: the host name."))
-    site: str | None = Field(None, max_length=200, **_live(
+    device_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=LABEL_MAX_CHARS, **_live(
+        "Name of this device in metadata and in the edge_agent_info metric; default (or empty): the host name. "
+        "Printable characters only (no newline, tab or other control character). The reference receiver files "
+        "clips under it when it is letters, digits, '.', '_' and '-' (at most 64), else under unknown-device."))
+    site: str | None = Field(None, max_length=LABEL_MAX_CHARS, **_live(
         "Where the device stands (plant, hall, line), the `site` label of edge_agent_info for fleet dashboards. "
-        "Empty: no site."))
+        "Printable characters only. Empty: no site."))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", **_live("Log verbosity."))
     source: SourceConfig = Field(default_factory=SourceConfig)
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
@@ -265,6 +269,23 @@ class Config(_Section):
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     noreads: NoReadsConfig = Field(default_factory=NoReadsConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+
+    @field_validator("device_id", mode="before")
+    @classmethod
+    def _host_name_when_empty(cls, v: Any) -> Any:
+        # the packaged config.yaml ships `device_id: ""  # empty: the host name`
+        return socket.gethostname() if v is None or v == "" else v
+
+    @field_validator("device_id", "site")
+    @classmethod
+    def _printable(cls, v: str | None) -> str | None:
+        # both go into every log line and metric label that names the device: a newline would forge a
+        # second log line, a control character garble a dashboard
+        bad = next((i for i, c in enumerate(v or "") if not c.isprintable()), None)
+        if v is not None and bad is not None:
+            raise ValueError(f"only printable characters (letters, digits, spaces, punctuation; no newline, tab or "
+                             f"other control character): {v[bad]!r} at character {bad + 1}")
+        return v
 
     @model_validator(mode="before")
     @classmethod

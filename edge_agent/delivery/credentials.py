@@ -1,22 +1,39 @@
-"""The bearer token for uploads: from a file, or from systemd's credentials.
+"""The bearer token for uploads and the web password: from a file, or from systemd's credentials.
 
 With `LoadCredential=upload-token:/etc/edge-agent/upload-token` in the unit, systemd hands the
 service a private copy readable only by it, under $CREDENTIALS_DIRECTORY. Errors name the file,
 never its content; the token itself is never logged.
+
+A secret file of our own must be private: mode 0600 or 0640 (no one but its owner and its group
+reads it, no one but its owner writes it), owned by the user the agent runs as or by root (another
+user who owns it could change it, or read it whatever its mode). One that is not is refused with the
+`chmod`/`chown` that makes it so: a token any local user can read is a token every local user has.
+systemd's credentials are private by construction and not checked.
 """
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
+import shlex
+import stat
 from pathlib import Path
 
 from edge_agent.config import UploadConfig
 
 CREDENTIAL_NAME = "upload-token"
+# What a secret file's mode may allow beyond its owner: its group reading it (0640), nothing else.
+_GROUP_READ = stat.S_IRGRP
 
 
 class CredentialError(Exception):
-    pass
+    """A secret that cannot be used, in one line naming the file; `fix` is the command that mends it
+    when there is one (for `check`'s hint)."""
+
+    def __init__(self, message: str, fix: str = ""):
+        super().__init__(message)
+        self.fix = fix
 
 
 def secret_path(setting: str | None, default_name: str) -> Path | None:
@@ -35,7 +52,15 @@ def secret_path(setting: str | None, default_name: str) -> Path | None:
 
 
 def read_secret(path: Path, what: str) -> str:
-    """One printable line without spaces; errors name the file, never the content."""
+    """One printable line without spaces, from a private file; errors name the file, never the content."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise CredentialError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
+    if not _systemd_credential(path):
+        problem = _not_private(path, st, what)
+        if problem is not None:
+            raise problem
     try:
         secret = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
@@ -54,3 +79,50 @@ def token_path(cfg: UploadConfig) -> Path | None:
 def load_token(cfg: UploadConfig) -> str | None:
     path = token_path(cfg)
     return None if path is None else read_secret(path, "upload token")
+
+
+def _systemd_credential(path: Path) -> bool:
+    """A file systemd handed over in $CREDENTIALS_DIRECTORY (LoadCredential=, SetCredential=)."""
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not creds:
+        return False
+    try:
+        return Path(creds).resolve() in path.resolve().parents
+    except OSError:
+        return False
+
+
+def _not_private(path: Path, st: os.stat_result, what: str) -> CredentialError | None:
+    """Why the secret file is not private (one line, with the command that makes it so), or None."""
+    me = os.geteuid()
+    quoted = shlex.quote(str(path))
+    if st.st_uid not in (0, me):
+        fix = f"sudo chown {_user(me)} {quoted} && sudo chmod 600 {quoted}"
+        allowed = f"{_user(me)} (the user the agent runs as)" + (" or root" if me else "")
+        return CredentialError(f"{what} file {path} belongs to {_user(st.st_uid)}, not to {allowed}, so "
+                               f"{_user(st.st_uid)} can change or read it: run `{fix}`", fix)
+    if st.st_mode & 0o777 & ~(stat.S_IRWXU | _GROUP_READ):
+        mode = f"{st.st_mode & 0o777:04o}"
+        if st.st_uid == me:
+            fix = f"chmod 600 {quoted}"
+        else:  # root's file, read by the agent's user through the file's group
+            fix = f"sudo chgrp {_group(os.getegid())} {quoted} && sudo chmod 640 {quoted}"
+        who = ("every user of this machine can " + ("read" if st.st_mode & stat.S_IROTH else "get at")
+               if st.st_mode & stat.S_IRWXO else "its group can change")
+        return CredentialError(f"{what} file {path} has mode {mode}: {who} it; a secret file must be 0600 or "
+                               f"0640: run `{fix}`", fix)
+    return None
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)

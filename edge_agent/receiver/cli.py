@@ -3,10 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
 import logging
+import socket
+import sqlite3
 import sys
 from pathlib import Path
+
+from edge_agent import const
+
+# sysexits beside const's: a port below 1024 without the right to bind it, a port or host not to be had
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE
+EXIT_NOPERM = 77  # EX_NOPERM
+
+
+def _port(text: str) -> int:
+    """A TCP port number, refused as a usage error (not a traceback from bind) when out of range."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0-65535)")
+    return port
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -14,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="serve (default); reindex: add every LDO in --storage missing from --index, then exit; "
                    "export: write the LDOs as a training set (--format, --out)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
     p.add_argument("--data-dir", default="receiver-data", help="where videos and the database go "
                    "(default receiver-data)")
     p.add_argument("--max-bytes", type=int, default=200 << 20, help="largest request body accepted, larger ones "
@@ -93,8 +113,21 @@ def serve_args(args: argparse.Namespace) -> int:
     except DataDirInUse as exc:
         print(f"edge-agent receiver: {exc}", file=sys.stderr)
         return 75  # EX_TEMPFAIL: as for a spool another process owns
+    except (OSError, sqlite3.Error) as exc:
+        why = _data_dir_problem(Path(args.data_dir), exc)
+        print(f"edge-agent receiver: cannot use --data-dir {args.data_dir}: {why} (give --data-dir a folder this "
+              "user can write, on a writable disk)", file=sys.stderr)
+        return const.EXIT_CANTCREAT
+    try:  # bound here, so a port in use is one line and an exit code, not uvicorn's lines and its 3
+        sock = _listen(args.host, args.port)
+    except OSError as exc:
+        print(f"edge-agent receiver: cannot listen on {args.host}:{args.port}: {_listen_problem(exc)}",
+              file=sys.stderr)
+        return (const.EXIT_QUEUED if exc.errno == errno.EADDRINUSE
+                else EXIT_NOPERM if exc.errno == errno.EACCES else EXIT_UNAVAILABLE)
     log = logging.getLogger(__name__)
-    log.info("receiver listening host=%s port=%d data_dir=%s", args.host, args.port, args.data_dir)
+    # bound already: a client connecting now waits in the listen queue until the server takes it
+    log.info("receiver listening host=%s port=%d data_dir=%s", args.host, sock.getsockname()[1], args.data_dir)
     if app.state.use_ingestion:
         log.info("data ingestion on: POST /cid forwards each clip to %s/ingest/ldo, listed by GET /ingest/list",
                  app.state.ingestion_url)
@@ -102,9 +135,40 @@ def serve_args(args: argparse.Namespace) -> int:
         log.info("data ingestion off: POST /cid keeps clips in %s only and GET /ingest/list stays empty (it lists "
                  "what POST /ingest/ldo receives); set USE_DATA_INGESTION=true and DATA_INGESTION_URL to forward "
                  "clips there", args.data_dir)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False,
-                http=header_timeout_protocol(args.header_timeout))
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False,
+                            http=header_timeout_protocol(args.header_timeout))
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, as uvicorn would make it (address reuse, IPv6 for a ':' host)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host.strip("[]"), port), family=family, backlog=2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _listen_problem(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use (another receiver?): stop the program that has it, or choose another --port"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE): choose a --port above 1023"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "not an address of this machine: choose another --host (0.0.0.0 for all of them)"
+    if isinstance(exc, socket.gaierror):
+        return f"the host name does not resolve ({exc.strerror}): check --host"
+    return exc.strerror or str(exc)
+
+
+def _data_dir_problem(data_dir: Path, exc: OSError | sqlite3.Error) -> str:
+    """What is wrong with the data dir, in words: a file where the folder should be, a read-only disk..."""
+    blocker = next((p for p in (data_dir, *data_dir.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        return f"{blocker} is a file, not a folder" if blocker == data_dir else f"{blocker} is a file"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)
 
 
 def reindex(args: argparse.Namespace) -> int:

@@ -236,6 +236,12 @@ class WebServer:
         if n is not None:  # the address and the count, never what was tried
             log.warning("web login failed client=%s failures=%d next_try_in_s=%.0f%s", client, failures, wait,
                         suppressed(n))
+        everyone, shared = self.logins.everyone()
+        if shared > 0 and (n := self.lines.allow("login-everyone")) is not None:
+            log.warning("web logins held for every address: %d wrong passwords from %d addresses since the last "
+                        "quiet %.0f min (a guesser spreading over addresses?); next try in %.0f s; clients that "
+                        "logged in lately are not held%s", everyone, self.logins.clients(),
+                        self.logins.forget_s / 60, shared, suppressed(n))
         return int(wait)
 
     def authorized(self, header: str | None) -> bool:
@@ -297,10 +303,11 @@ def _handler(server: WebServer) -> type[BaseHTTPRequestHandler]:
             header = self.headers.get("Authorization")
             client = self.client_address[0]
             if header is not None:  # a request without credentials (a browser's first) is no guess
-                wait = server.logins.retry_after_s(client)
-                if wait:  # refused unchecked: a guess made before its time tells nothing
-                    self._json(429, {"detail": f"too many wrong passwords from {client}: try again in {wait} s"},
-                               head, {"Retry-After": str(wait)})
+                held = server.logins.held(client)
+                if held is not None:  # refused unchecked: a guess made before its time tells nothing
+                    whose = "on this device" if held.everyone else f"from {client}"
+                    self._json(429, {"detail": f"too many wrong passwords {whose}: try again in {held.seconds} s"},
+                               head, {"Retry-After": str(held.seconds)})
                     return False
                 if server.authorized(header):
                     server.logins.succeeded(client)

@@ -7,7 +7,13 @@ it may guess the password.
 - `LoginBackoff`: per client address, a few wrong passwords are free (typos); after that each next
   try must wait twice as long as the last (capped), and a try made before its time is refused
   unseen (429 with Retry-After) without the password being checked, so waiting is the only way to
-  guess. Other clients are unaffected. The table is bounded: the oldest entries go first.
+  guess. The table is bounded: the oldest entries go first.
+  Beside it, one budget for every address together: a guesser with many addresses (a network of its
+  own, 60 loopback aliases: 600 guesses in a second, each address within its free ten) spends it
+  after `GLOBAL_FREE_FAILURES`, and from then on every address waits the same doubling wait, the
+  right password included (an answer that differed would tell the guesser it had found it). Clients
+  that logged in lately (the technician's open page, a Prometheus scraper with the password) are not
+  held by it, only by their own back-off: a guesser cannot lock them out.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ BACKOFF_CAP_S = 60.0
 # a client with no wrong password for this long starts afresh
 FORGET_S = 900.0
 MAX_CLIENTS = 4096
+# wrong passwords from every address together before all but known clients wait: three technicians
+# mistyping ten times each in a quarter of an hour
+GLOBAL_FREE_FAILURES = 30
 
 
 class LineLimiter:
@@ -75,51 +84,96 @@ class _Client:
     next_try: float = 0.0
 
 
+@dataclass(frozen=True)
+class Held:
+    """A client that must wait before its password is checked: how long, and whether it is the budget
+    of every address together (`everyone`) rather than its own back-off that holds it."""
+
+    seconds: int
+    everyone: bool
+
+
 class LoginBackoff:
-    """Failed logins per client (by `client_key`), and how long each must wait before its next try."""
+    """Failed logins per client (by `client_key`) and of every client together, and how long each
+    must wait before its next try."""
 
     def __init__(self, free: int = FREE_FAILURES, start_s: float = BACKOFF_START_S, cap_s: float = BACKOFF_CAP_S,
                  forget_s: float = FORGET_S, max_clients: int = MAX_CLIENTS,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, global_free: int = GLOBAL_FREE_FAILURES):
         self.free, self.start_s, self.cap_s = free, start_s, cap_s
-        self.forget_s, self.max_clients = forget_s, max_clients
+        self.forget_s, self.max_clients, self.global_free = forget_s, max_clients, global_free
         self._clock = clock  # seconds, monotonic; a test passes its own to step through waits of minutes
         self._lock = threading.Lock()
         self._clients: OrderedDict[str, _Client] = OrderedDict()
+        self._everyone = _Client()  # every address's failures, counted as one client's
+        self._known: OrderedDict[str, float] = OrderedDict()  # client -> when it last logged in
+
+    def held(self, host: str) -> Held | None:
+        """How long `host` must still wait before its password is checked again; None: check it now."""
+        now = self._clock()
+        key = client_key(host)
+        with self._lock:
+            c = self._clients.get(key)
+            if c is not None and now - c.last_failure > self.forget_s:
+                del self._clients[key]  # quiet for long enough: it starts afresh
+            own = self._remaining(c, now)
+            known = self._known.get(key)
+            shared = 0 if known is not None and now - known <= self.forget_s else self._remaining(self._everyone, now)
+        if not own and not shared:
+            return None
+        return Held(max(own, shared), shared > own)
 
     def retry_after_s(self, host: str) -> int:
         """Whole seconds `host` must still wait before its password is checked again; 0: check it now."""
-        now = self._clock()
-        with self._lock:
-            c = self._clients.get(client_key(host))
-            if c is None:
-                return 0
-            if now - c.last_failure > self.forget_s:
-                del self._clients[client_key(host)]
-                return 0
-            return math.ceil(c.next_try - now) if c.next_try > now else 0
+        held = self.held(host)
+        return held.seconds if held is not None else 0
+
+    def _remaining(self, c: _Client | None, now: float) -> int:
+        if c is None or now - c.last_failure > self.forget_s:
+            return 0
+        return math.ceil(c.next_try - now) if c.next_try > now else 0
 
     def failed(self, host: str) -> tuple[int, float]:
         """Count a wrong password; returns (failures so far, seconds until the next try is checked)."""
         now = self._clock()
         key = client_key(host)
         with self._lock:
-            c = self._clients.pop(key, None)
-            if c is None or now - c.last_failure > self.forget_s:
-                c = _Client()
-            c.failures += 1
-            c.last_failure = now
-            over = c.failures - self.free
-            wait = 0.0 if over < 0 else min(self.start_s * 2.0 ** over, self.cap_s)
-            c.next_try = now + wait
+            c = self._count(self._clients.pop(key, None), now, self.free)
             self._clients[key] = c  # the most recent at the end: eviction takes the stalest first
             while len(self._clients) > self.max_clients:
                 self._clients.popitem(last=False)
-            return c.failures, wait
+            self._everyone = self._count(self._everyone, now, self.global_free)
+            return c.failures, c.next_try - now
+
+    def _count(self, c: _Client | None, now: float, free: int) -> _Client:
+        if c is None or now - c.last_failure > self.forget_s:
+            c = _Client()
+        c.failures += 1
+        c.last_failure = now
+        over = c.failures - free
+        c.next_try = now + (0.0 if over < 0 else min(self.start_s * 2.0 ** over, self.cap_s))
+        return c
+
+    def everyone(self) -> tuple[int, float]:
+        """Every address's failures together (since the last quiet `forget_s`), and the seconds all but
+        known clients still wait; (0, 0.0) when nothing counts against them."""
+        now = self._clock()
+        with self._lock:
+            c = self._everyone
+            if now - c.last_failure > self.forget_s:
+                return 0, 0.0
+            return c.failures, max(0.0, c.next_try - now)
 
     def succeeded(self, host: str) -> None:
+        """The right password: its own back-off is forgotten, and the budget of every address no longer
+        holds it (it has the password; holding it would let a guesser lock it out)."""
+        key = client_key(host)
         with self._lock:
-            self._clients.pop(client_key(host), None)
+            self._clients.pop(key, None)
+            self._known.pop(key, None)
+            self._known[key] = self._clock()
+            while len(self._known) > self.max_clients:
+                self._known.popitem(last=False)
 
     def clients(self) -> int:
         with self._lock:

@@ -35,6 +35,7 @@ from pydantic import BaseModel
 from edge_agent.config import Config, ConfigError, fragment_dir, fragments, load_config
 from edge_agent.config.live import classify_changes as classify_changes  # the reload log's classes
 from edge_agent.config.live import reload_marks
+from edge_agent.config.yaml_limits import MAX_BYTES, regular_file_problem
 from edge_agent.redact import redact_data
 
 log = logging.getLogger(__name__)
@@ -123,22 +124,31 @@ class ConfigWatcher:
 
     def _hash(self) -> bytes | None:
         """The main file and every fragment (names and contents); None while the main file is away.
-        A file that cannot be read counts as content of its own, so the load runs and says why."""
+        A file that cannot be read counts as content of its own, so the load runs and says why. Read
+        no further than a config may be, and a fragment that is no file (a folder, a dangling link, a
+        pipe that would never end) not at all: its problem is its content."""
         h = hashlib.sha256()
 
-        def add(p: Path) -> None:
+        def add(p: Path, fragment: bool) -> None:
+            problem = regular_file_problem(p) if fragment else None
+            if problem is not None:
+                h.update(f"\0{problem}".encode())
+                return
             try:
-                h.update(p.read_bytes())
+                with open(p, "rb") as f:
+                    h.update(f.read(MAX_BYTES + 1))
             except FileNotFoundError:
-                raise
+                if not fragment:
+                    raise
+                h.update(b"\0gone")  # removed between the listing and the read: the next event says
             except OSError as exc:
                 h.update(f"\0unreadable {exc.errno}".encode())
 
         try:
-            add(self.path)
+            add(self.path, False)
             for f in fragments(self.path):
                 h.update(b"\0" + f.name.encode() + b"\0")
-                add(f)
+                add(f, True)
         except FileNotFoundError:
             return None  # mid-rename or deleted: the next event brings it back
         except ConfigError as exc:  # the folder itself cannot be read
