@@ -234,7 +234,7 @@ EXPECTED: dict[tuple[str, str], tuple[int, str]] = {
     ("missing file", "snapshot -o {tmp}/s.jpg"): (const.EXIT_NOINPUT, MISSING),
     ("missing file", "tune --count 1"): (const.EXIT_NOINPUT, MISSING),
     ("unreachable server", "check --seconds 1"): (const.EXIT_FAILED, "nothing listens on 127.0.0.1:{port}: is the"),
-    ("unreachable server", "spool status"): (0, "clips waiting  1"),
+    ("unreachable server", "spool status"): (0, "reads waiting   1"),
     ("unreachable server", "spool list"): (0, "CID-"),
     ("unreachable server", "spool flush --timeout 2"): (const.EXIT_QUEUED, "1 clip(s) still queued, last error: "
                                                         "connection refused by 127.0.0.1:{port}"),

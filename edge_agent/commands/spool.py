@@ -25,7 +25,7 @@ from edge_agent.redact import redact_data
 
 if TYPE_CHECKING:
     from edge_agent.app import Agent
-    from edge_agent.delivery.spool import Entry, Spool
+    from edge_agent.delivery.spool import Spool
 
 # How often `flush` looks at the queue while the running agent delivers it.
 POLL_S = 0.5
@@ -114,23 +114,6 @@ def _age(s: float | None) -> str:
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
-def _queued_age_s(spool: Spool, entry: Entry, synced_now: bool | None) -> float | None:
-    """How long `entry` has waited, by the spool's own rule (`Spool.age_s`, docs/architecture.md section
-    4): the monotonic clock within the boot that queued it; across a reboot the wall clock only when it
-    was synchronised both then and now; else unknown (None). A clip stamped under a clock a year behind
-    is not a year old. The boot and the monotonic time of the enqueue are in the clip's sidecar (a copy
-    of its queue row); without it the age is the wall clock's, and only when both clocks were synced."""
-    from edge_agent.delivery.spool_files import read_sidecar
-
-    try:
-        stamp = read_sidecar(spool.clips / f"{entry.event_id}.json")
-    except (OSError, ValueError, KeyError, TypeError):
-        stamp = {}
-    synced = stamp.get("clock_synced", (entry.metadata.get("clock") or {}).get("synchronized"))
-    return spool.age_s(entry.created_at, stamp.get("boot_id"), stamp.get("created_mono"),
-                       None if synced is None else bool(synced), synced_now)
-
-
 def _size(n: int) -> str:
     return f"{n} B" if n < 10_000 else f"{n / 1e6:.1f} MB" if n < 10**10 else f"{n / 1e9:.1f} GB"
 
@@ -145,8 +128,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     cfg, spool = _reader(args)
     st = spool.status()
-    head = spool.head()  # the first queued is the one waiting longest, whatever the clock said then
-    oldest_s = _queued_age_s(spool, head, clock_sync.synchronized()) if head is not None else None
+    head = spool.oldest()  # the first queued is the one waiting longest, whatever the clock said then
+    oldest_s = spool.queued_age_s(head, clock_sync.synchronized()) if head is not None else None
     owner = _owner_note(spool)
     spool.close()
     full = disk_full_note(Path(cfg.spool.dir), st.bytes) if st.disk_full else None
@@ -154,18 +137,24 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(redact_data({
             "dir": cfg.spool.dir, "clips": st.clips, "bytes": st.bytes, "oldest_at": st.oldest_at,
             "oldest_age_s": None if oldest_s is None else round(oldest_s, 1), "last_error": st.last_error,
-            "quarantined": st.quarantined, "quarantine_reason": st.quarantine_reason, "dropped": st.dropped,
-            "free_bytes": st.free_bytes, "disk_full": st.disk_full, "upload_url": cfg.upload.url})))
+            "pending": st.pending, "quarantined": st.quarantined, "quarantine_reason": st.quarantine_reason,
+            "dropped": st.dropped, "videos_dropped": st.videos_dropped, "free_bytes": st.free_bytes,
+            "disk_full": st.disk_full, "queue_in_memory": st.in_memory, "upload_url": cfg.upload.url})))
     else:
         dropped = ", ".join(f"{k} {v}" for k, v in st.dropped.items()) or "0"
+        videos_dropped = ", ".join(f"{k} {v}" for k, v in st.videos_dropped.items()) or "0"
         oldest = ("-" if head is None else f"{_age(oldest_s)} old" if oldest_s is not None
                   else "age unknown (queued under an unsynchronised clock before this boot)")
-        rows = [("spool", cfg.spool.dir), ("clips waiting", str(st.clips)),
+        waiting = str(st.clips) + (f" ({st.pending} waiting for their clip)" if st.pending else "")
+        rows = [("spool", cfg.spool.dir), ("reads waiting", waiting),
                 ("bytes", f"{st.bytes} ({_size(st.bytes)})"),
                 ("oldest", oldest),
                 ("last error", st.last_error or "-"), ("quarantined", _quarantine_note(st.quarantined,
                                                                                        st.quarantine_reason)),
-                ("dropped", dropped), ("free space", _size(st.free_bytes)),
+                ("reads dropped", dropped), ("videos dropped", f"{videos_dropped} (their reads went CID-only)"
+                                              if st.videos_dropped else "0"),
+                ("free space", _size(st.free_bytes) + (" (queue kept in memory until the next start)"
+                                                       if st.in_memory else "")),
                 ("upload.url", cfg.upload.url or "- (not set: clips wait)"), ("owned by", owner)]
         w = max(len(k) for k, _ in rows)
         print("\n".join(f"{k:<{w}}  {v}" for k, v in rows))
@@ -188,7 +177,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     _, spool = _reader(args)
     entries = spool.entries()
     synced_now = clock_sync.synchronized() if entries else None
-    ages = [_queued_age_s(spool, e, synced_now) for e in entries]
+    ages = [spool.queued_age_s(e, synced_now) for e in entries]
     held = quarantine_list(spool.quarantine_dir)
     spool.close()
     now = time.time()
@@ -196,7 +185,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps(redact_data(
             [{"event_id": e.event_id, "cid": e.cid, "size_bytes": e.size_bytes, "created_at": e.created_at,
               "age_s": None if age is None else round(age, 1), "attempts": e.attempts, "last_error": e.last_error,
-              "quarantined": False} for e, age in zip(entries, ages, strict=True)]
+              "pending": e.pending, "quarantined": False} for e, age in zip(entries, ages, strict=True)]
             + [{"event_id": q.event_id, "cid": q.cid, "size_bytes": q.size_bytes,
                 "created_at": q.created_at, "attempts": None, "last_error": q.reason,
                 "quarantined": True, "quarantined_at": q.quarantined_at} for q in held])))
@@ -207,8 +196,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     cw = max(3, *(len(e.cid) for e in entries), *(len(q.cid) for q in held))
     print(f"{'EVENT ID':<36}  {'CID':<{cw}}  {'SIZE':>9}  {'AGE':>8}  {'TRIES':>5}  LAST ERROR")
     for e, age in zip(entries, ages, strict=True):
+        note = "(its clip is being made)" if e.pending else e.last_error or "-"
         print(f"{e.event_id:<36}  {e.cid:<{cw}}  {_size(e.size_bytes):>9}  {_age(age):>8}  "
-              f"{e.attempts:>5}  {e.last_error or '-'}")
+              f"{e.attempts:>5}  {note}")
     for q in held:  # set aside: its age in the queue no longer counts, its wall-clock age is for people
         shown = "-" if q.created_at is None else _age(now - q.created_at)
         print(f"{q.event_id:<36}  {q.cid:<{cw}}  {_size(q.size_bytes):>9}  {shown:>8}  "

@@ -104,6 +104,10 @@ class Entry:
     last_error: str | None
     retry_at: float = 0.0  # monotonic time of the next attempt; 0: due now
     pending: bool = False  # a read whose clip is being made: not sent yet
+    # the moment it was queued, for its age (Spool.queued_age_s): the boot, the monotonic time, the clock's state
+    boot_id: str | None = None
+    created_mono: float | None = None
+    clock_synced: bool | None = None
 
 
 @dataclass
@@ -395,9 +399,6 @@ class Spool:
             return self._wall() - created_at
         return None
 
-    def row_age_s(self, row: Row, synced_now: bool | None) -> float | None:
-        return self.age_s(row.created_at, row.boot_id, row.created_mono, row.clock_synced, synced_now)
-
     def _expire(self) -> None:
         """Reads older than spool.max_age_s are given up (their clip is made by then: pending reads wait)."""
         if not self.store.open or self.reader:
@@ -406,7 +407,7 @@ class Spool:
         rows = self.store.rows(READY)
         synced_now = clock_sync.synchronized() if rows else None
         for row in rows:
-            age = self.row_age_s(row, synced_now)
+            age = self.age_s(row.created_at, row.boot_id, row.created_mono, row.clock_synced, synced_now)
             if age is not None and age > self.cfg.max_age_s:
                 self._delete(row.event_id)
                 self._count_drop("max_age", row.cid, row.event_id, f"older than spool.max_age_s={self.cfg.max_age_s:g}")
@@ -437,7 +438,17 @@ class Spool:
     def _entry(self, row: Row) -> Entry:
         return Entry(row.event_id, row.cid, row.metadata, self.files.video(row.event_id) if row.has_video else None,
                      row.size_bytes, row.sha256, row.created_at, row.attempts, row.last_error,
-                     self._retry_at.get(row.event_id, 0.0), row.state == PENDING)
+                     self._retry_at.get(row.event_id, 0.0), row.state == PENDING, row.boot_id, row.created_mono,
+                     row.clock_synced)
+
+    def oldest(self) -> Entry | None:
+        """The read waiting longest (first in the queue, whatever the clock said when it was queued)."""
+        rows = self.store.rows()
+        return next((self._entry(r) for r in rows if r.state != DELIVERED), None)
+
+    def queued_age_s(self, entry: Entry, synced_now: bool | None) -> float | None:
+        """How long `entry` has waited, by `age_s`'s rule; None when nobody can tell."""
+        return self.age_s(entry.created_at, entry.boot_id, entry.created_mono, entry.clock_synced, synced_now)
 
     def mark_delivered(self, event_id: str) -> None:
         """The server has it: the row is marked delivered, then its files go, then the row. A crash in
