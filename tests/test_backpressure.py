@@ -61,6 +61,7 @@ def test_a_reload_that_reopens_the_source_decides_the_backpressure_again(tmp_pat
         deadline = time.monotonic() + 10
         while pipeline.backpressure() is not Backpressure.BLOCK and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert pipeline.backpressure() is Backpressure.BLOCK and pipeline.status().capture.sessions == 2
+        # a looped file read at full speed starts a session each loop (~0.5 s): the reopen made the second
+        assert pipeline.backpressure() is Backpressure.BLOCK and pipeline.status().capture.sessions >= 2
     finally:
         assert pipeline.stop(10)
