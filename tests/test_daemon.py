@@ -64,10 +64,13 @@ def metrics(port: int) -> dict[str, float]:
 
 
 def start_daemon(tmp_path: Path, command: str, upload_url: str, metrics_port: int, extra: str = "",
-                 notify: Path | None = None) -> agent_process.AgentProcess:
+                 notify: Path | None = None, source: str | None = None) -> agent_process.AgentProcess:
+    """`edge-agent run` on a pipe camera running `command` (stall_s 3), or on `source`: the source section's
+    own lines, indented."""
     cfg = tmp_path / "config.yaml"
+    source = source if source is not None else f"  kind: pipe\n  command: {command}\n  stall_s: 3\n"
     cfg.write_text(
-        f"device_id: test-cam\nsource:\n  kind: pipe\n  command: {command}\n  stall_s: 3\n"
+        f"device_id: test-cam\nsource:\n{source}"
         f"upload:\n  url: {upload_url}\n  backoff_base_s: 0.2\nspool:\n  dir: {tmp_path / 'spool'}\n"
         f"  min_free_bytes: 0\nhttp:\n  port: {metrics_port}\n{extra}", encoding="utf-8")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
