@@ -170,8 +170,8 @@ class Pipeline:
                 self.capture.let_go(max(0.0, deadline - time.monotonic())):
             self._capture_let_go = True
             st = self.capture.status()
-            log.warning("capture still %s %.1f s into the stop source=%s: let go (a network read ends only at "
-                        "its timeout); its open recordings are cut short without it", st.doing,
+            log.warning("capture still %s %.1f s into the stop source=%s: let go (no interrupt reaches a network "
+                        "read, which ends at its timeout); its open recordings are cut short without it", st.doing,
                         const.CAPTURE_STOP_GRACE_S, st.describe or "-")
             self._end_capture()
         return self.wait(max(0.0, deadline - time.monotonic()))

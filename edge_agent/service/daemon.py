@@ -243,9 +243,9 @@ class Daemon:
         if stuck != self._stuck:
             self._stuck = stuck
             if stuck:
-                log.error("capture stuck: no progress %.0f s past its bound (source.open_timeout_s, stall_s, "
-                          "back-off) source=%s: the watchdog is no longer fed, systemd restarts the service",
-                          cap.overdue_s, cap.describe or self.cfg.source.kind)
+                log.error("capture stuck %s source=%s: %.0f s past every timeout it has (source.open_timeout_s, "
+                          "stall_s, back-off); systemd's watchdog is no longer fed and restarts the service",
+                          cap.doing, cap.describe or self.cfg.source.kind, cap.overdue_s + const.CAPTURE_SLACK_S)
             else:
                 log.warning("capture moving again: the watchdog is fed")
         if not stuck:
