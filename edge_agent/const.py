@@ -61,6 +61,8 @@ CAPTURE_SLACK_S = 10.0
 # At a stop, capture gets this long to end before its consumers are ended without it: a pipe read ends at
 # once, a read blocked in FFmpeg's network code only at its timeout (PyAV has no interrupt-now).
 CAPTURE_STOP_GRACE_S = 1.0
+# A camera command is given this long to exit after SIGTERM (rpicam-vid releases the camera), then killed.
+COMMAND_STOP_S = 2.0
 
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 30.0

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests import agent_process
@@ -169,11 +170,11 @@ def stop_when_frozen(proc: agent_process.AgentProcess, log: Path, frozen: Callab
 
 @pytest.mark.slow
 def test_sigterm_with_a_frozen_network_camera_queues_every_open_recording(three_labels: Path, tmp_path: Path) -> None:
-    """An HTTP camera frozen after its third label, open_timeout_s 60: FFmpeg's read blocks until its timeout
-    and PyAV has no way to end it sooner. The stop does not wait for it: the three recordings still open
-    (post-roll 5 s) are cut short and queued with video, in time, and the stop says what it left."""
+    """An HTTP camera frozen after its third label, open_timeout_s and stall_s 60: FFmpeg's read blocks until
+    its timeout and PyAV has no way to end it sooner. The stop does not wait for it: the three recordings
+    still open (post-roll 5 s) are cut short and queued with video, in time, and the stop says what it left."""
     with FrozenHttpCamera(three_labels, stall_after=4.0) as cam:
-        source = f"  kind: url\n  path: {cam.url}\n  open_timeout_s: 60\n"
+        source = f"  kind: url\n  path: {cam.url}\n  open_timeout_s: 60\n  stall_s: 60\n"
         proc = start_daemon(tmp_path, "", NOWHERE, free_port(), extra="clip:\n  post_roll_s: 5\n", source=source)
         rc, took = stop_when_frozen(proc, tmp_path / "daemon.log",
                                     lambda: (cam.frozen_for() or 0) > 1.0)
@@ -190,12 +191,18 @@ def test_sigterm_with_a_frozen_network_camera_queues_every_open_recording(three_
 def test_sigterm_ends_a_pipe_read_at_once_when_the_camera_command_ignores_it(three_labels: Path,
                                                                             tmp_path: Path) -> None:
     """A camera command that ignores SIGTERM and keeps its pipe open, frozen after three labels: the read
-    waiting on its pipe ends at once on the stop (no letting go), and the open recordings are queued."""
+    waiting on its pipe ends at once on the stop, the open recordings are queued, and the command is killed
+    rather than left behind holding the camera."""
     ignore_term = f"sh -c 'trap \"\" TERM; exec {camera(three_labels, '--stall-after', '4')}'"
     port = free_port()
     proc = start_daemon(tmp_path, "", NOWHERE, port, extra="clip:\n  post_roll_s: 5\n",
                         source=f"  kind: pipe\n  command: {ignore_term}\n  stall_s: 30\n")
-    rc, took = stop_when_frozen(proc, tmp_path / "daemon.log", unchanged(lambda: _m(port, "edge_agent_frames_total")))
+    commands: list[psutil.Process] = []
+    rc, took = stop_when_frozen(proc, tmp_path / "daemon.log", unchanged(
+        lambda: commands.extend(psutil.Process(proc.pid).children()) or _m(port, "edge_agent_frames_total")))
+    left = {c for c in commands if c.is_running() and c.status() != psutil.STATUS_ZOMBIE}
+    for c in left:  # never leave it behind, whatever the outcome
+        c.kill()
     text = (tmp_path / "daemon.log").read_text()
     detected, ready, failed = outcomes(text)
     print(f"pipe camera ignoring SIGTERM: {len(detected)} CIDs, {len(ready)} with video, stop took {took:.1f} s")
@@ -203,3 +210,4 @@ def test_sigterm_ends_a_pipe_read_at_once_when_the_camera_command_ignores_it(thr
     assert len(detected) == 3 and ready == detected and failed == []
     assert queued_cids(tmp_path) == detected
     assert "capture still reading" not in text  # the read ended at once (closing waits for the command)
+    assert commands and not left, left  # killed by the agent, not left holding the camera

@@ -3,7 +3,7 @@
 PyAV reads a file object through its `read(n)`, called on the thread that opens or demuxes. A plain pipe
 read blocks in the kernel until the command writes, and FFmpeg's interrupt callback (PyAV's `timeout=`) is
 never consulted there: a camera that goes silent while FFmpeg probes it (its `probesize`/`analyzeduration`
-phase), or while the frame rate is measured, held the capture thread for as long as the command lived.
+phase), or while the frame rate is measured, holds the capture thread for as long as the command lives.
 
 Here each read waits with `poll` on the pipe and on a wake-up pipe of its own, for at most `silence_s`
 (source.open_timeout_s). Silence or `interrupt()` (a stall, a stop, a reload) ends the stream as an EOF

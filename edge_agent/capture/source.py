@@ -9,12 +9,13 @@ A session's clock is chosen once when it starts reading (`AvSource._clock`), and
 where it ended on the capture clock (`read` returns a `SessionEnd`), so the next one carries on
 from there.
 
-No read or open waits longer than source.open_timeout_s, whatever FFmpeg is doing (probing, reading):
-network sources through PyAV's `timeout=` (FFmpeg's interrupt callback, which its network code polls
-every 0.1 s; a read also ends once source.stall_s passes, the stall it is), a command's stdout through
+A camera's reads and opens wait no longer than source.open_timeout_s, whatever FFmpeg is doing (probing,
+reading): a network source through PyAV's `timeout=` (FFmpeg's interrupt callback, which its network code
+polls every 0.1 s; a read also ends once source.stall_s passes, the stall it is), a command's stdout through
 `PipeReader` (FFmpeg's callback is never consulted on a pipe). A pipe read also ends at once on
 `interrupt()`; PyAV has no such call for FFmpeg's own network reads, so a stop does not wait for one
-(`CaptureSupervisor.let_go`).
+(`CaptureSupervisor.let_go`). A V4L2 device's read is its driver's, which no FFmpeg timeout reaches: the
+capture stage's bound on each of its steps says when one hangs (`CaptureStatus.overdue_s`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ class SourceError(Exception):
 
     def __init__(self, message: str):
         super().__init__(redact(message))
+
+
+class SourceSilent(SourceError):
+    """The source sent nothing for as long as it may (source.open_timeout_s, or source.stall_s for a
+    network read): a camera that does not answer, not a stream FFmpeg cannot read."""
 
 
 @dataclass
@@ -230,8 +236,9 @@ class AvSource:
             self._container = av.open(opening.target, format=opening.format, options=opening.options,
                                       timeout=timeout)
         except (av.error.FFmpegError, OSError) as exc:
+            error = self._failed(f"cannot open {self.cfg.kind} source {self.describe}", exc)
             self.close()
-            raise SourceError(f"cannot open {self.cfg.kind} source {self.describe}: {self._why(exc)}") from exc
+            raise error from exc
         if self._closed.is_set():  # a pipe interrupted while FFmpeg probed it ends as an EOF would
             self.close()
             raise SourceError(f"{self.describe}: stopped while opening")
@@ -296,23 +303,23 @@ class AvSource:
         came = self._reader.last_data if self._reader is not None else time.monotonic()
         return came - self._mono0 + self._start_t
 
-    def _why(self, exc: Exception, reading: bool = False) -> str:
+    def _failed(self, what: str, exc: Exception, reading: bool = False) -> SourceError:
         """An open or read that failed, in words: a source silent past its deadline says which (FFmpeg's own
         words for PyAV's timeout are "Immediate exit requested")."""
         cfg = self.cfg
         if self._reader is not None and self._reader.ended == "silent":
-            return f"no data for {cfg.open_timeout_s:g} s (source.open_timeout_s)"
+            return SourceSilent(f"{what}: no data for {cfg.open_timeout_s:g} s (source.open_timeout_s)")
         if isinstance(exc, av.error.ExitError):
             if reading and cfg.stall_s < cfg.open_timeout_s:
-                return f"no data for {cfg.stall_s:g} s (source.stall_s)"
-            return f"no data for {cfg.open_timeout_s:g} s (source.open_timeout_s)"
-        return str(exc)
+                return SourceSilent(f"{what}: no data for {cfg.stall_s:g} s (source.stall_s)")
+            return SourceSilent(f"{what}: no data for {cfg.open_timeout_s:g} s (source.open_timeout_s)")
+        return SourceError(f"{what}: {exc}")
 
     def _silent(self) -> SourceError | None:
         """A pipe that went silent for open_timeout_s ended its stream as an EOF would (what FFmpeg held
         was handed on): the session still failed, and says why."""
         if self._reader is not None and self._reader.ended == "silent" and not self._closed.is_set():
-            return SourceError(f"{self.describe}: no data for {self.cfg.open_timeout_s:g} s (source.open_timeout_s)")
+            return SourceSilent(f"{self.describe}: no data for {self.cfg.open_timeout_s:g} s (source.open_timeout_s)")
         return None
 
     def _prefetch(self, seconds: float) -> list[float]:
@@ -330,7 +337,7 @@ class AvSource:
         except av.error.EOFError:
             pass
         except av.error.FFmpegError as exc:
-            raise SourceError(f"{self.describe}: read failed: {self._why(exc, reading=True)}") from exc
+            raise self._failed(f"{self.describe}: read failed", exc, reading=True) from exc
         return [a for _, a in self._prefetched]
 
     def _arrivals(self) -> Iterator[tuple[Any, float]]:
@@ -404,7 +411,7 @@ class AvSource:
             pass
         except av.error.FFmpegError as exc:
             if not self._closed.is_set():
-                raise SourceError(f"{self.describe}: read failed: {self._why(exc, reading=True)}") from exc
+                raise self._failed(f"{self.describe}: read failed", exc, reading=True) from exc
         except RawEncoderError as exc:
             raise SourceError(f"{self.describe}: {exc}") from exc
         if self._raw is not None and not self._closed.is_set():
@@ -433,7 +440,7 @@ class AvSource:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             try:
-                self._proc.wait(timeout=2)
+                self._proc.wait(timeout=const.COMMAND_STOP_S)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
