@@ -159,13 +159,27 @@ def unchanged(value: Callable[[], float], for_s: float = 1.0) -> Callable[[], bo
     return check
 
 
-def stop_when_frozen(proc: agent_process.AgentProcess, log: Path, frozen: Callable[[], bool]) -> tuple[int, float]:
-    """Three labels read, the camera frozen (nothing more comes): SIGTERM. (exit code, seconds the stop took)"""
+def stop_when_frozen(proc: agent_process.AgentProcess, log: Path,
+                     frozen: Callable[[], bool]) -> tuple[int, float, list[psutil.Process]]:
+    """Three labels read, the camera frozen (nothing more comes): SIGTERM. (exit code, seconds the stop took,
+    the agent's child processes at the stop)"""
     wait_until(lambda: log.read_text().count("detected cid=") >= 3, 60, "three labels read")
     wait_until(frozen, 30, "the camera to freeze")
+    children = psutil.Process(proc.pid).children()
     started = time.monotonic()
     rc = stop(proc, timeout=25)
-    return rc, time.monotonic() - started
+    return rc, time.monotonic() - started, children
+
+
+def every_open_recording_queued(tmp_path: Path, rc: int, took: float, what: str) -> str:
+    """The stop ended in time with exit 0, and the three CIDs read went to the spool with video. The log."""
+    text = (tmp_path / "daemon.log").read_text()
+    detected, ready, failed = outcomes(text)
+    print(f"{what}, SIGTERM: {len(detected)} CIDs, {len(ready)} with video, stop took {took:.1f} s")
+    assert rc == 0 and took < 15
+    assert len(detected) == 3 and ready == detected and failed == []
+    assert queued_cids(tmp_path) == detected
+    return text
 
 
 @pytest.mark.slow
@@ -176,14 +190,8 @@ def test_sigterm_with_a_frozen_network_camera_queues_every_open_recording(three_
     with FrozenHttpCamera(three_labels, stall_after=4.0) as cam:
         source = f"  kind: url\n  path: {cam.url}\n  open_timeout_s: 60\n  stall_s: 60\n"
         proc = start_daemon(tmp_path, "", NOWHERE, free_port(), extra="clip:\n  post_roll_s: 5\n", source=source)
-        rc, took = stop_when_frozen(proc, tmp_path / "daemon.log",
-                                    lambda: (cam.frozen_for() or 0) > 1.0)
-    text = (tmp_path / "daemon.log").read_text()
-    detected, ready, failed = outcomes(text)
-    print(f"frozen url camera, SIGTERM: {len(detected)} CIDs, {len(ready)} with video, stop took {took:.1f} s")
-    assert rc == 0 and took < 15
-    assert len(detected) == 3 and ready == detected and failed == []
-    assert queued_cids(tmp_path) == detected
+        rc, took, _ = stop_when_frozen(proc, tmp_path / "daemon.log", lambda: (cam.frozen_for() or 0) > 1.0)
+    text = every_open_recording_queued(tmp_path, rc, took, "frozen url camera")
     assert "capture still reading" in text and "stop incomplete" not in text
 
 
@@ -197,17 +205,11 @@ def test_sigterm_ends_a_pipe_read_at_once_when_the_camera_command_ignores_it(thr
     port = free_port()
     proc = start_daemon(tmp_path, "", NOWHERE, port, extra="clip:\n  post_roll_s: 5\n",
                         source=f"  kind: pipe\n  command: {ignore_term}\n  stall_s: 30\n")
-    commands: list[psutil.Process] = []
-    rc, took = stop_when_frozen(proc, tmp_path / "daemon.log", unchanged(
-        lambda: commands.extend(psutil.Process(proc.pid).children()) or _m(port, "edge_agent_frames_total")))
+    rc, took, commands = stop_when_frozen(proc, tmp_path / "daemon.log",
+                                          unchanged(lambda: _m(port, "edge_agent_frames_total")))
     left = {c for c in commands if c.is_running() and c.status() != psutil.STATUS_ZOMBIE}
     for c in left:  # never leave it behind, whatever the outcome
         c.kill()
-    text = (tmp_path / "daemon.log").read_text()
-    detected, ready, failed = outcomes(text)
-    print(f"pipe camera ignoring SIGTERM: {len(detected)} CIDs, {len(ready)} with video, stop took {took:.1f} s")
-    assert rc == 0 and took < 15
-    assert len(detected) == 3 and ready == detected and failed == []
-    assert queued_cids(tmp_path) == detected
+    text = every_open_recording_queued(tmp_path, rc, took, "pipe camera ignoring SIGTERM")
     assert "capture still reading" not in text  # the read ended at once (closing waits for the command)
     assert commands and not left, left  # killed by the agent, not left holding the camera

@@ -170,11 +170,15 @@ class Pipeline:
                 self.capture.let_go(max(0.0, deadline - time.monotonic())):
             self._capture_let_go = True
             st = self.capture.status()
-            log.warning("capture still %s %.1f s into the stop source=%s: let go (no interrupt reaches a network "
-                        "read, which ends at its timeout); its open recordings are cut short without it", st.doing,
-                        const.CAPTURE_STOP_GRACE_S, st.describe or "-")
+            why = {"reading": "a network read ends only at its timeout", "opening": "a network open ends only at "
+                   "its timeout", "closing": "the camera command has not exited"}.get(st.doing, "")
+            log.warning("capture still %s %.1f s into the stop (%s) source=%s: let go, its open recordings are cut "
+                        "short without it", st.doing, const.CAPTURE_STOP_GRACE_S, why, st.describe or "-")
             self._end_capture()
-        return self.wait(max(0.0, deadline - time.monotonic()))
+        done = self.wait(max(0.0, deadline - time.monotonic()))
+        if self._capture_let_go:  # one closing a camera command that ignored SIGTERM kills it by then
+            capture.join(min(const.COMMAND_STOP_S + 1.0, max(0.0, deadline - time.monotonic())))
+        return done
 
     @property
     def drained(self) -> bool:
