@@ -161,7 +161,9 @@ class Pipeline:
         Capture ends at once where its source can be interrupted. One blocked in FFmpeg's own network read
         (PyAV offers only its timeout, up to source.open_timeout_s) is let go after CAPTURE_STOP_GRACE_S:
         it hands nothing on any more, its consumers are ended here, and the open recordings reach the clip
-        stage within the budget all the same; the read ends by itself on a daemon thread."""
+        stage within the budget all the same; the read ends by itself on a daemon thread. Once the stages are
+        done, a capture let go while closing a camera command that ignores SIGTERM is given the moment it
+        needs to kill it (const.COMMAND_STOP_S), so no camera process outlives the agent."""
         deadline = time.monotonic() + timeout
         self.clips.finish_by(deadline - const.CLIP_STOP_RESERVE_S)
         self.capture.stop()
