@@ -110,9 +110,10 @@ class CaptureSupervisor:
 
     def let_go(self, timeout: float) -> bool:
         """The stop's thread, once `stop()` did not end capture in time: it is blocked where no interrupt
-        reaches (FFmpeg's own network read, bounded by its timeout only). From here on it hands nothing
-        on (no packet, no session start or end), so its consumers can be ended without it; the read ends
-        by itself. False if a hand-over in progress did not finish in `timeout` (a BLOCK consumer full)."""
+        reaches (FFmpeg's own network read or open, bounded by its timeout only; a camera command slow to
+        exit). From here on it hands nothing on (no packet, no session start or end), so its consumers can
+        be ended without it; what blocks it ends by itself. False if a hand-over in progress did not finish
+        in `timeout` (a BLOCK consumer full)."""
         if not self._gate.acquire(timeout=timeout):
             return False
         self._let_go = True
