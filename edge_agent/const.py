@@ -53,6 +53,16 @@ SOURCE_STALL_S = 10.0
 SOURCE_OPEN_TIMEOUT_S = 10.0
 REOPEN_BACKOFF_START_S = 1.0
 REOPEN_BACKOFF_CAP_S = 60.0
+# The capture thread's every wait is bounded (an open by 3 x source.open_timeout_s: FFmpeg's open, its
+# probing and an untimed pipe's read-ahead; a read by source.stall_s or open_timeout_s; a reopen's back-off);
+# past its bound by this much more (a loaded Pi, a camera command slow to die) it is stuck, and the daemon
+# stops telling systemd's watchdog it is alive.
+CAPTURE_SLACK_S = 10.0
+# At a stop, capture gets this long to end before its consumers are ended without it: a pipe read ends at
+# once, a read blocked in FFmpeg's network code only at its timeout (PyAV has no interrupt-now).
+CAPTURE_STOP_GRACE_S = 1.0
+# A camera command is given this long to exit after SIGTERM (rpicam-vid releases the camera), then killed.
+COMMAND_STOP_S = 2.0
 
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 30.0

@@ -78,6 +78,10 @@ DECLARED: dict[str, MetricSpec] = {s.name: s for s in (
     _counter("edge_agent_source_errors_total", "Errors opening or reading the video source."),
     _counter("edge_agent_source_restarts_total", "Times the video source was reopened after an error or end."),
     _counter("edge_agent_source_stalls_total", "Times no frame came for source.stall_s and the source was reopened."),
+    _gauge("edge_agent_source_up", "1 while the source delivers frames; 0 while it is away (being reopened with "
+           "back-off, the agent staying up) or not open yet."),
+    _gauge("edge_agent_source_away_seconds", "Seconds the source has been away: since its last frame, or since the "
+           "agent started if it never gave one; 0 while it is up."),
     _counter("edge_agent_ring_evicted_over_cap_total",
              "Packets evicted from the pre-roll ring buffer because it reached its byte cap."),
     # --- decode and detect ---

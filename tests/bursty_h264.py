@@ -1,15 +1,19 @@
 """A stand-in for a loaded Raspberry Pi: raw H.264 (Annex-B, no timestamps) on stdout, in bursts.
 
-    python tests/bursty_h264.py VIDEO [--burst 10] [--fps 30] [--seconds S] [--loop]
+    python tests/bursty_h264.py VIDEO [--burst 10] [--fps 30] [--seconds S] [--loop] [--stall-after S]
+                                      [--gone-if PATH]
 
 Frames are held back and written `--burst` at a time, so the pipe delivers 30 fps on average
 but nothing for 333 ms and then ten frames at once: what rpicam-vid does when the reader or
-the pipe buffer is slow. `--burst 1` writes each frame on time.
+the pipe buffer is slow. `--burst 1` writes each frame on time. `--stall-after` stops writing after
+S seconds of video but keeps the pipe open (rpicam-vid hung); `--gone-if PATH`: a camera that does not
+come back: the first run creates PATH, every later one keeps its pipe open and writes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -35,9 +39,16 @@ def main() -> None:
     ap.add_argument("--fps", type=float, default=30.0)
     ap.add_argument("--seconds", type=float, default=0.0, help="stop after this much video (0: the file once)")
     ap.add_argument("--loop", action="store_true")
+    ap.add_argument("--stall-after", type=float, default=0.0, help="stop writing after this much video, pipe open")
+    ap.add_argument("--gone-if", help="if this file exists write nothing (pipe open); else create it")
     ap.add_argument("--t0-file", help="write here the wall-clock time (Unix seconds) the video's first frame is "
                     "'captured' at, the truth a detected_at is checked against")
     args = ap.parse_args()
+    if args.gone_if:
+        if os.path.exists(args.gone_if):
+            time.sleep(3600)
+            return
+        open(args.gone_if, "w").close()
     frames = annexb_frames(args.video)
     out = sys.stdout.buffer
     start = time.monotonic()
@@ -51,6 +62,12 @@ def main() -> None:
             for data in frames:
                 if args.seconds and n >= args.seconds * args.fps:
                     return
+                if args.stall_after and n >= args.stall_after * args.fps:
+                    if pending:
+                        out.write(b"".join(pending))
+                        pending = []
+                    out.flush()
+                    time.sleep(3600)
                 pending.append(data)
                 n += 1
                 if len(pending) >= args.burst:

@@ -32,13 +32,17 @@ class NotifySocket:
         self.sock.bind(str(path))
         self.sock.settimeout(0.2)
         self.messages: list[str] = []
+        self.watchdog_at: list[float] = []  # monotonic times a WATCHDOG=1 came
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         while True:  # like systemd, always reading
             try:
-                self.messages.append(self.sock.recv(4096).decode())
+                message = self.sock.recv(4096).decode()
+                if "WATCHDOG=1" in message.splitlines():
+                    self.watchdog_at.append(time.monotonic())
+                self.messages.append(message)
             except TimeoutError:
                 continue
             except OSError:
@@ -53,6 +57,11 @@ class NotifySocket:
                     return m
         raise AssertionError(f"no {prefix!r} from the service in {timeout} s; got {self.messages}")
 
+    def longest_watchdog_gap(self, since: float) -> float:
+        """The longest time without a WATCHDOG=1 from `since` (monotonic) to now."""
+        times = [since, *(t for t in self.watchdog_at if t > since), time.monotonic()]
+        return max(b - a for a, b in zip(times, times[1:], strict=False))
+
 
 def metrics(port: int) -> dict[str, float]:
     out = {}
@@ -64,10 +73,13 @@ def metrics(port: int) -> dict[str, float]:
 
 
 def start_daemon(tmp_path: Path, command: str, upload_url: str, metrics_port: int, extra: str = "",
-                 notify: Path | None = None) -> agent_process.AgentProcess:
+                 notify: Path | None = None, source: str | None = None) -> agent_process.AgentProcess:
+    """`edge-agent run` on a pipe camera running `command` (stall_s 3), or on `source`: the source section's
+    own lines, indented."""
     cfg = tmp_path / "config.yaml"
+    source = source if source is not None else f"  kind: pipe\n  command: {command}\n  stall_s: 3\n"
     cfg.write_text(
-        f"device_id: test-cam\nsource:\n  kind: pipe\n  command: {command}\n  stall_s: 3\n"
+        f"device_id: test-cam\nsource:\n{source}"
         f"upload:\n  url: {upload_url}\n  backoff_base_s: 0.2\nspool:\n  dir: {tmp_path / 'spool'}\n"
         f"  min_free_bytes: 0\nhttp:\n  port: {metrics_port}\n{extra}", encoding="utf-8")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -168,3 +180,92 @@ def _get(port: int, name: str) -> float:
         return metrics(port).get(name, 0.0)
     except requests.RequestException:
         return 0.0
+
+
+
+def health(port: int) -> tuple[int, dict]:
+    r = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    return r.status_code, r.json()
+
+
+@pytest.mark.slow
+def test_a_camera_that_stays_away_keeps_the_agent_up_fed_watchdog_and_says_so(tmp_path: Path) -> None:
+    """The camera command ends after 3 s and every one started after it hangs without writing (a camera
+    unplugged, rpicam-vid waiting for it). The agent stays up (systemd's watchdog keeps being fed while the
+    capture retries with back-off), /healthz and the metrics say the camera is away and since when, and
+    the log says so once per change, not at every retry. Back, it says that once too."""
+    notify = NotifySocket(tmp_path / "notify.sock")
+    port = free_port()
+    gone = tmp_path / "camera-gone"
+    cmd = (f"{sys.executable} {ROOT / 'tests' / 'bursty_h264.py'} {SAMPLE} --burst 1 --seconds 3 "
+           f"--gone-if {gone}")
+    proc = start_daemon(tmp_path, "", "http://127.0.0.1:9/cid", port, notify=notify.path,
+                        source=f"  kind: pipe\n  command: {cmd}\n  input_format: h264\n  stall_s: 3\n"
+                        "  open_timeout_s: 2\n")
+    log = tmp_path / "daemon.log"
+    try:
+        notify.wait_for("READY=1", 30)
+        wait_until(lambda: "source ended" in log.read_text(), 30, "the camera away")
+        away_from = time.monotonic()
+        # three attempts to reopen it, unless the watchdog starves first
+        wait_until(lambda: _get(port, "edge_agent_source_restarts_total") >= 4
+                   or notify.longest_watchdog_gap(away_from) > 3, 60, "three attempts to reopen the camera")
+        gap = notify.longest_watchdog_gap(away_from)
+        assert gap < 2.0, f"no WATCHDOG=1 for {gap:.1f} s while the camera was away"  # WatchdogSec is 2 s here
+        asked = time.time()
+        status, body = health(port)
+        m = metrics(port)
+        text = log.read_text()
+        gone.unlink()  # the camera is back
+        wait_until(lambda: health(port)[1].get("source") == "up", 60, "the camera back")
+        back = log.read_text()
+    finally:
+        assert stop(proc) == 0
+    print(f"away {body['source_away_s']} s, {body['source_reopen_attempts']} attempts, longest watchdog gap "
+          f"{gap:.1f} s")
+    assert proc.returncode == 0
+    assert status == 503 and body["source_away_s"] > 3 and body["capture_stuck"] is False
+    assert abs(asked - body["source_away_s"] - body["source_away_since"]) < 1
+    assert m["edge_agent_source_up"] == 0 and m["edge_agent_source_away_seconds"] > 3
+    # going away (the pipe ended), then the cause changed (reopens find nothing): two lines for 3+ attempts
+    assert text.count("source ended, reopening") == 1 and text.count("source unavailable") == 1, text
+    assert back.count("source back after") == 1
+
+
+@pytest.mark.slow
+def test_a_capture_thread_stuck_where_no_timeout_reaches_starves_the_watchdog(tmp_path: Path) -> None:
+    """A truly hung agent is still restarted: a source read through FFmpeg's file protocol from a FIFO whose
+    writer froze blocks in read(2), where neither FFmpeg's timeout nor the stall watch reaches. Past the
+    bound of a read (stall_s, open_timeout_s, and the slack) the capture is stuck: said once, on /healthz,
+    and WATCHDOG=1 stops so that systemd restarts the service. A stop still ends in time."""
+    notify = NotifySocket(tmp_path / "notify.sock")
+    port = free_port()
+    fifo = tmp_path / "camera.ts"
+    os.mkfifo(fifo)
+    held = os.open(fifo, os.O_RDWR)  # a writer for as long as the test lasts: the reader never sees an EOF
+    camera = subprocess.Popen([sys.executable, str(ROOT / "tests" / "stream_sample.py"), str(SAMPLE),
+                               "--stall-after", "3"], stdout=held)
+    log = tmp_path / "daemon.log"
+    try:
+        proc = start_daemon(tmp_path, "", "http://127.0.0.1:9/cid", port, notify=notify.path,
+                            source=f"  kind: url\n  path: file:{fifo}\n  stall_s: 2\n  open_timeout_s: 2\n")
+        try:
+            notify.wait_for("READY=1", 30)
+            wait_until(lambda: "capture stuck" in log.read_text(), 60, "the capture said stuck")
+            stuck_from = time.monotonic()
+            stuck = health(port)[1]
+            wait_until(lambda: time.monotonic() - stuck_from > 4, 10, "four seconds of a stuck capture")
+            gap = notify.longest_watchdog_gap(stuck_from)
+        finally:
+            started = time.monotonic()
+            rc = stop(proc, timeout=20)
+            took = time.monotonic() - started
+    finally:
+        camera.kill()
+        camera.wait()
+        os.close(held)
+    text = log.read_text()
+    print(f"stuck capture: no watchdog for {gap:.1f} s; stop took {took:.1f} s")
+    assert stuck["capture_stuck"] is True and gap > 4
+    assert text.count("capture stuck") == 1
+    assert rc == 0 and took < 15 and "capture still reading" in text

@@ -5,6 +5,7 @@ any picture outside them. What it hands detection is exactly the picture a full 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import av
@@ -178,3 +179,35 @@ def test_a_decoder_far_behind_the_camera_takes_frame_threads_and_drops_nothing(
     assert len(got) >= int(seconds * 10) - 1  # one pick a slot, the whole video
     for frame in got:  # the pictures from either decoder are the true ones
         assert np.array_equal(frame.gray, full[frame.t])
+
+
+def test_a_camera_session_that_ends_gives_up_the_pictures_its_decoder_holds_with_their_capture_times(
+        tmp_path: Path) -> None:
+    """A camera that stalls or ends with B-frames in flight: its decoder holds the last pictures for
+    reordering. At the session's end they come out at once, each with its own packet's capture time and
+    picture, not when the camera is back (a new decoder) or the agent stops."""
+    packets = read_packets(make_video(tmp_path / "b.mp4", seconds=2, bframes=3, codes=[("CID-END-1", 0.5, 2.0)]))
+    full, _ = every_picture(packets)
+    metrics = Metrics()
+    slot = FrameSlot(lambda: Backpressure.BLOCK, metrics=metrics)  # the detector keeps every frame here
+    stage = DecodeStage(slot, metrics, lambda: 10.0, lambda: Backpressure.DROP)
+    got: list[GrayFrame] = []
+    consumer = threading.Thread(target=lambda: got.extend(iter(slot.get, END)))
+    worker = StageThread(stage, stage.finish, FailureBox())
+    consumer.start()
+    worker.start()
+    try:
+        for p in packets:
+            stage.offer(p)
+        stage.session_ended()  # the capture thread, as the session ends: the camera stays away
+        picks = {int(p.t * 10 + 1e-6) for p in packets}
+        deadline = time.monotonic() + 30
+        while len(got) < len(picks) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sorted(int(f.t * 10 + 1e-6) for f in got) == sorted(picks)  # the last slots' pictures too
+        for frame in got:
+            assert np.array_equal(frame.gray, full[frame.t])
+    finally:
+        stage.end()
+        assert worker.join(60)
+        consumer.join(60)

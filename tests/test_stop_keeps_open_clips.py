@@ -1,7 +1,9 @@
 """A stop (SIGTERM) or a source restart (the camera's pipe ends and is reopened) hands every open
 recording to the clip stage at once. With labels at 4 a second and an 8 s post-roll ~32 are open:
 each one still becomes a clip with video, none is let go as "clip worker behind". `edge-agent run`
-as systemd runs it, fed by a real camera process through a pipe."""
+as systemd runs it, fed by a real camera process through a pipe. A camera frozen in the middle of a read
+(a network camera whose read only FFmpeg's timeout ends, a camera command that ignores SIGTERM) does not
+hold the stop: its open recordings are queued all the same."""
 
 from __future__ import annotations
 
@@ -11,11 +13,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests import agent_process
+from tests.frozen_http_camera import FrozenHttpCamera
 from tests.label_video import make_label_video
 from tests.media_factory import transcode
 from tests.receiver_fixture import free_port
@@ -153,3 +158,84 @@ def test_beyond_the_stop_budget_the_rest_go_out_without_video_and_none_is_lost(s
     assert budget and ready  # some made in the budget, the rest sent without video
     assert len(ready) + len(budget) == len(detected)
     assert len([line for line in failed if "stop budget ran out" in line]) == len(budget)
+
+
+@pytest.fixture(scope="module")
+def three_labels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Labels at 1, 2, 3 s (and more after 4 s, which a camera frozen at 4 s never shows)."""
+    return make_label_video(tmp_path_factory.mktemp("three") / "three.mp4", seconds=8, per_s=1)
+
+
+def queued_cids(tmp_path: Path) -> set[str]:
+    res = agent_process.run(["spool", "list", "--json", "--config", str(tmp_path / "config.yaml")],
+                            capture_output=True, text=True, check=True)
+    return {c["cid"] for c in json.loads(res.stdout)}
+
+
+def unchanged(value: Callable[[], float], for_s: float = 1.0) -> Callable[[], bool]:
+    """A condition: `value()` has not changed for `for_s` seconds (a camera that stopped giving frames)."""
+    seen = [value(), time.monotonic()]
+
+    def check() -> bool:
+        now = value()
+        if now != seen[0]:
+            seen[:] = [now, time.monotonic()]
+        return time.monotonic() - seen[1] >= for_s
+
+    return check
+
+
+def stop_when_frozen(proc: agent_process.AgentProcess, log: Path,
+                     frozen: Callable[[], bool]) -> tuple[int, float, list[psutil.Process]]:
+    """Three labels read, the camera frozen (nothing more comes): SIGTERM. (exit code, seconds the stop took,
+    the agent's child processes at the stop)"""
+    wait_until(lambda: log.read_text().count("detected cid=") >= 3, 60, "three labels read")
+    wait_until(frozen, 30, "the camera to freeze")
+    children = psutil.Process(proc.pid).children()
+    started = time.monotonic()
+    rc = stop(proc, timeout=25)
+    return rc, time.monotonic() - started, children
+
+
+def every_open_recording_queued(tmp_path: Path, rc: int, took: float, what: str) -> str:
+    """The stop ended in time with exit 0, and the three CIDs read went to the spool with video. The log."""
+    text = (tmp_path / "daemon.log").read_text()
+    detected, ready, failed = outcomes(text)
+    print(f"{what}, SIGTERM: {len(detected)} CIDs, {len(ready)} with video, stop took {took:.1f} s")
+    assert rc == 0 and took < 15
+    assert len(detected) == 3 and ready == detected and failed == []
+    assert queued_cids(tmp_path) == detected
+    return text
+
+
+@pytest.mark.slow
+def test_sigterm_with_a_frozen_network_camera_queues_every_open_recording(three_labels: Path, tmp_path: Path) -> None:
+    """An HTTP camera frozen after its third label, open_timeout_s and stall_s 60: FFmpeg's read blocks until
+    its timeout and PyAV has no way to end it sooner. The stop does not wait for it: the three recordings
+    still open (post-roll 5 s) are cut short and queued with video, in time, and the stop says what it left."""
+    with FrozenHttpCamera(three_labels, stall_after=4.0) as cam:
+        source = f"  kind: url\n  path: {cam.url}\n  open_timeout_s: 60\n  stall_s: 60\n"
+        proc = start_daemon(tmp_path, "", NOWHERE, free_port(), extra="clip:\n  post_roll_s: 5\n", source=source)
+        rc, took, _ = stop_when_frozen(proc, tmp_path / "daemon.log", lambda: (cam.frozen_for() or 0) > 1.0)
+    text = every_open_recording_queued(tmp_path, rc, took, "frozen url camera")
+    assert "capture still reading" in text and "stop incomplete" not in text
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_pipe_read_at_once_when_the_camera_command_ignores_it(three_labels: Path,
+                                                                            tmp_path: Path) -> None:
+    """A camera command that ignores SIGTERM and keeps its pipe open, frozen after three labels: the read
+    waiting on its pipe ends at once on the stop, the open recordings are queued, and the command is killed
+    rather than left behind holding the camera."""
+    ignore_term = f"sh -c 'trap \"\" TERM; exec {camera(three_labels, '--stall-after', '4')}'"
+    port = free_port()
+    proc = start_daemon(tmp_path, "", NOWHERE, port, extra="clip:\n  post_roll_s: 5\n",
+                        source=f"  kind: pipe\n  command: {ignore_term}\n  stall_s: 30\n")
+    rc, took, commands = stop_when_frozen(proc, tmp_path / "daemon.log",
+                                          unchanged(lambda: _m(port, "edge_agent_frames_total")))
+    left = {c for c in commands if c.is_running() and c.status() != psutil.STATUS_ZOMBIE}
+    for c in left:  # never leave it behind, whatever the outcome
+        c.kill()
+    text = every_open_recording_queued(tmp_path, rc, took, "pipe camera ignoring SIGTERM")
+    assert "capture still reading" not in text  # the read ended at once (closing waits for the command)
+    assert commands and not left, left  # killed by the agent, not left holding the camera

@@ -22,6 +22,7 @@ from edge_agent.pipeline.events import EventSnapshot
 from edge_agent.pipeline.wiring import Pipeline
 from tests import agent_process
 from tests.media_factory import make_video
+from tests.receiver_fixture import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CIDS = ["CID-PIPE-A", "CID-PIPE-B"]
@@ -137,3 +138,60 @@ def test_run_keeps_going_on_a_raw_yuyv_camera(conveyor: Path, tmp_path: Path) ->
         proc.wait(20)
     text = (tmp_path / "run.log").read_text()
     assert text.count("clip ready") >= 2 and "Traceback" not in text, text[-3000:]
+
+
+def raw_camera(video: Path, *args: str) -> str:
+    """rpicam-vid's stand-in: raw H.264 on its stdout, each frame on time."""
+    return f"{sys.executable} {ROOT / 'tests' / 'bursty_h264.py'} {video} --burst 1 {' '.join(args)}"
+
+
+@pytest.mark.slow
+def test_a_camera_that_stalls_with_its_pipe_open_makes_no_ghost_read(conveyor: Path, tmp_path: Path) -> None:
+    """rpicam-vid hangs after 4 s with its pipe open, CID-PIPE-A in view (3.0-4.5 s) and its recording open,
+    and never comes back. After stall_s the clip is cut short and queued while the camera is away; the frame
+    FFmpeg's parser still held when the pipe ended keeps the time it came in (4 s), so the CID is not read
+    again 'at the stall' (cooldown 1.5 s, stall 3 s) as a second event with a one-frame clip."""
+    from tests.test_daemon import start_daemon, stop, wait_until
+
+    cmd = raw_camera(conveyor, "--stall-after", "4", "--gone-if", str(tmp_path / "camera-gone"))
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(tmp_path, "", "http://127.0.0.1:9/cid", free_port(),
+                        extra="detector:\n  max_blind_s: 0\n  cooldown_s: 1.5\n",
+                        source=f"  kind: pipe\n  command: {cmd}\n  input_format: h264\n  stall_s: 3\n")
+    try:
+        # queued while the camera is away: the stalled session's last frames reached detection long before
+        wait_until(lambda: "queued cid=CID-PIPE-A" in log.read_text(), 60, "the clip cut short at the stall queued")
+    finally:
+        assert stop(proc, timeout=20) == 0
+    text = log.read_text()
+    reads = [line for line in text.splitlines() if "detected cid=CID-PIPE-A" in line]
+    clips = [line for line in text.splitlines() if "clip ready cid=CID-PIPE-A" in line]
+    assert len(reads) == 1, reads
+    assert len(clips) == 1 and "frames=1 " not in clips[0], clips
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stall_after", [0.3, 2.2], ids=["silent-while-probed", "silent-after-2.2s"])
+def test_a_pipe_camera_gone_silent_is_given_up_after_open_timeout_s(stall_after: float, conveyor: Path,
+                                                                   tmp_path: Path) -> None:
+    """A pipe that writes a few frames (or 2.2 s of them) and then nothing, its command alive: FFmpeg is still
+    probing the stream, or the frame rate's read-ahead waits. The open or read ends after open_timeout_s (3 s)
+    with a line saying why, and the camera is retried; nothing waits for systemd's watchdog."""
+    from tests.test_daemon import _get, start_daemon, stop, wait_until
+
+    cmd = raw_camera(conveyor, "--stall-after", str(stall_after))
+    log = tmp_path / "daemon.log"
+    port = free_port()
+    started = time.monotonic()
+    proc = start_daemon(tmp_path, "", "http://127.0.0.1:9/cid", port,
+                        source=f"  kind: pipe\n  command: {cmd}\n  input_format: h264\n  open_timeout_s: 3\n"
+                        "  stall_s: 30\n")
+    try:
+        wait_until(lambda: "no data for 3 s (source.open_timeout_s)" in log.read_text(), 30,
+                   "the silent camera given up")
+        took = time.monotonic() - started
+        wait_until(lambda: _get(port, "edge_agent_source_restarts_total") >= 2, 30, "the camera retried")
+    finally:
+        assert stop(proc, timeout=20) == 0
+    print(f"silent after {stall_after} s: given up {took:.1f} s after the agent started")
+    assert took < 20

@@ -12,7 +12,7 @@ input will come. `status` is the consumer's typed status.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,7 +39,10 @@ class PictureConsumer(Protocol):
 @dataclass(frozen=True)
 class Route:
     """Where one session's output goes, decided when it opens: packets to each of `packets` in turn, the
-    camera's pictures (if the source gives any) to `pictures`."""
+    camera's pictures (if the source gives any) to `pictures`. `ended`, if given, is called on the capture
+    thread when the session ends other than by a stop (a camera that stalled, failed or ended and may stay
+    away): what is held for it can be finished now rather than when the next session starts."""
 
     packets: Sequence[PacketConsumer]
     pictures: PictureConsumer | None = None
+    ended: Callable[[], None] | None = None

@@ -8,6 +8,14 @@ What differs between kinds is only how FFmpeg is asked to open them: one opener 
 A session's clock is chosen once when it starts reading (`AvSource._clock`), and a session says
 where it ended on the capture clock (`read` returns a `SessionEnd`), so the next one carries on
 from there.
+
+A camera's reads and opens wait no longer than source.open_timeout_s, whatever FFmpeg is doing (probing,
+reading): a network source through PyAV's `timeout=` (FFmpeg's interrupt callback, which its network code
+polls every 0.1 s; a read also ends once source.stall_s passes, the stall it is), a command's stdout through
+`PipeReader` (FFmpeg's callback is never consulted on a pipe). A pipe read also ends at once on
+`interrupt()`; PyAV has no such call for FFmpeg's own network reads, so a stop does not wait for one
+(`CaptureSupervisor.let_go`). A V4L2 device's read is its driver's, which no FFmpeg timeout reaches: the
+capture stage's bound on each of its steps says when one hangs (`CaptureStatus.overdue_s`).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from edge_agent import const
 from edge_agent.capture import h264
 from edge_agent.capture.clock import ArrivalFrameClock, CaptureClock, FrameCountClock, PtsClock, measure_fps
 from edge_agent.capture.media import Packet, StreamInfo
+from edge_agent.capture.pipe_reader import PipeReader
 from edge_agent.capture.raw_encoder import RawEncoder, RawEncoderError
 from edge_agent.config import SourceConfig
 from edge_agent.redact import redact
@@ -51,15 +60,21 @@ class SourceError(Exception):
         super().__init__(redact(message))
 
 
+class SourceSilent(SourceError):
+    """The source sent nothing for as long as it may (source.open_timeout_s, or source.stall_s for a
+    network read): a camera that does not answer, not a stream FFmpeg cannot read."""
+
+
 @dataclass
 class Opening:
     """How FFmpeg opens one source: what to open (a path, a URL, a command's stdout), with which
-    demuxer and options, and the command's process if there is one."""
+    demuxer and options, and the command's process and the reader of its stdout if there is one."""
 
     target: Any
     format: str | None
     options: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
+    reader: PipeReader | None = None
 
 
 def open_file(cfg: SourceConfig, path: str) -> Opening:
@@ -91,7 +106,9 @@ def open_pipe(cfg: SourceConfig, path: str) -> Opening:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, bufsize=0)
     except OSError as exc:
         raise SourceError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
-    return Opening(proc.stdout, cfg.input_format, dict(cfg.options), proc)
+    assert proc.stdout is not None
+    reader = PipeReader(proc.stdout.fileno(), cfg.open_timeout_s)
+    return Opening(reader, cfg.input_format, dict(cfg.options), proc, reader)
 
 
 # One opener per kind FFmpeg reads; picamera2 has a session class of its own (make_source).
@@ -189,6 +206,7 @@ class AvSource:
         self.fps_from: str | None = None  # where info.fps came from: stream, sps, config, measured, assumed
         self._container: Any = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: PipeReader | None = None
         self._closed = threading.Event()
         self._raw: RawEncoder | None = None
         self._untimed = False
@@ -206,19 +224,24 @@ class AvSource:
         self._closed.clear()
         self._prefetched = []
         self._start_t = start_t
-        timeout = (self.cfg.open_timeout_s, self.cfg.open_timeout_s)
+        # opening (FFmpeg's probing included) within open_timeout_s; a read no longer than a stall lasts
+        timeout = (self.cfg.open_timeout_s, min(self.cfg.open_timeout_s, self.cfg.stall_s))
         self._mono0 = time.monotonic()
         try:
             opening = self._opener(self.cfg, str(self.path))
-            self._proc = opening.proc
+            self._proc, self._reader = opening.proc, opening.reader
             if self._closed.is_set():  # interrupted while the command started, before `_proc` was there
                 self.close()
                 raise SourceError(f"{self.describe}: stopped while opening")
             self._container = av.open(opening.target, format=opening.format, options=opening.options,
                                       timeout=timeout)
         except (av.error.FFmpegError, OSError) as exc:
+            error = self._failed(f"cannot open {self.cfg.kind} source {self.describe}", exc)
             self.close()
-            raise SourceError(f"cannot open {self.cfg.kind} source {self.describe}: {exc}") from exc
+            raise error from exc
+        if self._closed.is_set():  # a pipe interrupted while FFmpeg probed it ends as an EOF would
+            self.close()
+            raise SourceError(f"{self.describe}: stopped while opening")
         if not self._container.streams.video:
             self.close()
             raise SourceError(f"{self.describe}: no video stream in it")
@@ -274,8 +297,30 @@ class AvSource:
         return fps
 
     def _arrival(self) -> float:
-        """Now, on the session clock: seconds since it opened, from `start_t`."""
-        return time.monotonic() - self._mono0 + self._start_t
+        """When the packet FFmpeg hands over now came in, on the session clock (seconds since it opened, from
+        `start_t`): a pipe's last bytes, so the frame its parser still holds when the stream ends (a camera
+        that stalled, a stop) keeps the time it came in, not the moment the end was found; else now."""
+        came = self._reader.last_data if self._reader is not None else time.monotonic()
+        return came - self._mono0 + self._start_t
+
+    def _failed(self, what: str, exc: Exception, reading: bool = False) -> SourceError:
+        """An open or read that failed, in words: a source silent past its deadline says which (FFmpeg's own
+        words for PyAV's timeout are "Immediate exit requested")."""
+        cfg = self.cfg
+        if self._reader is not None and self._reader.ended == "silent":
+            return SourceSilent(f"{what}: no data for {cfg.open_timeout_s:g} s (source.open_timeout_s)")
+        if isinstance(exc, av.error.ExitError):
+            if reading and cfg.stall_s < cfg.open_timeout_s:
+                return SourceSilent(f"{what}: no data for {cfg.stall_s:g} s (source.stall_s)")
+            return SourceSilent(f"{what}: no data for {cfg.open_timeout_s:g} s (source.open_timeout_s)")
+        return SourceError(f"{what}: {exc}")
+
+    def _silent(self) -> SourceError | None:
+        """A pipe that went silent for open_timeout_s ended its stream as an EOF would (what FFmpeg held
+        was handed on): the session still failed, and says why."""
+        if self._reader is not None and self._reader.ended == "silent" and not self._closed.is_set():
+            return SourceSilent(f"{self.describe}: no data for {self.cfg.open_timeout_s:g} s (source.open_timeout_s)")
+        return None
 
     def _prefetch(self, seconds: float) -> list[float]:
         """Read packets for `seconds` after the first, keeping each with its arrival time."""
@@ -292,7 +337,7 @@ class AvSource:
         except av.error.EOFError:
             pass
         except av.error.FFmpegError as exc:
-            raise SourceError(f"{self.describe}: read failed: {exc}") from exc
+            raise self._failed(f"{self.describe}: read failed", exc, reading=True) from exc
         return [a for _, a in self._prefetched]
 
     def _arrivals(self) -> Iterator[tuple[Any, float]]:
@@ -366,7 +411,7 @@ class AvSource:
             pass
         except av.error.FFmpegError as exc:
             if not self._closed.is_set():
-                raise SourceError(f"{self.describe}: read failed: {exc}") from exc
+                raise self._failed(f"{self.describe}: read failed", exc, reading=True) from exc
         except RawEncoderError as exc:
             raise SourceError(f"{self.describe}: {exc}") from exc
         if self._raw is not None and not self._closed.is_set():
@@ -374,11 +419,17 @@ class AvSource:
                 yield from self._raw.flush()
             except RawEncoderError as exc:
                 raise SourceError(f"{self.describe}: {exc}") from exc
+        silent = self._silent()
+        if silent is not None:
+            raise silent
 
     def interrupt(self) -> None:
         """From any thread: make `packets()` return soon. A pipe read is unblocked by ending the command;
         the container itself is closed only by the thread reading it (FFmpeg contexts are not thread-safe)."""
         self._closed.set()
+        reader = self._reader
+        if reader is not None:
+            reader.interrupt()  # the read waiting now ends, even if the command outlives its SIGTERM
         proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.terminate()
@@ -389,7 +440,7 @@ class AvSource:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             try:
-                self._proc.wait(timeout=2)
+                self._proc.wait(timeout=const.COMMAND_STOP_S)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
@@ -399,6 +450,9 @@ class AvSource:
             except Exception:  # closing a half-open container must never mask the real error
                 log.debug("source close error", exc_info=True)
             self._container = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._proc is not None and self._proc.stdout:
             self._proc.stdout.close()
         self._proc = None

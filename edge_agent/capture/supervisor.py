@@ -5,7 +5,20 @@ configured source for ever), reopening with backoff when a camera fails or stall
 watch, and where each session's capture clock starts (where the one before ended). When a session
 opens, `on_session` says where its output goes (a `Route`: packet consumers, and a consumer for a
 camera's own pictures); each packet is offered to those in turn, and none of them may make the
-capture thread wait on anything slow when the source is a camera.
+capture thread wait on anything slow when the source is a camera. When a camera's session ends (it
+stalled, failed or ended) the route's `ended` hears it at once: the camera may stay away for long.
+
+A camera that is away (it cannot be opened, or its session ended) is retried for ever with back-off,
+and the log says so once per change: one line when it goes away (or its cause changes), one when it is
+back; the retries between are debug lines. `CaptureStatus` has the state and since when it is away.
+Every wait of the capture thread is bounded (an open, a read, a back-off; const.CAPTURE_SLACK_S), and
+`CaptureStatus.overdue_s` says when one outlives its bound: a thread stuck where no timeout reaches,
+which the daemon answers by no longer telling systemd's watchdog it is alive.
+
+A stop interrupts the session at once where the source can be interrupted (a pipe, a file, a back-off).
+PyAV has no interrupt-now for FFmpeg's own network reads (only their timeout), so a stop that finds
+capture still blocked in one lets it go (`let_go`): from then on it hands nothing to anyone, and the
+stop ends its consumers without it.
 """
 
 from __future__ import annotations
@@ -40,10 +53,15 @@ class CaptureStatus:
     last_frame_age_s: float | None  # None before the first frame
     fps: float | None  # the source's own frame rate
     describe: str | None
+    state: str = "starting"  # starting (no frame yet), up (frames flowing), away (being reopened), ended
+    away_s: float | None = None  # away: since its last frame (or since capture started, if it never gave one)
+    reopen_attempts: int = 0  # away: attempts to reopen it so far
+    overdue_s: float = 0.0  # how far the capture thread is past the bound of its current wait; > 0: stuck
+    doing: str = "starting"  # what the capture thread is doing: opening, reading, closing, waiting, ended
 
 
 class CaptureSupervisor:
-    """Runs in the capture thread (`run`); `interrupt`, `restart` and `stop` come from other threads."""
+    """Runs in the capture thread (`run`); `interrupt`, `restart`, `stop` and `let_go` come from other threads."""
 
     name = "capture"
 
@@ -61,7 +79,9 @@ class CaptureSupervisor:
         self._restart = threading.Event()
         self._lock = threading.Lock()
         self._source: Session | None = None
-        self._alive = False
+        # held while one packet (or a session's start or end) is handed on; `let_go` takes it once
+        self._gate = threading.Lock()
+        self._let_go = False
         self.ready = threading.Event()  # the source has delivered a frame
         self.frames = 0
         self.sessions = 0
@@ -69,6 +89,14 @@ class CaptureSupervisor:
         self.last_frame_mono: float | None = None
         self._fps: float | None = None
         self._describe: str | None = None
+        # written by the capture thread only
+        self._started = time.monotonic()
+        self._state = "starting"
+        self._away_since: float | None = None
+        self._attempts = 0
+        self._cause: str | None = None  # why it is away, as last logged
+        self._pending_open: str | None = None  # a session opened while away: said once its first frame comes
+        self._doing: tuple[str, float, float] = ("starting", self._started, 0.0)  # (step, since, bound_s)
 
     # --- control (any thread) -----------------------------------------------------------------
 
@@ -79,6 +107,18 @@ class CaptureSupervisor:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    def let_go(self, timeout: float) -> bool:
+        """The stop's thread, once `stop()` did not end capture in time: it is blocked where no interrupt
+        reaches (FFmpeg's own network read or open, bounded by its timeout only; a camera command slow to
+        exit). From here on it hands nothing on (no packet, no session start or end), so its consumers can
+        be ended without it; what blocks it ends by itself. False if a hand-over in progress did not finish
+        in `timeout` (a BLOCK consumer full)."""
+        if not self._gate.acquire(timeout=timeout):
+            return False
+        self._let_go = True
+        self._gate.release()
+        return True
 
     @property
     def cfg(self) -> SourceConfig:
@@ -99,11 +139,27 @@ class CaptureSupervisor:
                 self._source.interrupt()
 
     def status(self) -> CaptureStatus:
+        now = time.monotonic()
         last = self.last_frame_mono
+        away_since = self._away_since
         return CaptureStatus(
             camera=self.cfg.kind != "file" and not self.videos, frames=self.frames, sessions=self.sessions,
-            source_error=self.source_error, last_frame_age_s=None if last is None else time.monotonic() - last,
-            fps=self._fps, describe=self._describe)
+            source_error=self.source_error, last_frame_age_s=None if last is None else now - last,
+            fps=self._fps, describe=self._describe, state=self._state,
+            away_s=None if away_since is None else now - away_since, reopen_attempts=self._attempts,
+            overdue_s=self._overdue(now), doing=self._doing[0])
+
+    def _overdue(self, now: float) -> float:
+        """Seconds the capture thread is past the bound of what it is doing (0 while on time). A read's
+        bound runs from the last frame: a stall ends it (source.stall_s), and so does FFmpeg's timeout."""
+        step, since, bound = self._doing
+        if step == "ended":
+            return 0.0
+        if step == "reading":
+            last = self.last_frame_mono
+            since = max(since, last) if last is not None else since
+            bound = max(self.cfg.stall_s, self.cfg.open_timeout_s)
+        return max(0.0, now - since - bound - const.CAPTURE_SLACK_S)
 
     # --- the thread ---------------------------------------------------------------------------
 
@@ -118,7 +174,24 @@ class CaptureSupervisor:
             if cfg.kind == "file" and not cfg.loop and not self._restart.is_set():
                 return
 
+    def _step(self, step: str, bound_s: float) -> None:
+        """What the capture thread does now, and how long it may take (a tuple replaced whole)."""
+        self._doing = (step, time.monotonic(), bound_s)
+
+    def _wait(self, seconds: float) -> bool:
+        """A reopen's back-off; True if a stop came meanwhile."""
+        self._step("waiting", seconds)
+        return self._stop.wait(seconds)
+
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            self._step("ended", 0.0)
+            if not self._stop.is_set():
+                self._state = "ended"
+
+    def _run(self) -> None:
         backoff = const.REOPEN_BACKOFF_START_S
         start_t = 0.0
         for src in self._sessions():
@@ -127,11 +200,15 @@ class CaptureSupervisor:
             self._restart.clear()
             with self._lock:
                 self._source = src
+            # FFmpeg's open, its probing and an untimed pipe's read-ahead each wait open_timeout_s at most
+            self._step("opening", 3 * src.cfg.open_timeout_s)
             try:
                 src.open(start_t)
             except SourceError as exc:
                 with self._lock:
                     self._source = None
+                if self._stop.is_set():
+                    break
                 self.source_error = str(exc)
                 self.metrics.inc("edge_agent_source_errors_total")
                 if self.videos:
@@ -143,28 +220,31 @@ class CaptureSupervisor:
                                               else const.EXIT_DATAERR))
                     log.error("source: %s (source.path)", exc)
                     break
-                log.warning("source unavailable, retrying in %.0f s: %s; %s", backoff, exc, CHECK_HINT)
+                self._away(str(exc), f"source unavailable, retrying in {backoff:.0f} s (doubling up to "
+                           f"{const.REOPEN_BACKOFF_CAP_S:.0f} s) until it answers: {exc}; {CHECK_HINT}", backoff)
                 self.metrics.inc("edge_agent_source_restarts_total")
-                if self._stop.wait(backoff):
+                if self._wait(backoff):
                     break
                 backoff = min(backoff * 2, const.REOPEN_BACKOFF_CAP_S)
                 continue
-            self.sessions += 1
-            info = src.info
-            assert info is not None
-            self._fps, self._describe = info.fps, src.describe
-            route = self._on_session(src, self.sessions)
-            log.info("source open kind=%s source=%s codec=%s size=%dx%d fps=%s", src.cfg.kind, src.describe,
-                     info.codec, info.width, info.height, f"{info.fps:.2f}" if info.fps else "?")
-            ended = self._read(src, route)
+            route = self._opened(src)
+            if route is None:  # stopped, and let go, while it opened
+                with self._lock:
+                    self._source = None
+                src.close()
+                break
+            ended, stalled = self._read(src, route)
             if ended.delivered:
                 backoff = const.REOPEN_BACKOFF_START_S
                 self.source_error = None
+            if ended.error is not None:
+                self.source_error = str(ended.error)
             # files played back to back: a gap longer than the cooldown between them, so a CID in two
             # recordings makes two events
             start_t = ended.end_t + (self.config.detector.cooldown_s + 1 if not src.camera else 0)
             with self._lock:
                 self._source = None
+            self._step("closing", 0.0)
             src.close()
             if not src.camera or self._stop.is_set():
                 continue
@@ -172,53 +252,122 @@ class CaptureSupervisor:
                 log.info("source restarting with the reloaded settings source=%s", src.describe)
                 continue
             self.metrics.inc("edge_agent_source_restarts_total")
-            log.warning("source ended or stalled, reopening in %.0f s source=%s", backoff, src.describe)
-            if self._stop.wait(backoff):
+            if stalled:  # the stall watch said it as it went away; said here if the cause changed while away
+                self._away("stalled", self._stall_line(src) if self._state == "away" else None, backoff)
+            elif ended.error is not None:
+                self._away(str(ended.error), f"source read failed, reopening in {backoff:.0f} s: {ended.error}",
+                           backoff)
+            else:
+                self._away("ended", f"source ended, reopening in {backoff:.0f} s source={src.describe}", backoff)
+            if self._wait(backoff):
                 break
             if not ended.delivered:
                 backoff = min(backoff * 2, const.REOPEN_BACKOFF_CAP_S)
 
-    def _read(self, src: Session, route: Route) -> SessionEnd:
-        """One session's packets to the route's consumers, until it ends, fails, or a stop or restart."""
+    def _opened(self, src: Session) -> Route | None:
+        """A session is open: its route, from the wiring (None once let go: nothing may be handed on)."""
+        info = src.info
+        assert info is not None
+        opened = (f"source open kind={src.cfg.kind} source={src.describe} codec={info.codec} "
+                  f"size={info.width}x{info.height} fps={f'{info.fps:.2f}' if info.fps else '?'}")
+        with self._gate:
+            if self._let_go:
+                return None
+            self.sessions += 1
+            self._fps, self._describe = info.fps, src.describe
+            route = self._on_session(src, self.sessions)
+        if self._state == "away":  # said with the first frame: an open that gives none is one more attempt
+            self._pending_open = opened
+            log.debug("%s", opened)
+        else:
+            log.info("%s", opened)
+        return route
+
+    def _away(self, cause: str, line: str | None, backoff: float) -> None:
+        """Capture thread: the camera is away and is retried in `backoff` s. Logged (`line`; None: said
+        already) when it goes away or the cause changes; each retry after that is a debug line."""
+        if self._state != "away":
+            up = self._state == "up" and self.last_frame_mono is not None
+            self._away_since = self.last_frame_mono if up else self._started
+            self._state = "away"
+            self._attempts = 0
+            self._cause = None
+        self._attempts += 1
+        if cause != self._cause:
+            self._cause = cause
+            if line is not None:
+                log.warning("%s", line)
+        else:
+            log.debug("source still away (attempt %d), retrying in %.0f s: %s", self._attempts, backoff, cause)
+
+    def _came_up(self) -> None:
+        """Capture thread, at a session's first frame: the camera is up (back, if it was away)."""
+        if self._state == "away" and self._away_since is not None:
+            log.info("source back after %.1f s away (%d attempt%s); %s", time.monotonic() - self._away_since,
+                     self._attempts, "" if self._attempts == 1 else "s", self._pending_open or "")
+        self._state = "up"
+        self._away_since = None
+        self._attempts = 0
+        self._cause = self._pending_open = None
+
+    def _read(self, src: Session, route: Route) -> tuple[SessionEnd, bool]:
+        """One session's packets to the route's consumers, until it ends, fails, or a stop or restart.
+        Returns how it ended and whether the stall watch ended it."""
         consumers = tuple(route.packets)
         pictures = route.pictures
         ready = self.ready
         metrics = self.metrics
+        gate = self._gate
 
         def deliver(item: Packet | CameraPicture) -> bool:
-            if isinstance(item, Packet):
-                self.frames += 1
-                self.last_frame_mono = time.monotonic()
-                metrics.inc("edge_agent_frames_total")
-                for consumer in consumers:
-                    consumer.offer(item)
-            elif pictures is not None:  # a camera's own picture of a frame already counted
-                pictures.offer_picture(item)
+            with gate:
+                if self._let_go:
+                    return False
+                if isinstance(item, Packet):
+                    self.frames += 1
+                    self.last_frame_mono = time.monotonic()
+                    metrics.inc("edge_agent_frames_total")
+                    for consumer in consumers:
+                        consumer.offer(item)
+                elif pictures is not None:  # a camera's own picture of a frame already counted
+                    pictures.offer_picture(item)
+            if self._state != "up":
+                self._came_up()
             if not ready.is_set():
                 ready.set()
             return not (self._stop.is_set() or self._restart.is_set())
 
-        self._alive = True
+        done = threading.Event()
+        stalled = threading.Event()
+        self._step("reading", 0.0)
         if src.camera:
-            threading.Thread(target=self._watch_stall, args=(src,), daemon=True, name="stall-watch").start()
+            threading.Thread(target=self._watch_stall, args=(src, done, stalled), daemon=True,
+                             name="stall-watch").start()
         try:
             ended = src.read(deliver)
         finally:
-            self._alive = False
-        if ended.error is not None:
-            self.source_error = str(ended.error)
-            log.warning("source read failed: %s", ended.error)
-        return ended
+            done.set()
+        if route.ended is not None and not self._stop.is_set():  # a stop ends the consumers itself
+            with gate:
+                if not self._let_go:
+                    route.ended()
+        return ended, stalled.is_set()
 
-    def _watch_stall(self, src: Session) -> None:
+    def _stall_line(self, src: Session) -> str:
+        return f"source stalled: no frame for {self.cfg.stall_s:.0f} s, reopening with back-off source={src.describe}"
+
+    def _watch_stall(self, src: Session, done: threading.Event, stalled: threading.Event) -> None:
         """No frame for `source.stall_s`: interrupt the read so the session ends and is reopened."""
         name_os_thread("stall-watch")
         opened = time.monotonic()
-        while self._alive and not self._stop.wait(min(1.0, self.cfg.stall_s / 4)):
+        while not done.wait(min(1.0, self.cfg.stall_s / 4)) and not self._stop.is_set():
             last = max(self.last_frame_mono or opened, opened)
             stall_s = self.cfg.stall_s  # read on every tick: a reload may change it
             if time.monotonic() - last > stall_s:
-                log.warning("source stalled: no frame for %.0f s source=%s", stall_s, src.describe)
+                # said as the camera goes away; a session reopened while away that stalls again is a retry
+                if self._state != "away":
+                    log.warning("%s", self._stall_line(src))
                 self.metrics.inc("edge_agent_source_stalls_total")
+                stalled.set()
                 src.interrupt()
                 return

@@ -61,7 +61,7 @@ def sample_source(agent: Agent, frames: int, seconds: float, stop: threading.Eve
     interrupted at the deadline and the result says so. `stop` (Ctrl-C) ends the reading the same way,
     keeping what was read."""
     stop = stop or threading.Event()
-    from edge_agent.capture.source import SourceError
+    from edge_agent.capture.source import SourceError, SourceSilent
 
     cfg = agent.cfg
     src = agent.source()
@@ -103,6 +103,9 @@ def sample_source(agent: Agent, frames: int, seconds: float, stop: threading.Eve
                 if (enough and kept_enough) or now - opened > seconds or stop.is_set():
                     break
             sample.read_s = time.monotonic() - opened
+        except SourceSilent as exc:  # nothing came in source.open_timeout_s: "no frames", as at the deadline
+            sample.error = str(exc)
+            sample.timed_out = sample.count == 0
         except SourceError as exc:
             sample.error = str(exc)
         except Exception as exc:  # any library surprise is a FAIL line, not a traceback for the technician

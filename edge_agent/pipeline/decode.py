@@ -16,6 +16,7 @@ this stage; with BLOCK (a file read as fast as it decodes) it waits for room and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import queue
@@ -52,6 +53,8 @@ MAX_PENDING = 512
 SLOTS_KEPT = 64
 # Capture time going back further than this is a new timeline, not B-frame reordering (a few frames).
 JUMP_BACK_S = 1.0
+# In the inbox after a camera session's last packet: the decoder gives up what it holds (`session_ended`).
+SESSION_END = object()
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +198,15 @@ class DecodeStage:
         """No more packets (the capture thread has ended): decode what is queued, then pass END on."""
         self.inbox.put(END)
 
+    def session_ended(self) -> None:
+        """Capture thread, as a camera's session ends (it stalled, failed or ended): once the packets queued
+        before it are decoded, the decoder gives up the pictures it still holds (reordering, frame threads),
+        each with its own packet's capture time, instead of keeping them until the camera is back or the
+        agent stops. Never waits: with the inbox full (a decoder 4 s behind) the next session's first packet
+        replaces the decoder, and what it held is let go."""
+        with contextlib.suppress(queue.Full):
+            self.inbox.put_nowait(SESSION_END)
+
     def status(self) -> DecodeStatus:
         return DecodeStatus(self.decoded, self.dropped, self.undecoded, self.errors, self._threaded)
 
@@ -208,6 +220,11 @@ class DecodeStage:
             pkt = self.inbox.get()
             if pkt is END:
                 break
+            if pkt is SESSION_END:
+                if decoder is not None:
+                    self._flush(decoder, picks)
+                info = decoder = None  # drained for good: the next session's first packet opens another
+                continue
             if self._queued_t:
                 self._queued_t.popleft()
             if pkt.stream is not info:

@@ -12,6 +12,8 @@ fast replay (BLOCK) waits instead, so it is deterministic and finds every label.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +37,8 @@ from edge_agent.pipeline.ring import Recording, RingBuffer, RingStatus
 from edge_agent.pipeline.track import SightingLog
 from edge_agent.pipeline.view_feed import ReadTally
 from edge_agent.stage import Backpressure, Failure, FailureBox, StageThread
+
+log = logging.getLogger("edge_agent.pipeline")
 
 
 def backpressure_for(source: SourceConfig) -> Backpressure:
@@ -111,8 +115,11 @@ class Pipeline:
         self.clips = ClipStage(cfg, sink, self.metrics, self.events, on_event, self.backpressure, self.track)
         self.capture = CaptureSupervisor(cfg, self.metrics, self.failures, self._on_session, videos or ())
         self.ready = self.capture.ready
+        self._capture_ended = False  # its consumers were told: by its thread, or by a stop without it
+        self._end_lock = threading.Lock()
+        self._capture_let_go = False
         self._threads = [
-            StageThread(self.capture, self.decode.end, self.failures),  # the ring ends after detection
+            StageThread(self.capture, self._end_capture, self.failures),  # the ring ends after detection
             StageThread(self.decode, self.decode.finish, self.failures),
             StageThread(self.detect, self._detect_done, self.failures),
             StageThread(self.clips, None, self.failures),  # the sink is the end of the pipeline
@@ -137,21 +144,59 @@ class Pipeline:
             t.start()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Until every stage has finished (file sources end); True if all did in time."""
+        """Until every stage has finished (file sources end); True if all did in time. A capture thread a
+        stop let go is not waited for (`stop`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for t in self._threads:
+        threads = self._threads[1:] if self._capture_let_go else self._threads
+        for t in threads:
             t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        done = not any(t.alive for t in self._threads)
+        done = not any(t.alive for t in threads)
         if done and self.finished_mono is None:
             self.finished_mono = time.monotonic()
         return done
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Stop capture; the stages finish what they hold (open recordings are cut short, not lost): the
-        clip stage makes clips until `timeout` less a reserve, then sends the rest without video."""
-        self.clips.finish_by(time.monotonic() + max(0.0, timeout - const.CLIP_STOP_RESERVE_S))
+        clip stage makes clips until `timeout` less a reserve, then sends the rest without video.
+
+        Capture ends at once where its source can be interrupted. One blocked in FFmpeg's own network read
+        (PyAV offers only its timeout, up to source.open_timeout_s) is let go after CAPTURE_STOP_GRACE_S:
+        it hands nothing on any more, its consumers are ended here, and the open recordings reach the clip
+        stage within the budget all the same; the read ends by itself on a daemon thread. Once the stages are
+        done, a capture let go while closing a camera command that ignores SIGTERM is given the moment it
+        needs to kill it (const.COMMAND_STOP_S), so no camera process outlives the agent."""
+        deadline = time.monotonic() + timeout
+        self.clips.finish_by(deadline - const.CLIP_STOP_RESERVE_S)
         self.capture.stop()
-        return self.wait(timeout)
+        capture = self._threads[0]
+        if not capture.join(min(const.CAPTURE_STOP_GRACE_S, timeout)) and \
+                self.capture.let_go(max(0.0, deadline - time.monotonic())):
+            self._capture_let_go = True
+            st = self.capture.status()
+            why = {"reading": "a network read ends only at its timeout", "opening": "a network open ends only at "
+                   "its timeout", "closing": "the camera command has not exited"}.get(st.doing, "")
+            log.warning("capture still %s %.1f s into the stop (%s) source=%s: let go, its open recordings are cut "
+                        "short without it", st.doing, const.CAPTURE_STOP_GRACE_S, why, st.describe or "-")
+            self._end_capture()
+        done = self.wait(max(0.0, deadline - time.monotonic()))
+        if self._capture_let_go:  # one closing a camera command that ignored SIGTERM kills it by then
+            capture.join(min(const.COMMAND_STOP_S + 1.0, max(0.0, deadline - time.monotonic())))
+        return done
+
+    @property
+    def drained(self) -> bool:
+        """Every stage after capture has finished: each recording was handed to the sink (a stop that
+        leaves this False lost what the stages still held)."""
+        return not any(t.alive for t in self._threads[1:])
+
+    def _end_capture(self) -> None:
+        """No more packets: the decode stage ends (then detection, then the ring). Once, whether the capture
+        thread ends or a stop lets it go."""
+        with self._end_lock:
+            if self._capture_ended:
+                return
+            self._capture_ended = True
+        self.decode.end()
 
     @property
     def events_total(self) -> int:
@@ -174,9 +219,20 @@ class Pipeline:
         self._backpressure = backpressure_for(src.cfg)
         if n > 1:  # packets of the old session cannot mix with the new stream; a replay's next file: its end
             self.ring.reset("end_of_video" if src.cfg.kind == "file" else "source_restart")
+        ended = self._camera_session_ended if src.camera else None
         if src.gives_pictures:
-            return Route(packets=(self.ring,), pictures=self.decode)
-        return Route(packets=(self.ring, self.decode))
+            return Route(packets=(self.ring,), pictures=self.decode, ended=ended)
+        return Route(packets=(self.ring, self.decode), ended=ended)
+
+    def _camera_session_ended(self) -> None:
+        """Capture thread, as a camera's session ends other than by a stop (it stalled, failed or ended; it
+        may stay away for long): the decoder gives up the pictures it holds, with their capture times, and
+        every open recording is finished with what it has (cut short, "source_restart") and goes to the clip
+        stage now, rather than when the camera is back or the agent stops."""
+        self.decode.session_ended()
+        # a new ring session now: reads of the ended one still in detection are finished at once, from its
+        # own packets (the next session's reset finds this one empty and drops it)
+        self.ring.reset("source_restart")
 
     def _on_sighting(self, action: Action, ev: OpenEvent) -> None:
         """Detect thread: a CID opened an event or was folded into one."""

@@ -2,7 +2,13 @@
 
 Owns what a daemon needs and the pipeline does not: the spool and uploader, signals (SIGTERM
 stops, SIGHUP reloads), config-file watching, systemd notification (READY once frames flow,
-WATCHDOG only while frames advance, STATUS, STOPPING) and the web server (live view, /metrics, /healthz).
+WATCHDOG while capture keeps its bounds, STATUS, STOPPING) and the web server (live view, /metrics, /healthz).
+
+The watchdog is for a hung agent, not an absent camera. A camera that is away is the capture stage's to
+retry (with back-off, for ever): the daemon stays up, keeps delivering what is queued and says so
+(/healthz, edge_agent_source_up, edge_agent_source_away_seconds; the capture's log lines). WATCHDOG=1
+stops when the main loop stops turning or the capture thread outlives the bound of what it is doing
+(`CaptureStatus.overdue_s`: stuck where no timeout reaches), and systemd restarts the service.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ class Daemon:
         self._metrics_server: Any = None
         self.live_view: Any = None  # with the web server: the technician's live view
         self._last_reload = "none"  # none | applied | refused, for /healthz (a status, never the error text)
+        self._stuck = False  # the capture thread is past its bound: no WATCHDOG=1 (said once per change)
         self._config_loaded(cfg)
         self._clock()
 
@@ -153,11 +160,13 @@ class Daemon:
                 return const.EXIT_CONFIG
         self._wakeup = Wakeup()
         self._wakeup.on_signals()  # a signal that came before this is already in _stop/_reload
+        code = const.EXIT_SOFTWARE  # an exception escaping start or the loop
         try:
             self.start(access)
             code = self._loop()
         finally:
-            self.shutdown()
+            if not self.shutdown() and code == const.EXIT_OK:
+                code = const.EXIT_SOFTWARE
             self._wakeup.close()
         return code
 
@@ -217,11 +226,35 @@ class Daemon:
         spool = self.spool.status()
         ok = (age is not None and age < self.cfg.source.stall_s and st.clips.encoding_error is None
               and not spool.disk_full)
+        away = cap.away_s
         return ok, {"last_frame_age_s": None if age is None else round(age, 2),
                     "spool_clips": spool.clips, "source_error": cap.source_error is not None,
+                    # the camera: up, away (being reopened: since when, Unix seconds, and how often tried) or
+                    # starting; a capture thread stuck past its bound is what systemd's watchdog restarts
+                    "source": cap.state, "source_away_s": None if away is None else round(away, 1),
+                    "source_away_since": None if away is None else round(time.time() - away, 1),
+                    "source_reopen_attempts": cap.reopen_attempts, "capture_stuck": cap.overdue_s > 0,
                     "clip_encoding": "down" if st.clips.encoding_error else "ok",
                     "spool_disk": "full" if spool.disk_full else "ok",
                     "config_reload": self._last_reload}
+
+    def _watch(self, st: Any) -> None:
+        """Each tick: WATCHDOG=1 unless the capture thread is stuck (past the bound of what it is doing), and
+        the source's gauges. A camera away and being retried keeps the agent up: it is not a hang."""
+        cap = st.capture
+        stuck = cap.overdue_s > 0
+        if stuck != self._stuck:
+            self._stuck = stuck
+            if stuck:
+                log.error("capture stuck %s source=%s: %.0f s past every timeout it has (source.open_timeout_s, "
+                          "stall_s, back-off); systemd's watchdog is no longer fed and restarts the service",
+                          cap.doing, cap.describe or self.cfg.source.kind, cap.overdue_s + const.CAPTURE_SLACK_S)
+            else:
+                log.warning("capture moving again: the watchdog is fed")
+        if not stuck:
+            self.notifier.watchdog()
+        self.metrics.set("edge_agent_source_up", int(cap.state == "up"))
+        self.metrics.set("edge_agent_source_away_seconds", round(cap.away_s or 0.0, 1))
 
     def _loop(self) -> int:
         ready = False
@@ -252,11 +285,12 @@ class Daemon:
             now = time.monotonic()
             frames = st.capture.frames
             fps = (frames - last_frames) / (now - last_tick) if now > last_tick else 0.0
-            if frames > last_frames:
-                self.notifier.watchdog()  # only while frames advance: a hung camera gets us restarted
+            self._watch(st)
             last_frames, last_tick = frames, now
+            away = st.capture.away_s
             self.notifier.status(
                 f"fps={fps:.1f} queued={self.spool.status().clips} dropped={st.decode.dropped}"
+                + (f" source=away({away:.0f}s)" if away is not None else "")
                 + (f" source_error={st.capture.source_error}" if st.capture.source_error else "")
                 + (" clip_encoding=down" if st.clips.encoding_error else ""))
             self.metrics.set("edge_agent_fps", round(fps, 2))
@@ -266,12 +300,20 @@ class Daemon:
                 break
         return const.EXIT_OK
 
-    def shutdown(self) -> None:
+    def shutdown(self) -> bool:
         """Parts stop in the reverse of the order they were built: the watcher and HTTP first, then
-        capture (open recordings are cut short and spooled, not lost), the uploader, the spool."""
+        capture (open recordings are cut short and spooled, not lost), the uploader, the spool. False when
+        the pipeline's stages did not all finish in the budget: what they held is lost, and the stop says
+        so (exit 70) rather than claim success."""
         self.notifier.stopping()
         self.agent.close(STOP_BUDGET_S)
         n = int(self.metrics.get("edge_agent_spool_clips"))
         when = "at the next start" if self.cfg.upload.url else "once upload.url is set"
+        pipeline = getattr(self, "pipeline", None)  # none if the start failed before it was built
+        if pipeline is not None and not pipeline.drained:
+            log.error("stop incomplete: recordings still in the pipeline after %.0f s are lost; %d clip%s "
+                      "queued (exit %d)", STOP_BUDGET_S, n, "" if n == 1 else "s", const.EXIT_SOFTWARE)
+            return False
         log.info("stopped queued=%d%s", n, f": {n} clip{'s' if n > 1 else ''} queued; "
                  f"{'it is' if n == 1 else 'they are'} sent {when}" if n else "")
+        return True

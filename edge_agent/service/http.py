@@ -56,8 +56,9 @@ MJPEG_MAX_VIEWERS = 8
 MJPEG_RETRY_AFTER_S = 30
 PASSWORD_CREDENTIAL = "http-password"
 # The only words /healthz shows besides numbers: a part's state from a fixed vocabulary (clip encoding, the
-# spool's disk, the last config reload), which cannot carry a URL or a password as an error's text could.
-STATUS_WORDS = frozenset({"ok", "down", "full", "none", "applied", "refused"})
+# spool's disk, the last config reload, the source), which cannot carry a URL or a password as an error's
+# text could.
+STATUS_WORDS = frozenset({"ok", "down", "full", "none", "applied", "refused", "starting", "up", "away", "ended"})
 # ids in picture paths: what the store and the tracker make, nothing else (no dots, no slashes)
 _ID = re.compile(r"^/(thumbs|noreads)/([A-Za-z0-9_-]{1,80})\.jpg$")
 

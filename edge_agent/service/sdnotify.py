@@ -1,7 +1,8 @@
 """sd_notify(3) without a dependency: one datagram per state change to $NOTIFY_SOCKET.
 
-READY=1 once frames flow, STATUS= for `systemctl status`, WATCHDOG=1 only while frames advance
-(so a hung camera gets the service restarted by WatchdogSec=), RELOADING=1 and STOPPING=1.
+READY=1 once frames flow, STATUS= for `systemctl status`, WATCHDOG=1 while the agent is not hung (the
+daemon decides: a camera that is away is not a hang, a stuck capture thread is; WatchdogSec= restarts it),
+RELOADING=1 and STOPPING=1.
 Outside systemd there is no socket and every call does nothing. Notification is a courtesy to the
 supervisor, never a reason to fail: a send error is logged once (debug) and reported as False.
 """
