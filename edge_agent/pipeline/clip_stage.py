@@ -181,14 +181,14 @@ class ClipStage:
         self.metrics.set("edge_agent_clip_encoding_up", 0 if self.maker.status().encoding_error else 1)
         self.track.wait_analysed(span[1], const.TRACK_WAIT_S)
         ev = self.events.get(ev.event_id) or ev  # the sightings counted while the clip was made
-        track, quality = self.track.track(ev.cid, ev.first, *span)
+        track, frames, quality = self.track.track(ev.cid, ev.first, *span)
         meta = contract.Metadata(
             event_id=ev.event_id, device_id=self.cfg.device_id, cid=ev.cid, detected_at=ev.detected_at,
             clip=clip_info,
             detection=contract.DetectionInfo(
                 decoder=ev.first.decoder, polygon=list(ev.first.polygon), frame_width=ev.first.frame_width,
                 frame_height=ev.first.frame_height, hits=ev.hits, last_detected_at=ev.last_detected_at,
-                track=track, quality=quality),
+                track=track, track_frames=frames, quality=quality),
             agent=contract.AgentInfo(version=__version__),
             clock=contract.ClockInfo.model_validate(clock_sync.read(), from_attributes=True),
         ).model_dump(mode="json", exclude_none=True)
