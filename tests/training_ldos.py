@@ -118,7 +118,8 @@ def metadata(clip: Clip, device: str, start: float, kind: str = "whole") -> dict
         det["track"] = track
     if kind == "whole":
         det["track_frames"] = frames
-    return {"schema_version": 1, "event_id": str(uuid.uuid4()), "device_id": device, "cid": track[0]["cid"],
+    event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{device}/{start}/{len(clip.video)}"))  # the same on every run
+    return {"schema_version": 1, "event_id": event_id, "device_id": device, "cid": track[0]["cid"],
             "detected_at": rfc3339(start + first["t"]),
             "clip": {"start_at": rfc3339(start), "duration_s": SECONDS, "fps": float(FPS), "frames": int(SECONDS * FPS),
                      "width": SIZE[0], "height": SIZE[1], "codec": "h264"},

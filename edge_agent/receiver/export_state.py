@@ -10,8 +10,10 @@ Names cannot clash: a clip's id is unique in the store and a time once in a clip
 one already exported (its decoded pixels hash the same: two overlapping clips of one camera, the same
 footage delivered twice) is not written again; the image already there gets any box it lacked.
 
-Each clip is recorded in one transaction after its JPEGs are on disk, so a run cut short redoes at most
-the clips in flight, and a second run adds only what is new.
+Each clip is recorded in one transaction after its JPEGs are on disk (in OUT/pending/), so a run cut
+short redoes at most the clips in flight, and a second run adds only what is new. Splits are assigned
+when a run has recorded its clips, by groups of overlapping clips (assign_splits), whatever order the
+clips came in; the next run assigns what a run cut short left pending.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,8 @@ from ..delivery.contract import rfc3339
 from .export_frames import Picture
 from .export_plan import CATEGORIES, CODE, Box, epoch
 from .export_split import SPLITS, draw, group_key
+
+PENDING = ""  # a clip recorded in this run, its split not assigned yet: its files are in OUT/pending/
 
 STATE_FILE = "export-state.sqlite3"
 LAYOUT = "2"  # the folder layout and state tables; an export made by an older layout is not mixed into
@@ -87,24 +92,15 @@ class ExportState:
 
     # --- one clip -------------------------------------------------------------------------------
 
-    def split_for(self, split_by: str, val: float, test: float, ldo_id: str, device_id: str,
-                  span_us: tuple[int, int] | None) -> str:
-        """The split of a clip already in the set that overlaps it on the same device, else its own draw."""
-        if span_us is not None:
-            row = self.db.execute("SELECT split FROM ldo WHERE device_id = ? AND start_us < ? AND end_us > ?"
-                                  " ORDER BY video LIMIT 1", (device_id, span_us[1], span_us[0])).fetchone()
-            if row is not None:
-                return str(row[0])
-        return draw(group_key(split_by, ldo_id, device_id, span_us[0] if span_us else None), val, test)
-
-    def record(self, ldo_id: str, device_id: str, span_us: tuple[int, int] | None, split: str, info: dict[str, Any],
+    def record(self, ldo_id: str, device_id: str, span_us: tuple[int, int] | None, info: dict[str, Any],
                labels: str, pictures: list[Picture], note: str | None) -> tuple[int, int, int, int]:
-        """The clip's pictures on disk and its rows in one transaction: (images added, of which background,
-        boxes added, pictures identical to an image already there)."""
+        """The clip's pictures on disk (in OUT/pending/ until the run assigns splits) and its rows in one
+        transaction: (images added, of which background, boxes added, pictures identical to an image
+        already there)."""
         added = background = boxes = identical = 0
-        folder = self.out / "images" / split
         relabel: set[int] = set()
         rows: list[tuple[Picture, str]] = []
+        folder = self._folder("images", PENDING)
         for pic in pictures:
             same = self.db.execute("SELECT id FROM image WHERE digest = ?", (pic.digest,)).fetchone()
             if same is not None:
@@ -115,16 +111,15 @@ class ExportState:
                     relabel.add(int(same[0]))
                 continue
             name = f"{ldo_id}_{round(pic.t * 1000):06d}.jpg"
-            folder.mkdir(parents=True, exist_ok=True)
             _write_atomic(folder / name, pic.jpeg)
             rows.append((pic, name))
-        start = (info.get("start_at") or None)
+        start = info.get("start_at") or None
         with self.db:
             for pic, name in rows:
                 image = self.db.execute(
                     "INSERT INTO image (file, split, ldo, t, frame_id, width, height, captured_at, sharpness, exposure,"
                     " labels, background, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (name, split, ldo_id, pic.t, pic.frame_id, pic.width, pic.height, _captured(start, pic.t),
+                    (name, PENDING, ldo_id, pic.t, pic.frame_id, pic.width, pic.height, _captured(start, pic.t),
                      pic.sharpness, pic.exposure, "background" if pic.background else labels, int(pic.background),
                      pic.digest)).lastrowid
                 assert image is not None
@@ -133,16 +128,63 @@ class ExportState:
                 boxes += len(pic.boxes)
                 added += 1
                 background += pic.background
-                if self.fmt == "yolo":
-                    self._yolo_labels(image)
-            for image in relabel:
-                if self.fmt == "yolo":
+                relabel.add(image)
+            if self.fmt == "yolo":
+                for image in relabel:
                     self._yolo_labels(image)
             self.db.execute("INSERT INTO ldo (id, device_id, start_us, end_us, split, info, images, note) VALUES"
                             " (?, ?, ?, ?, ?, ?, ?, ?)", (ldo_id, device_id, span_us[0] if span_us else None,
-                                                          span_us[1] if span_us else None, split, json.dumps(info),
+                                                          span_us[1] if span_us else None, PENDING, json.dumps(info),
                                                           added, note))
         return added, background, boxes, identical
+
+    # --- splits ---------------------------------------------------------------------------------
+
+    def assign_splits(self, split_by: str, val: float, test: float) -> tuple[Counter[str], int]:
+        """Give each clip recorded since the last assignment its split, and move its files there: (images per
+        split, clips that join two clips already on different sides).
+
+        Clips of one device that overlap in time, in a chain, are one group whatever order they were
+        recorded in: a group with a clip already assigned takes that clip's split (the earliest one's, should
+        the new clip join two), a new group draws from its earliest clip's key (export_split.py)."""
+        per_split: Counter[str] = Counter()
+        bridged = 0
+        devices = [r[0] for r in self.db.execute("SELECT DISTINCT device_id FROM ldo WHERE split = ?", (PENDING,))]
+        for device in devices:
+            rows = self.db.execute("SELECT video, id, start_us, end_us, split FROM ldo WHERE device_id = ?"
+                                   " ORDER BY start_us IS NULL, start_us, id", (device,)).fetchall()
+            for group in _overlapping(rows):
+                if all(r[4] != PENDING for r in group):
+                    continue
+                sides = [r[4] for r in group if r[4] != PENDING]
+                bridged += len(set(sides)) > 1
+                first = group[0]
+                split = sides[0] if sides else draw(group_key(split_by, first[1], device, first[2]), val, test)
+                for r in group:
+                    if r[4] == PENDING:
+                        per_split[split] += self._move(r[1], split)
+        return per_split, bridged
+
+    def _move(self, ldo_id: str, split: str) -> int:
+        files = [r[0] for r in self.db.execute("SELECT file FROM image WHERE ldo = ? AND split = ?",
+                                               (ldo_id, PENDING))]
+        for kind, suffix in (("images", ".jpg"), ("labels", ".txt")):
+            if kind == "labels" and self.fmt != "yolo":
+                continue
+            there = self._folder(kind, split)
+            for file in files:
+                src = self._folder(kind, PENDING) / (Path(file).stem + suffix)
+                if src.exists():  # a rename already done by a run cut short before its rows were updated
+                    os.replace(src, there / src.name)
+        with self.db:
+            self.db.execute("UPDATE image SET split = ? WHERE ldo = ? AND split = ?", (split, ldo_id, PENDING))
+            self.db.execute("UPDATE ldo SET split = ? WHERE id = ?", (split, ldo_id))
+        return len(files)
+
+    def _folder(self, kind: str, split: str) -> Path:
+        folder = self.out / "pending" / kind if split == PENDING else self.out / kind / split
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def _box(self, image: int, b: Box, ldo_id: str) -> None:
         self.db.execute("INSERT INTO box (image, category, cid, polygon, decoder, sharpness, source, ldo) VALUES"
@@ -176,9 +218,8 @@ class ExportState:
                 continue
             x, y, bw, bh = bbox
             lines.append(f"{category - 1} {(x + bw / 2) / w:.6f} {(y + bh / 2) / h:.6f} {bw / w:.6f} {bh / h:.6f}")
-        folder = self.out / "labels" / split
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(folder / (Path(file).stem + ".txt"), "".join(f"{line}\n" for line in lines).encode())
+        _write_atomic(self._folder("labels", split) / (Path(file).stem + ".txt"),
+                      "".join(f"{line}\n" for line in lines).encode())
 
     # --- the whole set's index files ----------------------------------------------------------------
 
@@ -290,6 +331,24 @@ def _bounds(points: list[Any]) -> tuple[float, float, float, float]:
 def _captured(start_at: str | None, t: float) -> str | None:
     """The frame's wall-clock time on the device's clock (COCO's date_captured)."""
     return rfc3339(epoch(start_at) + t) if start_at else None
+
+
+def _overlapping(rows: list[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:
+    """Rows (video, id, start_us, end_us, split) of one device, by start time, in groups of clips that
+    overlap in a chain; a clip without times is a group of its own."""
+    groups: list[list[tuple[Any, ...]]] = []
+    end: int | None = None
+    for r in rows:
+        if r[2] is None or r[3] is None:
+            groups.append([r])
+            end = None
+        elif end is not None and r[2] < end:
+            groups[-1].append(r)
+            end = max(end, r[3])
+        else:
+            groups.append([r])
+            end = r[3]
+    return groups
 
 
 def _has_layout(path: Path) -> bool:
