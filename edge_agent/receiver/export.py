@@ -62,7 +62,6 @@ class ClipResult:
     labels: str = "none"
     pictures: list[Picture] = field(default_factory=list)
     left_out: Counter[str] = field(default_factory=Counter)
-    background_short: int = 0
     note: str | None = None  # why the clip gives nothing (no video, nothing labelled)
     error: str | None = None  # why it could not be exported
 
@@ -78,10 +77,12 @@ class ExportResult:
     background: int = 0
     boxes: int = 0
     identical: int = 0
-    background_short: int = 0
     bridged: int = 0  # new clips joining two clips already on different sides (a leak the set cannot undo)
     left_out: Counter[str] = field(default_factory=Counter)
     per_split: Counter[str] = field(default_factory=Counter)
+    ratio: tuple[int, int] = (0, 0)  # the whole set's background pictures and pictures with codes
+    asked: float = 0.0
+    sides: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -101,7 +102,7 @@ class Exporter:
         self.source = source
         self.out = out
         self.options = options
-        self.state = ExportState(out, options.fmt, options.settings())
+        self.state = ExportState(out, options.fmt, options.settings(), options.negatives)
 
     def close(self) -> None:
         self.state.close()
@@ -141,11 +142,11 @@ class Exporter:
             res.error = "its video is missing from the store"
             return res
         try:
-            got = pictures(video, wanted, entry.id, self.options.negatives)
+            got = pictures(video, wanted, self.options.negatives)
         except FrameError as exc:
             res.error = str(exc)
             return res
-        res.pictures, res.background_short = got.pictures, got.background_short
+        res.pictures = got.pictures
         res.left_out.update(got.left_out)
         return res
 
@@ -178,6 +179,7 @@ class Exporter:
         res.per_split, res.bridged = self.state.assign_splits(self.options.split_by, self.options.val,
                                                               self.options.test)
         self.state.write_index(self.options.license)
+        res.ratio, res.asked, res.sides = self.state.counts(), self.options.negatives, self.state.splits()
         res.seconds = time.perf_counter() - started
         return res
 
@@ -192,7 +194,6 @@ class Exporter:
         res.background += background
         res.boxes += boxes
         res.identical += identical
-        res.background_short += got.background_short
         res.left_out.update(got.left_out)
         if got.pictures:
             res.exported += 1
@@ -218,9 +219,11 @@ def summary(res: ExportResult, out: str, fmt: str) -> str:
              f"{res.background} without; {res.boxes} boxes; {splits or 'none new'}) to {out} as {fmt} in "
              f"{res.seconds:.1f} s: {res.listed} listed, {res.done_before} done before, {res.nothing} with nothing "
              f"to export, {res.failed} failed",
-             f"frames left out: {left}; {res.identical} identical to an image already exported"
-             + (f"; {res.background_short} background pictures short (clips without enough empty frames)"
-                if res.background_short else "")]
+             f"frames left out: {left}; {res.identical} identical to an image already exported",
+             f"background pictures in the set: {res.ratio[0]} for {res.ratio[1]} with codes (asked: {res.asked:g} per "
+             "picture with codes)"]
+    if "val" not in res.sides:
+        lines.append("no clip of the set drew val: data.yaml validates on train; add clips or raise --val")
     if res.bridged:
         lines.append(f"{res.bridged} new clips overlap clips already on two sides of the split: they took the earlier "
                      "clip's side")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -56,7 +57,6 @@ class Picture:
 class ClipPictures:
     pictures: list[Picture] = field(default_factory=list)
     left_out: Counter[str] = field(default_factory=Counter)
-    background_short: int = 0  # background pictures wanted that the clip could not give
 
 
 def decode_at(video: bytes, times: list[float]) -> Iterator[tuple[float, int, np.ndarray]]:
@@ -95,13 +95,11 @@ def decode_at(video: bytes, times: list[float]) -> Iterator[tuple[float, int, np
                          f"{' and more' if len(missing) > 5 else ''} ({shown})")
 
 
-def background_quota(ratio: float, frames: int, ldo_id: str) -> int:
-    """Background pictures for a clip with `frames` pictures of codes: ratio x frames, its fraction
-    rounded up for a share of clips fixed by the clip's id, so the set keeps the ratio and a re-run takes
-    the same pictures."""
-    want = ratio * frames
-    u = int.from_bytes(hashlib.blake2b(ldo_id.encode(), digest_size=8).digest(), "big") / 2**64
-    return int(want) + (1 if u < want - int(want) else 0)
+def background_wanted(ratio: float, frames: int) -> int:
+    """Background candidates a clip with `frames` planned pictures of codes offers: its share at the ratio,
+    rounded up, and one more for a clip whose pictures are mostly identical to another's (the calling
+    thread takes only what keeps the whole set at the ratio: export_state.py)."""
+    return math.ceil(ratio * frames) + 1 if ratio > 0 and frames else 0
 
 
 def has_code(gray: np.ndarray) -> bool:
@@ -110,10 +108,10 @@ def has_code(gray: np.ndarray) -> bool:
                                        try_downscale=True, try_invert=True, return_errors=True))
 
 
-def pictures(video: bytes, plan: Plan, ldo_id: str, background_ratio: float) -> ClipPictures:
+def pictures(video: bytes, plan: Plan, background_ratio: float) -> ClipPictures:
     """The clip's pictures as the plan wants them (raises FrameError)."""
     out = ClipPictures()
-    quota = background_quota(background_ratio, len(plan.frames), ldo_id) if plan.frames else 0
+    quota = background_wanted(background_ratio, len(plan.frames))
     # the background candidates to try first, evenly spread; the others stand in for one that shows a code
     order = _spread(plan.background, quota)
     first_choice = set(order[:quota])
@@ -146,7 +144,6 @@ def pictures(video: bytes, plan: Plan, ldo_id: str, background_ratio: float) -> 
             owed -= 1
         last_empty = thumb
         out.pictures.append(_picture(t, frame_id, bgr, gray, [], background=True))
-    out.background_short = owed
     return out
 
 

@@ -4,8 +4,10 @@ answer on every run and every incremental export.
 A clip's split is drawn from a hash of its group key against the fractions: `clip` (the default) groups
 by the clip's id, `device-hour` and `device-day` by its device and the hour or day its clip starts in
 (UTC), so neighbouring clips of one camera, which show the same scene, stay together. Whatever the key,
-a clip that overlaps in time a clip of the same device already in the set takes that clip's split: the
-two hold the same pictures.
+clips of one device that overlap in time, in a chain, share a split (they hold the same pictures, one
+shortly after the other); a chain is cut where its clips start in another hour (day with device-day), so
+a camera that always has a label in view does not make one group of a whole shift: two clips across such
+a cut may be on two sides, their identical pictures exported once.
 """
 
 from __future__ import annotations
@@ -14,7 +16,12 @@ import hashlib
 
 SPLITS = ("train", "val", "test")
 SPLIT_BY = ("clip", "device-hour", "device-day")
-_BUCKET_US = {"device-hour": 3_600_000_000, "device-day": 86_400_000_000}
+_BUCKET_US = {"clip": 3_600_000_000, "device-hour": 3_600_000_000, "device-day": 86_400_000_000}
+
+
+def bucket_us(split_by: str) -> int:
+    """The span a chain of overlapping clips stays within (clip and device-hour: an hour; device-day: a day)."""
+    return _BUCKET_US[split_by]
 
 
 def group_key(split_by: str, ldo_id: str, device_id: str, start_us: int | None) -> str:

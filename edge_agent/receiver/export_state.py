@@ -33,7 +33,7 @@ from .. import __version__
 from ..delivery.contract import rfc3339
 from .export_frames import Picture
 from .export_plan import CATEGORIES, CODE, Box, epoch
-from .export_split import SPLITS, draw, group_key
+from .export_split import SPLITS, bucket_us, draw, group_key
 
 PENDING = ""  # a clip recorded in this run, its split not assigned yet: its files are in OUT/pending/
 
@@ -61,9 +61,10 @@ class ExportError(Exception):
 
 
 class ExportState:
-    def __init__(self, out: Path, fmt: str, settings: dict[str, str]):
+    def __init__(self, out: Path, fmt: str, settings: dict[str, str], background_ratio: float):
         self.out = out
         self.fmt = fmt
+        self.background_ratio = background_ratio
         out.mkdir(parents=True, exist_ok=True)
         fresh = not (out / STATE_FILE).exists()
         if not fresh and not _has_layout(out / STATE_FILE):
@@ -74,6 +75,12 @@ class ExportState:
         for key, value in {"layout": LAYOUT, "format": fmt, **settings}.items():
             self._settle(key, value)
         self.db.commit()
+        self.background, self.with_codes = self.counts()
+
+    def counts(self) -> tuple[int, int]:
+        """(background pictures, pictures with codes) in the set."""
+        row = self.db.execute("SELECT COALESCE(SUM(background), 0), COUNT(*) FROM image").fetchone()
+        return int(row[0]), int(row[1]) - int(row[0])
 
     def _settle(self, key: str, value: str) -> None:
         """An output folder holds one export: another format, filter or split would mix two sets."""
@@ -101,7 +108,9 @@ class ExportState:
         relabel: set[int] = set()
         rows: list[tuple[Picture, str]] = []
         folder = self._folder("images", PENDING)
-        for pic in pictures:
+        for pic in sorted(pictures, key=lambda p: p.background):  # pictures with codes first: the ratio counts them
+            if pic.background and self.background + 1 > self.background_ratio * self.with_codes + 0.5:
+                continue  # the set has its share of background pictures
             same = self.db.execute("SELECT id FROM image WHERE digest = ?", (pic.digest,)).fetchone()
             if same is not None:
                 identical += 1
@@ -113,6 +122,8 @@ class ExportState:
             name = f"{ldo_id}_{round(pic.t * 1000):06d}.jpg"
             _write_atomic(folder / name, pic.jpeg)
             rows.append((pic, name))
+            self.background += pic.background
+            self.with_codes += not pic.background
         start = info.get("start_at") or None
         with self.db:
             for pic, name in rows:
@@ -144,16 +155,17 @@ class ExportState:
         """Give each clip recorded since the last assignment its split, and move its files there: (images per
         split, clips that join two clips already on different sides).
 
-        Clips of one device that overlap in time, in a chain, are one group whatever order they were
-        recorded in: a group with a clip already assigned takes that clip's split (the earliest one's, should
-        the new clip join two), a new group draws from its earliest clip's key (export_split.py)."""
+        Clips of one device that overlap in time, in a chain within an hour (a day with device-day), are one
+        group whatever order they were recorded in: a group with a clip already assigned takes that clip's
+        split (the earliest one's, should the new clip join two), a new group draws from its earliest clip's
+        key (export_split.py)."""
         per_split: Counter[str] = Counter()
         bridged = 0
         devices = [r[0] for r in self.db.execute("SELECT DISTINCT device_id FROM ldo WHERE split = ?", (PENDING,))]
         for device in devices:
             rows = self.db.execute("SELECT video, id, start_us, end_us, split FROM ldo WHERE device_id = ?"
                                    " ORDER BY start_us IS NULL, start_us, id", (device,)).fetchall()
-            for group in _overlapping(rows):
+            for group in _overlapping(rows, bucket_us(split_by)):
                 if all(r[4] != PENDING for r in group):
                     continue
                 sides = [r[4] for r in group if r[4] != PENDING]
@@ -333,16 +345,18 @@ def _captured(start_at: str | None, t: float) -> str | None:
     return rfc3339(epoch(start_at) + t) if start_at else None
 
 
-def _overlapping(rows: list[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:
+def _overlapping(rows: list[tuple[Any, ...]], bucket: int) -> list[list[tuple[Any, ...]]]:
     """Rows (video, id, start_us, end_us, split) of one device, by start time, in groups of clips that
-    overlap in a chain; a clip without times is a group of its own."""
+    overlap in a chain within the bucket (hour or day) their chain starts in: a camera that always has a
+    label in view would otherwise chain a whole shift into one group. A clip without times is a group of
+    its own."""
     groups: list[list[tuple[Any, ...]]] = []
     end: int | None = None
     for r in rows:
         if r[2] is None or r[3] is None:
             groups.append([r])
             end = None
-        elif end is not None and r[2] < end:
+        elif end is not None and r[2] < end and r[2] // bucket == groups[-1][0][2] // bucket:
             groups[-1].append(r)
             end = max(end, r[3])
         else:
