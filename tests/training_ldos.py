@@ -42,6 +42,7 @@ SECONDS = 5.0
 class Clip:
     video: bytes
     labels: dict[int, list[tuple[str, tuple[int, int, int, int]]]]  # frame -> (payload, box) as drawn
+    size: tuple[int, int] = SIZE
 
     def analysed(self) -> list[int]:
         return list(range(0, round(SECONDS * FPS), EVERY))
@@ -75,8 +76,9 @@ def symbol_box(q: np.ndarray) -> tuple[int, int, int, int]:
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
-def make_clip(folder: Path, tag: int = 0) -> Clip:
-    w, h = SIZE
+def make_clip(folder: Path, tag: int = 0, size: tuple[int, int] = SIZE) -> Clip:
+    """A clip numbered `tag`; a larger size keeps the codes where they are, in a larger picture."""
+    w, h = size
     rng = np.random.default_rng(7)
     background = cv2.GaussianBlur((rng.random((h, w)) * 120 + 60).astype(np.uint8), (7, 7), 0)
     images = [(qr_image(p, SCALE), a, b, y, x) for p, a, b, y, x in CODES]
@@ -96,15 +98,15 @@ def make_clip(folder: Path, tag: int = 0) -> Clip:
                     labels.setdefault(n, []).append((CODES[k][0], (x + sx0, y + sy0, x + sx1, y + sy1)))
             yield img
 
-    path = write_gray_h264(folder / f"clip-{tag}.mp4", frames(), SIZE, FPS)
-    return Clip(path.read_bytes(), labels)
+    path = write_gray_h264(folder / f"clip-{tag}.mp4", frames(), size, FPS)
+    return Clip(path.read_bytes(), labels, size)
 
 
-def make_clips(folder: Path, n: int, first: int = 0, workers: int = 2) -> list[Clip]:
+def make_clips(folder: Path, n: int, first: int = 0, workers: int = 2, size: tuple[int, int] = SIZE) -> list[Clip]:
     """n distinct clips (encoding releases the GIL: threads share the cores)."""
     folder.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda i: make_clip(folder, i), range(first, first + n)))
+        return list(pool.map(lambda i: make_clip(folder, i, size), range(first, first + n)))
 
 
 def metadata(clip: Clip, device: str, start: float, kind: str = "whole") -> dict[str, Any]:
@@ -112,8 +114,8 @@ def metadata(clip: Clip, device: str, start: float, kind: str = "whole") -> dict
     track_frames), first_sighting (an older agent still: no track)."""
     track, frames = clip.track()
     first = track[0]["sightings"][0]
-    det: dict[str, Any] = {"decoder": "zxing", "polygon": first["polygon"], "frame_width": SIZE[0],
-                           "frame_height": SIZE[1], "hits": len(track[0]["sightings"])}
+    det: dict[str, Any] = {"decoder": "zxing", "polygon": first["polygon"], "frame_width": clip.size[0],
+                           "frame_height": clip.size[1], "hits": len(track[0]["sightings"])}
     if kind in ("whole", "codes"):
         det["track"] = track
     if kind == "whole":
@@ -122,7 +124,7 @@ def metadata(clip: Clip, device: str, start: float, kind: str = "whole") -> dict
     return {"schema_version": 1, "event_id": event_id, "device_id": device, "cid": track[0]["cid"],
             "detected_at": rfc3339(start + first["t"]),
             "clip": {"start_at": rfc3339(start), "duration_s": SECONDS, "fps": float(FPS), "frames": int(SECONDS * FPS),
-                     "width": SIZE[0], "height": SIZE[1], "codec": "h264"},
+                     "width": clip.size[0], "height": clip.size[1], "codec": "h264"},
             "detection": det, "agent": {"version": "test"}}
 
 

@@ -146,6 +146,9 @@ class Exporter:
         except FrameError as exc:
             res.error = str(exc)
             return res
+        for pic in got.pictures:
+            if not pic.background:  # files written here, in parallel; background pictures once the set takes them
+                self.state.write_pending(entry.id, pic)
         res.pictures = got.pictures
         res.left_out.update(got.left_out)
         return res

@@ -7,7 +7,7 @@ Layout, both formats (SPLIT: train, val, and test when asked for):
     yolo: OUT/labels/SPLIT/<clip id>_<ms>.txt  and OUT/data.yaml (paths relative to the file)
 
 Names cannot clash: a clip's id is unique in the store and a time once in a clip. A picture identical to
-one already exported (its decoded pixels hash the same: two overlapping clips of one camera, the same
+one already exported (its JPEG hashes the same: two overlapping clips of one camera, the same
 footage delivered twice) is not written again; the image already there gets any box it lacked.
 
 Each clip is recorded in one transaction after its JPEGs are on disk (in OUT/pending/), so a run cut
@@ -70,12 +70,16 @@ class ExportState:
         if not fresh and not _has_layout(out / STATE_FILE):
             raise ExportError(f"{out} holds an export made by an older edge-agent: use another --out")
         self.db = sqlite3.connect(out / STATE_FILE)
+        # a commit lost to a power cut only makes the next run redo that clip (its files are rewritten)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
         for stmt in _DDL:
             self.db.execute(stmt)
         for key, value in {"layout": LAYOUT, "format": fmt, **settings}.items():
             self._settle(key, value)
         self.db.commit()
         self.background, self.with_codes = self.counts()
+        self._pending_images = self._folder("images", PENDING)
 
     def counts(self) -> tuple[int, int]:
         """(background pictures, pictures with codes) in the set."""
@@ -111,16 +115,19 @@ class ExportState:
         for pic in sorted(pictures, key=lambda p: p.background):  # pictures with codes first: the ratio counts them
             if pic.background and self.background + 1 > self.background_ratio * self.with_codes + 0.5:
                 continue  # the set has its share of background pictures
+            name = image_name(ldo_id, pic.t)
             same = self.db.execute("SELECT id FROM image WHERE digest = ?", (pic.digest,)).fetchone()
             if same is not None:
+                if pic.written:
+                    (folder / name).unlink(missing_ok=True)
                 identical += 1
                 n = self._merge(int(same[0]), pic.boxes, ldo_id)
                 boxes += n
                 if n:
                     relabel.add(int(same[0]))
                 continue
-            name = f"{ldo_id}_{round(pic.t * 1000):06d}.jpg"
-            _write_atomic(folder / name, pic.jpeg)
+            if not pic.written:
+                _write_atomic(folder / name, pic.jpeg)
             rows.append((pic, name))
             self.background += pic.background
             self.with_codes += not pic.background
@@ -197,6 +204,12 @@ class ExportState:
         folder = self.out / "pending" / kind if split == PENDING else self.out / kind / split
         folder.mkdir(parents=True, exist_ok=True)
         return folder
+
+    def write_pending(self, ldo_id: str, pic: Picture) -> None:
+        """A picture with codes on disk before its clip is recorded (a worker thread: names differ per clip
+        and time, so workers never write the same file); `record` removes it if it is a duplicate."""
+        _write_atomic(self._pending_images / image_name(ldo_id, pic.t), pic.jpeg)
+        pic.written = True
 
     def _box(self, image: int, b: Box, ldo_id: str) -> None:
         self.db.execute("INSERT INTO box (image, category, cid, polygon, decoder, sharpness, source, ldo) VALUES"
@@ -343,6 +356,11 @@ def _bounds(points: list[Any]) -> tuple[float, float, float, float]:
 def _captured(start_at: str | None, t: float) -> str | None:
     """The frame's wall-clock time on the device's clock (COCO's date_captured)."""
     return rfc3339(epoch(start_at) + t) if start_at else None
+
+
+def image_name(ldo_id: str, t: float) -> str:
+    """A frame's file: its clip's id and its time in that clip, in ms."""
+    return f"{ldo_id}_{round(t * 1000):06d}.jpg"
 
 
 def _overlapping(rows: list[tuple[Any, ...]], bucket: int) -> list[list[tuple[Any, ...]]]:
