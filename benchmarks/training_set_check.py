@@ -47,7 +47,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import zxingcpp  # noqa: E402
 
-from edge_agent.receiver.export_frames import NEAR_GREY  # noqa: E402
+from edge_agent.receiver.export_frames import MIN_SYMBOL_PX, NEAR_GREY, symbol_side  # noqa: E402
 from edge_agent.receiver.export_plan import epoch  # noqa: E402
 from edge_agent.receiver.storage import make_storage  # noqa: E402
 from tests.media_factory import qr_image, write_gray_h264  # noqa: E402
@@ -263,6 +263,8 @@ def main() -> int:
         for (ldo, t), (gray, _) in pictures.items():
             img, anns = next((img, anns) for _, img, anns in images if img["ldo_id"] == ldo and img["t"] == t)
             for r in zxingcpp.read_barcodes(gray, formats=zxingcpp.BarcodeFormat.QRCode, return_errors=True):
+                if not r.valid and symbol_side(r) < MIN_SYMBOL_PX:
+                    continue  # an error reported without an outline (at 0,0): nothing located
                 box = zxing_box(r)
                 best = max((iou(box, a["bbox"]) for a in anns), default=0.0)
                 ok = best >= 0.5
@@ -292,7 +294,8 @@ def main() -> int:
               f"background pictures {len(background)} for {with_codes} with codes: ratio {ratio:.3f}, asked "
               f"{args.negatives:g}")
         dirty = [img["file_name"] for split, img in background
-                 if zxingcpp.read_barcodes(pictures[(img["ldo_id"], img["t"])][0], return_errors=True)]
+                 if any(r.valid or symbol_side(r) >= MIN_SYMBOL_PX
+                        for r in zxingcpp.read_barcodes(pictures[(img["ldo_id"], img["t"])][0], return_errors=True))]
         check(not dirty, f"background pictures with a code zxing-cpp finds: {len(dirty)} {dirty[:3]}")
 
         # splits

@@ -103,10 +103,23 @@ def background_wanted(ratio: float, frames: int) -> int:
     return math.ceil(ratio * frames) + 1 if ratio > 0 and frames else 0
 
 
+MIN_SYMBOL_PX = 16  # a QR code is 21 modules or more: a smaller outline is no located symbol
+
+
 def has_code(gray: np.ndarray) -> bool:
-    """Any QR symbol zxing-cpp finds with every pass, read or not."""
-    return bool(zxingcpp.read_barcodes(gray, formats=zxingcpp.BarcodeFormat.QRCode, try_rotate=True,
-                                       try_downscale=True, try_invert=True, return_errors=True))
+    """Any QR symbol zxing-cpp finds with every pass, read or located (its errors reported without an
+    outline, at 0,0, locate nothing)."""
+    return any(r.valid or symbol_side(r) >= MIN_SYMBOL_PX
+               for r in zxingcpp.read_barcodes(gray, formats=zxingcpp.BarcodeFormat.QRCode, try_rotate=True,
+                                               try_downscale=True, try_invert=True, return_errors=True))
+
+
+def symbol_side(r: Any) -> float:
+    """The longer side of a zxing-cpp result's outline's box, in pixels."""
+    p = r.position
+    xs = [p.top_left.x, p.top_right.x, p.bottom_left.x, p.bottom_right.x]
+    ys = [p.top_left.y, p.top_right.y, p.bottom_left.y, p.bottom_right.y]
+    return float(max(max(xs) - min(xs), max(ys) - min(ys)))
 
 
 def pictures(video: bytes, plan: Plan, background_ratio: float) -> ClipPictures:
