@@ -33,6 +33,7 @@ JPEG_QUALITY = 92
 NEAR_PX = 2.0
 NEAR_GREY = 1.0
 THUMB = (64, 36)
+SPARES = 2  # background candidates decoded beyond a clip's share, to stand in for one that shows a code
 
 
 class FrameError(Exception):
@@ -132,7 +133,7 @@ def pictures(video: bytes, plan: Plan, background_ratio: float) -> ClipPictures:
     owed = 0
     last_codes: tuple[list[Box], np.ndarray] | None = None
     last_empty: np.ndarray | None = None
-    for t, frame_id, bgr in decode_at(video, [*plan.frames, *(plan.background if quota else [])]):
+    for t, frame_id, bgr in decode_at(video, [*plan.frames, *order[:quota + SPARES if quota else 0]]):
         gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
         thumb = cv2.resize(gray, THUMB, interpolation=cv2.INTER_AREA).astype(np.int16)
         h, w = gray.shape
