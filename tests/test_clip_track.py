@@ -33,6 +33,8 @@ SIZE = (960, 540)
 # (payload, in view from, to, top row): A and B are in view together, C alone; 200 px/s is ~7 px a
 # frame, so a sighting one frame off in time is off by more than the 4 px allowed
 CODES = [("CID-TRACK-A1", 3.0, 6.0, 40), ("CID-TRACK-B2", 3.8, 6.8, 300), ("CID-TRACK-C3", 10.0, 12.0, 190)]
+# a QR code whose payload the CID rule refuses, in the clips of B2 and C3: an outline in their tracks, never text
+REFUSED = ("not a CID!", 8.0, 9.6, 40)
 SPEED = 200.0
 # the detector reads a 640 px wide copy of a region of interest without the top rows: its outlines
 # must come back in the source's pixels all the same
@@ -71,8 +73,8 @@ class Replayed:
 def replayed(tmp_path_factory: pytest.TempPathFactory) -> Replayed:
     tmp = tmp_path_factory.mktemp("track")
     labels: dict[int, list] = {}
-    video = make_video(tmp / "conveyor.mp4", seconds=13, fps=FPS, size=SIZE, codes=CODES, speed_px_s=SPEED,
-                       labels=labels)
+    video = make_video(tmp / "conveyor.mp4", seconds=13, fps=FPS, size=SIZE, codes=[*CODES, REFUSED],
+                       speed_px_s=SPEED, labels=labels)
     with av.open(str(video)) as c:
         source = [small(f.to_ndarray(format="gray")) for f in c.decode(c.streams.video[0])]
     (tmp / "config.yaml").write_text(CONFIG)
@@ -135,3 +137,31 @@ def test_each_sighting_is_where_the_label_was_drawn_in_the_frame_its_clip_time_s
                 assert drawn is not None and box_error(s["polygon"], drawn) <= BOX_PX, (code["cid"], s, n, drawn)
                 checked += 1
     assert checked >= 60
+
+
+def test_each_track_frame_is_whole_with_refused_codes_as_outlines_and_empty_frames_show_no_code(
+        replayed: Replayed) -> None:
+    """A training set takes a track's frames as fully labelled and its empty frames as pictures without a code."""
+    frames_checked = whole = refused = empty = 0
+    for meta in replayed.metas:
+        assert REFUSED[0] not in json.dumps(meta)  # untrusted bytes never go out
+        shown = replayed.shown(meta)
+        info = meta["detection"]["track_frames"]
+        for t in info["times"]:
+            _, n = min(shown, key=lambda f: abs(f[0] - t))
+            drawn = {p for p, _ in replayed.labels.get(n, [])}
+            entry = {c["cid"] for c in meta["detection"]["track"] if any(s["t"] == t for s in c["sightings"])}
+            for s in info["symbols"]:
+                if s["t"] == t:
+                    assert s["kind"] == "rejected" and box_error(s["polygon"], replayed.where(n, REFUSED[0])) <= BOX_PX
+                    entry.add(REFUSED[0])
+                    refused += 1
+            assert entry <= drawn, (meta["cid"], t, entry, drawn)  # nothing that was not there
+            whole += entry == drawn
+            frames_checked += 1
+        for t in info["empty"]:
+            _, n = min(shown, key=lambda f: abs(f[0] - t))
+            assert not any(replayed.labels.get(m) for m in (n - 1, n, n + 1)), (meta["cid"], t)
+            empty += 1
+    assert refused >= 10 and empty >= 10
+    assert whole >= 0.9 * frames_checked, (whole, frames_checked)  # the detector reads nearly every code drawn

@@ -14,6 +14,7 @@ RECEIPT_SHA256, and dedupe by Idempotency-Key (a key it has stored: the first re
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -94,11 +95,18 @@ class ClipInfo(_Model):
     error: str | None = Field(None, description="Set, and video omitted, when no clip could be made.")
 
 
-# Bounds of a clip's track (`DetectionInfo.track`): a label stays in view for a few seconds, seen in
-# ~10-40 analysed frames; a CID seen more often is thinned evenly (first and last kept), and past
-# MAX_TRACK_CIDS codes in one clip the most-seen are kept. Worst case ~40 kB of JSON, nesting depth 8.
-MAX_SIGHTINGS_PER_CID = 48
-MAX_TRACK_CIDS = 6
+# Bounds of a clip's track (`DetectionInfo.track`, `.track_frames`). The track is a sample of whole
+# frames: a frame in it holds every code read there and every other symbol located there, so a training
+# set may use any of its frames as fully labelled; frames are thinned, never the codes in a frame. A label
+# stays in view for a few seconds, ~10-40 analysed frames; past MAX_TRACK_FRAMES frames (or past
+# MAX_TRACK_ENTRIES codes and symbols in them, or MAX_TRACK_CIDS different CIDs) fewer frames are kept,
+# evenly spread, the first and the last kept, and the frame of the event's first read always. Worst case
+# ~43 kB of JSON (tests/test_track_bounds.py measures it), nesting depth 8.
+MAX_TRACK_FRAMES = 48
+MAX_SIGHTINGS_PER_CID = MAX_TRACK_FRAMES  # a CID is read at most once a frame
+MAX_TRACK_ENTRIES = 288
+MAX_TRACK_CIDS = 24
+MAX_TRACK_EMPTY = 16  # empty analysed frames listed, evenly spread: background pictures for training
 
 
 class Sighting(_Model):
@@ -116,9 +124,34 @@ class Sighting(_Model):
 class TrackedCode(_Model):
     cid: str
     sightings: list[Sighting] = Field(default_factory=list, description=(
-        f"Every analysed frame of the clip in which the code was read, in time order; more than "
-        f"{MAX_SIGHTINGS_PER_CID} are thinned evenly, the first and last kept."))
-    thinned_from: int | None = Field(None, description="How many sightings there were, when thinned.")
+        "The code in each frame of the track (`track_frames.times`) in which it was read, in time order."))
+    thinned_from: int | None = Field(None, description=(
+        "How many analysed frames of the clip read it, when the track keeps fewer."))
+
+
+class TrackSymbol(_Model):
+    t: float = Field(description="Clip seconds of its frame, as `Sighting.t`.")
+    polygon: list[tuple[int, int]] = Field(description="Its outline in full-frame pixels, as `Sighting.polygon`.")
+    kind: Literal["rejected", "unread"] = Field(description=(
+        "rejected: a QR code whose payload the CID rule refused (the payload is never sent: untrusted bytes); "
+        "unread: a symbol located that no decoder could read."))
+
+
+class TrackFrames(_Model):
+    """Which frames the track holds, whole, and which analysed frames held nothing: what a training set
+    needs to label a frame completely (every visible code boxed) and to pick background pictures."""
+
+    times: list[float] = Field(default_factory=list, description=(
+        "Clip seconds of the track's frames. Each holds every code read in it (`track`, whatever the CID) and "
+        "every other symbol located in it (`symbols`)."))
+    symbols: list[TrackSymbol] = Field(default_factory=list, description=(
+        "QR symbols in those frames that are not a CID: refused payloads and located no-reads."))
+    empty: list[float] = Field(default_factory=list, description=(
+        f"Clip seconds of analysed frames in which nothing was read, refused or located, nor in the analysed "
+        f"frame before and after: pictures without a code. At most {MAX_TRACK_EMPTY}, evenly spread."))
+    analysed: int = Field(0, description="Frames of the clip analysed by the detector.")
+    thinned_from: int | None = Field(None, description=(
+        "Analysed frames with a code or symbol in them, when the track keeps fewer."))
 
 
 class Quality(_Model):
@@ -147,9 +180,13 @@ class DetectionInfo(_Model):
     last_detected_at: str | None = Field(
         None, description="Capture time of the last sighting folded into this event (its clip runs to it + post-roll).")
     track: list[TrackedCode] | None = Field(None, description=(
-        f"The codes read in the clip's time span, the event's own CID first, then any other CID in view "
-        f"(a second product), at most {MAX_TRACK_CIDS}: localisation labels for training. Absent when no "
+        f"The codes read in the track's frames (`track_frames`), the event's own CID first, then any other CID "
+        f"in view (a second product), at most {MAX_TRACK_CIDS}: localisation labels for training. Absent when no "
         "clip was made, and from agents older than this field (then `polygon` is the one label)."))
+    track_frames: TrackFrames | None = Field(None, description=(
+        "The frames `track` covers, each whole, the other symbols in them and empty analysed frames. Absent "
+        "when no clip was made, and from agents older than this field (their track thinned each CID on its own: "
+        "a frame may lack a code that was read in it)."))
     quality: Quality | None = None
 
 

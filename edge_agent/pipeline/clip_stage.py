@@ -194,9 +194,9 @@ class ClipStage:
         self.metrics.set("edge_agent_clip_encoding_up", 0 if self.maker.status().encoding_error else 1)
         self.track.wait_analysed(span[1], const.TRACK_WAIT_S)
         ev = self.events.get(ev.event_id) or ev  # the sightings counted while the clip was made
-        track, quality = self.track.track(ev.cid, ev.first, *span)
+        track, frames, quality = self.track.track(ev.cid, ev.first, *span)
         meta = read_metadata(self.cfg.device_id, ev.event_id, ev.cid, ev.first, ev.hits, ev.last_t, clip_info,
-                             track, quality)
+                             track, quality, frames)
         stored = self.sink.put(ev.event_id, ev.cid, meta, video)
         if not stored.kept:
             log.error("clip refused by the spool cid=%s clip=%s", ev.cid, ev.event_id)

@@ -126,7 +126,7 @@ class DetectStage:
             self.analysed += 1
             self.metrics.inc("edge_agent_frames_analysed_total")
             self.metrics.observe("edge_agent_detect_seconds", self.detector.last_ms / 1000)
-            reads = [(cid, det) for det in found if (cid := self._handle(det, frame)) is not None]
+            reads = [(self._handle(det, frame), det) for det in found]  # None: refused, outline kept
             self.track.frame(frame, reads, found.unread)
             self.noreads.observe(frame, found)
             self.viewer.offer(frame, found)

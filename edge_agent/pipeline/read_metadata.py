@@ -12,7 +12,8 @@ from edge_agent.pipeline.qr_detector import Detection
 
 def read_metadata(device_id: str, event_id: str, cid: str, first: Detection, hits: int, last_t: float,
                   clip: contract.ClipInfo, track: list[contract.TrackedCode] | None = None,
-                  quality: contract.Quality | None = None) -> dict[str, Any]:
+                  quality: contract.Quality | None = None,
+                  track_frames: contract.TrackFrames | None = None) -> dict[str, Any]:
     """The metadata as sent: `first` is the read's first sighting, `last_t` the capture time of its last.
     Wall times are computed now from the capture's monotonic time (capture.clock.wall_at), with the clock's
     state now beside them."""
@@ -22,7 +23,7 @@ def read_metadata(device_id: str, event_id: str, cid: str, first: Detection, hit
         detection=contract.DetectionInfo(
             decoder=first.decoder, polygon=list(first.polygon), frame_width=first.frame_width,
             frame_height=first.frame_height, hits=hits, last_detected_at=contract.rfc3339(wall + (last_t - first.t)),
-            track=track, quality=quality),
+            track=track, track_frames=track_frames, quality=quality),
         agent=contract.AgentInfo(version=__version__),
         clock=contract.ClockInfo.model_validate(clock_sync.read(), from_attributes=True),
     ).model_dump(mode="json", exclude_none=True)

@@ -57,15 +57,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the LDO index behind GET /ingest/list: PostgreSQL, shared by several receivers on one "
                    "store (extra postgres), or SQLite (default: ldo-index.sqlite3 in the data dir)")
     p.add_argument("--fresh", action="store_true", help="with reindex: empty the index first (stop receivers first)")
-    e = p.add_argument_group("export", "frames (JPEG) and QR-code boxes from every LDO's track, resumable")
+    e = p.add_argument_group("export", "frames (JPEG) with every QR code the agent saw boxed, from each clip's "
+                             "track; train/val/test by clip; resumable")
     e.add_argument("--format", choices=("coco", "yolo"), help="COCO JSON, or YOLO txt files with a data.yaml")
     e.add_argument("--out", metavar="DIR", help="where the training set goes (run again to add what is new)")
-    e.add_argument("--since", metavar="TIME", help="LDOs ingested at or after this time (2026-11-24 or RFC 3339)")
-    e.add_argument("--device-id", help="only this device's LDOs")
+    e.add_argument("--source", choices=("ldo", "cid"), default="ldo",
+                   help="ldo (default): data-ingestion's LDOs (--storage, --index); cid: the clips POST /cid kept in "
+                   "--data-dir (a receiver with data ingestion off)")
+    e.add_argument("--since", metavar="TIME", help="clips received at or after this time (2026-11-24 or RFC 3339)")
+    e.add_argument("--device-id", help="only this device's clips (its id as the device sends it)")
     e.add_argument("--min-sharpness", type=float, metavar="VAR",
-                   help="only boxes at least this sharp (variance of the Laplacian; clips without a track have "
-                   "no such figure and are left out)")
-    e.add_argument("--workers", type=int, default=4, help="LDOs decoded at once (default 4)")
+                   help="only frames whose every code read is at least this sharp (variance of the Laplacian); "
+                   "frames without the figure (older agents' clips without a track, frames of refused or unread "
+                   "codes only) are left out")
+    e.add_argument("--negatives", type=float, default=0.1, metavar="RATIO",
+                   help="pictures without a code per picture with codes, from frames the agent analysed and found "
+                   "empty (default 0.1)")
+    e.add_argument("--split-by", choices=("clip", "device-hour", "device-day"), default="clip",
+                   help="what stays on one side of the split: a clip (default), or a device's hour or day; clips "
+                   "of one device that overlap in time always share their side")
+    e.add_argument("--val", type=float, default=0.2, metavar="FRACTION", help="share of groups for val (default 0.2)")
+    e.add_argument("--test", type=float, default=0.0, metavar="FRACTION", help="share of groups for test (default 0)")
+    e.add_argument("--license", default="proprietary", metavar="NAME",
+                   help="the license named in COCO's licenses (default proprietary)")
+    e.add_argument("--workers", type=int, default=4, help="clips decoded at once (default 4)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

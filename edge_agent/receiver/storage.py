@@ -77,13 +77,22 @@ def parse_time_us(text: str) -> int:
     return int(dt.timestamp()) * 1_000_000 + dt.microsecond
 
 
+def device_of(record: dict[str, Any]) -> str | None:
+    """The device id as the device sent it (any text: `line 1` too), which the index keeps and filters on;
+    only the object key uses its safe form. Records written before kept the safe form: the metadata has it."""
+    sent = (record.get("metadata") or {}).get("device_id")
+    if isinstance(sent, str) and sent:
+        return sent
+    return str(record["device_id"]) if record.get("device_id") else None
+
+
 def row_from_record(base: str, record: dict[str, Any]) -> dict[str, Any]:
     """An index row from an LDO's `.json` record: the same row whether written live or rebuilt."""
     key = record.get("idempotency_key")
     parts = base.split("/")
     return {"id": record["id"], "base": base, "key_hash": key_hash(key) if key else None,
             "site": str(record.get("site") or (parts[-4] if len(parts) >= 4 else "default")),
-            "device_id": str(record.get("device_id") or (parts[-3] if len(parts) >= 3 else "unknown-device")),
+            "device_id": device_of(record) or (parts[-3] if len(parts) >= 3 else "unknown-device"),
             "created_us": parse_time_us(record["created_at"]), "size_bytes": int(record.get("size_bytes") or 0),
             "has_video": 1 if record.get("filename") else 0, "status": str(record.get("status") or "ingested")}
 
@@ -147,7 +156,8 @@ class LdoStorage:
                                      f"bytes with sha256 {expect[1]} were received")
         record = {"id": ldo_id, "status": "ingested", "filename": f"{ldo_id}.mp4" if video is not None else None,
                   "size_bytes": size, "sha256": sha, "created_at": rfc3339(time.time()),
-                  "idempotency_key": key, "site": self.site, "device_id": base.split("/")[1], "metadata": meta}
+                  "idempotency_key": key, "site": self.site, "metadata": meta}
+        record["device_id"] = device_of(record) or base.split("/")[1]
         self.objects.put_bytes(base + ".json", json.dumps(record).encode(), "application/json")
         body = {"id": ldo_id, "status": "ingested", "size_bytes": size, contract.RECEIPT_SHA256: sha}
         if key:
