@@ -103,3 +103,44 @@ def test_a_read_is_on_disk_before_detected_returns(tmp_path: Path) -> None:
     returned = first(steps, ("sync", str(tmp_path.resolve() / "detected-returned")))
     assert opened < first(steps, ("sync", str(spool / "queue.sqlite3-wal")), after=opened) < returned, \
         "detected returned before the read's row was on disk"
+
+
+CHECKPOINTS = """
+import os, sys, uuid
+from pathlib import Path
+from edge_agent.delivery.spool import Spool
+from tests.spool_helpers import add_clip, spool_config
+def mark(name):
+    os.fsync(os.open(os.path.join(sys.argv[2], name), os.O_WRONLY | os.O_CREAT))
+spool = Spool(spool_config(Path(sys.argv[1])))
+ids = [str(uuid.uuid4()) for _ in range(600)]
+mark("detect-start")
+for event_id in ids:
+    spool.detected(event_id, "CID-CP", {"event_id": event_id, "cid": "CID-CP", "clip": {}})
+mark("detect-end")
+add_clip(spool, size=10_000, event_id=ids[0])
+mark("put-end")
+spool.close()
+"""
+
+
+@pytest.mark.slow
+def test_reads_commit_with_one_log_sync_each_and_the_checkpoint_runs_off_the_detect_thread(tmp_path: Path) -> None:
+    """600 reads (~2000 pages of log): each commit syncs the log once and nothing else (SQLite's own checkpoint, run inside the
+    commit that fills its log, would copy the log into the queue file and sync both on the detect thread);
+    the clip stage's put runs the checkpoint."""
+    if STRACE is None:
+        pytest.fail("strace is missing: ./dev.sh installs it (apt-get install strace)")
+    out = tmp_path / "strace.txt"
+    res = subprocess.run([STRACE, "-f", "-y", "-qq", "-e", "trace=fsync,fdatasync", "-o", str(out), sys.executable,
+                          "-c", CHECKPOINTS, str(tmp_path / "spool"), str(tmp_path)],
+                         capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert res.returncode == 0, res.stderr[-2000:]
+    syncs = [m.group(2) for line in out.read_text().splitlines() if (m := _SYNC.match(line))]
+    queue = str((tmp_path / "spool").resolve() / "queue.sqlite3")
+    detect = syncs[syncs.index(str(tmp_path.resolve() / "detect-start")) + 1:
+                   syncs.index(str(tmp_path.resolve() / "detect-end"))]
+    put = syncs[syncs.index(str(tmp_path.resolve() / "detect-end")) + 1:
+                syncs.index(str(tmp_path.resolve() / "put-end"))]
+    assert detect.count(f"{queue}-wal") == 600 and set(detect) == {f"{queue}-wal"}, set(detect)
+    assert queue in put, "the put did not checkpoint the log into the queue file"

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -41,9 +40,9 @@ DELIVERED = "delivered"  # the server has it; its files are being deleted
 READS = "drops"
 VIDEOS = "video_drops"
 
-# The log is copied into the queue file past this size: about 250 reads of ~14 kB (a read's commit writes
-# ~3 pages of 4 kB), a few seconds of checkpoint work on an SD card, done off the detect thread.
-CHECKPOINT_LOG_BYTES = 4 << 20
+# The log is copied into the queue file after this many commits: ~1000 pages of 4 kB (a read's commit writes
+# ~3), SQLite's own default, a few seconds of checkpoint work on an SD card, done off the detect thread.
+CHECKPOINT_EVERY_COMMITS = 250
 
 _ROW = ("event_id, cid, state, has_video, sha256, size_bytes, created_at, attempts, last_error, metadata, boot_id,"
         " created_mono, clock_synced")
@@ -97,6 +96,7 @@ class QueueStore:
         self._path = path
         self._checkpointer: sqlite3.Connection | None = None
         self._checkpoint_lock = threading.Lock()
+        self._commits = 0  # since the last checkpoint
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -121,17 +121,15 @@ class QueueStore:
                     self._db.close()  # the last connection checkpoints the log into the file and removes it
                 self._db = None
 
-    def checkpoint(self, min_log_bytes: int = CHECKPOINT_LOG_BYTES) -> None:
-        """Copy the write-ahead log into the queue file once it has grown past `min_log_bytes`, on a
-        connection of its own (PASSIVE: commits go on meanwhile). Called from threads that may wait: the
-        clip stage after a put, the uploader between deliveries."""
-        if self._path is None:
-            return
-        try:
-            if os.stat(f"{self._path}-wal").st_size < min_log_bytes:
+    def checkpoint(self, every: int = CHECKPOINT_EVERY_COMMITS) -> None:
+        """Copy the write-ahead log into the queue file once `every` commits were made since the last time,
+        on a connection of its own (PASSIVE: commits go on meanwhile). Called from threads that may wait:
+        the clip stage after a put, the uploader between deliveries. (The log file's size says nothing:
+        SQLite writes it again from its start after a checkpoint, at the size it had.)"""
+        with self._lock:
+            if self._path is None or self._commits < every:
                 return
-        except OSError:
-            return
+            self._commits = 0
         with self._checkpoint_lock:
             try:
                 if self._checkpointer is None:
@@ -145,7 +143,10 @@ class QueueStore:
     def _run(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         if self._db is None:
             raise sqlite3.ProgrammingError("the spool's queue is closed")
-        return self._db.execute(sql, args)
+        cur = self._db.execute(sql, args)
+        if not sql.startswith(("SELECT", "PRAGMA")):
+            self._commits += 1  # each statement its own transaction (autocommit)
+        return cur
 
     # --- writes: each one transaction ------------------------------------------------------------
 
