@@ -1,7 +1,7 @@
 """What making a read durable at detection costs: latency from a frame's analysis to its read committed,
 and what one read writes to the disk (fsyncs and bytes), on this disk and on a slow one.
 
-    python benchmarks/read_durability.py [--labels 120] [--reads 400] [--slow-fsync-ms 20] [--max-p99-ms 100]
+    python benchmarks/read_durability.py [--labels 240] [--reads 400] [--slow-fsync-ms 20] [--max-p99-ms 100]
 
 Three measurements, each in a process of its own:
 
@@ -170,7 +170,7 @@ def row(name: str, values: list[float]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--labels", type=int, default=120, help="reads in the pipeline run (4 a second of video)")
+    ap.add_argument("--labels", type=int, default=240, help="reads in the pipeline run (4 a second of video)")
     ap.add_argument("--reads", type=int, default=400, help="reads committed back to back in the spool run")
     ap.add_argument("--slow-fsync-ms", type=float, default=20.0, help="each fsync held this long: a slow disk")
     ap.add_argument("--max-p99-ms", type=float, default=100.0)
