@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_agent import __version__
-from edge_agent.capture.source import Session, make_source
+from edge_agent.capture.session import Session
+from edge_agent.capture.source import make_source
 from edge_agent.config import Config
 from edge_agent.config.live import LivePart, classify_changes, covers
 from edge_agent.delivery.cid import CidValidator

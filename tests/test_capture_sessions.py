@@ -12,7 +12,8 @@ import pytest
 
 from edge_agent.capture.consumer import Route
 from edge_agent.capture.media import Packet
-from edge_agent.capture.source import OPENERS, AvSource, SourceError, open_url
+from edge_agent.capture.session import SourceError
+from edge_agent.capture.source import OPENERS, AvSource, open_url
 from edge_agent.capture.supervisor import CaptureSupervisor
 from edge_agent.config import SourceConfig, parse_config
 from edge_agent.metrics import Metrics

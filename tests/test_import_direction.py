@@ -1,7 +1,9 @@
 """Imports run one way, as docs/architecture.md section 2 states: every module of edge_agent/ belongs to
-one of the layers that line names, and imports only its own layer and the layers after it. The layer
-list is read from the document itself, so the doc and the check cannot drift apart. Type-only
-imports count too: a type from an upper layer is a dependency on it all the same."""
+one of the layers that line names, and imports only its own layer and the layers after it; and nothing
+imports in a circle, neither modules nor the line's entries (a circle through two entries of one layer
+is invisible to the layer check). The layer list is read from the document itself, so the doc and the
+check cannot drift apart. Type-only and function-level imports count too: a type from an upper layer
+is a dependency on it all the same."""
 
 from __future__ import annotations
 
@@ -108,3 +110,70 @@ def test_an_upward_import_is_found() -> None:
     assert found == {"edge_agent.delivery.spool", "edge_agent.app"}
     layers = layers_from_doc(DOC.read_text(encoding="utf-8"))
     assert layer_of("edge_agent.app", layers) < layer_of("edge_agent.delivery.uploader", layers)
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = sorted(PACKAGE.rglob("*.py"))
+    known = {module_name(f) for f in files}
+    return {module_name(f): imported_modules(module_name(f), f.name == "__init__.py", f.read_text(encoding="utf-8"),
+                                             known) - {module_name(f)} for f in files}
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected parts of more than one node (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            part = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                part.append(w)
+                if w == v:
+                    break
+            if len(part) > 1:
+                found.append(sorted(part))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def entry_of(module: str, layers: list[list[str]]) -> str:
+    """The line's entry a module belongs to (the longest prefix: `pipeline.wiring` before `pipeline`)."""
+    short = module.removeprefix("edge_agent").lstrip(".")
+    entries = [e for layer in layers for e in layer if short == e or short.startswith(e + ".")]
+    return max(entries, key=len) if entries else short or "edge_agent"
+
+
+def test_no_module_imports_in_a_circle() -> None:
+    assert not circles(import_graph()), "modules importing each other, through these: " + str(circles(import_graph()))
+
+
+def test_no_entry_of_the_layer_line_imports_in_a_circle() -> None:
+    layers = layers_from_doc(DOC.read_text(encoding="utf-8"))
+    entries: dict[str, set[str]] = {}
+    for mod, targets in import_graph().items():
+        mine = entry_of(mod, layers)
+        entries.setdefault(mine, set()).update(t for t in (entry_of(x, layers) for x in targets) if t != mine)
+    assert not circles(entries), f"entries of the layer line importing each other: {circles(entries)}"
+
+
+def test_a_circle_is_found() -> None:
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert circles({"a": {"b"}, "b": set()}) == []

@@ -89,7 +89,7 @@ def test_sharpness_comes_with_its_scale_and_at_on_a_camera_says_it_does_not_appl
 def test_exposure_is_the_frames_mean_and_its_dark_and_bright_fractions() -> None:
     """Measured on a sample of whole rows: the figures a frame's every pixel gives, within half a percent,
     on a contiguous frame and on a decoder's padded plane (a strided view)."""
-    from edge_agent.inspection import exposure
+    from edge_agent.picture import exposure
 
     rng = np.random.default_rng(7)
     frame = rng.integers(0, 256, (1080, 1920), dtype=np.uint8)

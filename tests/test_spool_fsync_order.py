@@ -126,9 +126,9 @@ spool.close()
 
 @pytest.mark.slow
 def test_reads_commit_with_one_log_sync_each_and_the_checkpoint_runs_off_the_detect_thread(tmp_path: Path) -> None:
-    """600 reads (~2000 pages of log): each commit syncs the log once and nothing else (SQLite's own checkpoint, run inside the
-    commit that fills its log, would copy the log into the queue file and sync both on the detect thread);
-    the clip stage's put runs the checkpoint."""
+    """600 reads (~2000 pages of log): each commit syncs the log once and nothing else (SQLite's own
+    checkpoint, run inside the commit that fills its log, would copy the log into the queue file and sync
+    both on the detect thread); the clip stage's put runs the checkpoint."""
     if STRACE is None:
         pytest.fail("strace is missing: ./dev.sh installs it (apt-get install strace)")
     out = tmp_path / "strace.txt"

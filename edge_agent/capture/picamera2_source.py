@@ -41,7 +41,7 @@ import av
 import numpy as np
 
 from edge_agent.capture.media import CameraPicture, GrayFrame, Packet, StreamInfo
-from edge_agent.capture.source import SessionEnd, SourceError, read_session
+from edge_agent.capture.session import SessionEnd, SourceError, read_session
 from edge_agent.config import SourceConfig
 from edge_agent.config.pi_models import PICAMERA2_FPS, picamera2_warnings
 
@@ -365,5 +365,5 @@ def _warn_once(cfg: SourceConfig) -> None:
     key = (p.model, p.width, p.height, cfg.fps)
     if key not in _warned:
         _warned.add(key)
-        for note in picamera2_warnings(cfg):
+        for note in picamera2_warnings(p.model, p.width, p.height, cfg.fps):
             log.warning("%s", note)

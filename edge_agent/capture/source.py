@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import av
 
@@ -37,6 +37,7 @@ from edge_agent.capture.clock import ArrivalFrameClock, CaptureClock, FrameCount
 from edge_agent.capture.media import Packet, StreamInfo
 from edge_agent.capture.pipe_reader import PipeReader
 from edge_agent.capture.raw_encoder import RawEncoder, RawEncoderError
+from edge_agent.capture.session import Session, SessionEnd, SourceError, SourceSilent, read_session
 from edge_agent.config import SourceConfig
 from edge_agent.redact import redact
 
@@ -50,19 +51,6 @@ _UNTIMED_FORMATS = frozenset({"h264", "hevc", "mjpeg", "rawvideo", "mpjpeg"})
 _PRIME_S = 1.0
 _MEASURE_S = 2.0
 _ASSUMED_FPS = 30.0
-
-
-class SourceError(Exception):
-    """The source cannot be opened or read; the message says what a technician can check. It is
-    shown on pages and in logs, and FFmpeg's errors quote the URL: the login is masked here."""
-
-    def __init__(self, message: str):
-        super().__init__(redact(message))
-
-
-class SourceSilent(SourceError):
-    """The source sent nothing for as long as it may (source.open_timeout_s, or source.stall_s for a
-    network read): a camera that does not answer, not a stream FFmpeg cannot read."""
 
 
 @dataclass
@@ -116,69 +104,12 @@ OPENERS: dict[str, Callable[[SourceConfig, str], Opening]] = {
     "file": open_file, "v4l2": open_v4l2, "url": open_url, "pipe": open_pipe}
 
 
-@dataclass(frozen=True)
-class SessionEnd:
-    """How a session ended, as `read` returns it."""
-
-    end_t: float  # one frame after its last packet: where the next session's capture clock starts
-    delivered: int  # packets and pictures handed on
-    error: SourceError | None  # the read failed (the session ended early); None: the source ended or was stopped
-
-
-def read_session(items: Iterator[Any], start_t: float, frame_s: float,
-                 deliver: Callable[[Any], bool]) -> SessionEnd:
-    """Hand each item to `deliver` until it returns False or the items end; the end time follows the
-    packets (a camera's pictures are of the same frames)."""
-    last_t = start_t - frame_s
-    n = 0
-    error: SourceError | None = None
-    try:
-        for item in items:
-            n += 1
-            if isinstance(item, Packet) and item.t > last_t:
-                last_t = item.t
-            if not deliver(item):
-                break
-    except SourceError as exc:
-        error = exc
-    finally:
-        close = getattr(items, "close", None)
-        if close is not None:
-            close()  # now, on this thread: a generator left open would be finished whenever it is collected
-    return SessionEnd(last_t + frame_s, n, error)
-
-
-class Session(Protocol):
-    """What every source kind's session is (`AvSource`, `Picamera2Source`): opened once, read until it
-    ends, fails or is interrupted, closed by the thread that read it."""
-
-    cfg: SourceConfig
-    path: str | None
-    info: StreamInfo | None
-    fps_from: str | None
-    camera: bool  # runs at its own pace and is reopened when it ends; a recorded file does not
-    gives_pictures: bool  # also gives the detector's pictures itself (nothing to decode)
-
-    @property
-    def describe(self) -> str: ...
-
-    def open(self, start_t: float = 0.0) -> StreamInfo: ...
-
-    def packets(self) -> Iterator[Any]: ...
-
-    def read(self, deliver: Callable[[Any], bool]) -> SessionEnd: ...
-
-    def interrupt(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
 def make_source(cfg: SourceConfig, path: str | None = None, encoders: Sequence[str] | None = None) -> Session:
     """The session for a source kind: `AvSource` for everything FFmpeg opens (with the kind's opener),
     `Picamera2Source` for a Pi CSI camera through picamera2 (imported only for that kind). Both are a
     `Session`."""
     if cfg.kind == "picamera2":
-        from edge_agent.capture.picamera2_source import Picamera2Source
+        from edge_agent.capture.picamera2_source import Picamera2Source  # picamera2 only where it is asked for
 
         return Picamera2Source(cfg, path, encoders)
     return AvSource(cfg, path, encoders)

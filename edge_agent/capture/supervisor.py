@@ -33,7 +33,8 @@ from pathlib import Path
 from edge_agent import const
 from edge_agent.capture.consumer import Route
 from edge_agent.capture.media import CameraPicture, Packet
-from edge_agent.capture.source import Session, SessionEnd, SourceError, make_source
+from edge_agent.capture.session import Session, SessionEnd, SourceError
+from edge_agent.capture.source import make_source
 from edge_agent.config import Config, SourceConfig
 from edge_agent.metrics import Metrics
 from edge_agent.stage import Failure, FailureBox

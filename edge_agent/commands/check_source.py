@@ -61,7 +61,7 @@ def sample_source(agent: Agent, frames: int, seconds: float, stop: threading.Eve
     interrupted at the deadline and the result says so. `stop` (Ctrl-C) ends the reading the same way,
     keeping what was read."""
     stop = stop or threading.Event()
-    from edge_agent.capture.source import SourceError, SourceSilent
+    from edge_agent.capture.session import SourceError, SourceSilent
 
     cfg = agent.cfg
     src = agent.source()

@@ -96,7 +96,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     _warn_encoders(cfg.clip.encoders)
     if cfg.source.kind == "picamera2":  # valid, but costly on this Pi, or not checkable on this machine
-        for note in picamera2_warnings(cfg.source):
+        p = cfg.source.picamera2
+        for note in picamera2_warnings(p.model, p.width, p.height, cfg.source.fps):
             print(f"warning: {note}", file=sys.stderr)
     print(f"ok: {what}")
     return 0

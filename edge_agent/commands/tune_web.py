@@ -25,7 +25,7 @@ ANALYSE_HZ = 5.0
 def serve(cfg: Config, port: int | None) -> int:
     from edge_agent.app import Agent
     from edge_agent.capture.media import GrayFrame, luma
-    from edge_agent.commands.snapshot import open_reader
+    from edge_agent.commands.frame_reader import open_reader
     from edge_agent.delivery.credentials import CredentialError
     from edge_agent.pipeline.view_feed import ViewerSlot
     from edge_agent.service.http import ExposureRefused, WebServer, access_for

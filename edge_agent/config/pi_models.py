@@ -21,10 +21,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from edge_agent.config.schema import SourceConfig
 
 # The device tree's name for the board; read where the config is loaded. Tests point it elsewhere.
 DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
@@ -119,18 +115,19 @@ def picamera2_refusal(configured: str, width: int, height: int, device: str | No
     return None
 
 
-def picamera2_warnings(source: SourceConfig, device: str | None = None) -> list[str]:
-    """What `config validate` and the source's start say about a valid picamera2 main stream: its cost on
-    the models checked, or, where no model is known (a laptop, model auto), that nothing was checked
-    although a Pi 4 or older would refuse it. `device`: the device tree's name, read when not given."""
-    p = source.picamera2
+def picamera2_warnings(model: str, width: int, height: int, fps: float | None,
+                       device: str | None = None) -> list[str]:
+    """What `config validate` and the source's start say about a valid picamera2 main stream (source.picamera2's
+    model, width and height; source.fps): its cost on the models checked, or, where no model is known (a
+    laptop, model auto), that nothing was checked although a Pi 4 or older would refuse it. `device`: the
+    device tree's name, read when not given."""
     device = read_device_model() if device is None else device
-    fps = source.fps or PICAMERA2_FPS
-    checked = models_to_check(p.model, device)
+    fps = fps or PICAMERA2_FPS
+    checked = models_to_check(model, device)
     notes = [f"source.picamera2: {w} ({where})" for m, where in checked
-             if (w := encoder_warning(m, p.width, p.height, fps))]
-    if not checked and encoder_refusal(MODELS["pi4"], p.width, p.height):
-        notes.append(f"source.picamera2: main stream {p.width}x{p.height} is beyond the hardware H.264 encoder of "
+             if (w := encoder_warning(m, width, height, fps))]
+    if not checked and encoder_refusal(MODELS["pi4"], width, height):
+        notes.append(f"source.picamera2: main stream {width}x{height} is beyond the hardware H.264 encoder of "
                      f"a Pi 4 or older (at most 1920x1080); this machine is not a Raspberry Pi and "
                      f"source.picamera2.model is auto, so it was not checked: set the model (pi3, pi4, pi5) to check "
                      f"it for the device")

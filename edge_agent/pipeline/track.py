@@ -30,7 +30,7 @@ from typing import TypeVar
 
 from edge_agent.capture.media import GrayFrame
 from edge_agent.delivery import contract
-from edge_agent.inspection import code_figures, exposure
+from edge_agent.picture import code_figures, exposure
 from edge_agent.pipeline.qr_detector import Detection, Unread
 
 Polygon = tuple[tuple[int, int], ...]

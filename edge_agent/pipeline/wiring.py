@@ -21,7 +21,7 @@ from typing import Any
 
 from edge_agent import const
 from edge_agent.capture.consumer import Route
-from edge_agent.capture.source import Session
+from edge_agent.capture.session import Session
 from edge_agent.capture.supervisor import CaptureStatus, CaptureSupervisor
 from edge_agent.config import Config, SourceConfig
 from edge_agent.config.live import LivePart

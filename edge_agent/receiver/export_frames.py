@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import zxingcpp
 
-from ..inspection import exposure
+from ..picture import exposure
 from .export_plan import Box, Plan
 
 JPEG_QUALITY = 92
@@ -210,7 +210,7 @@ def _picture(t: float, frame_id: int, bgr: np.ndarray, gray: np.ndarray, boxes: 
 
 
 def frame_sharpness(gray: np.ndarray) -> float:
-    """The variance of the Laplacian, as `inspection.sharpness` computes it for a code's box, over the whole
+    """The variance of the Laplacian, as `picture.sharpness` computes it for a code's box, over the whole
     frame: in 16-bit integers (an 8-bit picture's Laplacian fits) and OpenCV's own mean and deviation, a
     fifth of the float64 way's time on a 720p frame."""
     if not gray.size:

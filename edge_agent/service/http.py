@@ -36,6 +36,7 @@ from edge_agent.delivery.cid import escape_payload
 from edge_agent.metrics import Metrics
 from edge_agent.redact import redact_data
 from edge_agent.service.http_limits import LineLimiter, LoginBackoff, suppressed
+from edge_agent.service.liveview import MJPEG_BOUNDARY
 
 if TYPE_CHECKING:
     from edge_agent.config import HttpConfig
@@ -49,7 +50,6 @@ PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # A client that connects and says nothing must not hold a thread for ever.
 REQUEST_TIMEOUT_S = 10.0
 MJPEG_FPS = 4.0
-MJPEG_BOUNDARY = "edgeagentframe"
 # Live streams served at once. Each costs a thread and ~400 kB/s of 720p JPEGs (the page itself polls
 # /frame.jpg and holds no stream); more get 503 with Retry-After.
 MJPEG_MAX_VIEWERS = 8

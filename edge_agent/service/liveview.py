@@ -27,7 +27,6 @@ from edge_agent.inspection import Report, annotate, report_from
 from edge_agent.pipeline.events import Delivery, EventSnapshot
 from edge_agent.pipeline.noreads import NoReadStore
 from edge_agent.pipeline.view_feed import Thumbnails, ViewerSlot
-from edge_agent.service.http import MJPEG_BOUNDARY
 from edge_agent.thread_names import name_os_thread
 
 if TYPE_CHECKING:
@@ -66,6 +65,10 @@ class Rendered:
     jpeg: bytes
     part: bytes  # the same JPEG as one part of a multipart/x-mixed-replace stream
     report: Report
+
+
+# the parts of a multipart/x-mixed-replace stream of JPEGs (the web server's /stream.mjpg) are made here once
+MJPEG_BOUNDARY = "edgeagentframe"
 
 
 def mjpeg_part(jpeg: bytes) -> bytes:
