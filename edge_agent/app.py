@@ -62,20 +62,6 @@ class Reconfigured:
     restart: list[str]
 
 
-class _SectionPart:
-    """A part configured through its own one-section method (the spool's bounds, the uploader's
-    settings), applied at once: the method takes the part's own lock where it needs one."""
-
-    def __init__(self, cfg: Config, section: str, update: Callable[[Any], None]):
-        self.config = cfg
-        self._section = section
-        self._update = update
-
-    def apply(self, new: Config, changed: frozenset[str]) -> None:
-        self._update(getattr(new, self._section))
-        self.config = new
-
-
 class Agent:
     """Builds parts on demand, each once, remembering the order; `close()` stops them in reverse."""
 
@@ -158,14 +144,14 @@ class Agent:
         """The spool as its owner (recovery runs here); SpoolBusy when another process owns it."""
         if self._spool is None:
             self._spool = Spool(self.cfg.spool, self.metrics)
-            self.take_live("spool", ["spool"], _SectionPart(self.cfg, "spool", self._spool.update_config))
+            self.take_live("spool", ["spool"], self._spool)
             self.add_part("spool", lambda _s: self._spool.close() if self._spool else None)
         return self._spool
 
     def uploader(self, on_result: ResultCallback | None = None, *, thread: bool = True) -> Uploader:
         if self._uploader is None:
             self._uploader = Uploader(self.spool(), self.cfg.upload, self.metrics, __version__, on_result=on_result)
-            self.take_live("uploader", ["upload"], _SectionPart(self.cfg, "upload", self._uploader.update_config))
+            self.take_live("uploader", ["upload"], self._uploader)
             if thread:
                 self._uploader.start()
             self.add_part("uploader", lambda s: self._uploader.stop(timeout=s) if self._uploader else None)

@@ -14,7 +14,7 @@ import pytest
 
 from edge_agent.capture.media import GrayFrame, Packet, luma, open_decoder, to_av_packet
 from edge_agent.capture.source import AvSource
-from edge_agent.config import SourceConfig
+from edge_agent.config import Config, SourceConfig
 from edge_agent.metrics import Metrics
 from edge_agent.pipeline.base import END, FrameSlot
 from edge_agent.pipeline.decode import DecodeStage, FramePicker
@@ -31,11 +31,16 @@ def read_packets(video: Path) -> list[Packet]:
         src.close()
 
 
+def at_rate(rate_hz: float) -> Config:
+    """A config whose detection picks `rate_hz` frames a second, every one decoded (no keyframe window)."""
+    return Config.model_validate({"detector": {"rate_hz": rate_hz, "max_blind_s": 0}})
+
+
 def through_stage(packets: list[Packet], rate_hz: float) -> tuple[DecodeStage, list[GrayFrame]]:
     """The real stage on its own thread, fed as the capture thread feeds it, drained as detect drains it."""
     metrics = Metrics()
     slot = FrameSlot(lambda: Backpressure.BLOCK, metrics=metrics)
-    stage = DecodeStage(slot, metrics, lambda: rate_hz, lambda: Backpressure.BLOCK)
+    stage = DecodeStage(slot, metrics, lambda: Backpressure.BLOCK, at_rate(rate_hz))
     got: list[GrayFrame] = []
 
     def drain() -> None:
@@ -136,7 +141,7 @@ def test_a_camera_sessions_start_up_backlog_waits_for_the_decoder_and_a_decoder_
     is behind: packets are dropped (counted), and go on being dropped up to the next keyframe."""
     packets = read_packets(make_video(tmp_path / "v.mp4", seconds=6, gop=30))  # a keyframe every second
     drop = lambda: Backpressure.DROP  # noqa: E731
-    stage = DecodeStage(FrameSlot(drop, metrics=Metrics()), Metrics(), lambda: 10.0, drop)
+    stage = DecodeStage(FrameSlot(drop, metrics=Metrics()), Metrics(), drop, at_rate(10.0))
     for p in packets[:75]:  # 2.5 s at once, the decode thread not yet taking any
         stage.offer(p)
     assert stage.status().dropped == 0 and stage.inbox.qsize() == 75
@@ -151,7 +156,7 @@ def camera_stage_fed_ahead(packets: list[Packet]) -> tuple[DecodeStage, list[Gra
     """A DROP stage whose inbox holds all of `packets` before its thread starts: the camera ran ahead."""
     metrics = Metrics()
     slot = FrameSlot(lambda: Backpressure.BLOCK, metrics=metrics)  # the detector keeps every frame here
-    stage = DecodeStage(slot, metrics, lambda: 10.0, lambda: Backpressure.DROP)
+    stage = DecodeStage(slot, metrics, lambda: Backpressure.DROP, at_rate(10.0))
     for p in packets:
         stage.offer(p)
     stage.end()
@@ -190,7 +195,7 @@ def test_a_camera_session_that_ends_gives_up_the_pictures_its_decoder_holds_with
     full, _ = every_picture(packets)
     metrics = Metrics()
     slot = FrameSlot(lambda: Backpressure.BLOCK, metrics=metrics)  # the detector keeps every frame here
-    stage = DecodeStage(slot, metrics, lambda: 10.0, lambda: Backpressure.DROP)
+    stage = DecodeStage(slot, metrics, lambda: Backpressure.DROP, at_rate(10.0))
     got: list[GrayFrame] = []
     consumer = threading.Thread(target=lambda: got.extend(iter(slot.get, END)))
     worker = StageThread(stage, stage.finish, FailureBox())

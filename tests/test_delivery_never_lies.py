@@ -18,6 +18,7 @@ import pytest
 
 from edge_agent import __version__
 from edge_agent.cli import main
+from edge_agent.config import Config
 from edge_agent.delivery.spool import Spool
 from edge_agent.delivery.uploader import Uploader
 from edge_agent.metrics import Metrics
@@ -153,7 +154,7 @@ def test_a_redirect_to_a_page_that_answers_200_is_never_taken_for_delivery(tmp_p
     target = moved.url.removesuffix("/cid") + "/healthz"
     assert f"HTTP {status} redirect to {target}: set upload.url" in (head.last_error or "")
     with FlakyServer() as fixed:  # the technician sets upload.url to the right place
-        up.update_config(fast_upload(fixed.url))
+        up.apply(Config().model_copy(update={"upload": fast_upload(fixed.url)}), frozenset({"upload.url"}))
         assert up.drain(10)
         assert list(fixed.delivered) == ids
 

@@ -142,8 +142,8 @@ def test_while_a_live_view_is_watched_every_frame_is_decoded(watched: bool, unde
     its inbox only fills): 3 s to learn the interval, then one interval of which 14 frames go undecoded."""
     cfg = parse_config("source:\n  kind: pipe\n  command: camera\ndetector:\n  max_blind_s: 0.5\n", env={})
     metrics = Metrics(process=False)
-    stage = DecodeStage(FrameSlot(lambda: Backpressure.DROP, metrics), metrics, lambda: 10.0,
-                        lambda: Backpressure.DROP, cfg, watched=lambda: watched)
+    stage = DecodeStage(FrameSlot(lambda: Backpressure.DROP, metrics), metrics, lambda: Backpressure.DROP, cfg)
+    stage.watch(watched)  # the live view says so
     for pkt in packets(4.0, stream=object()):
         stage.offer(pkt)
     assert stage.status().undecoded == undecoded

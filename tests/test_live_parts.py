@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from edge_agent.capture.media import GrayFrame
 from edge_agent.pipeline.view_feed import ReadTally, Thumbnails, ViewerSlot
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_media" / "conveyor_720p30.mp4"
 
 
 def frame(t: float = 0.0) -> GrayFrame:
@@ -58,3 +61,30 @@ def test_the_read_rate_over_1_10_and_60_minutes() -> None:
     assert r["10m"] == {"reads": 4, "noreads": 1, "rate": 80.0}
     assert r["60m"] == {"reads": 5, "noreads": 1, "rate": round(500 / 6, 1)}
     assert ReadTally().rates(now)["1m"]["rate"] is None
+
+
+def test_the_live_view_tells_the_decode_stage_while_someone_watches(tmp_path: Path) -> None:
+    """A running pipeline's live view: a viewer's request makes the decode stage decode every frame (its
+    status says watched, and no frame is left undecoded meanwhile); once viewers are gone it says so."""
+    from edge_agent.config import parse_config
+    from edge_agent.delivery.sinks import FolderSink
+    from edge_agent.pipeline.wiring import Pipeline
+    from edge_agent.service.liveview import LiveView
+
+    cfg = parse_config(f"source:\n  kind: file\n  path: {SAMPLE}\n  realtime: true\n  loop: true\n", env={})
+    pipeline = Pipeline(cfg, FolderSink(tmp_path / "clips"))
+    feed = pipeline.view_feed()
+    feed.viewer.ttl_s = 0.5
+    view = LiveView(cfg, feed.viewer, source=lambda: "sample", decode_ms=lambda: 0.0, watch=feed.watch)
+    pipeline.start()
+    try:
+        assert pipeline.ready.wait(10) and not pipeline.status().decode.watched
+        assert view.frame_jpeg() is not None  # a viewer
+        assert pipeline.status().decode.watched
+        deadline = time.monotonic() + 10
+        while pipeline.status().decode.watched and time.monotonic() < deadline:
+            time.sleep(0.05)  # nobody asks any more: the render thread ends after the viewer's TTL
+        assert not pipeline.status().decode.watched
+    finally:
+        view.close()
+        assert pipeline.stop(10)

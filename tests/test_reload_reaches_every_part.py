@@ -84,7 +84,8 @@ def test_a_saved_config_reaches_every_part_that_takes_each_live_key(tmp_path: Pa
     cfg = load_config(path)
     daemon = Daemon(cfg, str(path), watch=True)
     try:
-        daemon.start(access_for(cfg.http))
+        daemon.build(access_for(cfg.http))
+        daemon.start()
         agent, view = daemon.agent, daemon.live_view
         assert daemon.pipeline.ready.wait(20), "no frame from the sample"
         nobody = [k for k in live_keys() if not agent.takers_of(k)]
@@ -97,10 +98,17 @@ def test_a_saved_config_reaches_every_part_that_takes_each_live_key(tmp_path: Pa
         new = load_config(path)
         want = reload_marks(new)
 
+        def in_use(name: str, part: Any) -> list[Config | None]:
+            """The configs a part runs on: its thread's own, as its status says, for a part with threads (each
+            takes a reload at its own loop boundary); the part's own for one without."""
+            st = daemon.pipeline.status()
+            return {"capture": [st.capture.config], "decode": [st.decode.config, st.decode.feed_config],
+                    "detect": [st.detect.config], "clip": [st.clips.config]}.get(name, [part.config])
+
         def stale() -> list[str]:
-            return [f"{t.name}: {k} is {reload_marks(t.part.config)[k][0]!r}"
-                    for t in agent.live_takers() for k in values
-                    if covers(t.keys, k) and reload_marks(t.part.config)[k][0] != want[k][0]]
+            return [f"{t.name}: {k} is {reload_marks(used)[k][0]!r}"
+                    for t in agent.live_takers() for k in values if covers(t.keys, k)
+                    for used in in_use(t.name, t.part) if used is None or reload_marks(used)[k][0] != want[k][0]]
 
         left = wait_until(stale)
         assert not left, f"parts still on the old value: {left}"

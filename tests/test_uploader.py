@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from edge_agent import __version__
+from edge_agent.config import Config
 from edge_agent.delivery.spool import Spool
 from edge_agent.delivery.uploader import Uploader
 from edge_agent.metrics import Metrics
@@ -259,7 +260,7 @@ def test_without_a_url_clips_wait_until_a_reload_gives_one(tmp_path: Path) -> No
         up = uploader(spool, None)
         up.start()
         assert not up.deliver_once() and not up.drain(0.2)
-        up.update_config(fast_upload(server.url))  # live reload
+        up.apply(Config().model_copy(update={"upload": fast_upload(server.url)}), frozenset({"upload.url"}))
         assert wait_for(lambda: server.delivered, 1.0)
         up.stop()
     assert list(server.delivered) == [event_id]

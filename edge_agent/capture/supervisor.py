@@ -36,6 +36,7 @@ from edge_agent.capture.media import CameraPicture, Packet
 from edge_agent.capture.session import Session, SessionEnd, SourceError
 from edge_agent.capture.source import make_source
 from edge_agent.config import Config, SourceConfig
+from edge_agent.config.live import PendingConfig
 from edge_agent.metrics import Metrics
 from edge_agent.stage import Failure, FailureBox
 from edge_agent.thread_names import name_os_thread
@@ -59,6 +60,7 @@ class CaptureStatus:
     reopen_attempts: int = 0  # away: attempts to reopen it so far
     overdue_s: float = 0.0  # how far the capture thread is past the bound of its current wait; > 0: stuck
     doing: str = "starting"  # what the capture thread is doing: opening, reading, closing, waiting, ended
+    config: Config | None = None  # the config the capture thread runs on (a reload's, once it took it)
 
 
 class CaptureSupervisor:
@@ -68,10 +70,12 @@ class CaptureSupervisor:
 
     def __init__(self, cfg: Config, metrics: Metrics, failures: FailureBox,
                  on_session: Callable[[Session, int], Route], videos: Sequence[str] = ()):
-        # the whole config, replaced (never edited) by a reload: sessions open with its source settings,
-        # clip.encoders (raw cameras are encoded as they arrive) and detector.cooldown_s (the gap between
-        # replayed files); the stall watch reads source.stall_s from it on every tick
+        # the config the capture thread runs on, written by that thread alone: a reload is offered to
+        # `_pending` and taken at the thread's next packet or session. Sessions open with its source
+        # settings, clip.encoders (raw cameras are encoded as they arrive) and detector.cooldown_s (the gap
+        # between replayed files); the stall watch reads source.stall_s from it on every tick
         self.config = cfg
+        self._pending = PendingConfig()
         self.metrics = metrics
         self.failures = failures
         self.videos = list(videos)
@@ -126,13 +130,20 @@ class CaptureSupervisor:
         return self.config.source
 
     def apply(self, new: Config, changed: frozenset[str]) -> None:
-        """A reloaded config (live part, any thread). A changed source setting other than `stall_s`
-        ends the current session and the next opens with it; `stall_s` alone applies to the running
-        session (no reopen, no clip cut short); the rest applies at the next session."""
-        old, self.config = self.config, new
-        if old.source.model_copy(update={"stall_s": new.source.stall_s}) != new.source:
+        """A reloaded config (live part, any thread): offered to the capture thread, which takes it at its
+        next packet or session. A changed source setting other than `stall_s` also ends the current session,
+        and the next opens with it; `stall_s` alone applies to the running session (no reopen, no clip cut
+        short); the rest applies at the next session."""
+        self._pending.offer(new, changed)
+        if self.config.source.model_copy(update={"stall_s": new.source.stall_s}) != new.source:
             self._restart.set()
             self._interrupt()
+
+    def _take_config(self) -> None:
+        """Capture thread: the reloaded config, if one was offered."""
+        taken = self._pending.take()
+        if taken is not None:
+            self.config = taken[0]
 
     def _interrupt(self) -> None:
         with self._lock:
@@ -148,7 +159,7 @@ class CaptureSupervisor:
             source_error=self.source_error, last_frame_age_s=None if last is None else now - last,
             fps=self._fps, describe=self._describe, state=self._state,
             away_s=None if away_since is None else now - away_since, reopen_attempts=self._attempts,
-            overdue_s=self._overdue(now), doing=self._doing[0])
+            overdue_s=self._overdue(now), doing=self._doing[0], config=self.config)
 
     def _overdue(self, now: float) -> float:
         """Seconds the capture thread is past the bound of what it is doing (0 while on time). A read's
@@ -167,9 +178,11 @@ class CaptureSupervisor:
     def _sessions(self) -> Iterator[Session]:
         if self.videos:
             for path in self.videos:
+                self._take_config()
                 yield make_source(self.cfg, path, encoders=self.config.clip.encoders)
             return
         while not self._stop.is_set():
+            self._take_config()
             cfg = self.cfg
             yield make_source(cfg, encoders=self.config.clip.encoders)
             if cfg.kind == "file" and not cfg.loop and not self._restart.is_set():
@@ -321,6 +334,7 @@ class CaptureSupervisor:
         gate = self._gate
 
         def deliver(item: Packet | CameraPicture) -> bool:
+            self._take_config()  # source.stall_s applies to the running session
             with gate:
                 if self._let_go:
                     return False

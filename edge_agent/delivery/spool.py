@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent import clock_sync
-from edge_agent.config import SpoolConfig
+from edge_agent.config import Config, SpoolConfig
 from edge_agent.delivery import spool_lock
 from edge_agent.delivery.clip_files import ClipFiles
 from edge_agent.delivery.queue_store import DELIVERED, PENDING, READS, READY, VIDEOS, QueueStore, Row
@@ -612,10 +612,19 @@ class Spool:
         self.metrics.set("edge_agent_spool_bytes", b)
 
     def update_config(self, cfg: SpoolConfig) -> None:
-        """Live reload of the bounds (they apply at the next put); the folder itself is restart-only."""
+        """The bounds, from now on (the next put, the next expiry); the folder itself is restart-only."""
         with self.store.exclusive():
             self.cfg = cfg.model_copy(update={"dir": self.cfg.dir})
             self._next_expire = 0.0
+
+    def apply(self, new: Config, changed: frozenset[str]) -> None:
+        """Live part (any thread): the spool has no thread of its own; its bounds change under its lock."""
+        self.update_config(new.spool)
+
+    @property
+    def config(self) -> Config:
+        """The bounds in use, as a config (the spool's section; the rest is not the spool's)."""
+        return Config().model_copy(update={"spool": self.cfg})
 
     def close(self) -> None:
         """Close the queue and give up ownership. Later calls are harmless no-ops (an uploader thread

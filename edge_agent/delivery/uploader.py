@@ -33,7 +33,8 @@ import requests
 import urllib3
 
 from edge_agent import clock_sync
-from edge_agent.config import UploadConfig
+from edge_agent.config import Config, UploadConfig
+from edge_agent.config.live import PendingConfig
 from edge_agent.delivery import contract
 from edge_agent.delivery.backoff import Backoff, parse_retry_after
 from edge_agent.delivery.cid import escape_payload
@@ -86,13 +87,29 @@ class Uploader:
         self._cutter: DeadlineCutter | None = None  # one request at a time, whoever asks
         self._token: str | None = None
         self._token_error: str | None = None
-        self.cfg = cfg
-        self.backoff = Backoff(cfg.backoff_base_s, cfg.backoff_cap_s)
-        self.update_config(cfg)
+        # the settings attempts are made with, written only where attempts are made (`deliver_once`, under
+        # the attempt lock): a reload is offered to `_pending` and taken before the next attempt
+        self.config = Config().model_copy(update={"upload": cfg})
+        self._pending = PendingConfig()
+        self._use(cfg)
 
-    def update_config(self, cfg: UploadConfig) -> None:
-        """Live reload: the next attempt uses the new URL, token, TLS settings and backoff."""
-        self.cfg = cfg
+    @property
+    def cfg(self) -> UploadConfig:
+        return self.config.upload
+
+    def apply(self, new: Config, changed: frozenset[str]) -> None:
+        """Live part (any thread): the next attempt uses the new URL, token, TLS settings and backoff."""
+        self._pending.offer(new, changed)
+        self.wake()
+
+    def _take_config(self) -> None:
+        """Where attempts are made: the reloaded settings, if a reload offered them."""
+        taken = self._pending.take()
+        if taken is not None:
+            self.config = taken[0]
+            self._use(self.cfg)
+
+    def _use(self, cfg: UploadConfig) -> None:
         self.backoff = Backoff(cfg.backoff_base_s, cfg.backoff_cap_s)
         self._load_token()
         if cfg.url and cfg.url.startswith("https:") and not cfg.verify_tls:
@@ -100,7 +117,6 @@ class Uploader:
             log.warning("upload.verify_tls is false: the server's certificate is not checked url=%s", cfg.url)
         if bool(cfg.key_file) and not cfg.cert_file:
             log.warning("upload.key_file is set without upload.cert_file: no client certificate is sent")
-        self.wake()
 
     def _load_token(self) -> None:
         try:
@@ -170,6 +186,7 @@ class Uploader:
         """One attempt on the oldest clip if it is due; False when nothing was due (or no upload.url).
         The attempt ends by `deadline_mono` at the latest."""
         with self._attempt_lock:
+            self._take_config()
             if not self.cfg.url or self._stop.is_set():
                 return False
             entry = self.spool.next_due(time.monotonic())

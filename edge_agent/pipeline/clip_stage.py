@@ -51,6 +51,7 @@ class ClipStatus:
     encoders: tuple[EncoderStatus, ...]
     # why clips that need re-encoding go without video (every encoder failed the last); None: healthy
     encoding_error: str | None
+    config: Config | None = None  # the config the clip thread makes clips with (a reload's, once it took it)
 
 
 class ClipStage:
@@ -93,7 +94,8 @@ class ClipStage:
 
     def status(self) -> ClipStatus:
         maker = self.maker.status()
-        return ClipStatus(self.made, self.failed, self.dropped, self._count, maker.encoders, maker.encoding_error)
+        return ClipStatus(self.made, self.failed, self.dropped, self._count, maker.encoders, maker.encoding_error,
+                          self.cfg)
 
     def finish_by(self, deadline: float) -> None:
         """A stop: make the clips handed over until `deadline` (monotonic), then send the rest without

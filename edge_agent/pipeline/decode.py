@@ -20,6 +20,7 @@ import contextlib
 import logging
 import math
 import queue
+import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import av
 
 from edge_agent.capture.media import CameraPicture, GrayFrame, Packet, StreamInfo, luma, open_decoder, to_av_packet
 from edge_agent.config import Config
+from edge_agent.config.live import PendingConfig
 from edge_agent.metrics import Metrics
 from edge_agent.pipeline.base import END, FrameSlot
 from edge_agent.pipeline.keyframe_window import KeyframeWindow
@@ -66,6 +68,11 @@ class DecodeStatus:
     undecoded: int  # packets left undecoded at the end of a keyframe interval (detector.max_blind_s)
     errors: int
     threaded: bool = False  # frame threads: fast replay, or a camera's stream one core could not keep up with
+    # the configs in use: the capture thread's side (the keyframe window: detector.max_blind_s; a camera's
+    # own pictures picked at detector.rate_hz) and the decode thread's (its picks at detector.rate_hz)
+    feed_config: Config | None = None
+    config: Config | None = None
+    watched: bool = False  # a live view is looking: every frame is decoded
 
 
 class FramePicker:
@@ -114,16 +121,20 @@ class FramePicker:
 class DecodeStage:
     name = "decode"
 
-    def __init__(self, out: FrameSlot, metrics: Metrics, rate_hz: Callable[[], float],
-                 backpressure: Callable[[], Backpressure], cfg: Config | None = None,
-                 watched: Callable[[], bool] = lambda: False):
-        """`watched`: whether a live view is looking, when every frame is decoded whatever
-        detector.max_blind_s says (a picture that stops for half of each second is no view to aim by)."""
-        self.config = cfg  # what `rate_hz` was last taken from (None: built without a config)
-        self._watched = watched
+    def __init__(self, out: FrameSlot, metrics: Metrics, backpressure: Callable[[], Backpressure], cfg: Config):
+        # Two threads run this stage, each on the config it took last (written by that thread alone, a reload
+        # offered to each and taken at its next packet): the capture thread (`offer`: the keyframe window,
+        # detector.max_blind_s; a camera's own pictures, detector.rate_hz) and the decode thread (`run`: its
+        # picks, detector.rate_hz).
+        self.feed_config = cfg
+        self.config = cfg
+        self._feed_pending = PendingConfig()
+        self._pending = PendingConfig()
+        # set by the live view while someone looks (`watch`): every frame is then decoded whatever
+        # detector.max_blind_s says (a picture that stops for half of each second is no view to aim by)
+        self._watched = threading.Event()
         self.out = out
         self.metrics = metrics
-        self._rate_hz = rate_hz
         self._backpressure = backpressure
         drop = backpressure() is Backpressure.DROP
         self.inbox: queue.Queue[Any] = queue.Queue(LIVE_QUEUE_MAX if drop else REPLAY_QUEUE)
@@ -133,25 +144,33 @@ class DecodeStage:
         self._pictures = FramePicker()  # capture thread only: pictures that come without decoding
         # capture thread only: which packets of each keyframe interval are decoded at all
         self._window = KeyframeWindow()
-        self._max_blind_s = cfg.detector.max_blind_s if cfg is not None else 0.0
         self._window_stream: StreamInfo | None = None
         self.decoded = self.dropped = self.errors = self.undecoded = 0
         self._threaded = False  # written by the decode thread only, read by status()
 
     def apply(self, new: Config, changed: frozenset[str]) -> None:
-        """Live parts: detector.rate_hz, one number read by the capture thread (camera pictures) and the
-        decode thread at their next packet (replacing the reader whole keeps both consistent); and
-        detector.max_blind_s, a number the capture thread's keyframe window reads at the next keyframe."""
-        self.config = new
-        hz = new.detector.rate_hz
-        self._rate_hz = lambda: hz
-        self._max_blind_s = new.detector.max_blind_s
+        """Live part (any thread): offered to both threads, each takes it at its next packet."""
+        self._feed_pending.offer(new, changed)
+        self._pending.offer(new, changed)
+
+    def watch(self, watched: bool) -> None:
+        """The live view (its thread): someone is looking, or nobody is any more."""
+        if watched:
+            self._watched.set()
+        else:
+            self._watched.clear()
+
+    def _take_feed_config(self) -> None:
+        taken = self._feed_pending.take()
+        if taken is not None:
+            self.feed_config = taken[0]
 
     def offer(self, pkt: Packet) -> None:
         """Capture thread. The keyframe window first (detector.max_blind_s: the end of each interval is not
         decoded at all). BLOCK (fast replay) waits for room (deterministic); DROP (a camera) never waits:
         when the decoder falls behind, packets are dropped to it until the next keyframe (a P-frame without
         its references would decode to garbage); the ring keeps them all."""
+        self._take_feed_config()
         if pkt.stream is not self._window_stream:
             self._window_stream = pkt.stream
             self._window.reset()
@@ -180,14 +199,15 @@ class DecodeStage:
 
     def _blind_s(self) -> float:
         """Capture thread, at a keyframe: how much of this keyframe interval may go undecoded."""
-        return 0.0 if self._watched() else self._max_blind_s
+        return 0.0 if self._watched.is_set() else self.feed_config.detector.max_blind_s
 
     def offer_picture(self, picture: CameraPicture) -> None:
         """Capture thread: a camera's own picture of a frame (picamera2's lores stream), which needs no
         decoding. The same one-a-slot rule picks them, by capture time, before anything is copied: only
         the picked ones are taken out of the camera's buffer, straight into the detector's hand-off
         (which never waits for a camera)."""
-        if self._pictures.pick(picture.t, self._rate_hz()):
+        self._take_feed_config()
+        if self._pictures.pick(picture.t, self.feed_config.detector.rate_hz):
             self.out.put(picture.take())
 
     def _drop(self) -> None:
@@ -208,7 +228,8 @@ class DecodeStage:
             self.inbox.put_nowait(SESSION_END)
 
     def status(self) -> DecodeStatus:
-        return DecodeStatus(self.decoded, self.dropped, self.undecoded, self.errors, self._threaded)
+        return DecodeStatus(self.decoded, self.dropped, self.undecoded, self.errors, self._threaded,
+                            self.feed_config, self.config, self._watched.is_set())
 
     def run(self) -> None:
         info: StreamInfo | None = None
@@ -227,6 +248,8 @@ class DecodeStage:
                 continue
             if self._queued_t:
                 self._queued_t.popleft()
+            if (taken := self._pending.take()) is not None:
+                self.config = taken[0]
             if pkt.stream is not info:
                 info = pkt.stream
                 # a camera is paced: one decoding thread keeps up with it, and frame threads' own work
@@ -248,7 +271,7 @@ class DecodeStage:
                 decoder = open_decoder(info, threads=True, analysis=True)
                 skipping = False
             jumps = picker.jumps
-            wanted = picker.pick(pkt.t, self._rate_hz())
+            wanted = picker.pick(pkt.t, self.config.detector.rate_hz)
             if picker.jumps != jumps and picker.last_jump is not None:
                 log.log(logging.DEBUG if self._jump_logged else logging.WARNING,
                         "decode: capture time went back from t=%.3f to t=%.3f: frames are picked afresh (jumps=%d)",

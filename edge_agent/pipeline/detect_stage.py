@@ -50,6 +50,7 @@ class DetectStatus:
     events: int
     rejected: int
     last_detect_ms: float
+    config: Config | None = None  # the config the detect thread runs on (a reload's, once it took it)
 
 
 class DetectStage:
@@ -107,7 +108,7 @@ class DetectStage:
 
     def status(self) -> DetectStatus:
         return DetectStatus(self.detector.name, self.analysed, self.sightings, self.events, self.rejected,
-                            round(self.detector.last_ms, 2))
+                            round(self.detector.last_ms, 2), self.cfg)
 
     def run(self) -> None:
         while True:

@@ -32,10 +32,10 @@ from edge_agent.pipeline.clip_stage import ClipStage, ClipStatus
 from edge_agent.pipeline.decode import DecodeStage, DecodeStatus
 from edge_agent.pipeline.detect_stage import DetectStage, DetectStatus
 from edge_agent.pipeline.events import Action, EventLog, EventSnapshot, OpenEvent
-from edge_agent.pipeline.noreads import NoReads
+from edge_agent.pipeline.noreads import NoReads, NoReadStore
 from edge_agent.pipeline.ring import Recording, RingBuffer, RingStatus
 from edge_agent.pipeline.track import SightingLog
-from edge_agent.pipeline.view_feed import ReadTally
+from edge_agent.pipeline.view_feed import ReadTally, Thumbnails, ViewerSlot
 from edge_agent.stage import Backpressure, Failure, FailureBox, StageThread
 
 log = logging.getLogger("edge_agent.pipeline")
@@ -74,6 +74,21 @@ class Retention:
 
 
 @dataclass(frozen=True)
+class ViewFeed:
+    """What the live view takes from a running pipeline, and the one thing it tells it: that someone is
+    looking (`watch`), when the decode stage decodes every frame (a picture that stops for half of each
+    second is no view to aim by)."""
+
+    viewer: ViewerSlot  # the newest analysed frame and what was found in it, while someone looks
+    thumbs: Thumbnails  # each recent event's first sighting
+    noreads: NoReadStore  # located codes nothing read, with their pictures
+    tally: ReadTally  # reads and no-reads of the last hour
+    status: Callable[[], PipelineStatus]
+    events: Callable[[], list[EventSnapshot]]  # the recent events, oldest first
+    watch: Callable[[bool], None]
+
+
+@dataclass(frozen=True)
 class PipelineStatus:
     capture: CaptureStatus
     ring: RingStatus
@@ -107,11 +122,10 @@ class Pipeline:
         self.track = SightingLog(Retention.track_keep_s(cfg))
         self.frames = FrameSlot(self.backpressure, metrics=self.metrics)
         self.retention = Retention(cfg, self.ring, self.track)
-        self.decode = DecodeStage(self.frames, self.metrics, lambda: cfg.detector.rate_hz, self.backpressure, cfg,
-                                  watched=lambda: self.detect.viewer.wanted)
-        self.detect = DetectStage(cfg, self.frames, self.ring, self.metrics, self._on_sighting,
-                                  NoReads(cfg, self.metrics, self._noread_listener(on_noread)), self.track,
-                                  sink.detected)
+        self.decode = DecodeStage(self.frames, self.metrics, self.backpressure, cfg)
+        self.noreads = NoReads(cfg, self.metrics, self._noread_listener(on_noread))
+        self.detect = DetectStage(cfg, self.frames, self.ring, self.metrics, self._on_sighting, self.noreads,
+                                  self.track, sink.detected)
         self.clips = ClipStage(cfg, sink, self.metrics, self.events, on_event, self.backpressure, self.track)
         self.capture = CaptureSupervisor(cfg, self.metrics, self.failures, self._on_session, videos or ())
         self.ready = self.capture.ready
@@ -201,6 +215,11 @@ class Pipeline:
     @property
     def events_total(self) -> int:
         return self.detect.events
+
+    def view_feed(self) -> ViewFeed:
+        """The narrow feed the live view reads (and the decode stage's watched flag it sets)."""
+        return ViewFeed(self.detect.viewer, self.detect.thumbs, self.noreads.store, self.tally, self.status,
+                        self.events.snapshot, self.decode.watch)
 
     def status(self) -> PipelineStatus:
         return PipelineStatus(self.capture.status(), self.ring.status(), self.decode.status(), self.detect.status(),

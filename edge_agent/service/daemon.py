@@ -39,7 +39,8 @@ TICK_S = 1.0
 
 class Daemon:
     def __init__(self, cfg: Config, path: str | None, watch: bool = True):
-        self.cfg = cfg
+        from edge_agent.app import Agent
+
         self.path = path
         self.watch = watch  # reload when the config file is saved, besides SIGHUP
         self.metrics = Metrics()
@@ -52,6 +53,9 @@ class Daemon:
         self.live_view: Any = None  # with the web server: the technician's live view
         self._last_reload = "none"  # none | applied | refused, for /healthz (a status, never the error text)
         self._stuck = False  # the capture thread is past its bound: no WATCHDOG=1 (said once per change)
+        self.fps = 0.0  # frames a second over the main loop's last tick
+        # the composition root: the one holder of the running config; parts are built by `build`
+        self.agent = Agent(cfg, self.metrics)
         self._config_loaded(cfg)
         self._clock()
 
@@ -107,7 +111,6 @@ class Daemon:
         from edge_agent.service.reload import describe_changes
 
         old, new = done.old, done.new
-        self.cfg = new
         self._config_loaded(new)
         self.metrics.inc("edge_agent_config_reloads_total", result="applied")
         self._last_reload = "applied"
@@ -128,8 +131,13 @@ class Daemon:
                               source_kind=cfg.source.kind, config_sha256=config_sha256(cfg))
 
     @property
+    def cfg(self) -> Config:
+        """The running config, as the composition root holds it (a reload replaces it there)."""
+        return self.agent.cfg
+
+    @property
     def config(self) -> Config:
-        return self.cfg
+        return self.agent.cfg
 
     def apply(self, new: Config, changed: frozenset[str]) -> None:
         """Live part: the log level, and the device's name and site in edge_agent_info."""
@@ -162,7 +170,8 @@ class Daemon:
         self._wakeup.on_signals()  # a signal that came before this is already in _stop/_reload
         code = const.EXIT_SOFTWARE  # an exception escaping start or the loop
         try:
-            self.start(access)
+            self.build(access)
+            self.start()
             code = self._loop()
         finally:
             if not self.shutdown() and code == const.EXIT_OK:
@@ -170,14 +179,11 @@ class Daemon:
             self._wakeup.close()
         return code
 
-    def start(self, access: Any = None) -> None:
-        """Build and start the parts (the web server only with `access`); `shutdown()` stops whatever
-        was built, also after a failure half-way."""
-        from edge_agent.app import Agent
+    def build(self, access: Any = None) -> None:
+        """Build the parts through the composition root, in order (the web server only with `access`);
+        `shutdown()` stops whatever was built, also after a failure half-way."""
         from edge_agent.pipeline.events import EventLog
 
-        cfg = self.cfg
-        self.agent = Agent(cfg, self.metrics)
         self.agent.take_live("service", ("log_level", "device_id", "site"), self)
         self.spool = self.agent.spool()  # recovery happens here, before READY
         # recent events and their delivery state, for the live view
@@ -190,8 +196,13 @@ class Daemon:
             from edge_agent.service.reload import ConfigWatcher
 
             self._watcher = ConfigWatcher(Path(self.path), self._reloaded, self._refused)
-            self._watcher.start()
             self.agent.add_part("config watcher", lambda _s: self._watcher.stop())
+
+    def start(self) -> None:
+        """Start what `build` made: the config watcher, the uploader, the pipeline."""
+        cfg = self.cfg
+        if self._watcher is not None:
+            self._watcher.start()
         self.uploader.start()
         self.pipeline.start()
         # whether saving the file reloads it (otherwise only SIGHUP does): said from the watcher itself
@@ -205,7 +216,7 @@ class Daemon:
 
         cfg = self.cfg
         try:
-            view = daemon_view(cfg, self.pipeline, self.spool, self.metrics)
+            view = daemon_view(cfg, self.pipeline.view_feed(), self.spool, lambda: self.fps)
             self.live_view = view
             self.agent.take_live("live view", ("device_id", "detector"), view)
             self._metrics_server = WebServer(self.metrics, cfg.http.host, cfg.http.port, self._health, view=view,
@@ -293,12 +304,26 @@ class Daemon:
                 + (f" source=away({away:.0f}s)" if away is not None else "")
                 + (f" source_error={st.capture.source_error}" if st.capture.source_error else "")
                 + (" clip_encoding=down" if st.clips.encoding_error else ""))
-            self.metrics.set("edge_agent_fps", round(fps, 2))
+            self.fps = round(fps, 2)
+            self.metrics.set("edge_agent_fps", self.fps)
             self._clock()
             if self.pipeline.wait(0):
                 log.info("source finished (file source without loop): stopping")
                 break
         return const.EXIT_OK
+
+    def _queued(self) -> int:
+        """Reads left in the spool once every part has stopped, read from its files."""
+        from edge_agent.delivery.spool import Spool, SpoolError
+
+        try:
+            reader = Spool.open_reader(self.cfg.spool)
+        except (SpoolError, OSError):
+            return 0
+        try:
+            return reader.status().clips
+        finally:
+            reader.close()
 
     def shutdown(self) -> bool:
         """Parts stop in the reverse of the order they were built: the watcher and HTTP first, then
@@ -307,7 +332,7 @@ class Daemon:
         so (exit 70) rather than claim success."""
         self.notifier.stopping()
         self.agent.close(STOP_BUDGET_S)
-        n = int(self.metrics.get("edge_agent_spool_clips"))
+        n = self._queued()
         when = "at the next start" if self.cfg.upload.url else "once upload.url is set"
         pipeline = getattr(self, "pipeline", None)  # none if the start failed before it was built
         if pipeline is not None and not pipeline.drained:

@@ -31,8 +31,7 @@ from edge_agent.thread_names import name_os_thread
 
 if TYPE_CHECKING:
     from edge_agent.delivery.spool import Spool
-    from edge_agent.metrics import Metrics
-    from edge_agent.pipeline.wiring import Pipeline
+    from edge_agent.pipeline.wiring import ViewFeed
 
 JPEG_QUALITY = 75
 EVENTS_SHOWN = 20
@@ -79,9 +78,13 @@ def mjpeg_part(jpeg: bytes) -> bytes:
 class LiveView:
     def __init__(self, cfg: Config, viewer: ViewerSlot, *, source: Callable[[], str],
                  decode_ms: Callable[[], float], status: Callable[[], dict[str, Any]] | None = None,
-                 thumbs: Thumbnails | None = None, noreads: NoReadStore | None = None):
+                 thumbs: Thumbnails | None = None, noreads: NoReadStore | None = None,
+                 watch: Callable[[bool], None] = lambda _on: None):
+        """`watch(True)` when the first viewer comes, `watch(False)` when the last has gone (the daemon's
+        decode stage then decodes every frame)."""
         self._rules = ViewRules.of(cfg)
         self.viewer = viewer
+        self._watch = watch
         self._source = source
         self._decode_ms = decode_ms
         self._status = status or (lambda: {})
@@ -146,6 +149,7 @@ class LiveView:
     def _start_renderer(self) -> None:
         with self._cond:
             if self._renderer is None and not self._closed.is_set():
+                self._watch(True)
                 self._renderer = threading.Thread(target=self._render_loop, name="live-render", daemon=True)
                 self._renderer.start()
 
@@ -159,6 +163,7 @@ class LiveView:
                     with self._cond:
                         if self._closed.is_set() or not self.viewer.wanted:
                             self._renderer = None
+                            self._watch(False)
                             return
                 seq, item = self.viewer.latest()
                 shown = self._shown
@@ -173,6 +178,7 @@ class LiveView:
             with self._cond:  # ended by an error too: the next viewer starts another
                 if self._renderer is threading.current_thread():
                     self._renderer = None
+                    self._watch(False)
 
     def _render(self, seq: int, item: tuple[Any, Any]) -> Rendered | None:
         frame, result = item
@@ -237,30 +243,32 @@ def event_state(ev: EventSnapshot, quarantine_reason: str | None) -> dict[str, A
     return {"state": state.value, "reason": None}
 
 
-def daemon_view(cfg: Config, pipeline: Pipeline, spool: Spool, metrics: Metrics) -> LiveView:
-    """The daemon's live view: frames from the detect stage, events, read rate, spool, no-reads."""
+def daemon_view(cfg: Config, feed: ViewFeed, spool: Spool, fps: Callable[[], float]) -> LiveView:
+    """The daemon's live view: frames from the detect stage, events, read rate, spool, no-reads, all from
+    the pipeline's feed; `fps` the frame rate the daemon measured over its last tick."""
 
     def status() -> dict[str, Any]:
-        st = pipeline.status()
+        st = feed.status()
         sp = spool.status()
-        recent = pipeline.events.snapshot()[-EVENTS_SHOWN:]
-        thumbs = pipeline.detect.thumbs
+        recent = feed.events()[-EVENTS_SHOWN:]
         events = [{"cid": ev.cid, "event_id": ev.event_id, "detected_at": ev.detected_at,
-                   "thumbnail": f"/thumbs/{ev.event_id}.jpg" if thumbs.get(ev.event_id) else None,
+                   "thumbnail": f"/thumbs/{ev.event_id}.jpg" if feed.thumbs.get(ev.event_id) else None,
                    **event_state(ev, sp.quarantine_reason)} for ev in reversed(recent)]
         return {
             "mode": "daemon", "device_id": view.config.device_id,
-            "source": {"describe": st.capture.describe, "live": st.capture.camera, "fps": metrics.get("edge_agent_fps"),
+            "source": {"describe": st.capture.describe, "live": st.capture.camera, "fps": fps(),
                        "nominal_fps": st.capture.fps, "frames": st.capture.frames, "dropped": st.decode.dropped,
                        "error": st.capture.source_error},
-            "reads": pipeline.tally.rates(),
-            "events_total": pipeline.events_total,
+            "reads": feed.tally.rates(),
+            "events_total": st.detect.events,
             "events": events,
             "spool": asdict(sp),
         }
 
-    view = LiveView(cfg, pipeline.detect.viewer,
-                    source=lambda: pipeline.status().capture.describe or cfg.source.kind,
-                    decode_ms=lambda: pipeline.detect.status().last_detect_ms, status=status,
-                    thumbs=pipeline.detect.thumbs, noreads=pipeline.detect.noreads.store)
+    def source() -> str:
+        st = feed.status().capture
+        return st.describe or (st.config.source.kind if st.config is not None else cfg.source.kind)
+
+    view = LiveView(cfg, feed.viewer, source=source, decode_ms=lambda: feed.status().detect.last_detect_ms,
+                    status=status, thumbs=feed.thumbs, noreads=feed.noreads, watch=feed.watch)
     return view
