@@ -200,5 +200,5 @@ def test_every_link_leads_to_a_file_or_heading_of_this_repository() -> None:
 def test_every_benchmark_script_is_described() -> None:
     page = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
     scripts = sorted(p.name for p in (ROOT / "benchmarks").iterdir() if p.suffix in (".py", ".sh"))
-    missing = [s for s in scripts if f"`{s}" not in page]
-    assert scripts and not missing, f"docs/benchmarks.md does not describe: {missing}"
+    missing = [s for s in scripts if not re.search(rf"^\| `{re.escape(s)}[ `]", page, re.M)]
+    assert scripts and not missing, f"docs/benchmarks.md has no row of its own for: {missing}"
