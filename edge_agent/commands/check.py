@@ -252,7 +252,7 @@ def check_server(cfg: Config) -> Result:
                       f"{parts.scheme}://{netloc}{contract.CID_PATH}", data)
     if code in (401, 403):
         hint = ("the server refused the token: check the token in upload.token_file (or the systemd credential)"
-                if token else "the server wants a token: set upload.token_file (see README, 'Install as a service')")
+                if token else "the server wants a token: set upload.token_file (see README, 'Install on a device')")
         return Result("server", FAIL, said, hint, data)
     if 200 <= code < 300:
         return Result("server", FAIL, f"{said}: it accepted a request with no cid",

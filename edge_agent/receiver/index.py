@@ -8,7 +8,7 @@ same transaction as each row. The total is a sum over a few hundred day counts a
 `skip` deep in the list is located by walking the day counts, then that day's 24 hour counts, so
 the database only steps over the rows of one hour, never over the hundreds of thousands before it
 (SQL OFFSET over a million rows alone takes ~50 ms). Newest first: `ORDER BY created_at DESC, id
-DESC` (see README for why).
+DESC` (docs/receiver.md says why).
 """
 
 from __future__ import annotations
