@@ -50,7 +50,7 @@ class Report:
     clipped_dark: float
     clipped_bright: float
     sharpness: float
-    decode_ms: float
+    detect_ms: float
     codes: list[CodeReport] = field(default_factory=list)
     # symbols located but not read (no-reads in the making): outlined orange
     unread: list[list[tuple[int, int]]] = field(default_factory=list)
@@ -85,7 +85,7 @@ class Report:
         return {"source": self.source, "t": round(self.t, 3), "width": self.width, "height": self.height,
                 "mean": round(self.mean, 1), "clipped_dark": round(self.clipped_dark, 4),
                 "clipped_bright": round(self.clipped_bright, 4), "sharpness": round(self.sharpness, 1),
-                "decode_ms": round(self.decode_ms, 2),
+                "detect_ms": round(self.detect_ms, 2),
                 "codes": [{"text": escape_payload(c.text), "valid": c.valid, "modules": c.modules,
                            "px_per_module": c.px_per_module, "sharpness": round(c.sharpness, 1),
                            "sharpness_scale": sharpness_scale(c.sharpness)} for c in self.codes],
@@ -101,10 +101,10 @@ def sharpness_scale(value: float) -> str:
 
 
 def report_from(gray: np.ndarray, result: DetectResult, validator: CidValidator, source: str, t: float,
-                decode_ms: float) -> Report:
+                detect_ms: float) -> Report:
     """The figures for a frame the detector has already seen (`result` is what it found there)."""
     h, w = gray.shape
-    rep = Report(source, t, w, h, *exposure(gray), sharpness(gray), decode_ms)
+    rep = Report(source, t, w, h, *exposure(gray), sharpness(gray), detect_ms)
     for det in result:
         ppm, sharp = code_figures(gray, det.polygon, det.modules)
         rep.codes.append(CodeReport(payload_text(det.payload), validator.from_payload(det.payload) is not None,
@@ -152,7 +152,7 @@ def annotate(bgr: np.ndarray, rep: Report, cfg: Config) -> np.ndarray:
         x, y = min(q[0] for q in c.polygon), max(0, min(q[1] for q in c.polygon) - 10)
         cv2.putText(img, label, (x, max(20, y)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 3)
         cv2.putText(img, label, (x, max(20, y)), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thick)
-    legend = (f"mean {rep.mean:.0f}  sharpness {rep.sharpness:.0f}  decode {rep.decode_ms:.1f} ms  "
+    legend = (f"mean {rep.mean:.0f}  sharpness {rep.sharpness:.0f}  detect {rep.detect_ms:.1f} ms  "
               f"green: CID  red: rejected  orange: no read  blue: ROI")
     cv2.rectangle(img, (0, h - int(40 * scale)), (w, h), (0, 0, 0), -1)
     cv2.putText(img, legend, (10, h - int(12 * scale)), cv2.FONT_HERSHEY_SIMPLEX, scale * 0.8, (255, 255, 255), 1)

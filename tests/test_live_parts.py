@@ -75,7 +75,7 @@ def test_the_live_view_tells_the_decode_stage_while_someone_watches(tmp_path: Pa
     pipeline = Pipeline(cfg, FolderSink(tmp_path / "clips"))
     feed = pipeline.view_feed()
     feed.viewer.ttl_s = 0.5
-    view = LiveView(cfg, feed.viewer, source=lambda: "sample", decode_ms=lambda: 0.0, watch=feed.watch)
+    view = LiveView(cfg, feed.viewer, source=lambda: "sample", detect_ms=lambda: 0.0, watch=feed.watch)
     pipeline.start()
     try:
         assert pipeline.ready.wait(10) and not pipeline.status().decode.watched

@@ -63,7 +63,7 @@ def print_report(rep: Report, out: Path | None = None, stream: Any = None) -> No
     print(f"source {rep.source} at {rep.t:.2f} s, {rep.width}x{rep.height}", file=stream)
     print(f"exposure: mean {rep.mean:.0f}/255, {rep.clipped_dark:.1%} black, {rep.clipped_bright:.1%} white; "
           f"sharpness (Laplacian variance) {rep.sharpness:.0f} for the whole image (scene-dependent: compare "
-          f"readings while turning the lens, higher is sharper); decode {rep.decode_ms:.1f} ms", file=stream)
+          f"readings while turning the lens, higher is sharper); detect {rep.detect_ms:.1f} ms", file=stream)
     for c in rep.codes:
         state = "CID" if c.valid else "REJECTED"
         ppm = f"{c.px_per_module:.1f} px/module" if c.px_per_module else "? px/module"
@@ -166,7 +166,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             rep = analyse(luma(frame), agent, detector, reader.src.describe, t)
             codes = "; ".join(f"{escape_payload(c.text, 24)} {c.px_per_module or 0:.1f}px/mod sharp {c.sharpness:.0f}"
                               for c in rep.codes) or "no code"
-            print(f"t={t:6.2f}  mean {rep.mean:3.0f}  sharp {rep.sharpness:6.0f}  decode {rep.decode_ms:5.1f} ms  "
+            print(f"t={t:6.2f}  mean {rep.mean:3.0f}  sharp {rep.sharpness:6.0f}  detect {rep.detect_ms:5.1f} ms  "
                   f"{codes}  | {rep.advice()[0]}", flush=True)
             n += 1
             if args.count and n >= args.count:

@@ -46,11 +46,11 @@ def serve(cfg: Config, port: int | None) -> int:
 
     def status() -> dict[str, Any]:
         return {"mode": "tune", "device_id": cfg.device_id,
-                "source": {"describe": reader.src.describe, "live": reader.camera, "fps": counts["fps"],
+                "source": {"describe": reader.src.describe, "camera": reader.camera, "fps": counts["fps"],
                            "frames": counts["frames"], "dropped": None, "error": None},
                 "reads": None, "events": [], "spool": None}
 
-    view = LiveView(cfg, viewer, source=lambda: reader.src.describe, decode_ms=lambda: detector.last_ms,
+    view = LiveView(cfg, viewer, source=lambda: reader.src.describe, detect_ms=lambda: detector.last_ms,
                     status=status)
     try:
         server = WebServer(None, http.host, http.port, view=view, access=access)

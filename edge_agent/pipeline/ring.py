@@ -66,9 +66,9 @@ class Recording:
     packets: list[Packet] = field(default_factory=list)
     session: int = 0  # the source session its packets come from
     done: bool = False
-    truncated_start: bool = False  # the ring did not hold `start_t`: pre-roll is short
-    # why the start is short: "start_of_video" (the video began after start_t), "ring" (evicted)
-    truncated_start_reason: str | None = None
+    # why it starts after `start_t` (the pre-roll is short): "start_of_video" (the video began later), "ring"
+    # (evicted); None: it starts there
+    truncated_start: str | None = None
     truncated_end: str | None = None  # why it ended before end_t: "shutdown", "source_restart", ...
     dropped: str | None = None  # why its video was let go before a clip was made
     # handed over by a flush (stop, source restart) with every other open recording at once: its
@@ -82,9 +82,7 @@ class Recording:
     @property
     def truncated(self) -> str | None:
         """What cut the clip short, for its metadata; None when it shows all it should."""
-        if self.truncated_start:
-            return self.truncated_start_reason or "start_of_video"
-        return self.truncated_end
+        return self.truncated_start or self.truncated_end
 
 
 @dataclass
@@ -251,9 +249,9 @@ class RingBuffer:
             i = next((j for j in range(len(pkts) - 1, -1, -1) if pkts[j].keyframe and pkts[j].t < edge), -1)
             if i < 0:
                 i = next((j for j, p in enumerate(pkts) if p.keyframe), len(pkts))
-                rec.truncated_start = bool(pkts)  # an empty ring: the video has not begun, nothing is lost yet
-                before_video = first_t is None or start_t < first_t
-                rec.truncated_start_reason = "start_of_video" if before_video else "ring"
+                if pkts:  # an empty ring: the video has not begun, nothing is lost yet
+                    before_video = first_t is None or start_t < first_t
+                    rec.truncated_start = "start_of_video" if before_video else "ring"
             rec.packets = pkts[i:]
             # detector lag may already have carried the ring past end_t: finish it now
             past = next((j for j, p in enumerate(rec.packets) if j and p.t >= end_t + REORDER_S), None)

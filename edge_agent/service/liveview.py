@@ -77,7 +77,7 @@ def mjpeg_part(jpeg: bytes) -> bytes:
 
 class LiveView:
     def __init__(self, cfg: Config, viewer: ViewerSlot, *, source: Callable[[], str],
-                 decode_ms: Callable[[], float], status: Callable[[], dict[str, Any]] | None = None,
+                 detect_ms: Callable[[], float], status: Callable[[], dict[str, Any]] | None = None,
                  thumbs: Thumbnails | None = None, noreads: NoReadStore | None = None,
                  watch: Callable[[bool], None] = lambda _on: None):
         """`watch(True)` when the first viewer comes, `watch(False)` when the last has gone (the daemon's
@@ -86,7 +86,7 @@ class LiveView:
         self.viewer = viewer
         self._watch = watch
         self._source = source
-        self._decode_ms = decode_ms
+        self._detect_ms = detect_ms
         self._status = status or (lambda: {})
         self.thumbs = thumbs
         self.noreads = noreads
@@ -183,7 +183,7 @@ class LiveView:
     def _render(self, seq: int, item: tuple[Any, Any]) -> Rendered | None:
         frame, result = item
         rules = self._rules  # one picture, one set of rules
-        rep = report_from(frame.gray, result, rules.validator, self._source(), frame.t, self._decode_ms())
+        rep = report_from(frame.gray, result, rules.validator, self._source(), frame.t, self._detect_ms())
         img = annotate(cv2.cvtColor(frame.gray, cv2.COLOR_GRAY2BGR), rep, rules.cfg)
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:  # a picture the encoder refuses: the viewers keep the last one
@@ -256,7 +256,7 @@ def daemon_view(cfg: Config, feed: ViewFeed, spool: Spool, fps: Callable[[], flo
                    **event_state(ev, sp.quarantine_reason)} for ev in reversed(recent)]
         return {
             "mode": "daemon", "device_id": view.config.device_id,
-            "source": {"describe": st.capture.describe, "live": st.capture.camera, "fps": fps(),
+            "source": {"describe": st.capture.describe, "camera": st.capture.camera, "fps": fps(),
                        "nominal_fps": st.capture.fps, "frames": st.capture.frames, "dropped": st.decode.dropped,
                        "error": st.capture.source_error},
             "reads": feed.tally.rates(),
@@ -269,6 +269,6 @@ def daemon_view(cfg: Config, feed: ViewFeed, spool: Spool, fps: Callable[[], flo
         st = feed.status().capture
         return st.describe or (st.config.source.kind if st.config is not None else cfg.source.kind)
 
-    view = LiveView(cfg, feed.viewer, source=source, decode_ms=lambda: feed.status().detect.last_detect_ms,
+    view = LiveView(cfg, feed.viewer, source=source, detect_ms=lambda: feed.status().detect.last_detect_ms,
                     status=status, thumbs=feed.thumbs, noreads=feed.noreads, watch=feed.watch)
     return view
