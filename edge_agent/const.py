@@ -88,9 +88,8 @@ CLIP_STOP_RESERVE_S = 3.0
 CLIP_HURRY_BACKLOG = 4
 
 # Sightings kept for clip tracks beyond the longest clip: the clip stage's backlog may run this far
-# behind detection. And how long the clip stage waits for detection to reach a recording's end.
+# behind detection.
 TRACK_MARGIN_S = 60.0
-TRACK_WAIT_S = 5.0
 
 # Events the running pipeline remembers (for status and the live view); older ones are only in the logs.
 RECENT_EVENTS = 100

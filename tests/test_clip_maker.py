@@ -13,15 +13,16 @@ import pytest
 from edge_agent.capture.media import Packet
 from edge_agent.capture.source import AvSource
 from edge_agent.config import ClipConfig, SourceConfig
+from edge_agent.pipeline.base import Finished
 from edge_agent.pipeline.clip_maker import ClipError, ClipMaker, validate
 from edge_agent.pipeline.edit_list import EditListError, end_presentation
-from edge_agent.pipeline.ring import Recording, RingBuffer
+from edge_agent.pipeline.ring import RingBuffer
 from tests.media_factory import make_video
 
 
-def record(video: Path, start_t: float, end_t: float) -> Recording:
+def record(video: Path, start_t: float, end_t: float) -> Finished:
     """Read a real file through the real source into the ring and cut one recording."""
-    done: list[Recording] = []
+    done: list[Finished] = []
     ring = RingBuffer(60.0, 1 << 30, done.append)
     src = AvSource(SourceConfig(kind="file", path=str(video)))
     src.open()
@@ -165,7 +166,7 @@ def test_a_whole_gop_of_lead_in_that_the_reader_drops_is_still_a_valid_remux(h26
     the frames presented (90 of 90), not the samples stored (more), and keeps the remux."""
     rec = record(h264_video, start_t=2.5, end_t=6.0)
     assert rec.packets[0].t == 2.0
-    rec.start_t = 3.0
+    rec = dataclasses.replace(rec, start_t=3.0)
     result = ClipMaker(ClipConfig()).make(rec, tmp_path / "clip.mp4")
     assert result.remuxed and result.info.frames == 90
     with av.open(str(result.path)) as c:
@@ -191,8 +192,9 @@ def test_a_timestamp_jump_that_cannot_be_remuxed_is_re_encoded(h264_video: Path,
     rec = record(h264_video, start_t=1.0, end_t=5.0)
     half = len(rec.packets) // 2
     jump = rec.packets[half].pts  # the second half's timestamps start again from zero
-    rec.packets[half:] = [dataclasses.replace(p, pts=p.pts - jump, dts=None if p.dts is None else p.dts - jump)
-                          for p in rec.packets[half:]]
+    rec = dataclasses.replace(rec, packets=rec.packets[:half] + tuple(
+        dataclasses.replace(p, pts=p.pts - jump, dts=None if p.dts is None else p.dts - jump)
+        for p in rec.packets[half:]))
     result = ClipMaker(ClipConfig()).make(rec, tmp_path / "clip.mp4")
     assert not result.remuxed and result.encoder == "libx264"
     pts = pts_of(result.path)
@@ -208,7 +210,8 @@ def test_a_capture_clock_step_of_a_few_ms_is_one_moment_when_a_15_fps_clip_is_en
     rec = record(video, start_t=0.5, end_t=3.5)
     step = len(rec.packets) // 2
     shift = rec.packets[step].t - rec.packets[step - 1].t - 0.002  # frame `step` 2 ms after the one before
-    rec.packets[step:] = [dataclasses.replace(p, t=p.t - shift) for p in rec.packets[step:]]
+    rec = dataclasses.replace(rec, packets=rec.packets[:step] + tuple(
+        dataclasses.replace(p, t=p.t - shift) for p in rec.packets[step:]))
     result = ClipMaker(ClipConfig(width=320)).make(rec, tmp_path / "clip.mp4")
     assert not result.remuxed and result.encoder == "libx264"
     assert 43 <= result.info.frames <= 45  # 3 s at 15 fps, the frame 2 ms after another one dropped

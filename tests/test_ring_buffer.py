@@ -3,9 +3,12 @@ start on a keyframe at or before the wanted start."""
 
 from __future__ import annotations
 
+import math
+
 from edge_agent.capture.media import Packet
 from edge_agent.metrics import Metrics
-from edge_agent.pipeline.ring import Recording, RingBuffer
+from edge_agent.pipeline.base import Finished
+from edge_agent.pipeline.ring import RingBuffer
 
 FPS = 30
 GOP = 30  # a keyframe every second
@@ -15,10 +18,13 @@ def pkt(i: int, size: int = 1000) -> Packet:
     return Packet(b"\0" * size, i, i, i % GOP == 0, i / FPS, 1000.0 + i / FPS, stream=None)  # type: ignore[arg-type]
 
 
-def make(keep_s: float = 9.0, max_bytes: int = 1 << 30) -> tuple[RingBuffer, list[Recording], Metrics]:
-    done: list[Recording] = []
+def make(keep_s: float = 9.0, max_bytes: int = 1 << 30) -> tuple[RingBuffer, list[Finished], Metrics]:
+    """A ring whose detection is never behind: a recording is handed over once its packets are in."""
+    done: list[Finished] = []
     m = Metrics()
-    return RingBuffer(keep_s, max_bytes, done.append, m), done, m
+    ring = RingBuffer(keep_s, max_bytes, done.append, m)
+    ring.analysed(math.inf)
+    return ring, done, m
 
 
 def test_ring_is_bounded_in_seconds_by_whole_gops() -> None:
@@ -47,7 +53,7 @@ def test_recording_starts_on_last_keyframe_at_or_before_start() -> None:
     assert rec.truncated_start is None
     for i in range(int(6.5 * FPS), 9 * FPS):
         ring.offer(pkt(i))
-    assert done == [rec] and rec.done
+    assert [d.key for d in done] == [rec.key] and rec.done
     assert rec.packets[-1].t <= 7.0 and rec.packets[-1].t > 7.0 - 2 / FPS
 
 
@@ -76,7 +82,7 @@ def test_extend_pushes_the_end_back_until_the_recording_finishes() -> None:
     assert ring.extend("ev", 6.0)
     for i in range(3 * FPS, 8 * FPS):
         ring.offer(pkt(i))
-    assert done == [rec]
+    assert [d.key for d in done] == [rec.key]
     assert 5.9 < rec.packets[-1].t <= 6.0
     assert not ring.extend("ev", 9.0)  # already finished
 
@@ -86,7 +92,7 @@ def test_detector_lag_past_the_end_cuts_immediately() -> None:
     for i in range(8 * FPS):
         ring.offer(pkt(i))
     rec = ring.start_recording("ev", start_t=1.0, end_t=3.0)
-    assert rec.done and done == [rec]
+    assert rec.done and [d.key for d in done] == [rec.key]
     assert rec.packets[-1].t <= 3.0
 
 
@@ -108,7 +114,7 @@ def test_flush_finishes_open_recordings_with_what_they_have() -> None:
         ring.offer(pkt(i))
     rec = ring.start_recording("ev", 1.0, 100.0)
     ring.end()
-    assert done == [rec] and rec.packets[-1].t == (4 * FPS - 1) / FPS
+    assert [d.key for d in done] == [rec.key] and rec.packets[-1].t == (4 * FPS - 1) / FPS
 
 
 def test_a_recording_holds_what_is_shown_in_its_time_range_and_no_more() -> None:
@@ -159,3 +165,33 @@ def test_a_recording_complete_when_flushed_is_not_truncated() -> None:
     ring.end()
     (rec,) = done
     assert rec.truncated is None and len(rec.packets) == FPS
+
+
+def test_a_recording_is_handed_over_once_detection_has_analysed_past_its_end() -> None:
+    """Its packets all in is not enough: its clip's track needs every frame up to its end analysed."""
+    done: list[Finished] = []
+    ring = RingBuffer(9.0, 1 << 30, done.append)
+    for i in range(2 * FPS):
+        ring.offer(pkt(i))
+    ring.start_recording("ev", 1.0, 3.0)
+    for i in range(2 * FPS, 4 * FPS):  # capture is past the end (and the reorder margin)
+        ring.offer(pkt(i))
+    ring.analysed(2.9)
+    assert done == [] and ring.status().open_recordings == 1  # detection is behind: held
+    ring.analysed(3.0)
+    assert [d.key for d in done] == ["ev"] and done[0].packets[-1].t < 3.0
+    assert ring.status().open_recordings == 0
+
+
+def test_a_flush_hands_over_recordings_detection_has_not_reached() -> None:
+    done: list[Finished] = []
+    ring = RingBuffer(9.0, 1 << 30, done.append)
+    for i in range(2 * FPS):
+        ring.offer(pkt(i))
+    ring.start_recording("held", 0.5, 1.5)  # complete, waiting for detection
+    ring.start_recording("open", 1.0, 5.0)
+    for i in range(2 * FPS, 3 * FPS):
+        ring.offer(pkt(i))
+    ring.end("shutdown")
+    assert {d.key for d in done} == {"held", "open"}
+    assert next(d for d in done if d.key == "open").truncated_end == "shutdown"

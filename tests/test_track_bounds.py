@@ -126,14 +126,6 @@ def test_a_code_located_unread_just_before_its_first_read_was_not_read_first() -
     assert log.track("A", first, 0.0, 5.0, 0.0)[2].read_first_seen is True
 
 
-def test_waiting_for_detection_ends_when_it_reaches_the_time_or_finishes() -> None:
-    log = SightingLog(keep_s=60)
-    frame(log, 1.0, [])
-    assert log.wait_analysed(1.0, 0) and not log.wait_analysed(2.0, 0)
-    log.finish()
-    assert log.wait_analysed(2.0, 0)
-
-
 def test_the_metadata_schema_in_docs_is_the_contract() -> None:
     schema = json.loads((ROOT / "docs" / "metadata.schema.json").read_text())
     assert schema == contract.metadata_schema(), (

@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -39,8 +39,9 @@ from edge_agent.config import ClipConfig
 from edge_agent.delivery import contract
 from edge_agent.delivery.spool_files import is_disk_full, sha256_file
 from edge_agent.metrics import Metrics
+from edge_agent.pipeline.base import Finished
 from edge_agent.pipeline.edit_list import EditListError, end_presentation
-from edge_agent.pipeline.ring import Recording, half_frame
+from edge_agent.pipeline.ring import half_frame
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class ClipMaker:
                 for name in self.cfg.encoders for h in [self._health.get(name, _Health())])
             return MakerStatus(encoders, self._encoding_error)
 
-    def make(self, rec: Recording, out_path: Path, deadline: float | None = None,
+    def make(self, rec: Finished, out_path: Path, deadline: float | None = None,
              hurry: Hurry = lambda: None) -> ClipResult:
         """The clip of `rec` at `out_path`; an encode still running at `deadline` (monotonic, a stop's)
         is given up with OutOfTime. While `hurry()` gives a reason, an H.264 recording that clip.width,
@@ -349,7 +350,7 @@ def _raise_if_disk_full(exc: BaseException, out_path: Path) -> None:
                        "free space on the spool's disk, or lower spool.max_bytes") from exc
 
 
-def _usable(packets: list[Packet]) -> list[Packet]:
+def _usable(packets: Sequence[Packet]) -> list[Packet]:
     """From the first keyframe on; leading pictures that show before it are dropped (they
     may reference the previous GOP) so rebased timestamps never go negative."""
     first = next((i for i, p in enumerate(packets) if p.keyframe), None)

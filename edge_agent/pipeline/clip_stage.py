@@ -1,27 +1,26 @@
 """The clip stage: a finished recording becomes a validated MP4 and its metadata, handed to the sink.
 
-Recordings waiting here are bounded (count and bytes): fast replay (Backpressure.BLOCK) waits for
-this stage, so every clip is made; a camera (DROP) never waits: past the bound a recording's video is let go, counted,
-and its CID still goes out with `clip.error` saying why. No clip that fails is lost either: the
-event goes to the sink without video, with the reason in its metadata.
+Recordings come from the ring through a `RecordingQueue` (pipeline/base.py), which bounds them in count
+and bytes: fast replay (Backpressure.BLOCK) waits for room, so every clip is made; a camera (DROP) never
+waits: past the bound a recording's video is let go, counted, and its CID still goes out with `clip.error`
+saying why. No clip that fails is lost either: the event goes to the sink without video, with the reason
+in its metadata. The ring hands a recording over once detection has analysed past its end, so its track is
+whole when it comes: this stage waits on nobody.
 
 A stop or a source restart hands every open recording over at once (the ring's flush). Their packets
-are in memory already, shared with the ring, so the bound does not drop them: the worker makes
-each, and a stop waits for it (`finish_by`) until its deadline inside the stop budget. What is still
-waiting then goes out at once without video, with `clip.error` saying the stop budget ran out,
-counted in edge_agent_clips_dropped_total and logged one line each.
+are in memory already, so the bound does not drop them: the worker makes each, and a stop waits for it
+(`finish_by`) until its deadline inside the stop budget. What is still waiting then goes out at once
+without video, with `clip.error` saying the stop budget ran out, counted in edge_agent_clips_dropped_total
+and logged one line each.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from edge_agent import const
 from edge_agent.config import Config
@@ -29,17 +28,15 @@ from edge_agent.config.live import PendingConfig
 from edge_agent.delivery import contract
 from edge_agent.delivery.sinks import ClipSink
 from edge_agent.metrics import Metrics
-from edge_agent.pipeline.base import END
+from edge_agent.pipeline.base import END, WAKE, Finished, RecordingQueue
 from edge_agent.pipeline.clip_maker import ClipError, ClipMaker, EncoderStatus, OutOfTime
 from edge_agent.pipeline.events import EventLog, EventSnapshot
 from edge_agent.pipeline.read_metadata import read_metadata
-from edge_agent.pipeline.ring import Recording
 from edge_agent.pipeline.track import SightingLog
 from edge_agent.stage import Backpressure
 
 log = logging.getLogger("edge_agent.pipeline")
 
-_RECONFIGURED: Any = object()  # wakes the worker to take a reloaded config; not a recording
 
 
 @dataclass(frozen=True)
@@ -59,7 +56,7 @@ class ClipStage:
 
     def __init__(self, cfg: Config, sink: ClipSink, metrics: Metrics, events: EventLog,
                  on_event: Callable[[EventSnapshot], None] | None, backpressure: Callable[[], Backpressure],
-                 track: SightingLog):
+                 track: SightingLog, recordings: RecordingQueue):
         self.cfg = cfg
         self.sink = sink
         self.metrics = metrics
@@ -69,10 +66,7 @@ class ClipStage:
         self._on_event = on_event
         self._backpressure = backpressure
         self.track = track
-        self.inbox: queue.Queue[Any] = queue.Queue()
-        self._backlog = threading.Condition()
-        self._bytes = 0
-        self._count = 0
+        self.recordings = recordings  # the hand-off from the ring: this stage gets from it, the ring puts
         self.made = self.failed = self.dropped = 0
         self._deadline: float | None = None  # monotonic; set by a stop
         self._pending = PendingConfig()
@@ -84,7 +78,7 @@ class ClipStage:
     def apply(self, new: Config, changed: frozenset[str]) -> None:
         """Live part (any thread): the next clip is made with `new` (encoders, size, quality, device_id)."""
         self._pending.offer(new, changed)
-        self.inbox.put(_RECONFIGURED)  # an idle worker takes it now, not at the next label
+        self.recordings.wake()  # an idle worker takes it now, not at the next label
 
     def _swap_config(self) -> None:
         taken = self._pending.take()
@@ -94,66 +88,39 @@ class ClipStage:
 
     def status(self) -> ClipStatus:
         maker = self.maker.status()
-        return ClipStatus(self.made, self.failed, self.dropped, self._count, maker.encoders, maker.encoding_error,
-                          self.cfg)
+        return ClipStatus(self.made, self.failed, self.dropped + self.recordings.dropped, self.recordings.waiting,
+                          maker.encoders, maker.encoding_error, self.cfg)
 
     def finish_by(self, deadline: float) -> None:
         """A stop: make the clips handed over until `deadline` (monotonic), then send the rest without
         video, so the stop ends within its budget and no CID is lost."""
         self._deadline = deadline
 
-    def offer(self, rec: Recording) -> None:
-        """Called by the ring (capture or detect thread) when a recording has its post-roll."""
-        size = rec.size_bytes
-        with self._backlog:
-            if self._backpressure() is Backpressure.BLOCK:
-                while self._count and self._full(size):
-                    self._backlog.wait(0.5)
-            elif self._full(size) and not rec.flushed:
-                rec.packets = []
-                rec.dropped = "clip worker behind (encoding or disk too slow for the label rate): video dropped"
-                size = 0
-                self.dropped += 1
-                self.metrics.inc("edge_agent_clips_dropped_total")
-            self._bytes += size
-            self._count += 1
-        self.inbox.put(rec)
-
     def _hurry(self) -> str | None:
         """Clip worker's thread, while it makes a clip: why to copy the camera's H.264 rather than re-encode it
         now (a stop began, or a camera's reads pile up behind this clip), or None."""
         if self._deadline is not None:
             return "stopping"
-        if self._backpressure() is Backpressure.DROP and self._count > const.CLIP_HURRY_BACKLOG:
+        if self._backpressure() is Backpressure.DROP and self.recordings.waiting > const.CLIP_HURRY_BACKLOG:
             return "behind"
         return None
 
-    def _full(self, size: int) -> bool:
-        return self._bytes + size > const.CLIP_BACKLOG_BYTES or self._count >= const.CLIP_BACKLOG_COUNT
-
-    def end(self) -> None:
-        self.inbox.put(END)
-
     def run(self) -> None:
         while True:
-            rec = self.inbox.get()
+            rec = self.recordings.get()
             self._swap_config()
             if rec is END:
                 break
-            if rec is _RECONFIGURED:
+            if rec is WAKE:
                 continue
             try:
                 self._make(rec)
             except Exception:  # one odd recording must not stop the others
-                log.exception("clip worker failed clip=%s", getattr(rec, "key", "?"))
+                log.exception("clip worker failed clip=%s", rec.key)
             finally:
-                with self._backlog:
-                    self._bytes = max(0, self._bytes - rec.size_bytes)
-                    self._count = max(0, self._count - 1)
-                    self._backlog.notify_all()
-                rec.packets = []
+                self.recordings.done(rec)
 
-    def _make(self, rec: Recording) -> None:
+    def _make(self, rec: Finished) -> None:
         ev = self.events.get(rec.key)
         if ev is None or ev.queued is not None:  # a recording is handed over once; this one was made
             return
@@ -194,7 +161,6 @@ class ClipStage:
             log.error("clip failed cid=%s clip=%s error=%s (sending the CID without video)", ev.cid,
                       ev.event_id, error, exc_info=not isinstance(exc, ClipError))
         self.metrics.set("edge_agent_clip_encoding_up", 0 if self.maker.status().encoding_error else 1)
-        self.track.wait_analysed(span[1], const.TRACK_WAIT_S)
         ev = self.events.get(ev.event_id) or ev  # the sightings counted while the clip was made
         track, frames, quality = self.track.track(ev.cid, ev.first, *span)
         meta = read_metadata(self.cfg.device_id, ev.event_id, ev.cid, ev.first, ev.hits, ev.last_t, clip_info,

@@ -129,6 +129,7 @@ class DetectStage:
             self.metrics.observe("edge_agent_detect_seconds", self.detector.last_ms / 1000)
             reads = [(self._handle(det, frame), det) for det in found]  # None: refused, outline kept
             self.track.frame(frame, reads, found.unread)
+            self.ring.analysed(frame.t)  # the recordings detection has passed the end of can be made now
             self.noreads.observe(frame, found)
             self.viewer.offer(frame, found)
 
@@ -182,6 +183,5 @@ class DetectStage:
     def finish(self) -> None:
         """No more frames: every detection has opened its recording (the wiring then ends the ring, which
         closes them)."""
-        self.track.finish()
         self.noreads.flush()
 

@@ -11,6 +11,11 @@ shown before its end time, which later sightings of the same CID may push back w
 clip.extend_while_in_view is on. This way a clip may be longer than the ring (up to
 clip.max_s) and the capture thread only appends to lists.
 
+A recording is handed over (`on_finished`, the clip stage's `RecordingQueue.put`) as a frozen `Finished`
+once its packets are all in and detection has analysed past its end (`analysed`, from the detect
+thread): its clip's track is then whole, and the clip stage waits on nobody. A flush (a stop, a source
+restart, the end of the video) hands every open recording over at once.
+
 The ring is one of capture's packet consumers (`capture.consumer.PacketConsumer`): `offer` each
 packet, `end` when the video is over, `status`.
 
@@ -23,6 +28,7 @@ own session's packets, finished at once since no more will come.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -30,6 +36,7 @@ from dataclasses import dataclass, field
 
 from edge_agent.capture.media import Packet
 from edge_agent.metrics import Metrics
+from edge_agent.pipeline.base import Finished
 
 # A recording takes packets this long past its end before it is finished: with B-frames, frames
 # shown just before the end come after a later reference frame in decode order.
@@ -57,8 +64,9 @@ def _trim_end(rec: Recording) -> None:
 
 @dataclass
 class Recording:
-    """Packets for one clip, in decode order, from a keyframe at or before `start_t` up to (not
-    including) the first packet at or past `end_t`: the clip shows [start_t, end_t)."""
+    """The ring's own record of a clip while it collects packets (detect opens and extends it, capture
+    appends): in decode order, from a keyframe at or before `start_t` up to (not including) the first
+    packet at or past `end_t`, so the clip shows [start_t, end_t). Handed over as a frozen `Finished`."""
 
     key: str
     start_t: float
@@ -70,19 +78,9 @@ class Recording:
     # (evicted); None: it starts there
     truncated_start: str | None = None
     truncated_end: str | None = None  # why it ended before end_t: "shutdown", "source_restart", ...
-    dropped: str | None = None  # why its video was let go before a clip was made
     # handed over by a flush (stop, source restart) with every other open recording at once: its
     # packets are held already (shared with the ring), so the clip stage's backlog bound does not drop it
     flushed: bool = False
-
-    @property
-    def size_bytes(self) -> int:
-        return sum(p.size for p in self.packets)
-
-    @property
-    def truncated(self) -> str | None:
-        """What cut the clip short, for its metadata; None when it shows all it should."""
-        return self.truncated_start or self.truncated_end
 
 
 @dataclass
@@ -109,7 +107,7 @@ class RingBuffer:
         self,
         keep_s: float,
         max_bytes: int,
-        on_finished: Callable[[Recording], None],
+        on_finished: Callable[[Finished], None],
         metrics: Metrics | None = None,
     ):
         self.keep_s = keep_s
@@ -120,6 +118,8 @@ class RingBuffer:
         self._bytes = 0
         self._lock = threading.Lock()
         self._recordings: dict[str, Recording] = {}
+        self._complete: list[Recording] = []  # every packet in; waiting for detection to analyse past the end
+        self._analysed_t = -math.inf  # the capture time detection has analysed up to
         # the sessions whose packets are held, oldest first, the last one current: a session's packets are
         # those from its first to the next session's first
         self._sessions: deque[_Session] = deque([_Session(0)])
@@ -134,7 +134,6 @@ class RingBuffer:
     def offer(self, pkt: Packet) -> None:
         """Capture thread: keep a packet. O(1) amortised; never blocks on anything but the short lock
         (a recording it finishes goes to `on_finished`, which must not wait on a camera's thread)."""
-        finished: list[Recording] = []
         with self._lock:
             if self._sessions[-1].first_t is None:
                 self._sessions[-1].first_t = pkt.t
@@ -144,13 +143,36 @@ class RingBuffer:
                 if pkt.t >= rec.end_t + REORDER_S and rec.packets:
                     rec.done = True
                     _trim_end(rec)
-                    finished.append(rec)
+                    self._complete.append(rec)
                     del self._recordings[rec.key]
                 else:
                     rec.packets.append(pkt)
             self._evict()
-        for rec in finished:
-            self._on_finished(rec)
+            ready = self._take_analysed()
+        self._hand_over(ready)
+
+    def analysed(self, t: float) -> None:
+        """Detect thread, after each frame: detection has analysed up to capture time `t`; recordings whose
+        packets are all in and whose end it has passed go to the clip stage."""
+        with self._lock:
+            self._analysed_t = max(self._analysed_t, t)
+            ready = self._take_analysed()
+        self._hand_over(ready)
+
+    def _take_analysed(self) -> list[Recording]:
+        """Under the lock: the complete recordings detection has analysed past the end of."""
+        if not self._complete:
+            return []
+        ready = [r for r in self._complete if r.end_t - half_frame(r.packets) <= self._analysed_t]
+        if ready:
+            self._complete = [r for r in self._complete if r not in ready]
+        return ready
+
+    def _hand_over(self, recs: list[Recording]) -> None:
+        """Outside the lock (the clip stage's hand-off waits for room in fast replay): each as it is now."""
+        for rec in recs:
+            self._on_finished(Finished(rec.key, rec.start_t, rec.end_t, tuple(rec.packets), rec.truncated_start,
+                                       rec.truncated_end, rec.flushed))
 
     def _evict(self) -> None:
         """Drop whole GOPs older than `keep_s` (a GOP is useless without its keyframe), then
@@ -194,6 +216,7 @@ class RingBuffer:
         with self._lock:
             recs = list(self._recordings.values())
             self._recordings.clear()
+            complete, self._complete = self._complete, []
         for rec in recs:
             rec.done = True
             rec.flushed = True
@@ -201,7 +224,7 @@ class RingBuffer:
             if not rec.packets or max(p.t for p in rec.packets) + 3 * half_frame(rec.packets) < rec.end_t:
                 rec.truncated_end = reason  # a frame is missing
             _trim_end(rec)
-            self._on_finished(rec)
+        self._hand_over(complete + recs)
 
     def reset(self, reason: str = "source_restart") -> None:
         """A new source session: the old one's open recordings are finished with what they have (its packets
@@ -255,20 +278,23 @@ class RingBuffer:
             rec.packets = pkts[i:]
             # detector lag may already have carried the ring past end_t: finish it now
             past = next((j for j, p in enumerate(rec.packets) if j and p.t >= end_t + REORDER_S), None)
+            ready: list[Recording] = []
             if past is not None:
                 rec.packets = rec.packets[:past]
                 _trim_end(rec)
                 rec.done = True
+                self._complete.append(rec)
+                ready = self._take_analysed()
             elif session is not self._sessions[-1]:
                 # a read of a session that has ended: its packets are all here, and no more will come
                 rec.done = rec.flushed = True
                 if not rec.packets or max(p.t for p in rec.packets) + 3 * half_frame(rec.packets) < end_t:
                     rec.truncated_end = session.end_reason
                 _trim_end(rec)
+                ready = [rec]
             else:
                 self._recordings[key] = rec
-        if rec.done:
-            self._on_finished(rec)
+        self._hand_over(ready)
         return rec
 
     def extend(self, key: str, end_t: float) -> bool:
@@ -286,4 +312,4 @@ class RingBuffer:
         """What the ring holds, read under its lock (any thread)."""
         with self._lock:
             span = self._packets[-1].t - self._packets[0].t if self._packets else 0.0
-            return RingStatus(len(self._packets), self._bytes, span, len(self._recordings))
+            return RingStatus(len(self._packets), self._bytes, span, len(self._recordings) + len(self._complete))

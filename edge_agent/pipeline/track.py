@@ -8,10 +8,10 @@ evenly to the contract's bounds, never the codes within a frame. Analysed frames
 was found, nor in the analysed frames either side, are listed as pictures without a code.
 
 The detect thread records every analysed frame here (`frame()`); the clip thread asks for the
-sightings in a finished clip's time span (`track()`), after waiting until detection has analysed
-that span (`wait_analysed()`): the ring hands over a recording when capture passes its end, which
-may be a few frames before detection gets there. One lock guards the log; each side only calls its
-methods. Bounded: `keep_s` of capture time and at most MAX_FRAMES frames with something in them.
+sightings in a finished clip's time span (`track()`): the ring hands a recording over once detection
+has analysed past its end, so the span is whole when asked for. One lock guards the log; each side
+only calls its methods. Bounded: `keep_s` of capture time and at most MAX_FRAMES frames with something
+in them.
 
 The picture figures (pixels per module, sharpness, exposure) come from `edge_agent.inspection`, the
 code the live view and `snapshot` use, computed only on frames in which a CID was read (~2 ms a
@@ -66,15 +66,14 @@ class FrameSeen:
 class SightingLog:
     def __init__(self, keep_s: float):
         self.keep_s = keep_s
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._frames: deque[FrameSeen] = deque(maxlen=MAX_FRAMES)
         self._analysed: deque[float] = deque(maxlen=MAX_ANALYSED)
         self._newest = -math.inf
-        self._finished = False
 
     def retain(self, keep_s: float) -> None:
         """Live reload of the rolls: frames are kept `keep_s` from the next frame on."""
-        with self._cond:
+        with self._lock:
             self.keep_s = keep_s
 
     # --- the detect thread ------------------------------------------------------------------------
@@ -94,8 +93,7 @@ class SightingLog:
                 seen.append(Seen(cid, det.polygon, det.decoder, ppm, sharp))
             entry = FrameSeen(frame.t, tuple(seen), tuple(rejected), tuple(u.polygon for u in unread),
                               exposure(frame.gray) if seen else None)
-        with self._cond:
-            self._finished = False
+        with self._lock:
             if frame.t < self._newest - self.keep_s:  # a new session's clock: the old frames mean nothing now
                 self._frames.clear()
                 self._analysed.clear()
@@ -107,26 +105,14 @@ class SightingLog:
                 self._frames.popleft()
             while self._analysed and self._analysed[0] < frame.t - self.keep_s:
                 self._analysed.popleft()
-            self._cond.notify_all()
-
-    def finish(self) -> None:
-        """No frame comes before the recordings are flushed (end of video, stop): nobody waits."""
-        with self._cond:
-            self._finished = True
-            self._cond.notify_all()
 
     # --- the clip thread --------------------------------------------------------------------------
-
-    def wait_analysed(self, t: float, timeout: float) -> bool:
-        """Until detection has analysed a frame at or past capture time `t` (or has finished)."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._finished or self._newest >= t - EPS, timeout)
 
     def track(self, cid: str, first: Detection, start_t: float, end_t: float, clip_start_t: float | None
               ) -> tuple[list[contract.TrackedCode] | None, contract.TrackFrames | None, contract.Quality | None]:
         """The track of the clip showing [start_t, end_t) of capture time, times counted from
         `clip_start_t` (None: no clip, no track), its frames, and the quality figures of `cid`'s sightings."""
-        with self._cond:
+        with self._lock:
             frames = [f for f in self._frames if start_t - EPS <= f.t < end_t - EPS]
             busy = {f.t for f in self._frames}
             analysed = list(self._analysed)

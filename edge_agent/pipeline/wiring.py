@@ -27,13 +27,13 @@ from edge_agent.config import Config, SourceConfig
 from edge_agent.config.live import LivePart
 from edge_agent.delivery.sinks import ClipSink
 from edge_agent.metrics import Metrics
-from edge_agent.pipeline.base import FrameSlot
+from edge_agent.pipeline.base import FrameSlot, RecordingQueue
 from edge_agent.pipeline.clip_stage import ClipStage, ClipStatus
 from edge_agent.pipeline.decode import DecodeStage, DecodeStatus
 from edge_agent.pipeline.detect_stage import DetectStage, DetectStatus
 from edge_agent.pipeline.events import Action, EventLog, EventSnapshot, OpenEvent
 from edge_agent.pipeline.noreads import NoReads, NoReadStore
-from edge_agent.pipeline.ring import Recording, RingBuffer, RingStatus
+from edge_agent.pipeline.ring import RingBuffer, RingStatus
 from edge_agent.pipeline.track import SightingLog
 from edge_agent.pipeline.view_feed import ReadTally, Thumbnails, ViewerSlot
 from edge_agent.stage import Backpressure, Failure, FailureBox, StageThread
@@ -117,7 +117,9 @@ class Pipeline:
         # decided here and only here; a reload that reopens the source as another kind decides it again,
         # before that session's first packet (`_on_session`, on the capture thread, the only writer)
         self._backpressure = backpressure_for(cfg.source)
-        self.ring = RingBuffer(Retention.ring_keep_s(cfg), cfg.clip.ring_max_bytes, self._on_recording,
+        # finished recordings, from the ring to the clip stage
+        self.recordings = RecordingQueue(self.backpressure, self.metrics)
+        self.ring = RingBuffer(Retention.ring_keep_s(cfg), cfg.clip.ring_max_bytes, self.recordings.put,
                                self.metrics)
         self.track = SightingLog(Retention.track_keep_s(cfg))
         self.frames = FrameSlot(self.backpressure, metrics=self.metrics)
@@ -126,7 +128,8 @@ class Pipeline:
         self.noreads = NoReads(cfg, self.metrics, self._noread_listener(on_noread))
         self.detect = DetectStage(cfg, self.frames, self.ring, self.metrics, self._on_sighting, self.noreads,
                                   self.track, sink.detected)
-        self.clips = ClipStage(cfg, sink, self.metrics, self.events, on_event, self.backpressure, self.track)
+        self.clips = ClipStage(cfg, sink, self.metrics, self.events, on_event, self.backpressure, self.track,
+                               self.recordings)
         self.capture = CaptureSupervisor(cfg, self.metrics, self.failures, self._on_session, videos or ())
         self.ready = self.capture.ready
         self._capture_ended = False  # its consumers were told: by its thread, or by a stop without it
@@ -268,12 +271,9 @@ class Pipeline:
                 then(nr)
         return on_noread
 
-    def _on_recording(self, rec: Recording) -> None:
-        self.clips.offer(rec)
-
     def _detect_done(self) -> None:
         """The detect thread's last act: no recording will be opened any more, so the ring ends (every open
         recording is finished with what it has, marked cut short by the stop or by the end of the video)."""
         self.detect.finish()
         self.ring.end("shutdown" if self.capture.stopping else "end_of_video")
-        self.clips.end()
+        self.recordings.end()
