@@ -248,6 +248,12 @@ class Config(_Section):
     noreads: NoReadsConfig = Field(default_factory=NoReadsConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
 
+    @field_validator("device_id")
+    @classmethod
+    def _empty_device_id_is_the_host_name(cls, v: str) -> str:
+        # `device_id: ""` (or an empty EDGE_AGENT__DEVICE_ID) reads as "not set": clips never go out nameless
+        return v if v.strip() else socket.gethostname()
+
     @model_validator(mode="before")
     @classmethod
     def _empty_sections(cls, data: Any) -> Any:

@@ -21,7 +21,7 @@ try:
     from fastapi import FastAPI, File, Form, Header, Query, Request, UploadFile
     from fastapi.responses import JSONResponse
 except ImportError as exc:  # pragma: no cover - depends on the install
-    raise ImportError("the reference receiver needs FastAPI: pip install 'edge-agent[receiver]'") from exc
+    raise ImportError("the reference receiver needs FastAPI: pip install 'cid-edge-agent[receiver]'") from exc
 
 import requests
 
