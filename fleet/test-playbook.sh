@@ -11,7 +11,9 @@
 # first run. Prints the time each part took.
 #
 #   sudo fleet/test-playbook.sh
-#   FLEET_DEB=dist/edge-agent_..._amd64.deb sudo fleet/test-playbook.sh   # install the package instead
+#   FLEET_DEB=dist/cid-edge-agent_<version>_amd64.deb sudo fleet/test-playbook.sh   # the package instead
+# Deterministic: the agent decides a save and the playbook's SIGHUP in one queue (service/reload.py), so
+# the rollback's reload is never followed by a late refusal of the fragment it replaced.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -70,7 +72,8 @@ if [ -n "$REUSE" ]; then
   say "reusing the root and the agent installed in it"
 elif [ -n "${FLEET_DEB:-}" ]; then
   # The Debian package: /usr/bin/edge-agent, the user and /var/lib/edge-agent come with it.
-  cp "$FLEET_DEB" "$ROOT/tmp/" && chroot "$ROOT" apt-get install -y "/tmp/$(basename "$FLEET_DEB")" >"$WORK/install.log" 2>&1 \
+  cp "$FLEET_DEB" "$ROOT/tmp/" && chroot "$ROOT" apt-get install -y --no-install-recommends \
+    "/tmp/$(basename "$FLEET_DEB")" >"$WORK/install.log" 2>&1 \
     || fail "apt-get install: see $WORK/install.log"
   say "agent installed ($(chroot "$ROOT" edge-agent --version 2>&1 | head -1))"
 else
