@@ -207,7 +207,8 @@ def install_site(site: Path, target: Target, machine: str, wheelhouse: Path, pro
     """The locked wheels and the project's, unpacked for one Python (pip --target, nothing compiled)."""
     common = ["install", "--quiet", "--no-index", "--no-deps", "--no-compile", "--target", str(site),
               *platform_args(target, machine)]
-    run(pip(*common, "--find-links", str(wheelhouse), "--require-hashes", "-r", str(req)))
+    if req.read_text().strip():
+        run(pip(*common, "--find-links", str(wheelhouse), "--require-hashes", "-r", str(req)))
     name, version = project_wheel.name.split("-")[:2]
     run(pip(*common, "--find-links", str(project_wheel.parent), f"{name}=={version}"))
     # pip --target puts console scripts and data files beside the packages: the package has its own
@@ -249,9 +250,12 @@ exec "$run/bin/python3" -s "$run/bin/edge-agent" "$@"
 """
 
 
-def stage_venv(root: Path, version: str, arch: str, wheelhouse: Path, project_wheel: Path) -> int:
+def stage_venv(root: Path, version: str, arch: str, wheelhouse: Path, project_wheel: Path,
+               pins: list[Pin] | None = None) -> int:
+    """The venv in root/usr/lib/edge-agent/VERSION: the locked wheels (`pins`, default the lock's) and the
+    project's for every target Python; returns the bytes hard links saved."""
     top = root / LIB / version
-    pins = read_lock()
+    pins = read_lock() if pins is None else pins
     with tempfile.TemporaryDirectory(prefix="edge-agent-req-") as tmp:
         for target in TARGETS:
             req = Path(tmp) / f"{target.python}.txt"

@@ -48,7 +48,10 @@ need_tools() {
         [ -x /usr/bin/qemu-aarch64-static ] || missing+=(qemu-user-static)
         command -v update-binfmts >/dev/null || missing+=(binfmt-support)
     fi
-    for tool in "$@"; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+    local pair
+    for pair in "$@"; do  # TOOL:PACKAGE
+        command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+    done
     if ((${#missing[@]})); then
         say "installing ${missing[*]}"
         DEBIAN_FRONTEND=noninteractive apt-get update -qq
