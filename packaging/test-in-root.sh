@@ -57,11 +57,12 @@ edits_kept() {
         && in_root cat /etc/edge-agent/config.d/50-hall.yaml | cmp - <(printf '%s' "$FRAGMENT")
 }
 no_conffile() { [ -z "$(in_root dpkg-query -W -f '${Conffiles}' cid-edge-agent)" ]; }
-only_version() { # /usr/lib/edge-agent holds VERSION and current -> it (kept copies only while in use)
+only_version() { # /usr/lib/edge-agent holds VERSION, its run copy and current -> it (others only while in use)
     local have
     have=$(in_root ls -A /usr/lib/edge-agent | tr '\n' ' ')
-    [ "$have" = "$1 current " ] || { echo "/usr/lib/edge-agent: $have"; return 1; }
-    [ "$(in_root readlink /usr/lib/edge-agent/current)" = "$1" ]
+    [ "$have" = "$1 current run " ] || { echo "/usr/lib/edge-agent: $have"; return 1; }
+    [ "$(in_root ls -A /usr/lib/edge-agent/run)" = "$1" ] || { echo "run: $(in_root ls -A /usr/lib/edge-agent/run)"; return 1; }
+    [ "$(in_root readlink /usr/lib/edge-agent/current)" = "run/$1" ]
 }
 state_after() { # state_after WHAT VERSION QUEUED
     check "after the $1: package state ii" status_is_ii
@@ -113,23 +114,25 @@ print(scipy.ndimage.uniform_filter(np.arange(9.0).reshape(3, 3), 3).shape, cv2.r
 '
 }
 
-# A process of the installed version (no systemd to restart it) that imports a module only after the
-# upgrade: it must still find the old version's code. It maps pydantic_core's library, as the agent does.
+# A process of the installed version (no systemd to restart it), started as /usr/bin/edge-agent starts one,
+# that imports a module only after the upgrade: it must find the old version's code. It maps
+# pydantic_core's library, as the agent does, which is how postinst knows its files are in use.
 start_old_process() {
     rm -f "$ROOT/tmp/go" "$ROOT/tmp/old.out"
     mkfifo "$ROOT/tmp/go"
-    in_root /usr/lib/edge-agent/current/bin/python3 -c '
+    in_root sh -c 'run=/usr/lib/edge-agent/$(readlink /usr/lib/edge-agent/current); exec "$run/bin/python3" -s -c "
 import pydantic_core, edge_agent
-open("/tmp/go").read()
+open(\"/tmp/go\").read()
 import edge_agent.commands.snapshot as late
-print(edge_agent.__version__, late.__file__)
-' >"$ROOT/tmp/old.out" 2>&1 &
-    OLD_PID=$!
+print(edge_agent.__version__, late.__file__, flush=True)
+" >/tmp/old.out 2>&1' &
 }
 old_process_still_works() {
+    local i
     echo go >"$ROOT/tmp/go"
-    wait "$OLD_PID" || { cat "$ROOT/tmp/old.out"; return 1; }
-    grep -q "^$OLD_VERSION /usr/lib/edge-agent/current/lib/python3" "$ROOT/tmp/old.out" || { cat "$ROOT/tmp/old.out"; return 1; }
+    for ((i = 0; i < 150; i++)); do [ -s "$ROOT/tmp/old.out" ] && break; sleep 0.2; done
+    grep -q "^$OLD_VERSION /usr/lib/edge-agent/run/$OLD_VERSION/lib/python3" "$ROOT/tmp/old.out" \
+        || { cat "$ROOT/tmp/old.out"; return 1; }
 }
 
 no_trace() { # purge leaves nothing of the package but its system user and group
@@ -149,20 +152,26 @@ footprint() { # what the package adds to the clean root, with apt's default (rec
     fi
 }
 
+root_mb() { # the root's size, without apt's downloaded packages and this test's files
+    du -sxm --exclude="$ROOT/proc" --exclude="$ROOT/dev" --exclude="$ROOT/tmp" \
+        --exclude="$ROOT/var/cache/apt" --exclude="$ROOT/var/lib/apt/lists" "$ROOT" | cut -f1
+}
+
 main_steps() {
     local queued pkgs0 pkgs1 du0 du1
     cp "$DEBS/$(deb_name "$OLD_VERSION")" "$ROOT/tmp/"
     footprint
     pkgs0=$(in_root dpkg-query -W -f '${db:Status-Abbrev}\n' | grep -c '^ii')
-    du0=$(du -sxm --exclude=./proc --exclude=./dev --exclude=./tmp --exclude=./var/cache/apt "$ROOT" | cut -f1)
+    du0=$(root_mb)
 
     # --- install, offline ---
     if install_deb "$OLD_VERSION"; then pass "apt-get install ./$(deb_name "$OLD_VERSION") offline in $INSTALL_S s"
     else fail "install $OLD_VERSION"; return; fi
     INSTALL_TIMES="install ${INSTALL_S} s"
     pkgs1=$(in_root dpkg-query -W -f '${db:Status-Abbrev}\n' | grep -c '^ii')
-    du1=$(du -sxm --exclude=./proc --exclude=./dev --exclude=./tmp --exclude=./var/cache/apt "$ROOT" | cut -f1)
+    du1=$(root_mb)
     FOOTPRINT+="; --no-install-recommends added $((pkgs1 - pkgs0)) packages, the root grew ${du0} -> ${du1} MB"
+    FOOTPRINT+=" ($(du -sm "$ROOT/usr/lib/edge-agent" | cut -f1) MB of it /usr/lib/edge-agent)"
     check "no ImageMagick or Ghostscript installed" sh -c "! chroot '$ROOT' dpkg-query -W -f '\${db:Status-Abbrev} \${Package}\n' \
         | grep -E '^ii +(ghostscript|imagemagick|libmagickcore)'"
     check "package state ii" status_is_ii
@@ -182,6 +191,8 @@ main_steps() {
         sh -c "test -f '$ROOT/etc/edge-agent/config.yaml' && test -d '$ROOT/etc/edge-agent/config.d' && \
                test -z \"\$(chroot '$ROOT' dpkg-query -W -f '\${Conffiles}' cid-edge-agent)\""
     check "the first config validates" in_root edge-agent config validate /etc/edge-agent/config.yaml
+    check "python3-scipy (built on the OS's python3-numpy) installed beside it" offline apt-get install -y -q \
+        --no-install-recommends python3-scipy
     check "the venv imports the OS's numpy, python3-scipy built on it, OpenCV and PyAV" uses_the_os_numpy
     # what an administrator does after installing: enable the unit, add a drop-in (purge must take both)
     in_root systemctl enable edge-agent.service >/dev/null 2>&1
