@@ -136,7 +136,7 @@ boot() {
     NSPAWN_PID=$!
     local i
     for ((i = 0; i < 150; i++)); do
-        PID1=$(ps -o pid= --ppid "$NSPAWN_PID" | head -1 | tr -d ' ')
+        PID1=$(ps -o pid= --ppid "$NSPAWN_PID" | head -1 | tr -d ' ' || true)  # none until it forked
         [ -n "$PID1" ] && [ "$(cat "/proc/$PID1/comm" 2>/dev/null)" = systemd ] && break
         kill -0 "$NSPAWN_PID" 2>/dev/null || { cat "$CACHE/nspawn-$SUITE.log" >&2; die "systemd-nspawn exited"; }
         sleep 0.2
