@@ -56,8 +56,9 @@ cleanup() {
 
 prepare() { # before the boot, in the chroot: OLD installed, the test's config, token, receiver, camera
     install_deb "$OLD_VERSION" || die "install $OLD_VERSION"
-    cp "$DEBS/$(deb_name "$NEW_VERSION")" "$ROOT/tmp/"
     mkdir -p "$ROOT/srv/edge-agent-test"
+    # not /tmp: the booted container has a /tmp of its own
+    cp "$DEBS/$(deb_name "$NEW_VERSION")" "$ROOT/srv/edge-agent-test/"
     cp "$REPO/sample_media/conveyor_720p30.mp4" "$ROOT/srv/edge-agent-test/"
     cat >"$ROOT/etc/edge-agent/config.yaml" <<'YAML'
 device_id: systemd-test
@@ -142,8 +143,12 @@ boot() {
         sleep 0.2
     done
     [ "$(cat "/proc/$PID1/comm" 2>/dev/null)" = systemd ] || die "no systemd as the container's PID 1"
-    local state
-    state=$(inside timeout 90 systemctl is-system-running --wait || true)
+    local state=""
+    for ((i = 0; i < 90; i++)); do  # until its bus answers, then until the boot is done
+        state=$(inside timeout 90 systemctl is-system-running --wait 2>/dev/null || true)
+        case "$state" in running | degraded) break ;; esac
+        sleep 1
+    done
     pass "booted $SUITE with systemd $(inside systemctl --version | head -1 | cut -d' ' -f2) as PID 1 (pid $PID1 here): $state"
 }
 
@@ -204,7 +209,7 @@ main_steps() {
 
     OLD_PID=$(prop edge-agent.service MainPID)
     check "upgrade with apt-get inside (no terminal, no network)" inside apt-get install -y -q --no-install-recommends \
-        "/tmp/$(deb_name "$NEW_VERSION")"
+        "/srv/edge-agent-test/$(deb_name "$NEW_VERSION")"
     check "the upgrade restarted the agent on $NEW_VERSION" wait_for 60 "the new version running" new_version_runs
 
     check "a camera that stalls after READY: edge-agent@stall starts" inside timeout 90 systemctl start edge-agent@stall
