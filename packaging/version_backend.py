@@ -105,8 +105,23 @@ def write_version_file() -> str:
     return v
 
 
-# The hooks that read the version (metadata, wheels, sdists) write it first; the rest are setuptools' own.
+# Every hook that reads the configuration (the version in it) writes the version first.
 Settings = dict | None
+
+
+def get_requires_for_build_wheel(config_settings: Settings = None) -> list[str]:
+    write_version_file()  # setuptools reads the whole configuration, the version included, already here
+    return _setuptools.get_requires_for_build_wheel(config_settings)
+
+
+def get_requires_for_build_editable(config_settings: Settings = None) -> list[str]:
+    write_version_file()
+    return _setuptools.get_requires_for_build_editable(config_settings)
+
+
+def get_requires_for_build_sdist(config_settings: Settings = None) -> list[str]:
+    write_version_file()
+    return _setuptools.get_requires_for_build_sdist(config_settings)
 
 
 def prepare_metadata_for_build_wheel(metadata_directory: str, config_settings: Settings = None) -> str:
