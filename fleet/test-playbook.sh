@@ -160,7 +160,11 @@ cmp -s "$DEST" "$HERE/files/10-fleet.yaml" || fail "the fragment is not in place
 [ "$(counter applied)" != "$applied0" ] || fail "applied counter did not move"
 in_root edge-agent config show --config /etc/edge-agent/config.yaml | grep -q "cooldown_s: 4.0  # /etc/edge-agent/config.d/10-fleet.yaml:6" \
   || fail "config show does not name the fragment"
-curl -sf "$METRICS" | grep -q 'edge_agent_info{.*device_id="fleet-test-01",site="plant-a"' || fail "edge_agent_info lacks the pushed site"
+# edge_agent_info is replaced whole on each reload (its old series dropped): a scrape may fall between
+info_has_site() { curl -sf "$METRICS" | grep -q 'edge_agent_info{.*device_id="fleet-test-01",site="plant-a"'; }
+for _ in $(seq 10); do info_has_site && break; sleep 0.5; done
+info_has_site || { curl -s "$METRICS" | grep -E '^edge_agent_(info|config_)' >&2; tail -20 "$WORK/agent.log" >&2
+  fail "edge_agent_info lacks the pushed site"; }
 say "1. good fragment pushed, validated, reloaded, applied ($(counter applied) applied, $(counter refused) refused)"
 playbook -e fragment_src="$HERE/files/10-fleet.yaml" >"$WORK/run1b.log" 2>&1 || fail "second run of the same push failed"
 grep -q "changed=0" "$WORK/run1b.log" || fail "an unchanged push changed something"
