@@ -3,8 +3,11 @@
 #   ./dev.sh demo   install, start a local receiver, replay a sample video into it end to end
 #   ./dev.sh test   install, lint, run the test suite (extra arguments go to pytest;
 #                   ./dev.sh test -m "not slow" is the fast tier: the tests under ~1.5 s, under a minute)
-#   ./dev.sh deb amd64|arm64        build dist/cid-edge-agent_<version>_<arch>.deb (offline-installable)
-#   ./dev.sh deb-test amd64|arm64   install, upgrade, roll back and purge it in a clean Debian root (root)
+#   ./dev.sh deb amd64|arm64        build dist/cid-edge-agent_<version>_<arch>.deb from the locked wheels
+#                                   (network only for wheels missing from the wheelhouse; none of the test tools)
+#   ./dev.sh lock                   refresh packaging/*.lock on purpose (newest versions that fit), fetch them
+#   ./dev.sh deb-test amd64|arm64 [bookworm|trixie]   install, upgrade, roll back and purge it in a clean root
+#   ./dev.sh systemd-test [bookworm|trixie]           the package under a real systemd (systemd-nspawn -b)
 # Installs system packages with apt (only those missing; sudo when not root), makes ./.venv,
 # and installs edge-agent into it with its test and receiver extras.
 set -euo pipefail
@@ -99,12 +102,49 @@ tests() {
     "$VENV/bin/python" -m pytest -q -n "${PYTEST_WORKERS:-4}" --dist loadfile "$@"
 }
 
-# dist/cid-edge-agent_<version>_<arch>.deb with the wheels of that architecture inside (packaging/)
+# The package's build happens outside the repository's .venv: a small venv of the build's own tools
+# (packaging/build-tools.lock) and a wheelhouse of every locked wheel, both in the user's cache.
+CACHE_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/edge-agent
+export EDGE_AGENT_WHEELHOUSE=${EDGE_AGENT_WHEELHOUSE:-$CACHE_DIR/wheelhouse}
+BUILD_VENV=${EDGE_AGENT_BUILD_VENV:-$CACHE_DIR/build-venv}
+UV_VERSION=0.13.9  # the resolver of ./dev.sh lock (its output format is the locks')
+
+build_venv() {
+    [ -x "$BUILD_VENV/bin/python" ] || "$PY" -m venv "$BUILD_VENV"
+    [ "$BUILD_VENV/.installed" -nt packaging/build-tools.lock ] && return
+    mkdir -p "$EDGE_AGENT_WHEELHOUSE"
+    local pip=("$BUILD_VENV/bin/python" -m pip --isolated --disable-pip-version-check -q)
+    # from the wheelhouse when it has them (offline), else from the index into it; hashes checked either way
+    "${pip[@]}" download --no-deps --require-hashes -r packaging/build-tools.lock -d "$EDGE_AGENT_WHEELHOUSE" \
+        --no-index --find-links "$EDGE_AGENT_WHEELHOUSE" 2>/dev/null \
+        || "${pip[@]}" download --no-deps --require-hashes -r packaging/build-tools.lock -d "$EDGE_AGENT_WHEELHOUSE"
+    "${pip[@]}" install --no-deps --require-hashes --no-index --find-links "$EDGE_AGENT_WHEELHOUSE" \
+        -r packaging/build-tools.lock
+    touch "$BUILD_VENV/.installed"
+}
+
+# dist/cid-edge-agent_<version>_<arch>.deb: the venv for CPython 3.10-3.13 inside (packaging/build_deb.py)
 deb() {
-    # a version given for the package (SETUPTOOLS_SCM_PRETEND_VERSION) is not the checkout's
-    (unset SETUPTOOLS_SCM_PRETEND_VERSION; bootstrap)
     command -v dpkg-deb >/dev/null || die_usage "dpkg-deb is missing (apt-get install dpkg)"
-    "$VENV/bin/python" packaging/build_deb.py "$@"
+    build_venv
+    "$BUILD_VENV/bin/python" packaging/build_deb.py fetch --arch "$1"
+    "$BUILD_VENV/bin/python" packaging/build_deb.py build "$@"
+}
+
+# On purpose only: the newest versions that fit every target (one version of each package for all of
+# CPython 3.10-3.13, wheels built for the numpy each OS ships), with the hash of every file; then fetched.
+lock() {
+    local uv_venv=$CACHE_DIR/uv-$UV_VERSION
+    [ -x "$uv_venv/bin/uv" ] || { "$PY" -m venv "$uv_venv" && "$uv_venv/bin/pip" install -q "uv==$UV_VERSION"; }
+    local compile=("$uv_venv/bin/uv" pip compile --quiet --universal --fork-strategy fewest --python-version 3.10
+                   --generate-hashes --custom-compile-command "./dev.sh lock")
+    # a fresh resolution: uv would otherwise keep the versions of the file it writes
+    rm -f packaging/requirements.lock packaging/build-tools.lock
+    "${compile[@]}" pyproject.toml --no-emit-package numpy -c packaging/os-numpy.txt -o packaging/requirements.lock
+    "${compile[@]}" packaging/build-tools.in -o packaging/build-tools.lock
+    build_venv
+    "$BUILD_VENV/bin/python" packaging/build_deb.py fetch
+    echo "locks refreshed: git diff packaging/*.lock shows what changed"
 }
 
 die_usage() { echo "$*" >&2; exit 64; }
@@ -113,8 +153,12 @@ case "${1:-}" in
     demo) shift; demo "$@" ;;
     test) shift; tests "$@" ;;
     setup) bootstrap "${TEST_PACKAGES[@]}" ;;
-    deb) shift; [ $# -eq 1 ] || die_usage "usage: $0 deb amd64|arm64"; deb "$@" ;;
-    deb-test) shift; [ $# -eq 1 ] || die_usage "usage: $0 deb-test amd64|arm64"; packaging/test-in-root.sh "$@" ;;
-    *) echo "usage: $0 demo [VIDEO] | test [PYTEST ARGS] | setup | deb amd64|arm64 | deb-test amd64|arm64" >&2
+    deb) shift; [ $# -ge 1 ] || die_usage "usage: $0 deb amd64|arm64 [--out DIR]"; deb "$@" ;;
+    lock) lock ;;
+    deb-test) shift; [ $# -ge 1 ] || die_usage "usage: $0 deb-test amd64|arm64 [bookworm|trixie]"
+              packaging/test-in-root.sh "$@" ;;
+    systemd-test) shift; packaging/test-systemd.sh "$@" ;;
+    *) echo "usage: $0 demo [VIDEO] | test [PYTEST ARGS] | setup | deb amd64|arm64 | lock" \
+            "| deb-test amd64|arm64 [SUITE] | systemd-test [SUITE]" >&2
        exit 64 ;;
 esac

@@ -4,8 +4,9 @@
 DIST_NAME = "cid-edge-agent"
 
 try:
-    # written by setuptools-scm at build time from git, with the same version the installed metadata
-    # has; read first because importlib.metadata costs ~50 ms of every command's start-up
+    # written by the build backend (packaging/version_backend.py) from CHANGELOG.md and git, with the
+    # same version the installed metadata and the .deb have; read first because importlib.metadata
+    # costs ~50 ms of every command's start-up
     from edge_agent._version import commit_id as _commit_id
     from edge_agent._version import version as __version__
 except ImportError:  # a source tree that was never built
@@ -17,6 +18,6 @@ except ImportError:  # a source tree that was never built
     except metadata.PackageNotFoundError:
         __version__ = "0.0.0+unknown"
 
-# the short git commit of this build, without setuptools-scm's "g" prefix; "unknown" outside git or when
-# the version was given by SETUPTOOLS_SCM_PRETEND_VERSION or read from an sdist without git
+# the short git commit of this build, without its "g" prefix; "unknown" outside git or when the version
+# was given by EDGE_AGENT_VERSION
 __commit__ = (_commit_id or "unknown").removeprefix("g")

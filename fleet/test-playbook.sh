@@ -11,7 +11,9 @@
 # first run. Prints the time each part took.
 #
 #   sudo fleet/test-playbook.sh
-#   FLEET_DEB=dist/edge-agent_..._amd64.deb sudo fleet/test-playbook.sh   # install the package instead
+#   FLEET_DEB=dist/cid-edge-agent_<version>_amd64.deb sudo fleet/test-playbook.sh   # the package instead
+# Deterministic: the agent decides a save and the playbook's SIGHUP in one queue (service/reload.py), so
+# the rollback's reload is never followed by a late refusal of the fragment it replaced.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -70,7 +72,8 @@ if [ -n "$REUSE" ]; then
   say "reusing the root and the agent installed in it"
 elif [ -n "${FLEET_DEB:-}" ]; then
   # The Debian package: /usr/bin/edge-agent, the user and /var/lib/edge-agent come with it.
-  cp "$FLEET_DEB" "$ROOT/tmp/" && chroot "$ROOT" apt-get install -y "/tmp/$(basename "$FLEET_DEB")" >"$WORK/install.log" 2>&1 \
+  cp "$FLEET_DEB" "$ROOT/tmp/" && chroot "$ROOT" apt-get install -y --no-install-recommends \
+    "/tmp/$(basename "$FLEET_DEB")" >"$WORK/install.log" 2>&1 \
     || fail "apt-get install: see $WORK/install.log"
   say "agent installed ($(chroot "$ROOT" edge-agent --version 2>&1 | head -1))"
 else
@@ -146,7 +149,14 @@ ansible_python_interpreter=/usr/bin/python3
 INI
 # (host variables: an inventory file's group variables rank below the playbook's group_vars/all.yml)
 playbook() { ANSIBLE_CONFIG="$HERE/ansible.cfg" "$ANSIBLE_VENV/bin/ansible-playbook" -i "$WORK/inventory.ini" "$HERE/push-config.yml" "$@"; }
-counter() { curl -sf "$METRICS" | sed -n "s/^edge_agent_config_reloads_total{result=\"$1\"} //p"; }
+# one scrape of /metrics; a failed one is retried, never read as a value (an empty counter would pass
+# for "moved" and end a wait early)
+metrics() {
+  local i
+  for i in $(seq 20); do curl -sf "$METRICS" && return 0; echo "scrape $i of $METRICS failed" >&2; sleep 0.25; done
+  return 1
+}
+counter() { metrics | sed -n "s/^edge_agent_config_reloads_total{result=\"$1\"} //p"; }
 in_root() { chroot "$ROOT" "$@"; }
 DEST=$ROOT/etc/edge-agent/config.d/10-fleet.yaml
 
@@ -157,7 +167,11 @@ cmp -s "$DEST" "$HERE/files/10-fleet.yaml" || fail "the fragment is not in place
 [ "$(counter applied)" != "$applied0" ] || fail "applied counter did not move"
 in_root edge-agent config show --config /etc/edge-agent/config.yaml | grep -q "cooldown_s: 4.0  # /etc/edge-agent/config.d/10-fleet.yaml:6" \
   || fail "config show does not name the fragment"
-curl -sf "$METRICS" | grep -q 'edge_agent_info{.*device_id="fleet-test-01",site="plant-a"' || fail "edge_agent_info lacks the pushed site"
+# edge_agent_info is replaced whole on each reload (its old series dropped): a scrape may fall between
+info_has_site() { metrics | grep -q 'edge_agent_info{.*device_id="fleet-test-01",site="plant-a"'; }
+for _ in $(seq 10); do info_has_site && break; sleep 0.5; done
+info_has_site || { curl -s "$METRICS" | grep -E '^edge_agent_(info|config_)' >&2; tail -20 "$WORK/agent.log" >&2
+  fail "edge_agent_info lacks the pushed site"; }
 say "1. good fragment pushed, validated, reloaded, applied ($(counter applied) applied, $(counter refused) refused)"
 playbook -e fragment_src="$HERE/files/10-fleet.yaml" >"$WORK/run1b.log" 2>&1 || fail "second run of the same push failed"
 grep -q "changed=0" "$WORK/run1b.log" || fail "an unchanged push changed something"
@@ -181,8 +195,16 @@ grep -q "(rolled back)" "$WORK/run3.log" || { cat "$WORK/run3.log"; fail "no rol
 cmp -s "$DEST" "$HERE/files/10-fleet.yaml" || fail "the rollback did not restore the previous fragment"
 [ "$(stat -c %a "$DEST")" = 640 ] || fail "the rollback did not restore the mode"
 [ "$(counter refused)" != "$refused0" ] || fail "refused counter did not move"
-for _ in $(seq 30); do [ "$(counter applied)" != "$applied0" ] && break; sleep 1; done
-curl -sf "$METRICS" | grep -q '^edge_agent_config_last_reload_successful 1' || fail "the previous config was not applied again"
+# the rollback's reload is applied: the applied counter moved and the last reload succeeded, in one scrape
+rolled_back() {
+  local m
+  m=$(metrics) || return 1
+  [ "$(echo "$m" | sed -n 's/^edge_agent_config_reloads_total{result="applied"} //p')" != "$applied0" ] \
+    && echo "$m" | grep -q '^edge_agent_config_last_reload_successful 1'
+}
+for _ in $(seq 60); do rolled_back && break; sleep 0.5; done
+rolled_back || { metrics | grep -E '^edge_agent_config_' >&2; tail -20 "$WORK/agent.log" >&2
+  fail "the previous config was not applied again"; }
 grep -q "reload refused, keeping the running config: /etc/edge-agent/config.d/10-fleet.yaml: cannot read config fragment: Permission denied" \
   "$WORK/agent.log" || fail "the agent's log does not say why"
 kill -0 "$AGENT_PID" || fail "the agent died"

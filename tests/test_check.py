@@ -287,3 +287,15 @@ def test_check_warns_when_zbar_is_missing_and_says_what_it_costs(qr_video: Path,
     assert "16 CIDs read and 3 no-reads without it, 18 and 1 with it" in lines[libs]
     assert lines[libs + 1].strip() == "-> install libzbar0: sudo apt-get install libzbar0, then restart the service"
     assert res.returncode == 0 and "1 warned" in lines[-1]  # the agent works, reading less: not a failure
+
+
+def test_an_empty_device_id_is_the_host_name_in_check_as_in_the_clips(qr_video: Path, tmp_path: Path) -> None:
+    from edge_agent.config import parse_config
+
+    host = socket.gethostname()
+    cfg = write_config(tmp_path, f"  kind: file\n  path: {qr_video}\n", extra='device_id: ""\n')
+    _rc, results, _ = check(cfg, "--frames", "5")
+    assert f"device_id={host} (the host name) " in results["config"]["detail"]
+    # what the clip stage puts in each clip's metadata
+    assert parse_config('device_id: ""\n', "c.yaml", strict_source=False, env={}).device_id == host
+    assert parse_config("device_id: line-4\n", "c.yaml", strict_source=False, env={}).device_id == "line-4"

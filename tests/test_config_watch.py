@@ -220,3 +220,22 @@ def test_a_fragment_that_becomes_a_dangling_link_is_refused_not_skipped(tmp_path
                              "which does not exist: restore its target, or remove the link"]]
     finally:
         w.stop()
+
+
+def test_a_reload_signal_and_the_watcher_count_one_reload_per_save_in_either_order(tmp_path: Path) -> None:
+    """`systemctl reload` after a save (SIGHUP -> reload_now): whichever looks first loads the new
+    content, the other finds it unchanged."""
+    path, c, w = watch(tmp_path)
+    try:
+        # the watcher first, then the signal
+        path.write_text("clip:\n  pre_roll_s: 2\n" + SRC)
+        c.wait()
+        assert w.reload_now().outcome == CheckOutcome.UNCHANGED
+        # the signal at once, inside the watcher's debounce: the watcher then has nothing left to load
+        path.write_text("clip:\n  pre_roll_s: 3\n" + SRC)
+        assert w.reload_now().outcome == CheckOutcome.LOADED
+        assert w.wait_checked(0, timeout=5.0) is not None
+        assert [cfg.clip.pre_roll_s for cfg in c.configs] == [2, 3]
+        assert w.reload_now().outcome == CheckOutcome.UNCHANGED
+    finally:
+        w.stop()

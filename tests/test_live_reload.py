@@ -163,6 +163,37 @@ def test_sighup_reloads_and_a_bad_config_keeps_the_running_one(tmp_path: Path) -
     assert "pre_rol_s: unknown key" in text
 
 
+def reloads_applied(port: int) -> float:
+    """edge_agent_config_reloads_total{result="applied"} from the daemon's /metrics."""
+    for line in requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines():
+        if line.startswith('edge_agent_config_reloads_total{result="applied"} '):
+            return float(line.split()[1])
+    return 0.0
+
+
+@pytest.mark.slow
+def test_a_save_and_a_systemctl_reload_count_one_reload(tmp_path: Path) -> None:
+    """The watcher is on and the unit's ExecReload sends SIGHUP: an operator who saves and then runs
+    `systemctl reload` made one change, and the fleet's reload counter says one."""
+    port = free_port()
+    cfg = tmp_path / "config.yaml"
+    log = tmp_path / "run.log"
+    cfg.write_text(config("http://127.0.0.1:9/cid", tmp_path / "spool", port, 2.5, "zxing"))
+    proc = start_run(cfg, log)
+    try:
+        at = wait_for_log(log, "ready: frames are flowing")
+        cfg.write_text(config("http://127.0.0.1:9/cid", tmp_path / "spool", port, 1.5, "zxing"))
+        proc.send_signal(signal.SIGHUP)  # inside the watcher's debounce
+        at = wait_for_log(log, "config reloaded live: clip.pre_roll_s 2.5 -> 1.5", after=at)
+        proc.send_signal(signal.SIGHUP)  # a second reload of the same content: nothing to count
+        wait_for_log(log, "reload: the config is unchanged since it was last read", after=at)
+        assert reloads_applied(port) == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    assert log.read_text().count("config reloaded live") == 1
+
+
 @pytest.mark.slow
 def test_a_live_change_of_stall_s_neither_reopens_the_source_nor_reads_like_a_fault(tmp_path: Path) -> None:
     camera = f"{sys.executable} {SAMPLE.parent.parent / 'tests' / 'stream_sample.py'} {SAMPLE} --loop"

@@ -258,3 +258,9 @@ def test_sysusers_creates_the_user_in_group_video(tmp_path: Path) -> None:
     assert user[5] == "/var/lib/edge-agent" and user[6].endswith("nologin")
     video = next(ln for ln in (etc / "group").read_text().splitlines() if ln.startswith("video:"))
     assert "edge-agent" in video.split(":")[3].split(",")
+
+
+def test_documentation_is_the_readme_the_package_installs(unit: tuple[Unit, str]) -> None:
+    """No address outside the repository: the README that the .deb puts in its doc folder."""
+    (doc,) = unit[0]["Unit"]["Documentation"]
+    assert doc == "file:/usr/share/doc/cid-edge-agent/README.md"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 import threading
 import time
@@ -61,7 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def check_config(cfg: Config, path: str | None) -> Result:
     where = path or "built-in defaults"
-    return Result("config", PASS, f"{where}: valid; device_id={cfg.device_id} source.kind={cfg.source.kind}")
+    # the name the clips carry (an empty device_id is the host name, as the agent sends it)
+    named = " (the host name)" if cfg.device_id == socket.gethostname() else ""
+    return Result("config", PASS, f"{where}: valid; device_id={cfg.device_id}{named} source.kind={cfg.source.kind}")
 
 
 def check_libraries(cfg: Config) -> Result:

@@ -3,8 +3,8 @@ order, then EDGE_AGENT__* environment overrides, validated against the schema, e
 in the file that set the key (config/yaml_errors.py); and where each key's value came from.
 
 Fragments are how a fleet is configured, as `telegraf.d` is: `/etc/edge-agent/config.yaml` stays the
-device's own file (a package conffile), while `/etc/edge-agent/config.d/*.yaml` holds what a
-configuration tool pushes, e.g. `10-fleet.yaml` for every device and `50-line3.yaml` for some.
+device's own file (written once by the package, then the owner's), while `/etc/edge-agent/config.d/*.yaml`
+holds what a configuration tool pushes, e.g. `10-fleet.yaml` for every device and `50-line3.yaml` for some.
 """
 
 from __future__ import annotations

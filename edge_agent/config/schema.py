@@ -273,8 +273,9 @@ class Config(_Section):
     @field_validator("device_id", mode="before")
     @classmethod
     def _host_name_when_empty(cls, v: Any) -> Any:
-        # the packaged config.yaml ships `device_id: ""  # empty: the host name`
-        return socket.gethostname() if v is None or v == "" else v
+        # `device_id: ""` (the packaged config.yaml's, or an empty EDGE_AGENT__DEVICE_ID) reads as "not set":
+        # clips never go out nameless
+        return socket.gethostname() if v is None or (isinstance(v, str) and not v.strip()) else v
 
     @field_validator("device_id", "site")
     @classmethod

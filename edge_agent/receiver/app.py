@@ -33,7 +33,7 @@ try:
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import ClientDisconnect
 except ImportError as exc:  # pragma: no cover - depends on the install
-    raise ImportError("the reference receiver needs FastAPI: pip install 'edge-agent[receiver]'") from exc
+    raise ImportError("the reference receiver needs FastAPI: pip install 'cid-edge-agent[receiver]'") from exc
 
 import requests
 

@@ -94,7 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _missing(_args: argparse.Namespace) -> int:
-    print("edge-agent receiver needs FastAPI and uvicorn: pip install 'edge-agent[receiver]'", file=sys.stderr)
+    print("edge-agent receiver needs FastAPI and uvicorn: pip install 'cid-edge-agent[receiver]'", file=sys.stderr)
     return 69  # EX_UNAVAILABLE
 
 

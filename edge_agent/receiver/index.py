@@ -316,7 +316,7 @@ class PostgresLdoIndex(LdoIndex):
             import psycopg
             from psycopg_pool import ConnectionPool
         except ImportError as exc:
-            raise ValueError("--index postgresql:// needs psycopg: pip install 'edge-agent[postgres]'") from exc
+            raise ValueError("--index postgresql:// needs psycopg: pip install 'cid-edge-agent[postgres]'") from exc
         self._errors: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
         self.description = "postgresql://" + url.split("@")[-1].split("://")[-1]  # no password in logs
         try:

@@ -137,7 +137,7 @@ class S3Objects:
             import boto3
             from botocore.config import Config as BotoConfig
         except ImportError as exc:
-            raise ValueError("--storage s3:// needs boto3: pip install 'edge-agent[s3]'") from exc
+            raise ValueError("--storage s3:// needs boto3: pip install 'cid-edge-agent[s3]'") from exc
         m = re.fullmatch(r"s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(.*))?", url)
         if not m:
             raise ValueError(f"--storage {url!r}: expected s3://BUCKET/PREFIX")

@@ -81,6 +81,10 @@ class Daemon:
             return
         self.notifier.reloading()
         log.info("reload requested (SIGHUP) path=%s", self.path)
+        if self._watcher is not None:
+            self._reload_through_watcher()
+            self.notifier.ready()
+            return
         try:
             new = load_config(self.path)
         except ConfigError as exc:
@@ -88,6 +92,17 @@ class Daemon:
         else:
             self._reloaded(new)
         self.notifier.ready()
+
+    def _reload_through_watcher(self) -> None:
+        """SIGHUP beside the file watcher: the watcher's own check, so a save the watcher has already
+        applied (or refused) is not counted a second time."""
+        from edge_agent.service.reload import CheckOutcome
+
+        outcome = self._watcher.reload_now().outcome
+        if outcome is CheckOutcome.UNCHANGED:
+            log.info("reload: the config is unchanged since it was last read (last reload: %s)", self._last_reload)
+        elif outcome is CheckOutcome.AWAY:
+            log.warning("reload: %s is missing (mid-save?); it is read again when it is back", self.path)
 
     def _refused(self, lines: list[str]) -> None:
         """A reload whose config does not load: the running config stays, and the fleet sees it

@@ -12,6 +12,11 @@ over, its errors reported, the content unchanged, or the file away mid-save. `ch
 (a deployment step, a test) can wait until the watcher has looked and know what it decided rather
 than wait a guessed time.
 
+SIGHUP (`systemctl reload`) goes through the same check (`reload_now`), at once and in turn with
+the timer's: a save and a reload count one reload whichever comes first (the second finds the content
+unchanged), and the checks are decided in the order the files were read, so a reload of an older
+content never lands after a newer one.
+
 The fragments in the config's `.d` folder (config/loader.py) are part of the config: the folder is
 watched too (from the moment it appears), and the content compared is the main file and every
 fragment together.
@@ -248,20 +253,38 @@ class ConfigWatcher:
             self._timer.daemon = True
             self._timer.start()
 
+    def reload_now(self) -> ConfigCheck:
+        """SIGHUP's check: made at once, in turn with the timer's. A pending timer stands down (this
+        check reads what it would have); content the timer has already decided on is UNCHANGED and
+        reloads nothing, so one save plus `systemctl reload` is one reload."""
+        with self._check_lock:
+            with self._lock:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._scheduled += 1
+                seq = self._scheduled
+            return self._run_check(seq)
+
     def _check(self, seq: int) -> None:
         with self._check_lock:
             with self._lock:
                 if seq != self._scheduled:
-                    return  # a newer event came as this timer fired: the newer timer checks
-            outcome = CheckOutcome.FAILED
-            try:
-                outcome = self._decide()
-            finally:  # counted even when a callback raised, so no waiter hangs on it
-                with self._checked:
-                    self._done = seq
-                    self._last = ConfigCheck((self._last.number if self._last else 0) + 1, outcome)
-                    self._checked.notify_all()
-                log.debug("config checked: %s path=%s", outcome, self.path)
+                    return  # a newer event (or a SIGHUP) came as this timer fired: that one checks
+            self._run_check(seq)
+
+    def _run_check(self, seq: int) -> ConfigCheck:
+        """One check, with `_check_lock` held: decided, counted, waiters told."""
+        outcome = CheckOutcome.FAILED
+        try:
+            outcome = self._decide()
+        finally:  # counted even when a callback raised, so no waiter hangs on it
+            with self._checked:
+                self._done = seq
+                self._last = ConfigCheck((self._last.number if self._last else 0) + 1, outcome)
+                self._checked.notify_all()
+                done = self._last
+            log.debug("config checked: %s path=%s", outcome, self.path)
+        return done
 
     def _decide(self) -> CheckOutcome:
         digest = self._hash()
