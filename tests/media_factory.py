@@ -20,14 +20,20 @@ def write_gray_h264(path: Path, frames: Iterable[np.ndarray], size: tuple[int, i
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
         stream.codec_context.gop_size = fps
         stream.codec_context.options = {"preset": "ultrafast", "bf": "0"}
-        for n, img in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(img, format="gray").reformat(format="yuv420p")
-            frame.pts = n
-            for p in stream.encode(frame):
-                out.mux(p)
-        for p in stream.encode(None):
-            out.mux(p)
+        _encode_gray(out, stream, frames)
     return path
+
+
+def _encode_gray(out: av.container.OutputContainer, stream: av.video.stream.VideoStream,
+                 frames: Iterable[np.ndarray]) -> None:
+    """Gray pictures into `stream`, one a tick, the encoder drained at the end."""
+    for n, img in enumerate(frames):
+        frame = av.VideoFrame.from_ndarray(img, format="gray").reformat(format=stream.pix_fmt)
+        frame.pts = n
+        for p in stream.encode(frame):
+            out.mux(p)
+    for p in stream.encode(None):
+        out.mux(p)
 
 
 def transcode(src: Path, dst: Path, codec: str) -> Path:
@@ -38,14 +44,7 @@ def transcode(src: Path, dst: Path, codec: str) -> Path:
         stream = out.add_stream(codec, rate=ins.average_rate)
         stream.width, stream.height = ins.width, ins.height
         stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
-        for n, decoded in enumerate(inp.decode(ins)):
-            frame = av.VideoFrame.from_ndarray(decoded.to_ndarray(format="gray"), format="gray").reformat(
-                format=stream.pix_fmt)
-            frame.pts = n
-            for p in stream.encode(frame):
-                out.mux(p)
-        for p in stream.encode(None):
-            out.mux(p)
+        _encode_gray(out, stream, (decoded.to_ndarray(format="gray") for decoded in inp.decode(ins)))
     return dst
 
 
