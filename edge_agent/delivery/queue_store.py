@@ -153,13 +153,13 @@ class QueueStore:
     def add(self, event_id: str, record: dict[str, Any], state: str = READY) -> None:
         """A row at the queue's end (a read just made, or a clip found on disk without its row)."""
         synced = record.get("clock_synced")
-        with self._lock:
-            seq = self._run("SELECT COALESCE(MAX(seq), 0) + 1 FROM queue").fetchone()[0]
+        with self._lock:  # one statement: the detect thread's commit holds the lock as briefly as it can
             self._run(
                 "INSERT OR REPLACE INTO queue (event_id, cid, created_at, size_bytes, has_video, sha256, attempts,"
-                " seq, boot_id, created_mono, metadata, clock_synced, state) VALUES (?,?,?,?,?,?,0,?,?,?,?,?,?)",
+                " seq, boot_id, created_mono, metadata, clock_synced, state) VALUES (?,?,?,?,?,?,0,"
+                "(SELECT COALESCE(MAX(seq), 0) + 1 FROM queue),?,?,?,?,?)",
                 (event_id, record["cid"], float(record["created_at"]), int(record.get("size_bytes") or 0),
-                 int(bool(record.get("has_video", True))), record.get("sha256"), seq, record.get("boot_id"),
+                 int(bool(record.get("has_video", True))), record.get("sha256"), record.get("boot_id"),
                  record.get("created_mono"), json.dumps(record["metadata"]),
                  None if synced is None else int(bool(synced)), state))
 
@@ -230,6 +230,16 @@ class QueueStore:
                 return None
             found = self._run(f"SELECT {_ROW} FROM queue WHERE state=? ORDER BY seq LIMIT 1", (READY,)).fetchone()
         return None if found is None else _row(found)
+
+    def stamps(self, state: str) -> list[tuple[str, str, float, str | None, float | None, bool | None]]:
+        """(event id, CID, created_at, boot id, monotonic time, clock synced) of each row in `state`: what an
+        age is read from, without the metadata."""
+        with self._lock:
+            if self._db is None:
+                return []
+            found = self._run("SELECT event_id, cid, created_at, boot_id, created_mono, clock_synced FROM queue "
+                              "WHERE state=?", (state,)).fetchall()
+        return [(e, c, float(t), b, m, None if s is None else bool(s)) for e, c, t, b, m, s in found]
 
     def oldest_with_video(self) -> Row | None:
         with self._lock:

@@ -251,8 +251,9 @@ class Spool:
             return Stored(False)
         video_error: str | None = None
         if video_part is not None:
+            free = self._free_bytes()  # outside the lock: a statvfs lets go of the interpreter
             with self.store.exclusive():
-                refused = self._make_room(size, cid, event_id)
+                refused = self._make_room(size, cid, event_id, free)
             if refused is not None:
                 video_part, video_error = self._let_video_go(video_part, cid, event_id, *refused)
         attempts = 0
@@ -350,16 +351,16 @@ class Spool:
 
     # --- bounds ---------------------------------------------------------------------------------
 
-    def _make_room(self, size: int, cid: str, event_id: str) -> tuple[str, str] | None:
+    def _make_room(self, size: int, cid: str, event_id: str, free: float) -> tuple[str, str] | None:
         """Enforce the bounds before a video of `size` bytes joins: None when it fits (older videos dropped
         first with on_full=drop_oldest), else (reason, why) it does not. The new clip's file is already on
         this disk (in tmp/), so free space is compared as it is, not less the clip. Bounds apply to videos:
-        a read without one takes a row of a few kB."""
+        a read without one takes a row of a few kB. `free`: the disk's free bytes, read before the lock."""
         self._expire()
         while True:
             used = self.store.totals()[2]
             over_bytes = used + size > self.cfg.max_bytes
-            low_disk = self._free_bytes() < self.cfg.min_free_bytes
+            low_disk = free < self.cfg.min_free_bytes
             if not over_bytes and not low_disk:
                 return None
             reason = "max_bytes" if over_bytes else "min_free_bytes"
@@ -367,6 +368,8 @@ class Spool:
                 bound = (f"spool.max_bytes={self.cfg.max_bytes} reached" if over_bytes
                          else f"less than spool.min_free_bytes={self.cfg.min_free_bytes} free on its disk")
                 return f"{reason}_rejected_new", f"the spool is full ({bound})"
+            if low_disk:
+                free = self._free_bytes()
 
     def _drop_oldest_video(self, reason: str) -> bool:
         """Let the oldest queued video go to make room; its read stays queued CID-only. False when no
@@ -400,17 +403,18 @@ class Spool:
         return None
 
     def _expire(self) -> None:
-        """Reads older than spool.max_age_s are given up (their clip is made by then: pending reads wait)."""
-        if not self.store.open or self.reader:
+        """Reads older than spool.max_age_s are given up (their clip is made by then: pending reads wait).
+        A scan of the queue: at most once a minute (`_EXPIRE_EVERY_S`, or at once after a bounds change)."""
+        if not self.store.open or self.reader or self._monotonic() < self._next_expire:
             return
         self._next_expire = self._monotonic() + _EXPIRE_EVERY_S
-        rows = self.store.rows(READY)
-        synced_now = clock_sync.synchronized() if rows else None
-        for row in rows:
-            age = self.age_s(row.created_at, row.boot_id, row.created_mono, row.clock_synced, synced_now)
+        stamps = self.store.stamps(READY)
+        synced_now = clock_sync.synchronized() if stamps else None
+        for event_id, cid, created, boot, mono, synced in stamps:
+            age = self.age_s(created, boot, mono, synced, synced_now)
             if age is not None and age > self.cfg.max_age_s:
-                self._delete(row.event_id)
-                self._count_drop("max_age", row.cid, row.event_id, f"older than spool.max_age_s={self.cfg.max_age_s:g}")
+                self._delete(event_id)
+                self._count_drop("max_age", cid, event_id, f"older than spool.max_age_s={self.cfg.max_age_s:g}")
 
     # --- taking ---------------------------------------------------------------------------------
 
