@@ -19,15 +19,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPTS = sorted([*REPO.glob("benchmarks/*.py"), *REPO.glob("sample_media/*.py"),
+SCRIPTS = sorted([*REPO.glob("benchmarks/*.py"), *REPO.glob("sample_media/*.py"), *REPO.glob("packaging/*.py"),
                   *(p for p in REPO.glob("tests/*.py") if not p.name.startswith(("test_", "conftest")))])
-SHELL = sorted({*REPO.glob("benchmarks/*.sh"), *REPO.glob("packaging/*.sh"), REPO / "dev.sh",
+SHELL = sorted({*REPO.glob("benchmarks/*.sh"), *REPO.glob("packaging/*.sh"), *REPO.glob("fleet/*.sh"), REPO / "dev.sh",
                 *([REPO / ".ci" / "run"] if (REPO / ".ci" / "run").exists() else [])})
 POSIX_SH = sorted(p for p in (REPO / "packaging" / "debian").iterdir() if p.name in ("postinst", "prerm", "postrm"))
 
 
 def test_the_script_lists_are_not_empty() -> None:
     assert any(p.name == "arm64_smoke_helper.py" for p in SCRIPTS)
+    assert any(p.name == "build_deb.py" for p in SCRIPTS) and any(p.name == "test-playbook.sh" for p in SHELL)
     assert any(p.name == "arm64_smoke.sh" for p in SHELL)
 
 
