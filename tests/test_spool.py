@@ -516,6 +516,25 @@ def test_old_clips_expire(tmp_path: Path) -> None:
     assert value(m, "edge_agent_spool_dropped_total", reason="max_age") == 1
 
 
+def test_a_spool_says_its_own_drops_beside_the_count_its_queue_file_keeps_across_runs(tmp_path: Path) -> None:
+    """`dropped` is the queue file's, across runs (`spool status`); `dropped_since_open` is what this
+    object gave up, a run's own figure (replay's report)."""
+    now = [1000.0]
+    spool = Spool(spool_config(tmp_path, max_age_s=60), monotonic=lambda: now[0])
+    add_clip(spool)
+    now[0] += 61
+    add_clip(spool)  # a put checks the bounds first: the first clip goes
+    st = spool.status()
+    assert st.dropped == st.dropped_since_open == {"max_age": 1}
+    spool.close()
+    again = Spool(spool_config(tmp_path, max_age_s=60), monotonic=lambda: now[0])
+    assert again.status().dropped == {"max_age": 1} and again.status().dropped_since_open == {}
+    now[0] += 61
+    add_clip(again)
+    st = again.status()
+    assert st.dropped == {"max_age": 2} and st.dropped_since_open == {"max_age": 1}
+
+
 def test_a_wall_clock_jump_does_not_age_clips_made_this_boot(tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """A Pi without a real-time clock boots at its last saved time and NTP jumps it ahead later."""

@@ -326,6 +326,19 @@ def test_a_clip_whose_video_is_gone_goes_out_cid_only(tmp_path: Path, damage: st
     assert (tmp_path / "quarantine" / f"{event_id}.video-lost.mp4").exists() == (damage == "shorter")
 
 
+def test_the_uploader_says_how_many_queued_videos_it_found_lost(tmp_path: Path) -> None:
+    """`spool flush` tells how many CIDs went out without their video from this count."""
+    spool = Spool(spool_config(tmp_path))
+    lost = add_clip(spool)[0]
+    add_clip(spool)
+    (tmp_path / "clips" / f"{lost}.mp4").unlink()
+    with FlakyServer() as server:
+        up = uploader(spool, server.url)
+        assert up.status().videos_lost == 0
+        assert up.drain(10)
+    assert up.status().videos_lost == 1 and len(server.delivered) == 2
+
+
 def test_redirects_are_not_followed_and_the_clip_waits(tmp_path: Path) -> None:
     spool = Spool(spool_config(tmp_path))
     add_clip(spool)
