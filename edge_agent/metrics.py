@@ -317,7 +317,7 @@ class Metrics:
     def __init__(self, process: bool = True) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         for attr, spec in self.declared().items():
-            self.__dict__[attr] = spec.build(self.registry)
+            setattr(self, attr, spec.build(self.registry))
         self.build_info.set_only(version=__version__, commit=__commit__, python=platform.python_version())
         if process:
             ProcessCollector(registry=self.registry)
