@@ -65,6 +65,7 @@ class TimedSink:
 
 def pipeline_run(work: Path, labels: int) -> dict[str, Any]:
     from tests.label_video import make_label_video
+    from tests.metric_values import observations
 
     video = make_label_video(work / "labels.mp4", seconds=labels / 4 + 2, per_s=4, size=(640, 360))
     cfg = parse_config(json.dumps({"spool": {"dir": str(work / "spool"), "min_free_bytes": 0},
@@ -77,7 +78,7 @@ def pipeline_run(work: Path, labels: int) -> dict[str, Any]:
     pipeline.start()
     pipeline.wait()
     spool.close()
-    count, total = metrics.observations("edge_agent_read_durable_seconds")
+    count, total = observations(metrics, "edge_agent_read_durable_seconds")
     return {"commits_s": sink.commit_s, "histogram_mean_s": total / count if count else None}
 
 

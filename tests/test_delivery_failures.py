@@ -25,6 +25,7 @@ from edge_agent.metrics import Metrics
 from tests import agent_process
 from tests.flaky_server import FlakyServer
 from tests.kill_windows import WINDOWS, kill_in
+from tests.metric_values import value
 from tests.spool_helpers import add_clip, fast_upload, spool_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,8 +67,8 @@ def test_retryable_failures_end_in_delivery_under_one_key(tmp_path: Path, script
     assert len(server.seen) == len(script) + 1
     assert all(s.video_sha256 == sha for s in server.seen if s.complete)  # a full fresh body each time
     assert server.delivered[event_id].video_sha256 == sha
-    assert m.get("edge_agent_uploads_total", result="retry") == len(script)
-    assert m.get("edge_agent_uploads_total", result="delivered") == 1
+    assert value(m, "edge_agent_uploads_total", result="retry") == len(script)
+    assert value(m, "edge_agent_uploads_total", result="delivered") == 1
     assert spool.head() is None
 
 
@@ -113,7 +114,7 @@ def test_409_counts_as_delivered(tmp_path: Path) -> None:
     with FlakyServer([409]) as server:
         m = drain(spool, server)
     assert len(server.seen) == 1 and spool.head() is None
-    assert m.get("edge_agent_uploads_total", result="duplicate") == 1
+    assert value(m, "edge_agent_uploads_total", result="duplicate") == 1
 
 
 def test_a_2xx_whose_receipt_names_other_bytes_keeps_the_clip_until_one_names_its_own(
@@ -186,7 +187,7 @@ def test_hopeless_replies_quarantine_with_the_reply_logged_and_the_queue_moves_o
     assert (tmp_path / "quarantine" / f"{bad}.mp4").exists()
     reason = (tmp_path / "quarantine" / f"{bad}.reason").read_text()
     assert reason.startswith(f"HTTP {status} ") and "nope" in reason
-    assert m.get("edge_agent_uploads_total", result="quarantined") == 1
+    assert value(m, "edge_agent_uploads_total", result="quarantined") == 1
     line = next(r.getMessage() for r in caplog.records if f"clip={bad}" in r.getMessage() and "quarantined" in
                 r.getMessage())
     assert f"cid={bad_cid}" in line and f"HTTP {status}" in line

@@ -85,10 +85,10 @@ def served() -> Iterator[tuple[WebServer, Metrics, dict[str, Any]]]:
 
 def test_metrics_are_served_as_prometheus_text(served: tuple[WebServer, Metrics, dict[str, Any]]) -> None:
     server, metrics, _ = served
-    metrics.inc("edge_agent_frames_total", 300)
-    metrics.inc("edge_agent_uploads_total", result="delivered")
-    metrics.inc("edge_agent_uploads_total", 2, result="retry")
-    metrics.set("edge_agent_spool_clips", 3)
+    metrics.frames.inc(300)
+    metrics.uploads.labels(result="delivered").inc()
+    metrics.uploads.labels(result="retry").inc(2)
+    metrics.spool_clips.set(3)
     r = requests.get(f"{server.url}/metrics", timeout=5)
     assert r.status_code == 200
     assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -104,24 +104,24 @@ def test_metrics_are_served_as_prometheus_text(served: tuple[WebServer, Metrics,
 @promtool.needs_promtool
 def test_served_metrics_pass_promtool(served: tuple[WebServer, Metrics, dict[str, Any]]) -> None:
     server, metrics, _ = served
-    metrics.inc("edge_agent_uploads_total", result="delivered")
-    metrics.observe("edge_agent_upload_seconds", 0.2)
+    metrics.uploads.labels(result="delivered").inc()
+    metrics.upload_seconds.observe(0.2)
     promtool.check_metrics(requests.get(f"{server.url}/metrics", timeout=5).text)
 
 
 def test_label_values_are_escaped_so_any_value_round_trips() -> None:
     metrics = Metrics()
     nasty = 'a "quoted" back\\slash\nnew line'
-    metrics.inc("edge_agent_uploads_total", result=nasty)
+    metrics.uploads.labels(result=nasty).inc()
     samples = parse_exposition(metrics.prometheus_text())
     assert samples[("edge_agent_uploads_total", (("result", nasty),))] == 1
 
 
 def test_large_counters_are_exported_exactly() -> None:
     metrics = Metrics()
-    metrics.inc("edge_agent_frames_total", 12_345_678)  # ~4.8 days at 30 fps
-    metrics.set("edge_agent_spool_bytes", 2_147_483_647)
-    metrics.set("edge_agent_fps", 29.97)
+    metrics.frames.inc(12_345_678)  # ~4.8 days at 30 fps
+    metrics.spool_bytes.set(2_147_483_647)
+    metrics.fps.set(29.97)
     samples = parse_exposition(metrics.prometheus_text())
     assert samples[("edge_agent_frames_total", ())] == 12_345_678
     assert samples[("edge_agent_spool_bytes", ())] == 2_147_483_647
@@ -169,9 +169,9 @@ def test_concurrent_scrapes_while_counting_always_parse(
     def count() -> None:
         i = 0
         while not stop.is_set():
-            metrics.inc("edge_agent_frames_total")
-            metrics.inc("edge_agent_uploads_total", result=("delivered", "retry", "quarantined")[i % 3])
-            metrics.set("edge_agent_spool_clips", i % 7)
+            metrics.frames.inc()
+            metrics.uploads.labels(result=("delivered", "retry", "quarantined")[i % 3]).inc()
+            metrics.spool_clips.set(i % 7)
             i += 1
 
     worker = threading.Thread(target=count, daemon=True)

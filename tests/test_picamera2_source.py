@@ -35,6 +35,7 @@ from edge_agent.pipeline.wiring import Pipeline
 from edge_agent.stage import FailureBox, StageThread
 from tests.cli_in_process import Cli
 from tests.media_factory import make_video
+from tests.metric_values import value
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDIN = ROOT / "tests" / "picamera2_standin"
@@ -169,13 +170,13 @@ def test_a_camera_stack_that_fails_to_import_is_retried_as_a_missing_one(
     caplog.set_level(logging.WARNING)
     sup, thread, failures, _ = _capture_stage(config())
     deadline = time.monotonic() + 15
-    while sup.metrics.get("edge_agent_source_errors_total") < 2 and time.monotonic() < deadline:
+    while value(sup.metrics, "edge_agent_source_errors_total") < 2 and time.monotonic() < deadline:
         if failures.event.wait(0.1):
             break
     sup.stop()
     assert thread.join(10)
     assert failures.failure is None, failures.failure  # the capture thread lived on
-    assert sup.metrics.get("edge_agent_source_errors_total") >= 2  # and tried again
+    assert value(sup.metrics, "edge_agent_source_errors_total") >= 2  # and tried again
     retried = [r.getMessage() for r in caplog.records if "source unavailable, retrying" in r.getMessage()]
     assert retried and "numpy.dtype size changed" in retried[0] and "\n" not in retried[0], caplog.text
 
@@ -339,7 +340,7 @@ def test_the_pipeline_detects_from_lores_and_clips_the_cameras_own_packets(camer
     assert heard and heard[0].cid == CID and heard[0].clip and not heard[0].clip_error, heard
     assert status.decode.decoded == 0 and status.detect.frames_analysed > 0  # detection saw lores, nothing decoded
     # only the pictures picked for the detector (detector.rate_hz of the camera's 30 fps) left the camera's buffers
-    picked = status.detect.frames_analysed + pipeline.metrics.get("edge_agent_frames_skipped_total")
+    picked = status.detect.frames_analysed + value(pipeline.metrics, "edge_agent_frames_skipped_total")
     assert sys.modules["picamera2"].BUFFER_READS.get("lores") == picked
     assert picked < status.capture.frames * (cfg.detector.rate_hz + 1) / 30
     # the sensor's time carried to the wall clock: seen while the camera ran, not on some other clock

@@ -14,6 +14,7 @@ from edge_agent.delivery.sinks import FolderSink
 from edge_agent.pipeline.events import EventSnapshot
 from edge_agent.pipeline.wiring import Pipeline
 from tests.media_factory import make_video
+from tests.metric_values import value
 
 
 @pytest.mark.slow
@@ -27,7 +28,7 @@ def test_looping_file_source_makes_one_event_per_pass_and_remembers_only_recent_
     pipeline = Pipeline(cfg, FolderSink(tmp_path / "clips"), on_event=heard.append)
     pipeline.start()
     deadline = time.monotonic() + 30
-    while pipeline.metrics.get("edge_agent_frames_total") < 3 * 90 + 30 and time.monotonic() < deadline:
+    while value(pipeline.metrics, "edge_agent_frames_total") < 3 * 90 + 30 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert pipeline.stop(10)
     events = sorted(heard, key=lambda e: e.detected_t)

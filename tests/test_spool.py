@@ -28,6 +28,7 @@ from edge_agent.commands import spool as spool_cli
 from edge_agent.delivery.spool import Spool, SpoolBusy
 from edge_agent.metrics import Metrics
 from tests.flaky_server import FlakyServer
+from tests.metric_values import total, value
 from tests.spool_helpers import add_clip, fill, small_filesystem, spool_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,15 +120,15 @@ def test_gauges_and_status_follow_the_queue(tmp_path: Path) -> None:
     spool = Spool(spool_config(tmp_path), m)
     before = time.time()
     a, b = add_clip(spool, size=10_000)[0], add_clip(spool, size=20_000)[0]
-    assert (m.get("edge_agent_spool_clips"), m.get("edge_agent_spool_bytes")) == (2, 30_000)
+    assert (value(m, "edge_agent_spool_clips"), value(m, "edge_agent_spool_bytes")) == (2, 30_000)
     spool.mark_failed(a, "HTTP 503 busy", retry_at_mono=0)
     st = spool.status()
     assert (st.clips, st.bytes, st.last_error, st.quarantined) == (2, 30_000, "HTTP 503 busy", 0)
     assert st.oldest_at is not None and before <= st.oldest_at <= time.time()
     spool.quarantine(a, "HTTP 422")
-    assert (m.get("edge_agent_spool_clips"), m.get("edge_agent_spool_bytes")) == (1, 20_000)
+    assert (value(m, "edge_agent_spool_clips"), value(m, "edge_agent_spool_bytes")) == (1, 20_000)
     spool.mark_delivered(b)
-    assert (m.get("edge_agent_spool_clips"), m.get("edge_agent_spool_bytes")) == (0, 0)
+    assert (value(m, "edge_agent_spool_clips"), value(m, "edge_agent_spool_bytes")) == (0, 0)
     assert spool.status().quarantined == 1
 
 
@@ -187,7 +188,7 @@ def test_a_read_whose_clip_was_never_made_goes_out_cid_only_after_a_restart(tmp_
     assert ("lost power" in error) if what_stopped == "device" else ("killed or crashed" in error)
     assert entry.metadata["detected_at"] == "2026-12-07T00:00:00.000Z"  # what was known at detection goes too
     assert json.loads((tmp_path / "clips" / f"{event_id}.json").read_text())["metadata"]["clip"]["error"] == error
-    assert m.get("edge_agent_spool_recovered_total", reason="read_without_clip") == 1
+    assert value(m, "edge_agent_spool_recovered_total", reason="read_without_clip") == 1
 
 
 def test_a_read_still_waiting_for_its_clip_when_the_spool_closes_goes_out_cid_only(tmp_path: Path) -> None:
@@ -249,7 +250,7 @@ def test_a_delivered_clip_half_deleted_by_a_crash_is_finished_not_quarantined(tm
     spool = Spool(spool_config(tmp_path), m)
     assert spool.entries() == [] and list((tmp_path / "clips").iterdir()) == []
     assert list((tmp_path / "quarantine").iterdir()) == []
-    assert m.get("edge_agent_spool_recovered_total", reason="delivered_deleted") == 1
+    assert value(m, "edge_agent_spool_recovered_total", reason="delivered_deleted") == 1
 
 
 # --- recovery -------------------------------------------------------------------------------------
@@ -268,7 +269,7 @@ def test_recovery_drops_parts_and_reenqueues_orphans_in_order(tmp_path: Path) ->
     spool = Spool(spool_config(tmp_path), m)
     assert [e.event_id for e in spool.entries()] == ids  # in the order they were made
     assert not (tmp_path / "tmp" / "dead.mp4.part").exists()
-    assert m.get("edge_agent_spool_recovered_total", reason="orphan_reenqueued") == 3
+    assert value(m, "edge_agent_spool_recovered_total", reason="orphan_reenqueued") == 3
 
 
 def test_a_truncated_clip_goes_out_cid_only_and_its_video_is_set_aside(tmp_path: Path) -> None:
@@ -346,7 +347,7 @@ def test_zeroed_queue_file_is_set_aside_and_rebuilt(tmp_path: Path) -> None:
     spool = Spool(spool_config(tmp_path), m)
     assert [e.event_id for e in spool.entries()] == ids
     assert list((tmp_path / "quarantine").glob("queue.sqlite3*.corrupt-*"))
-    assert m.get("edge_agent_spool_recovered_total", reason="queue_rebuilt") == 1
+    assert value(m, "edge_agent_spool_recovered_total", reason="queue_rebuilt") == 1
     add_clip(spool)  # and it works as a queue again
     assert len(reopen(tmp_path, spool).entries()) == 4
 
@@ -463,8 +464,8 @@ def test_max_bytes_drops_the_oldest_videos_and_keeps_every_read(tmp_path: Path,
     ids = [c[0] for c in clips]
     assert [e.event_id for e in spool.entries()] == ids  # every read still goes out
     assert with_video(spool) == ids[2:]
-    assert m.get("edge_agent_spool_videos_dropped_total", reason="max_bytes_dropped_oldest") == 2
-    assert m.total("edge_agent_spool_dropped_total") == 0
+    assert value(m, "edge_agent_spool_videos_dropped_total", reason="max_bytes_dropped_oldest") == 2
+    assert total(m, "edge_agent_spool_dropped_total") == 0
     assert spool.status().bytes <= 1 << 20 and spool.status().videos_dropped == {"max_bytes_dropped_oldest": 2}
     for event_id, cid, _ in clips[:2]:
         assert f"cid={cid} clip={event_id} reason=max_bytes_dropped_oldest" in caplog.text
@@ -485,7 +486,7 @@ def test_max_bytes_reject_new_keeps_the_new_read_without_its_video(tmp_path: Pat
     assert stored.kept and "spool.max_bytes" in (stored.video_error or "")
     assert [e.event_id for e in spool.entries()] == ids + [event_id] and with_video(spool) == ids
     assert spool.entries()[-1].metadata["clip"] == {"duration_s": 5.0, "error": stored.video_error}
-    assert m.get("edge_agent_spool_videos_dropped_total", reason="max_bytes_rejected_new") == 1
+    assert value(m, "edge_agent_spool_videos_dropped_total", reason="max_bytes_rejected_new") == 1
     assert not list((tmp_path / "tmp").iterdir())
 
 
@@ -507,12 +508,31 @@ def test_old_clips_expire(tmp_path: Path) -> None:
     old = add_clip(spool)[0]
     now[0] += 59.9
     add_clip(spool)  # a put checks the bounds first
-    assert len(spool.entries()) == 2 and m.get("edge_agent_spool_dropped_total", reason="max_age") == 0
+    assert len(spool.entries()) == 2 and value(m, "edge_agent_spool_dropped_total", reason="max_age") == 0
     now[0] += 0.2  # the first clip is 60.1 s old
     spool.update_config(spool_config(tmp_path, max_age_s=60))
     add_clip(spool)
     assert old not in {e.event_id for e in spool.entries()} and len(spool.entries()) == 2
-    assert m.get("edge_agent_spool_dropped_total", reason="max_age") == 1
+    assert value(m, "edge_agent_spool_dropped_total", reason="max_age") == 1
+
+
+def test_a_spool_says_its_own_drops_beside_the_count_its_queue_file_keeps_across_runs(tmp_path: Path) -> None:
+    """`dropped` is the queue file's, across runs (`spool status`); `dropped_since_open` is what this
+    object gave up, a run's own figure (replay's report)."""
+    now = [1000.0]
+    spool = Spool(spool_config(tmp_path, max_age_s=60), monotonic=lambda: now[0])
+    add_clip(spool)
+    now[0] += 61
+    add_clip(spool)  # a put checks the bounds first: the first clip goes
+    st = spool.status()
+    assert st.dropped == st.dropped_since_open == {"max_age": 1}
+    spool.close()
+    again = Spool(spool_config(tmp_path, max_age_s=60), monotonic=lambda: now[0])
+    assert again.status().dropped == {"max_age": 1} and again.status().dropped_since_open == {}
+    now[0] += 61
+    add_clip(again)
+    st = again.status()
+    assert st.dropped == {"max_age": 2} and st.dropped_since_open == {"max_age": 1}
 
 
 def test_a_wall_clock_jump_does_not_age_clips_made_this_boot(tmp_path: Path,
@@ -525,7 +545,7 @@ def test_a_wall_clock_jump_does_not_age_clips_made_this_boot(tmp_path: Path,
     wall[0] += 8 * 86_400  # NTP steps the clock 8 days ahead
     add_clip(spool)
     assert kept in {e.event_id for e in spool.entries()}
-    assert m.get("edge_agent_spool_dropped_total", reason="max_age") == 0
+    assert value(m, "edge_agent_spool_dropped_total", reason="max_age") == 0
     # a clip from an earlier boot is aged by the wall clock only if it was synchronised then and is now
     db = sqlite3.connect(tmp_path / "queue.sqlite3", isolation_level=None)
     db.execute("UPDATE queue SET boot_id='an-earlier-boot', clock_synced=0 WHERE event_id=?", (kept,))
@@ -542,7 +562,7 @@ def test_a_wall_clock_jump_does_not_age_clips_made_this_boot(tmp_path: Path,
     spool.update_config(spool_config(tmp_path, max_age_s=3600))
     add_clip(spool)
     assert kept not in {e.event_id for e in spool.entries()}
-    assert m.get("edge_agent_spool_dropped_total", reason="max_age") == 1
+    assert value(m, "edge_agent_spool_dropped_total", reason="max_age") == 1
 
 
 def test_a_missing_clip_file_keeps_the_read_without_video(tmp_path: Path) -> None:
@@ -577,11 +597,11 @@ def test_a_really_full_disk_keeps_every_read_and_carries_on(small_fs: Path, on_f
     assert queued == ids + [made, cid_only] and stored.kept
     if on_full == "drop_oldest":  # the oldest video made room for the newest
         assert stored.video_error is None and with_video(spool) == ids[1:] + [made]
-        assert m.get("edge_agent_spool_videos_dropped_total", reason="disk_full_dropped_oldest") == 1
+        assert value(m, "edge_agent_spool_videos_dropped_total", reason="disk_full_dropped_oldest") == 1
     else:
         assert "spool disk full" in (stored.video_error or "") and with_video(spool) == ids
-        assert m.get("edge_agent_spool_videos_dropped_total", reason="disk_full") == 1
-    assert m.total("edge_agent_spool_dropped_total") == 0
+        assert value(m, "edge_agent_spool_videos_dropped_total", reason="disk_full") == 1
+    assert total(m, "edge_agent_spool_dropped_total") == 0
     assert not list((small_fs / "spool" / "tmp").iterdir())
     # restart on the full disk: it opens, and what it holds is consistent
     spool = reopen(small_fs / "spool", spool, on_full=on_full)
@@ -610,7 +630,7 @@ def test_a_zeroed_queue_file_on_a_full_disk_still_starts(small_fs: Path) -> None
     fill(small_fs / "ballast")
     spool = Spool(spool_config(small_fs / "spool"), m)  # no room for a new queue file: it starts anyway
     assert [e.event_id for e in spool.entries()] == ids
-    assert m.get("edge_agent_spool_recovered_total", reason="queue_in_memory") == 1
+    assert value(m, "edge_agent_spool_recovered_total", reason="queue_in_memory") == 1
     spool.mark_delivered(ids[0])
     assert [e.event_id for e in spool.entries()] == ids[1:]
 
@@ -620,7 +640,7 @@ def test_the_free_space_floor_drops_the_oldest(small_fs: Path) -> None:
     spool = Spool(spool_config(small_fs / "spool", min_free_bytes=1 << 20), m)
     for _ in range(8):
         add_clip(spool, size=250_000)
-    assert m.get("edge_agent_spool_videos_dropped_total", reason="min_free_bytes_dropped_oldest") >= 3
+    assert value(m, "edge_agent_spool_videos_dropped_total", reason="min_free_bytes_dropped_oldest") >= 3
     assert spool.status().clips == 8 and 2 <= len(with_video(spool)) <= 4
     assert len(with_video(reopen(small_fs / "spool", spool, min_free_bytes=1 << 20))) >= 2  # restarts fine
 

@@ -118,6 +118,28 @@ def test_flush_that_sends_a_cid_without_its_video_says_so_and_is_1_as_replay_is(
                                                       f"{error}")
 
 
+@pytest.mark.slow
+def test_flush_that_finds_a_queued_video_gone_on_its_turn_says_its_cid_went_out_without_it(tmp_path: Path) -> None:
+    """The video vanishes while the flush runs (after the spool's start-up check): the uploader sends the
+    CID alone, and the flush counts it from the uploader's own status, exit 1 as for any CID without video.
+    The first upload is held until the file is gone; the second clip waits behind it (order is kept)."""
+    clips = queue(tmp_path, 2)
+    with FlakyServer(["stall"], stall_s=1.0) as server:
+        flush = agent_process.popen(["spool", "flush", "--timeout", "30", "--config",
+                                     str(write_config(tmp_path, server.url))],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert server.post_started.wait(30)  # the first clip's upload, held: the spool has started
+        later = clips[1][0]
+        (tmp_path / "spool" / "clips" / f"{later}.mp4").unlink()
+        out, err = flush.communicate(timeout=60)
+        delivered = dict(server.delivered)
+    assert flush.returncode == 1, err
+    assert out.strip() == "delivered 2 clip(s); the spool is empty"
+    assert delivered[later].filename is None  # its CID went out alone
+    assert err.strip().splitlines()[-1] == ("edge-agent spool flush: 1 of 2 CID(s) went out without video: the queued "
+                                            "video was damaged or gone")
+
+
 def _stale_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Two clips queued now on a clock 400 days behind and not synchronised (a Pi without its RTC, before
     NTP), then the clock corrected: the wall-clock stamps say 9600 h, which is not their age."""

@@ -25,6 +25,7 @@ from edge_agent.delivery.spool import Spool
 from edge_agent.delivery.uploader import Uploader
 from edge_agent.metrics import Metrics
 from tests.flaky_server import FlakyServer
+from tests.metric_values import observations, total, value
 from tests.spool_helpers import add_clip, fast_upload, spool_config
 
 try:  # the receiver extra: a real FastAPI edge server
@@ -238,7 +239,7 @@ def test_stop_cuts_an_upload_in_progress_and_keeps_the_clip(tmp_path: Path) -> N
         assert time.monotonic() - started < 1.0
     entry = spool.head()
     assert entry is not None and entry.attempts == 0  # a stop is not a failed attempt
-    assert m.total("edge_agent_uploads_total") == 0
+    assert total(m, "edge_agent_uploads_total") == 0
 
 
 def test_wake_delivers_a_new_clip_at_once(tmp_path: Path) -> None:
@@ -325,6 +326,19 @@ def test_a_clip_whose_video_is_gone_goes_out_cid_only(tmp_path: Path, damage: st
     assert (tmp_path / "quarantine" / f"{event_id}.video-lost.mp4").exists() == (damage == "shorter")
 
 
+def test_the_uploader_says_how_many_queued_videos_it_found_lost(tmp_path: Path) -> None:
+    """`spool flush` tells how many CIDs went out without their video from this count."""
+    spool = Spool(spool_config(tmp_path))
+    lost = add_clip(spool)[0]
+    add_clip(spool)
+    (tmp_path / "clips" / f"{lost}.mp4").unlink()
+    with FlakyServer() as server:
+        up = uploader(spool, server.url)
+        assert up.status().videos_lost == 0
+        assert up.drain(10)
+    assert up.status().videos_lost == 1 and len(server.delivered) == 2
+
+
 def test_redirects_are_not_followed_and_the_clip_waits(tmp_path: Path) -> None:
     spool = Spool(spool_config(tmp_path))
     add_clip(spool)
@@ -348,12 +362,13 @@ def test_results_and_metrics(tmp_path: Path) -> None:
                       on_result=lambda e, _cid, r: results.append((e, r)))
         assert up.drain(10)
     assert results == [(a, "retry"), (a, "delivered"), (b, "quarantined"), (c, "retry"), (c, "duplicate")]
-    assert {r: m.get("edge_agent_uploads_total", result=r) for r in ("retry", "delivered", "quarantined", "duplicate")
-            } == {"retry": 2, "delivered": 1, "quarantined": 1, "duplicate": 1}
-    count, seconds = m.observations("edge_agent_upload_seconds")
+    assert {r: value(m, "edge_agent_uploads_total", result=r)
+            for r in ("retry", "delivered", "quarantined", "duplicate")} == {"retry": 2, "delivered": 1,
+                                                                             "quarantined": 1, "duplicate": 1}
+    count, seconds = observations(m, "edge_agent_upload_seconds")
     assert count == 4 and seconds > 0  # the answered requests: 503, 201, 422, 409 (the reset one had no answer)
-    assert m.observations("edge_agent_detection_to_delivery_seconds")[0] == 2  # delivered and duplicate
-    assert m.get("edge_agent_upload_bytes_total") == 2000
+    assert observations(m, "edge_agent_detection_to_delivery_seconds")[0] == 2  # delivered and duplicate
+    assert value(m, "edge_agent_upload_bytes_total") == 2000
 
 
 # --- credentials ----------------------------------------------------------------------------------
@@ -431,5 +446,5 @@ def test_detection_to_delivery_is_not_measured_across_a_clock_that_synchronised_
     monkeypatch.setenv("EDGE_AGENT_CLOCK_SYNCED", "1")
     with FlakyServer() as server:
         assert Uploader(spool, fast_upload(server.url), m, __version__).drain(10)
-    count, seconds = m.observations("edge_agent_detection_to_delivery_seconds")
+    count, seconds = observations(m, "edge_agent_detection_to_delivery_seconds")
     assert count == 1 and seconds > 30 * 86_400  # only the clip stamped on a synchronised clock

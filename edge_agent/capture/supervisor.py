@@ -224,7 +224,7 @@ class CaptureSupervisor:
                 if self._stop.is_set():
                     break
                 self.source_error = str(exc)
-                self.metrics.inc("edge_agent_source_errors_total")
+                self.metrics.source_errors.inc()
                 if self.videos:
                     log.error("replay: %s", exc)
                     continue
@@ -236,7 +236,7 @@ class CaptureSupervisor:
                     break
                 self._away(str(exc), f"source unavailable, retrying in {backoff:.0f} s (doubling up to "
                            f"{const.REOPEN_BACKOFF_CAP_S:.0f} s) until it answers: {exc}; {CHECK_HINT}", backoff)
-                self.metrics.inc("edge_agent_source_restarts_total")
+                self.metrics.source_restarts.inc()
                 if self._wait(backoff):
                     break
                 backoff = min(backoff * 2, const.REOPEN_BACKOFF_CAP_S)
@@ -265,7 +265,7 @@ class CaptureSupervisor:
             if self._restart.is_set():
                 log.info("source restarting with the reloaded settings source=%s", src.describe)
                 continue
-            self.metrics.inc("edge_agent_source_restarts_total")
+            self.metrics.source_restarts.inc()
             if stalled:  # the stall watch said it as it went away; said here if the cause changed while away
                 self._away("stalled", self._stall_line(src) if self._state == "away" else None, backoff)
             elif ended.error is not None:
@@ -341,7 +341,7 @@ class CaptureSupervisor:
                 if isinstance(item, Packet):
                     self.frames += 1
                     self.last_frame_mono = time.monotonic()
-                    metrics.inc("edge_agent_frames_total")
+                    metrics.frames.inc()
                     for consumer in consumers:
                         consumer.offer(item)
                 elif pictures is not None:  # a camera's own picture of a frame already counted
@@ -382,7 +382,7 @@ class CaptureSupervisor:
                 # said as the camera goes away; a session reopened while away that stalls again is a retry
                 if self._state != "away":
                     log.warning("%s", self._stall_line(src))
-                self.metrics.inc("edge_agent_source_stalls_total")
+                self.metrics.source_stalls.inc()
                 stalled.set()
                 src.interrupt()
                 return

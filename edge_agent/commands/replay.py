@@ -23,7 +23,6 @@ from edge_agent.commands.ownership import Owner, act_as_state_owner
 from edge_agent.delivery import contract
 from edge_agent.delivery.sinks import ClipSink, FolderSink, TeeSink
 from edge_agent.logs import setup_logging
-from edge_agent.metrics import Metrics
 
 if TYPE_CHECKING:
     from edge_agent.pipeline.events import EventSnapshot
@@ -161,8 +160,8 @@ def run_replay(args: argparse.Namespace) -> int:
         return const.EXIT_CANTCREAT
     listener = ReplayReport()
     exit_code = const.EXIT_OK
+    dropped: dict[str, int] = {}  # reads the spool gave up in this run, by reason (none without one)
     with Agent(cfg) as agent:
-        metrics = agent.metrics
         uploader = None
         sink: ClipSink
         if upload:
@@ -198,13 +197,15 @@ def run_replay(args: argparse.Namespace) -> int:
         if uploader is not None:
             if args.drain_timeout > 0 and not stop.is_set():
                 uploader.drain(args.drain_timeout)
-            remaining = agent.spool().status().clips
+            spool_status = agent.spool().status()
+            dropped = spool_status.dropped_since_open
+            remaining = spool_status.clips
             if remaining:
                 print(f"edge-agent replay: {remaining} clip(s) still queued in {cfg.spool.dir}; "
                       "they will be sent by `edge-agent run` or `edge-agent spool flush`", file=sys.stderr)
                 if not stop.is_set():  # a requested stop leaves them queued on purpose
                     exit_code = const.EXIT_QUEUED
-    report = _report(listener, status, metrics, folder)
+    report = _report(listener, status, dropped, folder)
     if args.report:
         text = json.dumps(report, indent=2) + "\n"
         if report_file is None:
@@ -266,7 +267,7 @@ def _progress(pipeline: Pipeline, total: int | None, quiet: bool, stop: threadin
         bar.update(pipeline.status().capture.frames - bar.n)
 
 
-def _report(listener: ReplayReport, status: PipelineStatus, metrics: Metrics,
+def _report(listener: ReplayReport, status: PipelineStatus, dropped: dict[str, int],
             folder: FolderSink | None) -> dict[str, Any]:
     from edge_agent.pipeline.events import Delivery
 
@@ -290,7 +291,7 @@ def _report(listener: ReplayReport, status: PipelineStatus, metrics: Metrics,
         "uploaded": sum(1 for e in events if e["uploaded"]),
         "quarantined": sum(1 for rec in listener.sorted() if rec.upload is Delivery.QUARANTINED),
         "refused": sum(1 for rec in listener.sorted() if not rec.queued),
-        "dropped": {k: int(v) for k, v in metrics.labelled("edge_agent_spool_dropped_total", "reason").items() if v},
+        "dropped": {k: v for k, v in dropped.items() if v},
         "rejected": status.detect.rejected,
         "noreads": list(listener.noreads),
     }

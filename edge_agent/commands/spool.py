@@ -26,6 +26,7 @@ from edge_agent.redact import redact_data
 if TYPE_CHECKING:
     from edge_agent.app import Agent
     from edge_agent.delivery.spool import Spool
+    from edge_agent.delivery.uploader import Uploader
 
 # How often `flush` looks at the queue while the running agent delivers it.
 POLL_S = 0.5
@@ -227,6 +228,7 @@ def cmd_flush(args: argparse.Namespace) -> int:
     delivered: set[str] = set()
     stopped = False
     spool: Any = None
+    uploader: Uploader | None = None
     waiting: set[str] = set()  # beside the agent: the clips queued when the wait began
     # events queued without video (clip.error says why): delivered, they are CIDs without video, which a
     # waiting flush cannot mend, as replay counts them (docs/architecture.md section 8: exit 1)
@@ -245,7 +247,8 @@ def cmd_flush(args: argparse.Namespace) -> int:
         if agent_pid is None:
             spool = agent.spool()
             novideo = _without_video(spool)
-            agent.uploader(on_result, thread=False).drain(max(0.0, deadline - time.monotonic()))
+            uploader = agent.uploader(on_result, thread=False)
+            uploader.drain(max(0.0, deadline - time.monotonic()))
         else:
             print(f"edge-agent is running (pid {agent_pid or '?'}) and delivers the queue; "
                   f"waiting up to {args.timeout:g} s for it to empty", file=sys.stderr)
@@ -261,7 +264,8 @@ def cmd_flush(args: argparse.Namespace) -> int:
         return 0
     left = spool.status()
     if agent_pid is None:
-        lost_on_the_way = int(agent.metrics.total("edge_agent_spool_videos_lost_total"))  # damaged or gone
+        # videos found damaged or gone when their turn came: their CIDs went out without them
+        lost_on_the_way = uploader.status().videos_lost if uploader is not None else 0
         agent.close()
     else:
         # what the agent did with the clips that were waiting: the ones gone from the queue were delivered

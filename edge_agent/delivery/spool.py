@@ -40,7 +40,9 @@ import logging
 import os
 import shutil
 import sqlite3
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +126,9 @@ class SpoolStatus:
     pending: int = 0  # reads committed whose clip is not made yet
     videos_dropped: dict[str, int] = field(default_factory=dict)  # videos let go, their reads kept, by reason
     in_memory: bool = False  # the queue file could not be opened: the queue lasts until the next start
+    # reads this Spool object gave up since it was opened, by reason: this process's share of `dropped`
+    # (a run's own figure, e.g. replay's report; `dropped` is kept in the queue file across runs)
+    dropped_since_open: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -172,6 +177,8 @@ class Spool:
         self._requests = RequestChannel(self.root)
         self.reader = reader
         self.disk_full = False  # the last write met a full disk
+        self._drops_lock = threading.Lock()  # drops are counted under the queue's lock, and outside it
+        self._dropped_since_open: Counter[str] = Counter()
         self._retry_at: dict[str, float] = {}  # event id -> monotonic time of its next attempt (uploader's)
         self._next_expire = 0.0
         self._lock_fd: int | None = None
@@ -228,7 +235,7 @@ class Spool:
             self._row_write(lambda: self.store.add(event_id, record, PENDING), cid, event_id)
         except sqlite3.Error as exc:
             self.disk_full = self.disk_full or is_disk_full(exc)
-            self.metrics.inc("edge_agent_reads_not_durable_total")
+            self.metrics.reads_not_durable.inc()
             log.error("spool: read not committed cid=%s clip=%s error=%s (it is queued when its clip is made)",
                       cid, event_id, exc)
             return False
@@ -561,8 +568,11 @@ class Spool:
 
     def _count_drop(self, reason: str, cid: str, event_id: str, detail: str = "") -> None:
         """A read given up (it never reaches the server): counted by reason in the queue file (`spool status`
-        shows the counts across restarts), in the metrics and in the log, with its CID and clip id."""
-        self.metrics.inc("edge_agent_spool_dropped_total", reason=reason)
+        shows the counts across restarts), by this object (`status().dropped_since_open`), in the metrics and
+        in the log, with its CID and clip id."""
+        self.metrics.spool_dropped.labels(reason=reason).inc()
+        with self._drops_lock:
+            self._dropped_since_open[reason] += 1
         if not self.reader:
             with contextlib.suppress(sqlite3.Error):
                 self.store.count_drop(READS, reason, cid, event_id, time.time())
@@ -571,7 +581,7 @@ class Spool:
 
     def _count_video_drop(self, reason: str, cid: str, event_id: str, detail: str) -> None:
         """A video let go while its read stays queued (it goes out CID-only, `clip.error` saying why)."""
-        self.metrics.inc("edge_agent_spool_videos_dropped_total", reason=reason)
+        self.metrics.spool_videos_dropped.labels(reason=reason).inc()
         with contextlib.suppress(sqlite3.Error):
             self.store.count_drop(VIDEOS, reason, cid, event_id, time.time())
         log.error("spool: video dropped, read kept cid=%s clip=%s reason=%s error=%s", cid, event_id, reason, detail)
@@ -591,7 +601,11 @@ class Spool:
         return SpoolStatus(n, b, self.store.oldest_created_at(), self.store.first_error(),
                            quarantined_count(self.quarantine_dir), self.store.drops(READS), free,
                            self.disk_full or free < _FULL_BELOW_BYTES, newest_quarantine_reason(self.quarantine_dir),
-                           pending, self.store.drops(VIDEOS), self.store.memory)
+                           pending, self.store.drops(VIDEOS), self.store.memory, self._dropped_since_open_now())
+
+    def _dropped_since_open_now(self) -> dict[str, int]:
+        with self._drops_lock:
+            return dict(self._dropped_since_open)
 
     def serve_requests(self) -> None:
         """The owner answers what commands asked (`spool requeue` beside the running agent); cheap
@@ -607,13 +621,13 @@ class Spool:
         from the uploader's loop)."""
         self._keep_reserve()
         self._count_gauges()
-        self.metrics.set("edge_agent_spool_disk_free_bytes", int(min(self._free_bytes(), 2**62)))
+        self.metrics.spool_disk_free_bytes.set(int(min(self._free_bytes(), 2**62)))
 
     def _count_gauges(self) -> None:
         n, pending, b = self.store.totals()
-        self.metrics.set("edge_agent_spool_clips", n)
-        self.metrics.set("edge_agent_spool_reads_pending", pending)
-        self.metrics.set("edge_agent_spool_bytes", b)
+        self.metrics.spool_clips.set(n)
+        self.metrics.spool_reads_pending.set(pending)
+        self.metrics.spool_bytes.set(b)
 
     def update_config(self, cfg: SpoolConfig) -> None:
         """The bounds, from now on (the next put, the next expiry); the folder itself is restart-only."""

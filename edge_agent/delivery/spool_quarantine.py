@@ -104,7 +104,7 @@ class Quarantine:
                 write_note(self.dir / f"{event_id}.reason", reason + "\n")
                 fsync_path(self.dir)
                 self._files.sync()
-            self._metrics.inc("edge_agent_spool_quarantined_total")
+            self._metrics.spool_quarantined.inc()
             log.error("spool: quarantined cid=%s clip=%s reason=%s%s", cid or "?", event_id, reason,
                       f" -> {hint}" if hint else "")
         return moved

@@ -95,7 +95,7 @@ def open_queue(root: Path, clips: Path, quarantine_dir: Path, metrics: Metrics) 
             disk_full = is_disk_full(exc)
             log.error("spool queue file cannot be opened error=%s%s: keeping the queue in memory until the "
                       "next start", exc, f" ({disk_full_note(root, bytes_in(clips))})" if disk_full else "")
-            metrics.inc("edge_agent_spool_recovered_total", reason="queue_in_memory")
+            metrics.spool_recovered.labels(reason="queue_in_memory").inc()
             return QueueStore(connect(Path(":memory:")), memory=True), disk_full
         stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"  # two in a second stay apart
         for suffix in ("", "-wal", "-shm"):
@@ -107,13 +107,13 @@ def open_queue(root: Path, clips: Path, quarantine_dir: Path, metrics: Metrics) 
                     p.unlink(missing_ok=True)
         log.error("spool queue file unreadable error=%s: moved to quarantine, rebuilding from clip sidecars",
                   exc)
-        metrics.inc("edge_agent_spool_recovered_total", reason="queue_rebuilt")
+        metrics.spool_recovered.labels(reason="queue_rebuilt").inc()
         try:
             return QueueStore(connect(path), path=path), False
         except sqlite3.Error as again:
             log.error("spool queue file cannot be created error=%s: keeping the queue in memory until the "
                       "next start (clips and their sidecars stay on disk)", again)
-            metrics.inc("edge_agent_spool_recovered_total", reason="queue_in_memory")
+            metrics.spool_recovered.labels(reason="queue_in_memory").inc()
             return QueueStore(connect(Path(":memory:")), memory=True), False
 
 
@@ -214,7 +214,7 @@ def _recover_row(row: Row, store: QueueStore, files: ClipFiles, quarantine: Quar
         # the server had it; a crash came between the row's mark and its delete: finish the delete
         files.delete(event_id)
         store.delete(event_id)
-        metrics.inc("edge_agent_spool_recovered_total", reason="delivered_deleted")
+        metrics.spool_recovered.labels(reason="delivered_deleted").inc()
         log.info("spool recovery: finished deleting delivered cid=%s clip=%s", row.cid, event_id)
         return
     if row.state == PENDING:
@@ -243,7 +243,7 @@ def settle_pending(row: Row, store: QueueStore, files: ClipFiles, metrics: Metri
         side = None
     if side is not None:
         store.attach(row.event_id, {**side, "size_bytes": files.size(row.event_id) or 0})
-        metrics.inc("edge_agent_spool_recovered_total", reason="put_finished")
+        metrics.spool_recovered.labels(reason="put_finished").inc()
         log.info("spool recovery: finished an interrupted put cid=%s clip=%s", row.cid, row.event_id)
     else:
         store.without_video(row.event_id, {**row.metadata, "clip": {"error": why}})
@@ -251,7 +251,7 @@ def settle_pending(row: Row, store: QueueStore, files: ClipFiles, metrics: Metri
         if settled is not None:
             with contextlib.suppress(OSError):  # the row holds it all; recovery writes a missing sidecar again
                 files.rewrite_sidecar(row.event_id, settled.record())
-        metrics.inc("edge_agent_spool_recovered_total", reason="read_without_clip")
+        metrics.spool_recovered.labels(reason="read_without_clip").inc()
         log.warning("spool recovery: read kept without its clip cid=%s clip=%s reason=%s", row.cid,
                     row.event_id, why)
     return store.get(row.event_id) or row
@@ -289,7 +289,7 @@ def _restore_sidecar(row: Row, files: ClipFiles, metrics: Metrics) -> None:
                   exc.strerror or exc)
         return
     if agrees is None:
-        metrics.inc("edge_agent_spool_recovered_total", reason="sidecar_restored")
+        metrics.spool_recovered.labels(reason="sidecar_restored").inc()
         log.warning("spool recovery: sidecar of cid=%s clip=%s missing or unreadable: written again from the "
                     "queue", row.cid, row.event_id)
 
@@ -337,7 +337,7 @@ def reenqueue(store: QueueStore, files: ClipFiles, quarantine: Quarantine, metri
         except OSError as exc:
             problem = f"clip file unreadable: {exc.strerror or exc}"
     store.add(event_id, {**data, "size_bytes": size})
-    metrics.inc("edge_agent_spool_recovered_total", reason="orphan_reenqueued")
+    metrics.spool_recovered.labels(reason="orphan_reenqueued").inc()
     log.info("spool: re-enqueued cid=%s clip=%s", cid, event_id)
     if problem is not None:
         without_video(event_id, problem, True)

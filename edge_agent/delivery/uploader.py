@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urljoin
 
@@ -65,6 +66,11 @@ REPLY_LOG_CHARS = 200
 ResultCallback = Callable[[str, str, UploadResult], None]
 
 
+@dataclass(frozen=True)
+class UploaderStatus:
+    videos_lost: int  # queued clips whose video this uploader found gone or damaged (sent CID-only), since made
+
+
 class Uploader:
     """One worker thread delivering the spool's clips in order. Also usable without the thread
     (`deliver_once`, `drain`) by `spool flush` and replay."""
@@ -85,6 +91,7 @@ class Uploader:
         self._thread: threading.Thread | None = None
         self._attempt_lock = threading.Lock()
         self._cutter: DeadlineCutter | None = None  # one request at a time, whoever asks
+        self._videos_lost = 0  # counted where attempts are made, one at a time
         self._token: str | None = None
         self._token_error: str | None = None
         # the settings attempts are made with, written only where attempts are made (`deliver_once`, under
@@ -124,6 +131,10 @@ class Uploader:
         except CredentialError as exc:
             self._token, self._token_error = None, str(exc)
             log.error("upload token: %s", exc)
+
+    def status(self) -> UploaderStatus:
+        """What this uploader did, for a caller's summary (`spool flush`)."""
+        return UploaderStatus(self._videos_lost)
 
     # --- thread ---------------------------------------------------------------------------------
 
@@ -272,7 +283,7 @@ class Uploader:
             # complete, so whatever status it parsed is not the server's whole answer. Never delivered.
             return self._cut(entry, by_caller, deadline - started)
         elapsed = time.monotonic() - started
-        self.metrics.observe("edge_agent_upload_seconds", elapsed)
+        self.metrics.upload_seconds.observe(elapsed)
         status = resp.status_code
         text = resp.text or ""
         if self._token:
@@ -328,7 +339,8 @@ class Uploader:
         """The clip's video is gone or damaged: the event still goes out, CID-only, saying why."""
         log.error("clip video lost cid=%s clip=%s reason=%s: sending the CID without video", entry.cid,
                   entry.event_id, problem)
-        self.metrics.inc("edge_agent_spool_videos_lost_total")
+        self.metrics.spool_videos_lost.inc()
+        self._videos_lost += 1
         return self.spool.drop_video(entry.event_id, problem)
 
     def _retry_now(self, entry: Entry, new: Entry | None) -> UploadResult:
@@ -341,7 +353,7 @@ class Uploader:
         attempts = entry.attempts + 1
         delay = self.backoff.delay(attempts, retry_after)
         self.spool.mark_failed(entry.event_id, error, time.monotonic() + delay)
-        self.metrics.inc("edge_agent_uploads_total", result=UploadResult.RETRY)
+        self.metrics.uploads.labels(result=UploadResult.RETRY).inc()
         log.warning("upload failed cid=%s clip=%s attempt=%d error=%s retry_in_s=%.2f%s", entry.cid, entry.event_id,
                     attempts, error, delay, f" retry_after_s={retry_after:g}" if retry_after is not None else "")
         self._notify(entry, UploadResult.RETRY)
@@ -353,16 +365,16 @@ class Uploader:
             self.spool.quarantine(entry.event_id, detail, hint)  # the spool logs it, once
         else:
             self.spool.mark_delivered(entry.event_id)
-            self.metrics.inc("edge_agent_upload_bytes_total", entry.size_bytes)
+            self.metrics.upload_bytes.inc(entry.size_bytes)
             since = _since_detection(entry)
             if since is not None:
-                self.metrics.observe("edge_agent_detection_to_delivery_seconds", since)
-            self.metrics.set("edge_agent_last_delivery_timestamp_seconds", time.time())
+                self.metrics.detection_to_delivery_seconds.observe(since)
+            self.metrics.last_delivery_timestamp_seconds.set(time.time())
             log.info("delivered cid=%s clip=%s bytes=%d attempts=%d upload_s=%.2f queued_s=%.1f%s", entry.cid,
                      entry.event_id, entry.size_bytes, entry.attempts + 1, elapsed or 0.0,
                      max(0.0, time.time() - entry.created_at),
                      " duplicate=yes" if result is UploadResult.DUPLICATE else "")
-        self.metrics.inc("edge_agent_uploads_total", result=result)
+        self.metrics.uploads.labels(result=result).inc()
         self._notify(entry, result)
         return result
 

@@ -43,7 +43,7 @@ class FrameSlot:
             elif item is not END:
                 stale = [x for x in self._items if x is not END]
                 if stale:
-                    self._metrics.inc("edge_agent_frames_skipped_total", len(stale))
+                    self._metrics.frames_skipped.inc(len(stale))
                 self._items = [x for x in self._items if x is END]
             self._items.append(item)
             self._cond.notify_all()
@@ -114,7 +114,7 @@ class RecordingQueue:
                     "clip worker behind (encoding or disk too slow for the label rate): video dropped"))
                 size = 0
                 self.dropped += 1
-                self._metrics.inc("edge_agent_clips_dropped_total")
+                self._metrics.clips_dropped.inc()
             self._bytes += size
             self._count += 1
             self._items.append(rec)

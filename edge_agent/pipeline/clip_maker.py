@@ -263,7 +263,7 @@ class ClipMaker:
             backoff = min(const.ENCODER_RETRY_CAP_S, const.ENCODER_RETRY_S * 2 ** (h.failures - 1))
             h.retry_at = time.monotonic() + backoff
         if self._metrics is not None:
-            self._metrics.inc("edge_agent_clip_encoder_failures_total", encoder=name)
+            self._metrics.clip_encoder_failures.labels(encoder=name).inc()
         # an absent device fails the same way at every retry: one warning, then a quieter line
         (log.info if again else log.warning)(
             "encoder failed encoder=%s failures=%d error=%s (trying the next in clip.encoders; this one again "

@@ -61,7 +61,7 @@ class ClipStage:
         self.sink = sink
         self.metrics = metrics
         self.maker = ClipMaker(cfg.clip, metrics)
-        self.metrics.set("edge_agent_clip_encoding_up", 1)
+        self.metrics.clip_encoding_up.set(1)
         self.events = events  # read here, written here only through `clip_made`
         self._on_event = on_event
         self._backpressure = backpressure
@@ -140,10 +140,10 @@ class ClipStage:
             ms = (time.perf_counter() - started) * 1000
             clip_ms = round(ms, 1)
             self.made += 1
-            self.metrics.inc("edge_agent_clips_total")
-            self.metrics.observe("edge_agent_clip_seconds", ms / 1000)
+            self.metrics.clips.inc()
+            self.metrics.clip_seconds.observe(ms / 1000)
             if clip_info.not_reencoded:
-                self.metrics.inc("edge_agent_clips_not_reencoded_total", reason=clip_info.not_reencoded)
+                self.metrics.clips_not_reencoded.labels(reason=clip_info.not_reencoded).inc()
             log.info("clip ready cid=%s clip=%s duration_s=%.2f frames=%s bytes=%s %s ms=%.0f%s", ev.cid,
                      ev.event_id, clip_info.duration_s or 0, clip_info.frames, clip_info.size_bytes,
                      ("remux" + (f" not_reencoded={clip_info.not_reencoded}" if clip_info.not_reencoded else ""))
@@ -153,14 +153,14 @@ class ClipStage:
             part.unlink(missing_ok=True)
             if isinstance(exc, OutOfTime):
                 self.dropped += 1
-                self.metrics.inc("edge_agent_clips_dropped_total")
+                self.metrics.clips_dropped.inc()
             error = str(exc) if isinstance(exc, ClipError) else f"internal error: {type(exc).__name__}: {exc}"
             clip_info, video = contract.ClipInfo(error=error), None
             self.failed += 1
-            self.metrics.inc("edge_agent_clip_errors_total")
+            self.metrics.clip_errors.inc()
             log.error("clip failed cid=%s clip=%s error=%s (sending the CID without video)", ev.cid,
                       ev.event_id, error, exc_info=not isinstance(exc, ClipError))
-        self.metrics.set("edge_agent_clip_encoding_up", 0 if self.maker.status().encoding_error else 1)
+        self.metrics.clip_encoding_up.set(0 if self.maker.status().encoding_error else 1)
         ev = self.events.get(ev.event_id) or ev  # the sightings counted while the clip was made
         track, frames, quality = self.track.track(ev.cid, ev.first, *span)
         meta = read_metadata(self.cfg.device_id, ev.event_id, ev.cid, ev.first, ev.hits, ev.last_t, clip_info,

@@ -176,7 +176,7 @@ class DecodeStage:
             self._window.reset()
         if not self._window.decode(pkt, self._blind_s):
             self.undecoded += 1
-            self.metrics.inc("edge_agent_frames_undecoded_total")
+            self.metrics.frames_undecoded.inc()
             return
         if self._backpressure() is Backpressure.BLOCK:
             self.inbox.put(pkt)
@@ -212,7 +212,7 @@ class DecodeStage:
 
     def _drop(self) -> None:
         self.dropped += 1
-        self.metrics.inc("edge_agent_frames_dropped_total")
+        self.metrics.frames_dropped.inc()
 
     def end(self) -> None:
         """No more packets (the capture thread has ended): decode what is queued, then pass END on."""
@@ -288,11 +288,11 @@ class DecodeStage:
                 skipping = not wanted
                 decoder.skip_frame = "NONREF" if skipping else "DEFAULT"
             try:
-                frames = self.metrics.timed("edge_agent_decode_seconds", decoder.decode,
-                                            to_av_packet(pkt, info.time_base))
+                with self.metrics.decode_seconds.time():
+                    frames = decoder.decode(to_av_packet(pkt, info.time_base))
             except av.error.FFmpegError:
                 self.errors += 1
-                self.metrics.inc("edge_agent_decode_errors_total")
+                self.metrics.decode_errors.inc()
                 continue
             self._deliver(frames, picks, pkt.pts)
         if decoder is not None:
@@ -303,7 +303,7 @@ class DecodeStage:
             self._deliver(decoder.decode(None), picks, None)
         except av.error.FFmpegError:
             self.errors += 1
-            self.metrics.inc("edge_agent_decode_errors_total")
+            self.metrics.decode_errors.inc()
 
     def _behind(self) -> float:
         """Seconds of capture time waiting in the inbox (DROP: the capture thread adds, this one takes)."""
@@ -317,7 +317,7 @@ class DecodeStage:
         with their packet's capture time."""
         for frame in frames:
             self.decoded += 1
-            self.metrics.inc("edge_agent_frames_decoded_total")
+            self.metrics.frames_decoded.inc()
             picked = picks.pop(frame.pts if frame.pts is not None else pts, None)
             if picked is not None:
                 self.out.put(GrayFrame(luma(frame), picked[0], picked[1]))

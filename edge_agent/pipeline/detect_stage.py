@@ -121,12 +121,12 @@ class DetectStage:
                 found = self.detector.detect(frame)
             except Exception:  # one odd frame must not stop detection
                 log.exception("QR decoder failed on a frame t=%.3f", frame.t)
-                self.metrics.inc("edge_agent_detector_errors_total")
+                self.metrics.detector_errors.inc()
                 continue
             self._read_at = time.monotonic()
             self.analysed += 1
-            self.metrics.inc("edge_agent_frames_analysed_total")
-            self.metrics.observe("edge_agent_detect_seconds", self.detector.last_ms / 1000)
+            self.metrics.frames_analysed.inc()
+            self.metrics.detect_seconds.observe(self.detector.last_ms / 1000)
             reads = [(self._handle(det, frame), det) for det in found]  # None: refused, outline kept
             self.track.frame(frame, reads, found.unread)
             self.ring.analysed(frame.t)  # the recordings detection has passed the end of can be made now
@@ -140,11 +140,11 @@ class DetectStage:
             self._reject(det)
             return None
         self.sightings += 1
-        self.metrics.inc("edge_agent_detections_total")
+        self.metrics.detections.inc()
         action, ev = self.tracker.observe(cid, det)
         if action is Action.NEW:
             self.events += 1
-            self.metrics.inc("edge_agent_events_total")
+            self.metrics.events.inc()
             durable = self._keep(ev)
             log.info("detected cid=%s clip=%s t=%.3f decoder=%s%s", cid, ev.event_id, det.t, det.decoder,
                      "" if durable else " not_durable")
@@ -167,12 +167,12 @@ class DetectStage:
                              contract.ClipInfo())
         durable = self._commit(ev.event_id, ev.cid, meta)
         if durable:
-            self.metrics.observe("edge_agent_read_durable_seconds", time.monotonic() - self._read_at)
+            self.metrics.read_durable_seconds.observe(time.monotonic() - self._read_at)
         return durable
 
     def _reject(self, det: Detection) -> None:
         self.rejected += 1
-        self.metrics.inc("edge_agent_payloads_rejected_total")
+        self.metrics.payloads_rejected.inc()
         last = self._rejected_last.get(det.payload)
         if last is None or det.t - last > self.cfg.detector.cooldown_s:
             log.warning("payload rejected: not a valid CID payload=%s t=%.3f", escape_payload(det.payload), det.t)

@@ -327,7 +327,7 @@ class NoReads:
 
     def _emit(self, found: list[NoRead]) -> None:
         for nr in found:
-            self.metrics.inc("edge_agent_noreads_total")
+            self.metrics.noreads.inc()
             entry = self.store.save(nr)
             xs, ys = [p[0] for p in nr.polygon], [p[1] for p in nr.polygon]
             log.warning("no-read: QR code seen but not read t=%.3f at=%d,%d error=%s sightings=%d image=%s", nr.t,

@@ -198,7 +198,7 @@ class RingBuffer:
     def _cap_bytes(self) -> None:
         while self._bytes > self.max_bytes and len(self._packets) > 1:
             self._bytes -= self._packets.popleft().size
-            self._metrics.inc("edge_agent_ring_evicted_over_cap_total")
+            self._metrics.ring_evicted_over_cap.inc()
         oldest = self._packets[0].t
         while len(self._sessions) > 1 and (nxt := self._sessions[1].first_t) is not None and nxt <= oldest:
             self._sessions.popleft()  # a session none of whose packets are held any more

@@ -112,8 +112,8 @@ class Daemon:
     def _count_refused(self, lines: list[str]) -> None:
         for line in lines:
             log.error("reload refused, keeping the running config: %s", line)
-        self.metrics.inc("edge_agent_config_reloads_total", result="refused")
-        self.metrics.set("edge_agent_config_last_reload_successful", 0)
+        self.metrics.config_reloads.labels(result="refused").inc()
+        self.metrics.config_last_reload_successful.set(0)
         self._last_reload = "refused"
 
     def _reloaded(self, new: Config) -> None:
@@ -127,7 +127,7 @@ class Daemon:
 
         old, new = done.old, done.new
         self._config_loaded(new)
-        self.metrics.inc("edge_agent_config_reloads_total", result="applied")
+        self.metrics.config_reloads.labels(result="applied").inc()
         self._last_reload = "applied"
         if not done.live and not done.restart:
             return
@@ -140,10 +140,10 @@ class Daemon:
                  describe_changes(old, new, source) or "-")
 
     def _config_loaded(self, cfg: Config) -> None:
-        self.metrics.set("edge_agent_config_last_reload_successful", 1)
-        self.metrics.set("edge_agent_config_last_reload_success_timestamp_seconds", time.time())
-        self.metrics.set_only("edge_agent_info", 1, device_id=cfg.device_id, site=cfg.site or "",
-                              source_kind=cfg.source.kind, config_sha256=config_sha256(cfg))
+        self.metrics.config_last_reload_successful.set(1)
+        self.metrics.config_last_reload_success_timestamp_seconds.set(time.time())
+        self.metrics.info.set_only(device_id=cfg.device_id, site=cfg.site or "", source_kind=cfg.source.kind,
+                                   config_sha256=config_sha256(cfg))
 
     @property
     def cfg(self) -> Config:
@@ -162,7 +162,7 @@ class Daemon:
 
     def _clock(self) -> None:
         # unknown (no adjtimex) counts as not synchronised: nothing vouches for the clips' timestamps
-        self.metrics.set("edge_agent_clock_synchronized", int(bool(clock_sync.synchronized())))
+        self.metrics.clock_synchronized.set(int(bool(clock_sync.synchronized())))
 
     # --- main loop ------------------------------------------------------------------------------
 
@@ -279,8 +279,8 @@ class Daemon:
                 log.warning("capture moving again: the watchdog is fed")
         if not stuck:
             self.notifier.watchdog()
-        self.metrics.set("edge_agent_source_up", int(cap.state == "up"))
-        self.metrics.set("edge_agent_source_away_seconds", round(cap.away_s or 0.0, 1))
+        self.metrics.source_up.set(int(cap.state == "up"))
+        self.metrics.source_away_seconds.set(round(cap.away_s or 0.0, 1))
 
     def _loop(self) -> int:
         ready = False
@@ -320,7 +320,7 @@ class Daemon:
                 + (f" source_error={st.capture.source_error}" if st.capture.source_error else "")
                 + (" clip_encoding=down" if st.clips.encoding_error else ""))
             self.fps = round(fps, 2)
-            self.metrics.set("edge_agent_fps", self.fps)
+            self.metrics.fps.set(self.fps)
             self._clock()
             if self.pipeline.wait(0):
                 log.info("source finished (file source without loop): stopping")

@@ -232,7 +232,7 @@ class WebServer:
         """Count a wrong password from `client`; returns the seconds it now waits before its next try."""
         failures, wait = self.logins.failed(client)
         if self.metrics is not None:
-            self.metrics.inc("edge_agent_http_auth_failures_total")
+            self.metrics.http_auth_failures.inc()
         n = self.lines.allow("login")
         if n is not None:  # the address and the count, never what was tried
             log.warning("web login failed client=%s failures=%d next_try_in_s=%.0f%s", client, failures, wait,
