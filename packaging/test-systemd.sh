@@ -6,7 +6,8 @@
 #   reaches the agent only through LoadCredential (its file stays root's, mode 0600); one config.d save plus
 #   `systemctl reload` counts one applied reload; the hardening directives are applied to the process
 #   (systemd-analyze security's score, NoNewPrivs, seccomp, no capabilities); an upgrade with apt restarts
-#   the running agent on the new version; a camera that stalls after READY is killed by the watchdog and
+#   the running agent on the new version; a camera that stalls after READY is retried while the agent stays
+#   up (the watchdog fed), and a hung agent (SIGSTOP) is killed by the watchdog and
 #   restarted; `systemctl stop` ends with status 0.
 #
 #   sudo packaging/test-systemd.sh [bookworm|trixie]        (./dev.sh systemd-test SUITE is the same)
@@ -109,7 +110,7 @@ device_id: stall-test
 source:
   kind: pipe
   command: /usr/lib/edge-agent/current/bin/python3 /srv/edge-agent-test/stream_sample.py /srv/edge-agent-test/conveyor_720p30.mp4 --loop --stall-after 15
-  stall_s: 120
+  stall_s: 3
 spool:
   min_free_bytes: 0
 YAML
@@ -164,6 +165,10 @@ new_version_runs() {
         && inside edge-agent --version | grep -qx "edge-agent $NEW_VERSION" \
         && inside journalctl -u edge-agent --no-pager -q | grep -q "started version=$NEW_VERSION"
 }
+camera_away_said() { inside journalctl -u edge-agent@stall --no-pager -q | grep -q "source stalled"; }
+agent_stayed_up() {
+    [ "$(prop edge-agent@stall.service NRestarts)" = 0 ] && [ "$(prop edge-agent@stall.service ActiveState)" = active ]
+}
 watchdog_restarted() {
     [ "$(prop edge-agent@stall.service NRestarts)" -ge 1 ] \
         && inside journalctl -u edge-agent@stall --no-pager -q | grep -qi "watchdog timeout"
@@ -201,7 +206,12 @@ main_steps() {
     check "the upgrade restarted the agent on $NEW_VERSION" wait_for 60 "the new version running" new_version_runs
 
     check "a camera that stalls after READY: edge-agent@stall starts" inside timeout 90 systemctl start edge-agent@stall
-    check "... the watchdog kills it and systemd restarts it" wait_for 120 "a watchdog restart" watchdog_restarted
+    check "... the agent says the camera is away and retries it" wait_for 60 "the stall said" camera_away_said
+    sleep $((3 * 8))  # three times WatchdogSec: an agent retrying its camera is no hang, and is not killed
+    check "... and stays up, the watchdog fed, for three watchdog periods" agent_stayed_up
+    inside kill -STOP "$(prop edge-agent@stall.service MainPID)"  # a hung agent: no WATCHDOG=1 any more
+    check "a hung agent (SIGSTOP): the watchdog kills it and systemd restarts it" \
+        wait_for 120 "a watchdog restart" watchdog_restarted
     inside systemctl stop edge-agent@stall || true
 
     check "systemctl stop edge-agent" inside timeout 60 systemctl stop edge-agent
