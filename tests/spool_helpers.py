@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from edge_agent.config import SpoolConfig, UploadConfig
-from edge_agent.delivery.spool import Spool
+from edge_agent.delivery.spool import CLEAN_STOP, Spool
 
 
 def spool_config(path: Path, **kw: Any) -> SpoolConfig:
@@ -65,3 +65,11 @@ def fill(path: Path) -> None:
     with path.open("wb", buffering=0) as f, contextlib.suppress(OSError):
         while True:
             f.write(b"\0" * 4096)
+
+
+def crash(spool: Spool) -> None:
+    """The owner dies without a clean stop (killed, a power cut): the next start checks every read's files.
+    (A clean close leaves a mark that lets the next start skip them: the uploader checks each video as it
+    sends it.)"""
+    spool.close()
+    (spool.root / CLEAN_STOP).unlink(missing_ok=True)

@@ -29,7 +29,7 @@ from edge_agent.delivery.spool import Spool, SpoolBusy
 from edge_agent.metrics import Metrics
 from tests.flaky_server import FlakyServer
 from tests.metric_values import total, value
-from tests.spool_helpers import add_clip, fill, small_filesystem, spool_config
+from tests.spool_helpers import add_clip, crash, fill, small_filesystem, spool_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -203,16 +203,16 @@ def test_a_read_still_waiting_for_its_clip_when_the_spool_closes_goes_out_cid_on
 
 def test_a_full_disk_never_refuses_a_read_its_row(tmp_path: Path) -> None:
     """The spool keeps a reserve file it gives up when SQLite cannot grow its log on a full disk."""
-    with small_filesystem(tmp_path / "small", "4m") as small_fs:
+    with small_filesystem(tmp_path / "small", "16m") as small_fs:
         _never_refuses_a_read_its_row(small_fs)
 
 
 def _never_refuses_a_read_its_row(small_fs: Path) -> None:
     spool = Spool(spool_config(small_fs / "spool"))
-    assert (small_fs / "spool" / "reserve").stat().st_size == 1 << 20
+    assert (small_fs / "spool" / "reserve").stat().st_size == 4 << 20
     fill(small_fs / "ballast")
-    ids = [str(uuid.uuid4()) for _ in range(40)]
-    for event_id in ids:  # 40 reads, each committed at detection then sent CID-only: the disk has no room
+    ids = [str(uuid.uuid4()) for _ in range(100)]
+    for event_id in ids:  # 100 reads, each committed at detection then sent CID-only: the disk has no room
         assert spool.detected(event_id, "CID-FULL", read_meta(event_id, "CID-FULL"))
         assert spool.put(event_id, "CID-FULL", {**read_meta(event_id, "CID-FULL"), "clip": {"error": "x"}}, None)
     assert [e.event_id for e in spool.entries()] == ids and not (small_fs / "spool" / "reserve").exists()
@@ -276,7 +276,7 @@ def test_a_truncated_clip_goes_out_cid_only_and_its_video_is_set_aside(tmp_path:
     spool = Spool(spool_config(tmp_path))
     bad, cid, _ = add_clip(spool)
     good, _, _ = add_clip(spool)
-    spool.close()
+    crash(spool)
     clip = tmp_path / "clips" / f"{bad}.mp4"
     clip.write_bytes(clip.read_bytes()[:1000])
     spool = Spool(spool_config(tmp_path))
@@ -293,7 +293,7 @@ def test_a_truncated_clip_goes_out_cid_only_and_its_video_is_set_aside(tmp_path:
 def test_flipped_bit_sends_the_cid_without_the_damaged_video(tmp_path: Path) -> None:
     spool = Spool(spool_config(tmp_path))
     bad = add_clip(spool)[0]
-    spool.close()
+    crash(spool)
     clip = tmp_path / "clips" / f"{bad}.mp4"
     data = bytearray(clip.read_bytes())
     data[len(data) // 2] ^= 1  # same size, one bit off
@@ -309,7 +309,7 @@ def test_torn_sidecar_is_written_again_from_the_row_at_open_and_read_from_the_ro
         tmp_path: Path) -> None:
     spool = Spool(spool_config(tmp_path))
     (at_open, cid_open, sha_open), (at_runtime, cid_runtime, _), (good, _, _) = (add_clip(spool) for _ in range(3))
-    spool.close()
+    crash(spool)
     (tmp_path / "clips" / f"{at_open}.json").write_text('{"cid": "CID-')  # torn by a power cut
     spool = reopen(tmp_path)
     assert [e.event_id for e in spool.entries()] == [at_open, at_runtime, good]
@@ -326,7 +326,7 @@ def test_torn_sidecar_is_written_again_from_the_row_at_open_and_read_from_the_ro
 def test_a_clip_whose_files_vanished_still_goes_out_with_its_cid(tmp_path: Path) -> None:
     spool = Spool(spool_config(tmp_path))
     event_id, cid, _ = add_clip(spool)
-    spool.close()
+    crash(spool)
     for p in (tmp_path / "clips").iterdir():
         p.unlink()
     spool = reopen(tmp_path)
@@ -586,10 +586,12 @@ def test_a_really_full_disk_keeps_every_read_and_carries_on(small_fs: Path, on_f
     ids = [add_clip(spool, size=250_000)[0] for _ in range(4)]
     made = str(uuid.uuid4())  # a clip made just before the disk filled up
     part = spool.part_path(made)
-    part.write_bytes(os.urandom(250_000))
+    data = os.urandom(250_000)
+    part.write_bytes(data)
     spool.detected(made, "CID-MADE", {"event_id": made, "clip": {}})
     fill(small_fs / "ballast")
-    stored = spool.put(made, "CID-MADE", {"event_id": made, "clip": {"sha256": "x"}}, part)
+    clip = {"sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)}
+    stored = spool.put(made, "CID-MADE", {"event_id": made, "clip": clip}, part)
     # the clip maker cannot write the next clip at all: that read goes CID-only
     cid_only = str(uuid.uuid4())
     assert spool.put(cid_only, "CID-DISKFULL", {"clip": {"error": "no space left on device"}}, None)

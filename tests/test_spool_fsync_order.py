@@ -142,5 +142,8 @@ def test_reads_commit_with_one_log_sync_each_and_the_checkpoint_runs_off_the_det
                    syncs.index(str(tmp_path.resolve() / "detect-end"))]
     put = syncs[syncs.index(str(tmp_path.resolve() / "detect-end")) + 1:
                 syncs.index(str(tmp_path.resolve() / "put-end"))]
-    assert detect.count(f"{queue}-wal") == 600 and set(detect) == {f"{queue}-wal"}, set(detect)
+    # the reads' own connection syncs the folder once as it first writes the log (SQLite's new-journal rule)
+    assert detect.count(f"{queue}-wal") == 600 and set(detect) <= {f"{queue}-wal", str(queue.rsplit("/", 1)[0])}, \
+        set(detect)
+    assert len(detect) <= 601
     assert queue in put, "the put did not checkpoint the log into the queue file"

@@ -258,7 +258,7 @@ def _progress(pipeline: Pipeline, total: int | None, quiet: bool, stop: threadin
     with tqdm(total=total, unit="frame", disable=True if quiet else None, leave=False,
               dynamic_ncols=True) as bar:
         while not pipeline.wait(0.25):
-            if stop.is_set():
+            if stop.is_set() or pipeline.failures.failure is not None:  # a stage that died ends the replay
                 pipeline.stop()
                 break
             st = pipeline.status()

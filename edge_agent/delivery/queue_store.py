@@ -11,8 +11,11 @@ pairing, fsyncs only at checkpoints: the last commits before a power cut may rol
 right for a cache and wrong for a count of products.) Each change of a read's state is one
 transaction, one fsync of the log; SQLite also fsyncs the folder when it creates the log.
 
-The detect, clip and uploader threads and the commands share one connection, each statement under
-the store's lock: no method hands out the connection, so nothing reads or writes the queue around it.
+The clip and uploader threads and the commands share one connection, each statement under the store's
+lock: no method hands out the connection, so nothing reads or writes the queue around it. A read's commit
+at detection (`add_read`) has a connection and a lock of its own, so it never waits for what holds the
+shared one (a status scan, a put's bounds, a requeue's hashing); SQLite's own write lock orders the
+commits of both, each one statement.
 SQLite's automatic checkpoint is off: it would run inside whichever commit grew the log past its limit,
 the detect thread's too, copying the log into the database and fsyncing both. `checkpoint` runs it on a
 connection of its own, from the clip and uploader threads, without the store's lock: in WAL mode a
@@ -43,6 +46,19 @@ VIDEOS = "video_drops"
 # The log is copied into the queue file after this many commits: ~1000 pages of 4 kB (a read's commit writes
 # ~3), SQLite's own default, a few seconds of checkpoint work on an SD card, done off the detect thread.
 CHECKPOINT_EVERY_COMMITS = 250
+
+_INSERT = ("INSERT OR REPLACE INTO queue (event_id, cid, created_at, size_bytes, has_video, sha256, attempts, seq,"
+           " boot_id, created_mono, metadata, clock_synced, state) VALUES (?,?,?,?,?,?,0,"
+           "(SELECT COALESCE(MAX(seq), 0) + 1 FROM queue),?,?,?,?,?)")
+
+
+def _insert_args(event_id: str, record: dict[str, Any], state: str) -> tuple[Any, ...]:
+    synced = record.get("clock_synced")
+    return (event_id, record["cid"], float(record["created_at"]), int(record.get("size_bytes") or 0),
+            int(bool(record.get("has_video", True))), record.get("sha256"), record.get("boot_id"),
+            record.get("created_mono"), json.dumps(record["metadata"]), None if synced is None else int(bool(synced)),
+            state)
+
 
 _ROW = ("event_id, cid, state, has_video, sha256, size_bytes, created_at, attempts, last_error, metadata, boot_id,"
         " created_mono, clock_synced")
@@ -89,7 +105,8 @@ class QueueStore:
     opened (a full disk, an I/O error), which lasts until the next start."""
 
     def __init__(self, db: sqlite3.Connection | None, *, memory: bool = False, path: Path | None = None):
-        """`path`: the queue file, for checkpoints (None: a queue in memory or read-only, none to run)."""
+        """`path`: the queue file, for checkpoints and the reads' own connection (None: a queue in memory or
+        read-only: one connection for all)."""
         self._db = db
         self.memory = memory
         self._lock = threading.RLock()
@@ -97,6 +114,8 @@ class QueueStore:
         self._checkpointer: sqlite3.Connection | None = None
         self._checkpoint_lock = threading.Lock()
         self._commits = 0  # since the last checkpoint
+        self._reads: sqlite3.Connection | None = None  # the detect thread's, for `add_read`
+        self._reads_lock = threading.Lock()
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -110,6 +129,11 @@ class QueueStore:
             return self._db is not None
 
     def close(self) -> None:
+        with self._reads_lock:
+            if self._reads is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._reads.close()
+                self._reads = None
         with self._checkpoint_lock:
             if self._checkpointer is not None:
                 with contextlib.suppress(sqlite3.Error):
@@ -151,17 +175,23 @@ class QueueStore:
     # --- writes: each one transaction ------------------------------------------------------------
 
     def add(self, event_id: str, record: dict[str, Any], state: str = READY) -> None:
-        """A row at the queue's end (a read just made, or a clip found on disk without its row)."""
-        synced = record.get("clock_synced")
-        with self._lock:  # one statement: the detect thread's commit holds the lock as briefly as it can
-            self._run(
-                "INSERT OR REPLACE INTO queue (event_id, cid, created_at, size_bytes, has_video, sha256, attempts,"
-                " seq, boot_id, created_mono, metadata, clock_synced, state) VALUES (?,?,?,?,?,?,0,"
-                "(SELECT COALESCE(MAX(seq), 0) + 1 FROM queue),?,?,?,?,?)",
-                (event_id, record["cid"], float(record["created_at"]), int(record.get("size_bytes") or 0),
-                 int(bool(record.get("has_video", True))), record.get("sha256"), record.get("boot_id"),
-                 record.get("created_mono"), json.dumps(record["metadata"]),
-                 None if synced is None else int(bool(synced)), state))
+        """A row at the queue's end (a clip found on disk without its row, a read not committed before)."""
+        with self._lock:
+            self._run(_INSERT, _insert_args(event_id, record, state))
+
+    def add_read(self, event_id: str, record: dict[str, Any]) -> None:
+        """A read just made, `pending` at the queue's end: the detect thread's commit, on its own connection."""
+        if self._path is None:  # a queue in memory: one database, one connection
+            return self.add(event_id, record, PENDING)
+        with self._reads_lock:
+            if self._reads is None:
+                self._reads = sqlite3.connect(str(self._path), check_same_thread=False, isolation_level=None,
+                                              timeout=30)
+                self._reads.execute("PRAGMA synchronous=FULL")
+                self._reads.execute("PRAGMA wal_autocheckpoint=0")
+            self._reads.execute(_INSERT, _insert_args(event_id, record, PENDING))
+        with self._lock:
+            self._commits += 1
 
     def attach(self, event_id: str, record: dict[str, Any]) -> None:
         """The read's clip (or its CID alone) is ready: the pending row takes it where it stands in the
@@ -240,6 +270,21 @@ class QueueStore:
             found = self._run("SELECT event_id, cid, created_at, boot_id, created_mono, clock_synced FROM queue "
                               "WHERE state=?", (state,)).fetchall()
         return [(e, c, float(t), b, m, None if s is None else bool(s)) for e, c, t, b, m, s in found]
+
+    def oldest(self) -> Row | None:
+        """The read waiting longest (first in the queue), pending or ready."""
+        with self._lock:
+            if self._db is None:
+                return None
+            found = self._run(f"SELECT {_ROW} FROM queue WHERE state!=? ORDER BY seq LIMIT 1", (DELIVERED,)).fetchone()
+        return None if found is None else _row(found)
+
+    def ids(self) -> set[str]:
+        """Every row's event id (recovery: which files have a row)."""
+        with self._lock:
+            if self._db is None:
+                return set()
+            return {r[0] for r in self._run("SELECT event_id FROM queue")}
 
     def oldest_with_video(self) -> Row | None:
         with self._lock:

@@ -53,7 +53,7 @@ from edge_agent.config import Config, SpoolConfig
 from edge_agent.delivery import spool_lock
 from edge_agent.delivery.clip_files import ClipFiles
 from edge_agent.delivery.queue_store import DELIVERED, PENDING, READS, READY, VIDEOS, QueueStore, Row
-from edge_agent.delivery.spool_files import boot_id, disk_full_note, is_disk_full, safe_id
+from edge_agent.delivery.spool_files import boot_id, disk_full_note, fsync_path, is_disk_full, safe_id
 from edge_agent.delivery.spool_format import SpoolError, SpoolTooNew, probe
 from edge_agent.delivery.spool_quarantine import Quarantine, newest_quarantine_reason, quarantined_count
 from edge_agent.delivery.spool_recovery import (
@@ -76,10 +76,16 @@ _EXPIRE_EVERY_S = 60.0
 _ENOSPC_DROPS = 16
 # Less free space than this on the spool's disk reads as full: SQLite and a clip's sidecar need a little.
 _FULL_BELOW_BYTES = 1 << 20
+# Left by a clean stop (every read in its row, its files whole), so the next start checks only what a stop
+# can leave; removed as the spool opens.
+CLEAN_STOP = "clean-stop"
 # A file of this size kept in the spool and given up when the queue cannot write a row on a full disk: a
-# read's row is a few kB, so this keeps a few hundred of them until delivery frees room again.
+# read costs ~30 kB of log (its row and index pages, at detection and when its clip comes) until a
+# checkpoint can run again, so this keeps ~140 reads until delivery frees room.
 RESERVE_NAME = "reserve"
-_RESERVE_BYTES = 1 << 20
+_RESERVE_BYTES = 4 << 20
+# ... and made again once this much more is free: until then no video takes the room.
+_RESERVE_MARGIN = 4 << 20
 
 
 __all__ = ["Entry", "Spool", "SpoolBusy", "SpoolError", "SpoolStatus", "SpoolTooNew", "Stored"]
@@ -161,11 +167,13 @@ class Spool:
     puts clips, the uploader takes and settles them, the CLI inspects."""
 
     def __init__(self, cfg: SpoolConfig, metrics: Metrics | None = None, *, reader: bool = False,
-                 monotonic: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time):
+                 monotonic: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 progress: Callable[[int, int], object] | None = None):
         """The owner (the agent, replay, `spool flush` with no agent running) takes the spool's lock
         and recovers it; SpoolBusy when another process holds it. A reader (`spool status`/`list`)
         takes no lock, opens the queue read-only and never changes a file. `monotonic` and `wall` are
-        the clocks a clip's age is read on (spool.max_age_s): a test passes its own."""
+        the clocks a clip's age is read on (spool.max_age_s): a test passes its own. `progress(done, of)`
+        hears how far a long recovery is (the daemon tells systemd to wait for it)."""
         self.cfg = cfg
         self._monotonic = monotonic
         self._wall = wall
@@ -180,6 +188,8 @@ class Spool:
         self._drops_lock = threading.Lock()  # drops are counted under the queue's lock, and outside it
         self._dropped_since_open: Counter[str] = Counter()
         self._retry_at: dict[str, float] = {}  # event id -> monotonic time of its next attempt (uploader's)
+        self._unsettled: dict[str, str] = {}  # reads whose put did not reach their row: why (next_due settles)
+        self._reserve_given = False  # the reserve went to reads' rows on a full disk: no video until it is back
         self._next_expire = 0.0
         self._lock_fd: int | None = None
         self.store = QueueStore(None)
@@ -203,12 +213,22 @@ class Spool:
             raise _unusable(self.root, exc.strerror or str(exc)) from exc
         if not self.owner:
             raise SpoolBusy(self.root, self.owner_pid)
+        # a clean stop left its mark: only what a stop can leave needs looking at. Removed before anything
+        # else is written, so a crash from here on is never taken for a clean stop
+        clean = (self.root / CLEAN_STOP).exists()
+        if clean:
+            try:
+                (self.root / CLEAN_STOP).unlink()
+                fsync_path(self.root)
+            except OSError:
+                clean = False
         try:
             self.store, self.disk_full = open_queue(self.root, self.files.clips, self.quarantine_dir, self.metrics)
         except SpoolError:
             self.close()
             raise
-        recover(self.store, self.files, self._quarantine, self.metrics, self._without_video_recovered)
+        recover(self.store, self.files, self._quarantine, self.metrics, self._without_video_recovered,
+                thorough=not clean, progress=progress)
         with self.store.exclusive():
             self._expire()
         self._keep_reserve()
@@ -232,22 +252,63 @@ class Spool:
             raise ValueError("event id must be alphanumeric with dashes")
         record = self._record(cid, metadata, None, 0, None)
         try:
-            self._row_write(lambda: self.store.add(event_id, record, PENDING), cid, event_id)
+            self._row_write(lambda: self.store.add_read(event_id, record), cid, event_id)
         except sqlite3.Error as exc:
             self.disk_full = self.disk_full or is_disk_full(exc)
             self.metrics.reads_not_durable.inc()
             log.error("spool: read not committed cid=%s clip=%s error=%s (it is queued when its clip is made)",
                       cid, event_id, exc)
             return False
-        self._count_gauges()
+        if self.store.memory:  # the queue file could not be opened at start: a power cut loses this read
+            self.metrics.reads_not_durable.inc()
+            return False
         return True
 
     def put(self, event_id: str, cid: str, metadata: dict[str, Any], video_part: Path | None) -> Stored:
         """Make the read's clip durable and ready to deliver. A video that does not fit (spool bounds, a full
         disk) is let go, counted and logged, and the read goes out without it: its CID is never dropped
-        for want of room. Not kept at all only when not even its row can be written."""
+        for want of room. Not kept at all only when not even its row can be written. A put the disk or the
+        queue file refuses half-way leaves the read's pending row, which the uploader's loop settles
+        (`_settle_unsettled`): from the files that got through, or CID-only saying why."""
         if not safe_id(event_id):
             raise ValueError("event id must be alphanumeric with dashes")
+        try:
+            return self._put(event_id, cid, metadata, video_part)
+        except (sqlite3.Error, OSError) as exc:
+            if video_part is not None:
+                with contextlib.suppress(OSError):
+                    video_part.unlink(missing_ok=True)
+            why = f"the spool could not take its clip: {getattr(exc, 'strerror', None) or exc}"
+            return self._unsettle(event_id, cid, why)
+
+    def _unsettle(self, event_id: str, cid: str, why: str) -> Stored:
+        """A put that did not reach the read's row: settled from the uploader's loop while its pending row is
+        there; a read with no row at all is lost, and counted."""
+        try:
+            held = self.store.get(event_id) is not None
+        except sqlite3.Error:
+            held = True  # the row cannot even be read now: assume the commit at detection holds it
+        if not held:
+            self._count_drop("write_error", cid, event_id, why)
+            return Stored(False)
+        self._unsettled[event_id] = why
+        log.error("spool: clip of cid=%s clip=%s not queued (%s): its read is kept and settled from the uploader's "
+                  "loop", cid, event_id, why)
+        return Stored(True, f"video not kept on the device: {why}")
+
+    def _settle_unsettled(self) -> None:
+        """The uploader's loop: reads whose put did not reach their row get it, from the files that got through
+        (their sidecar in clips/), or CID-only with the put's error."""
+        for event_id, why in list(self._unsettled.items()):
+            try:
+                row = self.store.get(event_id)
+                if row is not None and row.state == PENDING:
+                    settle_pending(row, self.store, self.files, self.metrics, f"video not kept on the device: {why}")
+            except (sqlite3.Error, OSError):
+                continue  # tried again at the next pass
+            self._unsettled.pop(event_id, None)
+
+    def _put(self, event_id: str, cid: str, metadata: dict[str, Any], video_part: Path | None) -> Stored:
         try:
             size = video_part.stat().st_size if video_part is not None else 0
         except OSError as exc:
@@ -295,18 +356,8 @@ class Spool:
             self._row_write(lambda: self.store.attach(event_id, record), cid, event_id)
         except sqlite3.Error as exc:
             self.disk_full = self.disk_full or is_disk_full(exc)
-            if self.files.sidecar(event_id).exists():
-                # its files are in clips/: the next start queues them (a pending row is finished from them)
-                log.error("spool: clip of cid=%s clip=%s not queued error=%s (its files are kept: queued at the "
-                          "next start)", cid, event_id, exc)
-                return Stored(True, video_error)
-            if self.store.get(event_id) is not None:
-                # its pending row holds the read: it goes out CID-only at the next start
-                log.error("spool: clip of cid=%s clip=%s not queued error=%s (the read is kept: sent without video "
-                          "after the next start)", cid, event_id, exc)
-                return Stored(True, f"video not kept on the device: {exc}")
-            self._count_drop("write_error", cid, event_id, str(exc))
-            return Stored(False)
+            # its files, if they got through, attach when the read is settled; else it goes CID-only
+            return self._unsettle(event_id, cid, f"its row could not be written: {exc}")
         self.update_gauges()
         self.store.checkpoint()
         log.info("queued cid=%s clip=%s bytes=%d%s", cid, event_id, size if video_part is not None else 0,
@@ -327,24 +378,36 @@ class Spool:
         return None, f"video not kept on the device: {why}"
 
     def _row_write(self, write: Callable[[], object], cid: str, event_id: str) -> None:
-        """A queue write that a full disk must not refuse: on SQLITE_FULL the reserve file is given up to
-        make room for the log, and the write tried again."""
+        """A queue write that a full disk must not refuse. On SQLITE_FULL the log is checkpointed (its frames
+        copied into the queue file, so the next commits write the log from its start again, in the room it
+        has), and the write tried again; then the reserve file is given up to make room, and it is tried once
+        more."""
         try:
             write()
+            return
+        except sqlite3.OperationalError as exc:
+            if not is_disk_full(exc):
+                raise
+        self.disk_full = True
+        self.store.checkpoint(every=0)
+        try:
+            write()
+            return
         except sqlite3.OperationalError as exc:
             reserve = self.root / RESERVE_NAME
             if not is_disk_full(exc) or not reserve.exists():
                 raise
-            self.disk_full = True
-            reserve.unlink(missing_ok=True)
-            log.warning("spool: disk full: gave up the spool's %d kB reserve to keep cid=%s clip=%s (it is made "
-                        "again once there is room)", _RESERVE_BYTES >> 10, cid, event_id)
-            write()
+        reserve.unlink(missing_ok=True)
+        self._reserve_given = True
+        log.warning("spool: disk full: gave up the spool's %d kB reserve to keep cid=%s clip=%s (it is made "
+                    "again once there is room)", _RESERVE_BYTES >> 10, cid, event_id)
+        self.store.checkpoint(every=0)
+        write()
 
     def _keep_reserve(self) -> None:
         """(Re)make the reserve file once the disk has room for it and more."""
         reserve = self.root / RESERVE_NAME
-        if self.reader or reserve.exists() or self._free_bytes() < 2 * _RESERVE_BYTES:
+        if self.reader or reserve.exists() or self._free_bytes() < _RESERVE_BYTES + _RESERVE_MARGIN:
             return
         part = self.files.tmp / f"{RESERVE_NAME}.part"
         try:
@@ -352,6 +415,7 @@ class Spool:
                 f.truncate(0)
                 os.posix_fallocate(f.fileno(), 0, _RESERVE_BYTES)  # real blocks, not a sparse file
             os.replace(part, reserve)
+            self._reserve_given = False
         except OSError as exc:
             part.unlink(missing_ok=True)
             log.debug("spool: no reserve file yet: %s", exc)
@@ -364,16 +428,20 @@ class Spool:
         this disk (in tmp/), so free space is compared as it is, not less the clip. Bounds apply to videos:
         a read without one takes a row of a few kB. `free`: the disk's free bytes, read before the lock."""
         self._expire()
+        # a disk that was full gave its reserve to reads' rows: no video takes that room until it is made again
+        floor = self.cfg.min_free_bytes
+        refill = _RESERVE_BYTES + _RESERVE_MARGIN if self._reserve_given else 0
         while True:
             used = self.store.totals()[2]
             over_bytes = used + size > self.cfg.max_bytes
-            low_disk = free < self.cfg.min_free_bytes
+            low_disk = free < max(floor, refill)
             if not over_bytes and not low_disk:
                 return None
-            reason = "max_bytes" if over_bytes else "min_free_bytes"
+            reason = "max_bytes" if over_bytes else "min_free_bytes" if free < floor else "disk_full"
             if self.cfg.on_full == "reject_new" or not self._drop_oldest_video(f"{reason}_dropped_oldest"):
                 bound = (f"spool.max_bytes={self.cfg.max_bytes} reached" if over_bytes
-                         else f"less than spool.min_free_bytes={self.cfg.min_free_bytes} free on its disk")
+                         else f"less than spool.min_free_bytes={self.cfg.min_free_bytes} free on its disk"
+                         if free < floor else "its disk is full: room is kept for reads until it is free again")
                 return f"{reason}_rejected_new", f"the spool is full ({bound})"
             if low_disk:
                 free = self._free_bytes()
@@ -411,10 +479,11 @@ class Spool:
 
     def _expire(self) -> None:
         """Reads older than spool.max_age_s are given up (their clip is made by then: pending reads wait).
-        A scan of the queue: at most once a minute (`_EXPIRE_EVERY_S`, or at once after a bounds change)."""
+        A scan of the queue: at most once a minute (`_EXPIRE_EVERY_S`; a quarter of a shorter max_age_s, so
+        no read outlives it by much; at once after a bounds change)."""
         if not self.store.open or self.reader or self._monotonic() < self._next_expire:
             return
-        self._next_expire = self._monotonic() + _EXPIRE_EVERY_S
+        self._next_expire = self._monotonic() + min(_EXPIRE_EVERY_S, self.cfg.max_age_s / 4)
         stamps = self.store.stamps(READY)
         synced_now = clock_sync.synchronized() if stamps else None
         for event_id, cid, created, boot, mono, synced in stamps:
@@ -434,6 +503,8 @@ class Spool:
     def next_due(self, now_mono: float) -> Entry | None:
         """The oldest ready read if its retry time has come; None while it backs off (newer reads wait
         behind it: order is kept) or when none is ready."""
+        if self._unsettled:
+            self._settle_unsettled()
         with self.store.exclusive():
             if self.store.open and now_mono >= self._next_expire:
                 self._expire()
@@ -454,8 +525,8 @@ class Spool:
 
     def oldest(self) -> Entry | None:
         """The read waiting longest (first in the queue, whatever the clock said when it was queued)."""
-        rows = self.store.rows()
-        return next((self._entry(r) for r in rows if r.state != DELIVERED), None)
+        row = self.store.oldest()
+        return None if row is None else self._entry(row)
 
     def queued_age_s(self, entry: Entry, synced_now: bool | None) -> float | None:
         """How long `entry` has waited, by `age_s`'s rule; None when nobody can tell."""
@@ -600,7 +671,8 @@ class Spool:
         n, pending, b = self.store.totals()
         return SpoolStatus(n, b, self.store.oldest_created_at(), self.store.first_error(),
                            quarantined_count(self.quarantine_dir), self.store.drops(READS), free,
-                           self.disk_full or free < _FULL_BELOW_BYTES, newest_quarantine_reason(self.quarantine_dir),
+                           self.disk_full or self._reserve_given or free < _FULL_BELOW_BYTES,
+                           newest_quarantine_reason(self.quarantine_dir),
                            pending, self.store.drops(VIDEOS), self.store.memory, self._dropped_since_open_now())
 
     def _dropped_since_open_now(self) -> dict[str, int]:
@@ -649,11 +721,19 @@ class Spool:
         finishing a request after shutdown must not crash: its clip is simply sent again next time).
         Reads still waiting for their clip now never get one (the pipeline stops first): they go out
         CID-only, saying so."""
+        clean = False
         if self.owner and self.store.open:
+            clean = not self.store.memory
             for row in self.store.rows(PENDING):
-                with contextlib.suppress(sqlite3.Error, OSError):
+                try:
                     settle_pending(row, self.store, self.files, self.metrics, STOPPED_AT_SHUTDOWN)
+                except (sqlite3.Error, OSError):
+                    clean = False  # the next start looks at everything
         self.store.close()
+        if clean:  # every read is in its row, ready or delivered, and its files are whole: said for the next start
+            with contextlib.suppress(OSError):
+                (self.root / CLEAN_STOP).touch()
+                fsync_path(self.root)
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)  # releases the flock

@@ -174,10 +174,15 @@ def queue_from_sidecars(clips: Path) -> sqlite3.Connection:
 
 
 def recover(store: QueueStore, files: ClipFiles, quarantine: Quarantine, metrics: Metrics,
-            without_video: WithoutVideo) -> None:
+            without_video: WithoutVideo, *, thorough: bool = True,
+            progress: Callable[[int, int], object] | None = None) -> None:
     """Bring disk and queue back in line after a crash or a power cut. Each read is handled on its own, so
-    one bad file (or an I/O error reading it) never stops the others, nor the start. `without_video`
-    is the spool's way to keep a read CID-only (event id, why, whether its video is damaged)."""
+    one bad file (or an I/O error reading it) never stops the others, nor the start. `without_video` is
+    the spool's way to keep a read CID-only (event id, why, whether its video is damaged). `thorough`:
+    check every ready read's sidecar and video (after a crash or a power cut); after a clean stop only the
+    reads a stop can leave (pending, delivered) and the files without a row are looked at, so a start on a
+    backlog of 100k reads takes no longer than one on an empty spool. `progress(done, of)`, every 500 reads
+    checked: what a start waiting on this says to systemd."""
     started = time.monotonic()
     with store.exclusive():
         finish_interrupted_puts(files)
@@ -187,24 +192,30 @@ def recover(store: QueueStore, files: ClipFiles, quarantine: Quarantine, metrics
                 log.info("spool recovery: removed unfinished file %s", part.name)
             except OSError as exc:
                 log.error("spool recovery: cannot remove %s error=%s", part.name, exc.strerror or exc)
-        for row in store.rows():
+        rows = store.rows() if thorough else store.rows(PENDING) + store.rows(DELIVERED)
+        for n, row in enumerate(rows, 1):
             try:
                 _recover_row(row, store, files, quarantine, metrics, without_video)
             except Exception as exc:  # never refuse to start
                 log.error("spool recovery: cannot check cid=%s clip=%s error=%s", row.cid, row.event_id, exc)
-        known = {row.event_id for row in store.rows()}
+            if progress is not None and n % 500 == 0:
+                progress(n, len(rows))
+        del rows
+        known = store.ids()
         orphans = [side for side in files.sidecars() if side.stem not in known]
         for side in sorted(orphans, key=sidecar_created_at):  # keep delivery in the order clips were made
             reenqueue(store, files, quarantine, metrics, without_video, side)
+        known |= {side.stem for side in orphans}
         for mp4 in files.videos():
-            if store.get(mp4.stem) is None and not files.sidecar(mp4.stem).exists():
+            if mp4.stem not in known and not files.sidecar(mp4.stem).exists():
                 quarantine.set_aside(mp4.stem, "clip without metadata sidecar or queue row (left by a build "
                                                "that deleted a delivered clip's files before its row)")
         with contextlib.suppress(OSError):
             files.sync()
             fsync_path(quarantine.dir)
     n, pending, b = store.totals()
-    log.info("spool ready dir=%s clips=%d bytes=%d recovery_s=%.2f", files.root, n, b, time.monotonic() - started)
+    log.info("spool ready dir=%s clips=%d bytes=%d recovery_s=%.2f%s", files.root, n, b, time.monotonic() - started,
+             "" if thorough else " (clean stop: files checked before sending)")
 
 
 def _recover_row(row: Row, store: QueueStore, files: ClipFiles, quarantine: Quarantine, metrics: Metrics,

@@ -34,11 +34,18 @@ class FrameSlot:
         self._metrics = metrics
         self._cond = threading.Condition()
         self._items: list[Any] = []
+        self._closed = False  # the taker has ended: a put never waits for it again
+
+    def close(self) -> None:
+        """The taker's thread has ended (done, or died): what waits to put returns, and later puts do not wait."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
     def put(self, item: Any) -> None:
         with self._cond:
             if self._backpressure() is Backpressure.BLOCK:
-                while len(self._items) >= 2:
+                while len(self._items) >= 2 and not self._closed:
                     self._cond.wait()
             elif item is not END:
                 stale = [x for x in self._items if x is not END]
@@ -101,13 +108,14 @@ class RecordingQueue:
         self._bytes = 0  # of the recordings put and not yet done
         self._count = 0
         self.dropped = 0
+        self._closed = False  # the clip stage has ended: a put never waits for it again
 
     def put(self, rec: Finished) -> None:
         """Any thread the ring hands over on (capture, detect)."""
         size = rec.size_bytes
         with self._cond:
             if self._backpressure() is Backpressure.BLOCK:
-                while self._count and self._full(size):
+                while self._count and self._full(size) and not self._closed:
                     self._cond.wait(0.5)
             elif self._full(size) and not rec.flushed:
                 rec = dataclasses.replace(rec, packets=(), dropped=(
@@ -129,6 +137,12 @@ class RecordingQueue:
     def end(self) -> None:
         with self._cond:
             self._items.append(END)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """The clip stage's thread has ended (done, or died): what waits to put returns."""
+        with self._cond:
+            self._closed = True
             self._cond.notify_all()
 
     def get(self) -> Any:

@@ -57,6 +57,8 @@ SLOTS_KEPT = 64
 JUMP_BACK_S = 1.0
 # In the inbox after a camera session's last packet: the decoder gives up what it holds (`session_ended`).
 SESSION_END = object()
+# In the inbox after a reload: the decode thread takes the config even when no packet comes.
+RECONFIGURED = object()
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,7 @@ class DecodeStage:
         # set by the live view while someone looks (`watch`): every frame is then decoded whatever
         # detector.max_blind_s says (a picture that stops for half of each second is no view to aim by)
         self._watched = threading.Event()
+        self._closed = threading.Event()  # the decode thread has ended: nothing waits to put into its inbox
         self.out = out
         self.metrics = metrics
         self._backpressure = backpressure
@@ -149,9 +152,12 @@ class DecodeStage:
         self._threaded = False  # written by the decode thread only, read by status()
 
     def apply(self, new: Config, changed: frozenset[str]) -> None:
-        """Live part (any thread): offered to both threads, each takes it at its next packet."""
+        """Live part (any thread): offered to both threads, each takes it at its next packet (the decode
+        thread is also woken: a camera that gives its own pictures sends it none)."""
         self._feed_pending.offer(new, changed)
         self._pending.offer(new, changed)
+        with contextlib.suppress(queue.Full):
+            self.inbox.put_nowait(RECONFIGURED)
 
     def watch(self, watched: bool) -> None:
         """The live view (its thread): someone is looking, or nobody is any more."""
@@ -179,7 +185,7 @@ class DecodeStage:
             self.metrics.frames_undecoded.inc()
             return
         if self._backpressure() is Backpressure.BLOCK:
-            self.inbox.put(pkt)
+            self._put_waiting(pkt)
             return
         if self._need_keyframe and not pkt.keyframe:
             self._drop()
@@ -216,7 +222,16 @@ class DecodeStage:
 
     def end(self) -> None:
         """No more packets (the capture thread has ended): decode what is queued, then pass END on."""
-        self.inbox.put(END)
+        self._put_waiting(END)
+
+    def _put_waiting(self, item: Any) -> None:
+        """BLOCK: wait for room in the inbox, but not for a decode thread that has ended (done, or died)."""
+        while not self._closed.is_set():
+            try:
+                self.inbox.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
 
     def session_ended(self) -> None:
         """Capture thread, as a camera's session ends (it stalled, failed or ended): once the packets queued
@@ -241,6 +256,10 @@ class DecodeStage:
             pkt = self.inbox.get()
             if pkt is END:
                 break
+            if pkt is RECONFIGURED:
+                if (taken := self._pending.take()) is not None:
+                    self.config = taken[0]
+                continue
             if pkt is SESSION_END:
                 if decoder is not None:
                     self._flush(decoder, picks)
@@ -323,4 +342,6 @@ class DecodeStage:
                 self.out.put(GrayFrame(luma(frame), picked[0], picked[1]))
 
     def finish(self) -> None:
+        """The decode thread's last act (done, or died): detection ends, and capture never waits for it again."""
+        self._closed.set()
         self.out.put(END)

@@ -139,7 +139,7 @@ class Pipeline:
             StageThread(self.capture, self._end_capture, self.failures),  # the ring ends after detection
             StageThread(self.decode, self.decode.finish, self.failures),
             StageThread(self.detect, self._detect_done, self.failures),
-            StageThread(self.clips, None, self.failures),  # the sink is the end of the pipeline
+            StageThread(self.clips, self.recordings.close, self.failures),  # the sink is the end of the pipeline
         ]
 
     def live_parts(self) -> list[tuple[str, tuple[str, ...], LivePart]]:
@@ -274,6 +274,7 @@ class Pipeline:
     def _detect_done(self) -> None:
         """The detect thread's last act: no recording will be opened any more, so the ring ends (every open
         recording is finished with what it has, marked cut short by the stop or by the end of the video)."""
+        self.frames.close()  # a decode thread offering frames never waits for detection again
         self.detect.finish()
         self.ring.end("shutdown" if self.capture.stopping else "end_of_video")
         self.recordings.end()
