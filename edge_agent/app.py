@@ -140,10 +140,11 @@ class Agent:
 
     # --- the parts, in build order --------------------------------------------------------------
 
-    def spool(self) -> Spool:
-        """The spool as its owner (recovery runs here); SpoolBusy when another process owns it."""
+    def spool(self, progress: Callable[[int, int], object] | None = None) -> Spool:
+        """The spool as its owner (recovery runs here, `progress(done, of)` hearing how far a long one is);
+        SpoolBusy when another process owns it."""
         if self._spool is None:
-            self._spool = Spool(self.cfg.spool, self.metrics)
+            self._spool = Spool(self.cfg.spool, self.metrics, progress=progress)
             self.take_live("spool", ["spool"], self._spool)
             self.add_part("spool", lambda _s: self._spool.close() if self._spool else None)
         return self._spool
@@ -175,7 +176,8 @@ class Agent:
     def _stop_pipeline(self, seconds: float) -> None:
         assert self._pipeline is not None
         if not self._pipeline.stop(timeout=seconds):
-            log.warning("pipeline did not stop in %.1f s; unfinished clips are discarded", seconds)
+            log.warning("pipeline did not stop in %.1f s; clips not made by then go out without video (their reads "
+                        "are kept)", seconds)
 
     # --- what the commands share with the pipeline ----------------------------------------------
 

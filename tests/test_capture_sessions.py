@@ -103,3 +103,36 @@ def test_files_played_back_to_back_each_start_past_the_cooldown_after_the_last(v
     assert sessions == [1, 2] and len(second) == 2 * FPS
     assert second[0].t == pytest.approx(max(p.t for p in first) + 1 / FPS + 3 + 1)
     assert capture.status().frames == 4 * FPS
+
+
+def test_a_source_reload_ends_a_camera_retry_wait_and_starts_the_back_off_again(
+        video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A technician fixing source.path in the YAML of a camera that is away sees it tried at once, not after
+    the back-off the old path had reached, and the new path's retries start from the first back-off."""
+    monkeypatch.setattr("edge_agent.const.REOPEN_BACKOFF_START_S", 30.0)  # longer than this test may take
+    caplog.set_level("DEBUG", logger="edge_agent")
+    missing = parse_config(f"source:\n  kind: v4l2\n  path: {tmp_path / 'video9'}\n", env={})
+    into = Collect()
+    capture = CaptureSupervisor(missing, Metrics(), FailureBox(), lambda src, n: Route(packets=(into,)))
+    worker = threading.Thread(target=capture.run, daemon=True)
+    worker.start()
+
+    def waiting(attempts: int) -> None:
+        deadline = threading.Event()
+        for _ in range(200):  # the capture thread's own status says where it is: no sleeping on a guess
+            st = capture.status()
+            if st.doing == "waiting" and st.reopen_attempts >= attempts:
+                return
+            deadline.wait(0.05)
+        raise AssertionError(f"capture never waited to retry: {capture.status()}")
+
+    waiting(1)
+    other = parse_config(f"source:\n  kind: v4l2\n  path: {tmp_path / 'video8'}\n", env={})
+    capture.apply(other, frozenset({"source"}))
+    waiting(2)
+    retries = [r.getMessage() for r in caplog.records if "video8" in r.getMessage() and "retrying in" in r.getMessage()]
+    assert retries and "retrying in 30 s" in retries[0], retries  # not the doubled 60 s of the old path
+    capture.apply(parse_config(f"source:\n  kind: file\n  path: {video}\n", env={}), frozenset({"source"}))
+    worker.join(timeout=20)  # the file is read at once; without the wake-up it would wait 30 s first
+    assert not worker.is_alive() and len(into.packets) == 2 * FPS
+    capture.stop()

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from tests import agent_process
+from tests.cli_in_process import Cli
 from tests.media_factory import make_video
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,3 +166,24 @@ def test_each_track_frame_is_whole_with_refused_codes_as_outlines_and_empty_fram
             empty += 1
     assert refused >= 10 and empty >= 10
     assert whole >= 0.9 * frames_checked, (whole, frames_checked)  # the detector reads nearly every code drawn
+
+
+def test_a_track_that_cannot_be_built_costs_the_track_not_the_clip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   in_process: Cli) -> None:
+    """The track is an extra: a fault building it (a bug) is logged with its CID and clip id, and the read
+    goes out with its video all the same, without a track, rather than waiting for the next start."""
+    from edge_agent.pipeline.track import SightingLog
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("planted fault")
+
+    monkeypatch.setattr(SightingLog, "track", broken)
+    video = make_video(tmp_path / "line.mp4", seconds=4.0, size=(480, 270), codes=[("CID-NO-TRACK-1", 1.0, 2.5)])
+    res = in_process("replay", "-q", "--no-upload", "--output-dir", str(tmp_path / "out"), str(video))
+    assert res.returncode == 0, res.stderr
+    assert "clip track failed cid=CID-NO-TRACK-1" in res.stderr
+    (meta_file,) = (tmp_path / "out").rglob("*.json")
+    meta = json.loads(meta_file.read_text())
+    meta = meta.get("metadata", meta)
+    assert meta["cid"] == "CID-NO-TRACK-1" and "track" not in meta["detection"] and "error" not in meta["clip"]
+    assert len(list((tmp_path / "out").rglob("*.mp4"))) == 1

@@ -16,8 +16,10 @@ import psutil
 import pytest
 import requests
 
+from edge_agent.delivery.spool import Spool
 from tests import agent_process, promtool
 from tests.receiver_fixture import ReceiverProcess, free_port
+from tests.spool_helpers import add_clip, crash, spool_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_media" / "conveyor_720p30.mp4"
@@ -230,6 +232,32 @@ def test_a_camera_that_stays_away_keeps_the_agent_up_fed_watchdog_and_says_so(tm
     # going away (the pipe ended), then the cause changed (reopens find nothing): two lines for 3+ attempts
     assert text.count("source ended, reopening") == 1 and text.count("source unavailable") == 1, text
     assert back.count("source back after") == 1
+
+
+@pytest.mark.slow
+def test_a_start_after_a_crash_with_no_camera_waits_for_recovery_then_is_ready_and_says_the_camera_is_away(
+        tmp_path: Path) -> None:
+    """Systemd's view of a device back from a power cut whose camera is not there (yet): the spool's recovery
+    (every queued clip checked) extends the start timeout and says so in STATUS=; then READY=1 comes with the
+    camera away, retried in the process, not a start that times out and restarts every minute."""
+    spool = Spool(spool_config(tmp_path / "spool"))
+    for _ in range(3):
+        add_clip(spool, size=10_000)
+    crash(spool)
+    notify = NotifySocket(tmp_path / "notify.sock")
+    port = free_port()
+    proc = start_daemon(tmp_path, "", "http://127.0.0.1:9/cid", port, notify=notify.path,
+                        source=f"  kind: v4l2\n  path: {tmp_path / 'video9'}\n")
+    try:
+        ready = notify.wait_for("READY=1", 30)
+        status = notify.wait_for("STATUS=fps=", 10)
+    finally:
+        assert stop(proc) == 0
+    extend = next(i for i, m in enumerate(notify.messages) if "EXTEND_TIMEOUT_USEC=" in m)
+    assert "STATUS=recovering the spool: 0 of 3 reads checked" in notify.messages[extend]
+    assert extend < notify.messages.index(ready)
+    assert "source=away(" in status
+    assert "ready: the camera is away and retried" in (tmp_path / "daemon.log").read_text()
 
 
 @pytest.mark.slow

@@ -54,7 +54,7 @@ def test_recording_starts_on_last_keyframe_at_or_before_start() -> None:
     assert rec.truncated_start is None
     for i in range(int(6.5 * FPS), 9 * FPS):
         ring.offer(pkt(i))
-    assert [d.key for d in done] == [rec.key] and rec.done
+    assert [d.key for d in done] == [rec.key]
     assert rec.packets[-1].t <= 7.0 and rec.packets[-1].t > 7.0 - 2 / FPS
 
 
@@ -93,7 +93,7 @@ def test_detector_lag_past_the_end_cuts_immediately() -> None:
     for i in range(8 * FPS):
         ring.offer(pkt(i))
     rec = ring.start_recording("ev", start_t=1.0, end_t=3.0)
-    assert rec.done and [d.key for d in done] == [rec.key]
+    assert [d.key for d in done] == [rec.key]
     assert rec.packets[-1].t <= 3.0
 
 
@@ -196,3 +196,37 @@ def test_a_flush_hands_over_recordings_detection_has_not_reached() -> None:
     ring.end("shutdown")
     assert {d.key for d in done} == {"held", "open"}
     assert next(d for d in done if d.key == "open").truncated_end == "shutdown"
+
+
+def test_a_new_session_finishes_the_old_ones_recordings_and_keeps_its_packets_for_late_reads() -> None:
+    ring, done, _ = make()
+    for i in range(3 * FPS):
+        ring.offer(pkt(i))
+    open_rec = ring.start_recording("open", start_t=1.0, end_t=4.0)
+    ring.reset("source_restart")
+    assert [d.key for d in done] == ["open"] and done[0].truncated_end == "source_restart"
+    for i in range(10 * FPS, 12 * FPS):  # the new stream, its capture times after a gap
+        ring.offer(pkt(i))
+    assert open_rec.packets[-1].t < 3.0  # none of the new stream's packets joined it
+    late = ring.start_recording("late", start_t=1.5, end_t=4.0, at=2.5)  # a read detection made late
+    assert [d.key for d in done] == ["open", "late"] and done[1].truncated_end == "source_restart"
+    assert all(p.t < 3.0 for p in late.packets) and late.packets[0].t == 1.0
+
+
+def test_a_recording_opened_while_a_reset_hands_over_belongs_to_the_new_session() -> None:
+    """The detect thread may open a recording at any moment of a reset; the hand-over is the moment the
+    old session's recordings leave it, and by then the new session is current: a recording opened then is
+    the new stream's, never the old one's left open to gather the new stream's packets."""
+    opened = []
+
+    def on_finished(fin: Finished) -> None:
+        if not opened:
+            opened.append(ring.start_recording("during", start_t=10.0, end_t=11.0))
+
+    ring = RingBuffer(9.0, 1 << 30, on_finished, Metrics())
+    ring.analysed(math.inf)
+    for i in range(3 * FPS):
+        ring.offer(pkt(i))
+    ring.start_recording("open", start_t=1.0, end_t=4.0)
+    ring.reset("source_restart")
+    assert opened and opened[0].session == 1

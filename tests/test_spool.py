@@ -25,7 +25,7 @@ import pytest
 
 from edge_agent import const
 from edge_agent.commands import spool as spool_cli
-from edge_agent.delivery.spool import Spool, SpoolBusy
+from edge_agent.delivery.spool import CLEAN_STOP, Spool, SpoolBusy
 from edge_agent.metrics import Metrics
 from tests.flaky_server import FlakyServer
 from tests.metric_values import total, value
@@ -240,17 +240,20 @@ def test_a_read_whose_put_passed_its_commit_point_gets_its_video_after_a_restart
     assert entry.metadata["clip"]["sha256"] == sha
 
 
-def test_a_delivered_clip_half_deleted_by_a_crash_is_finished_not_quarantined(tmp_path: Path) -> None:
+@pytest.mark.parametrize("gone", ["delivered", "expired"])
+def test_a_clip_half_deleted_by_a_crash_is_finished_not_quarantined(tmp_path: Path, gone: str) -> None:
+    """Delivered (the server answered 2xx) or expired (older than spool.max_age_s): the row says so before
+    its files go; a crash then leaves a row recovery finishes deleting, each saying which."""
     m = Metrics()
     spool = Spool(spool_config(tmp_path))
     event_id = add_clip(spool)[0]
-    assert spool.store.set_state(event_id, "delivered")  # the server answered 2xx, the row says so
+    assert spool.store.set_state(event_id, gone)
     (tmp_path / "clips" / f"{event_id}.json").unlink()  # then the crash: the sidecar gone, the video not
-    spool.close()
+    crash(spool)
     spool = Spool(spool_config(tmp_path), m)
     assert spool.entries() == [] and list((tmp_path / "clips").iterdir()) == []
     assert list((tmp_path / "quarantine").iterdir()) == []
-    assert value(m, "edge_agent_spool_recovered_total", reason="delivered_deleted") == 1
+    assert value(m, "edge_agent_spool_recovered_total", reason=f"{gone}_deleted") == 1
 
 
 # --- recovery -------------------------------------------------------------------------------------
@@ -270,6 +273,26 @@ def test_recovery_drops_parts_and_reenqueues_orphans_in_order(tmp_path: Path) ->
     assert [e.event_id for e in spool.entries()] == ids  # in the order they were made
     assert not (tmp_path / "tmp" / "dead.mp4.part").exists()
     assert value(m, "edge_agent_spool_recovered_total", reason="orphan_reenqueued") == 3
+
+
+def test_a_clean_stop_spares_the_next_start_a_check_of_every_clip_and_a_crash_does_not(tmp_path: Path) -> None:
+    """After a clean stop the next start trusts the clips it closed whole (the uploader checks each as it
+    sends it); the mark is gone as soon as the spool opens, so a crash after that start is checked in full."""
+    spool = Spool(spool_config(tmp_path))
+    event_id = add_clip(spool)[0]
+    spool.close()
+    assert (tmp_path / CLEAN_STOP).exists()
+    clip = tmp_path / "clips" / f"{event_id}.mp4"
+    clip.write_bytes(clip.read_bytes()[:1000])  # damage the clean start does not look for
+    told: list[tuple[int, int]] = []
+    spool = Spool(spool_config(tmp_path), progress=lambda done, of: told.append((done, of)))
+    assert not (tmp_path / CLEAN_STOP).exists()
+    assert spool.entries()[0].video_path == clip and told == []  # nothing a clean stop leaves to look at
+    crash(spool)
+    spool = Spool(spool_config(tmp_path), progress=lambda done, of: told.append((done, of)))
+    (entry,) = spool.entries()
+    assert entry.video_path is None and "video lost on the device" in entry.metadata["clip"]["error"]
+    assert told == [(0, 1)]  # a start that checks every read says how many, for systemd
 
 
 def test_a_truncated_clip_goes_out_cid_only_and_its_video_is_set_aside(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 STRACE = shutil.which("strace")
-SYSCALLS = "fsync,fdatasync,rename,renameat,renameat2"
+SYSCALLS = "fsync,fdatasync,rename,renameat,renameat2,unlink,unlinkat"
 # one read in a fresh process: the spool is opened (and its queue made) first, then the read committed at
 # detection, then its clip put; the fsync of a marker file after each says in the trace where each returned
 PUT = """
@@ -43,17 +43,19 @@ spool.close()
 """
 _SYNC = re.compile(r"^\d+\s+(fsync|fdatasync)\(\d+<([^>]*)>\)\s+=\s+0")
 _RENAME = re.compile(r"^\d+\s+rename(?:at2?)?\(.*\)\s+=\s+0")
+_UNLINK = re.compile(r"^\d+\s+unlink(?:at)?\(.*\)\s+=\s+0")
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 
 
-def trace_put(tmp_path: Path) -> tuple[str, list[tuple[str, ...]]]:
-    """(event id, the put's syncs and renames in order: ("sync", path) or ("rename", from, to))."""
+def trace_put(tmp_path: Path, script: str = PUT) -> tuple[str, list[tuple[str, ...]]]:
+    """(event id, the script's syncs, renames and unlinks in order: ("sync", path), ("rename", from, to) or
+    ("unlink", path))."""
     if STRACE is None:
         pytest.fail("strace is missing: ./dev.sh installs it (apt-get install strace)")
     spool = tmp_path / "spool"
     out = tmp_path / "strace.txt"
     res = subprocess.run([STRACE, "-f", "-y", "-qq", "-e", f"trace={SYSCALLS}", "-o", str(out), sys.executable,
-                          "-c", PUT, str(spool), str(tmp_path)],
+                          "-c", script, str(spool), str(tmp_path)],
                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
     assert res.returncode == 0, res.stderr[-2000:]
     event_id = res.stdout.strip().splitlines()[-1]
@@ -64,6 +66,8 @@ def trace_put(tmp_path: Path) -> tuple[str, list[tuple[str, ...]]]:
         elif _RENAME.match(line):
             paths = _QUOTED.findall(line)
             steps.append(("rename", paths[-2], paths[-1]))
+        elif _UNLINK.match(line):
+            steps.append(("unlink", _QUOTED.findall(line)[-1]))
     return event_id, steps
 
 
@@ -103,6 +107,53 @@ def test_a_read_is_on_disk_before_detected_returns(tmp_path: Path) -> None:
     returned = first(steps, ("sync", str(tmp_path.resolve() / "detected-returned")))
     assert opened < first(steps, ("sync", str(spool / "queue.sqlite3-wal")), after=opened) < returned, \
         "detected returned before the read's row was on disk"
+
+
+DELIVER = PUT.replace('print(event_id)', """print(event_id)
+spool.mark_delivered(event_id)
+mark("delivered-returned")""")
+
+
+@pytest.mark.slow
+def test_a_delivered_clip_is_marked_then_its_files_go_and_are_synced_gone_before_its_row(tmp_path: Path) -> None:
+    """A sidecar left in clips/ without its row would be queued again at the next start: the folder is synced
+    after the unlinks, and only then is the row deleted."""
+    event_id, steps = trace_put(tmp_path, DELIVER)
+    spool = (tmp_path / "spool").resolve()
+    wal, clips = str(spool / "queue.sqlite3-wal"), spool / "clips"
+    put = first(steps, ("sync", str(tmp_path.resolve() / "put-returned")))
+    marked = first(steps, ("sync", wal), after=put)
+    side_gone = first(steps, ("unlink", str(clips / f"{event_id}.json")), after=put)
+    video_gone = first(steps, ("unlink", str(clips / f"{event_id}.mp4")), after=put)
+    assert marked < side_gone < video_gone, "files deleted before the row said delivered"
+    folder_synced = first(steps, ("sync", str(clips)), after=video_gone)
+    row_deleted = first(steps, ("sync", wal), after=folder_synced)
+    assert row_deleted < first(steps, ("sync", str(tmp_path.resolve() / "delivered-returned"))), \
+        "the row's delete was not on disk when mark_delivered returned"
+
+
+REQUEUE = PUT.replace('print(event_id)', """print(event_id)
+spool.quarantine(event_id, "refused")
+mark("quarantined")
+assert spool.requeue() == 1
+mark("requeued")""")
+
+
+@pytest.mark.slow
+def test_a_requeued_clip_is_back_in_clips_on_disk_before_its_row_names_it(tmp_path: Path) -> None:
+    """A row committed before the moves out of quarantine/ are durable could name files a crash puts back
+    there (sent again from quarantine later): clips/ is synced after the moves, the row after that."""
+    event_id, steps = trace_put(tmp_path, REQUEUE)
+    spool = (tmp_path / "spool").resolve()
+    wal, clips, quarantine = str(spool / "queue.sqlite3-wal"), spool / "clips", spool / "quarantine"
+    after = first(steps, ("sync", str(tmp_path.resolve() / "quarantined")))
+    moved = first(steps, ("rename", str(quarantine / f"{event_id}.json"), str(clips / f"{event_id}.json")), after)
+    moved = max(moved, first(steps, ("rename", str(quarantine / f"{event_id}.mp4"), str(clips / f"{event_id}.mp4")),
+                             after))
+    folder_synced = first(steps, ("sync", str(clips)), after=moved)
+    row = first(steps, ("sync", wal), after=after)
+    assert folder_synced < row < first(steps, ("sync", str(tmp_path.resolve() / "requeued"))), \
+        "the requeued row was committed before its files were back in clips/ on disk"
 
 
 CHECKPOINTS = """

@@ -113,7 +113,7 @@ def test_every_instance_line_names_the_instance() -> None:
 
 def test_notify_and_watchdog(unit: tuple[Unit, str]) -> None:
     u, _ = unit
-    assert one(u, "Service", "Type") == "notify"  # READY=1 comes once frames flow
+    assert one(u, "Service", "Type") == "notify"  # READY=1 once frames flow, or the camera is found away
     assert one(u, "Service", "NotifyAccess") == "main"  # not the camera command the agent starts
     # the watchdog is fed while capture keeps within its timeouts (a camera away is retried in process):
     # a stalled read and its reopen (stall_s, then open_timeout_s) fit well inside it

@@ -82,6 +82,7 @@ class CaptureSupervisor:
         self._on_session = on_session
         self._stop = threading.Event()
         self._restart = threading.Event()
+        self._nudge = threading.Event()  # a stop or a source reload: a reopen's back-off ends at once
         self._lock = threading.Lock()
         self._source: Session | None = None
         # held while one packet (or a session's start or end) is handed on; `let_go` takes it once
@@ -107,6 +108,7 @@ class CaptureSupervisor:
 
     def stop(self) -> None:
         self._stop.set()
+        self._nudge.set()
         self._interrupt()
 
     @property
@@ -137,6 +139,7 @@ class CaptureSupervisor:
         self._pending.offer(new, changed)
         if self.config.source.model_copy(update={"stall_s": new.source.stall_s}) != new.source:
             self._restart.set()
+            self._nudge.set()  # a camera away, waiting to retry: the new settings are tried now
             self._interrupt()
 
     def _take_config(self) -> None:
@@ -193,9 +196,18 @@ class CaptureSupervisor:
         self._doing = (step, time.monotonic(), bound_s)
 
     def _wait(self, seconds: float) -> bool:
-        """A reopen's back-off; True if a stop came meanwhile."""
+        """A reopen's back-off, ended early by a stop or a source reload; True if a stop came."""
         self._step("waiting", seconds)
-        return self._stop.wait(seconds)
+        self._nudge.wait(seconds)
+        self._nudge.clear()
+        return self._stop.is_set()
+
+    def _next_backoff(self, backoff: float) -> float:
+        """The back-off after a failed attempt: doubled up to the cap, or from the start again for a source
+        the technician just changed (a reload is a new camera, not one more try of the old one)."""
+        if self._restart.is_set():
+            return const.REOPEN_BACKOFF_START_S
+        return min(backoff * 2, const.REOPEN_BACKOFF_CAP_S)
 
     def run(self) -> None:
         try:
@@ -239,7 +251,7 @@ class CaptureSupervisor:
                 self.metrics.source_restarts.inc()
                 if self._wait(backoff):
                     break
-                backoff = min(backoff * 2, const.REOPEN_BACKOFF_CAP_S)
+                backoff = self._next_backoff(backoff)
                 continue
             route = self._opened(src)
             if route is None:  # stopped, and let go, while it opened
@@ -276,7 +288,7 @@ class CaptureSupervisor:
             if self._wait(backoff):
                 break
             if not ended.delivered:
-                backoff = min(backoff * 2, const.REOPEN_BACKOFF_CAP_S)
+                backoff = self._next_backoff(backoff)
 
     def _opened(self, src: Session) -> Route | None:
         """A session is open: its route, from the wiring (None once let go: nothing may be handed on)."""

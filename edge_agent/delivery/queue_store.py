@@ -38,6 +38,7 @@ from edge_agent.delivery.contract import SCHEMA_VERSION
 PENDING = "pending"  # the read is committed; its clip is not made yet (no files)
 READY = "ready"  # the clip (or the CID alone) waits for delivery
 DELIVERED = "delivered"  # the server has it; its files are being deleted
+EXPIRED = "expired"  # given up (older than spool.max_age_s); its files are being deleted
 
 # Drop tables: reads given up, and videos let go while their reads stay queued.
 READS = "drops"
@@ -276,7 +277,8 @@ class QueueStore:
         with self._lock:
             if self._db is None:
                 return None
-            found = self._run(f"SELECT {_ROW} FROM queue WHERE state!=? ORDER BY seq LIMIT 1", (DELIVERED,)).fetchone()
+            found = self._run(f"SELECT {_ROW} FROM queue WHERE state IN (?, ?) ORDER BY seq LIMIT 1",
+                              (PENDING, READY)).fetchone()
         return None if found is None else _row(found)
 
     def ids(self) -> set[str]:
@@ -300,15 +302,16 @@ class QueueStore:
             if self._db is None:
                 return 0, 0, 0
             n, pending, b = self._run(
-                "SELECT COUNT(*), COALESCE(SUM(state=?), 0), COALESCE(SUM(size_bytes), 0) FROM queue WHERE state!=?",
-                (PENDING, DELIVERED)).fetchone()
+                "SELECT COUNT(*), COALESCE(SUM(state=?), 0), COALESCE(SUM(size_bytes), 0) FROM queue "
+                "WHERE state IN (?, ?)", (PENDING, PENDING, READY)).fetchone()
         return int(n), int(pending), int(b)
 
     def oldest_created_at(self) -> float | None:
         with self._lock:
             if self._db is None:
                 return None
-            return self._run("SELECT MIN(created_at) FROM queue WHERE state!=?", (DELIVERED,)).fetchone()[0]
+            return self._run("SELECT MIN(created_at) FROM queue WHERE state IN (?, ?)", (PENDING, READY)
+                             ).fetchone()[0]
 
     def first_error(self) -> str | None:
         """The oldest read's last delivery error, if any."""

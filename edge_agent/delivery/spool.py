@@ -52,7 +52,7 @@ from edge_agent import clock_sync
 from edge_agent.config import Config, SpoolConfig
 from edge_agent.delivery import spool_lock
 from edge_agent.delivery.clip_files import ClipFiles
-from edge_agent.delivery.queue_store import DELIVERED, PENDING, READS, READY, VIDEOS, QueueStore, Row
+from edge_agent.delivery.queue_store import DELIVERED, EXPIRED, PENDING, READS, READY, VIDEOS, QueueStore, Row
 from edge_agent.delivery.spool_files import boot_id, disk_full_note, fsync_path, is_disk_full, safe_id
 from edge_agent.delivery.spool_format import SpoolError, SpoolTooNew, probe
 from edge_agent.delivery.spool_quarantine import Quarantine, newest_quarantine_reason, quarantined_count
@@ -489,7 +489,7 @@ class Spool:
         for event_id, cid, created, boot, mono, synced in stamps:
             age = self.age_s(created, boot, mono, synced, synced_now)
             if age is not None and age > self.cfg.max_age_s:
-                self._delete(event_id)
+                self._delete(event_id, EXPIRED)
                 self._count_drop("max_age", cid, event_id, f"older than spool.max_age_s={self.cfg.max_age_s:g}")
 
     # --- taking ---------------------------------------------------------------------------------
@@ -515,7 +515,7 @@ class Spool:
 
     def entries(self) -> list[Entry]:
         """Every waiting read, oldest first, those still waiting for their clip included (`spool list`)."""
-        return [self._entry(r) for r in self.store.rows() if r.state != DELIVERED]
+        return [self._entry(r) for r in self.store.rows() if r.state in (PENDING, READY)]
 
     def _entry(self, row: Row) -> Entry:
         return Entry(row.event_id, row.cid, row.metadata, self.files.video(row.event_id) if row.has_video else None,
@@ -542,19 +542,23 @@ class Spool:
         self._delete(event_id)
         self.update_gauges()
 
-    def _delete(self, event_id: str) -> None:
+    def _delete(self, event_id: str, gone: str = DELIVERED) -> None:
+        """A read done with (`gone`: delivered or expired): its row says so, then its files go and are synced
+        gone, then its row. A crash anywhere leaves what recovery finishes, never a sidecar without its row
+        (which would queue the read again)."""
         self._retry_at.pop(event_id, None)
         try:
-            marked = self.store.set_state(event_id, DELIVERED)
-        except sqlite3.OperationalError:
+            marked = self.store.set_state(event_id, gone)
+        except sqlite3.OperationalError as exc:
+            if not is_disk_full(exc):
+                raise
             # a full disk: even an update needs room in the log. The files go first to make that room; a
             # crash right now leaves a row without its video, which goes out again CID-only (a duplicate the
             # server answers by its idempotency key)
-            self.files.delete(event_id)
-            self.store.delete(event_id)
-            return
+            marked = True
         if marked:
             self.files.delete(event_id)
+            self.files.sync()
             self.store.delete(event_id)
 
     def mark_failed(self, event_id: str, error: str, retry_at_mono: float | None = None) -> None:
@@ -627,11 +631,15 @@ class Spool:
         with self.store.exclusive():
             if not self.store.open:
                 return 0
-            for side in self._quarantine.take_back():
-                n += reenqueue(self.store, self.files, self._quarantine, self.metrics,
-                               self._without_video_recovered, side)
+            # the moves are on disk before any row names them: a crash then leaves orphans in clips/, which the
+            # next start queues, never a row whose files are back in quarantine/ (sent again from there)
+            moved = list(self._quarantine.take_back())
             with contextlib.suppress(OSError):
                 self.files.sync()
+                fsync_path(self.quarantine_dir)
+            for side in moved:
+                n += reenqueue(self.store, self.files, self._quarantine, self.metrics,
+                               self._without_video_recovered, side)
         self.update_gauges()
         return n
 

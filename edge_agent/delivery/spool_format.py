@@ -14,9 +14,10 @@ Format history:
   2  queue gains `metadata` (the clip's metadata as JSON: the queue row is the source of truth,
      the sidecar a copy) and `clock_synced` (the kernel's NTP state when the clip was queued).
   3  queue gains `state`: `pending` (a read committed at detection, its clip not made yet: no
-     sidecar, no files), `ready` (to deliver) or `delivered` (the server has it; its files are being
-     deleted). Rows of older formats are `ready`. `video_drops` counts the videos the spool let go
-     while keeping their reads (bounds, a full disk), as `drops` counts reads given up.
+     sidecar, no files), `ready` (to deliver), `delivered` (the server has it) or `expired` (given
+     up: older than spool.max_age_s); the last two while their files are being deleted. Rows of
+     older formats are `ready`. `video_drops` counts the videos the spool let go while keeping their
+     reads (bounds, a full disk), as `drops` counts reads given up.
 """
 
 from __future__ import annotations

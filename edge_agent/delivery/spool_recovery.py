@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge_agent.delivery.clip_files import ClipFiles
-from edge_agent.delivery.queue_store import DELIVERED, PENDING, QueueStore, Row
+from edge_agent.delivery.queue_store import DELIVERED, EXPIRED, PENDING, QueueStore, Row
 from edge_agent.delivery.spool_files import (
     boot_id,
     bytes_in,
@@ -48,6 +48,8 @@ WithoutVideo = Callable[[str, str, bool], object]
 
 # clip.error of a read whose clip was not made when the agent stopped, by what stopped it: the boot it was
 # made in tells a process that died (same boot) from a device that lost power or restarted
+# how often a long recovery says how far it is (the daemon extends systemd's start timeout each time)
+PROGRESS_EVERY_S = 5.0
 STOPPED_BEFORE_CLIP = "edge-agent stopped (killed or crashed) before this read's clip was made: no video"
 POWER_LOST_BEFORE_CLIP = "the device lost power or restarted before this read's clip was made: no video"
 STOPPED_AT_SHUTDOWN = "edge-agent stopped before this read's clip was made (its stop ran out of time): no video"
@@ -181,8 +183,8 @@ def recover(store: QueueStore, files: ClipFiles, quarantine: Quarantine, metrics
     the spool's way to keep a read CID-only (event id, why, whether its video is damaged). `thorough`:
     check every ready read's sidecar and video (after a crash or a power cut); after a clean stop only the
     reads a stop can leave (pending, delivered) and the files without a row are looked at, so a start on a
-    backlog of 100k reads takes no longer than one on an empty spool. `progress(done, of)`, every 500 reads
-    checked: what a start waiting on this says to systemd."""
+    backlog of 100k reads takes no longer than one on an empty spool. `progress(done, of)`, as it begins and
+    then every few seconds (`PROGRESS_EVERY_S`): what a start waiting on this says to systemd."""
     started = time.monotonic()
     with store.exclusive():
         finish_interrupted_puts(files)
@@ -192,19 +194,30 @@ def recover(store: QueueStore, files: ClipFiles, quarantine: Quarantine, metrics
                 log.info("spool recovery: removed unfinished file %s", part.name)
             except OSError as exc:
                 log.error("spool recovery: cannot remove %s error=%s", part.name, exc.strerror or exc)
-        rows = store.rows() if thorough else store.rows(PENDING) + store.rows(DELIVERED)
+        rows = store.rows() if thorough else store.rows(PENDING) + store.rows(DELIVERED) + store.rows(EXPIRED)
+        sidecars = list(files.sidecars())  # listed once: a backlog of 100k is 100k names
+        known = store.ids()
+        of = len(rows) + sum(1 for side in sidecars if side.stem not in known)
+        told = time.monotonic()
+        if progress is not None and of:
+            progress(0, of)
         for n, row in enumerate(rows, 1):
             try:
                 _recover_row(row, store, files, quarantine, metrics, without_video)
             except Exception as exc:  # never refuse to start
                 log.error("spool recovery: cannot check cid=%s clip=%s error=%s", row.cid, row.event_id, exc)
-            if progress is not None and n % 500 == 0:
-                progress(n, len(rows))
+            if progress is not None and time.monotonic() - told >= PROGRESS_EVERY_S:
+                told = time.monotonic()
+                progress(n, of)
+        done = len(rows)
         del rows
-        known = store.ids()
-        orphans = [side for side in files.sidecars() if side.stem not in known]
-        for side in sorted(orphans, key=sidecar_created_at):  # keep delivery in the order clips were made
+        known = store.ids()  # as the rows' recovery left them (it may set a row and its files aside)
+        orphans = [side for side in sidecars if side.stem not in known and side.exists()]
+        for n, side in enumerate(sorted(orphans, key=sidecar_created_at), done + 1):  # in the order clips were made
             reenqueue(store, files, quarantine, metrics, without_video, side)
+            if progress is not None and time.monotonic() - told >= PROGRESS_EVERY_S:
+                told = time.monotonic()
+                progress(n, of)
         known |= {side.stem for side in orphans}
         for mp4 in files.videos():
             if mp4.stem not in known and not files.sidecar(mp4.stem).exists():
@@ -227,6 +240,13 @@ def _recover_row(row: Row, store: QueueStore, files: ClipFiles, quarantine: Quar
         store.delete(event_id)
         metrics.spool_recovered.labels(reason="delivered_deleted").inc()
         log.info("spool recovery: finished deleting delivered cid=%s clip=%s", row.cid, event_id)
+        return
+    if row.state == EXPIRED:
+        # given up as too old (counted and logged then); a crash came before its delete: finish it
+        files.delete(event_id)
+        store.delete(event_id)
+        metrics.spool_recovered.labels(reason="expired_deleted").inc()
+        log.info("spool recovery: finished deleting expired cid=%s clip=%s", row.cid, event_id)
         return
     if row.state == PENDING:
         why = (STOPPED_BEFORE_CLIP if row.boot_id is not None and row.boot_id == boot_id()

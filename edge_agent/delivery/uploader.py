@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -176,7 +177,11 @@ class Uploader:
                     continue
                 wait = self._idle_s()
                 self._idle.set()
-            except Exception:  # never let one odd clip, a full disk or a closed spool kill delivery
+            except (sqlite3.Error, OSError) as exc:  # a full or failing disk: one line, and again after a pause
+                log.error("uploader: the spool cannot be read or written now: %s (tried again in %gs)",
+                          getattr(exc, "strerror", None) or exc, ERROR_PAUSE_S)
+                wait = ERROR_PAUSE_S
+            except Exception:  # never let one odd clip or a closed spool kill delivery
                 log.exception("uploader: unexpected error")
                 wait = ERROR_PAUSE_S
             self._wake.wait(wait)
@@ -205,6 +210,8 @@ class Uploader:
                 return False
             try:
                 self.attempt(entry, deadline_mono)
+            except (sqlite3.Error, OSError) as exc:  # the spool's disk, not the clip: retried, its one line says so
+                self._retry(entry, f"the spool's disk: {getattr(exc, 'strerror', None) or exc}", None)
             except Exception as exc:
                 log.exception("upload attempt failed unexpectedly cid=%s clip=%s", entry.cid, entry.event_id)
                 self._retry(entry, f"internal error: {type(exc).__name__}", None)

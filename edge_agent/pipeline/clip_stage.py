@@ -162,9 +162,14 @@ class ClipStage:
                       ev.event_id, error, exc_info=not isinstance(exc, ClipError))
         self.metrics.clip_encoding_up.set(0 if self.maker.status().encoding_error else 1)
         ev = self.events.get(ev.event_id) or ev  # the sightings counted while the clip was made
-        track, frames, quality = self.track.track(ev.cid, ev.first, *span)
-        meta = read_metadata(self.cfg.device_id, ev.event_id, ev.cid, ev.first, ev.hits, ev.last_t, clip_info,
-                             track, quality, frames)
+        try:
+            track, frames, quality = self.track.track(ev.cid, ev.first, *span)
+            meta = read_metadata(self.cfg.device_id, ev.event_id, ev.cid, ev.first, ev.hits, ev.last_t, clip_info,
+                                 track, quality, frames)
+        except Exception:  # a bug in the extras: the read and its clip go out without them, never held back
+            log.exception("clip track failed cid=%s clip=%s (sending the clip without its track)", ev.cid,
+                          ev.event_id)
+            meta = read_metadata(self.cfg.device_id, ev.event_id, ev.cid, ev.first, ev.hits, ev.last_t, clip_info)
         stored = self.sink.put(ev.event_id, ev.cid, meta, video)
         if not stored.kept:
             log.error("clip refused by the spool cid=%s clip=%s", ev.cid, ev.event_id)

@@ -119,9 +119,10 @@ class DetectStage:
             frame: GrayFrame = item
             try:
                 found = self.detector.detect(frame)
-            except Exception:  # one odd frame must not stop detection
+            except Exception:  # one odd frame must not stop detection, nor hold back the clips it passed
                 log.exception("QR decoder failed on a frame t=%.3f", frame.t)
                 self.metrics.detector_errors.inc()
+                self.ring.analysed(frame.t)
                 continue
             self._read_at = time.monotonic()
             self.analysed += 1

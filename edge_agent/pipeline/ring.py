@@ -73,7 +73,6 @@ class Recording:
     end_t: float
     packets: list[Packet] = field(default_factory=list)
     session: int = 0  # the source session its packets come from
-    done: bool = False
     # why it starts after `start_t` (the pre-roll is short): "start_of_video" (the video began later), "ring"
     # (evicted); None: it starts there
     truncated_start: str | None = None
@@ -139,9 +138,9 @@ class RingBuffer:
                 self._sessions[-1].first_t = pkt.t
             self._packets.append(pkt)
             self._bytes += pkt.size
+            # open recordings are all of the current session: `reset` finishes the others as it begins one
             for rec in list(self._recordings.values()):
                 if pkt.t >= rec.end_t + REORDER_S and rec.packets:
-                    rec.done = True
                     _trim_end(rec)
                     self._complete.append(rec)
                     del self._recordings[rec.key]
@@ -214,30 +213,41 @@ class RingBuffer:
         detector is done too): finish every open recording with what it has; `reason` ("end_of_video",
         "shutdown", "source_restart") goes in the metadata of those cut short."""
         with self._lock:
-            recs = list(self._recordings.values())
-            self._recordings.clear()
-            complete, self._complete = self._complete, []
-        for rec in recs:
-            rec.done = True
-            rec.flushed = True
-            # every recording is handed over, one without packets too: its read goes out without video
-            if not rec.packets or max(p.t for p in rec.packets) + 3 * half_frame(rec.packets) < rec.end_t:
-                rec.truncated_end = reason  # a frame is missing
-            _trim_end(rec)
-        self._hand_over(complete + recs)
+            recs = self._end_open(reason)
+        self._hand_over(recs)
 
     def reset(self, reason: str = "source_restart") -> None:
         """A new source session: the old one's open recordings are finished with what they have (its packets
         cannot be decoded with the new stream's parameters), `reason` ("source_restart", or "end_of_video"
         for the next file of a replay) in their metadata; its packets stay for reads of its last seconds that
-        detection has not made yet."""
-        self.end(reason)
+        detection has not made yet. One lock hold: a recording the detect thread opens meanwhile is of the
+        new session, or of the ended one and finished at once (`start_recording`)."""
         with self._lock:
+            recs = self._end_open(reason)
             ended = self._sessions[-1]
             ended.end_reason = reason
             if ended.first_t is None:
                 self._sessions.pop()  # a session that gave no packet
             self._sessions.append(_Session(ended.id + 1))
+        self._hand_over(recs)
+
+    def _end_open(self, reason: str) -> list[Recording]:
+        """Under the lock: every open recording finished with what it has, and every complete one, to hand
+        over at once."""
+        recs = [self._cut_short(rec, reason) for rec in self._recordings.values()]
+        self._recordings.clear()
+        complete, self._complete = self._complete, []
+        return complete + recs
+
+    @staticmethod
+    def _cut_short(rec: Recording, reason: str) -> Recording:
+        """A recording no more packets will come for, `reason` in its metadata if a frame is missing. Handed
+        over as flushed; one without packets too: its read goes out without video."""
+        rec.flushed = True
+        if not rec.packets or max(p.t for p in rec.packets) + 3 * half_frame(rec.packets) < rec.end_t:
+            rec.truncated_end = reason
+        _trim_end(rec)
+        return rec
 
     def _session_at(self, t: float) -> _Session:
         """The session whose packets hold capture time `t`: the last one that began at or before it."""
@@ -282,16 +292,11 @@ class RingBuffer:
             if past is not None:
                 rec.packets = rec.packets[:past]
                 _trim_end(rec)
-                rec.done = True
                 self._complete.append(rec)
                 ready = self._take_analysed()
             elif session is not self._sessions[-1]:
                 # a read of a session that has ended: its packets are all here, and no more will come
-                rec.done = rec.flushed = True
-                if not rec.packets or max(p.t for p in rec.packets) + 3 * half_frame(rec.packets) < end_t:
-                    rec.truncated_end = session.end_reason
-                _trim_end(rec)
-                ready = [rec]
+                ready = [self._cut_short(rec, session.end_reason)]
             else:
                 self._recordings[key] = rec
         self._hand_over(ready)

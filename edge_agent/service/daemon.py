@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 # SIGTERM must end within systemd's stop timeout (TimeoutStopSec=20 in the unit): 15 s budget.
 STOP_BUDGET_S = 15.0
 TICK_S = 1.0
+# how much longer systemd waits for the start at each step of a long spool recovery (one per 500 reads)
+RECOVERY_EXTEND_S = 60.0
 
 
 class Daemon:
@@ -200,7 +202,7 @@ class Daemon:
         from edge_agent.pipeline.events import EventLog
 
         self.agent.take_live("service", ("log_level", "device_id", "site"), self)
-        self.spool = self.agent.spool()  # recovery happens here, before READY
+        self.spool = self.agent.spool(progress=self._recovering)  # recovery happens here, before READY
         # recent events and their delivery state, for the live view
         self.events = EventLog(keep=const.RECENT_EVENTS)
         self.uploader = self.agent.uploader(self.events.upload_result, thread=False)
@@ -212,6 +214,11 @@ class Daemon:
 
             self._watcher = ConfigWatcher(Path(self.path), self._reloaded, self._refused)
             self.agent.add_part("config watcher", lambda _s: self._watcher.stop())
+
+    def _recovering(self, done: int, of: int) -> None:
+        """A long spool recovery (after a crash or a power cut, every queued clip is checked): systemd is told
+        to wait for it, and `systemctl status` says how far it is."""
+        self.notifier.extend_timeout(RECOVERY_EXTEND_S, f"recovering the spool: {done} of {of} reads checked")
 
     def start(self) -> None:
         """Start what `build` made: the config watcher, the uploader, the pipeline."""
@@ -304,10 +311,13 @@ class Daemon:
                 self._reload.clear()
                 self._reload_from_file()
             st = self.pipeline.status()
-            if not ready and self.pipeline.ready.is_set():
+            if not ready and (self.pipeline.ready.is_set() or st.capture.state == "away"):
+                # a camera missing at boot is retried in the process like one lost later: the agent is up,
+                # delivers what is queued, and STATUS=, /healthz and the log say the camera is away
                 ready = True
                 self.notifier.ready()
-                log.info("ready: frames are flowing")
+                log.info("ready: %s", "frames are flowing" if self.pipeline.ready.is_set()
+                         else "the camera is away and retried in the background (source=away in STATUS and /healthz)")
             now = time.monotonic()
             frames = st.capture.frames
             fps = (frames - last_frames) / (now - last_tick) if now > last_tick else 0.0
@@ -343,16 +353,17 @@ class Daemon:
     def shutdown(self) -> bool:
         """Parts stop in the reverse of the order they were built: the watcher and HTTP first, then
         capture (open recordings are cut short and spooled, not lost), the uploader, the spool. False when
-        the pipeline's stages did not all finish in the budget: what they held is lost, and the stop says
-        so (exit 70) rather than claim success."""
+        the pipeline's stages did not all finish in the budget: the videos they held are lost (their reads,
+        committed at detection, go out CID-only), and the stop says so (exit 70) rather than claim success."""
         self.notifier.stopping()
         self.agent.close(STOP_BUDGET_S)
         n = self._queued()
         when = "at the next start" if self.cfg.upload.url else "once upload.url is set"
         pipeline = getattr(self, "pipeline", None)  # none if the start failed before it was built
         if pipeline is not None and not pipeline.drained:
-            log.error("stop incomplete: recordings still in the pipeline after %.0f s are lost; %d clip%s "
-                      "queued (exit %d)", STOP_BUDGET_S, n, "" if n == 1 else "s", const.EXIT_SOFTWARE)
+            log.error("stop incomplete: clips still being made after %.0f s lost their video (their reads are "
+                      "queued and sent CID-only); %d clip%s queued (exit %d)", STOP_BUDGET_S, n, "" if n == 1 else "s",
+                      const.EXIT_SOFTWARE)
             return False
         log.info("stopped queued=%d%s", n, f": {n} clip{'s' if n > 1 else ''} queued; "
                  f"{'it is' if n == 1 else 'they are'} sent {when}" if n else "")

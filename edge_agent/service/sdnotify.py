@@ -1,6 +1,7 @@
 """sd_notify(3) without a dependency: one datagram per state change to $NOTIFY_SOCKET.
 
-READY=1 once frames flow, STATUS= for `systemctl status`, WATCHDOG=1 while the agent is not hung (the
+READY=1 once frames flow (or the camera is found away and is being retried), EXTEND_TIMEOUT_USEC= while a
+long spool recovery holds the start, STATUS= for `systemctl status`, WATCHDOG=1 while the agent is not hung (the
 daemon decides: a camera that is away is not a hang, a stuck capture thread is; WatchdogSec= restarts it),
 RELOADING=1 and STOPPING=1.
 Outside systemd there is no socket and every call does nothing. Notification is a courtesy to the
@@ -94,6 +95,11 @@ class Notifier:
 
     def stopping(self) -> bool:
         return self.notify(STOPPING=1)
+
+    def extend_timeout(self, seconds: float, status: str) -> bool:
+        """The start (or stop) takes longer, for a reason `status` says: systemd waits `seconds` more from now
+        rather than kill it at TimeoutStartSec= (systemd >= 236; older ones ignore it)."""
+        return self.notify(EXTEND_TIMEOUT_USEC=int(seconds * 1e6), STATUS=status)
 
 
 def _one_line(value: object) -> str:
