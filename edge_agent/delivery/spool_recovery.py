@@ -234,19 +234,13 @@ def recover(store: QueueStore, files: ClipFiles, quarantine: Quarantine, metrics
 def _recover_row(row: Row, store: QueueStore, files: ClipFiles, quarantine: Quarantine, metrics: Metrics,
                  without_video: WithoutVideo) -> None:
     event_id = row.event_id
-    if row.state == DELIVERED:
-        # the server had it; a crash came between the row's mark and its delete: finish the delete
+    if row.state in (DELIVERED, EXPIRED):
+        # the server had it, or it was given up as too old (counted and logged then); a crash came between the
+        # row's mark and its delete: finish the delete
         files.delete(event_id)
         store.delete(event_id)
-        metrics.spool_recovered.labels(reason="delivered_deleted").inc()
-        log.info("spool recovery: finished deleting delivered cid=%s clip=%s", row.cid, event_id)
-        return
-    if row.state == EXPIRED:
-        # given up as too old (counted and logged then); a crash came before its delete: finish it
-        files.delete(event_id)
-        store.delete(event_id)
-        metrics.spool_recovered.labels(reason="expired_deleted").inc()
-        log.info("spool recovery: finished deleting expired cid=%s clip=%s", row.cid, event_id)
+        metrics.spool_recovered.labels(reason=f"{row.state}_deleted").inc()
+        log.info("spool recovery: finished deleting %s cid=%s clip=%s", row.state, row.cid, event_id)
         return
     if row.state == PENDING:
         why = (STOPPED_BEFORE_CLIP if row.boot_id is not None and row.boot_id == boot_id()
