@@ -6,9 +6,9 @@
 #   reaches the agent only through LoadCredential (its file stays root's, mode 0600); one config.d save plus
 #   `systemctl reload` counts one applied reload; the hardening directives are applied to the process
 #   (systemd-analyze security's score, NoNewPrivs, seccomp, no capabilities); an upgrade with apt restarts
-#   the running agent on the new version; a camera that stalls after READY is retried while the agent stays
-#   up (the watchdog fed), and a hung agent (SIGSTOP) is killed by the watchdog and
-#   restarted; `systemctl stop` ends with status 0.
+#   the running agent on the new version; with no camera at boot the agent is READY and says source=away;
+#   a camera that stalls after READY is retried while the agent stays up (the watchdog fed), and a hung
+#   agent (SIGSTOP) is killed by the watchdog and restarted; `systemctl stop` ends with status 0.
 #
 #   sudo packaging/test-systemd.sh [bookworm|trixie]        (./dev.sh systemd-test SUITE is the same)
 #
@@ -114,6 +114,15 @@ source:
 spool:
   min_free_bytes: 0
 YAML
+    # no camera at boot: a V4L2 device that does not exist (yet)
+    cat >"$ROOT/etc/edge-agent/nocam.yaml" <<'YAML'
+device_id: nocam-test
+source:
+  kind: v4l2
+  path: /dev/video7
+spool:
+  min_free_bytes: 0
+YAML
     mkdir -p "$ROOT/etc/systemd/system/edge-agent@stall.service.d"
     printf '[Service]\nWatchdogSec=8\n' >"$ROOT/etc/systemd/system/edge-agent@stall.service.d/watchdog.conf"
 }
@@ -165,6 +174,13 @@ new_version_runs() {
         && inside edge-agent --version | grep -qx "edge-agent $NEW_VERSION" \
         && inside journalctl -u edge-agent --no-pager -q | grep -q "started version=$NEW_VERSION"
 }
+nocam_ready_away() {
+    local st
+    st=$(prop edge-agent@nocam.service StatusText)
+    echo "StatusText=$st"
+    [ "$(prop edge-agent@nocam.service ActiveState)" = active ] && [ "$(prop edge-agent@nocam.service SubState)" = running ] \
+        && case "$st" in *source=away*) true ;; *) false ;; esac
+}
 camera_away_said() { inside journalctl -u edge-agent@stall --no-pager -q | grep -q "source stalled"; }
 agent_stayed_up() {
     [ "$(prop edge-agent@stall.service NRestarts)" = 0 ] && [ "$(prop edge-agent@stall.service ActiveState)" = active ]
@@ -204,6 +220,11 @@ main_steps() {
     check "upgrade with apt-get inside (no terminal, no network)" inside apt-get install -y -q --no-install-recommends \
         "/srv/edge-agent-test/$(deb_name "$NEW_VERSION")"
     check "the upgrade restarted the agent on $NEW_VERSION" wait_for 60 "the new version running" new_version_runs
+
+    check "no camera at boot: edge-agent@nocam is READY (the camera retried in the process)" \
+        inside timeout 60 systemctl start edge-agent@nocam
+    check "... running, STATUS= says source=away" wait_for 15 "STATUS= with source=away" nocam_ready_away
+    inside systemctl stop edge-agent@nocam || true
 
     check "a camera that stalls after READY: edge-agent@stall starts" inside timeout 90 systemctl start edge-agent@stall
     check "... the agent says the camera is away and retries it" wait_for 60 "the stall said" camera_away_said
