@@ -448,3 +448,30 @@ def test_detection_to_delivery_is_not_measured_across_a_clock_that_synchronised_
         assert Uploader(spool, fast_upload(server.url), m, __version__).drain(10)
     count, seconds = observations(m, "edge_agent_detection_to_delivery_seconds")
     assert count == 1 and seconds > 30 * 86_400  # only the clip stamped on a synchronised clock
+
+
+def test_a_spool_disk_fault_after_a_delivery_is_one_line_and_the_clip_goes_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The server stored the clip and the spool's disk then refuses the delete (an I/O error, a full log): one
+    warning line with its cause, no traceback, and the clip is sent again under its key (the server answers
+    it as a duplicate), rather than an 'unexpected error' or a lost delivery."""
+    spool = Spool(spool_config(tmp_path / "spool"))
+    event_id = add_clip(spool)[0]
+    real = spool.mark_delivered
+    refused: list[str] = []
+
+    def disk_fault_once(eid: str) -> None:
+        if not refused:
+            refused.append(eid)
+            raise sqlite3.OperationalError("disk I/O error")
+        real(eid)
+
+    monkeypatch.setattr(spool, "mark_delivered", disk_fault_once)
+    caplog.set_level("INFO", logger="edge_agent")
+    with FlakyServer() as server:
+        assert uploader(spool, server.url).drain(10)
+    assert refused == [event_id] and spool.entries() == []
+    assert [s.headers["Idempotency-Key"] for s in server.seen] == [event_id, event_id]
+    faults = [r for r in caplog.records if "disk I/O error" in r.getMessage()]
+    assert len(faults) == 1 and faults[0].exc_info is None, [r.getMessage() for r in faults]
+    assert f"clip={event_id}" in faults[0].getMessage() and "the spool's disk" in faults[0].getMessage()
