@@ -46,11 +46,12 @@ def add_clip(spool: Spool, size: int = 50_000, cid: str | None = None,
 
 
 @contextlib.contextmanager
-def small_filesystem(where: Path, size: str) -> Iterator[Path]:
-    """A real tmpfs of `size` (e.g. "4m") mounted at `where`, when this machine lets a test mount one
-    (root, as CI is); the test is skipped with the reason otherwise."""
+def small_filesystem(where: Path, size: str, *, read_only: bool = False) -> Iterator[Path]:
+    """A real tmpfs of `size` (e.g. "4m") mounted at `where` (read-only if asked), when this machine lets a
+    test mount one (root, as CI is); the test is skipped with the reason otherwise."""
     where.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True,
+    options = f"ro,size={size}" if read_only else f"size={size}"
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True,
                          check=False)
     if res.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {res.stderr.decode().strip() or res.returncode}")

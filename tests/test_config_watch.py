@@ -9,6 +9,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from edge_agent.config import Config, parse_config
 from edge_agent.service.reload import CheckOutcome, ConfigCheck, ConfigWatcher, classify_changes
 from tests.hostile_yaml import ALIAS_BOMB, ALIAS_BOMB_AT
@@ -163,21 +165,27 @@ def test_a_fragment_folder_made_after_start_is_watched_and_its_errors_reported(t
         w.stop()
 
 
-def test_a_fragment_the_agent_cannot_read_is_reported_not_skipped(tmp_path: Path) -> None:
+@pytest.mark.parametrize("target", ["/proc/self/mem", "gone.yaml"], ids=["unreadable", "dangling-link"])
+def test_a_fragment_the_agent_cannot_read_is_refused_not_skipped(tmp_path: Path, target: str) -> None:
+    """The watcher looks at what the loader reads: a fragment replaced by one it cannot read is an error of its
+    own (not the main file away, not a fragment silently dropped). Unreadable: a regular file that even root
+    cannot read (the tests run as root, where chmod 0 would not stop a read), the process' own memory at
+    offset 0, EIO; for the service user a root-only fragment is EACCES, the same path. Dangling: a link whose
+    target is gone."""
     (tmp_path / "config.d").mkdir()
     path, c, w = watch(tmp_path)
     frag = tmp_path / "config.d" / "10-fleet.yaml"
+    gone = tmp_path / "gone.yaml"
+    says = {"/proc/self/mem": "Input/output error",
+            "gone.yaml": f"a symbolic link to {gone}, which does not exist: restore its target, or remove the link"}
     try:
         frag.write_text("clip:\n  pre_roll_s: 2\n")
         c.wait()
-        # a regular file that even root cannot read (the tests run as root, where chmod 0 would not
-        # stop a read): the process' own memory at offset 0, EIO; for the service user a root-only
-        # fragment is EACCES, the same path
         link = tmp_path / "config.d" / ".link"
-        link.symlink_to("/proc/self/mem")
+        link.symlink_to(target if target.startswith("/") else gone)
         os.replace(link, frag)
         c.wait()
-        assert c.errors == [[f"{frag}: cannot read config fragment: Input/output error"]]
+        assert c.errors == [[f"{frag}: cannot read config fragment: {says[target]}"]]
     finally:
         w.stop()
 
@@ -199,25 +207,6 @@ def test_an_alias_bomb_saved_as_a_fragment_is_refused_where_it_crosses_the_bound
         frag.write_text("clip:\n  pre_roll_s: 2\n")
         c.wait()
         assert [cfg.clip.pre_roll_s for cfg in c.configs] == [2]
-    finally:
-        w.stop()
-
-
-def test_a_fragment_that_becomes_a_dangling_link_is_refused_not_skipped(tmp_path: Path) -> None:
-    """The watcher looks at what the loader reads: a fragment replaced by a link whose target is gone is
-    an error of its own (not the main file away, not a fragment silently dropped)."""
-    (tmp_path / "config.d").mkdir()
-    path, c, w = watch(tmp_path)
-    frag = tmp_path / "config.d" / "10-fleet.yaml"
-    try:
-        frag.write_text("clip:\n  pre_roll_s: 2\n")
-        c.wait()
-        link = tmp_path / "config.d" / ".link"
-        link.symlink_to(tmp_path / "gone.yaml")
-        os.replace(link, frag)
-        c.wait()
-        assert c.errors == [[f"{frag}: cannot read config fragment: a symbolic link to {tmp_path / 'gone.yaml'}, "
-                             "which does not exist: restore its target, or remove the link"]]
     finally:
         w.stop()
 

@@ -25,6 +25,7 @@ from edge_agent import const
 from tests import agent_process
 from tests.cli_in_process import Cli
 from tests.receiver_fixture import free_port
+from tests.spool_helpers import small_filesystem
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_media" / "conveyor_720p30.mp4"
@@ -361,16 +362,8 @@ def test_a_requeue_that_leaves_clips_in_quarantine_is_1(tmp_path: Path, in_proce
 def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     """A folder on a read-only file system (a tmpfs mounted ro; root, as CI is), skipped where none can be
     mounted: the test's root would write through mode bits anyway."""
-    where = tmp_path / "ro"
-    where.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(where)], capture_output=True,
-                         check=False)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {res.stderr.decode().strip() or res.returncode}")
-    try:
+    with small_filesystem(tmp_path / "ro", "1m", read_only=True) as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def _one_line(res: subprocess.CompletedProcess[str], code: int, says: str) -> None:
