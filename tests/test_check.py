@@ -237,6 +237,15 @@ def test_a_missing_camera_command_says_what_to_install(tmp_path: Path) -> None:
     assert "rpicam-apps" in r["source"]["hint"]
 
 
+def test_a_camera_command_that_exits_is_named_in_its_own_words(tmp_path: Path) -> None:
+    """Its stderr is the agent's log now (masked): the failure line still carries why it stopped."""
+    cmd = "\"sh -c 'echo rpicam-vid: no cameras available >&2; exit 1'\""
+    rc, r, _ = check(write_config(tmp_path, f"  kind: pipe\n  command: {cmd}\n"))
+    assert rc == 1
+    assert "the command exited 1: rpicam-vid: no cameras available" in r["source"]["detail"], r["source"]
+    assert "run source.command by hand" in r["source"]["hint"]
+
+
 @pytest.mark.slow
 def test_url_source_over_http_is_read_and_measured(qr_video: Path, tmp_path: Path) -> None:
     """An IP camera stand-in: MPEG-TS served over HTTP from 127.0.0.1 (RTSP needs a camera we lack;

@@ -1,5 +1,6 @@
 """No password on any page or in any log: a real `run` whose camera URL (or pipe command) and upload URL
-carry passwords, with nothing listening, so the source error naming them is shown everywhere it can be:
+carry passwords, with nothing listening (the command printing its own on stderr), so the source error
+naming them is shown everywhere it can be:
 /healthz (open to anyone), /api/status and /metrics (behind the web password), the log, and the
 `check` and `config show` commands."""
 
@@ -37,7 +38,9 @@ def _source_error(web: Web, password: str = PASSWORD) -> str | None:
 @pytest.mark.parametrize(("source", "masked", "secrets"), [
     (f"source:\n  kind: url\n  path: rtsp://admin:{CAM_PASSWORD}@127.0.0.1:{{port}}/stream\n",
      "rtsp://admin:***@127.0.0.1", [CAM_PASSWORD]),
-    ("source:\n  kind: pipe\n  command: \"sh -c 'exit 3' camera --password CamPass123 RTSP_PASS=EnvPass789\"\n",
+    # the command says its secret on stderr too, as ffmpeg names the URL it cannot open
+    ("source:\n  kind: pipe\n  command: \"sh -c 'echo cannot open rtsp://admin:CamPass123@cam/s >&2; exit 3'"
+     " camera --password CamPass123 RTSP_PASS=EnvPass789\"\n",
      "--password *** RTSP_PASS=***", [CAM_PASSWORD, "EnvPass789"]),
 ], ids=["rtsp-url", "pipe-command"])
 @pytest.mark.slow

@@ -21,6 +21,7 @@ capture stage's bound on each of its steps says when one hangs (`CaptureStatus.o
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import subprocess
 import threading
@@ -34,6 +35,7 @@ import av
 from edge_agent import const
 from edge_agent.capture import h264
 from edge_agent.capture.clock import ArrivalFrameClock, CaptureClock, FrameCountClock, PtsClock, measure_fps
+from edge_agent.capture.command_output import CommandOutput
 from edge_agent.capture.media import Packet, StreamInfo
 from edge_agent.capture.pipe_reader import PipeReader
 from edge_agent.capture.raw_encoder import RawEncoder, RawEncoderError
@@ -63,6 +65,7 @@ class Opening:
     options: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
     reader: PipeReader | None = None
+    said: CommandOutput | None = None
 
 
 def open_file(cfg: SourceConfig, path: str) -> Opening:
@@ -91,12 +94,14 @@ def open_pipe(cfg: SourceConfig, path: str) -> Opening:
     if not argv:
         raise SourceError("source.command is empty")
     try:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, bufsize=0)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                bufsize=0)
     except OSError as exc:
         raise SourceError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
-    assert proc.stdout is not None
+    assert proc.stdout is not None and proc.stderr is not None
+    said = CommandOutput(proc.stderr, os.path.basename(argv[0]))  # masked and bounded, never raw to the journal
     reader = PipeReader(proc.stdout.fileno(), cfg.open_timeout_s)
-    return Opening(reader, cfg.input_format, dict(cfg.options), proc, reader)
+    return Opening(reader, cfg.input_format, dict(cfg.options), proc, reader, said)
 
 
 # One opener per kind FFmpeg reads; picamera2 has a session class of its own (make_source).
@@ -137,6 +142,7 @@ class AvSource:
         self.fps_from: str | None = None  # where info.fps came from: stream, sps, config, measured, assumed
         self._container: Any = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._said: CommandOutput | None = None
         self._reader: PipeReader | None = None
         self._closed = threading.Event()
         self._raw: RawEncoder | None = None
@@ -160,7 +166,7 @@ class AvSource:
         self._mono0 = time.monotonic()
         try:
             opening = self._opener(self.cfg, str(self.path))
-            self._proc, self._reader = opening.proc, opening.reader
+            self._proc, self._reader, self._said = opening.proc, opening.reader, opening.said
             if self._closed.is_set():  # interrupted while the command started, before `_proc` was there
                 self.close()
                 raise SourceError(f"{self.describe}: stopped while opening")
@@ -244,7 +250,21 @@ class AvSource:
             if reading and cfg.stall_s < cfg.open_timeout_s:
                 return SourceSilent(f"{what}: no data for {cfg.stall_s:g} s (source.stall_s)")
             return SourceSilent(f"{what}: no data for {cfg.open_timeout_s:g} s (source.open_timeout_s)")
-        return SourceError(f"{what}: {exc}")
+        ended = self._command_ended()
+        return SourceError(f"{what}: {ended} ({exc})" if ended else f"{what}: {exc}")
+
+    def _command_ended(self) -> str | None:
+        """A camera command that exited, in its own words ("rpicam-vid: no cameras available" says more
+        than FFmpeg's "Invalid data"); None while it runs or for a source without a command."""
+        proc, said = self._proc, self._said
+        if proc is None or said is None:
+            return None
+        try:
+            code = proc.wait(timeout=0.5)  # its stdout ended: it is exiting, or it closed stdout and runs on
+        except subprocess.TimeoutExpired:
+            return None
+        words = said.last_words()
+        return f"the command exited {code}" + (f": {words}" if words else " without a word on stderr")
 
     def _silent(self) -> SourceError | None:
         """A pipe that went silent for open_timeout_s ended its stream as an EOF would (what FFmpeg held
@@ -387,3 +407,4 @@ class AvSource:
         if self._proc is not None and self._proc.stdout:
             self._proc.stdout.close()
         self._proc = None
+        self._said = None

@@ -134,6 +134,9 @@ def source_hint(kind: str, path: str, error: str) -> str:
     if kind == "pipe" and "cannot start" in e:
         return ("the command is not installed or not on PATH: install it (rpicam-apps on a Raspberry Pi, "
                 "gstreamer1.0-tools on a Jetson) or fix source.command")
+    if kind == "pipe" and "the command exited" in e:
+        return ("the camera command stopped, in its own words above: run source.command by hand to see "
+                "all it says, and fix its options or the camera it names")
     if "permission denied" in e:
         if kind == "v4l2":
             return (f"{path}: permission denied -> add the user to the video group "
