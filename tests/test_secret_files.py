@@ -91,6 +91,32 @@ def test_the_uploader_holds_clips_on_a_token_others_can_read_and_sends_once_it_i
     spool.close()
 
 
+def test_a_login_in_the_upload_url_beside_a_token_is_refused_not_sent_in_its_place(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, in_process: Cli) -> None:
+    """A request carries one Authorization header: requests would send the URL's login as Basic auth
+    in place of the token, so a server checking the token would refuse every clip, or one accepting the
+    login would never see the token the owner set."""
+    spool = Spool(spool_config(tmp_path / "spool"))
+    add_clip(spool)
+    token = secret(tmp_path / "token", 0o600, "t0ken-9")
+    with FlakyServer() as server:
+        url = server.url.replace("http://", "http://edge:UpPass456@")
+        up = Uploader(spool, fast_upload(url, token_file=str(token)), Metrics(), __version__)
+        assert not up.drain(0.3)
+        assert server.seen == [] and spool.head() is not None  # kept, not sent with the wrong login
+        assert "upload.url carries a login and a bearer token is set" in caplog.text
+        assert "UpPass456" not in caplog.text and "t0ken-9" not in caplog.text
+    spool.close()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"source:\n  kind: file\n  path: {tmp_path / 'none.mp4'}\nspool:\n  dir: {tmp_path / 'spool'}\n"
+                   f"upload:\n  url: {url}\n  token_file: {token}\n")
+    res = in_process("check", "--seconds", "1", "--json", "--config", str(cfg))
+    lines = {r["name"]: r for r in json.loads(res.stdout)["results"]}
+    assert lines["token"]["status"] == "FAIL", lines["token"]
+    assert "upload.url carries a login" in lines["token"]["detail"] and "UpPass456" not in res.stdout
+    assert "remove" in lines["token"]["hint"]
+
+
 def test_check_fails_the_token_and_web_lines_with_the_command_as_the_hint(tmp_path: Path, in_process: Cli) -> None:
     token = secret(tmp_path / "upload-token", 0o644)
     password = secret(tmp_path / "http-password", 0o640)

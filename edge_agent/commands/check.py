@@ -192,7 +192,7 @@ def check_server(cfg: Config) -> Result:
     upload.url is not the final URL (the uploader never follows redirects), 401/403 the token."""
     import requests
 
-    from edge_agent.delivery.credentials import CredentialError, load_token
+    from edge_agent.delivery.credentials import CredentialError, load_token, tls_options
     from edge_agent.delivery.errors import describe_error
 
     u = cfg.upload
@@ -201,8 +201,7 @@ def check_server(cfg: Config) -> Result:
     parts = urlsplit(u.url)
     host = parts.hostname or parts.netloc
     netloc = urlsplit(redact(u.url)).netloc  # for messages: a login in the URL is masked
-    verify: bool | str = (u.ca_file or True) if u.verify_tls else False
-    cert = (u.cert_file, u.key_file) if u.cert_file and u.key_file else u.cert_file
+    verify, cert = tls_options(u)
     headers = {"User-Agent": f"edge-agent/{__version__} check"}
     try:
         token = load_token(u)

@@ -19,6 +19,7 @@ import pwd
 import shlex
 import stat
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from edge_agent.config import UploadConfig
 
@@ -77,8 +78,28 @@ def token_path(cfg: UploadConfig) -> Path | None:
 
 
 def load_token(cfg: UploadConfig) -> str | None:
+    """The bearer token, if one is set, for the uploader and `check` alike. A login in upload.url beside
+    it is refused: a request carries one Authorization header and requests would fill it with the URL's
+    login (Basic) in place of the token, silently."""
     path = token_path(cfg)
-    return None if path is None else read_secret(path, "upload token")
+    if path is None:
+        return None
+    token = read_secret(path, "upload token")
+    if cfg.url and urlsplit(cfg.url).username is not None:
+        raise CredentialError(
+            f"upload.url carries a login and a bearer token is set ({path}): a request sends only one of "
+            "them, the login in place of the token",
+            "remove user:password@ from upload.url to send the token, or unset upload.token_file (and the "
+            "upload-token credential) to send the login")
+    return token
+
+
+def tls_options(cfg: UploadConfig) -> tuple[bool | str, str | tuple[str, str] | None]:
+    """requests' `verify` and `cert` for upload.*: the server's trust and the client's certificate, one
+    rule for the uploader and `check`."""
+    verify: bool | str = (cfg.ca_file or True) if cfg.verify_tls else False
+    cert = (cfg.cert_file, cfg.key_file) if cfg.cert_file and cfg.key_file else cfg.cert_file
+    return verify, cert
 
 
 def _systemd_credential(path: Path) -> bool:

@@ -40,7 +40,7 @@ from edge_agent.config.live import PendingConfig
 from edge_agent.delivery import contract
 from edge_agent.delivery.backoff import Backoff, parse_retry_after
 from edge_agent.delivery.cid import escape_payload
-from edge_agent.delivery.credentials import CredentialError, load_token
+from edge_agent.delivery.credentials import CredentialError, load_token, tls_options
 from edge_agent.delivery.errors import describe_error, describe_reply
 from edge_agent.delivery.outcome import UploadResult
 from edge_agent.delivery.replies import Verdict, classify, reason_of, receipt_problem, reply_json
@@ -241,8 +241,7 @@ class Uploader:
         }
         if self._token:
             headers[contract.HEADER_AUTHORIZATION] = f"Bearer {self._token}"
-        verify: bool | str = (cfg.ca_file or True) if cfg.verify_tls else False
-        cert = (cfg.cert_file, cfg.key_file) if cfg.cert_file and cfg.key_file else cfg.cert_file
+        verify, cert = tls_options(cfg)
         budget_s = cfg.read_timeout_s + entry.size_bytes / cfg.min_rate_bytes_per_s
         started = time.monotonic()
         own_deadline = started + cfg.connect_timeout_s + budget_s
