@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 
 from edge_agent import __version__
+from edge_agent.config import HttpConfig
 from edge_agent.delivery.credentials import CredentialError, read_secret
 from edge_agent.delivery.spool import Spool
 from edge_agent.delivery.uploader import Uploader
 from edge_agent.metrics import Metrics
+from edge_agent.service.http import access_for
 from tests import agent_process
 from tests.cli_in_process import Cli
 from tests.flaky_server import FlakyServer
@@ -115,6 +117,32 @@ def test_a_login_in_the_upload_url_beside_a_token_is_refused_not_sent_in_its_pla
     assert lines["token"]["status"] == "FAIL", lines["token"]
     assert "upload.url carries a login" in lines["token"]["detail"] and "UpPass456" not in res.stdout
     assert "remove" in lines["token"]["hint"]
+
+
+def test_a_tls_private_key_others_can_read_is_refused_for_uploads_and_the_web_server(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, in_process: Cli) -> None:
+    """OpenSSL reads the keys itself, so the agent checks their modes as it does its own secrets: the
+    uploader holds clips, the web server is refused (run exits 78), check FAILs each with the chmod."""
+    cert = secret(tmp_path / "client.pem", 0o644, "certificate")
+    key = secret(tmp_path / "client.key", 0o644, "key")
+    with pytest.raises(CredentialError) as err:
+        access_for(HttpConfig(cert_file=str(cert), key_file=str(key)))
+    assert str(err.value).startswith(f"http TLS key file {key} has mode 0644") and err.value.fix == f"chmod 600 {key}"
+    spool = Spool(spool_config(tmp_path / "spool"))
+    add_clip(spool)
+    with FlakyServer() as server:
+        up = Uploader(spool, fast_upload(server.url, cert_file=str(cert), key_file=str(key)), Metrics(), __version__)
+        assert not up.drain(0.3)
+        assert server.seen == [] and f"upload TLS key file {key} has mode 0644" in caplog.text
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text(f"source:\n  kind: file\n  path: {tmp_path / 'none.mp4'}\nspool:\n  dir: {tmp_path / 'spool'}\n"
+                       f"upload:\n  url: {server.url}\n  cert_file: {cert}\n  key_file: {key}\n")
+        res = in_process("check", "--seconds", "1", "--json", "--config", str(cfg))
+        lines = {r["name"]: r for r in json.loads(res.stdout)["results"]}
+        assert lines["server"]["status"] == "FAIL" and lines["server"]["hint"] == f"chmod 600 {key}", lines["server"]
+        key.chmod(0o600)  # fixed without a restart
+        assert up.drain(5)
+    spool.close()
 
 
 def test_check_fails_the_token_and_web_lines_with_the_command_as_the_hint(tmp_path: Path, in_process: Cli) -> None:

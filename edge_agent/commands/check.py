@@ -201,7 +201,10 @@ def check_server(cfg: Config) -> Result:
     parts = urlsplit(u.url)
     host = parts.hostname or parts.netloc
     netloc = urlsplit(redact(u.url)).netloc  # for messages: a login in the URL is masked
-    verify, cert = tls_options(u)
+    try:
+        verify, cert = tls_options(u)
+    except CredentialError as exc:
+        return Result("server", FAIL, str(exc), exc.fix or "make upload.key_file private to the service user (0600)")
     headers = {"User-Agent": f"edge-agent/{__version__} check"}
     try:
         token = load_token(u)

@@ -52,8 +52,9 @@ def secret_path(setting: str | None, default_name: str) -> Path | None:
     return None
 
 
-def read_secret(path: Path, what: str) -> str:
-    """One printable line without spaces, from a private file; errors name the file, never the content."""
+def require_private(path: Path, what: str) -> None:
+    """Raise CredentialError unless `path` is private (see the module's rule) or a systemd credential:
+    for secrets read here and for TLS private keys that OpenSSL reads."""
     try:
         st = path.stat()
     except OSError as exc:
@@ -62,6 +63,11 @@ def read_secret(path: Path, what: str) -> str:
         problem = _not_private(path, st, what)
         if problem is not None:
             raise problem
+
+
+def read_secret(path: Path, what: str) -> str:
+    """One printable line without spaces, from a private file; errors name the file, never the content."""
+    require_private(path, what)
     try:
         secret = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
@@ -96,7 +102,9 @@ def load_token(cfg: UploadConfig) -> str | None:
 
 def tls_options(cfg: UploadConfig) -> tuple[bool | str, str | tuple[str, str] | None]:
     """requests' `verify` and `cert` for upload.*: the server's trust and the client's certificate, one
-    rule for the uploader and `check`."""
+    rule for the uploader and `check`. Raises CredentialError when the client's private key is not private."""
+    if cfg.key_file:
+        require_private(Path(cfg.key_file), "upload TLS key")
     verify: bool | str = (cfg.ca_file or True) if cfg.verify_tls else False
     cert = (cfg.cert_file, cfg.key_file) if cfg.cert_file and cfg.key_file else cfg.cert_file
     return verify, cert

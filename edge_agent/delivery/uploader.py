@@ -241,7 +241,10 @@ class Uploader:
         }
         if self._token:
             headers[contract.HEADER_AUTHORIZATION] = f"Bearer {self._token}"
-        verify, cert = tls_options(cfg)
+        try:
+            verify, cert = tls_options(cfg)
+        except CredentialError as exc:  # a client key others can read: held until it is private
+            return self._retry(entry, str(exc), None)
         budget_s = cfg.read_timeout_s + entry.size_bytes / cfg.min_rate_bytes_per_s
         started = time.monotonic()
         own_deadline = started + cfg.connect_timeout_s + budget_s

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.delivery.cid import escape_payload
@@ -108,8 +109,8 @@ def is_loopback(host: str) -> bool:
 def access_for(cfg: HttpConfig) -> Access:
     """The password (file or systemd credential `http-password`) and TLS files for `cfg`; raises
     ExposureRefused when the server would listen beyond loopback without a password, and
-    CredentialError when the password file cannot be read."""
-    from edge_agent.delivery.credentials import read_secret, secret_path
+    CredentialError when the password file cannot be read or it or the TLS key is not private."""
+    from edge_agent.delivery.credentials import read_secret, require_private, secret_path
 
     path = secret_path(cfg.password_file, PASSWORD_CREDENTIAL)
     password = read_secret(path, "http password") if path is not None else None
@@ -120,6 +121,8 @@ def access_for(cfg: HttpConfig) -> Access:
             f"{PASSWORD_CREDENTIAL}), or keep http.host 127.0.0.1 and use an SSH tunnel")
     if bool(cfg.cert_file) != bool(cfg.key_file):
         raise ExposureRefused("TLS needs both http.cert_file and http.key_file")
+    if cfg.key_file:
+        require_private(Path(cfg.key_file), "http TLS key")
     return Access(password, cfg.metrics_public, cfg.cert_file, cfg.key_file)
 
 
