@@ -28,8 +28,9 @@ fresh reads look a week old and drop them; across a reboot an age is known only 
 was synchronised when the read was queued and is now (`age_s`).
 
 The parts: the rows (queue_store), the clip files (clip_files), quarantine/ (spool_quarantine), the
-requests from commands (spool_requests), what runs at open (spool_recovery); this module is the one
-way the pipeline, the uploader and the commands use them.
+requests from commands (spool_requests), what runs at open (spool_recovery), the bounds and the disk's
+reserve (spool_room); this module is the one way the pipeline, the uploader and the commands use them,
+and decides what goes when something must.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ import contextlib
 import errno
 import logging
 import os
-import shutil
 import sqlite3
 import threading
 import time
@@ -65,6 +65,7 @@ from edge_agent.delivery.spool_recovery import (
     settle_pending,
 )
 from edge_agent.delivery.spool_requests import RequestChannel
+from edge_agent.delivery.spool_room import RESERVE_BYTES, Room, broken_bound
 from edge_agent.metrics import Metrics
 from edge_agent.redact import redact
 
@@ -74,18 +75,9 @@ log = logging.getLogger(__name__)
 _EXPIRE_EVERY_S = 60.0
 # a put that hits ENOSPC drops at most this many oldest videos to make room before it lets its own go
 _ENOSPC_DROPS = 16
-# Less free space than this on the spool's disk reads as full: SQLite and a clip's sidecar need a little.
-_FULL_BELOW_BYTES = 1 << 20
 # Left by a clean stop (every read in its row, its files whole), so the next start checks only what a stop
 # can leave; removed as the spool opens.
 CLEAN_STOP = "clean-stop"
-# A file of this size kept in the spool and given up when the queue cannot write a row on a full disk: a
-# read costs ~30 kB of log (its row and index pages, at detection and when its clip comes) until a
-# checkpoint can run again, so this keeps ~140 reads until delivery frees room.
-RESERVE_NAME = "reserve"
-_RESERVE_BYTES = 4 << 20
-# ... and made again once this much more is free: until then no video takes the room.
-_RESERVE_MARGIN = 4 << 20
 
 
 __all__ = ["Entry", "Spool", "SpoolBusy", "SpoolError", "SpoolStatus", "SpoolTooNew", "Stored"]
@@ -180,6 +172,7 @@ class Spool:
         self.metrics = metrics or Metrics()
         self.root = Path(cfg.dir)
         self.files = ClipFiles(self.root)
+        self.room = Room(self.root, self.files.tmp, reader=reader)
         self.quarantine_dir = self.root / "quarantine"
         self._quarantine = Quarantine(self.quarantine_dir, self.files, self.metrics)
         self._requests = RequestChannel(self.root)
@@ -189,7 +182,6 @@ class Spool:
         self._dropped_since_open: Counter[str] = Counter()
         self._retry_at: dict[str, float] = {}  # event id -> monotonic time of its next attempt (uploader's)
         self._unsettled: dict[str, str] = {}  # reads whose put did not reach their row: why (next_due settles)
-        self._reserve_given = False  # the reserve went to reads' rows on a full disk: no video until it is back
         self._next_expire = 0.0
         self._lock_fd: int | None = None
         self.store = QueueStore(None)
@@ -231,8 +223,7 @@ class Spool:
                 thorough=not clean, progress=progress)
         with self.store.exclusive():
             self._expire()
-        self._keep_reserve()
-        self.update_gauges()
+        self.update_gauges()  # makes the reserve file too
 
     @classmethod
     def open_reader(cls, cfg: SpoolConfig) -> Spool:
@@ -319,7 +310,7 @@ class Spool:
             return Stored(False)
         video_error: str | None = None
         if video_part is not None:
-            free = self._free_bytes()  # outside the lock: a statvfs lets go of the interpreter
+            free = self.room.free_bytes()  # outside the lock: a statvfs lets go of the interpreter
             with self.store.exclusive():
                 refused = self._make_room(size, cid, event_id, free)
             if refused is not None:
@@ -340,7 +331,7 @@ class Spool:
                 attempts += 1
                 if has_video and full and self.cfg.on_full == "drop_oldest" and attempts <= _ENOSPC_DROPS:
                     with self.store.exclusive():
-                        dropped = self._drop_oldest_video("disk_full_dropped_oldest")
+                        dropped = self._drop_oldest_video("disk_full_dropped_oldest", "its disk was full")
                     if dropped:
                         continue
                 if has_video:
@@ -394,67 +385,36 @@ class Spool:
             write()
             return
         except sqlite3.OperationalError as exc:
-            reserve = self.root / RESERVE_NAME
-            if not is_disk_full(exc) or not reserve.exists():
+            if not is_disk_full(exc) or not self.room.give_reserve():
                 raise
-        reserve.unlink(missing_ok=True)
-        self._reserve_given = True
         log.warning("spool: disk full: gave up the spool's %d kB reserve to keep cid=%s clip=%s (it is made "
-                    "again once there is room)", _RESERVE_BYTES >> 10, cid, event_id)
+                    "again once there is room)", RESERVE_BYTES >> 10, cid, event_id)
         self.store.checkpoint(every=0)
         write()
-
-    def _keep_reserve(self) -> None:
-        """(Re)make the reserve file once the disk has room for it and more."""
-        reserve = self.root / RESERVE_NAME
-        if self.reader or reserve.exists() or self._free_bytes() < _RESERVE_BYTES + _RESERVE_MARGIN:
-            return
-        part = self.files.tmp / f"{RESERVE_NAME}.part"
-        try:
-            with part.open("wb") as f:
-                f.truncate(0)
-                os.posix_fallocate(f.fileno(), 0, _RESERVE_BYTES)  # real blocks, not a sparse file
-            os.replace(part, reserve)
-            self._reserve_given = False
-        except OSError as exc:
-            part.unlink(missing_ok=True)
-            log.debug("spool: no reserve file yet: %s", exc)
 
     # --- bounds ---------------------------------------------------------------------------------
 
     def _make_room(self, size: int, cid: str, event_id: str, free: float) -> tuple[str, str] | None:
-        """Enforce the bounds before a video of `size` bytes joins: None when it fits (older videos dropped
-        first with on_full=drop_oldest), else (reason, why) it does not. The new clip's file is already on
-        this disk (in tmp/), so free space is compared as it is, not less the clip. Bounds apply to videos:
-        a read without one takes a row of a few kB. `free`: the disk's free bytes, read before the lock."""
+        """Enforce the bounds (`spool_room.broken_bound`) before a video of `size` bytes joins: None when it
+        fits (older videos dropped first with on_full=drop_oldest), else (reason, why) it does not. `free`:
+        the disk's free bytes, read before the lock."""
         self._expire()
-        # a disk that was full gave its reserve to reads' rows: no video takes that room until it is made again
-        floor = self.cfg.min_free_bytes
-        refill = _RESERVE_BYTES + _RESERVE_MARGIN if self._reserve_given else 0
         while True:
-            used = self.store.totals()[2]
-            over_bytes = used + size > self.cfg.max_bytes
-            low_disk = free < max(floor, refill)
-            if not over_bytes and not low_disk:
+            bound = broken_bound(self.cfg, self.store.totals()[2], size, free, self.room.reserve_given)
+            if bound is None:
                 return None
-            reason = "max_bytes" if over_bytes else "min_free_bytes" if free < floor else "disk_full"
-            if self.cfg.on_full == "reject_new" or not self._drop_oldest_video(f"{reason}_dropped_oldest"):
-                bound = (f"spool.max_bytes={self.cfg.max_bytes} reached" if over_bytes
-                         else f"less than spool.min_free_bytes={self.cfg.min_free_bytes} free on its disk"
-                         if free < floor else "its disk is full: room is kept for reads until it is free again")
-                return f"{reason}_rejected_new", f"the spool is full ({bound})"
-            if low_disk:
-                free = self._free_bytes()
+            if self.cfg.on_full == "reject_new" or not self._drop_oldest_video(f"{bound.reason}_dropped_oldest",
+                                                                                    bound.words):
+                return f"{bound.reason}_rejected_new", f"the spool is full ({bound.words})"
+            if bound.low_disk:
+                free = self.room.free_bytes()
 
-    def _drop_oldest_video(self, reason: str) -> bool:
-        """Let the oldest queued video go to make room; its read stays queued CID-only. False when no
-        queued read has a video left."""
+    def _drop_oldest_video(self, reason: str, why: str) -> bool:
+        """Let the oldest queued video go to make room (`why`: the bound it makes room under); its read
+        stays queued CID-only. False when no queued read has a video left."""
         oldest = self.store.oldest_with_video()
         if oldest is None:
             return False
-        why = {"max_bytes_dropped_oldest": f"spool.max_bytes={self.cfg.max_bytes} reached",
-               "min_free_bytes_dropped_oldest": f"less than spool.min_free_bytes={self.cfg.min_free_bytes} free",
-               }.get(reason, "the spool's disk was full")
         try:
             self._without_video(oldest.event_id, f"video not kept on the device: dropped for newer clips ({why})")
         except sqlite3.Error as exc:
@@ -667,19 +627,13 @@ class Spool:
 
     # --- introspection --------------------------------------------------------------------------
 
-    def _free_bytes(self) -> float:
-        try:
-            return shutil.disk_usage(self.root).free
-        except OSError:
-            return float("inf")
-
     def status(self) -> SpoolStatus:
         """What the queue holds and the disk has, read without changing anything."""
-        free = int(min(self._free_bytes(), 2**62))
+        free = int(min(self.room.free_bytes(), 2**62))
         n, pending, b = self.store.totals()
         return SpoolStatus(n, b, self.store.oldest_created_at(), self.store.first_error(),
                            quarantined_count(self.quarantine_dir), self.store.drops(READS), free,
-                           self.disk_full or self._reserve_given or free < _FULL_BELOW_BYTES,
+                           self.disk_full or self.room.looks_full(free),
                            newest_quarantine_reason(self.quarantine_dir),
                            pending, self.store.drops(VIDEOS), self.store.memory, self._dropped_since_open_now())
 
@@ -699,9 +653,9 @@ class Spool:
     def update_gauges(self) -> None:
         """The spool's gauges, from the queue and the disk as they are now (the owner, after each change and
         from the uploader's loop)."""
-        self._keep_reserve()
+        self.room.keep_reserve()
         self._count_gauges()
-        self.metrics.spool_disk_free_bytes.set(int(min(self._free_bytes(), 2**62)))
+        self.metrics.spool_disk_free_bytes.set(int(min(self.room.free_bytes(), 2**62)))
 
     def _count_gauges(self) -> None:
         n, pending, b = self.store.totals()
