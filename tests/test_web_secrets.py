@@ -127,7 +127,8 @@ def test_no_planted_secret_in_any_command_page_log_or_spool(tmp_path: Path, in_p
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """A device whose every secret-holding field carries one: the upload URL's login and query token,
     the camera URL's, a pipe command's options and variables, the bearer token and the web password in
-    their files. Its daemon runs (the camera unreachable, the server quarantining one clip, redirecting
+    their files (the token for the commands only: beside a login in the URL the uploader refuses it). Its
+    daemon runs (the camera unreachable, the server quarantining one clip, redirecting
     another to a path relative to the URL, then failing), and then every command a technician has, in
     text and JSON: not one secret in any of it, nor in the pages, the log or the spool's files."""
     from edge_agent.delivery.spool import Spool
@@ -150,7 +151,7 @@ def test_no_planted_secret_in_any_command_page_log_or_spool(tmp_path: Path, in_p
         upload = f"http://uploader:{UPLOAD_SECRET}@127.0.0.1:{port}/cid?token={QUERY_TOKEN}"
         source = (f"source:\n  kind: url\n  path: rtsp://admin:{SOURCE_SECRET}@127.0.0.1:{closed}/s?token={SOURCE_TOKEN}\n"
                   f"  command: \"{command}\"\n"
-                  f"upload:\n  url: {upload}\n  token_file: {token}\n  backoff_base_s: 0.05\n  backoff_cap_s: 0.2\n")
+                  f"upload:\n  url: {upload}\n  backoff_base_s: 0.05\n  backoff_cap_s: 0.2\n")
         with Web(tmp_path, source=source, http=f"  password_file: {web_password}\n") as web:
             wait_for(lambda: len(server.seen) >= 3, 30, "the quarantine, the redirect and a failure")
             wait_for(lambda: _source_error(web, WEB_PASSWORD), 30, "the source error in /api/status")
@@ -160,6 +161,9 @@ def test_no_planted_secret_in_any_command_page_log_or_spool(tmp_path: Path, in_p
             assert web.stop() == 0
         shown["log"] = web.log.read_text()
         shown.update(_spool_bytes(spool_dir, "as the daemon left it"))  # before requeue empties quarantine/
+        # the commands see the bearer token too (a login in the URL beside it is refused: its error is shown)
+        web.config.write_text(web.config.read_text().replace("  backoff_base_s:", f"  token_file: {token}\n"
+                                                                                    "  backoff_base_s:"))
         cfg = str(web.config)
         video = make_video(tmp_path / "label.mp4", seconds=2, size=(320, 240), codes=[("CID-5EC2E7", 0.2, 1.8)],
                            scale=4)
