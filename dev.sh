@@ -6,7 +6,7 @@
 #   ./dev.sh deb amd64|arm64        build dist/cid-edge-agent_<version>_<arch>.deb from the locked wheels
 #                                   (network only for wheels missing from the wheelhouse; none of the test tools)
 #   ./dev.sh lock                   refresh packaging/*.lock on purpose (newest versions that fit), fetch them
-#   ./dev.sh deb-test amd64|arm64 [bookworm|trixie]   install, upgrade, roll back and purge it in a clean root
+#   ./dev.sh deb-test amd64|arm64 [bookworm|trixie|jammy|noble]   install, upgrade, roll back, purge in a clean root
 #   ./dev.sh systemd-test [bookworm|trixie]           the package under a real systemd (systemd-nspawn -b)
 # Installs system packages with apt (only those missing; sudo when not root), makes ./.venv,
 # and installs edge-agent into it with its test and receiver extras.
@@ -155,7 +155,7 @@ case "${1:-}" in
     setup) bootstrap "${TEST_PACKAGES[@]}" ;;
     deb) shift; [ $# -ge 1 ] || die_usage "usage: $0 deb amd64|arm64 [--out DIR]"; deb "$@" ;;
     lock) lock ;;
-    deb-test) shift; [ $# -ge 1 ] || die_usage "usage: $0 deb-test amd64|arm64 [bookworm|trixie]"
+    deb-test) shift; [ $# -ge 1 ] || die_usage "usage: $0 deb-test amd64|arm64 [bookworm|trixie|jammy|noble]"
               packaging/test-in-root.sh "$@" ;;
     systemd-test) shift; packaging/test-systemd.sh "$@" ;;
     *) echo "usage: $0 demo [VIDEO] | test [PYTEST ARGS] | setup | deb amd64|arm64 | lock" \

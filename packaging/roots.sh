@@ -7,14 +7,31 @@
 # repository): the first run of a suite and architecture takes 1-3 minutes, later ones unpack in seconds.
 # arm64 runs under qemu-aarch64-static through binfmt_misc (qemu-user-static, binfmt-support).
 #
-# Set before sourcing: SUITE (bookworm | trixie), ARCH (amd64 | arm64), ROOT (where the root is unpacked).
+# Ubuntu roots (jammy: Python 3.10, the base of JetPack 6; noble: Python 3.12) come from Ubuntu's archive
+# (ports.ubuntu.com for arm64) with main and universe, checked against Ubuntu's archive keyring, fetched
+# once over HTTPS from that archive into the cache (Debian does not ship it).
+#
+# Set before sourcing: SUITE (bookworm | trixie | jammy | noble), ARCH (amd64 | arm64), ROOT (where the
+# root is unpacked).
 
 CACHE=${EDGE_AGENT_ROOT_CACHE:-/var/tmp/edge-agent-roots}
-MIRROR=${EDGE_AGENT_MIRROR:-http://deb.debian.org/debian}
+case "$SUITE" in
+    jammy | noble)
+        UBUNTU=1
+        if [ "$ARCH" = amd64 ]; then DEFAULT_MIRROR=http://archive.ubuntu.com/ubuntu
+        else DEFAULT_MIRROR=http://ports.ubuntu.com/ubuntu-ports; fi ;;
+    *) UBUNTU=; DEFAULT_MIRROR=http://deb.debian.org/debian ;;
+esac
+MIRROR=${EDGE_AGENT_MIRROR:-$DEFAULT_MIRROR}
 BASE="$CACHE/$SUITE-$ARCH-base.tar"
-# downloaded into the base root's apt cache; the zbar library changed its name in trixie (64-bit time_t)
+# downloaded into the base root's apt cache; the zbar library changed its name with 64-bit time_t
+# (Debian trixie, Ubuntu noble)
 ROOT_DEBS=(python3 python3-numpy procps python3-scipy)
-case "$SUITE" in bookworm) ROOT_DEBS+=(libzbar0) ;; *) ROOT_DEBS+=(libzbar0t64) ;; esac
+case "$SUITE" in bookworm | jammy) ROOT_DEBS+=(libzbar0) ;; *) ROOT_DEBS+=(libzbar0t64) ;; esac
+# Ubuntu's archive keyring, as Ubuntu ships it (the package of noble's release)
+UBUNTU_KEYRING_DEB=ubuntu-keyring_2023.11.28.1_all.deb
+UBUNTU_KEYRING_URL=https://archive.ubuntu.com/ubuntu/pool/main/u/ubuntu-keyring/$UBUNTU_KEYRING_DEB
+UBUNTU_KEYRING="$CACHE/ubuntu-keyring/usr/share/keyrings/ubuntu-archive-keyring.gpg"
 T0=${T0:-$SECONDS}
 FAILED=0
 
@@ -82,11 +99,19 @@ build_base() {
     umount_root
     rm -rf "$build"
     mkdir -p "$build"
-    debootstrap --arch="$ARCH" --variant=minbase --include=systemd,systemd-sysv,dbus \
-        "$SUITE" "$build" "$MIRROR" >"$CACHE/debootstrap-$SUITE-$ARCH.log" 2>&1 \
+    local extra=()
+    if [ -n "$UBUNTU" ]; then
+        ubuntu_keyring
+        # this debootstrap may predate the suite: every Ubuntu release since 7.10 bootstraps as gutsy did
+        extra=(--keyring="$UBUNTU_KEYRING" --components=main,universe)
+    fi
+    debootstrap --arch="$ARCH" --variant=minbase --include=systemd,systemd-sysv,dbus "${extra[@]}" \
+        "$SUITE" "$build" "$MIRROR" ${UBUNTU:+/usr/share/debootstrap/scripts/gutsy} \
+        >"$CACHE/debootstrap-$SUITE-$ARCH.log" 2>&1 \
         || { tail -20 "$CACHE/debootstrap-$SUITE-$ARCH.log" >&2; die "debootstrap failed"; }
     local keep=$ROOT
     ROOT=$build
+    [ -z "$UBUNTU" ] || echo "deb $MIRROR $SUITE main universe" >"$ROOT/etc/apt/sources.list"
     mount_root
     in_root apt-get update -qq
     in_root apt-get install -y -qq --download-only --no-install-recommends "${ROOT_DEBS[@]}" >/dev/null \
@@ -95,6 +120,15 @@ build_base() {
     ROOT=$keep
     tar -C "$build" -cf "$BASE.part" . && mv "$BASE.part" "$BASE" && rm -rf "$build"
     say "base root built in $((SECONDS - t)) s: $(du -h "$BASE" | cut -f1)"
+}
+
+# Ubuntu's archive keyring, unpacked from Ubuntu's package into the cache (first Ubuntu root only)
+ubuntu_keyring() {
+    [ -s "$UBUNTU_KEYRING" ] && return
+    command -v curl >/dev/null || die "curl is needed to fetch $UBUNTU_KEYRING_DEB (apt-get install curl)"
+    curl -fsS -o "$CACHE/$UBUNTU_KEYRING_DEB" "$UBUNTU_KEYRING_URL" || die "cannot fetch $UBUNTU_KEYRING_URL"
+    dpkg-deb -x "$CACHE/$UBUNTU_KEYRING_DEB" "$CACHE/ubuntu-keyring" || die "$UBUNTU_KEYRING_DEB is not a package"
+    [ -s "$UBUNTU_KEYRING" ] || die "$UBUNTU_KEYRING_DEB holds no ubuntu-archive-keyring.gpg"
 }
 
 fresh_root() {

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Proves the Debian package in a clean Debian root as a fleet uses it: apt-get and nothing else, no
+# Proves the Debian package in a clean Debian (or Ubuntu) root as a fleet uses it: apt-get and nothing else, no
 # network, no terminal (as Ansible and unattended-upgrades run it), never a --force-conf* option.
 #
-#   sudo packaging/test-in-root.sh amd64|arm64 [bookworm|trixie]    (./dev.sh deb-test ARCH SUITE is the same)
+#   sudo packaging/test-in-root.sh amd64|arm64 [bookworm|trixie|jammy|noble]    (./dev.sh deb-test ARCH SUITE)
 #
 # 1. A cached clean root (packaging/roots.sh): minbase + systemd, the Depends in apt's cache.
 # 2. Two builds of this checkout, OLD and NEW (EDGE_AGENT_VERSION), whose owner's config templates differ,
@@ -24,8 +24,8 @@ set -euo pipefail
 
 ARCH=${1:-}
 SUITE=${2:-bookworm}
-case "$ARCH" in amd64 | arm64) ;; *) echo "usage: $0 amd64|arm64 [bookworm|trixie]" >&2; exit 64 ;; esac
-case "$SUITE" in bookworm | trixie) ;; *) echo "usage: $0 amd64|arm64 [bookworm|trixie]" >&2; exit 64 ;; esac
+case "$ARCH" in amd64 | arm64) ;; *) echo "usage: $0 amd64|arm64 [bookworm|trixie|jammy|noble]" >&2; exit 64 ;; esac
+case "$SUITE" in bookworm | trixie | jammy | noble) ;; *) echo "usage: $0 amd64|arm64 [bookworm|trixie|jammy|noble]" >&2; exit 64 ;; esac
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 TEST_NAME=deb-test
 ROOT="${EDGE_AGENT_ROOT_CACHE:-/var/tmp/edge-agent-roots}/root-deb-$SUITE-$ARCH"

@@ -6,7 +6,7 @@ A `StrEnum`, so the value is also the `result` label of edge_agent_uploads_total
 
 from __future__ import annotations
 
-from enum import StrEnum
+from edge_agent.str_enum import StrEnum
 
 
 class UploadResult(StrEnum):

@@ -10,10 +10,10 @@ agent to look at its own file first. Servers that send no reason get the status'
 from __future__ import annotations
 
 import json
-from enum import StrEnum
 from typing import Any
 
 from edge_agent.delivery import contract
+from edge_agent.str_enum import StrEnum
 
 
 class Verdict(StrEnum):

@@ -31,7 +31,6 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from edge_agent.config.live import classify_changes as classify_changes  # the r
 from edge_agent.config.live import reload_marks
 from edge_agent.config.yaml_limits import MAX_BYTES, regular_file_problem
 from edge_agent.redact import redact_data
+from edge_agent.str_enum import StrEnum
 
 log = logging.getLogger(__name__)
 
