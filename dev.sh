@@ -7,7 +7,7 @@
 #                                   (network only for wheels missing from the wheelhouse; none of the test tools)
 #   ./dev.sh lock                   refresh packaging/*.lock on purpose (newest versions that fit), fetch them
 #   ./dev.sh deb-test amd64|arm64 [bookworm|trixie|jammy|noble]   install, upgrade, roll back, purge in a clean root
-#   ./dev.sh systemd-test [bookworm|trixie]           the package under a real systemd (systemd-nspawn -b)
+#   ./dev.sh systemd-test [bookworm|trixie|jammy|noble]          the package under a real systemd (nspawn -b)
 # Installs system packages with apt (only those missing; sudo when not root), makes ./.venv,
 # and installs edge-agent into it with its test and receiver extras.
 set -euo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The package under a real systemd: a clean Debian root booted with `systemd-nspawn -b` (systemd as PID 1,
+# The package under a real systemd: a clean Debian (or Ubuntu) root booted with `systemd-nspawn -b` (systemd as PID 1,
 # a network namespace of its own: only its loopback), commands run inside with nsenter. What a chroot
 # cannot show:
 #   enable --now returns once the agent sent READY=1; STATUS= shows fps and the queue; the upload token
@@ -10,14 +10,14 @@
 #   a camera that stalls after READY is retried while the agent stays up (the watchdog fed), and a hung
 #   agent (SIGSTOP) is killed by the watchdog and restarted; `systemctl stop` ends with status 0.
 #
-#   sudo packaging/test-systemd.sh [bookworm|trixie]        (./dev.sh systemd-test SUITE is the same)
+#   sudo packaging/test-systemd.sh [bookworm|trixie|jammy|noble]      (./dev.sh systemd-test SUITE is the same)
 #
 # amd64 only (the host's architecture: systemd under qemu-user is not a device). Roots and packages are
 # shared with packaging/test-in-root.sh (packaging/roots.sh). Exit 0 when every step passed.
 set -euo pipefail
 
 SUITE=${1:-bookworm}
-case "$SUITE" in bookworm | trixie) ;; *) echo "usage: $0 [bookworm|trixie]" >&2; exit 64 ;; esac
+case "$SUITE" in bookworm | trixie | jammy | noble) ;; *) echo "usage: $0 [bookworm|trixie|jammy|noble]" >&2; exit 64 ;; esac
 ARCH=$(dpkg --print-architecture)
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 TEST_NAME=systemd-test

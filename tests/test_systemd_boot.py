@@ -1,6 +1,7 @@
-"""The package installed in clean Debian roots and run under a real systemd: the scripts in packaging/
-(test-in-root.sh: install, no-terminal upgrade and rollback with an edited config, purge, on bookworm and
-trixie, amd64 and arm64 under qemu; test-systemd.sh: the same package booted with systemd-nspawn -b).
+"""The package installed in clean Debian and Ubuntu roots and run under a real systemd: the scripts in
+packaging/ (test-in-root.sh: install, no-terminal upgrade and rollback with an edited config, purge, on
+bookworm and trixie, amd64 and arm64 under qemu, and Ubuntu jammy and noble; test-systemd.sh: the same
+package booted with systemd-nspawn -b).
 
 Minutes each (debootstrap on the first run, two package builds, qemu), root only, and the package
 registries: a tier of its own, skipped unless asked for with
@@ -33,12 +34,17 @@ def run(*argv: str, timeout: float) -> None:
     assert "FAIL" not in proc.stderr
 
 
-@pytest.mark.parametrize("suite", ["bookworm", "trixie"])
-@pytest.mark.parametrize("arch", ["amd64", "arm64"])
+# Ubuntu 22.04 (Python 3.10, JetPack 6's base) and 24.04 (3.12) on amd64: their arm64 archive
+# (ports.ubuntu.com) is another host than the amd64 one
+ROOTS = [("amd64", "bookworm"), ("amd64", "trixie"), ("arm64", "bookworm"), ("arm64", "trixie"),
+         ("amd64", "jammy"), ("amd64", "noble")]
+
+
+@pytest.mark.parametrize(("arch", "suite"), ROOTS, ids=[f"{a}-{s}" for a, s in ROOTS])
 def test_install_upgrade_rollback_and_purge_keep_every_edit_without_a_prompt(arch: str, suite: str) -> None:
     run("packaging/test-in-root.sh", arch, suite, timeout=3600)
 
 
-@pytest.mark.parametrize("suite", ["bookworm", "trixie"])
+@pytest.mark.parametrize("suite", ["bookworm", "trixie", "jammy", "noble"])
 def test_under_systemd_ready_reload_credential_watchdog_upgrade_and_a_clean_stop(suite: str) -> None:
     run("packaging/test-systemd.sh", suite, timeout=1800)
