@@ -36,9 +36,9 @@ def _mount_tmpfs(where: Path, size: str) -> None:
         pytest.skip(f"a small file system to fill needs mount (root): {res.stderr.strip()}")
 
 
-def _fill(where: Path, leave: int) -> Path:
+def _fill(where: Path, leave: int, name: str = "filler") -> Path:
     st = os.statvfs(where)
-    filler = where / "filler"
+    filler = where / name
     left = max(0, st.f_bavail * st.f_frsize - leave)
     with filler.open("wb") as f, contextlib.suppress(OSError):  # the daemon writes meanwhile: full is full
         while left > 0:
@@ -68,16 +68,16 @@ def _m(port: int, name: str) -> float:
 def test_a_full_disk_keeps_every_read_cid_only_and_once_freed_clips_have_video_again(tmp_path: Path) -> None:
     # looped: 8 s of labels (a new CID each second, beyond the 5 s cooldown when it comes round again);
     # small, as the subject is the disk, not the picture: still wider than the clips' 320 px
-    video = make_label_video(tmp_path / "labels.mp4", seconds=8, per_s=1, size=(384, 216))
+    video = make_label_video(tmp_path / "labels.mp4", seconds=8, per_s=1, size=(768, 432))
     spool = tmp_path / "spool"
     _mount_tmpfs(spool, "32m")
     log = tmp_path / "daemon.log"
     port = free_port()
     camera = f"{sys.executable} {ROOT / 'tests' / 'stream_sample.py'} {video} --loop"
     receiver = ReceiverProcess(tmp_path / "receiver")  # started once the daemon has stopped: clips wait
-    # 2 s clips: each one re-encoded is still far more than FREE_LEFT
+    # 2 s clips re-encoded at 640 px: each far more than FREE_LEFT (~200 kB), which still holds reads' rows
     proc = start_daemon(tmp_path, camera, receiver.cid_url, port,
-                        extra="clip:\n  width: 320\n  pre_roll_s: 1\n  post_roll_s: 1\n")
+                        extra="clip:\n  width: 640\n  pre_roll_s: 1\n  post_roll_s: 1\n")
     failures = 'edge_agent_clip_encoder_failures_total{encoder="libx264"}'
     try:
         wait_until(lambda: "encoder=libx264" in log.read_text(), 40, "a first clip encoded")
@@ -87,17 +87,29 @@ def test_a_full_disk_keeps_every_read_cid_only_and_once_freed_clips_have_video_a
         # could be written are let go too, until the disk has room again: every read is kept, without video
         without = re.compile(r"clip failed .*disk full|video dropped, read kept .*disk_full")
         wait_until(lambda: len(without.findall(log.read_text())) >= 3, 40, "three reads on the full disk")
+        refills = iter(range(1000))
+
+        def a_clip_failed() -> bool:
+            """A clip's own write on the full disk; if the reserve went to reads' rows first (a put's sidecar met
+            the full disk before any encoder did), its room is taken again until a clip's write meets it."""
+            if "clip failed" in log.read_text():
+                return True
+            _fill(spool, FREE_LEFT, f"filler-{next(refills)}")
+            return False
+
+        wait_until(a_clip_failed, 40, "a clip's write on the full disk")
         code, health = _health(port)
         assert code == 503 and health["spool_disk"] == "full" and health["clip_encoding"] == "ok"
         failed = [line for line in log.read_text().splitlines() if "clip failed" in line]
-        assert "disk full writing the clip" in failed[0] and "libx264" not in failed[0], failed[:1]
+        assert all("disk full writing the clip" in line and "libx264" not in line for line in failed), failed
         assert _m(port, failures) == 0 and _m(port, "edge_agent_clip_encoding_up") == 1  # no encoder blamed
         # what `spool status` says is what the metric says: every read is queued, those without video too
         wait_until(lambda: _status(tmp_path)["clips"] == _m(port, "edge_agent_spool_clips"), 10,
                    "spool status and the metric to agree")
         assert _m(port, "edge_agent_spool_dropped_total") == 0
 
-        filler.unlink()  # space again: the next clips are queued with their video, without a restart
+        for room in [filler, *spool.glob("filler-*")]:  # space again: clips are queued with video, without a restart
+            room.unlink()
         with_video = re.compile(r"queued cid=\S+ clip=\S+ bytes=[1-9]")
         kept_before = len(with_video.findall(log.read_text()))
         wait_until(lambda: len(with_video.findall(log.read_text())) >= kept_before + 2,

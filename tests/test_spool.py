@@ -513,6 +513,22 @@ def test_max_bytes_reject_new_keeps_the_new_read_without_its_video(tmp_path: Pat
     assert not list((tmp_path / "tmp").iterdir())
 
 
+def test_a_video_no_drop_could_make_room_for_is_let_go_without_dropping_older_ones(tmp_path: Path) -> None:
+    """drop_oldest gives older videos up only when that makes the new one fit: a video larger than
+    spool.max_bytes itself would cost every queued video and still not be kept."""
+    m = Metrics()
+    spool = Spool(spool_config(tmp_path, max_bytes=1 << 20), m)
+    ids = [add_clip(spool, size=300_000)[0] for _ in range(3)]
+    event_id = str(uuid.uuid4())
+    part = spool.part_path(event_id)
+    part.write_bytes(os.urandom((1 << 20) + 1))
+    stored = spool.put(event_id, "CID-HUGE", {"clip": {"sha256": "x", "duration_s": 5.0}}, part)
+    assert stored.kept and "spool.max_bytes" in (stored.video_error or "")
+    assert with_video(spool) == ids  # the older videos are all still there
+    assert value(m, "edge_agent_spool_videos_dropped_total", reason="max_bytes_rejected_new") == 1
+    assert value(m, "edge_agent_spool_videos_dropped_total", reason="max_bytes_dropped_oldest") == 0
+
+
 def test_bounds_change_live(tmp_path: Path) -> None:
     spool = Spool(spool_config(tmp_path, on_full="reject_new"))
     add_clip(spool, size=600_000)
@@ -683,13 +699,10 @@ def test_the_free_space_floor_on_any_disk(tmp_path: Path, on_full: str) -> None:
     part.write_bytes(b"x" * 1000)
     stored = spool.put(event_id, "CID-FLOOR", {"event_id": event_id, "clip": {}}, part)
     assert stored.kept and [e.event_id for e in spool.entries()] == [first, event_id]  # every read stays
-    if on_full == "drop_oldest":
-        assert with_video(spool) == []  # the oldest video went first, then the new one: the floor still holds
-        assert spool.status().videos_dropped == {"min_free_bytes_dropped_oldest": 1,
-                                                 "min_free_bytes_rejected_new": 1}
-    else:
-        assert with_video(spool) == [first]  # the queued video is kept, the new one let go
-        assert spool.status().videos_dropped == {"min_free_bytes_rejected_new": 1}
+    # the queued video is kept, the new one let go, with drop_oldest too: giving up the old one could not
+    # bring the disk above the floor
+    assert with_video(spool) == [first]
+    assert spool.status().videos_dropped == {"min_free_bytes_rejected_new": 1}
     assert spool.status().dropped == {} and not part.exists()
 
 

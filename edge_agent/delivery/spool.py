@@ -396,15 +396,15 @@ class Spool:
 
     def _make_room(self, size: int, cid: str, event_id: str, free: float) -> tuple[str, str] | None:
         """Enforce the bounds (`spool_room.broken_bound`) before a video of `size` bytes joins: None when it
-        fits (older videos dropped first with on_full=drop_oldest), else (reason, why) it does not. `free`:
-        the disk's free bytes, read before the lock."""
+        fits (older videos dropped first with on_full=drop_oldest, when that can make it fit), else (reason,
+        why) it does not. `free`: the disk's free bytes, read before the lock."""
         self._expire()
         while True:
             bound = broken_bound(self.cfg, self.store.totals()[2], size, free, self.room.reserve_given)
             if bound is None:
                 return None
-            if self.cfg.on_full == "reject_new" or not self._drop_oldest_video(f"{bound.reason}_dropped_oldest",
-                                                                                    bound.words):
+            if (self.cfg.on_full == "reject_new" or bound.hopeless
+                    or not self._drop_oldest_video(f"{bound.reason}_dropped_oldest", bound.words)):
                 return f"{bound.reason}_rejected_new", f"the spool is full ({bound.words})"
             if bound.low_disk:
                 free = self.room.free_bytes()

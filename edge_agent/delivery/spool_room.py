@@ -34,26 +34,30 @@ FULL_BELOW_BYTES = 1 << 20
 class Bound:
     """A bound a new video would break: `reason` names it in metrics (max_bytes, min_free_bytes,
     disk_full), `words` for a person, `low_disk` when freeing queued videos changes the disk's free space
-    (to be read again), not only the queue's total."""
+    (to be read again), not only the queue's total; `hopeless` when even every queued video given up
+    would not make it fit (then none is)."""
 
     reason: str
     words: str
     low_disk: bool
+    hopeless: bool
 
 
 def broken_bound(cfg: SpoolConfig, used: int, size: int, free: float, reserve_given: bool) -> Bound | None:
     """The bound a video of `size` bytes would break joining `used` bytes of queued videos with `free`
     bytes left on the disk, or None when it fits. The new clip's file is already on this disk (in tmp/),
-    so free space is compared as it is, not less the clip."""
+    so free space is compared as it is, not less the clip; a queued video given up frees about its size."""
     floor = cfg.min_free_bytes
-    refill = RESERVE_BYTES + RESERVE_MARGIN if reserve_given else 0
-    low_disk = free < max(floor, refill)
+    need_free = max(floor, RESERVE_BYTES + RESERVE_MARGIN if reserve_given else 0)
+    low_disk = free < need_free
+    hopeless = size > cfg.max_bytes or (low_disk and free + used < need_free)
     if used + size > cfg.max_bytes:
-        return Bound("max_bytes", f"spool.max_bytes={cfg.max_bytes} reached", low_disk)
+        return Bound("max_bytes", f"spool.max_bytes={cfg.max_bytes} reached", low_disk, hopeless)
     if free < floor:
-        return Bound("min_free_bytes", f"less than spool.min_free_bytes={cfg.min_free_bytes} free on its disk", True)
+        return Bound("min_free_bytes", f"less than spool.min_free_bytes={cfg.min_free_bytes} free on its disk",
+                     True, hopeless)
     if low_disk:
-        return Bound("disk_full", "its disk is full: room is kept for reads until it is free again", True)
+        return Bound("disk_full", "its disk is full: room is kept for reads until it is free again", True, hopeless)
     return None
 
 
