@@ -350,9 +350,11 @@ def test_install_hints_name_the_distribution_and_its_extras() -> None:
 
 
 def test_nothing_the_package_or_units_ship_links_outside_the_repository() -> None:
-    """Addresses in the packaging, units and fleet files: loopback and example hosts, and the one URI the
-    Debian copyright format requires as its name; no project page that does not exist."""
+    """Addresses in the packaging, units and fleet files: loopback and example hosts, the archives the root
+    tests bootstrap Debian and Ubuntu from, and the one URI the Debian copyright format requires as its name;
+    no project page that does not exist."""
     allowed = re.compile(r"https?://(127\.0\.0\.1|localhost|edge-server|edge:|device:|deb\.debian\.org/debian"
+                         r"|archive\.ubuntu\.com/ubuntu|ports\.ubuntu\.com/ubuntu-ports"
                          r"|www\.debian\.org/doc/packaging-manuals/copyright-format/1\.0/)")
     files = [REPO / "pyproject.toml", *(p for d in ("systemd", "packaging", "fleet") for p in (REPO / d).rglob("*")
                                         if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".lock")]
