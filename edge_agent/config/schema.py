@@ -228,7 +228,8 @@ class SpoolConfig(_Section):
         "reboot by the wall clock only when it was synchronised (NTP) both when the clip was queued and now, "
         "else the age is unknown and the clip kept."))
     on_full: Literal["drop_oldest", "reject_new"] = Field("drop_oldest", **_live(
-        "When a bound is hit: drop the oldest waiting clip, or refuse the new one."))
+        "When a bound is hit: drop the oldest waiting clip's video (when that can make room), or refuse the new "
+        "one's. Reads are kept either way, CID-only."))
 
 
 class NoReadsConfig(_Section):
