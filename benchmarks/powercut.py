@@ -30,8 +30,9 @@ gone with it) just before the call, then the agent is killed:
 After the last cut the agent runs once more without a cut: it reads two labels, then the camera shows no
 more (a stop file), the agent drains and stops on SIGTERM. The server's records are then judged
 (tests/read_ledger.py): reads lost (split into those a cut took before their clip was queued, those lost
-although queued, and those of the run with no cut), ghost reads (one CID under two event ids), corrupt
-videos (sha256, size, PyAV decode). Prints a table and exits 1 on any loss, ghost or corrupt
+although queued, and those of the run with no cut), ghost reads (one CID under two event ids, or a
+delivery no agent logged of a CID the camera never showed; one it did show, delivered once, is a read
+committed just before a cut took its log line, counted apart), corrupt videos (sha256, size, PyAV decode). Prints a table and exits 1 on any loss, ghost or corrupt
 video, or an agent that did not come up; 69 when LazyFS or FUSE is not usable here.
 
 Building LazyFS on Debian: its CMake fetches toml11 and spdlog; Debian's libtoml11-dev and libspdlog-dev
@@ -63,7 +64,7 @@ sys.path.insert(0, str(ROOT))
 from tests import spool_watch  # noqa: E402
 from tests.flaky_server import FlakyServer  # noqa: E402
 from tests.kill_windows import arm  # noqa: E402
-from tests.label_camera import agent_config  # noqa: E402
+from tests.label_camera import agent_config, labels_shown  # noqa: E402
 from tests.read_ledger import detections, judge, not_durable, queued, read_log  # noqa: E402
 from tests.receiver_fixture import free_port  # noqa: E402
 
@@ -386,7 +387,7 @@ def report(lives: list[Life], server: FlakyServer, fs: LazyFs, work: Path, args:
            took_s: float) -> int:
     cut_lives = [x for x in lives if x.window != "drain"]
     detected = {e: c for x in lives for e, c in x.reads.items()}
-    verdict = judge(detected, server.delivered, [s for s in server.seen if s.complete])
+    verdict = judge(detected, server.delivered, [s for s in server.seen if s.complete], labels_shown(work))
     not_up = [x.n for x in lives if x.up_s is None]
     # an agent whose disk vanished under it (LazyFS crashed) may end by itself: only other windows count
     died = [(x.n, x.exited) for x in cut_lives if x.exited is not None and x.window not in FS_WINDOWS]
@@ -411,6 +412,8 @@ def report(lives: list[Life], server: FlakyServer, fs: LazyFs, work: Path, args:
           f"corrupt {len(verdict.corrupt)}; requests sent again under their key {verdict.wire_duplicates}")
     refused = {e: c for x in lives for e, c in not_durable(x.log_text()).items()}
     arrived = len(set(refused) & set(server.delivered))
+    print(f"reads committed but cut before their `detected` line reached the log (delivered, labels the camera "
+          f"showed): {len(verdict.unlogged)}")
     print(f"reads whose commit the disk refused (an I/O error as LazyFS went down first, logged not_durable: "
           f"nothing promised): {len(refused)}, of them delivered all the same {arrived}")
     print(f"agent up after {len(ups)} of {len(lives)} starts (p50 {statistics.median(ups) if ups else 0:.1f} s, "

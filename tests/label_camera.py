@@ -70,6 +70,15 @@ def label_cid(prefix: str, n: int) -> str:
     return f"{prefix}-{n:06d}"
 
 
+def labels_shown(folder: Path, prefix: str = "PC") -> set[str]:
+    """Every CID a camera of `agent_config(folder, ...)` has shown so far (its counter is the test's truth)."""
+    try:
+        count = int((folder / "labels.counter").read_text(encoding="ascii").strip() or 0)
+    except FileNotFoundError:
+        count = 0
+    return {label_cid(prefix, n) for n in range(count)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--counter", required=True, type=Path, help="the next label's number (kept across restarts)")

@@ -5,7 +5,10 @@ server (tests/flaky_server.py) keeps the first complete request per Idempotency-
 
 - lost: a read detected before a kill or a power cut that never reached the server;
 - ghost: one CID (one physical label: tests/label_camera.py never shows a CID twice) delivered under two
-  event ids, or a delivery whose event id no agent ever logged;
+  event ids, or a delivery whose event id no agent ever logged and whose CID no camera showed;
+- unlogged (not an error): a delivery no agent logged, of a label the camera did show, once: the read was
+  committed and the agent killed before its `detected` line reached the log (it logs after the commit,
+  so that a line never promises what a crash can take);
 - corrupt: a delivery whose metadata does not name its key and CID, whose video's bytes do not match
   metadata.clip.sha256 / size_bytes or do not decode, or with neither video nor clip.error (a read
   sent CID-only must say why).
@@ -21,7 +24,7 @@ import io
 import json
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +81,7 @@ class Verdict:
     cid_only: dict[str, str] = field(default_factory=dict)  # event id -> clip.error
     lost: dict[str, str] = field(default_factory=dict)  # event id -> CID
     ghosts: list[str] = field(default_factory=list)
+    unlogged: dict[str, str] = field(default_factory=dict)  # event id -> CID, committed, killed before its line
     corrupt: dict[str, str] = field(default_factory=dict)  # event id -> what is wrong
     wire_duplicates: int = 0
 
@@ -91,13 +95,16 @@ class Verdict:
 
     def summary(self) -> str:
         return (f"{len(self.detected)} reads detected, {self.delivered} delivered ({self.with_video} with video, "
-                f"{len(self.cid_only)} CID-only), {len(self.lost)} lost, {len(self.ghosts)} ghosts, "
+                f"{len(self.cid_only)} CID-only, {len(self.unlogged)} committed but killed before their log "
+                f"line), {len(self.lost)} lost, {len(self.ghosts)} ghosts, "
                 f"{len(self.corrupt)} corrupt, {self.wire_duplicates} requests sent again under their key")
 
 
-def judge(detected: Mapping[str, str], delivered: Mapping[str, Any], complete_requests: Iterable[Any]) -> Verdict:
+def judge(detected: Mapping[str, str], delivered: Mapping[str, Any], complete_requests: Iterable[Any],
+          shown: Collection[str] = ()) -> Verdict:
     """Check the rules above. `delivered` is FlakyServer.delivered (key -> Seen), `complete_requests` every
-    complete request it saw (for the wire duplicates)."""
+    complete request it saw (for the wire duplicates), `shown` every CID the camera showed
+    (label_camera.labels_shown)."""
     v = Verdict(dict(detected), delivered=len(delivered))
     v.lost = {e: c for e, c in detected.items() if e not in delivered}
     by_cid: dict[str, list[str]] = defaultdict(list)
@@ -110,7 +117,10 @@ def judge(detected: Mapping[str, str], delivered: Mapping[str, Any], complete_re
         cid = seen.fields.get("cid", b"").decode("utf-8", "replace")
         by_cid[cid].append(key)
         if key not in detected:
-            v.ghosts.append(f"{key} (cid {cid}) delivered but never logged as detected")
+            if cid in shown:
+                v.unlogged[key] = cid
+            else:
+                v.ghosts.append(f"{key} (cid {cid}) delivered, never logged as detected, and no camera showed it")
         elif detected[key] != cid:
             v.corrupt[key] = f"cid {cid!r} delivered, {detected[key]!r} detected"
         if meta.get("event_id") != key or meta.get("cid") != cid:

@@ -20,7 +20,7 @@ import pytest
 from tests import agent_process, spool_watch
 from tests.flaky_server import FlakyServer
 from tests.kill_windows import arm
-from tests.label_camera import agent_config
+from tests.label_camera import agent_config, labels_shown
 from tests.read_ledger import detections, judge, queued, read_log
 from tests.receiver_fixture import free_port
 
@@ -116,7 +116,7 @@ def test_kill9_of_a_running_daemon_loses_no_detected_read(tmp_path: Path) -> Non
         unkilled = detections(read_log(log))
         reads |= unkilled
         queued_ids |= queued(read_log(log))
-    verdict = judge(reads, server.delivered, [s for s in server.seen if s.complete])
+    verdict = judge(reads, server.delivered, [s for s in server.seen if s.complete], labels_shown(tmp_path))
     print(f"\nkill -9 of a running daemon: {KILLS} kills ({len(landed)} in their windows), {verdict.summary()}")
     assert not not_up, f"the agent did not come up after kill(s) {not_up}"
     assert len(landed) >= KILLS * 2 // 3, f"only {landed} landed in their windows"
