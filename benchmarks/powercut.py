@@ -32,8 +32,9 @@ more (a stop file), the agent drains and stops on SIGTERM. The server's records 
 (tests/read_ledger.py): reads lost (split into those a cut took before their clip was queued, those lost
 although queued, and those of the run with no cut), ghost reads (one CID under two event ids, or a
 delivery no agent logged of a CID the camera never showed; one it did show, delivered once, is a read
-committed just before a cut took its log line, counted apart), corrupt videos (sha256, size, PyAV decode). Prints a table and exits 1 on any loss, ghost or corrupt
-video, or an agent that did not come up; 69 when LazyFS or FUSE is not usable here.
+committed just before a cut took its log line, counted apart), corrupt videos (sha256, size, PyAV
+decode). Prints a table and exits 1 on any loss, ghost or corrupt video, or an agent that did not come
+up; 69 when LazyFS or FUSE is not usable here.
 
 Building LazyFS on Debian: its CMake fetches toml11 and spdlog; Debian's libtoml11-dev and libspdlog-dev
 are the same versions (find_package(toml11), find_package(spdlog) in their place), plus libfuse3-dev,
