@@ -275,6 +275,28 @@ def test_recovery_drops_parts_and_reenqueues_orphans_in_order(tmp_path: Path) ->
     assert value(m, "edge_agent_spool_recovered_total", reason="orphan_reenqueued") == 3
 
 
+def test_a_put_cut_between_its_two_renames_is_finished_with_its_video(tmp_path: Path) -> None:
+    """The sidecar's rename into clips/ is a put's commit point; a crash before the clip's own rename leaves
+    it whole in tmp/: the next start moves it in (when its bytes match the sidecar) and sends the read with
+    it, whatever else the queue holds."""
+    spool = Spool(spool_config(tmp_path))
+    others = [add_clip(spool)[0] for _ in range(3)]
+    event_id = str(uuid.uuid4())
+    assert spool.detected(event_id, "CID-CUT", read_meta(event_id, "CID-CUT"))
+    _, _, sha = add_clip(spool, event_id=event_id, cid="CID-CUT")
+    crash(spool)
+    os.replace(tmp_path / "clips" / f"{event_id}.mp4", tmp_path / "tmp" / f"{event_id}.mp4.part")
+    with sqlite3.connect(tmp_path / "queue.sqlite3") as db:  # the row not attached yet: still the read alone
+        db.execute("UPDATE queue SET state='pending', has_video=0, sha256=NULL, size_bytes=0 WHERE event_id=?",
+                   (event_id,))
+    spool = Spool(spool_config(tmp_path))
+    entry = next(e for e in spool.entries() if e.event_id == event_id)
+    assert not entry.pending and entry.video_path is not None and "error" not in entry.metadata["clip"]
+    assert hashlib.sha256(entry.video_path.read_bytes()).hexdigest() == sha
+    assert not list((tmp_path / "tmp").glob("*.mp4.part"))
+    assert all(e.video_path is not None for e in spool.entries() if e.event_id in others)
+
+
 def test_a_clean_stop_spares_the_next_start_a_check_of_every_clip_and_a_crash_does_not(tmp_path: Path) -> None:
     """After a clean stop the next start trusts the clips it closed whole (the uploader checks each as it
     sends it); the mark is gone as soon as the spool opens, so a crash after that start is checked in full."""

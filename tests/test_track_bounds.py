@@ -1,6 +1,6 @@
 """A clip's track is bounded whatever passes the camera: at most MAX_TRACK_CIDS codes (the event's own
-first, then the most seen), at most MAX_SIGHTINGS_PER_CID sightings each (thinned evenly, first and
-last kept), so its metadata stays small and shallow. And `read_first_seen` says whether the code was
+first, then the most seen), at most MAX_TRACK_FRAMES sightings each (one a frame; thinned evenly, first
+and last kept), so its metadata stays small and shallow. And `read_first_seen` says whether the code was
 located unread just before its first read. Driven through the sighting log the detect stage writes."""
 
 from __future__ import annotations

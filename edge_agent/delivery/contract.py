@@ -103,7 +103,6 @@ class ClipInfo(_Model):
 # evenly spread, the first and the last kept, and the frame of the event's first read always. Worst case
 # ~43 kB of JSON (tests/test_track_bounds.py measures it), nesting depth 8.
 MAX_TRACK_FRAMES = 48
-MAX_SIGHTINGS_PER_CID = MAX_TRACK_FRAMES  # a CID is read at most once a frame
 MAX_TRACK_ENTRIES = 288
 MAX_TRACK_CIDS = 24
 MAX_TRACK_EMPTY = 16  # empty analysed frames listed, evenly spread: background pictures for training

@@ -236,12 +236,16 @@ class QueueStore:
 
     # --- reads ---------------------------------------------------------------------------------
 
-    def get(self, event_id: str) -> Row | None:
+    def _first(self, where: str, args: tuple[Any, ...]) -> Row | None:
+        """The first row matching `where` (its ORDER BY included), or None; None on a closed queue."""
         with self._lock:
             if self._db is None:
                 return None
-            found = self._run(f"SELECT {_ROW} FROM queue WHERE event_id=?", (event_id,)).fetchone()
+            found = self._run(f"SELECT {_ROW} FROM queue WHERE {where}", args).fetchone()
         return None if found is None else _row(found)
+
+    def get(self, event_id: str) -> Row | None:
+        return self._first("event_id=?", (event_id,))
 
     def rows(self, state: str | None = None) -> list[Row]:
         """Every row (or those in `state`), in queue order."""
@@ -256,11 +260,7 @@ class QueueStore:
 
     def first_ready(self) -> Row | None:
         """The oldest read ready to go (pending reads wait for their clip, without holding the others back)."""
-        with self._lock:
-            if self._db is None:
-                return None
-            found = self._run(f"SELECT {_ROW} FROM queue WHERE state=? ORDER BY seq LIMIT 1", (READY,)).fetchone()
-        return None if found is None else _row(found)
+        return self._first("state=? ORDER BY seq LIMIT 1", (READY,))
 
     def stamps(self, state: str) -> list[tuple[str, str, float, str | None, float | None, bool | None]]:
         """(event id, CID, created_at, boot id, monotonic time, clock synced) of each row in `state`: what an
@@ -274,12 +274,7 @@ class QueueStore:
 
     def oldest(self) -> Row | None:
         """The read waiting longest (first in the queue), pending or ready."""
-        with self._lock:
-            if self._db is None:
-                return None
-            found = self._run(f"SELECT {_ROW} FROM queue WHERE state IN (?, ?) ORDER BY seq LIMIT 1",
-                              (PENDING, READY)).fetchone()
-        return None if found is None else _row(found)
+        return self._first("state IN (?, ?) ORDER BY seq LIMIT 1", (PENDING, READY))
 
     def ids(self) -> set[str]:
         """Every row's event id (recovery: which files have a row)."""
@@ -289,12 +284,7 @@ class QueueStore:
             return {r[0] for r in self._run("SELECT event_id FROM queue")}
 
     def oldest_with_video(self) -> Row | None:
-        with self._lock:
-            if self._db is None:
-                return None
-            found = self._run(f"SELECT {_ROW} FROM queue WHERE state=? AND has_video=1 ORDER BY seq LIMIT 1",
-                              (READY,)).fetchone()
-        return None if found is None else _row(found)
+        return self._first("state=? AND has_video=1 ORDER BY seq LIMIT 1", (READY,))
 
     def totals(self) -> tuple[int, int, int]:
         """(reads waiting, of them pending, bytes of video)."""

@@ -466,10 +466,12 @@ class Spool:
         if self._unsettled:
             self._settle_unsettled()
         with self.store.exclusive():
-            if self.store.open and now_mono >= self._next_expire:
+            expiring = self.store.open and now_mono >= self._next_expire
+            if expiring:
                 self._expire()
-                self.update_gauges()
             entry = self.head()
+        if expiring:  # outside the lock: the reserve's fallocate and a statvfs never hold up a put
+            self.update_gauges()
         self.store.checkpoint()
         return entry if entry is not None and entry.retry_at <= now_mono else None
 

@@ -196,11 +196,13 @@ def recover(store: QueueStore, files: ClipFiles, quarantine: Quarantine, metrics
                 log.error("spool recovery: cannot remove %s error=%s", part.name, exc.strerror or exc)
         rows = store.rows() if thorough else store.rows(PENDING) + store.rows(DELIVERED) + store.rows(EXPIRED)
         sidecars = list(files.sidecars())  # listed once: a backlog of 100k is 100k names
-        known = store.ids()
-        of = len(rows) + sum(1 for side in sidecars if side.stem not in known)
+        of = 0
+        if progress is not None:  # how much there is to do, only for whoever is told
+            known = store.ids()
+            of = len(rows) + sum(1 for side in sidecars if side.stem not in known)
+            if of:
+                progress(0, of)
         told = time.monotonic()
-        if progress is not None and of:
-            progress(0, of)
         for n, row in enumerate(rows, 1):
             try:
                 _recover_row(row, store, files, quarantine, metrics, without_video)
@@ -270,25 +272,26 @@ def settle_pending(row: Row, store: QueueStore, files: ClipFiles, metrics: Metri
         store.attach(row.event_id, {**side, "size_bytes": files.size(row.event_id) or 0})
         metrics.spool_recovered.labels(reason="put_finished").inc()
         log.info("spool recovery: finished an interrupted put cid=%s clip=%s", row.cid, row.event_id)
-    else:
-        store.without_video(row.event_id, {**row.metadata, "clip": {"error": why}})
-        settled = store.get(row.event_id)
-        if settled is not None:
-            with contextlib.suppress(OSError):  # the row holds it all; recovery writes a missing sidecar again
-                files.rewrite_sidecar(row.event_id, settled.record())
-        metrics.spool_recovered.labels(reason="read_without_clip").inc()
-        log.warning("spool recovery: read kept without its clip cid=%s clip=%s reason=%s", row.cid,
-                    row.event_id, why)
-    return store.get(row.event_id) or row
+        return store.get(row.event_id) or row
+    store.without_video(row.event_id, {**row.metadata, "clip": {"error": why}})
+    settled = store.get(row.event_id)
+    if settled is not None:
+        with contextlib.suppress(OSError):  # the row holds it all; recovery writes a missing sidecar again
+            files.rewrite_sidecar(row.event_id, settled.record())
+    metrics.spool_recovered.labels(reason="read_without_clip").inc()
+    log.warning("spool recovery: read kept without its clip cid=%s clip=%s reason=%s", row.cid,
+                row.event_id, why)
+    return settled or row
 
 
 def finish_interrupted_puts(files: ClipFiles) -> None:
     """A crash between a put's two renames leaves the sidecar in clips/ and the clip, whole and
-    fsynced, still in tmp/: move it in when its bytes match the sidecar."""
-    for side in files.sidecars():
-        event_id = side.stem
-        part = files.tmp / f"{event_id}.mp4.part"
-        if not part.exists() or files.video(event_id).exists():
+    fsynced, still in tmp/: move it in when its bytes match the sidecar. Looked for from tmp/, which
+    holds a few parts at most, never from clips/ (a backlog's every sidecar)."""
+    for part in files.tmp.glob("*.mp4.part"):
+        event_id = part.name.removesuffix(".mp4.part")
+        side = files.sidecar(event_id)
+        if not side.exists() or files.video(event_id).exists():
             continue
         try:
             data = read_sidecar(side)

@@ -96,10 +96,6 @@ class EventSnapshot:
         return rfc3339(self.first.wall)
 
     @property
-    def last_detected_at(self) -> str:
-        return rfc3339(self.first.wall + (self.last_t - self.first.t))
-
-    @property
     def delivery(self) -> Delivery:
         """The state to show: the uploader's result once there is one (it may come before the clip
         stage's own `clip_made` returns), else the sink's, else still recording."""
