@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.web_daemon import web_daemon  # noqa: E402
 from tests.hostile_yaml import ALIAS_BOMB  # noqa: E402
+from tests.process_watch import peak_rss_mb, wait_for_log  # noqa: E402
 
 DEBOUNCE_S = 0.5  # the config watcher's quiet time before it looks (service/reload.py)
 REFUSED = "reload refused, keeping the running config: "
@@ -47,13 +48,6 @@ def validate(bomb: Path) -> tuple[int, float, float, float, str]:
     return proc.returncode, cpu, time.monotonic() - started, usage.ru_maxrss / 1024, err
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM")
-
-
 def reload(timeout_s: float = 30.0) -> tuple[bool, float, float, float]:
     """The bomb saved into a running daemon's config.d: (refused, seconds to the refusal, peak RSS before and
     after in MB)."""
@@ -66,12 +60,12 @@ def reload(timeout_s: float = 30.0) -> tuple[bool, float, float, float]:
         seen = len(daemon.log.read_text(errors="replace"))
         (frag_dir / "50-bomb.yaml").write_text(ALIAS_BOMB)
         saved = time.monotonic()
-        while time.monotonic() - saved < timeout_s:
-            if REFUSED in daemon.log.read_text(errors="replace")[seen:]:
-                took = time.monotonic() - saved
-                return daemon.proc.poll() is None, took, before, peak_rss_mb(daemon.proc.pid)
-            time.sleep(0.02)
-        return False, timeout_s, before, peak_rss_mb(daemon.proc.pid)
+        try:
+            wait_for_log(daemon.log, REFUSED, timeout_s, after=seen, poll_s=0.02)
+        except AssertionError:  # not refused within timeout_s
+            return False, timeout_s, before, peak_rss_mb(daemon.proc.pid)
+        took = time.monotonic() - saved
+        return daemon.proc.poll() is None, took, before, peak_rss_mb(daemon.proc.pid)
 
 
 def main() -> int:

@@ -31,9 +31,10 @@ sys.path.insert(0, str(ROOT))
 
 from edge_agent import __version__  # noqa: E402
 from edge_agent.config import SpoolConfig, UploadConfig  # noqa: E402
-from edge_agent.delivery.spool import CLEAN_STOP, Spool  # noqa: E402
+from edge_agent.delivery.spool import Spool  # noqa: E402
 from edge_agent.delivery.uploader import Uploader  # noqa: E402
 from edge_agent.metrics import Metrics  # noqa: E402
+from tests.spool_helpers import crash  # noqa: E402
 
 # a day of a busy line (one product a second) queued during an outage drains in under half an hour
 TARGET_CLIPS_PER_S = 50
@@ -124,8 +125,7 @@ def main() -> int:
         t0 = time.perf_counter()
         spool = Spool(cfg)  # a restart after a clean stop
         clean_s = time.perf_counter() - t0
-        spool.close()
-        (Path(cfg.dir) / CLEAN_STOP).unlink()  # as a crash or a power cut leaves it
+        crash(spool)  # as a crash or a power cut leaves it
         t0 = time.perf_counter()
         spool = Spool(cfg)  # recovery checks every clip's sha256
         open_s = time.perf_counter() - t0

@@ -18,8 +18,6 @@ Prints the counts and rates, and exits 1 on a miss.
 from __future__ import annotations
 
 import argparse
-import base64
-import http.client
 import sys
 import tempfile
 import time
@@ -32,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.web_daemon import web_daemon  # noqa: E402
 from edge_agent.service.http_limits import BACKOFF_CAP_S, BACKOFF_START_S, FREE_FAILURES  # noqa: E402
+from tests.web_fixture import basic_get  # noqa: E402
 
 RIGHT = "the-right-one"
 VIDEO = ROOT / "sample_media" / "conveyor_720p30.mp4"
@@ -53,26 +52,13 @@ def password_file() -> Path:
     return pw
 
 
-def get(port: int, password: str, source: str) -> int:
-    """GET /api/status from `source` (a loopback alias) with `password`; the status code."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
-    try:
-        auth = base64.b64encode(f"guesser:{password}".encode()).decode()
-        conn.request("GET", "/api/status", headers={"Authorization": f"Basic {auth}"})
-        resp = conn.getresponse()
-        resp.read()
-        return resp.status
-    finally:
-        conn.close()
-
-
 def many_addresses(addresses: int, per_address: int) -> bool:
     with web_daemon("login-guesses-", VIDEO, http_extra=f"  password_file: {password_file()}\n") as daemon:
         started = time.monotonic()
-        replies = [get(daemon.port, f"guess-{n}", f"127.0.0.{n % addresses + 1}")
+        replies = [basic_get(daemon.port, "/api/status", f"guess-{n}", f"127.0.0.{n % addresses + 1}", "guesser").status
                    for n in range(addresses * per_address)]
         elapsed = time.monotonic() - started
-        right = get(daemon.port, RIGHT, f"127.0.0.{addresses + 1}")
+        right = basic_get(daemon.port, "/api/status", RIGHT, f"127.0.0.{addresses + 1}", "guesser").status
     checked, held = replies.count(401), replies.count(429)
     lines = [line for line in daemon.log.read_text().splitlines() if "web logins held for every address" in line]
     print(f"{len(replies)} guesses from {addresses} addresses in {elapsed:.2f} s: {checked} checked (401), {held} "

@@ -247,8 +247,7 @@ def main() -> int:
                 th = thumb(grays[t])
                 if any(np.abs(th - v[1]).mean() < 3 for v in pictures.values()):
                     identical += 1
-                elif any(kt < t and np.abs(th - kth).mean() < NEAR_GREY for kt, kth in mine[-3:] if kt < t) or \
-                        any(np.abs(th - kth).mean() < NEAR_GREY for kt, kth in mine if kt < t):
+                elif any(np.abs(th - kth).mean() < NEAR_GREY for kt, kth in mine if kt < t):
                     near += 1
                 else:
                     lost += 1

@@ -170,18 +170,19 @@ def source_date_epoch() -> int:
     return int(proc.stdout.strip()) if proc.returncode == 0 and proc.stdout.strip() else 0
 
 
-def build_dists(out: Path) -> tuple[Path, Path]:
+def build_dists(out: Path, epoch: int) -> tuple[Path, Path]:
     """sdist, then the wheel from that sdist (what a user of the sdist gets), version from packaging/version_backend.
 
     The backend writes edge_agent/_version.py and setuptools build/ and cid_edge_agent.egg-info/ into the
     checkout; run from the checkout, Python finds that egg-info before the installed metadata, and the
     editable install reads that _version.py: a build with EDGE_AGENT_VERSION would make the developer's
-    own agent report the package's version. So the checkout is put back as it was.
+    own agent report the package's version. So the checkout is put back as it was. `epoch`: every file's time
+    (source_date_epoch()).
     """
     version_file = REPO / "edge_agent" / "_version.py"
     repo_id = hashlib.sha256(bytes(REPO)).hexdigest()[:12]
     lock_path = Path(tempfile.gettempdir()) / f"cid-edge-agent-build-{repo_id}.lock"
-    env = {**os.environ, "SOURCE_DATE_EPOCH": str(source_date_epoch())}
+    env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch)}
     with open(lock_path, "w") as lock:  # one build at a time in this checkout (test workers, ./dev.sh deb)
         fcntl.flock(lock, fcntl.LOCK_EX)
         before = version_file.read_bytes() if version_file.exists() else None
@@ -327,7 +328,7 @@ def md5sums(root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stage(root: Path, arch: str, version: str) -> None:
+def stage(root: Path, version: str) -> None:
     """Everything but the venv: units, the owner's first config, docs, the maintainer scripts."""
     def put(rel: str, content: str | bytes, mode: int = 0o644) -> None:
         p = root / rel
@@ -361,39 +362,39 @@ def stage(root: Path, arch: str, version: str) -> None:
         put(f"DEBIAN/{script}", (DEBIAN / script).read_text().replace("@VERSION@", version), 0o755)
 
 
-def finish(root: Path, arch: str, version: str) -> None:
-    """control and md5sums once every file is in place; every time set to the commit's."""
+def finish(root: Path, arch: str, version: str, epoch: int) -> None:
+    """control and md5sums once every file is in place; every time set to `epoch` (the commit's)."""
     control = (DEBIAN / "control.in").read_text()
     for key, value in (("@VERSION@", version), ("@ARCH@", arch), ("@INSTALLED_SIZE@", str(installed_size_kib(root)))):
         control = control.replace(key, value)
     (root / "DEBIAN" / "control").write_text(control)
     (root / "DEBIAN" / "md5sums").write_text(md5sums(root))
-    epoch = source_date_epoch()
     for path in [root, *root.rglob("*")]:
         os.utime(path, (epoch, epoch), follow_symlinks=False)
 
 
-def build_package(root: Path, deb: Path, compression: str) -> None:
-    env = {**os.environ, "SOURCE_DATE_EPOCH": str(source_date_epoch())}
+def build_package(root: Path, deb: Path, compression: str, epoch: int) -> None:
+    env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch)}
     run(["dpkg-deb", "--root-owner-group", f"-Z{compression}", "--build", str(root), str(deb)], env=env)
 
 
 def build(arch: str, out: Path, wheelhouse: Path, compression: str) -> Path:
     t0 = time.monotonic()
+    epoch = source_date_epoch()
     with tempfile.TemporaryDirectory(prefix="edge-agent-deb-") as tmp:
         work = Path(tmp)
-        _, wheel = build_dists(work / "project")
+        _, wheel = build_dists(work / "project", epoch)
         version = wheel.name.split("-")[1]
         log(f"built {wheel.name} (package version {version})")
         root = work / "root"
         saved = stage_venv(root, version, arch, wheelhouse, wheel)
         log(f"venv for CPython {', '.join(t.python for t in TARGETS)} staged; {saved / 1e6:.0f} MB of same files "
             "stored once (hard links)")
-        stage(root, arch, version)
-        finish(root, arch, version)
+        stage(root, version)
+        finish(root, arch, version, epoch)
         out.mkdir(parents=True, exist_ok=True)
         deb = out / f"{NAME}_{version}_{arch}.deb"
-        build_package(root, deb, compression)
+        build_package(root, deb, compression, epoch)
     log(f"wrote {deb} ({deb.stat().st_size / 1e6:.1f} MB) in {time.monotonic() - t0:.0f} s")
     return deb
 

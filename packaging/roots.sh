@@ -11,10 +11,15 @@
 # (ports.ubuntu.com for arm64) with main and universe, checked against Ubuntu's archive keyring, fetched
 # once over HTTPS from that archive into the cache (Debian does not ship it).
 #
-# Set before sourcing: SUITE (bookworm | trixie | jammy | noble), ARCH (amd64 | arm64), ROOT (where the
-# root is unpacked).
+# Set before sourcing: SUITE (bookworm | trixie | jammy | noble), ARCH (amd64 | arm64). Sets CACHE, and DEBS,
+# OLD_VERSION and NEW_VERSION unless the environment gives them; set ROOT (where the root is unpacked, e.g.
+# under $CACHE) after sourcing: only the functions read it.
 
 CACHE=${EDGE_AGENT_ROOT_CACHE:-/var/tmp/edge-agent-roots}
+# the two builds of this checkout the tests install (build_debs), and where they are built
+DEBS=${DEBS:-$CACHE/debs}
+OLD_VERSION=${OLD_VERSION:-0.2.0.post1+g0000001}
+NEW_VERSION=${NEW_VERSION:-0.2.0.post2+g0000002}
 case "$SUITE" in
     jammy | noble)
         UBUNTU=1

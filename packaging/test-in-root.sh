@@ -28,12 +28,9 @@ case "$ARCH" in amd64 | arm64) ;; *) echo "usage: $0 amd64|arm64 [bookworm|trixi
 case "$SUITE" in bookworm | trixie | jammy | noble) ;; *) echo "usage: $0 amd64|arm64 [bookworm|trixie|jammy|noble]" >&2; exit 64 ;; esac
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 TEST_NAME=deb-test
-ROOT="${EDGE_AGENT_ROOT_CACHE:-/var/tmp/edge-agent-roots}/root-deb-$SUITE-$ARCH"
 # shellcheck source=packaging/roots.sh
 . "$REPO/packaging/roots.sh"
-DEBS=${DEBS:-$CACHE/debs}
-OLD_VERSION=${OLD_VERSION:-0.2.0.post1+g0000001}
-NEW_VERSION=${NEW_VERSION:-0.2.0.post2+g0000002}
+ROOT="$CACHE/root-deb-$SUITE-$ARCH"
 
 TEST_CONFIG='# the root test: a sample file as the camera, an edge server that is not there
 device_id: root-test
@@ -57,6 +54,9 @@ edits_kept() {
         && in_root cat /etc/edge-agent/config.d/50-hall.yaml | cmp - <(printf '%s' "$FRAGMENT")
 }
 no_conffile() { [ -z "$(in_root dpkg-query -W -f '${Conffiles}' cid-edge-agent)" ]; }
+first_config_created() { # postinst created the owner's config.yaml (no conffile) and config.d/
+    [ -f "$ROOT/etc/edge-agent/config.yaml" ] && [ -d "$ROOT/etc/edge-agent/config.d" ] && no_conffile
+}
 only_version() { # /usr/lib/edge-agent holds VERSION, its run copy and current -> it (others only while in use)
     local have
     have=$(in_root ls -A /usr/lib/edge-agent | tr '\n' ' ')
@@ -144,10 +144,11 @@ no_trace() { # purge leaves nothing of the package but its system user and group
 }
 
 footprint() { # what the package adds to the clean root, with apt's default (recommends) and without
-    local with
-    with=$(in_root apt-get install -s "/tmp/$(deb_name "$OLD_VERSION")" 2>/dev/null | grep -c '^Inst ' || true)
+    local sim with
+    sim=$(in_root apt-get install -s "/tmp/$(deb_name "$OLD_VERSION")" 2>/dev/null || true)
+    with=$(grep -c '^Inst ' <<<"$sim" || true)
     FOOTPRINT="apt-get install with Recommends would add $with packages"
-    if in_root apt-get install -s "/tmp/$(deb_name "$OLD_VERSION")" 2>/dev/null | grep -qE '^Inst (ghostscript|imagemagick)'; then
+    if grep -qE '^Inst (ghostscript|imagemagick)' <<<"$sim"; then
         FOOTPRINT+=" (ImageMagick/Ghostscript among them, through libzbar0's Recommends)"
     fi
 }
@@ -187,9 +188,7 @@ main_steps() {
         "$ROOT/usr/lib/systemd/system/edge-agent@.service"
     check "systemd-analyze verify accepts the units" in_root systemd-analyze verify \
         /usr/lib/systemd/system/edge-agent.service
-    check "the owner's config.yaml was created and is no conffile; config.d/ exists" \
-        sh -c "test -f '$ROOT/etc/edge-agent/config.yaml' && test -d '$ROOT/etc/edge-agent/config.d' && \
-               test -z \"\$(chroot '$ROOT' dpkg-query -W -f '\${Conffiles}' cid-edge-agent)\""
+    check "the owner's config.yaml was created and is no conffile; config.d/ exists" first_config_created
     check "the first config validates" in_root edge-agent config validate /etc/edge-agent/config.yaml
     check "python3-scipy (built on the OS's python3-numpy) installed beside it" offline apt-get install -y -q \
         --no-install-recommends python3-scipy

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import av
@@ -48,8 +48,8 @@ def transcode(src: Path, dst: Path, codec: str) -> Path:
     return dst
 
 
-def _symbol_box(q: np.ndarray) -> Box:
-    """The dark modules' extent in a QR image (its quiet zone left out)."""
+def symbol_box(q: np.ndarray) -> Box:
+    """The dark modules' extent in a QR image (its quiet zone left out): where a decoder outlines it."""
     ys, xs = np.nonzero(q < 128)
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
@@ -86,15 +86,9 @@ def make_video(
     rng = np.random.default_rng(7)
     background = cv2.GaussianBlur((rng.random((h, w)) * 120 + 60).astype(np.uint8), (7, 7), 0)
     images = [(qr_image(c[0], scale), c[1], c[2], c[3] if len(c) > 3 else 20) for c in codes]
-    symbols = [_symbol_box(q) for q, *_ in images]
-    with av.open(str(path), "w", format=fmt) as out:
-        stream = out.add_stream(codec, rate=fps)
-        stream.width, stream.height = w, h
-        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
-        stream.codec_context.gop_size = gop
-        if codec == "libx264":
-            stream.codec_context.options = {"preset": "ultrafast", "bf": str(bframes if bframes is not None else 0),
-                                            **({"x264-params": "open-gop=1"} if open_gop else {})}
+    symbols = [symbol_box(q) for q, *_ in images]
+
+    def frames() -> Iterator[np.ndarray]:
         for i in range(round(seconds * fps)):
             t = i / fps
             img = np.roll(background, i * 3, axis=1).copy()
@@ -106,10 +100,15 @@ def make_video(
                     if labels is not None:
                         x0, y0, x1, y1 = symbols[k]
                         labels.setdefault(i, []).append((codes[k][0], (x + x0, y + y0, x + x1, y + y1)))
-            frame = av.VideoFrame.from_ndarray(img, format="gray").reformat(format=stream.pix_fmt)
-            frame.pts = i
-            for p in stream.encode(frame):
-                out.mux(p)
-        for p in stream.encode(None):
-            out.mux(p)
+            yield img
+
+    with av.open(str(path), "w", format=fmt) as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height = w, h
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        stream.codec_context.gop_size = gop
+        if codec == "libx264":
+            stream.codec_context.options = {"preset": "ultrafast", "bf": str(bframes if bframes is not None else 0),
+                                            **({"x264-params": "open-gop=1"} if open_gop else {})}
+        _encode_gray(out, stream, frames())
     return path

@@ -19,6 +19,7 @@ import requests
 
 from tests import agent_process
 from tests.media_factory import make_video
+from tests.process_watch import peak_rss_mb, wait_for_log
 from tests.receiver_fixture import ReceiverProcess, free_port
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_media" / "conveyor_720p30.mp4"
@@ -62,19 +63,6 @@ def start_run(cfg: Path, log_path: Path, *extra: str) -> agent_process.AgentProc
     log = open(log_path, "wb")  # noqa: SIM115 - the daemon writes to it until it exits
     return agent_process.popen(["run", "--config", str(cfg), *extra],
                                stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def wait_for_log(path: Path, text: str, timeout: float = 20.0, after: int = 0) -> int:
-    """Until `text` appears in the log past offset `after`; returns where it ends (a readiness signal,
-    not a sleep)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = path.read_text(errors="replace")
-        at = log.find(text, after)
-        if at >= 0:
-            return at + len(text)
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} not in the log after {timeout} s:\n{path.read_text()[-2000:]}")
 
 
 @pytest.mark.slow
@@ -248,14 +236,6 @@ def test_sighup_and_sigterm_are_acted_on_at_once_not_at_the_main_loops_next_tick
             proc.kill()
 
 
-def _peak_rss_mb(pid: int) -> float:
-    """The process's peak resident memory (VmHWM), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM in /proc/PID/status")
-
-
 @pytest.mark.slow
 def test_an_alias_bomb_dropped_into_config_d_is_refused_at_its_line_and_the_daemon_keeps_running(
         tmp_path: Path, quiet: Path) -> None:
@@ -270,12 +250,12 @@ def test_an_alias_bomb_dropped_into_config_d_is_refused_at_its_line_and_the_daem
     proc = start_run(cfg, log)
     try:
         at = wait_for_log(log, "ready: frames are flowing")
-        before = _peak_rss_mb(proc.pid)
+        before = peak_rss_mb(proc.pid)
         frag = tmp_path / "config.d" / "50-bomb.yaml"
         frag.write_text(ALIAS_BOMB)
         at = wait_for_log(log, f"reload refused, keeping the running config: {frag}:{ALIAS_BOMB_AT}: the document "
                                "stands for more than 10000 values", after=at)
-        grown = _peak_rss_mb(proc.pid) - before
+        grown = peak_rss_mb(proc.pid) - before
         assert proc.poll() is None and grown < 30, f"peak RSS grew {grown:.0f} MB"
         frag.write_text("clip:\n  pre_roll_s: 1.5\n")
         wait_for_log(log, "config reloaded live: clip.pre_roll_s 2.5 -> 1.5", after=at)

@@ -59,7 +59,8 @@ def dists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """sdist, then the wheel built from that sdist: what `python -m build` gives a user."""
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("builds from the git checkout")
-    sdist, wheel = _build_deb_module().build_dists(tmp_path_factory.mktemp("dist"))
+    bd = _build_deb_module()
+    sdist, wheel = bd.build_dists(tmp_path_factory.mktemp("dist"), bd.source_date_epoch())
     return {"sdist": sdist, "wheel": wheel}
 
 
@@ -222,15 +223,16 @@ def package(dists: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
     bd = _build_deb_module()
     version = dists["wheel"].name.split("-")[1]
     tmp = tmp_path_factory.mktemp("deb")
+    epoch = bd.source_date_epoch()
     debs = []
     for n in (1, 2):  # twice, to compare
         root = tmp / f"root{n}"
         saved = bd.stage_venv(root, version, "arm64", tmp, dists["wheel"], pins=[])
-        bd.stage(root, "arm64", version)
-        bd.finish(root, "arm64", version)
+        bd.stage(root, version)
+        bd.finish(root, "arm64", version, epoch)
         deb = tmp / f"{n}" / "test.deb"
         deb.parent.mkdir()
-        bd.build_package(root, deb, "zstd")
+        bd.build_package(root, deb, "zstd", epoch)
         debs.append(deb)
     return {"deb": debs[0], "again": debs[1], "root": tmp / "root1", "version": version, "saved": saved, "bd": bd}
 

@@ -18,7 +18,7 @@ import requests
 from edge_agent.service.http import MJPEG_MAX_VIEWERS
 from edge_agent.service.http_limits import FREE_FAILURES, LOG_INTERVAL_S
 from tests.media_factory import make_video
-from tests.web_fixture import PASSWORD, Web, wait_for
+from tests.web_fixture import PASSWORD, Web, basic_get, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -66,37 +66,25 @@ def test_resets_and_bad_requests_are_a_few_lines_not_a_traceback_each(tmp_path: 
     assert any("sent a bad request" in line for line in added), text
 
 
-def _get(port: int, path: str, password: str | None, source: str = "127.0.0.1") -> http.client.HTTPResponse:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
-    headers = {}
-    if password is not None:
-        headers["Authorization"] = "Basic " + base64.b64encode(f"tech:{password}".encode()).decode()
-    conn.request("GET", path, headers=headers)
-    resp = conn.getresponse()
-    resp.read()
-    conn.close()
-    return resp
-
-
 @pytest.mark.slow
 def test_wrong_passwords_are_slowed_for_that_client_only_logged_and_counted(tmp_path: Path, camera: Path) -> None:
     guesses = [f"guess-{i:03d}" for i in range(FREE_FAILURES + 1)]
     with Web(tmp_path, camera, password=True, loop=True) as web:
         # a browser's first request carries no password: never counted
-        assert all(_get(web.port, "/api/status", None).status == 401 for _ in range(FREE_FAILURES + 5))
+        assert all(basic_get(web.port, "/api/status", None).status == 401 for _ in range(FREE_FAILURES + 5))
         for guess in guesses[:FREE_FAILURES]:
-            assert _get(web.port, "/api/status", guess).status == 401
-        slowed = _get(web.port, "/api/status", guesses[-1])
+            assert basic_get(web.port, "/api/status", guess).status == 401
+        slowed = basic_get(web.port, "/api/status", guesses[-1])
         assert slowed.status == 429 and int(slowed.headers["Retry-After"]) >= 1
         # while it waits even the right password is not checked (a guess must tell nothing)
-        assert _get(web.port, "/api/status", PASSWORD).status == 429
+        assert basic_get(web.port, "/api/status", PASSWORD).status == 429
         # another client is unaffected: its right password works, its wrong one is a plain 401
-        assert _get(web.port, "/api/status", PASSWORD, source="127.0.0.2").status == 200
-        assert _get(web.port, "/api/status", "other-wrong", source="127.0.0.2").status == 401
+        assert basic_get(web.port, "/api/status", PASSWORD, source="127.0.0.2").status == 200
+        assert basic_get(web.port, "/api/status", "other-wrong", source="127.0.0.2").status == 401
         # after the wait, one more guess is checked, and the next wait is longer
         time.sleep(int(slowed.headers["Retry-After"]))
-        assert _get(web.port, "/api/status", guesses[-1]).status == 401
-        again = _get(web.port, "/api/status", guesses[-1])
+        assert basic_get(web.port, "/api/status", guesses[-1]).status == 401
+        again = basic_get(web.port, "/api/status", guesses[-1])
         assert again.status == 429 and int(again.headers["Retry-After"]) > int(slowed.headers["Retry-After"])
         conn = http.client.HTTPConnection("127.0.0.1", web.port, timeout=10, source_address=("127.0.0.2", 0))
         conn.request("GET", "/metrics", headers={"Authorization": "Basic " + base64.b64encode(
@@ -118,12 +106,12 @@ def test_guesses_from_sixty_addresses_mostly_get_429_and_the_right_password_wait
     of every address together holds them (one log line says so), a new address with the right password
     is held as well (a 200 would tell the guesser), and the technician logged in before is not."""
     with Web(tmp_path, camera, password=True, loop=True) as web:
-        assert _get(web.port, "/api/status", PASSWORD, source="127.0.0.200").status == 200  # logged in before
-        replies = [_get(web.port, "/api/status", f"guess-{n}", source=f"127.0.0.{n % 60 + 1}").status
+        assert basic_get(web.port, "/api/status", PASSWORD, source="127.0.0.200").status == 200  # logged in before
+        replies = [basic_get(web.port, "/api/status", f"guess-{n}", source=f"127.0.0.{n % 60 + 1}").status
                    for n in range(600)]
-        right = _get(web.port, "/api/status", PASSWORD, source="127.0.0.99")
+        right = basic_get(web.port, "/api/status", PASSWORD, source="127.0.0.99")
         assert right.status == 429 and int(right.headers["Retry-After"]) >= 1
-        assert _get(web.port, "/api/status", PASSWORD, source="127.0.0.200").status == 200
+        assert basic_get(web.port, "/api/status", PASSWORD, source="127.0.0.200").status == 200
         assert web.stop() == 0
     assert set(replies) == {401, 429} and replies.count(429) >= 540, (replies.count(401), replies.count(429))
     log = web.log.read_text()

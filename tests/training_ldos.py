@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from edge_agent.delivery.contract import rfc3339
-from tests.media_factory import qr_image, write_gray_h264
+from tests.media_factory import qr_image, symbol_box, write_gray_h264
 
 FPS = 30
 SIZE = (640, 360)
@@ -70,12 +70,6 @@ class Clip:
                  if not any(m in busy for m in frames[max(0, i - 1):i + 2])]
         return ([{"cid": c, "sightings": s} for c, s in by_cid.items()],
                 {"times": times, "symbols": symbols, "empty": empty, "analysed": len(frames)})
-
-
-def symbol_box(q: np.ndarray) -> tuple[int, int, int, int]:
-    """The dark modules' extent in a QR image (its quiet zone left out): where a decoder outlines it."""
-    ys, xs = np.nonzero(q < 128)
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
 def make_clip(folder: Path, tag: int = 0, size: tuple[int, int] = SIZE) -> Clip:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import http.client
 import os
 import signal
 import subprocess
@@ -88,3 +90,20 @@ def wait_for(cond, timeout: float, what: str):  # noqa: ANN001, ANN201
             return got
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def basic_get(port: int, path: str, password: str | None, source: str = "127.0.0.1",
+              user: str = "tech") -> http.client.HTTPResponse:
+    """GET `path` on a fresh connection from `source` (a loopback alias: another client's address), as `user`
+    with `password` (HTTP Basic; None: no Authorization header); the answer, its body read."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+    try:
+        headers = {}
+        if password is not None:
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        return resp
+    finally:
+        conn.close()
