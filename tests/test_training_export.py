@@ -25,6 +25,7 @@ import requests
 import zxingcpp
 
 from edge_agent.cli import main
+from edge_agent.delivery.contract import rfc3339
 from edge_agent.receiver.export_frames import MIN_SYMBOL_PX, symbol_side
 from edge_agent.receiver.storage import LdoStorage, make_storage
 from tests.receiver_fixture import ReceiverProcess
@@ -272,6 +273,41 @@ def test_a_frame_that_cannot_be_exported_is_an_error_with_its_cause_and_is_tried
     assert "exported 2 clips" in res.stdout and "1 failed" in res.stdout and "Traceback" not in res.stderr
     res = folder.export(out, "--format", "coco")
     assert res.returncode == 1 and "3 listed, 2 done before" in res.stdout and "1 failed" in res.stdout
+
+
+def test_a_clip_with_an_unreadable_start_at_is_exported_without_capture_times_and_the_export_carries_on(
+        folder: Folder, clips: list[Clip], tmp_path: Path) -> None:
+    good = store_ldos(folder.storage, clips[:1], ["cam-1"])[0]
+    meta = store_meta(clips[1], "cam-2")  # a track: its frames need no start time, only their captured_at does
+    meta["clip"] = {**meta["clip"], "start_at": "yesterday at noon"}  # the receiver does not check it
+    bad = folder.storage.ingest(meta["event_id"], meta, iter_bytes(clips[1].video), "x.mp4")["id"]
+    out = tmp_path / "coco"
+    res = folder.export(out, "--format", "coco")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert "exported 2 clips" in res.stdout and "0 failed" in res.stdout, res.stdout
+    images = [img for _, img, _ in images_of(coco_sets(out))]
+    want = Expected()
+    want.add(meta)
+    mine = [img for img in images if img["ldo_id"] == bad]
+    assert sum(not img["background"] for img in mine) == want.images
+    assert all(img["date_captured"] is None for img in mine)
+    theirs = [img for img in images if img["ldo_id"] == good.ldo_id]
+    assert theirs and all(img["date_captured"] == rfc3339(BASE_EPOCH + img["t"]) for img in theirs)
+
+
+def test_an_older_agents_clip_with_an_unreadable_start_at_is_left_out_with_its_reason(
+        folder: Folder, clips: list[Clip], tmp_path: Path) -> None:
+    """Without a track the first sighting is placed by detected_at - start_at: a time that is not one
+    leaves the frame out, counted, and the export carries on."""
+    store_ldos(folder.storage, clips[:1], ["cam-1"])
+    meta = store_meta(clips[1], "cam-2")
+    meta["detection"] = {k: v for k, v in meta["detection"].items() if k not in ("track", "track_frames")}
+    meta["clip"] = {**meta["clip"], "start_at": "yesterday at noon"}
+    folder.storage.ingest(meta["event_id"], meta, iter_bytes(clips[1].video), "x.mp4")
+    res = folder.export(tmp_path / "coco", "--format", "coco")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert "2 listed" in res.stdout and "1 with nothing to export, 0 failed" in res.stdout, res.stdout
+    assert "frames left out: 1 clip.start_at or detected_at not a time" in res.stdout, res.stdout
 
 
 def test_export_says_where_the_clips_are_when_there_is_no_ldo_index(tmp_path: Path,

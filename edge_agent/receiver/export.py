@@ -27,11 +27,11 @@ from .export_sources import CidSource, Entry, LdoSource, Source, cid_clips
 from .export_split import SPLIT_BY, parse_fractions
 from .export_state import ExportError, ExportState
 from .storage import LdoStorage, StorageUnavailable, make_storage, parse_time_us
+from .store import DB_FILE
 
 log = logging.getLogger("edge_agent.receiver")
 
 FORMATS = ("coco", "yolo")
-SOURCES = ("ldo", "cid")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # ids the receiver makes: ldo_<hex>_<epoch>, hex
 
 
@@ -58,6 +58,7 @@ class ClipResult:
     entry: Entry
     device_id: str = ""
     span_us: tuple[int, int] | None = None
+    start: float | None = None  # the clip's start_at as epoch seconds (None: none, or not a time)
     info: dict[str, Any] = field(default_factory=dict)
     labels: str = "none"
     pictures: list[Picture] = field(default_factory=list)
@@ -127,6 +128,7 @@ class Exporter:
             start = epoch(clip["start_at"]) if clip.get("start_at") else None
         except ValueError:
             start = None
+        res.start = start
         if start is not None:
             res.span_us = (round(start * 1e6), round((start + float(clip.get("duration_s") or 0)) * 1e6))
         if not entry.has_video:
@@ -191,8 +193,8 @@ class Exporter:
             res.failed += 1
             log.error("export: clip=%s not exported: %s (the next run tries it again)", got.entry.id, got.error)
             return
-        added, background, boxes, identical = self.state.record(got.entry.id, got.device_id, got.span_us, got.info,
-                                                                got.labels, got.pictures, got.note)
+        added, background, boxes, identical = self.state.record(got.entry.id, got.device_id, got.span_us, got.start,
+                                                                got.info, got.labels, got.pictures, got.note)
         res.images += added
         res.background += background
         res.boxes += boxes
@@ -236,10 +238,10 @@ def summary(res: ExportResult, out: str, fmt: str) -> str:
 def _no_input(args: Any, storage_spec: str | None) -> str | None:
     """Why there is nothing to read (a missing or empty LDO index, clips only in the /cid store), or None."""
     data_dir = Path(args.data_dir)
-    at_cid = cid_clips(data_dir)
-    cid_hint = (f"; {at_cid} clips that POST /cid kept (data ingestion off, GET /cid/list) are in "
-                f"{data_dir / 'receiver.sqlite3'}: export them with --source cid") if at_cid else ""
     if args.index is None and not (data_dir / "ldo-index.sqlite3").exists():
+        at_cid = cid_clips(data_dir)
+        cid_hint = (f"; {at_cid} clips that POST /cid kept (data ingestion off, GET /cid/list) are in "
+                    f"{data_dir / DB_FILE}: export them with --source cid") if at_cid else ""
         return (f"no LDO index at {data_dir / 'ldo-index.sqlite3'}: give the receiver's --data-dir or --index, or "
                 f"build one from the store with: edge-agent receiver reindex --data-dir {data_dir}"
                 + (f" --storage {storage_spec}" if storage_spec else "") + cid_hint)
@@ -256,7 +258,7 @@ def _empty_index(storage: LdoStorage, data_dir: Path, storage_spec: str | None) 
                 + (f" --storage {storage_spec}" if storage_spec else ""))
     if at_cid := cid_clips(data_dir):
         return (f"the LDO index {storage.index.description} is empty, and {at_cid} clips that POST /cid kept (data "
-                f"ingestion off, GET /cid/list) are in {data_dir / 'receiver.sqlite3'}: export them with --source cid")
+                f"ingestion off, GET /cid/list) are in {data_dir / DB_FILE}: export them with --source cid")
     return None
 
 
@@ -276,8 +278,8 @@ def export_args(args: Any) -> int:
                       args.license, max(1, args.workers))
     source: Source
     if args.source == "cid":
-        if not (Path(args.data_dir) / "receiver.sqlite3").is_file():
-            print(f"{name}: no /cid store at {Path(args.data_dir) / 'receiver.sqlite3'}: give the receiver's "
+        if not (Path(args.data_dir) / DB_FILE).is_file():
+            print(f"{name}: no /cid store at {Path(args.data_dir) / DB_FILE}: give the receiver's "
                   "--data-dir", file=sys.stderr)
             return 66
         source = CidSource(Path(args.data_dir))

@@ -122,7 +122,11 @@ def _first_sighting(meta: dict[str, Any], det: dict[str, Any]) -> Plan:
     clip = meta.get("clip") or {}
     if not det.get("polygon") or not clip.get("start_at") or not meta.get("detected_at"):
         return out
-    t = _key(epoch(meta["detected_at"]) - epoch(clip["start_at"]))
+    try:
+        t = _key(epoch(meta["detected_at"]) - epoch(clip["start_at"]))
+    except ValueError:  # the receiver stores what it was sent: one clip's bad times never stop an export
+        out.left_out["clip.start_at or detected_at not a time"] += 1
+        return out
     if 0 <= t < float(clip.get("duration_s") or 1e9):
         out.frames[t] = [Box(CODE, det["polygon"], meta.get("cid") or None, det.get("decoder"), None,
                              "first_sighting")]

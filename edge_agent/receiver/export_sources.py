@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from .index import keyset_walk
 from .storage import LdoStorage
+from .store import DB_FILE
 
-CID_DB = "receiver.sqlite3"
 PAGE = 1000
 
 
@@ -73,8 +74,8 @@ class CidSource:
 
     def __init__(self, data_dir: Path):
         self.data_dir = Path(data_dir)
-        self.description = f"the /cid clips of {self.data_dir / CID_DB}"
-        self._db = sqlite3.connect(f"file:{self.data_dir / CID_DB}?mode=ro", uri=True, check_same_thread=False)
+        self.description = f"the /cid clips of {self.data_dir / DB_FILE}"
+        self._db = sqlite3.connect(f"file:{self.data_dir / DB_FILE}?mode=ro", uri=True, check_same_thread=False)
         self._lock = threading.Lock()  # the walk and the workers share the connection
 
     def _q(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
@@ -92,18 +93,9 @@ class CidSource:
         if since_us is not None:
             conds.append("received_at >= ?")
             args.append(since_us / 1e6)
-        after: tuple[float, str] | None = None
-        while True:
-            where = conds + (["(received_at > ? OR (received_at = ? AND id > ?))"] if after else [])
-            more = (after[0], after[0], after[1]) if after else ()
-            rows = self._q("SELECT id, video_file, received_at FROM events" + (f" WHERE {' AND '.join(where)}" if where
-                                                                               else "")
-                           + " ORDER BY received_at, id LIMIT ?", (*args, *more, PAGE))
-            for event_id, video_file, _ in rows:
-                yield Entry(str(event_id), bool(video_file), str(video_file or ""))
-            if len(rows) < PAGE:
-                return
-            after = (float(rows[-1][2]), str(rows[-1][0]))
+        for event_id, video_file, _ in keyset_walk(self._q, "SELECT id, video_file, received_at FROM events",
+                                                   "received_at", conds, args, PAGE, float):
+            yield Entry(str(event_id), bool(video_file), str(video_file or ""))
 
     def metadata(self, entry: Entry) -> dict[str, Any] | None:
         rows = self._q("SELECT metadata FROM events WHERE id = ?", (entry.id,))
@@ -125,7 +117,7 @@ class CidSource:
 
 def cid_clips(data_dir: Path) -> int:
     """How many clips `POST /cid` kept in this data dir (0: none, or no receiver database there)."""
-    if not (Path(data_dir) / CID_DB).is_file():
+    if not (Path(data_dir) / DB_FILE).is_file():
         return 0
     try:
         source = CidSource(data_dir)

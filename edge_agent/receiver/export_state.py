@@ -32,7 +32,7 @@ import numpy as np
 from .. import __version__
 from ..delivery.contract import rfc3339
 from .export_frames import Picture
-from .export_plan import CATEGORIES, CODE, Box, epoch
+from .export_plan import CATEGORIES, CODE, Box
 from .export_split import SPLITS, bucket_us, draw, group_key
 
 PENDING = ""  # a clip recorded in this run, its split not assigned yet: its files are in OUT/pending/
@@ -103,15 +103,17 @@ class ExportState:
 
     # --- one clip -------------------------------------------------------------------------------
 
-    def record(self, ldo_id: str, device_id: str, span_us: tuple[int, int] | None, info: dict[str, Any],
-               labels: str, pictures: list[Picture], note: str | None) -> tuple[int, int, int, int]:
+    def record(self, ldo_id: str, device_id: str, span_us: tuple[int, int] | None, start: float | None,
+               info: dict[str, Any], labels: str, pictures: list[Picture],
+               note: str | None) -> tuple[int, int, int, int]:
         """The clip's pictures on disk (in OUT/pending/ until the run assigns splits) and its rows in one
         transaction: (images added, of which background, boxes added, pictures identical to an image
-        already there)."""
+        already there). `start`: the clip's start_at as epoch seconds, None when it has none or not a time
+        (its images then have no capture time)."""
         added = background = boxes = identical = 0
         relabel: set[int] = set()
         rows: list[tuple[Picture, str]] = []
-        folder = self._folder("images", PENDING)
+        folder = self._pending_images
         for pic in sorted(pictures, key=lambda p: p.background):  # pictures with codes first: the ratio counts them
             if pic.background and self.background + 1 > self.background_ratio * self.with_codes + 0.5:
                 continue  # the set has its share of background pictures
@@ -131,7 +133,6 @@ class ExportState:
             rows.append((pic, name))
             self.background += pic.background
             self.with_codes += not pic.background
-        start = info.get("start_at") or None
         with self.db:
             for pic, name in rows:
                 image = self.db.execute(
@@ -191,8 +192,11 @@ class ExportState:
             if kind == "labels" and self.fmt != "yolo":
                 continue
             there = self._folder(kind, split)
+            if not files:
+                continue
+            pending = self._folder(kind, PENDING)
             for file in files:
-                src = self._folder(kind, PENDING) / (Path(file).stem + suffix)
+                src = pending / (Path(file).stem + suffix)
                 if src.exists():  # a rename already done by a run cut short before its rows were updated
                     os.replace(src, there / src.name)
         with self.db:
@@ -353,9 +357,9 @@ def _bounds(points: list[Any]) -> tuple[float, float, float, float]:
     return min(xs), min(ys), max(xs), max(ys)
 
 
-def _captured(start_at: str | None, t: float) -> str | None:
+def _captured(start: float | None, t: float) -> str | None:
     """The frame's wall-clock time on the device's clock (COCO's date_captured)."""
-    return rfc3339(epoch(start_at) + t) if start_at else None
+    return rfc3339(start + t) if start is not None else None
 
 
 def image_name(ldo_id: str, t: float) -> str:

@@ -54,6 +54,23 @@ _DDL = [
 Query = Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]]
 
 
+def keyset_walk(query: Query, select: str, order: str, conds: list[str], args: list[Any], page: int,
+                key: Callable[[Any], Any]) -> Iterator[tuple[Any, ...]]:
+    """Every row of `select` ("SELECT id, ..., <order> FROM table": the id first, the order column last)
+    matching `conds` (their values in `args`), by (order, id), `page` rows a query: keyset on the last
+    row's (key(order), id), so each page is an index range scan, never an OFFSET. Stops on a short page."""
+    after: tuple[Any, str] | None = None
+    while True:
+        where = conds + ([f"({order} > ? OR ({order} = ? AND id > ?))"] if after else [])
+        more = (after[0], after[0], after[1]) if after else ()
+        rows = query(select + (f" WHERE {' AND '.join(where)}" if where else "") + f" ORDER BY {order}, id LIMIT ?",
+                     (*args, *more, page))
+        yield from rows
+        if len(rows) < page:
+            return
+        after = (key(rows[-1][-1]), str(rows[-1][0]))
+
+
 class IndexUnavailable(StorageUnavailable):
     """The index database cannot be reached; 503, the client retries."""
 
@@ -254,19 +271,14 @@ class LdoIndex:
         if since_us is not None:
             conds.append("created_us >= ?")
             args.append(since_us)
-        after: tuple[int, str] | None = None
-        while True:
-            where = list(conds) + (["(created_us > ? OR (created_us = ? AND id > ?))"] if after else [])
-            more = (after[0], after[0], after[1]) if after else ()
-            with self._tx(read_only=True) as q:
-                rows = q("SELECT id, base, has_video, created_us FROM ldo_index"
-                         + (f" WHERE {' AND '.join(where)}" if where else "")
-                         + " ORDER BY created_us, id LIMIT ?", (*args, *more, page))
-            for r in rows:
-                yield str(r[0]), str(r[1]), bool(r[2])
-            if len(rows) < page:
-                return
-            after = (int(rows[-1][3]), str(rows[-1][0]))
+
+        def query(sql: str, values: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+            with self._tx(read_only=True) as q:  # a transaction a page: none held while the caller works
+                return q(sql, values)
+
+        for r in keyset_walk(query, "SELECT id, base, has_video, created_us FROM ldo_index", "created_us", conds, args,
+                             page, int):
+            yield str(r[0]), str(r[1]), bool(r[2])
 
 
 class SqliteLdoIndex(LdoIndex):

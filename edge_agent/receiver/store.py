@@ -30,6 +30,7 @@ from typing import Any
 from ..delivery.spool_files import fsync_path
 from .lock import hold
 
+DB_FILE = "receiver.sqlite3"  # in the data dir: what POST /cid accepted (`receiver export --source cid` reads it)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS replies (
     scope TEXT NOT NULL, key TEXT NOT NULL, status INTEGER NOT NULL, body TEXT NOT NULL,
@@ -52,7 +53,7 @@ class Store:
         self.incoming.mkdir(exist_ok=True)
         for stale in [*self.incoming.glob("*.part"), *(self.data_dir / "videos").glob("*.part")]:
             stale.unlink(missing_ok=True)  # bodies a crash or a kill cut short: never acknowledged
-        self._db = sqlite3.connect(str(self.data_dir / "receiver.sqlite3"), check_same_thread=False,
+        self._db = sqlite3.connect(str(self.data_dir / DB_FILE), check_same_thread=False,
                                    isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
