@@ -27,11 +27,11 @@ def test_wrong_passwords_wait_twice_as_long_each_time_up_to_the_cap_for_that_cli
     clock = SteppedClock()
     logins = LoginBackoff(free=3, start_s=1.0, cap_s=8.0, clock=clock)
     assert [logins.failed("10.0.0.1")[1] for _ in range(3)] == [0.0, 0.0, 1.0]  # typos are free
-    assert logins.retry_after_s("10.0.0.1") == 1 and logins.retry_after_s("10.0.0.2") == 0
+    assert logins.held("10.0.0.1") == Held(1, False) and logins.held("10.0.0.2") is None
     clock.advance(0.5)
-    assert logins.retry_after_s("10.0.0.1") == 1  # whole seconds, rounded up
+    assert logins.held("10.0.0.1") == Held(1, False)  # whole seconds, rounded up
     clock.advance(0.5)
-    assert logins.retry_after_s("10.0.0.1") == 0
+    assert logins.held("10.0.0.1") is None
     waits = []
     for _ in range(4):
         failures, wait = logins.failed("10.0.0.1")
@@ -41,7 +41,7 @@ def test_wrong_passwords_wait_twice_as_long_each_time_up_to_the_cap_for_that_cli
     # one host picks freely among the addresses of its IPv6 /64: they share one back-off
     for _ in range(3):
         logins.failed("2001:db8::1")
-    assert logins.retry_after_s("2001:db8::ffff") == 1 and logins.retry_after_s("2001:db9::1") == 0
+    assert logins.held("2001:db8::ffff") == Held(1, False) and logins.held("2001:db9::1") is None
 
 
 def test_a_client_quiet_for_forget_s_starts_afresh() -> None:
@@ -51,7 +51,7 @@ def test_a_client_quiet_for_forget_s_starts_afresh() -> None:
     clock.advance(899.0)
     assert logins.failed("10.0.0.1") == (2, 2.0)  # within forget_s of the last failure: counted on
     clock.advance(900.5)
-    assert logins.retry_after_s("10.0.0.1") == 0 and logins.clients() == 0
+    assert logins.held("10.0.0.1") is None and logins.clients() == 0
     assert logins.failed("10.0.0.1") == (1, 1.0)
 
 

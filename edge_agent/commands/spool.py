@@ -25,7 +25,7 @@ from edge_agent.redact import redact_data
 
 if TYPE_CHECKING:
     from edge_agent.app import Agent
-    from edge_agent.delivery.spool import Spool
+    from edge_agent.delivery.spool import Entry, Spool
     from edge_agent.delivery.uploader import Uploader
 
 # How often `flush` looks at the queue while the running agent delivers it.
@@ -246,15 +246,16 @@ def cmd_flush(args: argparse.Namespace) -> int:
     try:
         if agent_pid is None:
             spool = agent.spool()
-            novideo = _without_video(spool)
+            novideo = _without_video(spool.entries())
             uploader = agent.uploader(on_result, thread=False)
             uploader.drain(max(0.0, deadline - time.monotonic()))
         else:
             print(f"edge-agent is running (pid {agent_pid or '?'}) and delivers the queue; "
                   f"waiting up to {args.timeout:g} s for it to empty", file=sys.stderr)
             spool = Spool.open_reader(cfg.spool)
-            waiting = {e.event_id for e in spool.entries()}
-            novideo = _without_video(spool)
+            queued = spool.entries()  # one read: the agent changes the queue meanwhile
+            waiting = {e.event_id for e in queued}
+            novideo = _without_video(queued)
             while spool.status().clips and time.monotonic() < deadline:
                 time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
     except KeyboardInterrupt:
@@ -308,10 +309,10 @@ def cmd_flush(args: argparse.Namespace) -> int:
     return const.EXIT_FAILED if held or short else const.EXIT_QUEUED
 
 
-def _without_video(spool: Spool) -> dict[str, str]:
-    """The queued events that carry no video, each with why (its metadata's clip.error)."""
+def _without_video(entries: list[Entry]) -> dict[str, str]:
+    """The queued events (`Spool.entries()`) that carry no video, each with why (its metadata's clip.error)."""
     return {e.event_id: str((e.metadata.get("clip") or {}).get("error") or "no video queued")
-            for e in spool.entries() if e.video_path is None}
+            for e in entries if e.video_path is None}
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:

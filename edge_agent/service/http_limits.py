@@ -123,11 +123,6 @@ class LoginBackoff:
             return None
         return Held(max(own, shared), shared > own)
 
-    def retry_after_s(self, host: str) -> int:
-        """Whole seconds `host` must still wait before its password is checked again; 0: check it now."""
-        held = self.held(host)
-        return held.seconds if held is not None else 0
-
     def _remaining(self, c: _Client | None, now: float) -> int:
         if c is None or now - c.last_failure > self.forget_s:
             return 0
