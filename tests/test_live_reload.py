@@ -183,6 +183,34 @@ def test_a_save_and_a_systemctl_reload_count_one_reload(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_a_shorter_stall_s_reloaded_while_the_camera_is_stalled_applies_to_that_stall(tmp_path: Path) -> None:
+    """No frame comes to take the reload at, so the stall watch reads the offered stall_s itself: a
+    technician who lowers it during a stall sees the camera given up on that bound, not the old one."""
+    t0_file = tmp_path / "t0"
+    camera = (f"{sys.executable} {SAMPLE.parent.parent / 'tests' / 'stream_sample.py'} {SAMPLE} "
+              f"--stall-after 2 --t0-file {t0_file}")
+    cfg = tmp_path / "config.yaml"
+    log = tmp_path / "run.log"
+    base = (f"source:\n  kind: pipe\n  command: {camera}\n  stall_s: {{}}\n  open_timeout_s: 120\n"
+            f"spool:\n  dir: {tmp_path / 'spool'}\n")
+    cfg.write_text(base.format(60))
+    proc = start_run(cfg, log, "--no-watch")
+    try:
+        at = wait_for_log(log, "ready: frames are flowing")
+        # the camera's own clock says when it stalled (it stops writing after 2 s of video, pipe open)
+        stalled_at = float(t0_file.read_text()) + 2.5
+        while time.time() < stalled_at:
+            time.sleep(0.05)
+        cfg.write_text(base.format(2))
+        proc.send_signal(signal.SIGHUP)
+        at = wait_for_log(log, "config reloaded live: source.stall_s 60 -> 2", after=at)
+        wait_for_log(log, "source stalled: no frame for 2 s", after=at, timeout=15)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+
+
+@pytest.mark.slow
 def test_a_live_change_of_stall_s_neither_reopens_the_source_nor_reads_like_a_fault(tmp_path: Path) -> None:
     camera = f"{sys.executable} {SAMPLE.parent.parent / 'tests' / 'stream_sample.py'} {SAMPLE} --loop"
     cfg = tmp_path / "config.yaml"

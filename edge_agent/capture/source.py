@@ -120,6 +120,11 @@ def make_source(cfg: SourceConfig, path: str | None = None, encoders: Sequence[s
     return AvSource(cfg, path, encoders)
 
 
+def _no_data(what: str, seconds: float, key: str) -> SourceSilent:
+    """A source that sent nothing for as long as `key` allows, in one wording wherever it is found."""
+    return SourceSilent(f"{what}: no data for {seconds:g} s ({key})")
+
+
 class AvSource:
     """One source session per `open()`; iterate `packets()` (or `read`) until it ends or fails.
 
@@ -245,11 +250,11 @@ class AvSource:
         words for PyAV's timeout are "Immediate exit requested")."""
         cfg = self.cfg
         if self._reader is not None and self._reader.ended == "silent":
-            return SourceSilent(f"{what}: no data for {cfg.open_timeout_s:g} s (source.open_timeout_s)")
+            return _no_data(what, cfg.open_timeout_s, "source.open_timeout_s")
         if isinstance(exc, av.error.ExitError):
             if reading and cfg.stall_s < cfg.open_timeout_s:
-                return SourceSilent(f"{what}: no data for {cfg.stall_s:g} s (source.stall_s)")
-            return SourceSilent(f"{what}: no data for {cfg.open_timeout_s:g} s (source.open_timeout_s)")
+                return _no_data(what, cfg.stall_s, "source.stall_s")
+            return _no_data(what, cfg.open_timeout_s, "source.open_timeout_s")
         ended = self._command_ended()
         return SourceError(f"{what}: {ended} ({exc})" if ended else f"{what}: {exc}")
 
@@ -270,7 +275,7 @@ class AvSource:
         """A pipe that went silent for open_timeout_s ended its stream as an EOF would (what FFmpeg held
         was handed on): the session still failed, and says why."""
         if self._reader is not None and self._reader.ended == "silent" and not self._closed.is_set():
-            return SourceSilent(f"{self.describe}: no data for {self.cfg.open_timeout_s:g} s (source.open_timeout_s)")
+            return _no_data(self.describe, self.cfg.open_timeout_s, "source.open_timeout_s")
         return None
 
     def _prefetch(self, seconds: float) -> list[float]:

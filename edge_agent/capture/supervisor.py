@@ -73,7 +73,7 @@ class CaptureSupervisor:
         # the config the capture thread runs on, written by that thread alone: a reload is offered to
         # `_pending` and taken at the thread's next packet or session. Sessions open with its source
         # settings, clip.encoders (raw cameras are encoded as they arrive) and detector.cooldown_s (the gap
-        # between replayed files); the stall watch reads source.stall_s from it on every tick
+        # between replayed files); the stall watch reads source.stall_s on every tick (`_stall_s`)
         self.config = cfg
         self._pending = PendingConfig()
         self.metrics = metrics
@@ -380,17 +380,21 @@ class CaptureSupervisor:
                     route.ended()
         return ended, stalled.is_set()
 
+    def _stall_s(self) -> float:
+        """source.stall_s as the stall watch reads it on every tick: a reload offered and not taken yet
+        counts too, since no frame may come for the capture thread to take it at (a stall)."""
+        return (self._pending.peek() or self.config).source.stall_s
+
     def _stall_line(self, src: Session) -> str:
-        return f"source stalled: no frame for {self.cfg.stall_s:.0f} s, reopening with back-off source={src.describe}"
+        return f"source stalled: no frame for {self._stall_s():.0f} s, reopening with back-off source={src.describe}"
 
     def _watch_stall(self, src: Session, done: threading.Event, stalled: threading.Event) -> None:
         """No frame for `source.stall_s`: interrupt the read so the session ends and is reopened."""
         name_os_thread("stall-watch")
         opened = time.monotonic()
-        while not done.wait(min(1.0, self.cfg.stall_s / 4)) and not self._stop.is_set():
+        while not done.wait(min(1.0, self._stall_s() / 4)) and not self._stop.is_set():
             last = max(self.last_frame_mono or opened, opened)
-            stall_s = self.cfg.stall_s  # read on every tick: a reload may change it
-            if time.monotonic() - last > stall_s:
+            if time.monotonic() - last > self._stall_s():
                 # said as the camera goes away; a session reopened while away that stalls again is a retry
                 if self._state != "away":
                     log.warning("%s", self._stall_line(src))

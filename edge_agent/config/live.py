@@ -78,7 +78,17 @@ class PendingConfig:
             self._new = new
             self._changed = self._changed | changed
 
+    def peek(self) -> Config | None:
+        """The config offered and not taken yet, left for `take`: for a reader beside the part's thread
+        that must not wait for its next loop (the stall watch, while no frame comes)."""
+        with self._lock:
+            return self._new
+
     def take(self) -> tuple[Config, frozenset[str]] | None:
+        # the usual answer, read without the lock (parts take per packet); an offer racing this read is
+        # taken at the next call, and one made before a wake-up is seen (set under the lock before it)
+        if self._new is None:
+            return None
         with self._lock:
             if self._new is None:
                 return None

@@ -167,9 +167,16 @@ class DecodeStage:
             self._watched.clear()
 
     def _take_feed_config(self) -> None:
+        """Capture thread, at each packet: the feed's config, if a reload handed one over."""
         taken = self._feed_pending.take()
         if taken is not None:
             self.feed_config = taken[0]
+
+    def _take_config(self) -> None:
+        """Decode thread, at each packet: the stage's config, if a reload handed one over."""
+        taken = self._pending.take()
+        if taken is not None:
+            self.config = taken[0]
 
     def offer(self, pkt: Packet) -> None:
         """Capture thread. The keyframe window first (detector.max_blind_s: the end of each interval is not
@@ -257,8 +264,7 @@ class DecodeStage:
             if pkt is END:
                 break
             if pkt is RECONFIGURED:
-                if (taken := self._pending.take()) is not None:
-                    self.config = taken[0]
+                self._take_config()
                 continue
             if pkt is SESSION_END:
                 if decoder is not None:
@@ -267,8 +273,7 @@ class DecodeStage:
                 continue
             if self._queued_t:
                 self._queued_t.popleft()
-            if (taken := self._pending.take()) is not None:
-                self.config = taken[0]
+            self._take_config()
             if pkt.stream is not info:
                 info = pkt.stream
                 # a camera is paced: one decoding thread keeps up with it, and frame threads' own work

@@ -162,9 +162,12 @@ class RingBuffer:
         """Under the lock: the complete recordings detection has analysed past the end of."""
         if not self._complete:
             return []
-        ready = [r for r in self._complete if r.end_t - half_frame(r.packets) <= self._analysed_t]
+        ready: list[Recording] = []
+        waiting: list[Recording] = []
+        for r in self._complete:  # one pass, by identity (a Recording's == compares its packets)
+            (ready if r.end_t - half_frame(r.packets) <= self._analysed_t else waiting).append(r)
         if ready:
-            self._complete = [r for r in self._complete if r not in ready]
+            self._complete = waiting
         return ready
 
     def _hand_over(self, recs: list[Recording]) -> None:
