@@ -14,12 +14,12 @@ the end keeps the time it came in, not the time the stream was found to be over.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
-import threading
 import time
 from typing import Literal
+
+from edge_agent.wake_pipe import WakePipe
 
 Ended = Literal["eof", "silent", "interrupted"]
 
@@ -30,13 +30,10 @@ class PipeReader:
     def __init__(self, fd: int, silence_s: float):
         self._fd = fd
         self.silence_s = silence_s
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)  # a wake-up already pending is enough: never block the caller
+        self._wake = WakePipe()
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
-        self._poll.register(self._wake_r, select.POLLIN)
-        self._lock = threading.Lock()  # an interrupting thread never writes to a closed (maybe reused) fd
-        self._closed = False
+        self._poll.register(self._wake.read_fd, select.POLLIN)
         self.last_data = time.monotonic()  # when bytes last came (monotonic clock)
         self.ended: Ended | None = None
 
@@ -49,7 +46,7 @@ class PipeReader:
             ready = dict(self._poll.poll(max(1, round(self.silence_s * 1000))))
         except InterruptedError:  # PEP 475 retries; a signal handler that raised lands here
             ready = {}
-        if self._wake_r in ready:
+        if self._wake.read_fd in ready:
             self.ended = "interrupted"
             return b""
         if not ready:
@@ -67,16 +64,9 @@ class PipeReader:
 
     def interrupt(self) -> None:
         """From any thread: the read waiting now, and every one after it, ends at once."""
-        with self._lock:
-            if not self._closed:
-                with contextlib.suppress(BlockingIOError):
-                    os.write(self._wake_w, b"\0")
+        self._wake.poke()
 
     def close(self) -> None:
         """The reading thread, once FFmpeg is done with it (the command's stdout is closed by its owner)."""
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self.ended = self.ended or "interrupted"
-                os.close(self._wake_r)
-                os.close(self._wake_w)
+        self.ended = self.ended or "interrupted"
+        self._wake.close()
